@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vnpu engine library: the device's behaviour (register file, command processor, scatter-gather DMA engine,
+ * compute engine, timing model), independent of any transport. The QEMU device (qemu-device/vnpu_pci.c) and
+ * libruntime's in-process "sim" backend both drive this same code; it includes no QEMU header.
+ *
+ * Threads and locks
+ *  - vnpu_engine_mmio_read/_write, vnpu_engine_tick and vnpu_engine_reset are "transport-side" calls: the
+ *    transport serialises them (QEMU: the BQL; sim: its own mutex). They never block for long and never run
+ *    commands themselves: a doorbell only wakes the engine's worker thread.
+ *  - The worker thread (created by vnpu_engine_create) fetches commands, moves data with host->dma_read/
+ *    dma_write, computes, and asks the transport for a tick at the modelled completion time with
+ *    host->schedule. It never calls host->interrupt and never takes the transport's lock.
+ *  - Completion records are written and interrupts raised only inside vnpu_engine_tick, i.e. in transport
+ *    context, at or after the modelled time: a completion becomes visible at
+ *    max(modelled completion time, time the functional work finished).
+ */
+#ifndef VNPU_ENGINE_H
+#define VNPU_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct VnpuEngine VnpuEngine;
+
+/* Device configuration, fixed for the engine's lifetime. Zero fields take the defaults below. */
+typedef struct VnpuEngineConfig {
+    uint64_t devmem_size;      /* bytes of device-local memory; default 256 MiB */
+    uint32_t num_queues;       /* hardware queues; v0 supports exactly 1 (default) */
+    uint32_t ring_max;         /* largest ring (entries); default 4096 */
+    uint32_t h2d_mbps;         /* H2D DMA bandwidth, 10^6 B/s; default 4000 */
+    uint32_t d2h_mbps;         /* D2H DMA bandwidth, 10^6 B/s; default 4000 */
+    uint32_t compute_gflops;   /* compute throughput, 10^9 FLOP/s; default 500 */
+    uint32_t cmd_overhead_ns;  /* fixed cost per command; default 2000 */
+} VnpuEngineConfig;
+
+#define VNPU_ENGINE_DEFAULT_DEVMEM_SIZE (256ull << 20)
+#define VNPU_ENGINE_DEFAULT_RING_MAX 4096u
+#define VNPU_ENGINE_DEFAULT_H2D_MBPS 4000u
+#define VNPU_ENGINE_DEFAULT_D2H_MBPS 4000u
+#define VNPU_ENGINE_DEFAULT_COMPUTE_GFLOPS 500u
+#define VNPU_ENGINE_DEFAULT_CMD_OVERHEAD_NS 2000u
+
+/* What the engine needs from its transport. All function pointers are required. */
+typedef struct VnpuEngineHost {
+    void *opaque;
+    /*
+     * Read/write host memory at a DMA address (QEMU: guest memory through pci_dma_*; sim: process memory).
+     * Return 0, or -1 on a bus error (the engine turns that into an error status, never a crash).
+     * Called from the worker thread (data, command fetch) and from vnpu_engine_tick (completion records).
+     */
+    int (*dma_read)(void *opaque, uint64_t addr, void *buf, size_t len);
+    int (*dma_write)(void *opaque, uint64_t addr, const void *buf, size_t len);
+    /* The device clock in ns (QEMU: QEMU_CLOCK_VIRTUAL; sim: CLOCK_MONOTONIC). Any thread. */
+    uint64_t (*clock_ns)(void *opaque);
+    /*
+     * Arrange for vnpu_engine_tick() to be called, in transport context, once clock_ns() >= deadline_ns.
+     * A later call may replace an earlier deadline with an earlier or later one. Any thread, including from
+     * inside vnpu_engine_tick.
+     */
+    void (*schedule)(void *opaque, uint64_t deadline_ns);
+    /* Raise MSI-X vector `vector`. Called only from transport-side calls (tick, mmio_write). */
+    void (*interrupt)(void *opaque, unsigned vector);
+} VnpuEngineHost;
+
+/* Fill *cfg with defaults for every zero field; returns -EINVAL (negative errno) for an unsupported value. */
+int vnpu_engine_config_finalize(VnpuEngineConfig *cfg);
+
+/*
+ * Create an engine and start its worker thread. Returns 0 and sets *out, or a negative errno
+ * (-EINVAL bad config, -ENOMEM device memory could not be allocated).
+ */
+int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, VnpuEngine **out);
+
+/* Stop the worker, drop pending work (nothing more is written to host memory) and free the engine. */
+void vnpu_engine_destroy(VnpuEngine *e);
+
+/* BAR0 register access. Only 4-byte aligned 32-bit accesses have effect; others read 0 / are ignored. */
+uint64_t vnpu_engine_mmio_read(VnpuEngine *e, uint64_t offset, unsigned size);
+void vnpu_engine_mmio_write(VnpuEngine *e, uint64_t offset, uint64_t value, unsigned size);
+
+/* Post every completion whose modelled time has come, raise interrupts, re-arm host->schedule if needed. */
+void vnpu_engine_tick(VnpuEngine *e);
+
+/* Device reset (as VNPU_REG_RESET): queues disabled, in-flight jobs dropped, registers to power-on values. */
+void vnpu_engine_reset(VnpuEngine *e);
+
+/* Number of MSI-X vectors the device needs (one per queue). */
+unsigned vnpu_engine_num_vectors(const VnpuEngine *e);
+
+/* Counters for monitoring and tests; a consistent snapshot. */
+typedef struct VnpuEngineStats {
+    uint64_t jobs_completed;
+    uint64_t jobs_failed;
+    uint64_t cmds_executed;
+    uint64_t h2d_bytes, d2h_bytes;
+    uint64_t flops;
+    uint64_t h2d_busy_ns, compute_busy_ns, d2h_busy_ns; /* modelled busy time per engine */
+} VnpuEngineStats;
+void vnpu_engine_get_stats(VnpuEngine *e, VnpuEngineStats *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VNPU_ENGINE_H */

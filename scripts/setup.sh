@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# ./vnpu setup: everything a fresh Debian 12 machine needs, idempotently. A second run with nothing changed only
+# checks and returns in seconds.
+set -euo pipefail
+. "$VNPU_ROOT/scripts/lib.sh"
+
+# Debian packages, by purpose. Backports only where bookworm is too old for QEMU 10.0.
+PKGS_HOST=(build-essential pkg-config ninja-build g++ libgtest-dev libgmock-dev googletest libbenchmark-dev
+	liburing-dev libdrm-dev)
+PKGS_KERNEL=(linux-image-6.12-amd64 linux-headers-6.12-amd64 kmod)
+PKGS_VM=(busybox-static cpio xz-utils zstd)
+PKGS_QEMU=(libglib2.0-dev libpixman-1-dev flex bison libslirp-dev python3-venv bzip2 dpkg-dev)
+PKGS_BPO=(meson python3-pycotap seabios qemu-system-data)
+
+APT_SOURCES=/etc/apt/sources.list.d/vnpu.sources
+
+ensure_apt_sources() {
+	if [ -f "$APT_SOURCES" ] && grep -q bookworm-backports "$APT_SOURCES"; then
+		return 0
+	fi
+	log "adding apt sources: deb-src and bookworm-backports ($APT_SOURCES)"
+	as_root tee "$APT_SOURCES" >/dev/null <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+	as_root apt-get update -q
+}
+
+missing_pkgs() {
+	local p
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"
+	done
+}
+
+ensure_packages() {
+	local missing missing_bpo
+	missing=$(missing_pkgs "${PKGS_HOST[@]}" "${PKGS_KERNEL[@]}" "${PKGS_VM[@]}" "${PKGS_QEMU[@]}")
+	missing_bpo=$(missing_pkgs "${PKGS_BPO[@]}")
+	# bookworm's meson (1.0) and SeaBIOS (1.16.2) are installed but too old: require the backports versions.
+	if ! dpkg --compare-versions "$(dpkg-query -W -f='${Version}' meson 2>/dev/null || echo 0)" ge 1.5; then
+		missing_bpo="$missing_bpo meson"
+	fi
+	if ! dpkg --compare-versions "$(dpkg-query -W -f='${Version}' seabios 2>/dev/null || echo 0)" ge 1.16.3; then
+		missing_bpo="$missing_bpo seabios"
+	fi
+	if [ -z "${missing// /}" ] && [ -z "${missing_bpo// /}" ]; then
+		log "Debian packages: all present"
+		return 0
+	fi
+	log "installing Debian packages:$(echo " $missing $missing_bpo" | tr '\n' ' ')"
+	as_root apt-get update -q
+	export DEBIAN_FRONTEND=noninteractive
+	if [ -n "${missing// /}" ]; then
+		# shellcheck disable=SC2086
+		as_root apt-get install -y -q --no-install-recommends $missing
+	fi
+	if [ -n "${missing_bpo// /}" ]; then
+		# shellcheck disable=SC2086
+		as_root apt-get install -y -q --no-install-recommends -t bookworm-backports $missing_bpo
+	fi
+}
+
+ensure_apt_sources
+ensure_packages
+"$VNPU_ROOT/scripts/qemu-build.sh"
+"$VNPU_ROOT/scripts/build.sh"
+log "setup done: QEMU $QEMU_BIN, guest kernel $(guest_kver)"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# ./vnpu test [--host|--vm]: build, then run the host GoogleTest suites (suite 'unit') and, in the VM, the VM
+# runner's own checks and the in-guest suites (driver, runtime on the kernel backend). Exits non-zero on any
+# failure, including a guest kernel warning.
+set -euo pipefail
+. "$VNPU_ROOT/scripts/lib.sh"
+
+host=1 vm=1
+case ${1:-} in
+--host) vm=0 ;;
+--vm) host=0 ;;
+"") ;;
+*) die "test: unknown option '$1' (usage: ./vnpu test [--host|--vm])" ;;
+esac
+
+t0=$SECONDS
+# On a fresh machine this is the whole set-up; afterwards it only checks (seconds) and builds incrementally.
+"$VNPU_ROOT/scripts/setup.sh"
+results=()
+run() { # name, command...
+	local name=$1 t=$SECONDS
+	shift
+	log "test: $name"
+	if "$@"; then
+		results+=("PASS  $name ($((SECONDS - t)) s)")
+	else
+		results+=("FAIL  $name ($((SECONDS - t)) s)")
+	fi
+}
+expect_fail() { ! "$@"; }
+
+if [ "$host" = 1 ]; then
+	run "host suites (meson test --suite unit)" meson test -C "$VNPU_BUILD" --suite unit --print-errorlogs
+fi
+if [ "$vm" = 1 ]; then
+	run "vm runner: 'true' exits 0" "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- true
+	run "vm runner: 'false' exits non-zero" expect_fail "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- false
+	run "vm runner: exit status passes through" bash -c '"$0" vm --no-module --devices 0 -- sh -c "exit 7"; [ $? -eq 7 ]' "$VNPU_ROOT/vnpu"
+	run "vm runner: a guest kernel WARNING fails the run" expect_fail "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- \
+		sh -c 'echo "<4>WARNING: CPU: 0 PID: 1 at vnpu-selftest.c:1 injected by ./vnpu test" >/dev/kmsg'
+	run "in-VM suites (driver, runtime on the kernel backend)" "$VNPU_ROOT/vnpu" vm --devices 1 --timeout 1200 -- vnpu-vm-tests
+fi
+
+echo
+log "summary ($((SECONDS - t0)) s):"
+printf '  %s\n' "${results[@]}" >&2
+if printf '%s\n' "${results[@]}" | grep -q '^FAIL'; then
+	die "some tests failed"
+fi
+log "all tests passed"

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# ./vnpu vm [--devices N] [--icount[=SHIFT]] [--timeout S] [--mem M] [--smp N] [--out DIR] [--build-dir D] -- CMD...
+#
+# Boot the Debian 6.12 kernel under the vnpu QEMU with N vnpu devices and an initramfs holding busybox, the
+# kernel modules vnpu.ko needs, vnpu.ko and every executable of the meson build dir (in /opt/vnpu/bin, with
+# their shared libraries). Run CMD as root in the guest, stream its output, and exit with CMD's status.
+# Exit non-zero and show the guest kernel log if the log has an Oops, BUG, WARNING, hung task, lockdep or
+# sanitizer report, or if the guest does not finish within the timeout. Files CMD writes under /out are
+# copied to DIR (--out).
+set -euo pipefail
+. "$VNPU_ROOT/scripts/lib.sh"
+
+devices=1 icount= timeout=600 mem=1G smp=2 outdir= build_dir=$VNPU_BUILD module=$VNPU_ROOT/kernel/vnpu.ko
+qemu_extra=() vnpu_params=
+while [ $# -gt 0 ]; do
+	case $1 in
+	--devices) devices=$2; shift 2 ;;
+	--devices=*) devices=${1#*=}; shift ;;
+	--icount) icount=3; shift ;;
+	--icount=*) icount=${1#*=}; shift ;;
+	--timeout) timeout=$2; shift 2 ;;
+	--mem) mem=$2; shift 2 ;;
+	--smp) smp=$2; shift 2 ;;
+	--out) outdir=$2; shift 2 ;;
+	--build-dir) build_dir=$2; shift 2 ;;
+	--module) module=$2; shift 2 ;;
+	--no-module) module=; shift ;;
+	--module-params) vnpu_params=$2; shift 2 ;;
+	--qemu-arg) qemu_extra+=("$2"); shift 2 ;;
+	--) shift; break ;;
+	*) die "vm: unknown option '$1' (usage: ./vnpu vm [--devices N] [--icount] [--timeout S] -- CMD...)" ;;
+	esac
+done
+[ $# -gt 0 ] || die "vm: no command given (usage: ./vnpu vm [--devices N] [--icount] -- CMD...)"
+[[ $devices =~ ^[0-9]+$ ]] && [ "$devices" -le 16 ] || die "vm: --devices takes 0..16"
+[ -x "$QEMU_BIN" ] || die "vm: QEMU not built ($QEMU_BIN); run ./vnpu setup"
+[ -z "$module" ] || [ -f "$module" ] || die "vm: $module not built; run ./vnpu build"
+kver=$(guest_kver)
+
+work=$(mktemp -d /tmp/vnpu-vm.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+# ---- initramfs, part 1 (cached per kernel): busybox and the kernel modules vnpu.ko depends on -----------------
+base=$VNPU_CACHE/initramfs/base-$kver.cpio.gz
+if [ ! -f "$base" ] || [ "$base" -ot "$VNPU_ROOT/scripts/vm.sh" ]; then
+	log "building initramfs base for $kver"
+	root=$work/base
+	mkdir -p "$root"/{bin,sbin,etc/vnpu,proc,sys,dev,tmp,lib/modules}
+	cp /bin/busybox "$root/bin/busybox"
+	: >"$root/etc/vnpu/modules"
+	for m in drm_shmem_helper gpu-sched; do
+		modprobe -S "$kver" --show-depends "$m" | awk '$1 == "insmod" { print $2 }'
+	done | awk '!seen[$0]++' | while read -r ko; do
+		name=$(basename "$ko"); name=${name%.xz}; name=${name%.zst}
+		case $ko in
+		*.xz) xz -dc "$ko" >"$root/lib/modules/$name" ;;
+		*.zst) zstd -qdc "$ko" >"$root/lib/modules/$name" ;;
+		*) cp "$ko" "$root/lib/modules/$name" ;;
+		esac
+		echo "/lib/modules/$name" >>"$root/etc/vnpu/modules"
+	done
+	mkdir -p "$(dirname "$base")"
+	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$base.tmp"
+	mv "$base.tmp" "$base"
+fi
+
+# ---- initramfs, part 2 (every run): init, vnpu.ko, the project's binaries and their libraries ------------------
+root=$work/proj
+mkdir -p "$root"/{etc/vnpu,lib/modules,opt/vnpu/bin,opt/vnpu/lib}
+cp "$VNPU_ROOT/scripts/guest-init" "$root/init"
+chmod 755 "$root/init"
+echo "$devices" >"$root/etc/vnpu/devices"
+echo "$vnpu_params" >"$root/etc/vnpu/vnpu-params"
+[ -n "$module" ] && cp "$module" "$root/lib/modules/vnpu.ko"
+# The command, quoted so that the guest's shell sees exactly the host's argv.
+{
+	printf 'exec'
+	for a in "$@"; do printf " '%s'" "${a//\'/\'\\\'\'}"; done
+	printf '\n'
+} >"$root/etc/vnpu/cmd"
+
+copy_with_libs() {
+	# $1 = file, $2 = destination in the guest root
+	cp "$1" "$root$2"
+	ldd "$1" 2>/dev/null | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' >>"$work/libs"
+}
+: >"$work/libs"
+if [ -d "$build_dir" ]; then
+	while read -r f; do
+		copy_with_libs "$f" "/opt/vnpu/bin/$(basename "$f")"
+	done < <(find "$build_dir" -type f -perm -u+x ! -name '*.so' ! -name '*.so.*' \
+		! -path '*/meson-*' ! -path '*.p/*' ! -path '*/CMakeFiles/*' 2>/dev/null)
+fi
+for f in "$VNPU_ROOT"/tests/vm/*.sh; do
+	[ -f "$f" ] && cp "$f" "$root/opt/vnpu/bin/$(basename "$f" .sh)" && chmod 755 "$root/opt/vnpu/bin/$(basename "$f" .sh)"
+done
+sort -u "$work/libs" | while read -r lib; do
+	[ -n "$lib" ] || continue
+	case $lib in
+	"$build_dir"/* | "$VNPU_ROOT"/*) cp -L "$lib" "$root/opt/vnpu/lib/" ;;
+	*) mkdir -p "$root$(dirname "$lib")" && cp -L "$lib" "$root$lib" ;;
+	esac
+done
+mkdir -p "$root/lib64"
+[ -e "$root/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/proj.cpio.gz"
+cat "$base" "$work/proj.cpio.gz" >"$work/initramfs.cpio.gz"
+
+# ---- boot ----------------------------------------------------------------------------------------------------
+args=(-M q35 -m "$mem" -smp "$smp" -nodefaults -display none -no-reboot
+	-kernel "/boot/vmlinuz-$kver" -initrd "$work/initramfs.cpio.gz"
+	-append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic rdinit=/init"
+	-serial stdio -serial "file:$work/report" -serial "file:$work/out.b64")
+# shellcheck disable=SC2207
+args+=($(qemu_fw_args))
+if [ -n "$icount" ]; then
+	args+=(-icount "shift=$icount,sleep=off")
+else
+	args+=(-accel tcg,thread=multi)
+fi
+for _ in $(seq 1 "$devices"); do args+=(-device vnpu); done
+args+=("${qemu_extra[@]}")
+
+t0=$(date +%s.%N)
+set +e
+timeout -k 5 "$timeout" "$QEMU_BIN" "${args[@]}" </dev/null 2>"$work/qemu.err" | tr -d '\r' | grep --line-buffered -v '^\[ *[0-9.]*\] reboot: Power down$'
+qemu_rc=${PIPESTATUS[0]}
+set -e
+t1=$(date +%s.%N)
+
+fail() {
+	echo "---- guest kernel log ----" >&2
+	grep -v '^VNPU_EXIT_STATUS=' "$work/report" >&2 || true
+	[ -s "$work/qemu.err" ] && { echo "---- qemu stderr ----" >&2; cat "$work/qemu.err" >&2; }
+	die "vm: $*"
+}
+[ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ] && fail "guest did not finish within ${timeout}s"
+[ "$qemu_rc" -eq 0 ] || fail "QEMU exited with status $qemu_rc"
+status=$(sed -n 's/^VNPU_EXIT_STATUS=\([0-9]*\).*/\1/p' "$work/report" | tail -n 1)
+[ -n "$status" ] || fail "guest stopped without reporting an exit status (kernel panic?)"
+if grep -Eq 'WARNING:|BUG:|Oops|general protection fault|Kernel panic|INFO: task .* blocked for more than|possible circular locking|possible recursive locking|inconsistent lock state|UBSAN:|KASAN:|refcount_t: |list_(add|del) corruption|RCU detected stall|hung_task' "$work/report"; then
+	fail "guest kernel log has a warning, bug or hang report (CMD exit status $status)"
+fi
+if [ -n "$outdir" ] && [ -s "$work/out.b64" ]; then
+	mkdir -p "$outdir"
+	base64 -d <"$work/out.b64" | tar -C "$outdir" -xf -
+fi
+up=$(sed -n 's/^vnpu-init: guest up in \([0-9.]*\) s/\1/p' "$work/report")
+log "guest finished: status $status, boot to command ${up:-?} s (guest uptime), total $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s wall"
+exit "$status"
