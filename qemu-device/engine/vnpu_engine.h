@@ -29,9 +29,9 @@ typedef struct VnpuEngine VnpuEngine;
 
 /* Device configuration, fixed for the engine's lifetime. Zero fields take the defaults below. */
 typedef struct VnpuEngineConfig {
-    uint64_t devmem_size;      /* bytes of device-local memory; default 256 MiB */
-    uint32_t num_queues;       /* hardware queues; v0 supports exactly 1 (default) */
-    uint32_t ring_max;         /* largest ring (entries); default 4096 */
+    uint64_t devmem_size;      /* bytes of device-local memory, multiple of 4 KiB, <= 1 TiB; default 256 MiB */
+    uint32_t num_queues;       /* hardware queues, 1..16; default 1 */
+    uint32_t ring_max;         /* largest ring (entries), power of two 2..65536; default 4096 */
     uint32_t h2d_mbps;         /* H2D DMA bandwidth, 10^6 B/s; default 4000 */
     uint32_t d2h_mbps;         /* D2H DMA bandwidth, 10^6 B/s; default 4000 */
     uint32_t compute_gflops;   /* compute throughput, 10^9 FLOP/s; default 500 */
@@ -45,7 +45,11 @@ typedef struct VnpuEngineConfig {
 #define VNPU_ENGINE_DEFAULT_COMPUTE_GFLOPS 500u
 #define VNPU_ENGINE_DEFAULT_CMD_OVERHEAD_NS 2000u
 
-/* What the engine needs from its transport. All function pointers are required. */
+/*
+ * What the engine needs from its transport. dma_read, dma_write, clock_ns, schedule and interrupt are required;
+ * the members after `interrupt` are optional (NULL = not needed) and were added after v0's first draft, so a
+ * transport that fills the struct with designated initialisers keeps working.
+ */
 typedef struct VnpuEngineHost {
     void *opaque;
     /*
@@ -65,6 +69,18 @@ typedef struct VnpuEngineHost {
     void (*schedule)(void *opaque, uint64_t deadline_ns);
     /* Raise MSI-X vector `vector`. Called only from transport-side calls (tick, mmio_write). */
     void (*interrupt)(void *opaque, unsigned vector);
+    /*
+     * Optional. A guest programming mistake (bad command, bad doorbell, ...), as one line of text without a
+     * trailing newline (QEMU: LOG_GUEST_ERROR + trace event). Worker thread or transport context; the engine's
+     * lock may be held, so it must not call back into the engine.
+     */
+    void (*guest_error)(void *opaque, const char *msg);
+    /*
+     * Optional. Called on the worker thread when it starts and right before it exits (QEMU: register the thread
+     * with RCU, which pci_dma_* relies on).
+     */
+    void (*worker_start)(void *opaque);
+    void (*worker_stop)(void *opaque);
 } VnpuEngineHost;
 
 /* Fill *cfg with defaults for every zero field; returns -EINVAL (negative errno) for an unsupported value. */
@@ -88,6 +104,23 @@ void vnpu_engine_tick(VnpuEngine *e);
 
 /* Device reset (as VNPU_REG_RESET): queues disabled, in-flight jobs dropped, registers to power-on values. */
 void vnpu_engine_reset(VnpuEngine *e);
+
+/*
+ * Block until the worker thread has nothing it can do: every doorbell-visible command has been fetched and run,
+ * or the worker waits for completion-ring space. Completions may still wait for their modelled time (tick).
+ * For tests and the sim backend; never call it from a host callback.
+ */
+void vnpu_engine_wait_idle(VnpuEngine *e);
+
+/*
+ * Lockstep mode, for transports whose clock does not advance while the transport is blocked (QEMU under
+ * -icount): a doorbell arms a tick at the earliest time any of its commands could complete, and every
+ * vnpu_engine_tick() first waits (bounded, ~5 s of host time) for the worker to finish the commands already made
+ * visible. Virtual time then never runs past a modelled completion while the host is still computing, so
+ * completions appear at exactly the modelled time. Off by default: it blocks the transport while the worker runs.
+ * Transport context.
+ */
+void vnpu_engine_set_lockstep(VnpuEngine *e, int on);
 
 /* Number of MSI-X vectors the device needs (one per queue). */
 unsigned vnpu_engine_num_vectors(const VnpuEngine *e);

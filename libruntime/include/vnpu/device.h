@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: MIT
+/// \file
+/// vnpu::Device: the low-level device interface shared by every backend ("kernel": the vnpu.ko driver via
+/// /dev/accel; "sim": the device's engine library in-process). AsyncRuntime is built on it; tools and the
+/// conformance tests may use it directly. Errors are values here (Result/Status); call .value() to turn a
+/// failure into a thrown vnpu::Error.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <vnpu/export.h>
+#include <vnpu/result.h>
+
+namespace vnpu {
+
+namespace detail {
+struct HostBufferObject;
+struct DeviceBufferObject;
+}  // namespace detail
+
+/// How the kernel backend hands jobs to the driver. The sim backend ignores it.
+enum class SubmitMode {
+  kUring,  ///< one IORING_OP_URING_CMD SQE per job, one CQE per job (default)
+  kIoctl,  ///< DRM_IOCTL_VNPU_SUBMIT, then DRM_IOCTL_VNPU_WAIT on a completion thread (for comparison)
+};
+
+/// Which device to open and how.
+struct DeviceOptions {
+  /// "kernel", "sim", or empty for default_backend(index).
+  std::string backend;
+  /// Device index: /dev/accel/accel<index> for "kernel"; for "sim" only a label (each sim device is a
+  /// private in-process engine).
+  int index = 0;
+  /// Kernel backend submission path.
+  SubmitMode submit_mode = SubmitMode::kUring;
+};
+
+/// What an opened device is and can do.
+struct DeviceInfo {
+  std::string backend;           ///< "kernel" or "sim"
+  std::string name;              ///< e.g. "/dev/accel/accel0" or "sim0 (in-process engine)"
+  uint32_t device_version = 0;   ///< interface version, major << 16 | minor
+  uint32_t caps = 0;             ///< VNPU_CAP_* bits
+  uint64_t devmem_size = 0;      ///< device memory, bytes
+  uint32_t max_cmds_per_job = 0; ///< longest job submit() accepts
+  bool timestamps = false;       ///< JobResult carries device t_start/t_end
+  std::string submit_path;       ///< "uring", "ioctl" or "mmio" (sim)
+  uint32_t h2d_mbps = 0, d2h_mbps = 0, compute_gflops = 0;  ///< timing model, if known (0 otherwise)
+};
+
+/// Host memory the device reaches by DMA, mapped into this process. Move-only handle; the memory stays alive
+/// until the handle is destroyed AND every job that references it has completed, so dropping a handle with
+/// work in flight is safe. data() may be read and written from any thread, but not while a job that writes
+/// (resp. reads) the same bytes is in flight.
+class VNPU_API HostBuffer {
+ public:
+  HostBuffer() = default;
+  explicit HostBuffer(std::shared_ptr<detail::HostBufferObject> obj) noexcept;
+  HostBuffer(HostBuffer&&) noexcept = default;
+  HostBuffer& operator=(HostBuffer&&) noexcept = default;
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  ~HostBuffer();
+
+  /// Mapped address (page aligned); null for an empty handle.
+  [[nodiscard]] void* data() const noexcept;
+  /// Usable size in bytes (as requested).
+  [[nodiscard]] size_t size() const noexcept;
+  [[nodiscard]] std::span<std::byte> bytes() const noexcept {
+    return {static_cast<std::byte*>(data()), size()};
+  }
+  explicit operator bool() const noexcept { return obj_ != nullptr; }
+  /// The shared object jobs hold on to (library use).
+  [[nodiscard]] const std::shared_ptr<detail::HostBufferObject>& object() const noexcept { return obj_; }
+
+ private:
+  std::shared_ptr<detail::HostBufferObject> obj_;
+};
+
+/// Device-local memory, reachable only through job commands. Move-only; same lifetime rule as HostBuffer.
+class VNPU_API DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::shared_ptr<detail::DeviceBufferObject> obj) noexcept;
+  DeviceBuffer(DeviceBuffer&&) noexcept = default;
+  DeviceBuffer& operator=(DeviceBuffer&&) noexcept = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer();
+
+  /// Usable size in bytes (as requested).
+  [[nodiscard]] size_t size() const noexcept;
+  /// Device address (informational; commands name buffers, not addresses).
+  [[nodiscard]] uint64_t device_address() const noexcept;
+  explicit operator bool() const noexcept { return obj_ != nullptr; }
+  [[nodiscard]] const std::shared_ptr<detail::DeviceBufferObject>& object() const noexcept { return obj_; }
+
+ private:
+  std::shared_ptr<detail::DeviceBufferObject> obj_;
+};
+
+/// One command of a job. Build with the factory functions; a Command keeps the buffers it names alive.
+struct VNPU_API Command {
+  enum class Kind { kCopyToDevice, kCopyFromDevice, kMatmul };
+
+  /// H2D: `bytes` from src[src_offset..] to dst[dst_offset..].
+  static Command copy_to_device(const HostBuffer& src, uint64_t src_offset, const DeviceBuffer& dst,
+                                uint64_t dst_offset, uint64_t bytes);
+  /// D2H: `bytes` from src[src_offset..] to dst[dst_offset..].
+  static Command copy_from_device(const DeviceBuffer& src, uint64_t src_offset, const HostBuffer& dst,
+                                  uint64_t dst_offset, uint64_t bytes);
+  /// C[m,n] = A[m,k] · B[k,n], f32 row-major, all in device memory; offsets in bytes, 4-byte aligned.
+  static Command matmul(const DeviceBuffer& a, uint64_t a_offset, const DeviceBuffer& b, uint64_t b_offset,
+                        const DeviceBuffer& c, uint64_t c_offset, uint32_t m, uint32_t n, uint32_t k);
+
+  Kind kind = Kind::kCopyToDevice;
+  std::shared_ptr<detail::HostBufferObject> host;      ///< copies: the host side
+  std::shared_ptr<detail::DeviceBufferObject> dev[3];  ///< copies: dev[0]; matmul: A, B, C
+  uint64_t host_offset = 0;
+  uint64_t dev_offset[3] = {0, 0, 0};
+  uint64_t bytes = 0;  ///< copies only
+  uint32_t m = 0, n = 0, k = 0;  ///< matmul only
+};
+
+/// Commands executed strictly in order; the job fails at its first failing command.
+struct Job {
+  std::vector<Command> commands;
+};
+
+/// How a job ended.
+struct JobResult {
+  /// ok, or Error(kDeviceFault | kAborted | kInvalidArgument, ...) saying which command failed and why.
+  Status status;
+  /// Device clock (ns) when the job started / finished, when the backend reports them (DeviceInfo::timestamps).
+  std::optional<uint64_t> t_start_ns, t_end_ns;
+  /// Device completion status (enum vnpu_cpl_status), when known.
+  std::optional<uint32_t> hw_status;
+};
+
+/// Called exactly once per accepted job, on the backend's completion thread. It must not block for long and
+/// must not destroy the Device. It may call submit().
+using JobCallback = std::function<void(JobResult)>;
+
+/// An open device. All member functions are thread-safe.
+class VNPU_API Device {
+ public:
+  /// Open a device. Errors: kNotFound (unknown backend, no such device), kPermissionDenied, kUnsupported
+  /// (device interface version or capabilities), kIo, kOutOfMemory.
+  [[nodiscard]] static Result<std::unique_ptr<Device>> open(const DeviceOptions& options);
+  /// "kernel" when /dev/accel/accel<index> exists, else "sim".
+  [[nodiscard]] static std::string default_backend(int index = 0);
+
+  /// Waits (up to ~10 s) for jobs in flight to complete, then aborts the rest: their callbacks run with
+  /// kAborted before the destructor returns. Must not run on the completion thread (i.e. from a JobCallback).
+  virtual ~Device();
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+
+  [[nodiscard]] virtual const DeviceInfo& info() const noexcept = 0;
+  /// Allocate `bytes` (> 0) of DMA-able host memory, zero-filled. kInvalidArgument, kOutOfMemory.
+  [[nodiscard]] virtual Result<HostBuffer> alloc_host(size_t bytes) = 0;
+  /// Allocate `bytes` (> 0) of device memory (contents unspecified). kInvalidArgument, kOutOfMemory.
+  [[nodiscard]] virtual Result<DeviceBuffer> alloc_device(size_t bytes) = 0;
+
+  /// Queue a job. On success `done` runs exactly once, later, on the completion thread; failures the driver
+  /// or device detect after queueing arrive there too. On failure of submit() itself (a command names a
+  /// buffer of another device, a range is outside its buffer, a dimension is out of range, too many
+  /// commands, the device is shutting down or broken) nothing was queued and `done` is not called.
+  /// May block while the device's command ring is full (until a job completes), so a JobCallback that
+  /// submits can deadlock a device whose ring is full; AsyncRuntime submits from its prep threads only.
+  [[nodiscard]] Status submit(Job job, JobCallback done);
+
+  /// submit() and wait for the result; `timeout` bounds the wait (kDeviceFault "timed out" after it; the job
+  /// is not cancelled). Must not be called on the completion thread.
+  [[nodiscard]] Result<JobResult> run(Job job, std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+ protected:
+  Device() = default;
+  /// Backend part of submit(): the job has passed validate().
+  [[nodiscard]] virtual Status do_submit(Job job, JobCallback done) = 0;
+  /// Identifies the buffers this device allocated (their objects carry the same token).
+  [[nodiscard]] virtual const void* owner_token() const noexcept = 0;
+
+ private:
+  [[nodiscard]] Status validate(const Job& job) const;
+};
+
+}  // namespace vnpu

@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: MIT
+// Internals shared by the backends and the runtime: buffer objects, errno mapping, backend factories.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <vnpu/device.h>
+#include <vnpu/error.h>
+#include <vnpu/result.h>
+
+namespace vnpu::detail {
+
+// What a HostBuffer handle points at. Backends derive from it; the destructor releases the memory, so it
+// runs only when the handle and every job naming the buffer are gone.
+struct HostBufferObject {
+  virtual ~HostBufferObject() = default;
+  const void* owner = nullptr;  // Device::owner_token() of the allocating device
+  void* ptr = nullptr;
+  size_t size = 0;
+};
+
+struct DeviceBufferObject {
+  virtual ~DeviceBufferObject() = default;
+  const void* owner = nullptr;
+  size_t size = 0;
+  uint64_t dev_addr = 0;
+};
+
+// An Error for a failed system call: the code follows errno, the message says what failed.
+[[nodiscard]] Error errno_error(int err, const std::string& what);
+
+// Error for a device completion status (enum vnpu_cpl_status); `what` names the job.
+[[nodiscard]] Error hw_status_error(uint32_t hw_status, const std::string& what);
+
+[[nodiscard]] Result<std::unique_ptr<Device>> open_kernel_device(const DeviceOptions& options);
+[[nodiscard]] Result<std::unique_ptr<Device>> open_sim_device(const DeviceOptions& options);
+
+[[nodiscard]] constexpr uint64_t round_up(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
+
+// a + b <= limit without overflow.
+[[nodiscard]] constexpr bool range_fits(uint64_t offset, uint64_t len, uint64_t limit) {
+  return offset <= limit && len <= limit - offset;
+}
+
+}  // namespace vnpu::detail

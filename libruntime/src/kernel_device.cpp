@@ -1,0 +1,412 @@
+// SPDX-License-Identifier: MIT
+// The "kernel" backend: vnpu.ko through /dev/accel/accelN. Buffers are GEM objects (host BOs are mmap'd
+// shmem); jobs go to the driver as one io_uring IORING_OP_URING_CMD each (one CQE back per job), or through
+// the SUBMIT/WAIT ioctls when SubmitMode::kIoctl is chosen.
+#include <fcntl.h>
+#include <liburing.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <xf86drm.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "internal.h"
+#include "vnpu_accel.h"
+#include "vnpu_hw.h"
+
+namespace vnpu::detail {
+namespace {
+
+constexpr unsigned kRingEntries = 256;
+constexpr uint64_t kStopTag = ~0ull;
+constexpr auto kDrainTimeout = std::chrono::seconds(10);
+
+// The accel fd, shared by the device and every buffer so a GEM_CLOSE never hits a closed (or reused) fd.
+struct AccelFd {
+  explicit AccelFd(int f) : fd(f) {}
+  ~AccelFd() { ::close(fd); }
+  AccelFd(const AccelFd&) = delete;
+  AccelFd& operator=(const AccelFd&) = delete;
+  const int fd;
+};
+
+void gem_close(int fd, uint32_t handle) {
+  drm_gem_close req{};
+  req.handle = handle;
+  // Nothing useful to do on failure in a destructor: the handle goes away with the fd at the latest.
+  (void)drmIoctl(fd, DRM_IOCTL_GEM_CLOSE, &req);
+}
+
+struct KernelHostBuffer final : HostBufferObject {
+  ~KernelHostBuffer() override {
+    if (ptr) ::munmap(ptr, map_len);
+    gem_close(fd->fd, handle);
+  }
+  std::shared_ptr<AccelFd> fd;
+  uint32_t handle = 0;
+  size_t map_len = 0;
+};
+
+struct KernelDeviceBuffer final : DeviceBufferObject {
+  ~KernelDeviceBuffer() override { gem_close(fd->fd, handle); }
+  std::shared_ptr<AccelFd> fd;
+  uint32_t handle = 0;
+};
+
+uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+class KernelDevice final : public Device {
+ public:
+  static Result<std::unique_ptr<Device>> open(const DeviceOptions& options);
+  ~KernelDevice() override;
+
+  const DeviceInfo& info() const noexcept override { return info_; }
+  Result<HostBuffer> alloc_host(size_t bytes) override;
+  Result<DeviceBuffer> alloc_device(size_t bytes) override;
+
+ protected:
+  Status do_submit(Job job, JobCallback done) override;
+  const void* owner_token() const noexcept override { return fd_.get(); }
+
+ private:
+  struct Pending {
+    Job job;  // keeps the buffers alive until the job completes
+    std::vector<drm_vnpu_cmd> cmds;  // the driver may read them after submission when it goes async
+    JobCallback done;
+    uint64_t seqno = 0;  // ioctl mode
+  };
+
+  KernelDevice(std::shared_ptr<AccelFd> fd, SubmitMode mode) : fd_(std::move(fd)), mode_(mode) {}
+  Result<uint64_t> get_param(uint32_t param) const;
+  static std::vector<drm_vnpu_cmd> encode(const Job& job);
+  void uring_loop();
+  void ioctl_loop();
+  void finish(std::unique_ptr<Pending> p, JobResult r);
+
+  std::shared_ptr<AccelFd> fd_;
+  SubmitMode mode_;
+  DeviceInfo info_;
+
+  std::mutex mu_;  // pending_, wait_order_, next_id_, stopping_, and the io_uring submission side
+  std::condition_variable cv_;
+  std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
+  std::deque<uint64_t> wait_order_;  // ioctl mode: ids in submission order
+  uint64_t next_id_ = 1;
+  bool stopping_ = false;        // no new submissions
+  bool stop_completer_ = false;  // ioctl mode: the completion thread should exit
+  io_uring ring_{};
+  bool ring_ready_ = false;
+  std::thread completer_;
+};
+
+Result<uint64_t> KernelDevice::get_param(uint32_t param) const {
+  drm_vnpu_get_param p{};
+  p.param = param;
+  if (drmIoctl(fd_->fd, DRM_IOCTL_VNPU_GET_PARAM, &p) != 0)
+    return errno_error(errno, info_.name + ": GET_PARAM " + std::to_string(param));
+  return p.value;
+}
+
+Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options) {
+  const std::string path = "/dev/accel/accel" + std::to_string(options.index);
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT)
+      return Error(ErrorCode::kNotFound, "no device at " + path +
+                                             ": is vnpu.ko loaded and the index right? Use backend 'sim' to run "
+                                             "without the driver");
+    return errno_error(err, "cannot open " + path);
+  }
+  std::unique_ptr<KernelDevice> dev(new KernelDevice(std::make_shared<AccelFd>(fd), options.submit_mode));
+  DeviceInfo& inf = dev->info_;
+  inf.backend = "kernel";
+  inf.name = path;
+
+  drmVersionPtr ver = drmGetVersion(fd);
+  const bool is_vnpu = ver && ver->name && std::strcmp(ver->name, "vnpu") == 0;
+  if (ver) drmFreeVersion(ver);
+  if (!is_vnpu) return Error(ErrorCode::kUnsupported, path + " is not driven by vnpu.ko");
+
+  struct Want {
+    uint32_t param;
+    uint64_t* out;
+  };
+  uint64_t version = 0, caps = 0, devmem = 0, max_cmds = 0, uring = 0, h2d = 0, d2h = 0, gflops = 0;
+  for (const Want& w : {Want{DRM_VNPU_PARAM_DEVICE_VERSION, &version}, Want{DRM_VNPU_PARAM_CAPS, &caps},
+                        Want{DRM_VNPU_PARAM_DEVMEM_SIZE, &devmem}, Want{DRM_VNPU_PARAM_MAX_CMDS, &max_cmds},
+                        Want{DRM_VNPU_PARAM_URING_CMD, &uring}, Want{DRM_VNPU_PARAM_H2D_MBPS, &h2d},
+                        Want{DRM_VNPU_PARAM_D2H_MBPS, &d2h}, Want{DRM_VNPU_PARAM_COMPUTE_GFLOPS, &gflops}}) {
+    auto v = dev->get_param(w.param);
+    if (!v) return std::move(v).error();
+    *w.out = *v;
+  }
+  if ((version >> 16) != VNPU_VERSION_MAJOR)
+    return Error(ErrorCode::kUnsupported, path + ": device interface version " + std::to_string(version >> 16) + "." +
+                                              std::to_string(version & 0xffff) + " is not supported (need " +
+                                              std::to_string(VNPU_VERSION_MAJOR) + ".x)");
+  if ((caps & (VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL)) != (VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL))
+    return Error(ErrorCode::kUnsupported, path + ": device lacks DMA or MATMUL capability");
+  inf.device_version = static_cast<uint32_t>(version);
+  inf.caps = static_cast<uint32_t>(caps);
+  inf.devmem_size = devmem;
+  inf.max_cmds_per_job = static_cast<uint32_t>(std::min<uint64_t>(max_cmds, DRM_VNPU_MAX_CMDS));
+  inf.h2d_mbps = static_cast<uint32_t>(h2d);
+  inf.d2h_mbps = static_cast<uint32_t>(d2h);
+  inf.compute_gflops = static_cast<uint32_t>(gflops);
+
+  if (options.submit_mode == SubmitMode::kUring) {
+    if (uring != 1)
+      return Error(ErrorCode::kUnsupported, path + ": driver has no io_uring command interface (version " +
+                                                std::to_string(uring) + "); use SubmitMode::kIoctl");
+    const int r = io_uring_queue_init(kRingEntries, &dev->ring_, IORING_SETUP_SQE128 | IORING_SETUP_CQE32);
+    if (r < 0) return errno_error(-r, "io_uring_queue_init(SQE128|CQE32)");
+    dev->ring_ready_ = true;
+    inf.submit_path = "uring";
+    inf.timestamps = false;  // a CQE carries seqno and hw_status only
+    dev->completer_ = std::thread([d = dev.get()] { d->uring_loop(); });
+  } else {
+    inf.submit_path = "ioctl";
+    inf.timestamps = true;  // WAIT reports t_start/t_end
+    dev->completer_ = std::thread([d = dev.get()] { d->ioctl_loop(); });
+  }
+  return std::unique_ptr<Device>(std::move(dev));
+}
+
+KernelDevice::~KernelDevice() {
+  std::unique_lock lock(mu_);
+  stopping_ = true;
+  cv_.wait_for(lock, kDrainTimeout, [&] { return pending_.empty(); });
+  if (completer_.joinable()) {
+    if (ring_ready_) {
+      // Wake the completion thread with a NOP that carries the stop tag; CQEs are reaped in order.
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      if (!sqe) {
+        (void)io_uring_submit(&ring_);
+        sqe = io_uring_get_sqe(&ring_);
+      }
+      if (sqe) {
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, kStopTag);
+        (void)io_uring_submit(&ring_);
+      }
+    }
+    stop_completer_ = true;
+    cv_.notify_all();
+    lock.unlock();
+    completer_.join();
+    lock.lock();
+  }
+  // Whatever is left did not complete in time: the driver keeps referenced objects alive until the device is
+  // done with them, so dropping our references is safe.
+  auto left = std::move(pending_);
+  lock.unlock();
+  if (ring_ready_) io_uring_queue_exit(&ring_);
+  for (auto& [id, p] : left)
+    p->done(JobResult{Error(ErrorCode::kAborted, "job aborted: device closed before it completed"), {}, {}, {}});
+}
+
+Result<HostBuffer> KernelDevice::alloc_host(size_t bytes) {
+  if (bytes == 0 || bytes > (2ull << 30))
+    return Error(ErrorCode::kInvalidArgument, "host buffer of " + std::to_string(bytes) + " bytes: use 1 B..2 GiB");
+  drm_vnpu_bo_create req{};
+  req.size = bytes;
+  if (drmIoctl(fd_->fd, DRM_IOCTL_VNPU_BO_CREATE, &req) != 0)
+    return errno_error(errno, "BO_CREATE of " + std::to_string(bytes) + " bytes");
+  auto obj = std::make_shared<KernelHostBuffer>();
+  obj->fd = fd_;
+  obj->handle = req.handle;  // from here the destructor closes the handle
+  obj->owner = fd_.get();
+  obj->size = bytes;
+  obj->map_len = round_up(bytes, static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
+  void* p = ::mmap(nullptr, obj->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd_->fd, static_cast<off_t>(req.mmap_offset));
+  if (p == MAP_FAILED) return errno_error(errno, "mmap of a " + std::to_string(bytes) + "-byte BO");
+  obj->ptr = p;
+  return HostBuffer(std::move(obj));
+}
+
+Result<DeviceBuffer> KernelDevice::alloc_device(size_t bytes) {
+  if (bytes == 0) return Error(ErrorCode::kInvalidArgument, "device buffer of 0 bytes");
+  drm_vnpu_mem_alloc req{};
+  req.size = bytes;
+  if (drmIoctl(fd_->fd, DRM_IOCTL_VNPU_MEM_ALLOC, &req) != 0)
+    return errno_error(errno, "MEM_ALLOC of " + std::to_string(bytes) + " bytes of device memory");
+  auto obj = std::make_shared<KernelDeviceBuffer>();
+  obj->fd = fd_;
+  obj->handle = req.handle;
+  obj->owner = fd_.get();
+  obj->size = bytes;
+  obj->dev_addr = req.dev_addr;
+  return DeviceBuffer(std::move(obj));
+}
+
+std::vector<drm_vnpu_cmd> KernelDevice::encode(const Job& job) {
+  std::vector<drm_vnpu_cmd> out(job.commands.size());
+  for (size_t i = 0; i < job.commands.size(); ++i) {
+    const Command& c = job.commands[i];
+    drm_vnpu_cmd& d = out[i];
+    std::memset(&d, 0, sizeof(d));
+    switch (c.kind) {
+      case Command::Kind::kCopyToDevice:
+      case Command::Kind::kCopyFromDevice:
+        d.op = c.kind == Command::Kind::kCopyToDevice ? DRM_VNPU_OP_COPY_TO_DEVICE : DRM_VNPU_OP_COPY_FROM_DEVICE;
+        d.copy.bo_handle = static_cast<const KernelHostBuffer&>(*c.host).handle;
+        d.copy.mem_handle = static_cast<const KernelDeviceBuffer&>(*c.dev[0]).handle;
+        d.copy.bo_offset = c.host_offset;
+        d.copy.mem_offset = c.dev_offset[0];
+        d.copy.size = c.bytes;
+        break;
+      case Command::Kind::kMatmul:
+        d.op = DRM_VNPU_OP_MATMUL;
+        d.matmul.a_handle = static_cast<const KernelDeviceBuffer&>(*c.dev[0]).handle;
+        d.matmul.b_handle = static_cast<const KernelDeviceBuffer&>(*c.dev[1]).handle;
+        d.matmul.c_handle = static_cast<const KernelDeviceBuffer&>(*c.dev[2]).handle;
+        d.matmul.dtype = VNPU_DTYPE_F32;
+        d.matmul.a_offset = c.dev_offset[0];
+        d.matmul.b_offset = c.dev_offset[1];
+        d.matmul.c_offset = c.dev_offset[2];
+        d.matmul.m = c.m;
+        d.matmul.n = c.n;
+        d.matmul.k = c.k;
+        break;
+    }
+  }
+  return out;
+}
+
+Status KernelDevice::do_submit(Job job, JobCallback done) {
+  auto p = std::make_unique<Pending>();
+  p->cmds = encode(job);
+  p->job = std::move(job);
+  p->done = std::move(done);
+
+  drm_vnpu_submit req{};
+  req.cmds = reinterpret_cast<uintptr_t>(p->cmds.data());
+  req.cmd_count = static_cast<uint32_t>(p->cmds.size());
+
+  std::lock_guard lock(mu_);
+  if (stopping_) return Error(ErrorCode::kAborted, "device is closing; job not submitted");
+  const uint64_t id = next_id_++;
+  if (mode_ == SubmitMode::kIoctl) {
+    if (drmIoctl(fd_->fd, DRM_IOCTL_VNPU_SUBMIT, &req) != 0) return errno_error(errno, "SUBMIT ioctl");
+    p->seqno = req.seqno;
+    pending_.emplace(id, std::move(p));
+    wait_order_.push_back(id);
+    cv_.notify_all();
+    return {};
+  }
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (!sqe) {  // SQ full: flush what is there and take a fresh slot
+    (void)io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+    if (!sqe) return Error(ErrorCode::kIo, "io_uring submission queue stays full; job not submitted");
+  }
+  // liburing 2.3 has no io_uring_prep_uring_cmd: prep a plain rw SQE, then fill cmd_op and the 80-byte
+  // command area (which overlaps addr3/__pad2 that prep_rw zeroes, so it must come after).
+  io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd_->fd, nullptr, 0, 0);
+  sqe->cmd_op = DRM_VNPU_URING_CMD_SUBMIT;
+  static_assert(sizeof(drm_vnpu_submit) <= 80, "submit must fit the SQE128 command area");
+  std::memset(sqe->cmd, 0, 80);
+  std::memcpy(sqe->cmd, &req, sizeof(req));
+  io_uring_sqe_set_data64(sqe, id);
+  pending_.emplace(id, std::move(p));
+  const int r = io_uring_submit(&ring_);
+  if (r < 0) {
+    pending_.erase(id);
+    return errno_error(-r, "io_uring_submit of a URING_CMD job");
+  }
+  return {};
+}
+
+void KernelDevice::finish(std::unique_ptr<Pending> p, JobResult r) {
+  {
+    std::lock_guard lock(mu_);
+    if (pending_.empty()) cv_.notify_all();
+  }
+  p->done(std::move(r));
+}
+
+void KernelDevice::uring_loop() {
+  pthread_setname_np(pthread_self(), "vnpu-complete");
+  for (;;) {
+    io_uring_cqe* cqe = nullptr;
+    const int r = io_uring_wait_cqe(&ring_, &cqe);
+    if (r == -EINTR) continue;
+    if (r < 0) return;  // the ring is unusable; the destructor aborts what is left
+    const uint64_t id = io_uring_cqe_get_data64(cqe);
+    const int res = cqe->res;
+    const uint64_t hw = cqe->big_cqe[1];
+    io_uring_cqe_seen(&ring_, cqe);
+    if (id == kStopTag) return;
+    std::unique_ptr<Pending> p;
+    {
+      std::lock_guard lock(mu_);
+      auto it = pending_.find(id);
+      if (it == pending_.end()) continue;
+      p = std::move(it->second);
+      pending_.erase(it);
+    }
+    JobResult jr;
+    if (res != 0) {
+      // res is the job's errno; for failures reported by the device the CQE carries its status as well.
+      jr.status = hw != 0 ? hw_status_error(static_cast<uint32_t>(hw), "job failed (" + std::string(std::strerror(-res)) + ")")
+                          : errno_error(-res, "job failed");
+    }
+    jr.hw_status = static_cast<uint32_t>(hw);
+    finish(std::move(p), std::move(jr));
+  }
+}
+
+void KernelDevice::ioctl_loop() {
+  pthread_setname_np(pthread_self(), "vnpu-complete");
+  std::unique_lock lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_completer_ || !wait_order_.empty(); });
+    if (stop_completer_) return;
+    const uint64_t id = wait_order_.front();
+    const uint64_t seqno = pending_.at(id)->seqno;
+    lock.unlock();
+    drm_vnpu_wait w{};
+    w.seqno = seqno;
+    // Bounded waits so a closing device is noticed; the job itself keeps running in the driver.
+    w.timeout_ns = static_cast<int64_t>(monotonic_ns() + 100'000'000ull);
+    const int r = drmIoctl(fd_->fd, DRM_IOCTL_VNPU_WAIT, &w);
+    const int err = r != 0 ? errno : 0;
+    lock.lock();
+    if (err == ETIME) continue;
+    wait_order_.pop_front();
+    auto p = std::move(pending_.at(id));
+    pending_.erase(id);
+    lock.unlock();
+    JobResult jr;
+    if (err != 0) {
+      jr.status = errno_error(err, "WAIT for job " + std::to_string(seqno));
+    } else {
+      jr.hw_status = w.hw_status;
+      jr.t_start_ns = w.t_start;
+      jr.t_end_ns = w.t_end;
+      if (w.job_status != 0)
+        jr.status = w.hw_status != 0 ? hw_status_error(w.hw_status, "job " + std::to_string(seqno))
+                                     : errno_error(-w.job_status, "job " + std::to_string(seqno));
+    }
+    finish(std::move(p), std::move(jr));
+    lock.lock();
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Device>> open_kernel_device(const DeviceOptions& options) { return KernelDevice::open(options); }
+
+}  // namespace vnpu::detail

@@ -1,0 +1,336 @@
+/*
+ * vnpu: a simulated NPU as a PCI(e) device.
+ *
+ * This file is only the transport: PCI identity, BAR0 MMIO, MSI-X, guest-memory DMA and the virtual clock. The
+ * device's behaviour (register file, command processor, scatter-gather DMA, matmul, timing model) lives in the
+ * engine library (hw/misc/vnpu/, the repository's qemu-device/engine/), which is shared with libruntime's
+ * in-process simulator. Specification: docs/device.md in the vnpu repository.
+ *
+ * Threads: MMIO handlers and the completion timer run with the BQL held and call into the engine, which
+ * serialises them against its own worker thread with an internal mutex (lock order: BQL -> engine). The worker
+ * thread reads commands and moves data with pci_dma_* without the BQL and never raises interrupts; completion
+ * records and MSI-X messages are sent only from the timer callback, at the modelled time.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/log.h"
+#include "qemu/module.h"
+#include "qemu/rcu.h"
+#include "qemu/timer.h"
+#include "qemu/units.h"
+#include "hw/pci/msix.h"
+#include "hw/pci/pci_bus.h"
+#include "hw/pci/pci_device.h"
+#include "hw/pci/pcie.h"
+#include "hw/qdev-properties.h"
+#include "system/cpu-timers.h"
+#include "trace.h"
+#include "vnpu/vnpu_engine.h"
+#include "vnpu/vnpu_hw.h"
+
+#define TYPE_VNPU "vnpu"
+OBJECT_DECLARE_TYPE(VnpuState, VnpuClass, VNPU)
+
+/* User-settable properties (-device vnpu,devmem-size=...,h2d-mbps=...). */
+typedef struct VnpuParams {
+    uint64_t devmem_size;
+    uint32_t h2d_mbps;
+    uint32_t d2h_mbps;
+    uint32_t compute_gflops;
+    uint32_t cmd_overhead_ns;
+} VnpuParams;
+
+struct VnpuState {
+    PCIDevice parent_obj;
+
+    MemoryRegion regs;
+    QEMUTimer *timer;       /* QEMU_CLOCK_VIRTUAL; fires vnpu_engine_tick() */
+    VnpuEngine *engine;
+    VnpuParams params;
+};
+
+struct VnpuClass {
+    PCIDeviceClass parent_class;
+    DeviceRealize parent_dc_realize;
+};
+
+/* ---- engine host callbacks ------------------------------------------------------------------------------- */
+
+/* Worker thread (data, command fetch) or timer callback (completion records); no engine lock held. */
+static int vnpu_host_dma_read(void *opaque, uint64_t addr, void *buf, size_t len)
+{
+    VnpuState *s = opaque;
+
+    if (pci_dma_read(PCI_DEVICE(s), addr, buf, len) != MEMTX_OK) {
+        qemu_log_mask(LOG_GUEST_ERROR, "vnpu: DMA read of %zu bytes at 0x%" PRIx64 " failed\n", len, addr);
+        trace_vnpu_err_dma("read", addr, len);
+        return -1;
+    }
+    return 0;
+}
+
+static int vnpu_host_dma_write(void *opaque, uint64_t addr, const void *buf, size_t len)
+{
+    VnpuState *s = opaque;
+
+    if (pci_dma_write(PCI_DEVICE(s), addr, buf, len) != MEMTX_OK) {
+        qemu_log_mask(LOG_GUEST_ERROR, "vnpu: DMA write of %zu bytes at 0x%" PRIx64 " failed\n", len, addr);
+        trace_vnpu_err_dma("write", addr, len);
+        return -1;
+    }
+    return 0;
+}
+
+static uint64_t vnpu_host_clock_ns(void *opaque)
+{
+    return qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL);
+}
+
+/*
+ * Any thread, possibly with the engine lock held: only arms the timer (timer_mod_* is thread-safe). The engine
+ * passes the earliest deadline it needs; anticipate keeps an earlier one already armed, so a racing later
+ * request can never postpone a due completion (a spurious early tick is harmless).
+ */
+static void vnpu_host_schedule(void *opaque, uint64_t deadline_ns)
+{
+    VnpuState *s = opaque;
+    int64_t when = deadline_ns > INT64_MAX ? INT64_MAX : (int64_t)deadline_ns;
+
+    trace_vnpu_schedule(deadline_ns);
+    timer_mod_anticipate_ns(s->timer, when);
+}
+
+/* Timer callback (BQL held). Without MSI-X the device signals nothing: the driver must enable MSI-X or poll. */
+static void vnpu_host_interrupt(void *opaque, unsigned vector)
+{
+    PCIDevice *pdev = PCI_DEVICE(opaque);
+
+    if (msix_enabled(pdev)) {
+        trace_vnpu_irq(vector);
+        msix_notify(pdev, vector);
+    } else {
+        trace_vnpu_irq_suppressed(vector);
+    }
+}
+
+static void vnpu_host_guest_error(void *opaque, const char *msg)
+{
+    qemu_log_mask(LOG_GUEST_ERROR, "vnpu: %s\n", msg);
+    trace_vnpu_err_guest(msg);
+}
+
+/* pci_dma_* dereferences RCU-protected memory maps: the worker must be a registered RCU reader. */
+static void vnpu_host_worker_start(void *opaque)
+{
+    rcu_register_thread();
+}
+
+static void vnpu_host_worker_stop(void *opaque)
+{
+    rcu_unregister_thread();
+}
+
+static void vnpu_timer_cb(void *opaque)
+{
+    VnpuState *s = opaque;
+
+    trace_vnpu_tick(qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL));
+    vnpu_engine_tick(s->engine);
+}
+
+/* ---- BAR0 ------------------------------------------------------------------------------------------------ */
+
+static uint64_t vnpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
+{
+    VnpuState *s = opaque;
+    uint64_t val = vnpu_engine_mmio_read(s->engine, addr, size);
+
+    trace_vnpu_mmio_read(addr, size, val);
+    return val;
+}
+
+static void vnpu_mmio_write(void *opaque, hwaddr addr, uint64_t val, unsigned size)
+{
+    VnpuState *s = opaque;
+
+    trace_vnpu_mmio_write(addr, size, val);
+    vnpu_engine_mmio_write(s->engine, addr, val, size);
+}
+
+static const MemoryRegionOps vnpu_mmio_ops = {
+    .read = vnpu_mmio_read,
+    .write = vnpu_mmio_write,
+    .endianness = DEVICE_LITTLE_ENDIAN,
+    /* Registers are 32 bits wide; other sizes and unaligned accesses are rejected by the memory core. */
+    .valid = {
+        .min_access_size = 4,
+        .max_access_size = 4,
+    },
+    .impl = {
+        .min_access_size = 4,
+        .max_access_size = 4,
+    },
+};
+
+/* ---- lifecycle ------------------------------------------------------------------------------------------- */
+
+static void vnpu_realize(PCIDevice *pdev, Error **errp)
+{
+    VnpuState *s = VNPU(pdev);
+    VnpuEngineConfig cfg = {
+        .devmem_size = s->params.devmem_size,
+        .num_queues = 1,
+        .h2d_mbps = s->params.h2d_mbps,
+        .d2h_mbps = s->params.d2h_mbps,
+        .compute_gflops = s->params.compute_gflops,
+        .cmd_overhead_ns = s->params.cmd_overhead_ns,
+    };
+    const VnpuEngineHost host = {
+        .opaque = s,
+        .dma_read = vnpu_host_dma_read,
+        .dma_write = vnpu_host_dma_write,
+        .clock_ns = vnpu_host_clock_ns,
+        .schedule = vnpu_host_schedule,
+        .interrupt = vnpu_host_interrupt,
+        .guest_error = vnpu_host_guest_error,
+        .worker_start = vnpu_host_worker_start,
+        .worker_stop = vnpu_host_worker_stop,
+    };
+    unsigned nvec;
+    int rc;
+
+    if (vnpu_engine_config_finalize(&cfg)) {
+        error_setg(errp, "vnpu: invalid configuration (devmem-size must be a multiple of 4 KiB and at most "
+                   "1 TiB; rates are non-zero)");
+        return;
+    }
+    pci_config_set_interrupt_pin(pdev->config, 0); /* MSI-X only */
+    if (pci_is_express(pdev)) {
+        rc = pcie_endpoint_cap_init(pdev, 0);
+        if (rc < 0) {
+            error_setg(errp, "vnpu: cannot add the PCI Express capability");
+            return;
+        }
+    }
+
+    s->timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, vnpu_timer_cb, s);
+    rc = vnpu_engine_create(&cfg, &host, &s->engine);
+    if (rc) {
+        error_setg_errno(errp, -rc, "vnpu: cannot create the device engine (%" PRIu64 " bytes of device memory)",
+                         cfg.devmem_size);
+        goto err_free_timer;
+    }
+
+    /* Under icount, make completions appear at exactly the modelled virtual time (see vnpu_engine.h). */
+    vnpu_engine_set_lockstep(s->engine, icount_enabled());
+
+    memory_region_init_io(&s->regs, OBJECT(s), &vnpu_mmio_ops, s, "vnpu-regs", VNPU_BAR_REGS_SIZE);
+    pci_register_bar(pdev, VNPU_BAR_REGS, PCI_BASE_ADDRESS_SPACE_MEMORY, &s->regs);
+
+    nvec = vnpu_engine_num_vectors(s->engine);
+    if (msix_init_exclusive_bar(pdev, nvec, VNPU_BAR_MSIX, errp) < 0) {
+        goto err_destroy_engine;
+    }
+    for (unsigned v = 0; v < nvec; v++) {
+        msix_vector_use(pdev, v); /* msix_notify() ignores vectors never marked used */
+    }
+    return;
+
+err_destroy_engine:
+    vnpu_engine_destroy(s->engine);
+    s->engine = NULL;
+err_free_timer:
+    timer_free(s->timer);
+    s->timer = NULL;
+    if (pci_is_express(pdev)) {
+        pcie_cap_exit(pdev);
+    }
+}
+
+static void vnpu_exit(PCIDevice *pdev)
+{
+    VnpuState *s = VNPU(pdev);
+
+    msix_unuse_all_vectors(pdev);
+    msix_uninit_exclusive_bar(pdev);
+    /* Joins the worker: after this nothing calls schedule(), so the timer can go. */
+    vnpu_engine_destroy(s->engine);
+    s->engine = NULL;
+    timer_free(s->timer);
+    s->timer = NULL;
+    if (pci_is_express(pdev)) {
+        pcie_cap_exit(pdev);
+    }
+}
+
+static void vnpu_reset(DeviceState *dev)
+{
+    VnpuState *s = VNPU(dev);
+
+    trace_vnpu_reset();
+    vnpu_engine_reset(s->engine);
+}
+
+/*
+ * A hybrid device: PCI Express behind a PCIe port (the q35 layout a driver sees on real hardware), conventional
+ * PCI on a conventional or root bus. The choice must be made before the PCI core sizes config space.
+ */
+static void vnpu_dc_realize(DeviceState *dev, Error **errp)
+{
+    VnpuClass *vc = VNPU_GET_CLASS(dev);
+    PCIDevice *pdev = PCI_DEVICE(dev);
+    PCIBus *bus = pci_get_bus(pdev);
+
+    if (pci_bus_is_express(bus) && !pci_bus_is_root(bus)) {
+        pdev->cap_present |= QEMU_PCI_CAP_EXPRESS;
+    }
+    vc->parent_dc_realize(dev, errp);
+}
+
+static const Property vnpu_properties[] = {
+    DEFINE_PROP_SIZE("devmem-size", VnpuState, params.devmem_size, VNPU_ENGINE_DEFAULT_DEVMEM_SIZE),
+    DEFINE_PROP_UINT32("h2d-mbps", VnpuState, params.h2d_mbps, VNPU_ENGINE_DEFAULT_H2D_MBPS),
+    DEFINE_PROP_UINT32("d2h-mbps", VnpuState, params.d2h_mbps, VNPU_ENGINE_DEFAULT_D2H_MBPS),
+    DEFINE_PROP_UINT32("compute-gflops", VnpuState, params.compute_gflops, VNPU_ENGINE_DEFAULT_COMPUTE_GFLOPS),
+    DEFINE_PROP_UINT32("cmd-overhead-ns", VnpuState, params.cmd_overhead_ns,
+                       VNPU_ENGINE_DEFAULT_CMD_OVERHEAD_NS),
+};
+
+static void vnpu_class_init(ObjectClass *klass, void *data)
+{
+    DeviceClass *dc = DEVICE_CLASS(klass);
+    PCIDeviceClass *k = PCI_DEVICE_CLASS(klass);
+    VnpuClass *vc = VNPU_CLASS(klass);
+
+    k->realize = vnpu_realize;
+    k->exit = vnpu_exit;
+    k->vendor_id = VNPU_PCI_VENDOR_ID;
+    k->device_id = VNPU_PCI_DEVICE_ID;
+    k->revision = VNPU_PCI_REVISION;
+    k->class_id = VNPU_PCI_CLASS;
+    device_class_set_parent_realize(dc, vnpu_dc_realize, &vc->parent_dc_realize);
+    device_class_set_legacy_reset(dc, vnpu_reset);
+    device_class_set_props(dc, vnpu_properties);
+    dc->desc = "vnpu simulated NPU (DMA + matmul engines with a timing model)";
+    set_bit(DEVICE_CATEGORY_MISC, dc->categories);
+}
+
+static const TypeInfo vnpu_types[] = {
+    {
+        .name = TYPE_VNPU,
+        .parent = TYPE_PCI_DEVICE,
+        .instance_size = sizeof(VnpuState),
+        .class_size = sizeof(VnpuClass),
+        .class_init = vnpu_class_init,
+        .interfaces = (InterfaceInfo[]) {
+            { INTERFACE_PCIE_DEVICE },
+            { INTERFACE_CONVENTIONAL_PCI_DEVICE },
+            { },
+        },
+    },
+};
+
+DEFINE_TYPES(vnpu_types)
