@@ -206,7 +206,8 @@ struct drm_vnpu_wait {
  * with IORING_SETUP_SQE128; the remaining command bytes must be zero, and so must seqno). The job is validated
  * exactly as by the ioctl; a validation error completes the SQE at once with that errno. Otherwise exactly one
  * CQE arrives when the device completes the job: res = 0 or the job's negative errno (as job_status above).
- * With IORING_SETUP_CQE32 the extra CQE words carry big_cqe[0] = seqno and big_cqe[1] = hw_status.
+ * With IORING_SETUP_CQE32 the extra CQE words carry big_cqe[0] = seqno; big_cqe[1] is always 0 (Linux 6.12's
+ * io_uring_cmd_done() carries only one extra word). Jobs submitted this way are not visible to WAIT.
  * Pending commands are cancelled (res = -ECANCELED) when the ring is torn down; the job itself still runs.
  */
 #define DRM_VNPU_URING_CMD_SUBMIT 0x01
