@@ -14,9 +14,13 @@ fetch_source() {
 	cd "$VNPU_CACHE"
 	if ! ls qemu_"$QEMU_UPSTREAM"+ds.orig.tar.xz >/dev/null 2>&1; then
 		log "fetching QEMU $QEMU_UPSTREAM source (apt-get source, bookworm-backports)"
-		# Only the .orig tarball is needed (we build upstream-style); the .dsc may be missing on the mirror.
-		apt-get source --download-only "qemu=$QEMU_PKG_VERSION" || true
-		ls qemu_"$QEMU_UPSTREAM"+ds.orig.tar.xz >/dev/null 2>&1 || die "could not download QEMU source"
+		# Only the .orig tarball is needed (we build upstream-style); the mirror may 404 on the .dsc and the
+		# Debian diff, which apt reports as errors, so judge by the tarball and show apt's log only if it is missing.
+		apt-get source --download-only "qemu=$QEMU_PKG_VERSION" >apt-source.log 2>&1 || true
+		if ! ls qemu_"$QEMU_UPSTREAM"+ds.orig.tar.xz >/dev/null 2>&1; then
+			cat apt-source.log >&2
+			die "could not download QEMU source (is bookworm-backports deb-src configured? ./vnpu setup adds it)"
+		fi
 	fi
 	log "extracting QEMU source"
 	rm -rf "$QEMU_SRC"
