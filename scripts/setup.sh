@@ -10,6 +10,10 @@ PKGS_HOST=(build-essential pkg-config ninja-build g++ libgtest-dev libgmock-dev 
 PKGS_KERNEL=(linux-image-6.12-amd64 linux-headers-6.12-amd64 kmod)
 PKGS_VM=(busybox-static cpio xz-utils zstd)
 PKGS_QEMU=(libglib2.0-dev libpixman-1-dev flex bison libslirp-dev python3-venv bzip2 dpkg-dev)
+# Compiler, op kernels and examples: ONNX import, oneDNN kernels, data formats (HDF5, JPEG, JSON), and Debian's
+# PyTorch/ONNX for generating the example models and reference outputs (these belong to /usr/bin/python3).
+PKGS_MODEL=(libdnnl-dev libonnx-dev libonnx-testdata libprotobuf-dev protobuf-compiler libhdf5-dev libjpeg-dev
+	nlohmann-json3-dev python3-torch python3-onnx python3-numpy python3-h5py python3-pil)
 PKGS_BPO=(meson python3-pycotap seabios qemu-system-data)
 
 APT_SOURCES=/etc/apt/sources.list.d/vnpu.sources
@@ -44,7 +48,7 @@ missing_pkgs() {
 
 ensure_packages() {
 	local missing missing_bpo
-	missing=$(missing_pkgs "${PKGS_HOST[@]}" "${PKGS_KERNEL[@]}" "${PKGS_VM[@]}" "${PKGS_QEMU[@]}")
+	missing=$(missing_pkgs "${PKGS_HOST[@]}" "${PKGS_KERNEL[@]}" "${PKGS_VM[@]}" "${PKGS_QEMU[@]}" "${PKGS_MODEL[@]}")
 	missing_bpo=$(missing_pkgs "${PKGS_BPO[@]}")
 	# bookworm's meson (1.0) and SeaBIOS (1.16.2) are installed but too old: require the backports versions.
 	if ! dpkg --compare-versions "$(dpkg-query -W -f='${Version}' meson 2>/dev/null || echo 0)" ge 1.5; then
