@@ -54,22 +54,27 @@ set_block() {
 }
 
 graft_device() {
-	local changed= f rel srcs=()
-	# Device glue lives directly in hw/misc (so it shares hw/misc's trace.h); the engine library in hw/misc/vnpu/.
+	local changed= f rel srcs=() h
+	# Device glue lives directly in hw/misc (so it shares hw/misc's trace.h); the engine library, with its
+	# subdirectories (e.g. ops/), in hw/misc/vnpu/. The shared interface headers are copied next to it.
 	changed+=$(sync_file "$DEV/vnpu_pci.c" "$MISC/vnpu_pci.c")
-	changed+=$(sync_file "$VNPU_ROOT/include/vnpu_hw.h" "$MISC/vnpu/vnpu_hw.h")
-	for f in "$DEV"/engine/*.[ch]; do
-		rel=vnpu/$(basename "$f")
-		changed+=$(sync_file "$f" "$MISC/$rel")
-		case $f in *.c) srcs+=("'$rel'") ;; esac
+	for h in vnpu_hw.h vnpu_isa.h; do
+		[ -f "$VNPU_ROOT/include/$h" ] && changed+=$(sync_file "$VNPU_ROOT/include/$h" "$MISC/vnpu/$h")
 	done
+	while read -r rel; do
+		changed+=$(sync_file "$DEV/engine/$rel" "$MISC/vnpu/$rel")
+		case $rel in *.c) srcs+=("'vnpu/$rel'") ;; esac
+	done < <(cd "$DEV/engine" && find . -name '*.[ch]' | sed 's|^\./||' | sort)
 	# Remove engine files that no longer exist in the repo.
-	for f in "$MISC"/vnpu/*.[ch]; do
-		[ "$(basename "$f")" = vnpu_hw.h ] && continue
-		[ -e "$DEV/engine/$(basename "$f")" ] || { rm -f "$f"; changed+=changed; }
-	done
+	while read -r rel; do
+		case $rel in vnpu_hw.h | vnpu_isa.h) continue ;; esac
+		[ -e "$DEV/engine/$rel" ] || { rm -f "$MISC/vnpu/$rel"; changed+=changed; }
+	done < <(cd "$MISC/vnpu" && find . -name '*.[ch]' | sed 's|^\./||')
 	changed+=$(set_block "$MISC/meson.build" <<MB
-system_ss.add(when: 'CONFIG_VNPU', if_true: [files('vnpu_pci.c', $(IFS=,; echo "${srcs[*]}" | sed "s/,/, /g")), threads])
+vnpu_engine_inc = declare_dependency(include_directories: include_directories('vnpu'))
+vnpu_dnnl = cc.find_library('dnnl', has_headers: ['dnnl.h'], required: true)
+system_ss.add(when: 'CONFIG_VNPU', if_true: [files('vnpu_pci.c', $(IFS=,; echo "${srcs[*]}" | sed "s/,/, /g")),
+                                             threads, vnpu_engine_inc, vnpu_dnnl])
 MB
 )
 	changed+=$(set_block "$MISC/Kconfig" <<'KC'
