@@ -1,10 +1,14 @@
 /* SPDX-License-Identifier: ((GPL-2.0 WITH Linux-syscall-note) OR MIT) */
 /*
- * vnpu accel driver uAPI. Included by the driver (kernel/), libruntime and the tests; docs/uapi.md describes it.
+ * vnpu accel driver uAPI, version 2. Included by the driver (kernel/), libruntime and the tests;
+ * docs/uapi.md describes it.
  *
  * Conventions (Documentation/process/botching-up-ioctls.rst): fixed-width fields, explicit padding, no holes,
  * every struct a multiple of 8 bytes. Every flags, pad and reserved field must be zero on input; unknown bits
  * give -EINVAL. Handles are GEM handles of the calling file; free any of them with DRM_IOCTL_GEM_CLOSE.
+ *
+ * Each open file is one device context: its own device virtual address space (device MMU), its device memory
+ * allocations mapped into it, its queues and its jobs. Nothing of one file is reachable from another file.
  */
 #ifndef _UAPI_VNPU_ACCEL_H_
 #define _UAPI_VNPU_ACCEL_H_
@@ -20,27 +24,41 @@ extern "C" {
 #define DRM_VNPU_MEM_ALLOC 0x02
 #define DRM_VNPU_SUBMIT 0x03
 #define DRM_VNPU_WAIT 0x04
+#define DRM_VNPU_BO_INFO 0x05
+#define DRM_VNPU_QUEUE_CREATE 0x06
+#define DRM_VNPU_QUEUE_DESTROY 0x07
 
 #define DRM_IOCTL_VNPU_GET_PARAM DRM_IOWR(DRM_COMMAND_BASE + DRM_VNPU_GET_PARAM, struct drm_vnpu_get_param)
 #define DRM_IOCTL_VNPU_BO_CREATE DRM_IOWR(DRM_COMMAND_BASE + DRM_VNPU_BO_CREATE, struct drm_vnpu_bo_create)
 #define DRM_IOCTL_VNPU_MEM_ALLOC DRM_IOWR(DRM_COMMAND_BASE + DRM_VNPU_MEM_ALLOC, struct drm_vnpu_mem_alloc)
 #define DRM_IOCTL_VNPU_SUBMIT DRM_IOWR(DRM_COMMAND_BASE + DRM_VNPU_SUBMIT, struct drm_vnpu_submit)
 #define DRM_IOCTL_VNPU_WAIT DRM_IOWR(DRM_COMMAND_BASE + DRM_VNPU_WAIT, struct drm_vnpu_wait)
+#define DRM_IOCTL_VNPU_BO_INFO DRM_IOWR(DRM_COMMAND_BASE + DRM_VNPU_BO_INFO, struct drm_vnpu_bo_info)
+#define DRM_IOCTL_VNPU_QUEUE_CREATE DRM_IOWR(DRM_COMMAND_BASE + DRM_VNPU_QUEUE_CREATE, struct drm_vnpu_queue_create)
+#define DRM_IOCTL_VNPU_QUEUE_DESTROY DRM_IOW(DRM_COMMAND_BASE + DRM_VNPU_QUEUE_DESTROY, struct drm_vnpu_queue_destroy)
 
 /* ---- GET_PARAM ------------------------------------------------------------------------------------------ */
 enum drm_vnpu_param {
 	DRM_VNPU_PARAM_DEVICE_ID = 0, /* PCI vendor << 16 | device */
 	DRM_VNPU_PARAM_DEVICE_VERSION = 1, /* device interface version, major << 16 | minor */
 	DRM_VNPU_PARAM_CAPS = 2, /* device capability bits (VNPU_CAP_* of the device spec) */
-	DRM_VNPU_PARAM_NUM_QUEUES = 3, /* hardware queues usable through SUBMIT */
+	DRM_VNPU_PARAM_NUM_QUEUES = 3, /* hardware queues of the device */
 	DRM_VNPU_PARAM_DEVMEM_SIZE = 4, /* device memory, bytes */
 	DRM_VNPU_PARAM_DEVMEM_FREE = 5, /* device memory not allocated by anyone, bytes (a snapshot) */
-	DRM_VNPU_PARAM_MAX_CMDS = 6, /* largest drm_vnpu_submit.cmd_count */
-	DRM_VNPU_PARAM_URING_CMD = 7, /* io_uring command ABI version (1), 0 if absent */
+	DRM_VNPU_PARAM_MAX_CMDS = 6, /* largest drm_vnpu_job.cmd_count */
+	DRM_VNPU_PARAM_URING_CMD = 7, /* io_uring command ABI version (2), 0 if absent */
 	DRM_VNPU_PARAM_H2D_MBPS = 8, /* timing model: host-to-device DMA bandwidth, 10^6 B/s */
 	DRM_VNPU_PARAM_D2H_MBPS = 9, /* timing model: device-to-host DMA bandwidth, 10^6 B/s */
-	DRM_VNPU_PARAM_COMPUTE_GFLOPS = 10, /* timing model: compute throughput, GFLOP/s */
+	DRM_VNPU_PARAM_COMPUTE_GFLOPS = 10, /* timing model: compute throughput per core, GFLOP/s */
 	DRM_VNPU_PARAM_DEVICE_CLOCK_NS = 11, /* current device clock, ns (same clock as job timestamps) */
+	DRM_VNPU_PARAM_MAX_JOBS = 12, /* largest drm_vnpu_submit.job_count */
+	DRM_VNPU_PARAM_MAX_DEPS = 13, /* largest drm_vnpu_job.dep_count */
+	DRM_VNPU_PARAM_MAX_PRIORITY = 14, /* highest drm_vnpu_queue_create.priority */
+	DRM_VNPU_PARAM_MMU_PAGE_SIZE = 15, /* device MMU page size; MEM_ALLOC sizes round up to it */
+	DRM_VNPU_PARAM_COMPUTE_CORES = 16, /* compute cores of the device */
+	DRM_VNPU_PARAM_CONTEXT_ID = 17, /* the device context id of this file */
+	DRM_VNPU_PARAM_DEVMEM_USED = 18, /* device memory allocated by this file, bytes */
+	DRM_VNPU_PARAM_TIMING_ONLY = 19, /* 1 if the device skips functional compute (outputs undefined) */
 };
 
 /**
@@ -56,12 +74,15 @@ struct drm_vnpu_get_param {
 };
 
 /* ---- BO_CREATE: host memory the device reaches by DMA (GEM shmem, pinned while it exists) ---------------- */
+#define DRM_VNPU_BO_WC (1u << 0) /* write-combined CPU mapping (fast streaming writes, slow reads) */
+
 /**
  * struct drm_vnpu_bo_create - create a host buffer object
  * @size: in, bytes, 1..2 GiB; rounded up to pages
- * @flags: in, must be 0
+ * @flags: in, DRM_VNPU_BO_*
  * @handle: out, GEM handle
  * @pad: must be 0
+ * @pad2: must be 0
  * @mmap_offset: out, offset to pass to mmap(2) on the accel fd to map the BO
  */
 struct drm_vnpu_bo_create {
@@ -73,13 +94,14 @@ struct drm_vnpu_bo_create {
 	__u64 mmap_offset;
 };
 
-/* ---- MEM_ALLOC: device-local memory ------------------------------------------------------------------- */
+/* ---- MEM_ALLOC: device-local memory, mapped into this file's device address space ------------------------ */
 /**
  * struct drm_vnpu_mem_alloc - allocate device memory
- * @size: in, bytes, > 0; rounded up to 4 KiB. -ENOSPC when device memory is exhausted.
+ * @size: in, bytes, > 0; rounded up to the MMU page size. -ENOSPC when device memory is exhausted.
  * @flags: in, must be 0
  * @handle: out, GEM handle (not mmap-able; reach it with DMA commands)
- * @dev_addr: out, device address of the allocation (informational: commands name memory by handle)
+ * @dev_addr: out, device virtual address of the allocation in this file's context. Commands name memory by
+ *            handle + offset; the address is what programs' binding tables hold (see DRM_VNPU_OP_EXEC).
  */
 struct drm_vnpu_mem_alloc {
 	__u64 size;
@@ -88,12 +110,69 @@ struct drm_vnpu_mem_alloc {
 	__u64 dev_addr;
 };
 
-/* ---- SUBMIT: one job, a list of commands executed in order --------------------------------------------- */
+/* ---- BO_INFO: what a handle is ------------------------------------------------------------------------- */
+enum drm_vnpu_bo_kind {
+	DRM_VNPU_BO_KIND_HOST = 1, /* from BO_CREATE */
+	DRM_VNPU_BO_KIND_DEVICE = 2, /* from MEM_ALLOC */
+};
+
+/**
+ * struct drm_vnpu_bo_info - describe a handle
+ * @handle: in, GEM handle of this file
+ * @kind: out, enum drm_vnpu_bo_kind
+ * @size: out, bytes (after rounding)
+ * @flags: out, the flags it was created with
+ * @pad: must be 0
+ * @mmap_offset: out, host BOs: mmap offset; device memory: 0
+ * @dev_addr: out, device memory: device virtual address in this file's context; host BOs: 0
+ */
+struct drm_vnpu_bo_info {
+	__u32 handle;
+	__u32 kind;
+	__u64 size;
+	__u32 flags;
+	__u32 pad;
+	__u64 mmap_offset;
+	__u64 dev_addr;
+};
+
+/* ---- QUEUE_CREATE / QUEUE_DESTROY ---------------------------------------------------------------------- */
+/**
+ * struct drm_vnpu_queue_create - create a submission queue of this file
+ * @priority: in, 0 (lowest) .. DRM_VNPU_PARAM_MAX_PRIORITY; the device serves higher priorities first
+ * @flags: in, must be 0
+ * @queue_id: out, queue id for SUBMIT/WAIT (ids are per file; queue 0 exists implicitly at priority 1)
+ * @pad: must be 0
+ *
+ * Jobs of one queue complete in submission order. Queues of all files are multiplexed onto the device's
+ * hardware queues by priority (docs/uapi.md).
+ */
+struct drm_vnpu_queue_create {
+	__u32 priority;
+	__u32 flags;
+	__u32 queue_id;
+	__u32 pad;
+};
+
+/**
+ * struct drm_vnpu_queue_destroy - destroy a queue; jobs already submitted still run and complete
+ * @queue_id: in, a queue created by QUEUE_CREATE (queue 0 cannot be destroyed: -EINVAL)
+ * @pad: must be 0
+ */
+struct drm_vnpu_queue_destroy {
+	__u32 queue_id;
+	__u32 pad;
+};
+
+/* ---- Commands ------------------------------------------------------------------------------------------ */
 enum drm_vnpu_op {
 	DRM_VNPU_OP_INVALID = 0, /* catches zeroed entries: -EINVAL */
 	DRM_VNPU_OP_COPY_TO_DEVICE = 1, /* BO range -> device memory range (H2D DMA) */
 	DRM_VNPU_OP_COPY_FROM_DEVICE = 2, /* device memory range -> BO range (D2H DMA) */
 	DRM_VNPU_OP_MATMUL = 3, /* C = A x B over device memory, f32, row-major */
+	DRM_VNPU_OP_EXEC = 4, /* run a compiled program (vnpu_isa.h) that lives in device memory */
+	DRM_VNPU_OP_SYNTH = 5, /* occupy a compute core for a modelled time; for benchmarks */
+	DRM_VNPU_OP_NOP = 6, /* does nothing; for measuring submission overhead */
 };
 
 /**
@@ -103,6 +182,7 @@ enum drm_vnpu_op {
  * @bo_offset: byte offset into the BO
  * @mem_offset: byte offset into the device memory object
  * @size: bytes, > 0; both ranges must lie inside their objects
+ * @reserved: must be 0
  */
 struct drm_vnpu_cmd_copy {
 	__u32 bo_handle;
@@ -115,8 +195,8 @@ struct drm_vnpu_cmd_copy {
 
 /**
  * struct drm_vnpu_cmd_matmul - C[m,n] = A[m,k] x B[k,n] in device memory
- * @a_handle, @b_handle, @c_handle: device memory handles (may be the same object)
- * @dtype: 0 = f32 (the only type in this version)
+ * @a_handle, @b_handle, @c_handle: device memory handles (may be the same object; C must not overlap A or B)
+ * @dtype: 0 = f32 (the only type)
  * @a_offset, @b_offset, @c_offset: byte offsets, 4-byte aligned; each matrix must fit inside its object
  * @m, @n, @k: dimensions, each 1..16384
  * @pad: must be 0
@@ -136,11 +216,51 @@ struct drm_vnpu_cmd_matmul {
 };
 
 /**
+ * struct drm_vnpu_cmd_exec - run a program
+ * @prog_handle: device memory holding the program
+ * @bindings_handle: device memory holding the binding table: @num_bindings __u64 device virtual addresses
+ *                   (this file's context), one per binding slot of the program
+ * @prog_offset: byte offset of the program, 8-byte aligned
+ * @prog_size: program bytes, 1..16 MiB, inside the object
+ * @bindings_offset: byte offset of the binding table, 8-byte aligned; the table must fit inside the object
+ * @num_bindings: 1..64
+ * @pad: must be 0
+ * @reserved: must be 0
+ *
+ * The program and the binding table's addresses are checked by the device (format, device MMU): a bad program
+ * fails the job with -EIO (hw_status PROGRAM_INVALID), an address outside this file's allocations with -EFAULT
+ * (hw_status MMU_FAULT, fault address in the job report).
+ */
+struct drm_vnpu_cmd_exec {
+	__u32 prog_handle;
+	__u32 bindings_handle;
+	__u64 prog_offset;
+	__u64 prog_size;
+	__u64 bindings_offset;
+	__u32 num_bindings;
+	__u32 pad;
+	__u64 reserved[2];
+};
+
+/**
+ * struct drm_vnpu_cmd_synth - occupy a compute core
+ * @ns: modelled busy time, 1..10^10
+ * @reserved: must be 0
+ */
+struct drm_vnpu_cmd_synth {
+	__u64 ns;
+	__u64 reserved[6];
+};
+
+/**
  * struct drm_vnpu_cmd - one command of a job (64 bytes)
  * @op: enum drm_vnpu_op
  * @flags: must be 0
  * @copy: for COPY_TO_DEVICE / COPY_FROM_DEVICE
  * @matmul: for MATMUL
+ * @exec: for EXEC
+ * @synth: for SYNTH
+ * @raw: NOP: must be all 0
  */
 struct drm_vnpu_cmd {
 	__u32 op;
@@ -148,51 +268,151 @@ struct drm_vnpu_cmd {
 	union {
 		struct drm_vnpu_cmd_copy copy;
 		struct drm_vnpu_cmd_matmul matmul;
+		struct drm_vnpu_cmd_exec exec;
+		struct drm_vnpu_cmd_synth synth;
+		__u8 raw[56];
 	};
 };
 
 #define DRM_VNPU_MAX_CMDS 64
+#define DRM_VNPU_MAX_JOBS 256
+#define DRM_VNPU_MAX_DEPS 16
 
+/* ---- Jobs and SUBMIT ----------------------------------------------------------------------------------- */
 /**
- * struct drm_vnpu_submit - queue one job
- * @cmds: in, user pointer to @cmd_count struct drm_vnpu_cmd
- * @cmd_count: in, 1..DRM_VNPU_MAX_CMDS
- * @flags: in, must be 0
- * @queue: in, hardware queue index, < DRM_VNPU_PARAM_NUM_QUEUES
+ * struct drm_vnpu_dep - a job this job waits for
+ * @queue_id: a queue of this file
  * @pad: must be 0
- * @seqno: out (ioctl only), the job's sequence number on that queue, for WAIT. Must be 0 on input.
+ * @seqno: a seqno returned for that queue (already completed jobs are fine; a seqno not yet issued: -EINVAL)
  *
- * The driver validates every command (handles, ranges, dimensions) before anything reaches the device; a bad
- * command fails the whole submit with -EINVAL (unknown op, flags, pad, range) or -ENOENT (unknown handle).
- * Referenced objects stay alive until the job completes, even if their handles are closed.
+ * A job starts only after all its dependencies completed. If a dependency failed, the job does not run and
+ * completes with -ECANCELED.
  */
-struct drm_vnpu_submit {
-	__u64 cmds;
-	__u32 cmd_count;
-	__u32 flags;
-	__u32 queue;
+struct drm_vnpu_dep {
+	__u32 queue_id;
 	__u32 pad;
 	__u64 seqno;
 };
 
 /**
+ * struct drm_vnpu_job - one job: a list of commands executed in order
+ * @cmds: user pointer to @cmd_count struct drm_vnpu_cmd
+ * @cmd_count: 1..DRM_VNPU_MAX_CMDS
+ * @flags: must be 0
+ * @deps: user pointer to @dep_count struct drm_vnpu_dep (ignored when @dep_count is 0)
+ * @dep_count: 0..DRM_VNPU_MAX_DEPS
+ * @report_handle: 0, or a host BO where the driver writes a struct drm_vnpu_job_report when the job completes
+ *                 (before the CQE, event or WAIT return)
+ * @report_offset: byte offset of the report in that BO, 8-byte aligned, report inside the BO
+ * @user_data: opaque; returned in the DRM event and the job report
+ */
+struct drm_vnpu_job {
+	__u64 cmds;
+	__u32 cmd_count;
+	__u32 flags;
+	__u64 deps;
+	__u32 dep_count;
+	__u32 report_handle;
+	__u64 report_offset;
+	__u64 user_data;
+};
+
+#define DRM_VNPU_SUBMIT_F_EVENT (1u << 0) /* deliver a struct drm_vnpu_event_job on the fd per job */
+
+/**
+ * struct drm_vnpu_submit - queue a batch of jobs
+ * @jobs: in, user pointer to @job_count struct drm_vnpu_job
+ * @job_count: in, 1..DRM_VNPU_MAX_JOBS
+ * @queue_id: in, a queue of this file (0 always exists)
+ * @flags: in, DRM_VNPU_SUBMIT_F_*
+ * @pad: must be 0
+ * @first_seqno: out, job i of the batch gets seqno first_seqno + i on @queue_id. Must be 0 on input.
+ *
+ * All jobs of the batch are validated before any is queued: on error nothing is queued and the ioctl fails
+ * with -EINVAL (bad field, range, op), -ENOENT (unknown handle or queue), -EFAULT (bad user pointer) or -EBUSY
+ * (the per-device in-flight limit, a module parameter, is reached; retry after jobs complete). A full hardware
+ * ring never fails a submission: jobs wait in a software queue. Referenced objects stay alive until the job
+ * completes, even if their handles are closed.
+ */
+struct drm_vnpu_submit {
+	__u64 jobs;
+	__u32 job_count;
+	__u32 queue_id;
+	__u32 flags;
+	__u32 pad;
+	__u64 first_seqno;
+};
+
+/**
+ * struct drm_vnpu_job_report - written into the report BO when a job completes
+ * @seqno: the job's seqno
+ * @user_data: the job's user_data
+ * @status: 0, or the job's negative errno (-EIO device error, -EFAULT MMU fault, -ETIMEDOUT, -ECANCELED)
+ * @hw_status: the device's completion status (enum vnpu_cpl_status of the device spec)
+ * @t_submit: CLOCK_MONOTONIC ns when the driver accepted the job
+ * @t_start: device clock ns when the job started executing (0 if it never ran)
+ * @t_end: device clock ns when the job completed
+ * @fault_addr: the faulting device virtual address for -EFAULT, else 0
+ * @h2d_ns, @compute_ns, @d2h_ns: modelled busy time of the job on each engine
+ * @flags: DRM_VNPU_REPORT_F_VALID (set last, after every other field)
+ */
+struct drm_vnpu_job_report {
+	__u64 seqno;
+	__u64 user_data;
+	__s32 status;
+	__u32 hw_status;
+	__u64 t_submit;
+	__u64 t_start;
+	__u64 t_end;
+	__u64 fault_addr;
+	__u32 h2d_ns;
+	__u32 compute_ns;
+	__u32 d2h_ns;
+	__u32 flags;
+};
+
+#define DRM_VNPU_REPORT_F_VALID (1u << 0)
+
+/* ---- Completion without io_uring: DRM events on the fd ------------------------------------------------- */
+#define DRM_VNPU_EVENT_JOB 0x80000000
+
+/**
+ * struct drm_vnpu_event_job - read(2) from the accel fd after SUBMIT with DRM_VNPU_SUBMIT_F_EVENT
+ * @base: type DRM_VNPU_EVENT_JOB, length sizeof(this)
+ * @user_data: the job's user_data
+ * @seqno: the job's seqno
+ * @status: 0 or the job's negative errno
+ * @queue_id: the job's queue
+ */
+struct drm_vnpu_event_job {
+	struct drm_event base;
+	__u64 user_data;
+	__u64 seqno;
+	__s32 status;
+	__u32 queue_id;
+};
+
+/* ---- WAIT ---------------------------------------------------------------------------------------------- */
+/**
  * struct drm_vnpu_wait - wait for a job submitted with DRM_IOCTL_VNPU_SUBMIT by this file
- * @seqno: in, a seqno returned by SUBMIT on @queue
+ * @seqno: in, a seqno returned by SUBMIT on @queue_id
  * @timeout_ns: in, absolute CLOCK_MONOTONIC deadline; -ETIME when it passes first. 0 polls.
- * @queue: in, the queue the job was submitted to
+ * @queue_id: in, the queue the job was submitted to
  * @flags: in, must be 0
- * @job_status: out, 0 if the job succeeded, else negative errno (-EIO device fault, -ECANCELED aborted)
+ * @job_status: out, 0 if the job succeeded, else its negative errno (as in struct drm_vnpu_job_report)
  * @hw_status: out, the device's completion status (enum vnpu_cpl_status of the device spec)
  * @t_start: out, device clock (ns) when the job started executing
  * @t_end: out, device clock (ns) when the job completed
  *
- * A job's result can be collected once: after a successful WAIT its seqno is forgotten and a second WAIT
- * gives -ENOENT, as does a seqno this file never received.
+ * Jobs of a queue complete in order, so a successful WAIT for seqno s also means every earlier job of that
+ * queue completed. A job's result can be collected once: after a successful WAIT its seqno is forgotten and a
+ * second WAIT gives -ENOENT, as does a seqno this file never received. Jobs submitted through io_uring are
+ * reported by their CQE, not by WAIT.
  */
 struct drm_vnpu_wait {
 	__u64 seqno;
 	__s64 timeout_ns;
-	__u32 queue;
+	__u32 queue_id;
 	__u32 flags;
 	__s32 job_status;
 	__u32 hw_status;
@@ -202,15 +422,27 @@ struct drm_vnpu_wait {
 
 /* ---- io_uring: IORING_OP_URING_CMD on the accel fd ---------------------------------------------------- */
 /*
- * cmd_op DRM_VNPU_URING_CMD_SUBMIT: the SQE's command area holds a struct drm_vnpu_submit (needs a ring created
- * with IORING_SETUP_SQE128; the remaining command bytes must be zero, and so must seqno). The job is validated
- * exactly as by the ioctl; a validation error completes the SQE at once with that errno. Otherwise exactly one
- * CQE arrives when the device completes the job: res = 0 or the job's negative errno (as job_status above).
- * With IORING_SETUP_CQE32 the extra CQE words carry big_cqe[0] = seqno; big_cqe[1] is always 0 (Linux 6.12's
- * io_uring_cmd_done() carries only one extra word). Jobs submitted this way are not visible to WAIT.
- * Pending commands are cancelled (res = -ECANCELED) when the ring is torn down; the job itself still runs.
+ * cmd_op DRM_VNPU_URING_CMD_SUBMIT: the SQE's command area (needs IORING_SETUP_SQE128) holds a
+ * struct drm_vnpu_uring_submit, the remaining command bytes zero. The job is validated exactly as by SUBMIT; a
+ * validation error completes the SQE at once with that errno. Otherwise exactly one CQE arrives when the job
+ * completes: res = 0 or the job's negative errno. With IORING_SETUP_CQE32, big_cqe[0] = the job's seqno
+ * (big_cqe[1] is 0: Linux 6.12 carries one extra word). Device times and the hardware status are in the job
+ * report, if one was requested. Pending commands complete with -ECANCELED when the ring is torn down; the job
+ * itself still runs to completion.
  */
-#define DRM_VNPU_URING_CMD_SUBMIT 0x01
+#define DRM_VNPU_URING_CMD_SUBMIT 0x02
+
+/**
+ * struct drm_vnpu_uring_submit - io_uring SUBMIT payload (one job)
+ * @queue_id: a queue of this file
+ * @flags: must be 0
+ * @job: the job
+ */
+struct drm_vnpu_uring_submit {
+	__u32 queue_id;
+	__u32 flags;
+	struct drm_vnpu_job job;
+};
 
 #if defined(__cplusplus)
 }
