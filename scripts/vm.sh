@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# ./vnpu vm [--devices N] [--icount[=SHIFT]] [--timeout S] [--mem M] [--smp N] [--out DIR] [--build-dir D] -- CMD...
+# ./vnpu vm [--devices N] [--icount[=SHIFT]] [--timeout S] [--mem M] [--smp N] [--out DIR] [--share PATH]...
+#           [--build-dir D] [--device-props P] -- CMD...
 #
 # Boot the Debian 6.12 kernel under the vnpu QEMU with N vnpu devices and an initramfs holding busybox, the
 # kernel modules vnpu.ko needs, vnpu.ko and every executable of the meson build dir (in /opt/vnpu/bin, with
 # their shared libraries). Run CMD as root in the guest, stream its output, and exit with CMD's status.
 # Exit non-zero and show the guest kernel log if the log has an Oops, BUG, WARNING, hung task, lockdep or
 # sanitizer report, or if the guest does not finish within the timeout. Files CMD writes under /out are
-# copied to DIR (--out).
+# copied to DIR (--out). Each --share PATH (file or directory, e.g. compiled models, data) is copied into the
+# guest as /opt/vnpu/share/<basename of PATH>. --device-props adds QEMU properties to every vnpu device
+# (e.g. "compute-gflops=100,fi-kind=1").
 set -euo pipefail
 . "$VNPU_ROOT/scripts/lib.sh"
 
 devices=1 icount= timeout=600 mem=1G smp=2 outdir= build_dir=$VNPU_BUILD module=$VNPU_ROOT/kernel/vnpu.ko
-qemu_extra=() vnpu_params=
+qemu_extra=() vnpu_params= shares=() device_props=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--devices) devices=$2; shift 2 ;;
@@ -27,6 +30,8 @@ while [ $# -gt 0 ]; do
 	--no-module) module=; shift ;;
 	--module-params) vnpu_params=$2; shift 2 ;;
 	--qemu-arg) qemu_extra+=("$2"); shift 2 ;;
+	--share) shares+=("$2"); shift 2 ;;
+	--device-props) device_props=$2; shift 2 ;;
 	--) shift; break ;;
 	*) die "vm: unknown option '$1' (usage: ./vnpu vm [--devices N] [--icount] [--timeout S] -- CMD...)" ;;
 	esac
@@ -101,6 +106,11 @@ sort -u "$work/libs" | while read -r lib; do
 	*) mkdir -p "$root$(dirname "$lib")" && cp -L "$lib" "$root$lib" ;;
 	esac
 done
+for p in "${shares[@]}"; do
+	[ -e "$p" ] || die "vm: --share $p does not exist"
+	mkdir -p "$root/opt/vnpu/share"
+	cp -rL "$p" "$root/opt/vnpu/share/"
+done
 mkdir -p "$root/lib64"
 [ -e "$root/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/proj.cpio.gz"
@@ -118,7 +128,7 @@ if [ -n "$icount" ]; then
 else
 	args+=(-accel tcg,thread=multi)
 fi
-for _ in $(seq 1 "$devices"); do args+=(-device vnpu); done
+for _ in $(seq 1 "$devices"); do args+=(-device "vnpu${device_props:+,$device_props}"); done
 args+=("${qemu_extra[@]}")
 
 t0=$(date +%s.%N)
