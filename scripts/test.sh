@@ -51,6 +51,8 @@ if [ "$vm" = 1 ]; then
 	run "vm runner: a guest kernel WARNING fails the run" quiet expect_fail "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- \
 		sh -c 'echo "<4>WARNING: CPU: 0 PID: 1 at vnpu-selftest.c:1 injected by ./vnpu test" >/dev/kmsg'
 	run "in-VM suites (driver, runtime on the kernel backend)" "$VNPU_ROOT/vnpu" vm --devices 1 --timeout 1200 -- vnpu-vm-tests
+	run "in-VM, two devices (independent accel0 and accel1)" "$VNPU_ROOT/vnpu" vm --devices 2 --timeout 600 -- \
+		driver_test --gtest_brief=1 --gtest_filter='MultiDevice.*'
 fi
 
 echo
