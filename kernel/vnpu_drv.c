@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * vnpu: DRM accel driver for the vnpu simulated NPU - PCI probe, DRM
- * registration, GET_PARAM.
+ * registration, files and their contexts, GET_PARAM, fdinfo.
  */
-#include <linux/debugfs.h>
 #include <linux/dma-mapping.h>
 #include <linux/iopoll.h>
 #include <linux/log2.h>
@@ -12,47 +11,106 @@
 #include <linux/slab.h>
 
 #include <drm/drm_accel.h>
-#include <drm/drm_debugfs.h>
 #include <drm/drm_drv.h>
 #include <drm/drm_ioctl.h>
+#include <drm/drm_print.h>
 
 #include "vnpu_drv.h"
 
+#define CREATE_TRACE_POINTS
+#include "vnpu_trace.h"
+
+/*
+ * DRM's default event space (4 KiB) holds 128 job events; allow one unread
+ * event per job the device may have in flight.
+ */
+#define VNPU_EVENT_SPACE (8192 * sizeof(struct drm_vnpu_event_job))
+
 static int vnpu_open(struct drm_device *drm, struct drm_file *file)
 {
+	struct vnpu_device *vdev = to_vnpu_device(drm);
+	struct vnpu_squeue *sq;
 	struct vnpu_file *vfile;
-	unsigned int i;
+	int ret;
 
 	vfile = kzalloc(sizeof(*vfile), GFP_KERNEL);
 	if (!vfile)
 		return -ENOMEM;
-	vfile->vdev = to_vnpu_device(drm);
-	for (i = 0; i < VNPU_MAX_QUEUES; i++)
-		xa_init(&vfile->jobs[i]);
+	vfile->vdev = vdev;
+	mutex_init(&vfile->lock);
+	xa_init_flags(&vfile->queues, XA_FLAGS_ALLOC);
+
+	sq = vnpu_squeue_create(vdev, 0, VNPU_DEFAULT_PRIORITY);
+	if (IS_ERR(sq)) {
+		ret = PTR_ERR(sq);
+		goto err_free;
+	}
+	ret = xa_insert(&vfile->queues, 0, sq, GFP_KERNEL);
+	if (ret) {
+		vnpu_squeue_put(sq);
+		goto err_free;
+	}
+
+	file->event_space = max_t(int, file->event_space, VNPU_EVENT_SPACE);
 	file->driver_priv = vfile;
 	return 0;
+
+err_free:
+	xa_destroy(&vfile->queues);
+	kfree(vfile);
+	return ret;
 }
 
 static void vnpu_postclose(struct drm_device *drm, struct drm_file *file)
 {
 	struct vnpu_file *vfile = file->driver_priv;
+	struct vnpu_squeue *sq;
+	unsigned long id;
 
 	/*
-	 * Jobs still in flight keep their own references to the objects they
-	 * use; only the uncollected WAIT results go away with the file.
+	 * Jobs still in flight hold their queue, context and objects; they
+	 * run to completion and free what they used.
 	 */
-	vnpu_file_release_jobs(vfile);
+	xa_for_each(&vfile->queues, id, sq) {
+		xa_erase(&vfile->queues, id);
+		vnpu_squeue_detach(sq);
+		vnpu_squeue_put(sq);
+	}
+	xa_destroy(&vfile->queues);
+	if (vfile->ctx)
+		vnpu_ctx_put(vfile->ctx);
+	mutex_destroy(&vfile->lock);
 	kfree(vfile);
 }
 
-static u64 vnpu_device_clock(struct vnpu_device *vdev)
+/**
+ * vnpu_file_ctx - the file's device context, created on first use
+ * @vfile: file
+ *
+ * Return: the context (owned by the file), or ERR_PTR(-ENOSPC) when the
+ * device has no free context.
+ */
+struct vnpu_ctx *vnpu_file_ctx(struct vnpu_file *vfile)
 {
-	u32 lo, hi;
+	struct vnpu_ctx *ctx;
 
-	/* Reading LO latches HI, so the pair is consistent. */
-	lo = vnpu_rd(vdev, VNPU_REG_CLOCK_LO);
-	hi = vnpu_rd(vdev, VNPU_REG_CLOCK_HI);
-	return (u64)hi << 32 | lo;
+	ctx = READ_ONCE(vfile->ctx);
+	if (ctx)
+		return ctx;
+	mutex_lock(&vfile->lock);
+	ctx = vfile->ctx;
+	if (!ctx) {
+		ctx = vnpu_ctx_create(vfile->vdev);
+		if (!IS_ERR(ctx))
+			WRITE_ONCE(vfile->ctx, ctx);
+	}
+	mutex_unlock(&vfile->lock);
+	return ctx;
+}
+
+u64 vnpu_device_clock(struct vnpu_device *vdev)
+{
+	return vnpu_rd64(vdev, VNPU_REG_CLOCK_LO);
 }
 
 static int vnpu_get_param_ioctl(struct drm_device *drm, void *data,
@@ -61,6 +119,8 @@ static int vnpu_get_param_ioctl(struct drm_device *drm, void *data,
 	struct vnpu_device *vdev = to_vnpu_device(drm);
 	struct pci_dev *pdev = to_pci_dev(drm->dev);
 	struct drm_vnpu_get_param *args = data;
+	struct vnpu_file *vfile = file->driver_priv;
+	struct vnpu_ctx *ctx;
 	int idx, ret = 0;
 
 	if (args->pad) {
@@ -81,13 +141,13 @@ static int vnpu_get_param_ioctl(struct drm_device *drm, void *data,
 		args->value = vdev->caps;
 		break;
 	case DRM_VNPU_PARAM_NUM_QUEUES:
-		args->value = vdev->num_queues;
+		args->value = vdev->num_hwq;
 		break;
 	case DRM_VNPU_PARAM_DEVMEM_SIZE:
 		args->value = vdev->devmem_size;
 		break;
 	case DRM_VNPU_PARAM_DEVMEM_FREE:
-		args->value = vnpu_devmem_free_bytes(vdev);
+		args->value = vdev->devmem_size - vnpu_devmem_used(vdev);
 		break;
 	case DRM_VNPU_PARAM_MAX_CMDS:
 		args->value = vdev->max_cmds;
@@ -107,6 +167,36 @@ static int vnpu_get_param_ioctl(struct drm_device *drm, void *data,
 	case DRM_VNPU_PARAM_DEVICE_CLOCK_NS:
 		args->value = vnpu_device_clock(vdev);
 		break;
+	case DRM_VNPU_PARAM_MAX_JOBS:
+		args->value = DRM_VNPU_MAX_JOBS;
+		break;
+	case DRM_VNPU_PARAM_MAX_DEPS:
+		args->value = DRM_VNPU_MAX_DEPS;
+		break;
+	case DRM_VNPU_PARAM_MAX_PRIORITY:
+		args->value = VNPU_PRIORITY_MAX;
+		break;
+	case DRM_VNPU_PARAM_MMU_PAGE_SIZE:
+		args->value = VNPU_MMU_PAGE_SIZE;
+		break;
+	case DRM_VNPU_PARAM_COMPUTE_CORES:
+		args->value = vdev->compute_cores;
+		break;
+	case DRM_VNPU_PARAM_CONTEXT_ID:
+		ctx = vnpu_file_ctx(vfile);
+		if (IS_ERR(ctx))
+			ret = PTR_ERR(ctx);
+		else
+			args->value = ctx->id;
+		break;
+	case DRM_VNPU_PARAM_DEVMEM_USED:
+		ctx = READ_ONCE(vfile->ctx);
+		args->value = ctx ? atomic64_read(&ctx->devmem_bytes) : 0;
+		break;
+	case DRM_VNPU_PARAM_TIMING_ONLY:
+		args->value = !!(vnpu_rd(vdev, VNPU_REG_CONTROL) &
+				 VNPU_CONTROL_TIMING_ONLY);
+		break;
 	default:
 		drm_dbg(drm, "get_param: unknown param %u\n", args->param);
 		ret = -EINVAL;
@@ -117,49 +207,27 @@ static int vnpu_get_param_ioctl(struct drm_device *drm, void *data,
 	return ret;
 }
 
-#if IS_ENABLED(CONFIG_DEBUG_FS)
-/*
- * Writing a queue number to inject_queue_error makes that queue fail the way
- * a device fault does, so tests can exercise error recovery.
- */
-static ssize_t vnpu_inject_queue_error_write(struct file *f,
-					     const char __user *buf,
-					     size_t len, loff_t *pos)
+/* DRM's fdinfo keys (Documentation/gpu/drm-usage-stats.rst). */
+static void vnpu_show_fdinfo(struct drm_printer *p, struct drm_file *file)
 {
-	struct vnpu_device *vdev = f->private_data;
-	int idx, ret;
-	u32 qi;
+	struct vnpu_file *vfile = file->driver_priv;
+	struct vnpu_ctx *ctx = READ_ONCE(vfile->ctx);
+	static const char * const engines[] = { "h2d", "compute", "d2h" };
+	u64 dev_bytes = ctx ? atomic64_read(&ctx->devmem_bytes) : 0;
+	unsigned int i;
 
-	ret = kstrtou32_from_user(buf, len, 0, &qi);
-	if (ret)
-		return ret;
-	if (qi >= vdev->num_queues)
-		return -EINVAL;
-	if (!drm_dev_enter(&vdev->drm, &idx))
-		return -ENODEV;
-	vnpu_queue_inject_error(&vdev->queues[qi]);
-	drm_dev_exit(idx);
-	return len;
+	for (i = 0; i < ARRAY_SIZE(engines); i++)
+		drm_printf(p, "drm-engine-%s:\t%llu ns\n", engines[i],
+			   ctx ? atomic64_read(&ctx->busy_ns[i]) : 0);
+	drm_printf(p, "drm-engine-capacity-compute:\t%u\n",
+		   vfile->vdev->compute_cores);
+	drm_printf(p, "drm-total-device:\t%llu KiB\n", dev_bytes >> 10);
+	drm_printf(p, "drm-resident-device:\t%llu KiB\n", dev_bytes >> 10);
+	drm_printf(p, "drm-total-host:\t%llu KiB\n",
+		   vnpu_file_host_bytes(file) >> 10);
+	if (ctx)
+		drm_printf(p, "vnpu-context:\t%u\n", ctx->id);
 }
-
-static const struct file_operations vnpu_inject_queue_error_fops = {
-	.owner = THIS_MODULE,
-	.open = simple_open,
-	.write = vnpu_inject_queue_error_write,
-	.llseek = noop_llseek,
-};
-
-/* Accel devices get no debugfs_init() call in 6.12: use the device's dir. */
-static void vnpu_debugfs_init(struct vnpu_device *vdev)
-{
-	debugfs_create_file("inject_queue_error", 0200, vdev->drm.debugfs_root,
-			    vdev, &vnpu_inject_queue_error_fops);
-}
-#else
-static void vnpu_debugfs_init(struct vnpu_device *vdev)
-{
-}
-#endif
 
 static const struct drm_ioctl_desc vnpu_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(VNPU_GET_PARAM, vnpu_get_param_ioctl, 0),
@@ -167,6 +235,9 @@ static const struct drm_ioctl_desc vnpu_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(VNPU_MEM_ALLOC, vnpu_mem_alloc_ioctl, 0),
 	DRM_IOCTL_DEF_DRV(VNPU_SUBMIT, vnpu_submit_ioctl, 0),
 	DRM_IOCTL_DEF_DRV(VNPU_WAIT, vnpu_wait_ioctl, 0),
+	DRM_IOCTL_DEF_DRV(VNPU_BO_INFO, vnpu_bo_info_ioctl, 0),
+	DRM_IOCTL_DEF_DRV(VNPU_QUEUE_CREATE, vnpu_queue_create_ioctl, 0),
+	DRM_IOCTL_DEF_DRV(VNPU_QUEUE_DESTROY, vnpu_queue_destroy_ioctl, 0),
 };
 
 static const struct file_operations vnpu_fops = {
@@ -180,6 +251,7 @@ static const struct drm_driver vnpu_drm_driver = {
 	.driver_features = DRIVER_GEM | DRIVER_COMPUTE_ACCEL,
 	.open = vnpu_open,
 	.postclose = vnpu_postclose,
+	.show_fdinfo = vnpu_show_fdinfo,
 	.gem_create_object = vnpu_gem_create_object,
 	.ioctls = vnpu_ioctls,
 	.num_ioctls = ARRAY_SIZE(vnpu_ioctls),
@@ -187,13 +259,14 @@ static const struct drm_driver vnpu_drm_driver = {
 	.name = VNPU_DRIVER_NAME,
 	.desc = "vnpu simulated NPU",
 	.date = "20250101",
-	.major = 0,
-	.minor = 1,
+	.major = 1,
+	.minor = 0,
 };
 
 static int vnpu_hw_init(struct vnpu_device *vdev)
 {
 	struct drm_device *drm = &vdev->drm;
+	const u32 need = VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL | VNPU_CAP_MMU;
 	u32 id, status, ring_max;
 	int ret;
 
@@ -219,19 +292,26 @@ static int vnpu_hw_init(struct vnpu_device *vdev)
 	}
 
 	vdev->caps = vnpu_rd(vdev, VNPU_REG_CAPS);
-	if ((vdev->caps & (VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL)) !=
-	    (VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL)) {
+	if ((vdev->caps & need) != need) {
 		drm_err(drm, "device lacks required capabilities (0x%x)\n",
 			vdev->caps);
 		return -ENODEV;
 	}
 
-	vdev->num_queues = vnpu_rd(vdev, VNPU_REG_NUM_QUEUES);
-	if (!vdev->num_queues) {
+	vdev->num_hwq = vnpu_rd(vdev, VNPU_REG_NUM_QUEUES);
+	if (!vdev->num_hwq) {
 		drm_err(drm, "device has no queues\n");
 		return -ENODEV;
 	}
-	vdev->num_queues = min_t(u32, vdev->num_queues, VNPU_MAX_QUEUES);
+	vdev->num_hwq = min_t(u32, vdev->num_hwq, VNPU_MAX_HWQ);
+
+	vdev->num_contexts = vnpu_rd(vdev, VNPU_REG_NUM_CONTEXTS);
+	if (vdev->num_contexts < 2) {
+		drm_err(drm, "device has %u contexts\n", vdev->num_contexts);
+		return -ENODEV;
+	}
+	vdev->num_contexts = min_t(u32, vdev->num_contexts, 65536);
+	vdev->compute_cores = vnpu_rd(vdev, VNPU_REG_COMPUTE_CORES);
 
 	ring_max = vnpu_rd(vdev, VNPU_REG_RING_MAX);
 	if (ring_max < 2) {
@@ -239,9 +319,8 @@ static int vnpu_hw_init(struct vnpu_device *vdev)
 		return -ENODEV;
 	}
 
-	vdev->devmem_size = (u64)vnpu_rd(vdev, VNPU_REG_DEVMEM_SIZE_HI) << 32 |
-			    vnpu_rd(vdev, VNPU_REG_DEVMEM_SIZE_LO);
-	vdev->devmem_size = round_down(vdev->devmem_size, VNPU_DEVMEM_ALIGN);
+	vdev->devmem_size = vnpu_rd64(vdev, VNPU_REG_DEVMEM_SIZE_LO);
+	vdev->devmem_size = round_down(vdev->devmem_size, VNPU_MMU_PAGE_SIZE);
 	if (!vdev->devmem_size) {
 		drm_err(drm, "device has no device memory\n");
 		return -ENODEV;
@@ -254,6 +333,13 @@ static u32 vnpu_ring_entries(struct vnpu_device *vdev)
 	u32 ring_max = vnpu_rd(vdev, VNPU_REG_RING_MAX);
 
 	return min_t(u32, VNPU_RING_ENTRIES, rounddown_pow_of_two(ring_max));
+}
+
+static void vnpu_hwq_fini_all(struct vnpu_device *vdev, unsigned int n)
+{
+	while (n--)
+		vnpu_hwq_fini(&vdev->hwq[n]);
+	flush_work(&vdev->ready_work);
 }
 
 static int vnpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
@@ -271,6 +357,8 @@ static int vnpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	drm = &vdev->drm;
 	pci_set_drvdata(pdev, vdev);
 	atomic_set(&vdev->inflight, 0);
+	init_llist_head(&vdev->ready);
+	INIT_WORK(&vdev->ready_work, vnpu_ready_work);
 
 	ret = pcim_enable_device(pdev);
 	if (ret)
@@ -296,42 +384,47 @@ static int vnpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		return ret;
 	entries = vnpu_ring_entries(vdev);
 	/* A job must fit in the ring, which keeps one entry free. */
-	vdev->max_cmds = min_t(u32, DRM_VNPU_MAX_CMDS, entries - 1);
+	vdev->max_cmds = min3(DRM_VNPU_MAX_CMDS, entries - 1, VNPU_JOB_MAX_CMDS);
 
 	ret = vnpu_devmem_init(vdev);
 	if (ret)
 		return ret;
+	ret = vnpu_mmu_init(vdev);
+	if (ret)
+		return ret;
 
 	/* One vector per queue; vector q serves queue q. */
-	nvec = pci_alloc_irq_vectors(pdev, vdev->num_queues, vdev->num_queues,
+	nvec = pci_alloc_irq_vectors(pdev, vdev->num_hwq, vdev->num_hwq,
 				     PCI_IRQ_MSIX);
 	if (nvec < 0) {
 		drm_err(drm, "cannot allocate %u MSI-X vectors: %d\n",
-			vdev->num_queues, nvec);
+			vdev->num_hwq, nvec);
 		return nvec;
 	}
 
-	for (i = 0; i < vdev->num_queues; i++) {
-		vdev->queues[i].entries = entries;
-		ret = vnpu_queue_init(vdev, &vdev->queues[i], i,
-				      pci_irq_vector(pdev, i));
+	for (i = 0; i < vdev->num_hwq; i++) {
+		vdev->hwq[i].entries = entries;
+		ret = vnpu_hwq_init(vdev, &vdev->hwq[i], i,
+				    pci_irq_vector(pdev, i));
 		if (ret)
 			goto err_queues;
 	}
 
+	ret = vnpu_sysfs_init(vdev);
+	if (ret)
+		goto err_queues;
 	vnpu_debugfs_init(vdev);
 	ret = drm_dev_register(drm, 0);
 	if (ret)
 		goto err_queues;
 
-	drm_info(drm, "vnpu %u.%u: %u queue(s), %llu MiB device memory\n",
-		 vdev->version >> 16, vdev->version & 0xffff, vdev->num_queues,
-		 vdev->devmem_size >> 20);
+	drm_info(drm, "vnpu %u.%u: %u queues, %u contexts, %llu MiB device memory\n",
+		 vdev->version >> 16, vdev->version & 0xffff, vdev->num_hwq,
+		 vdev->num_contexts, vdev->devmem_size >> 20);
 	return 0;
 
 err_queues:
-	while (i--)
-		vnpu_queue_fini(&vdev->queues[i]);
+	vnpu_hwq_fini_all(vdev, i);
 	vnpu_wr(vdev, VNPU_REG_RESET, VNPU_RESET_MAGIC);
 	return ret;
 }
@@ -339,14 +432,12 @@ err_queues:
 static void vnpu_remove(struct pci_dev *pdev)
 {
 	struct vnpu_device *vdev = pci_get_drvdata(pdev);
-	unsigned int i;
 
 	/* No new ioctl or io_uring command gets past drm_dev_enter() now. */
 	drm_dev_unplug(&vdev->drm);
 
 	/* Jobs still in flight fail with -ENODEV; their waiters wake. */
-	for (i = 0; i < vdev->num_queues; i++)
-		vnpu_queue_fini(&vdev->queues[i]);
+	vnpu_hwq_fini_all(vdev, vdev->num_hwq);
 
 	vnpu_wr(vdev, VNPU_REG_RESET, VNPU_RESET_MAGIC);
 	pci_clear_master(pdev);

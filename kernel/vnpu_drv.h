@@ -1,16 +1,32 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * vnpu: DRM accel driver for the vnpu simulated NPU - shared driver state.
+ *
+ * Object model (docs/uapi.md has the user-visible side):
+ *
+ *   vnpu_device   one PCI function: hardware queues (vnpu_hwq), the device
+ *                 MMU's context table, the device-physical memory allocator
+ *   vnpu_file     one open file: a device context, software queues
+ *   vnpu_ctx      a device address space (context id, page tables, VA
+ *                 allocator); refcounted, outlives the file while jobs or
+ *                 device memory objects still use it
+ *   vnpu_squeue   a software queue of one file (QUEUE_CREATE); jobs of it
+ *                 complete in order; attached to one hardware queue
+ *   vnpu_hwq      one device queue: command ring, completion ring, IRQ,
+ *                 watchdog, recovery
+ *   vnpu_job      one submitted job; its lifetime is its dma_fence's
  */
 #ifndef VNPU_DRV_H
 #define VNPU_DRV_H
 
 #include <linux/atomic.h>
-#include <linux/completion.h>
+#include <linux/dma-fence.h>
+#include <linux/idr.h>
 #include <linux/interrupt.h>
 #include <linux/io.h>
 #include <linux/kref.h>
 #include <linux/list.h>
+#include <linux/llist.h>
 #include <linux/mutex.h>
 #include <linux/spinlock.h>
 #include <linux/workqueue.h>
@@ -27,50 +43,113 @@
 
 #define VNPU_DRIVER_NAME "vnpu"
 
-/* Queues the driver drives; a device reporting more is used up to this many. */
-#define VNPU_MAX_QUEUES 8
-/* Command ring entries per queue (clamped to the device's RING_MAX). */
-#define VNPU_RING_ENTRIES 256u
-/* Device memory allocation granule and alignment. */
-#define VNPU_DEVMEM_ALIGN SZ_4K
+/* Hardware queues the driver drives; a device reporting more is used up to this many. */
+#define VNPU_MAX_HWQ 8
+/* Command/completion ring entries per hardware queue (clamped to RING_MAX). */
+#define VNPU_RING_ENTRIES 1024u
 /* Largest host BO. */
 #define VNPU_BO_SIZE_MAX SZ_2G
 /* io_uring command ABI version reported by DRM_VNPU_PARAM_URING_CMD. */
-#define VNPU_URING_CMD_ABI 1
+#define VNPU_URING_CMD_ABI 2
+/* Software queues one file may have (ids 0..VNPU_MAX_SQ_PER_FILE-1). */
+#define VNPU_MAX_SQ_PER_FILE 64
+/* Lowest device virtual address handed out: address 0 and its page never map. */
+#define VNPU_VA_BASE VNPU_MMU_PAGE_SIZE
+/* A job caught in this many queue resets without being at fault is failed. */
+#define VNPU_MAX_REQUEUES 3
+/* Priority of the implicit queue 0. */
+#define VNPU_DEFAULT_PRIORITY 1
 
 struct vnpu_device;
+struct vnpu_job;
+struct vnpu_event;
 
 /**
- * struct vnpu_queue - one hardware command queue and its software backlog
- * @vdev: owning device
- * @index: hardware queue number
- * @irq: Linux IRQ number of the queue's MSI-X vector
- * @lock: protects every field below it and the ucmd of the queue's jobs;
- *        taken from the IRQ thread, submitters and io_uring cancellation
- * @service_lock: serialises completion processing, recovery and teardown
- *                (IRQ thread, watchdog, remove)
- * @sq: command ring (coherent DMA memory)
+ * struct vnpu_dep_cb - callback on one dependency fence of a job
+ * @cb: the callback
+ * @job: the waiting job
+ */
+struct vnpu_dep_cb {
+	struct dma_fence_cb cb;
+	struct vnpu_job *job;
+};
+
+/**
+ * struct vnpu_pt - one 4 KiB device page table in coherent DMA memory
+ * @cpu: kernel address of its 512 entries
+ * @dma: DMA address the device walks
+ * @next: level-1 and level-2 tables: the tables their entries point to
+ */
+struct vnpu_pt {
+	__le64 *cpu;
+	dma_addr_t dma;
+	struct vnpu_pt **next;
+};
+
+/**
+ * struct vnpu_ctx - a device address space
+ * @ref: references: the file, every device memory object, every job
+ * @vdev: device
+ * @id: context id (index into the device's context table), >= 1
+ * @lock: protects @va, the page tables and @zombies
+ * @va: device virtual address allocator
+ * @root: level-1 page table
+ * @zombies: device memory unmapped but whose device-physical pages wait for
+ *           @inflight to drop to zero (a job fetched before the unmap may
+ *           still use a cached translation)
+ * @inflight: jobs of this context accepted and not yet completed
+ * @devmem_bytes: device memory mapped into this context
+ * @busy_ns: per engine (h2d, compute, d2h), modelled busy time of completed
+ *           jobs, for fdinfo
+ */
+struct vnpu_ctx {
+	struct kref ref;
+	struct vnpu_device *vdev;
+	u32 id;
+	struct mutex lock; /* see @lock above */
+	struct drm_mm va;
+	struct vnpu_pt root;
+	struct list_head zombies;
+	atomic_t inflight;
+	atomic64_t devmem_bytes;
+	atomic64_t busy_ns[3];
+};
+
+/**
+ * struct vnpu_hwq - one hardware command queue
+ * @vdev: device
+ * @index: hardware queue number; also its MSI-X vector
+ * @priority: arbitration priority programmed into the device
+ * @irq: Linux IRQ number
+ * @lock: protects the ring state, @pending, @hw, @stopped, @dead, @nsq,
+ *        @njobs; taken by submitters, the IRQ thread, the watchdog
+ * @service_lock: serialises completion processing and recovery
+ * @sq: command ring
  * @sq_dma: its DMA address
- * @cq: completion ring (coherent DMA memory)
+ * @cq: completion ring
  * @cq_dma: its DMA address
  * @entries: entries of each ring (power of two)
- * @sq_tail: free-running count of ring entries written
- * @sq_free: free-running index below which ring entries may be reused
+ * @sq_tail: free-running count of command entries written
+ * @sq_free: free-running index below which command entries may be reused
  * @cq_head: next completion ring index to consume (wrapped)
- * @cq_phase: phase bit value that marks a valid completion in this pass
- * @pending: jobs accepted by SUBMIT but not yet written to the ring (FIFO)
- * @hw: jobs written to the ring and not yet completed, in ring order
- * @stopped: feeding paused (recovery in progress)
- * @dead: queue unusable (device removed or recovery failed); jobs fail
+ * @cq_phase: phase bit value of a valid completion in this pass
+ * @next_tag: last tag handed out (tags are never 0)
+ * @pending: jobs ready to run, not yet on the ring (FIFO)
+ * @hw: jobs on the ring, in ring order
+ * @njobs: jobs on @pending and @hw
+ * @nsq: software queues attached
+ * @stopped: feeding paused (recovery)
+ * @dead: unusable (device removed or queue could not be restarted)
  * @dead_status: errno jobs fail with once @dead
- * @seqno: last sequence number handed out on this queue
- * @progress: completions consumed since the watchdog last looked
- * @idle_ticks: watchdog periods without progress while jobs were in flight
- * @watchdog: periodic check for lost interrupts, errors and stuck jobs
+ * @corrupt: a completion with an unknown tag was seen; reset pending
+ * @last_progress: jiffies of the last completion or of the ring going busy
+ * @watchdog: polls for lost interrupts and hung jobs while jobs are on it
+ * @resets: queue resets done
  */
-struct vnpu_queue {
+struct vnpu_hwq {
 	struct vnpu_device *vdev;
 	u32 index;
+	u32 priority;
 	int irq;
 
 	spinlock_t lock; /* see @lock above */
@@ -85,32 +164,47 @@ struct vnpu_queue {
 	u32 sq_free;
 	u32 cq_head;
 	u16 cq_phase;
+	u64 next_tag;
 
 	struct list_head pending;
 	struct list_head hw;
+	u32 njobs;
+	u32 nsq;
 	bool stopped;
 	bool dead;
 	int dead_status;
-	atomic64_t seqno;
-	bool progress;
-	unsigned int idle_ticks;
+	bool corrupt;
+	unsigned long last_progress;
 	struct delayed_work watchdog;
+	atomic64_t resets;
 };
 
 /**
  * struct vnpu_device - one vnpu PCI function
- * @drm: DRM device (embedded; its lifetime is the structure's lifetime)
+ * @drm: DRM device (embedded)
  * @regs: BAR0 registers
  * @caps: VNPU_REG_CAPS
  * @version: VNPU_REG_VERSION
  * @devmem_size: bytes of device memory
- * @num_queues: queues in use (<= VNPU_MAX_QUEUES)
+ * @num_hwq: hardware queues in use
+ * @num_contexts: device contexts (ids 1..num_contexts-1 are given to files)
+ * @compute_cores: VNPU_REG_COMPUTE_CORES
  * @max_cmds: largest job, in commands
  * @mm_lock: protects @mm and @devmem_used
- * @mm: allocator over device memory addresses [0, devmem_size)
- * @devmem_used: bytes allocated from @mm
+ * @mm: allocator over device-physical memory [0, devmem_size)
+ * @devmem_used: bytes allocated from @mm (including unmapped zombies)
+ * @ctx_ida: context ids
+ * @ctx_table: context table (coherent DMA memory)
+ * @ctx_table_dma: its DMA address
+ * @ctx_table_bytes: its size
+ * @ctx_lock: serialises context table updates and invalidations
+ * @contexts: live contexts
  * @inflight: jobs accepted and not yet completed, device-wide
- * @queues: hardware queues
+ * @jobs_completed: jobs completed with status 0
+ * @jobs_failed: jobs completed with an error
+ * @ready: jobs whose dependencies were satisfied from a fence callback
+ * @ready_work: moves @ready jobs on in process context
+ * @hwq: hardware queues
  */
 struct vnpu_device {
 	struct drm_device drm;
@@ -118,26 +212,81 @@ struct vnpu_device {
 	u32 caps;
 	u32 version;
 	u64 devmem_size;
-	u32 num_queues;
+	u32 num_hwq;
+	u32 num_contexts;
+	u32 compute_cores;
 	u32 max_cmds;
 
-	struct mutex mm_lock; /* protects mm and devmem_used */
+	struct mutex mm_lock; /* see @mm_lock above */
 	struct drm_mm mm;
 	u64 devmem_used;
 
+	struct ida ctx_ida;
+	struct vnpu_hw_ctx *ctx_table;
+	dma_addr_t ctx_table_dma;
+	size_t ctx_table_bytes;
+	struct mutex ctx_lock; /* see @ctx_lock above */
+	atomic_t contexts;
+
 	atomic_t inflight;
-	struct vnpu_queue queues[VNPU_MAX_QUEUES];
+	atomic64_t jobs_completed;
+	atomic64_t jobs_failed;
+	struct llist_head ready;
+	struct work_struct ready_work;
+
+	struct vnpu_hwq hwq[VNPU_MAX_HWQ];
+};
+
+/**
+ * struct vnpu_squeue - a software queue of one file
+ * @ref: references: the file's queue table, every job of it
+ * @vdev: device
+ * @hwq: hardware queue it is multiplexed onto
+ * @id: queue id within the file
+ * @priority: requested priority
+ * @fence_ctx: dma_fence context of its jobs
+ * @submit_lock: serialises SUBMITs on this queue (seqno order = queue order)
+ * @lock: protects @order, @waiting, @last_seqno and the xarrays' consistency
+ * @order: jobs not yet completed, in seqno order
+ * @waiting: jobs not yet handed to @hwq (dependencies, or an earlier job
+ *           still waiting), in seqno order
+ * @last_seqno: last seqno handed out
+ * @active: seqno -> job not yet completed (no reference; for dependencies)
+ * @failed: seqno -> xa_mk_value(-errno) of completed jobs that failed
+ * @waits: seqno -> job (a reference) submitted by ioctl without an event,
+ *         until WAIT collects it
+ * @detached: the queue was destroyed or its file closed (@submit_lock)
+ */
+struct vnpu_squeue {
+	struct kref ref;
+	struct vnpu_device *vdev;
+	struct vnpu_hwq *hwq;
+	u32 id;
+	u32 priority;
+	u64 fence_ctx;
+	struct mutex submit_lock; /* see @submit_lock above */
+	spinlock_t lock; /* see @lock above */
+	struct list_head order;
+	struct list_head waiting;
+	u64 last_seqno;
+	struct xarray active;
+	struct xarray failed;
+	struct xarray waits;
+	bool detached;
 };
 
 /**
  * struct vnpu_file - per-open-file state
  * @vdev: device
- * @jobs: per queue, jobs submitted by ioctl whose result was not yet
- *        collected by WAIT, indexed by seqno; each entry holds a job reference
+ * @lock: protects @ctx creation
+ * @ctx: device context, created on first use (NULL before)
+ * @queues: queue id -> struct vnpu_squeue (a reference)
  */
 struct vnpu_file {
 	struct vnpu_device *vdev;
-	struct xarray jobs[VNPU_MAX_QUEUES];
+	struct mutex lock; /* see @lock above */
+	struct vnpu_ctx *ctx;
+	struct xarray queues;
 };
 
 /**
@@ -147,67 +296,122 @@ struct vnpu_file {
  * @sgl: scatter-gather list in coherent DMA memory
  * @sgl_dma: its DMA address
  * @sgl_count: entries in @sgl
+ * @flags: DRM_VNPU_BO_* it was created with
  */
 struct vnpu_bo {
 	struct drm_gem_shmem_object base;
 	struct vnpu_hw_sge *sgl;
 	dma_addr_t sgl_dma;
 	u32 sgl_count;
+	u32 flags;
 };
 
 /**
- * struct vnpu_mem - device memory allocation (GEM object without pages)
+ * struct vnpu_mem - device memory: device-physical pages mapped at a device
+ * virtual address of one context (GEM object without CPU pages)
  * @base: GEM object
- * @node: range of device addresses
+ * @ctx: the context it is mapped into (a reference)
+ * @phys: device-physical range
+ * @va: device virtual range in @ctx
+ * @zombie: entry in ctx->zombies after the object was freed
  */
 struct vnpu_mem {
 	struct drm_gem_object base;
-	struct drm_mm_node node;
+	struct vnpu_ctx *ctx;
+	struct drm_mm_node phys;
+	struct drm_mm_node va;
+	struct list_head zombie;
+};
+
+enum vnpu_job_state {
+	VNPU_JOB_WAITING, /* on squeue->waiting */
+	VNPU_JOB_READY, /* on hwq->pending */
+	VNPU_JOB_RING, /* on hwq->hw */
+	VNPU_JOB_DONE, /* result known; waits for earlier jobs of its queue */
 };
 
 /**
  * struct vnpu_job - one submitted job
- * @ref: references: creator, queue (while pending or on the ring), the
- *       file's WAIT table (ioctl), the io_uring command (uring)
+ * @fence: signalled when the job completed, in queue order, with its error;
+ *         its reference count is the job's
+ * @fence_lock: the fence's lock; also guards @ucmd
  * @vdev: device (a DRM device reference is held)
- * @queue: target queue
- * @seqno: sequence number on @queue; also the hardware tag
- * @node: entry in queue->pending or queue->hw
- * @cmds: hardware commands, built at validation
+ * @sq: software queue (a reference)
+ * @ctx: device context (a reference until completion)
+ * @seqno: sequence number on @sq
+ * @user_data: from the submission
+ * @order_link: entry in sq->order
+ * @link: entry in sq->waiting, hwq->pending or hwq->hw
+ * @state: enum vnpu_job_state
+ * @cmds: hardware commands, built at validation (ctx_id/tag/flags at feed)
  * @ncmds: number of @cmds
  * @sq_start: free-running ring index of the first command once on the ring
- * @objs: GEM objects referenced by the commands (a reference each)
+ * @tag: hardware tag while on the ring
+ * @objs: GEM objects referenced (a reference each, dropped at completion)
  * @nobjs: number of @objs
- * @accounted: counted in vdev->inflight
- * @ucmd: io_uring command waiting for this job, or NULL (queue->lock)
- * @done: completed when the job has finished
- * @status: 0 or negative errno, valid once @done
- * @hw_status: enum vnpu_cpl_status, valid once @done
- * @t_start: device clock at start, valid once @done
- * @t_end: device clock at completion, valid once @done
+ * @report_bo: host BO receiving the job report, or NULL (also in @objs)
+ * @report_offset: byte offset of the report
+ * @deps: dependency fences (a reference each)
+ * @dep_cbs: callbacks on @deps
+ * @ndeps: number of @deps
+ * @deps_pending: unsignalled dependencies + 1 until the job is queued
+ * @dep_failed: a dependency completed with an error
+ * @ready_node: entry in vdev->ready
+ * @event: DRM event to send at completion, or NULL
+ * @ucmd: io_uring command to complete, or NULL (@fence_lock)
+ * @requeues: times the job was put back after a queue reset
+ * @aborted: recovery saw an ABORTED completion for it
+ * @accounted: counted in vdev->inflight and ctx->inflight
+ * @status: 0 or negative errno, valid in state DONE
+ * @hw_status: enum vnpu_cpl_status, valid in state DONE
+ * @t_submit: CLOCK_MONOTONIC ns at acceptance
+ * @t_start: device clock at start
+ * @t_end: device clock at completion
+ * @fault_addr: faulting device virtual address for MMU faults
+ * @busy_ns: modelled busy ns per engine (h2d, compute, d2h)
  */
 struct vnpu_job {
-	struct kref ref;
+	struct dma_fence fence;
+	spinlock_t fence_lock; /* see @fence_lock above */
 	struct vnpu_device *vdev;
-	struct vnpu_queue *queue;
+	struct vnpu_squeue *sq;
+	struct vnpu_ctx *ctx;
 	u64 seqno;
-	struct list_head node;
+	u64 user_data;
+	struct list_head order_link;
+	struct list_head link;
+	enum vnpu_job_state state;
 
 	struct vnpu_hw_cmd *cmds;
 	u32 ncmds;
 	u32 sq_start;
+	u64 tag;
 
 	struct drm_gem_object **objs;
 	u32 nobjs;
+	struct vnpu_bo *report_bo;
+	u64 report_offset;
+
+	struct dma_fence *deps[DRM_VNPU_MAX_DEPS];
+	struct vnpu_dep_cb dep_cbs[DRM_VNPU_MAX_DEPS];
+	u32 ndeps;
+	atomic_t deps_pending;
+	bool dep_failed;
+	struct llist_node ready_node;
+
+	struct vnpu_event *event;
+	struct io_uring_cmd *ucmd;
+	u32 requeues;
+	bool aborted;
 	bool accounted;
 
-	struct io_uring_cmd *ucmd;
-
-	struct completion done;
 	int status;
 	u32 hw_status;
+	u64 t_submit;
 	u64 t_start;
 	u64 t_end;
+	u64 fault_addr;
+	u32 busy_ns[3];
 };
 
 static inline struct vnpu_device *to_vnpu_device(struct drm_device *drm)
@@ -225,15 +429,33 @@ static inline void vnpu_wr(struct vnpu_device *vdev, u32 reg, u32 val)
 	writel(val, vdev->regs + reg);
 }
 
-static inline u32 vnpu_qrd(struct vnpu_queue *q, u32 reg)
+static inline u64 vnpu_rd64(struct vnpu_device *vdev, u32 lo)
+{
+	u32 l = vnpu_rd(vdev, lo);
+
+	/* Reading LO latches HI, so the pair is consistent. */
+	return (u64)vnpu_rd(vdev, lo + 4) << 32 | l;
+}
+
+static inline u32 vnpu_qrd(struct vnpu_hwq *q, u32 reg)
 {
 	return vnpu_rd(q->vdev, VNPU_REG_QUEUE(q->index, reg));
 }
 
-static inline void vnpu_qwr(struct vnpu_queue *q, u32 reg, u32 val)
+static inline void vnpu_qwr(struct vnpu_hwq *q, u32 reg, u32 val)
 {
 	vnpu_wr(q->vdev, VNPU_REG_QUEUE(q->index, reg), val);
 }
+
+/* vnpu_mmu.c */
+int vnpu_mmu_init(struct vnpu_device *vdev);
+void vnpu_mmu_hw_init(struct vnpu_device *vdev);
+struct vnpu_ctx *vnpu_ctx_create(struct vnpu_device *vdev);
+void vnpu_ctx_put(struct vnpu_ctx *ctx);
+void vnpu_ctx_job_done(struct vnpu_ctx *ctx);
+int vnpu_ctx_map(struct vnpu_ctx *ctx, u64 va, u64 pa, u64 size);
+void vnpu_ctx_unmap(struct vnpu_ctx *ctx, u64 va, u64 size);
+void vnpu_mem_retire(struct vnpu_mem *mem);
 
 /* vnpu_gem.c */
 struct drm_gem_object *vnpu_gem_create_object(struct drm_device *drm,
@@ -241,24 +463,43 @@ struct drm_gem_object *vnpu_gem_create_object(struct drm_device *drm,
 struct vnpu_bo *vnpu_bo_from_gem(struct drm_gem_object *obj);
 struct vnpu_mem *vnpu_mem_from_gem(struct drm_gem_object *obj);
 int vnpu_devmem_init(struct vnpu_device *vdev);
-u64 vnpu_devmem_free_bytes(struct vnpu_device *vdev);
+u64 vnpu_devmem_used(struct vnpu_device *vdev);
+void vnpu_mem_release_phys(struct vnpu_mem *mem);
 int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
 			 struct drm_file *file);
+int vnpu_bo_info_ioctl(struct drm_device *drm, void *data,
+		       struct drm_file *file);
 int vnpu_mem_alloc_ioctl(struct drm_device *drm, void *data,
 			 struct drm_file *file);
+u64 vnpu_file_host_bytes(struct drm_file *file);
+
+/* vnpu_drv.c */
+struct vnpu_ctx *vnpu_file_ctx(struct vnpu_file *vfile);
+u64 vnpu_device_clock(struct vnpu_device *vdev);
 
 /* vnpu_job.c */
 extern unsigned int vnpu_max_inflight;
-int vnpu_queue_init(struct vnpu_device *vdev, struct vnpu_queue *q, u32 index,
-		    int irq);
-void vnpu_queue_fini(struct vnpu_queue *q);
-void vnpu_queue_inject_error(struct vnpu_queue *q);
+int vnpu_hwq_init(struct vnpu_device *vdev, struct vnpu_hwq *q, u32 index,
+		  int irq);
+void vnpu_hwq_fini(struct vnpu_hwq *q);
 irqreturn_t vnpu_irq_handler(int irq, void *arg);
 irqreturn_t vnpu_irq_thread(int irq, void *arg);
+void vnpu_ready_work(struct work_struct *work);
+struct vnpu_squeue *vnpu_squeue_create(struct vnpu_device *vdev, u32 id,
+				       u32 priority);
+void vnpu_squeue_put(struct vnpu_squeue *sq);
+void vnpu_squeue_detach(struct vnpu_squeue *sq);
+int vnpu_queue_create_ioctl(struct drm_device *drm, void *data,
+			    struct drm_file *file);
+int vnpu_queue_destroy_ioctl(struct drm_device *drm, void *data,
+			     struct drm_file *file);
 int vnpu_submit_ioctl(struct drm_device *drm, void *data,
 		      struct drm_file *file);
 int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file);
 int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags);
-void vnpu_file_release_jobs(struct vnpu_file *vfile);
+
+/* vnpu_sysfs.c */
+int vnpu_sysfs_init(struct vnpu_device *vdev);
+void vnpu_debugfs_init(struct vnpu_device *vdev);
 
 #endif /* VNPU_DRV_H */

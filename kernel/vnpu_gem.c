@@ -3,10 +3,15 @@
  * vnpu: buffer objects.
  *
  * Host BOs are GEM shmem objects whose pages are pinned and DMA-mapped at
- * creation; each carries a scatter-gather list in coherent DMA memory that DMA
- * commands point the device at, so user space never supplies an address.
- * Device memory objects are GEM objects without backing pages that own a
- * range of device addresses from a drm_mm allocator; they cannot be mapped.
+ * creation; each carries a scatter-gather list in coherent DMA memory that
+ * DMA commands point the device at, so user space never supplies an address.
+ *
+ * Device memory objects are GEM objects without CPU pages. Each owns a range
+ * of device-physical memory (a global drm_mm in 64 KiB granules) mapped at a
+ * device virtual address of the creating file's context. They cannot be
+ * mapped by the CPU or exported. When the last reference goes (the handle
+ * and every job using it), the range is unmapped and invalidated; the
+ * physical pages are reused only once the context has no job in flight.
  */
 #include <linux/dma-mapping.h>
 #include <linux/scatterlist.h>
@@ -43,20 +48,35 @@ static const struct drm_gem_object_funcs vnpu_bo_funcs = {
 	.vm_ops = &drm_gem_shmem_vm_ops,
 };
 
+/**
+ * vnpu_mem_release_phys - return the device-physical range and free @mem
+ * @mem: a device memory object already unmapped and released as GEM object
+ */
+void vnpu_mem_release_phys(struct vnpu_mem *mem)
+{
+	struct vnpu_device *vdev = mem->ctx->vdev;
+
+	mutex_lock(&vdev->mm_lock);
+	vdev->devmem_used -= mem->phys.size;
+	drm_mm_remove_node(&mem->phys);
+	mutex_unlock(&vdev->mm_lock);
+	/* The context reference stays with the zombie list's owner. */
+	kfree(mem);
+}
+
 static void vnpu_mem_free(struct drm_gem_object *obj)
 {
 	struct vnpu_mem *mem = container_of(obj, struct vnpu_mem, base);
-	struct vnpu_device *vdev = to_vnpu_device(obj->dev);
-
-	mutex_lock(&vdev->mm_lock);
-	if (drm_mm_node_allocated(&mem->node)) {
-		vdev->devmem_used -= mem->node.size;
-		drm_mm_remove_node(&mem->node);
-	}
-	mutex_unlock(&vdev->mm_lock);
+	struct vnpu_ctx *ctx = mem->ctx;
 
 	drm_gem_object_release(obj);
-	kfree(mem);
+	if (!ctx) {
+		kfree(mem);
+		return;
+	}
+	/* Unmaps; frees mem now or when the context's jobs drained. */
+	vnpu_mem_retire(mem);
+	vnpu_ctx_put(ctx);
 }
 
 static struct dma_buf *vnpu_mem_export(struct drm_gem_object *obj, int flags)
@@ -130,11 +150,16 @@ int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
 	struct drm_vnpu_bo_create *args = data;
 	struct drm_gem_shmem_object *shmem;
 	struct drm_gem_object *obj;
+	struct vnpu_bo *bo;
 	u32 handle;
 	int idx, ret;
 
-	if (args->flags || args->pad || args->pad2) {
-		drm_dbg(drm, "bo_create: flags/pad not zero\n");
+	if (args->flags & ~DRM_VNPU_BO_WC) {
+		drm_dbg(drm, "bo_create: unknown flags 0x%x\n", args->flags);
+		return -EINVAL;
+	}
+	if (args->pad || args->pad2) {
+		drm_dbg(drm, "bo_create: pad not zero\n");
 		return -EINVAL;
 	}
 	if (!args->size || args->size > VNPU_BO_SIZE_MAX) {
@@ -150,8 +175,11 @@ int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
 		goto out_exit;
 	}
 	obj = &shmem->base;
+	bo = container_of(shmem, struct vnpu_bo, base);
+	bo->flags = args->flags;
+	shmem->map_wc = !!(args->flags & DRM_VNPU_BO_WC);
 
-	ret = vnpu_bo_build_sgl(container_of(shmem, struct vnpu_bo, base));
+	ret = vnpu_bo_build_sgl(bo);
 	if (ret)
 		goto out_put;
 
@@ -170,15 +198,56 @@ out_exit:
 	return ret;
 }
 
+int vnpu_bo_info_ioctl(struct drm_device *drm, void *data,
+		       struct drm_file *file)
+{
+	struct drm_vnpu_bo_info *args = data;
+	struct drm_gem_object *obj;
+	struct vnpu_mem *mem;
+	struct vnpu_bo *bo;
+	int ret = 0;
+
+	if (args->pad) {
+		drm_dbg(drm, "bo_info: pad not zero\n");
+		return -EINVAL;
+	}
+	args->kind = 0;
+	args->flags = 0;
+	args->mmap_offset = 0;
+	args->dev_addr = 0;
+	obj = drm_gem_object_lookup(file, args->handle);
+	if (!obj)
+		return -ENOENT;
+
+	bo = vnpu_bo_from_gem(obj);
+	mem = vnpu_mem_from_gem(obj);
+	args->size = obj->size;
+	if (bo) {
+		args->kind = DRM_VNPU_BO_KIND_HOST;
+		args->flags = bo->flags;
+		args->mmap_offset = drm_vma_node_offset_addr(&obj->vma_node);
+	} else if (mem) {
+		args->kind = DRM_VNPU_BO_KIND_DEVICE;
+		args->dev_addr = mem->va.start;
+	} else {
+		/* An imported dma-buf of another driver. */
+		args->size = 0;
+		ret = -EINVAL;
+	}
+	drm_gem_object_put(obj);
+	return ret;
+}
+
 int vnpu_mem_alloc_ioctl(struct drm_device *drm, void *data,
 			 struct drm_file *file)
 {
 	struct vnpu_device *vdev = to_vnpu_device(drm);
 	struct drm_vnpu_mem_alloc *args = data;
+	struct vnpu_ctx *ctx;
 	struct vnpu_mem *mem;
 	u64 size;
 	u32 handle;
-	int ret;
+	int idx, ret;
 
 	if (args->flags) {
 		drm_dbg(drm, "mem_alloc: flags not zero\n");
@@ -191,17 +260,27 @@ int vnpu_mem_alloc_ioctl(struct drm_device *drm, void *data,
 	/* Checked before rounding, so the rounding cannot overflow. */
 	if (args->size > vdev->devmem_size)
 		return -ENOSPC;
-	size = ALIGN(args->size, VNPU_DEVMEM_ALIGN);
+	size = ALIGN(args->size, VNPU_MMU_PAGE_SIZE);
+
+	if (!drm_dev_enter(drm, &idx))
+		return -ENODEV;
+	ctx = vnpu_file_ctx(file->driver_priv);
+	if (IS_ERR(ctx)) {
+		ret = PTR_ERR(ctx);
+		goto out_exit;
+	}
 
 	mem = kzalloc(sizeof(*mem), GFP_KERNEL);
-	if (!mem)
-		return -ENOMEM;
+	if (!mem) {
+		ret = -ENOMEM;
+		goto out_exit;
+	}
 	mem->base.funcs = &vnpu_mem_funcs;
 	drm_gem_private_object_init(drm, &mem->base, size);
 
 	mutex_lock(&vdev->mm_lock);
-	ret = drm_mm_insert_node_generic(&vdev->mm, &mem->node, size,
-					 VNPU_DEVMEM_ALIGN, 0,
+	ret = drm_mm_insert_node_generic(&vdev->mm, &mem->phys, size,
+					 VNPU_MMU_PAGE_SIZE, 0,
 					 DRM_MM_INSERT_BEST);
 	if (!ret)
 		vdev->devmem_used += size;
@@ -213,26 +292,77 @@ int vnpu_mem_alloc_ioctl(struct drm_device *drm, void *data,
 		goto out_put;
 	}
 
+	mutex_lock(&ctx->lock);
+	ret = drm_mm_insert_node_generic(&ctx->va, &mem->va, size,
+					 VNPU_MMU_PAGE_SIZE, 0,
+					 DRM_MM_INSERT_BEST);
+	mutex_unlock(&ctx->lock);
+	if (ret) {
+		ret = -ENOSPC;
+		goto err_phys;
+	}
+	ret = vnpu_ctx_map(ctx, mem->va.start, mem->phys.start, size);
+	if (ret)
+		goto err_va;
+
+	/* From here the object's free path unmaps and releases both ranges. */
+	kref_get(&ctx->ref);
+	mem->ctx = ctx;
+	atomic64_add(size, &ctx->devmem_bytes);
+
 	ret = drm_gem_handle_create(file, &mem->base, &handle);
 	if (ret)
 		goto out_put;
 
 	args->handle = handle;
-	args->dev_addr = mem->node.start;
+	args->dev_addr = mem->va.start;
+	goto out_put;
 
+err_va:
+	mutex_lock(&ctx->lock);
+	drm_mm_remove_node(&mem->va);
+	mutex_unlock(&ctx->lock);
+err_phys:
+	mutex_lock(&vdev->mm_lock);
+	vdev->devmem_used -= size;
+	drm_mm_remove_node(&mem->phys);
+	mutex_unlock(&vdev->mm_lock);
 out_put:
 	drm_gem_object_put(&mem->base);
+out_exit:
+	drm_dev_exit(idx);
 	return ret;
 }
 
-u64 vnpu_devmem_free_bytes(struct vnpu_device *vdev)
+/**
+ * vnpu_file_host_bytes - bytes of host BOs the file has handles for
+ * @file: DRM file
+ *
+ * Return: the sum of the sizes (an object with several handles counts once
+ * per handle).
+ */
+u64 vnpu_file_host_bytes(struct drm_file *file)
+{
+	struct drm_gem_object *obj;
+	u64 bytes = 0;
+	int id;
+
+	spin_lock(&file->table_lock);
+	idr_for_each_entry(&file->object_idr, obj, id)
+		if (vnpu_bo_from_gem(obj))
+			bytes += obj->size;
+	spin_unlock(&file->table_lock);
+	return bytes;
+}
+
+u64 vnpu_devmem_used(struct vnpu_device *vdev)
 {
 	u64 used;
 
 	mutex_lock(&vdev->mm_lock);
 	used = vdev->devmem_used;
 	mutex_unlock(&vdev->mm_lock);
-	return vdev->devmem_size - used;
+	return used;
 }
 
 static void vnpu_devmem_fini(struct drm_device *drm, void *arg)

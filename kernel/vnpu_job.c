@@ -1,22 +1,28 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * vnpu: jobs - validation, the hardware rings, completion, WAIT and the
- * io_uring command.
+ * vnpu: jobs - validation, dependencies, software and hardware queues,
+ * completion (fence, report, event, io_uring, WAIT), timeouts and recovery.
  *
- * A job is validated and translated into hardware commands before anything
- * is queued, so a bad submission never reaches the device. Accepted jobs go
- * on a per-queue software list that feeds the command ring as ring space is
- * reclaimed; SUBMIT therefore never fails because the ring is momentarily
- * full. Only the device-wide in-flight cap (module parameter max_inflight)
- * turns a submission away, with -EBUSY.
+ * A batch is validated and translated into hardware commands before anything
+ * is queued, so a bad submission never reaches the device. Each job carries a
+ * dma_fence, the single source of truth for its completion: the report BO,
+ * the DRM event, the io_uring CQE and WAIT all follow from the moment the
+ * fence is signalled, and the fence holds the job's reference count.
  *
- * Completion records are consumed by phase bit in the queue's threaded IRQ
- * handler. A watchdog also consumes them (lost interrupts), checks the queue
- * for a device error and resets a queue that makes no progress.
+ * Path of a job: software queue (squeue->waiting, until its dependencies are
+ * signalled and every earlier job of the queue moved on) -> the hardware
+ * queue's software backlog (hwq->pending, so a full ring never fails a
+ * submission) -> the command ring (hwq->hw) -> completion record -> DONE ->
+ * signalled once every earlier job of its software queue is signalled too.
+ *
+ * A watchdog per hardware queue polls for completions whose interrupt went
+ * missing and resets a queue that made no progress for job_timeout_ms.
  */
 #include <linux/dma-mapping.h>
+#include <linux/highmem.h>
 #include <linux/iopoll.h>
 #include <linux/io_uring/cmd.h>
+#include <linux/ktime.h>
 #include <linux/module.h>
 #include <linux/nospec.h>
 #include <linux/overflow.h>
@@ -30,50 +36,152 @@
 #include <drm/drm_utils.h>
 
 #include "vnpu_drv.h"
+#include "vnpu_trace.h"
 
 unsigned int vnpu_max_inflight = 4096;
 module_param_named(max_inflight, vnpu_max_inflight, uint, 0644);
 MODULE_PARM_DESC(max_inflight,
 		 "Jobs accepted and not yet completed per device before SUBMIT returns -EBUSY (default 4096)");
 
-static unsigned int vnpu_job_timeout_ms = 30000;
+static unsigned int vnpu_job_timeout_ms = 10000;
 module_param_named(job_timeout_ms, vnpu_job_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(job_timeout_ms,
-		 "Reset a queue whose jobs make no progress for this long, failing them with -ETIMEDOUT; 0 disables (default 30000)");
+		 "Reset a hardware queue whose jobs make no progress for this long; the oldest job fails with -ETIMEDOUT; 0 disables (default 10000)");
 
-#define VNPU_WATCHDOG_MS 500
+static unsigned int vnpu_watchdog_ms = 100;
+module_param_named(watchdog_ms, vnpu_watchdog_ms, uint, 0644);
+MODULE_PARM_DESC(watchdog_ms,
+		 "Period of the per-queue watchdog that collects completions whose interrupt was lost (default 100)");
 
 /* Per-command state of an io_uring SUBMIT: the job, holding a reference. */
 struct vnpu_uring_pdu {
 	struct vnpu_job *job;
 };
 
-/* ---- job lifetime ------------------------------------------------------ */
+/**
+ * struct vnpu_event - a DRM event reserved at SUBMIT, sent at completion
+ * @base: DRM bookkeeping
+ * @ev: what read(2) returns
+ */
+struct vnpu_event {
+	struct drm_pending_event base;
+	struct drm_vnpu_event_job ev;
+};
 
-static void vnpu_job_put_objs(struct vnpu_job *job)
+enum { VNPU_ENG_H2D, VNPU_ENG_COMPUTE, VNPU_ENG_D2H };
+
+static void vnpu_hwq_feed(struct vnpu_hwq *q);
+static void vnpu_jobs_done(struct list_head *jobs);
+
+/* ---- fences and job lifetime --------------------------------------------- */
+
+static const char *vnpu_fence_driver_name(struct dma_fence *f)
+{
+	return VNPU_DRIVER_NAME;
+}
+
+static const char *vnpu_fence_timeline_name(struct dma_fence *f)
+{
+	return "vnpu-queue";
+}
+
+static void vnpu_job_drop_objs(struct vnpu_job *job)
 {
 	while (job->nobjs)
 		drm_gem_object_put(job->objs[--job->nobjs]);
+	while (job->ndeps)
+		dma_fence_put(job->deps[--job->ndeps]);
 }
 
-static void vnpu_job_release(struct kref *ref)
+/* The last reference to the fence is gone; process context only. */
+static void vnpu_fence_release(struct dma_fence *f)
 {
-	struct vnpu_job *job = container_of(ref, struct vnpu_job, ref);
+	struct vnpu_job *job = container_of(f, struct vnpu_job, fence);
 	struct vnpu_device *vdev = job->vdev;
 
-	vnpu_job_put_objs(job);
-	if (job->accounted)
-		atomic_dec(&vdev->inflight);
+	vnpu_job_drop_objs(job);
+	if (job->ctx)
+		vnpu_ctx_put(job->ctx);
+	if (job->sq)
+		vnpu_squeue_put(job->sq);
 	kfree(job->objs);
 	kfree(job->cmds);
-	kfree(job);
+	dma_fence_free(f);
 	drm_dev_put(&vdev->drm);
 }
 
-/* Process context only: the last put may free GEM objects. */
+static const struct dma_fence_ops vnpu_fence_ops = {
+	.get_driver_name = vnpu_fence_driver_name,
+	.get_timeline_name = vnpu_fence_timeline_name,
+	.release = vnpu_fence_release,
+};
+
+static void vnpu_job_get(struct vnpu_job *job)
+{
+	dma_fence_get(&job->fence);
+}
+
 static void vnpu_job_put(struct vnpu_job *job)
 {
-	kref_put(&job->ref, vnpu_job_release);
+	dma_fence_put(&job->fence);
+}
+
+static int vnpu_cpl_errno(u32 hw_status)
+{
+	switch (hw_status) {
+	case VNPU_CPL_OK:
+		return 0;
+	case VNPU_CPL_MMU_FAULT:
+		return -EFAULT;
+	case VNPU_CPL_ABORTED:
+		return -ECANCELED;
+	default:
+		return -EIO;
+	}
+}
+
+/* Copy into a host BO whose pages are pinned while the job holds it. */
+static void vnpu_bo_write(struct vnpu_bo *bo, u64 off, const void *src,
+			  size_t len)
+{
+	while (len) {
+		struct page *page = bo->base.pages[off >> PAGE_SHIFT];
+		size_t in = off & ~PAGE_MASK;
+		size_t n = min_t(size_t, len, PAGE_SIZE - in);
+		void *vaddr = kmap_local_page(page);
+
+		memcpy(vaddr + in, src, n);
+		kunmap_local(vaddr);
+		off += n;
+		src += n;
+		len -= n;
+	}
+}
+
+static void vnpu_job_write_report(struct vnpu_job *job)
+{
+	struct drm_vnpu_job_report r = {
+		.seqno = job->seqno,
+		.user_data = job->user_data,
+		.status = job->status,
+		.hw_status = job->hw_status,
+		.t_submit = job->t_submit,
+		.t_start = job->t_start,
+		.t_end = job->t_end,
+		.fault_addr = job->fault_addr,
+		.h2d_ns = job->busy_ns[VNPU_ENG_H2D],
+		.compute_ns = job->busy_ns[VNPU_ENG_COMPUTE],
+		.d2h_ns = job->busy_ns[VNPU_ENG_D2H],
+	};
+	u32 valid = DRM_VNPU_REPORT_F_VALID;
+
+	vnpu_bo_write(job->report_bo, job->report_offset, &r,
+		      offsetof(struct drm_vnpu_job_report, flags));
+	/* A reader that sees VALID sees every other field. */
+	smp_wmb();
+	vnpu_bo_write(job->report_bo, job->report_offset +
+		      offsetof(struct drm_vnpu_job_report, flags),
+		      &valid, sizeof(valid));
 }
 
 static void vnpu_uring_task_done(struct io_uring_cmd *cmd,
@@ -88,54 +196,297 @@ static void vnpu_uring_task_done(struct io_uring_cmd *cmd,
 }
 
 /*
- * The job has left the queue with its status set: release what it used,
- * wake waiters and hand the result to a waiting io_uring command. Drops the
- * queue's reference.
+ * The job and every earlier job of its queue are done: publish the result
+ * (report, statistics, fence, event, CQE) and release what it used. Drops
+ * the queue's reference. Process context.
  */
-static void vnpu_job_finish(struct vnpu_job *job)
+static void vnpu_job_complete(struct vnpu_job *job)
 {
-	struct vnpu_queue *q = job->queue;
+	struct vnpu_device *vdev = job->vdev;
+	struct vnpu_ctx *ctx = job->ctx;
 	struct io_uring_cmd *ucmd;
+	unsigned long flags;
+	unsigned int i;
 
-	vnpu_job_put_objs(job);
-	if (job->accounted) {
-		job->accounted = false;
-		atomic_dec(&job->vdev->inflight);
+	trace_vnpu_job_complete(job);
+	if (job->report_bo)
+		vnpu_job_write_report(job);
+	for (i = 0; i < ARRAY_SIZE(job->busy_ns); i++)
+		atomic64_add(job->busy_ns[i], &ctx->busy_ns[i]);
+	atomic64_inc(job->status ? &vdev->jobs_failed : &vdev->jobs_completed);
+
+	if (job->status)
+		dma_fence_set_error(&job->fence, job->status);
+	dma_fence_signal(&job->fence);
+
+	if (job->event) {
+		job->event->ev.user_data = job->user_data;
+		job->event->ev.seqno = job->seqno;
+		job->event->ev.status = job->status;
+		job->event->ev.queue_id = job->sq->id;
+		drm_send_event(&vdev->drm, &job->event->base);
+		job->event = NULL;
 	}
 
 	/* Exactly one of this and vnpu_uring_cancel() takes the command. */
-	spin_lock(&q->lock);
+	spin_lock_irqsave(&job->fence_lock, flags);
 	ucmd = job->ucmd;
 	job->ucmd = NULL;
-	spin_unlock(&q->lock);
-
-	complete_all(&job->done);
+	spin_unlock_irqrestore(&job->fence_lock, flags);
 	if (ucmd)
-		io_uring_cmd_do_in_task_lazy(ucmd, vnpu_uring_task_done);
+		io_uring_cmd_complete_in_task(ucmd, vnpu_uring_task_done);
+
+	/* The device is done with the job's objects: let them go. */
+	vnpu_job_drop_objs(job);
+	if (job->accounted) {
+		job->accounted = false;
+		atomic_dec(&vdev->inflight);
+		vnpu_ctx_job_done(ctx);
+	}
+	job->ctx = NULL;
+	vnpu_ctx_put(ctx);
 	vnpu_job_put(job);
 }
 
-static void vnpu_jobs_finish(struct list_head *jobs)
+/*
+ * @job has a result. Signal it and every following job of its queue that is
+ * done too; a job done before an earlier one waits for it (queues complete
+ * in order). Process context, no locks held.
+ */
+static void vnpu_job_done(struct vnpu_job *job)
+{
+	struct vnpu_squeue *sq = job->sq;
+	struct vnpu_job *j, *tmp;
+	LIST_HEAD(retire);
+
+	spin_lock(&sq->lock);
+	job->state = VNPU_JOB_DONE;
+	list_for_each_entry_safe(j, tmp, &sq->order, order_link) {
+		if (j->state != VNPU_JOB_DONE)
+			break;
+		list_move_tail(&j->order_link, &retire);
+		xa_erase(&sq->active, j->seqno);
+		/* Remembered for jobs that name it as a dependency later. */
+		if (j->status &&
+		    xa_err(xa_store(&sq->failed, j->seqno,
+				    xa_mk_value(-j->status), GFP_ATOMIC)))
+			drm_dbg(&sq->vdev->drm,
+				"queue %u: cannot record failure of %llu\n",
+				sq->id, j->seqno);
+	}
+	spin_unlock(&sq->lock);
+
+	list_for_each_entry_safe(j, tmp, &retire, order_link) {
+		list_del_init(&j->order_link);
+		vnpu_job_complete(j);
+	}
+}
+
+static void vnpu_jobs_done(struct list_head *jobs)
 {
 	struct vnpu_job *job, *tmp;
 
-	list_for_each_entry_safe(job, tmp, jobs, node) {
-		list_del_init(&job->node);
-		vnpu_job_finish(job);
+	list_for_each_entry_safe(job, tmp, jobs, link) {
+		list_del_init(&job->link);
+		vnpu_job_done(job);
 	}
 }
 
-static void vnpu_jobs_fail(struct list_head *jobs, int status)
+static void vnpu_job_fail(struct vnpu_job *job, int status)
+{
+	job->status = status;
+	job->hw_status = VNPU_CPL_ABORTED;
+}
+
+/* ---- software queues ------------------------------------------------------ */
+
+static u32 vnpu_hwq_priority(struct vnpu_device *vdev, u32 index)
+{
+	return index * (VNPU_PRIORITY_MAX + 1) / vdev->num_hwq;
+}
+
+/*
+ * Pick the hardware queue for a software queue of @priority: among the queues
+ * of the highest hardware priority not above @priority, the one with the
+ * fewest software queues attached.
+ */
+static struct vnpu_hwq *vnpu_hwq_pick(struct vnpu_device *vdev, u32 priority)
+{
+	struct vnpu_hwq *best = NULL;
+	unsigned int i;
+
+	for (i = 0; i < vdev->num_hwq; i++) {
+		struct vnpu_hwq *q = &vdev->hwq[i];
+
+		if (q->priority > priority)
+			continue;
+		if (!best || q->priority > best->priority ||
+		    (q->priority == best->priority &&
+		     READ_ONCE(q->nsq) < READ_ONCE(best->nsq)))
+			best = q;
+	}
+	return best ? best : &vdev->hwq[0];
+}
+
+struct vnpu_squeue *vnpu_squeue_create(struct vnpu_device *vdev, u32 id,
+				       u32 priority)
+{
+	struct vnpu_squeue *sq;
+
+	sq = kzalloc(sizeof(*sq), GFP_KERNEL);
+	if (!sq)
+		return ERR_PTR(-ENOMEM);
+	kref_init(&sq->ref);
+	sq->vdev = vdev;
+	sq->id = id;
+	sq->priority = priority;
+	sq->fence_ctx = dma_fence_context_alloc(1);
+	mutex_init(&sq->submit_lock);
+	spin_lock_init(&sq->lock);
+	INIT_LIST_HEAD(&sq->order);
+	INIT_LIST_HEAD(&sq->waiting);
+	xa_init(&sq->active);
+	xa_init(&sq->failed);
+	xa_init(&sq->waits);
+
+	sq->hwq = vnpu_hwq_pick(vdev, priority);
+	spin_lock(&sq->hwq->lock);
+	sq->hwq->nsq++;
+	spin_unlock(&sq->hwq->lock);
+	drm_dev_get(&vdev->drm);
+	return sq;
+}
+
+static void vnpu_squeue_release(struct kref *ref)
+{
+	struct vnpu_squeue *sq = container_of(ref, struct vnpu_squeue, ref);
+	struct vnpu_device *vdev = sq->vdev;
+
+	spin_lock(&sq->hwq->lock);
+	sq->hwq->nsq--;
+	spin_unlock(&sq->hwq->lock);
+	xa_destroy(&sq->active);
+	xa_destroy(&sq->failed);
+	xa_destroy(&sq->waits);
+	mutex_destroy(&sq->submit_lock);
+	kfree(sq);
+	drm_dev_put(&vdev->drm);
+}
+
+void vnpu_squeue_put(struct vnpu_squeue *sq)
+{
+	kref_put(&sq->ref, vnpu_squeue_release);
+}
+
+/**
+ * vnpu_squeue_detach - the queue leaves its file: no more submissions, and
+ * results nobody will collect are dropped (jobs still run to completion)
+ * @sq: queue
+ */
+void vnpu_squeue_detach(struct vnpu_squeue *sq)
 {
 	struct vnpu_job *job;
+	unsigned long seqno;
 
-	list_for_each_entry(job, jobs, node) {
-		job->status = status;
-		job->hw_status = VNPU_CPL_ABORTED;
+	mutex_lock(&sq->submit_lock);
+	sq->detached = true;
+	mutex_unlock(&sq->submit_lock);
+	xa_for_each(&sq->waits, seqno, job) {
+		if (xa_cmpxchg(&sq->waits, seqno, job, NULL, 0) == job)
+			vnpu_job_put(job);
 	}
 }
 
-/* ---- validation -------------------------------------------------------- */
+static struct vnpu_squeue *vnpu_file_squeue_get(struct vnpu_file *vfile,
+						u32 id)
+{
+	struct vnpu_squeue *sq;
+
+	xa_lock(&vfile->queues);
+	sq = xa_load(&vfile->queues, id);
+	if (sq)
+		kref_get(&sq->ref);
+	xa_unlock(&vfile->queues);
+	return sq;
+}
+
+/*
+ * Move jobs whose dependencies are met from the head of the software queue
+ * to the hardware queue, in order. A job whose dependency failed completes
+ * with -ECANCELED without running.
+ */
+static void vnpu_squeue_kick(struct vnpu_squeue *sq)
+{
+	struct vnpu_hwq *q = sq->hwq;
+	struct vnpu_job *job, *tmp;
+	LIST_HEAD(failed);
+	bool moved = false;
+
+	spin_lock(&sq->lock);
+	list_for_each_entry_safe(job, tmp, &sq->waiting, link) {
+		if (atomic_read(&job->deps_pending))
+			break;
+		if (READ_ONCE(job->dep_failed)) {
+			vnpu_job_fail(job, -ECANCELED);
+			list_move_tail(&job->link, &failed);
+			continue;
+		}
+		spin_lock(&q->lock);
+		if (q->dead) {
+			vnpu_job_fail(job, q->dead_status);
+			list_move_tail(&job->link, &failed);
+		} else {
+			job->state = VNPU_JOB_READY;
+			list_move_tail(&job->link, &q->pending);
+			q->njobs++;
+			moved = true;
+		}
+		spin_unlock(&q->lock);
+	}
+	spin_unlock(&sq->lock);
+
+	if (moved) {
+		spin_lock(&q->lock);
+		vnpu_hwq_feed(q);
+		spin_unlock(&q->lock);
+	}
+	vnpu_jobs_done(&failed);
+}
+
+static void vnpu_job_dep_signalled(struct dma_fence *f, struct dma_fence_cb *cb)
+{
+	struct vnpu_dep_cb *dcb = container_of(cb, struct vnpu_dep_cb, cb);
+	struct vnpu_job *job = dcb->job;
+	struct vnpu_device *vdev = job->vdev;
+
+	if (f->error)
+		WRITE_ONCE(job->dep_failed, true);
+	/* Alive: a job with a pending dependency cannot complete. */
+	vnpu_job_get(job);
+	if (atomic_dec_and_test(&job->deps_pending)) {
+		/* Fence callbacks may run in any context: defer the kick. */
+		llist_add(&job->ready_node, &vdev->ready);
+		queue_work(system_wq, &vdev->ready_work);
+	} else {
+		vnpu_job_put(job);
+	}
+}
+
+void vnpu_ready_work(struct work_struct *work)
+{
+	struct vnpu_device *vdev = container_of(work, struct vnpu_device,
+						ready_work);
+	struct vnpu_job *job, *tmp;
+	struct llist_node *list;
+
+	list = llist_del_all(&vdev->ready);
+	llist_for_each_entry_safe(job, tmp, list, ready_node) {
+		vnpu_squeue_kick(job->sq);
+		vnpu_job_put(job);
+	}
+}
+
+/* ---- validation ----------------------------------------------------------- */
 
 /* Look up @handle and keep the reference in the job (dropped with it). */
 static struct drm_gem_object *vnpu_job_lookup(struct vnpu_job *job,
@@ -161,12 +512,31 @@ static struct vnpu_mem *vnpu_job_lookup_mem(struct vnpu_job *job,
 	if (IS_ERR(obj))
 		return ERR_CAST(obj);
 	mem = vnpu_mem_from_gem(obj);
-	if (!mem) {
+	/* Another context's memory is never reachable, even if shared. */
+	if (!mem || mem->ctx != job->ctx) {
 		drm_dbg(&job->vdev->drm,
-			"submit: handle %u is not device memory\n", handle);
+			"submit: handle %u is not device memory of this file\n",
+			handle);
 		return ERR_PTR(-EINVAL);
 	}
 	return mem;
+}
+
+static struct vnpu_bo *vnpu_job_lookup_bo(struct vnpu_job *job,
+					  struct drm_file *file, u32 handle)
+{
+	struct drm_gem_object *obj = vnpu_job_lookup(job, file, handle);
+	struct vnpu_bo *bo;
+
+	if (IS_ERR(obj))
+		return ERR_CAST(obj);
+	bo = vnpu_bo_from_gem(obj);
+	if (!bo) {
+		drm_dbg(&job->vdev->drm, "submit: handle %u is not a BO\n",
+			handle);
+		return ERR_PTR(-EINVAL);
+	}
+	return bo;
 }
 
 /* Does [offset, offset + size) lie inside an object of @obj_size bytes? */
@@ -175,16 +545,20 @@ static bool vnpu_range_ok(u64 offset, u64 size, u64 obj_size)
 	return size <= obj_size && offset <= obj_size - size;
 }
 
+static bool vnpu_zero(const void *p, size_t len)
+{
+	return !memchr_inv(p, 0, len);
+}
+
 static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 			   const struct drm_vnpu_cmd_copy *c, bool to_device,
 			   struct vnpu_hw_cmd *hc)
 {
 	struct drm_device *drm = &job->vdev->drm;
-	struct drm_gem_object *obj;
 	struct vnpu_mem *mem;
 	struct vnpu_bo *bo;
 
-	if (c->reserved[0] || c->reserved[1] || c->reserved[2]) {
+	if (!vnpu_zero(c->reserved, sizeof(c->reserved))) {
 		drm_dbg(drm, "submit: copy reserved not zero\n");
 		return -EINVAL;
 	}
@@ -192,20 +566,14 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 		drm_dbg(drm, "submit: copy of zero bytes\n");
 		return -EINVAL;
 	}
-
-	obj = vnpu_job_lookup(job, file, c->bo_handle);
-	if (IS_ERR(obj))
-		return PTR_ERR(obj);
-	bo = vnpu_bo_from_gem(obj);
-	if (!bo) {
-		drm_dbg(drm, "submit: handle %u is not a BO\n", c->bo_handle);
-		return -EINVAL;
-	}
+	bo = vnpu_job_lookup_bo(job, file, c->bo_handle);
+	if (IS_ERR(bo))
+		return PTR_ERR(bo);
 	mem = vnpu_job_lookup_mem(job, file, c->mem_handle);
 	if (IS_ERR(mem))
 		return PTR_ERR(mem);
 
-	if (!vnpu_range_ok(c->bo_offset, c->size, obj->size) ||
+	if (!vnpu_range_ok(c->bo_offset, c->size, bo->base.base.size) ||
 	    !vnpu_range_ok(c->mem_offset, c->size, mem->base.size)) {
 		drm_dbg(drm, "submit: copy range outside its objects\n");
 		return -EINVAL;
@@ -215,14 +583,14 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 	hc->dma.sgl_addr = cpu_to_le64(bo->sgl_dma);
 	hc->dma.sgl_count = cpu_to_le32(bo->sgl_count);
 	hc->dma.sgl_offset = cpu_to_le64(c->bo_offset);
-	hc->dma.dev_addr = cpu_to_le64(mem->node.start + c->mem_offset);
+	hc->dma.dev_addr = cpu_to_le64(mem->va.start + c->mem_offset);
 	hc->dma.length = cpu_to_le64(c->size);
 	return 0;
 }
 
 static int vnpu_matmul_operand(struct vnpu_job *job, struct drm_file *file,
 			       u32 handle, u64 offset, u64 rows, u64 cols,
-			       __le64 *addr)
+			       struct vnpu_mem **memp, __le64 *addr)
 {
 	struct vnpu_mem *mem;
 
@@ -235,7 +603,8 @@ static int vnpu_matmul_operand(struct vnpu_job *job, struct drm_file *file,
 			"submit: matmul operand outside handle %u\n", handle);
 		return -EINVAL;
 	}
-	*addr = cpu_to_le64(mem->node.start + offset);
+	*memp = mem;
+	*addr = cpu_to_le64(mem->va.start + offset);
 	return 0;
 }
 
@@ -244,11 +613,19 @@ static bool vnpu_dim_ok(u32 dim)
 	return dim >= 1 && dim <= VNPU_MATMUL_DIM_MAX;
 }
 
+static bool vnpu_overlap(struct vnpu_mem *a, u64 aoff, u64 alen,
+			 struct vnpu_mem *b, u64 boff, u64 blen)
+{
+	return a == b && aoff < boff + blen && boff < aoff + alen;
+}
+
 static int vnpu_build_matmul(struct vnpu_job *job, struct drm_file *file,
 			     const struct drm_vnpu_cmd_matmul *m,
 			     struct vnpu_hw_cmd *hc)
 {
 	struct drm_device *drm = &job->vdev->drm;
+	struct vnpu_mem *a, *b, *c;
+	u64 alen, blen, clen;
 	int ret;
 
 	if (m->pad) {
@@ -270,23 +647,77 @@ static int vnpu_build_matmul(struct vnpu_job *job, struct drm_file *file,
 	}
 
 	ret = vnpu_matmul_operand(job, file, m->a_handle, m->a_offset,
-				  m->m, m->k, &hc->matmul.a_addr);
+				  m->m, m->k, &a, &hc->matmul.a_addr);
 	if (ret)
 		return ret;
 	ret = vnpu_matmul_operand(job, file, m->b_handle, m->b_offset,
-				  m->k, m->n, &hc->matmul.b_addr);
+				  m->k, m->n, &b, &hc->matmul.b_addr);
 	if (ret)
 		return ret;
 	ret = vnpu_matmul_operand(job, file, m->c_handle, m->c_offset,
-				  m->m, m->n, &hc->matmul.c_addr);
+				  m->m, m->n, &c, &hc->matmul.c_addr);
 	if (ret)
 		return ret;
+	alen = (u64)m->m * m->k * sizeof(u32);
+	blen = (u64)m->k * m->n * sizeof(u32);
+	clen = (u64)m->m * m->n * sizeof(u32);
+	if (vnpu_overlap(c, m->c_offset, clen, a, m->a_offset, alen) ||
+	    vnpu_overlap(c, m->c_offset, clen, b, m->b_offset, blen)) {
+		drm_dbg(drm, "submit: matmul output overlaps an input\n");
+		return -EINVAL;
+	}
 
 	hc->opcode = VNPU_OPC_MATMUL;
 	hc->matmul.m = cpu_to_le32(m->m);
 	hc->matmul.n = cpu_to_le32(m->n);
 	hc->matmul.k = cpu_to_le32(m->k);
 	hc->matmul.dtype = cpu_to_le32(VNPU_DTYPE_F32);
+	return 0;
+}
+
+static int vnpu_build_exec(struct vnpu_job *job, struct drm_file *file,
+			   const struct drm_vnpu_cmd_exec *e,
+			   struct vnpu_hw_cmd *hc)
+{
+	struct drm_device *drm = &job->vdev->drm;
+	struct vnpu_mem *prog, *bind;
+
+	if (e->pad || !vnpu_zero(e->reserved, sizeof(e->reserved))) {
+		drm_dbg(drm, "submit: exec pad/reserved not zero\n");
+		return -EINVAL;
+	}
+	if (!e->prog_size || e->prog_size > VNPU_PROG_MAX_LEN) {
+		drm_dbg(drm, "submit: exec program size %llu\n", e->prog_size);
+		return -EINVAL;
+	}
+	if (!e->num_bindings || e->num_bindings > VNPU_EXEC_MAX_BINDINGS) {
+		drm_dbg(drm, "submit: exec %u bindings\n", e->num_bindings);
+		return -EINVAL;
+	}
+	if ((e->prog_offset | e->bindings_offset) & 7) {
+		drm_dbg(drm, "submit: exec offsets not 8-byte aligned\n");
+		return -EINVAL;
+	}
+	prog = vnpu_job_lookup_mem(job, file, e->prog_handle);
+	if (IS_ERR(prog))
+		return PTR_ERR(prog);
+	bind = vnpu_job_lookup_mem(job, file, e->bindings_handle);
+	if (IS_ERR(bind))
+		return PTR_ERR(bind);
+	if (!vnpu_range_ok(e->prog_offset, e->prog_size, prog->base.size) ||
+	    !vnpu_range_ok(e->bindings_offset,
+			   (u64)e->num_bindings * sizeof(u64),
+			   bind->base.size)) {
+		drm_dbg(drm, "submit: exec program or bindings outside its object\n");
+		return -EINVAL;
+	}
+
+	hc->opcode = VNPU_OPC_EXEC;
+	hc->exec.prog_addr = cpu_to_le64(prog->va.start + e->prog_offset);
+	hc->exec.prog_len = cpu_to_le32(e->prog_size);
+	hc->exec.num_bindings = cpu_to_le32(e->num_bindings);
+	hc->exec.bindings_addr = cpu_to_le64(bind->va.start +
+					     e->bindings_offset);
 	return 0;
 }
 
@@ -306,101 +737,202 @@ static int vnpu_build_cmd(struct vnpu_job *job, struct drm_file *file,
 		return vnpu_build_copy(job, file, &uc->copy, false, hc);
 	case DRM_VNPU_OP_MATMUL:
 		return vnpu_build_matmul(job, file, &uc->matmul, hc);
+	case DRM_VNPU_OP_EXEC:
+		return vnpu_build_exec(job, file, &uc->exec, hc);
+	case DRM_VNPU_OP_SYNTH:
+		if (!vnpu_zero(uc->synth.reserved, sizeof(uc->synth.reserved)) ||
+		    !uc->synth.ns || uc->synth.ns > VNPU_SYNTH_MAX_NS) {
+			drm_dbg(drm, "submit: bad synth command\n");
+			return -EINVAL;
+		}
+		hc->opcode = VNPU_OPC_SYNTH;
+		hc->synth.ns = cpu_to_le64(uc->synth.ns);
+		return 0;
+	case DRM_VNPU_OP_NOP:
+		if (!vnpu_zero(uc->raw, sizeof(uc->raw))) {
+			drm_dbg(drm, "submit: nop payload not zero\n");
+			return -EINVAL;
+		}
+		hc->opcode = VNPU_OPC_NOP;
+		return 0;
 	default:
 		drm_dbg(drm, "submit: unknown op %u\n", uc->op);
 		return -EINVAL;
 	}
 }
 
-/*
- * Validate a submission and build its job: the one path shared by the ioctl
- * and the io_uring command. Returns the job holding one reference, or an
- * ERR_PTR; nothing has reached the device either way.
- */
-static struct vnpu_job *vnpu_job_create(struct vnpu_device *vdev,
-					struct drm_file *file,
-					const struct drm_vnpu_submit *args)
+/* What a batch being submitted to one queue needs while it is validated. */
+struct vnpu_batch {
+	struct drm_file *file;
+	struct vnpu_file *vfile;
+	struct vnpu_squeue *sq;
+	struct vnpu_ctx *ctx;
+	struct vnpu_job **jobs;
+	u32 count;
+	u64 first_seqno;
+};
+
+/* Resolve one dependency to a fence (or a known failure) of this file. */
+static int vnpu_job_add_dep(struct vnpu_job *job, struct vnpu_batch *b,
+			    const struct drm_vnpu_dep *d, u32 index)
 {
-	struct drm_device *drm = &vdev->drm;
-	struct drm_vnpu_cmd *ucmds;
-	struct vnpu_queue *q;
-	struct vnpu_job *job;
-	u32 i, qi;
-	int ret;
+	struct drm_device *drm = &job->vdev->drm;
+	struct dma_fence *fence = NULL;
+	struct vnpu_squeue *dsq;
+	struct vnpu_job *dj;
+	int ret = 0;
 
-	if (args->flags || args->pad || args->seqno) {
-		drm_dbg(drm, "submit: flags/pad/seqno not zero\n");
-		return ERR_PTR(-EINVAL);
+	if (d->pad) {
+		drm_dbg(drm, "submit: dependency pad not zero\n");
+		return -EINVAL;
 	}
-	if (!args->cmd_count || args->cmd_count > vdev->max_cmds) {
-		drm_dbg(drm, "submit: cmd_count %u\n", args->cmd_count);
-		return ERR_PTR(-EINVAL);
-	}
-	if (args->queue >= vdev->num_queues) {
-		drm_dbg(drm, "submit: queue %u\n", args->queue);
-		return ERR_PTR(-EINVAL);
-	}
-	qi = array_index_nospec(args->queue, vdev->num_queues);
-	q = &vdev->queues[qi];
-
-	ucmds = memdup_array_user(u64_to_user_ptr(args->cmds), args->cmd_count,
-				  sizeof(*ucmds));
-	if (IS_ERR(ucmds))
-		return ERR_CAST(ucmds);
-
-	ret = -ENOMEM;
-	job = kzalloc(sizeof(*job), GFP_KERNEL_ACCOUNT);
-	if (!job)
-		goto err_free_ucmds;
-	kref_init(&job->ref);
-	init_completion(&job->done);
-	INIT_LIST_HEAD(&job->node);
-	job->vdev = vdev;
-	job->queue = q;
-	drm_dev_get(drm);
-
-	job->cmds = kcalloc(args->cmd_count, sizeof(*job->cmds),
-			    GFP_KERNEL_ACCOUNT);
-	/* At most three objects per command. */
-	job->objs = kcalloc(args->cmd_count * 3, sizeof(*job->objs),
-			    GFP_KERNEL_ACCOUNT);
-	if (!job->cmds || !job->objs)
-		goto err_put_job;
-	job->ncmds = args->cmd_count;
-
-	for (i = 0; i < job->ncmds; i++) {
-		ret = vnpu_build_cmd(job, file, &ucmds[i], &job->cmds[i]);
-		if (ret)
-			goto err_put_job;
+	/* An earlier job of the same batch. */
+	if (d->queue_id == b->sq->id && d->seqno >= b->first_seqno) {
+		if (d->seqno - b->first_seqno >= index) {
+			drm_dbg(drm, "submit: dependency on a later job\n");
+			return -EINVAL;
+		}
+		job->deps[job->ndeps++] =
+			dma_fence_get(&b->jobs[d->seqno - b->first_seqno]->fence);
+		return 0;
 	}
 
-	if (atomic_inc_return(&vdev->inflight) > vnpu_max_inflight) {
-		atomic_dec(&vdev->inflight);
-		drm_dbg(drm, "submit: %u jobs in flight\n", vnpu_max_inflight);
-		ret = -EBUSY;
-		goto err_put_job;
+	dsq = vnpu_file_squeue_get(b->vfile, d->queue_id);
+	if (!dsq) {
+		drm_dbg(drm, "submit: dependency on unknown queue %u\n",
+			d->queue_id);
+		return -ENOENT;
 	}
-	job->accounted = true;
-
-	job->seqno = atomic64_inc_return(&q->seqno);
-	for (i = 0; i < job->ncmds; i++)
-		job->cmds[i].tag = cpu_to_le64(job->seqno);
-	job->cmds[job->ncmds - 1].flags = VNPU_CMD_F_LAST;
-
-	kfree(ucmds);
-	return job;
-
-err_put_job:
-	vnpu_job_put(job);
-err_free_ucmds:
-	kfree(ucmds);
-	return ERR_PTR(ret);
+	spin_lock(&dsq->lock);
+	if (!d->seqno || d->seqno > dsq->last_seqno) {
+		drm_dbg(drm, "submit: dependency on seqno %llu not issued\n",
+			d->seqno);
+		ret = -EINVAL;
+	} else {
+		dj = xa_load(&dsq->active, d->seqno);
+		if (dj)
+			fence = dma_fence_get(&dj->fence);
+		else if (xa_load(&dsq->failed, d->seqno))
+			job->dep_failed = true;
+	}
+	spin_unlock(&dsq->lock);
+	vnpu_squeue_put(dsq);
+	if (fence)
+		job->deps[job->ndeps++] = fence;
+	return ret;
 }
 
-/* ---- rings ------------------------------------------------------------- */
+static int vnpu_job_build(struct vnpu_job *job, struct vnpu_batch *b,
+			  const struct drm_vnpu_job *uj, u32 index)
+{
+	struct drm_device *drm = &job->vdev->drm;
+	struct drm_vnpu_dep deps[DRM_VNPU_MAX_DEPS];
+	struct drm_vnpu_cmd *ucmds;
+	u32 i, max_objs;
+	int ret;
 
-/* Move pending jobs onto the command ring while they fit. q->lock held. */
-static void vnpu_queue_feed(struct vnpu_queue *q)
+	if (uj->flags) {
+		drm_dbg(drm, "submit: job flags not zero\n");
+		return -EINVAL;
+	}
+	if (!uj->cmd_count || uj->cmd_count > job->vdev->max_cmds) {
+		drm_dbg(drm, "submit: %u commands\n", uj->cmd_count);
+		return -EINVAL;
+	}
+	if (uj->dep_count > DRM_VNPU_MAX_DEPS) {
+		drm_dbg(drm, "submit: %u dependencies\n", uj->dep_count);
+		return -EINVAL;
+	}
+	if (uj->report_handle ? uj->report_offset & 7 : uj->report_offset) {
+		drm_dbg(drm, "submit: bad report offset\n");
+		return -EINVAL;
+	}
+
+	job->user_data = uj->user_data;
+	job->ncmds = uj->cmd_count;
+	job->cmds = kcalloc(job->ncmds, sizeof(*job->cmds), GFP_KERNEL);
+	/* Up to three objects per command, plus the report BO. */
+	max_objs = job->ncmds * 3 + 1;
+	job->objs = kcalloc(max_objs, sizeof(*job->objs), GFP_KERNEL);
+	ucmds = kvmalloc_array(job->ncmds, sizeof(*ucmds), GFP_KERNEL);
+	if (!job->cmds || !job->objs || !ucmds) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (copy_from_user(ucmds, u64_to_user_ptr(uj->cmds),
+			   job->ncmds * sizeof(*ucmds))) {
+		ret = -EFAULT;
+		goto out;
+	}
+	for (i = 0; i < job->ncmds; i++) {
+		ret = vnpu_build_cmd(job, b->file, &ucmds[i], &job->cmds[i]);
+		if (ret)
+			goto out;
+	}
+
+	if (uj->report_handle) {
+		job->report_bo = vnpu_job_lookup_bo(job, b->file,
+						    uj->report_handle);
+		if (IS_ERR(job->report_bo)) {
+			ret = PTR_ERR(job->report_bo);
+			job->report_bo = NULL;
+			goto out;
+		}
+		if (!vnpu_range_ok(uj->report_offset,
+				   sizeof(struct drm_vnpu_job_report),
+				   job->report_bo->base.base.size)) {
+			drm_dbg(drm, "submit: report outside its BO\n");
+			ret = -EINVAL;
+			goto out;
+		}
+		job->report_offset = uj->report_offset;
+	}
+
+	if (uj->dep_count &&
+	    copy_from_user(deps, u64_to_user_ptr(uj->deps),
+			   uj->dep_count * sizeof(*deps))) {
+		ret = -EFAULT;
+		goto out;
+	}
+	for (i = 0; i < uj->dep_count; i++) {
+		ret = vnpu_job_add_dep(job, b, &deps[i], index);
+		if (ret)
+			goto out;
+	}
+	ret = 0;
+out:
+	kvfree(ucmds);
+	return ret;
+}
+
+static struct vnpu_job *vnpu_job_alloc(struct vnpu_batch *b, u64 seqno)
+{
+	struct vnpu_device *vdev = b->sq->vdev;
+	struct vnpu_job *job;
+
+	job = kzalloc(sizeof(*job), GFP_KERNEL);
+	if (!job)
+		return NULL;
+	spin_lock_init(&job->fence_lock);
+	dma_fence_init(&job->fence, &vnpu_fence_ops, &job->fence_lock,
+		       b->sq->fence_ctx, seqno);
+	drm_dev_get(&vdev->drm);
+	job->vdev = vdev;
+	kref_get(&b->sq->ref);
+	job->sq = b->sq;
+	kref_get(&b->ctx->ref);
+	job->ctx = b->ctx;
+	job->seqno = seqno;
+	INIT_LIST_HEAD(&job->order_link);
+	INIT_LIST_HEAD(&job->link);
+	atomic_set(&job->deps_pending, 1);
+	return job;
+}
+
+/* ---- the hardware queue --------------------------------------------------- */
+
+/* Write pending jobs to the command ring while they fit. q->lock held. */
+static void vnpu_hwq_feed(struct vnpu_hwq *q)
 {
 	u32 mask = q->entries - 1;
 	struct vnpu_job *job;
@@ -411,61 +943,65 @@ static void vnpu_queue_feed(struct vnpu_queue *q)
 		return;
 
 	while (!list_empty(&q->pending)) {
-		job = list_first_entry(&q->pending, struct vnpu_job, node);
+		job = list_first_entry(&q->pending, struct vnpu_job, link);
 		/* One entry stays free: tail == head means an empty ring. */
 		used = q->sq_tail - q->sq_free;
 		if (q->entries - 1 - used < job->ncmds)
 			break;
 
+		if (!++q->next_tag)
+			++q->next_tag;
+		job->tag = q->next_tag;
 		job->sq_start = q->sq_tail;
-		for (i = 0; i < job->ncmds; i++)
-			memcpy(&q->sq[q->sq_tail++ & mask], &job->cmds[i],
-			       sizeof(*q->sq));
-		list_move_tail(&job->node, &q->hw);
+		for (i = 0; i < job->ncmds; i++) {
+			struct vnpu_hw_cmd *e = &q->sq[q->sq_tail++ & mask];
+
+			memcpy(e, &job->cmds[i], sizeof(*e));
+			/* Written by the kernel only: the context is trusted. */
+			e->ctx_id = cpu_to_le16(job->ctx->id);
+			e->tag = cpu_to_le64(job->tag);
+			e->flags = i == job->ncmds - 1 ? VNPU_CMD_F_LAST : 0;
+		}
+		if (list_empty(&q->hw))
+			q->last_progress = jiffies;
+		job->state = VNPU_JOB_RING;
+		list_move_tail(&job->link, &q->hw);
+		trace_vnpu_job_submit(job, q->index);
 		written = true;
 	}
 
+	if (!written)
+		return;
 	/* writel() orders the ring writes before the doorbell. */
-	if (written)
-		vnpu_qwr(q, VNPU_QREG_SQ_TAIL, q->sq_tail & mask);
+	vnpu_qwr(q, VNPU_QREG_SQ_TAIL, q->sq_tail & mask);
+	queue_delayed_work(system_wq, &q->watchdog,
+			   msecs_to_jiffies(max(vnpu_watchdog_ms, 10u)));
 }
 
-static int vnpu_cpl_errno(u32 hw_status)
-{
-	switch (hw_status) {
-	case VNPU_CPL_OK:
-		return 0;
-	case VNPU_CPL_ABORTED:
-		return -ECANCELED;
-	default:
-		return -EIO;
-	}
-}
-
-static struct vnpu_job *vnpu_queue_find(struct vnpu_queue *q, u64 tag)
+static struct vnpu_job *vnpu_hwq_find(struct vnpu_hwq *q, u64 tag)
 {
 	struct vnpu_job *job;
 
 	/* Jobs mostly complete in ring order: the first entry usually hits. */
-	list_for_each_entry(job, &q->hw, node)
-		if (job->seqno == tag)
+	list_for_each_entry(job, &q->hw, link)
+		if (job->tag == tag)
 			return job;
 	return NULL;
 }
 
 /*
- * Consume valid completion records, moving their jobs to @done, and reclaim
- * ring space. @doorbell: tell the device (not once the queue is disabled).
- * q->lock held. Returns whether anything was consumed.
+ * Consume valid completion records. Finished jobs move to @done; with
+ * @recovering, ABORTED records only mark their job (recovery decides).
+ * An unknown tag marks the queue corrupt. q->lock held.
  */
-static bool vnpu_queue_reap(struct vnpu_queue *q, struct list_head *done,
-			    bool doorbell)
+static void vnpu_hwq_reap(struct vnpu_hwq *q, struct list_head *done,
+			  bool recovering)
 {
 	struct drm_device *drm = &q->vdev->drm;
 	struct vnpu_hw_cpl *cpl;
 	struct vnpu_job *job;
 	bool any = false;
-	u64 tag;
+	u32 hw_status;
 
 	for (;;) {
 		cpl = &q->cq[q->cq_head];
@@ -474,19 +1010,28 @@ static bool vnpu_queue_reap(struct vnpu_queue *q, struct list_head *done,
 			break;
 		/* Read the record only after seeing its phase bit. */
 		dma_rmb();
-		tag = le64_to_cpu(cpl->tag);
-
-		job = vnpu_queue_find(q, tag);
-		if (job) {
-			job->hw_status = le16_to_cpu(cpl->status);
-			job->status = vnpu_cpl_errno(job->hw_status);
+		hw_status = le16_to_cpu(cpl->status);
+		job = vnpu_hwq_find(q, le64_to_cpu(cpl->tag));
+		if (!job || le16_to_cpu(cpl->ctx_id) != job->ctx->id) {
+			drm_err_ratelimited(drm,
+					    "queue %u: completion with unknown tag 0x%llx (status %u)\n",
+					    q->index, le64_to_cpu(cpl->tag),
+					    hw_status);
+			q->corrupt = true;
+		} else if (recovering && hw_status == VNPU_CPL_ABORTED) {
+			job->aborted = true;
+		} else {
+			job->hw_status = hw_status;
+			job->status = vnpu_cpl_errno(hw_status);
 			job->t_start = le64_to_cpu(cpl->t_start);
 			job->t_end = le64_to_cpu(cpl->t_end);
-			list_move_tail(&job->node, done);
-		} else {
-			drm_err_ratelimited(drm,
-					    "queue %u: completion for unknown tag %llu\n",
-					    q->index, tag);
+			job->fault_addr = le64_to_cpu(cpl->fault_addr);
+			job->busy_ns[VNPU_ENG_H2D] = le32_to_cpu(cpl->h2d_ns);
+			job->busy_ns[VNPU_ENG_COMPUTE] =
+				le32_to_cpu(cpl->compute_ns);
+			job->busy_ns[VNPU_ENG_D2H] = le32_to_cpu(cpl->d2h_ns);
+			list_move_tail(&job->link, done);
+			q->njobs--;
 		}
 
 		if (++q->cq_head == q->entries) {
@@ -497,23 +1042,22 @@ static bool vnpu_queue_reap(struct vnpu_queue *q, struct list_head *done,
 	}
 
 	if (!any)
-		return false;
-
-	if (doorbell)
+		return;
+	if (!recovering)
 		vnpu_qwr(q, VNPU_QREG_CQ_HEAD, q->cq_head);
-	q->progress = true;
+	q->last_progress = jiffies;
 	/* Entries before the oldest unfinished job are free again. */
 	if (list_empty(&q->hw))
 		q->sq_free = q->sq_tail;
 	else
 		q->sq_free = list_first_entry(&q->hw, struct vnpu_job,
-					      node)->sq_start;
-	vnpu_queue_feed(q);
-	return true;
+					      link)->sq_start;
+	if (!recovering)
+		vnpu_hwq_feed(q);
 }
 
-/* Program the rings and enable the queue; both rings must be reset. */
-static int vnpu_queue_enable(struct vnpu_queue *q)
+/* Program the rings and enable the queue; the rings must be reset. */
+static int vnpu_hwq_enable(struct vnpu_hwq *q)
 {
 	u32 status;
 	int ret;
@@ -526,6 +1070,7 @@ static int vnpu_queue_enable(struct vnpu_queue *q)
 	vnpu_qwr(q, VNPU_QREG_CQ_BASE_HI, upper_32_bits(q->cq_dma));
 	vnpu_qwr(q, VNPU_QREG_CQ_SIZE, q->entries);
 	vnpu_qwr(q, VNPU_QREG_MSIX_VECTOR, q->index);
+	vnpu_qwr(q, VNPU_QREG_PRIORITY, q->priority);
 	vnpu_qwr(q, VNPU_QREG_CTRL, VNPU_QCTRL_ENABLE);
 
 	ret = readl_poll_timeout(q->vdev->regs +
@@ -545,115 +1090,125 @@ static int vnpu_queue_enable(struct vnpu_queue *q)
 }
 
 /*
- * Stop the queue, fail the jobs the device had with @status and restart it
- * with empty rings (unless @fatal). Pending jobs then go to the fresh ring;
- * if the queue cannot be restarted they fail too. service_lock held; the
- * failed jobs are added to @done.
+ * Reset the queue (QCTRL_RESET) and restart it with empty rings, unless
+ * @fatal. Jobs the device finished complete normally. The job blamed for a
+ * timeout (the oldest on the ring) fails with -ETIMEDOUT; a job the device
+ * had fetched that got no completion at all (its record was corrupted, or
+ * the queue stopped on an error) fails with @reason; every other job -
+ * aborted by the reset or never fetched - is put back in order and runs
+ * again, at most VNPU_MAX_REQUEUES times (then -ECANCELED). With @fatal all
+ * fail with -ENODEV. service_lock held; jobs with a result go to @done.
  */
-static void vnpu_queue_recover(struct vnpu_queue *q, struct list_head *done,
-			       int status, bool fatal)
+static void vnpu_hwq_recover(struct vnpu_hwq *q, struct list_head *done,
+			     int reason, bool fatal)
 {
-	LIST_HEAD(reaped);
-	struct vnpu_job *job;
-	u32 st;
+	struct vnpu_job *job, *tmp, *blamed = NULL;
+	u32 mask = q->entries - 1;
+	LIST_HEAD(requeue);
+	u32 head, fetched, st;
 	int ret = 0;
 
-	/* Collect what finished, which also frees room for aborted records. */
 	spin_lock(&q->lock);
 	q->stopped = true;
-	vnpu_queue_reap(q, done, true);
+	vnpu_hwq_reap(q, done, false);
+	if (reason == -ETIMEDOUT && !list_empty(&q->hw))
+		blamed = list_first_entry(&q->hw, struct vnpu_job, link);
+	head = vnpu_qrd(q, VNPU_QREG_SQ_HEAD);
 	spin_unlock(&q->lock);
 
-	/* Fetched jobs complete as ABORTED once the queue is disabled. */
-	vnpu_qwr(q, VNPU_QREG_CTRL, 0);
+	vnpu_qwr(q, VNPU_QREG_CTRL, VNPU_QCTRL_RESET);
 	if (readl_poll_timeout(q->vdev->regs +
 			       VNPU_REG_QUEUE(q->index, VNPU_QREG_STATUS),
-			       st, !(st & VNPU_QSTATUS_ENABLED) &&
-			       (st & (VNPU_QSTATUS_IDLE | VNPU_QSTATUS_ERROR)),
-			       100, 500000))
-		drm_warn(&q->vdev->drm, "queue %u: did not stop (status 0x%x)\n",
-			 q->index, st);
+			       st, (st & VNPU_QSTATUS_IDLE) &&
+			       !(st & VNPU_QSTATUS_ENABLED), 100, 1000000))
+		drm_err(&q->vdev->drm, "queue %u: reset incomplete (status 0x%x)\n",
+			q->index, st);
 
 	spin_lock(&q->lock);
-	vnpu_queue_reap(q, &reaped, false);
-	/* Aborted by us: report why rather than a bare cancellation. */
-	list_for_each_entry(job, &reaped, node)
-		if (job->hw_status == VNPU_CPL_ABORTED)
-			job->status = status;
-	list_splice_tail_init(&reaped, done);
-	vnpu_jobs_fail(&q->hw, status);
-	list_splice_tail_init(&q->hw, done);
+	vnpu_hwq_reap(q, done, true);
+	fetched = (head - (q->sq_free & mask)) & mask;
+	list_for_each_entry_safe(job, tmp, &q->hw, link) {
+		bool was_fetched = job->aborted ||
+				   job->sq_start - q->sq_free < fetched;
+
+		int status = 0;
+
+		if (fatal)
+			status = -ENODEV;
+		else if (job == blamed)
+			status = -ETIMEDOUT;
+		else if (was_fetched && !job->aborted)
+			status = reason;
+		else if (++job->requeues > VNPU_MAX_REQUEUES)
+			status = -ECANCELED;
+
+		if (status) {
+			vnpu_job_fail(job, status);
+			list_move_tail(&job->link, done);
+			q->njobs--;
+		} else {
+			job->aborted = false;
+			job->state = VNPU_JOB_READY;
+			list_move_tail(&job->link, &requeue);
+		}
+	}
+	list_splice(&requeue, &q->pending);
 
 	memset(q->cq, 0, q->entries * sizeof(*q->cq));
 	q->sq_tail = 0;
 	q->sq_free = 0;
 	q->cq_head = 0;
 	q->cq_phase = VNPU_CPL_F_PHASE;
+	q->corrupt = false;
 	spin_unlock(&q->lock);
 
 	if (!fatal)
-		ret = vnpu_queue_enable(q);
+		ret = vnpu_hwq_enable(q);
+	atomic64_inc(&q->resets);
 
 	spin_lock(&q->lock);
 	if (fatal || ret) {
 		q->dead = true;
 		q->dead_status = fatal ? -ENODEV : -EIO;
-		vnpu_jobs_fail(&q->pending, q->dead_status);
-		list_splice_tail_init(&q->pending, done);
+		list_for_each_entry_safe(job, tmp, &q->pending, link) {
+			vnpu_job_fail(job, q->dead_status);
+			list_move_tail(&job->link, done);
+			q->njobs--;
+		}
 	}
 	q->stopped = false;
-	vnpu_queue_feed(q);
+	q->last_progress = jiffies;
+	vnpu_hwq_feed(q);
 	spin_unlock(&q->lock);
 }
 
-/* Consume completions and check for a device error. */
-static void vnpu_queue_service(struct vnpu_queue *q)
+/* Consume completions; reset the queue on a device error or a bad record. */
+static void vnpu_hwq_service(struct vnpu_hwq *q)
 {
 	LIST_HEAD(done);
+	bool corrupt;
 	u32 status;
 
 	mutex_lock(&q->service_lock);
 	spin_lock(&q->lock);
 	if (!q->dead)
-		vnpu_queue_reap(q, &done, true);
+		vnpu_hwq_reap(q, &done, false);
+	corrupt = q->corrupt;
 	spin_unlock(&q->lock);
 
-	if (!q->dead) {
+	if (!READ_ONCE(q->dead)) {
 		status = vnpu_qrd(q, VNPU_QREG_STATUS);
-		if (status & VNPU_QSTATUS_ERROR) {
+		if (corrupt || (status & VNPU_QSTATUS_ERROR)) {
 			drm_err(&q->vdev->drm,
-				"queue %u: device error %u, resetting queue\n",
-				q->index, vnpu_qrd(q, VNPU_QREG_ERROR));
-			vnpu_queue_recover(q, &done, -EIO, false);
+				"queue %u: %s, resetting queue\n", q->index,
+				corrupt ? "corrupted completion" :
+					  "device error");
+			vnpu_hwq_recover(q, &done, -EIO, false);
 		}
 	}
 	mutex_unlock(&q->service_lock);
 
-	vnpu_jobs_finish(&done);
-}
-
-static void vnpu_queue_push(struct vnpu_queue *q, struct vnpu_job *job,
-			    struct io_uring_cmd *ucmd)
-{
-	bool dead;
-
-	/* The queue's reference, dropped by vnpu_job_finish(). */
-	kref_get(&job->ref);
-
-	spin_lock(&q->lock);
-	job->ucmd = ucmd;
-	dead = q->dead;
-	if (dead) {
-		job->status = q->dead_status;
-		job->hw_status = VNPU_CPL_ABORTED;
-	} else {
-		list_add_tail(&job->node, &q->pending);
-		vnpu_queue_feed(q);
-	}
-	spin_unlock(&q->lock);
-
-	if (dead)
-		vnpu_job_finish(job);
+	vnpu_jobs_done(&done);
 }
 
 irqreturn_t vnpu_irq_handler(int irq, void *arg)
@@ -663,65 +1218,62 @@ irqreturn_t vnpu_irq_handler(int irq, void *arg)
 
 irqreturn_t vnpu_irq_thread(int irq, void *arg)
 {
-	vnpu_queue_service(arg);
+	vnpu_hwq_service(arg);
 	return IRQ_HANDLED;
 }
 
 static void vnpu_watchdog(struct work_struct *work)
 {
-	struct vnpu_queue *q = container_of(to_delayed_work(work),
-					    struct vnpu_queue, watchdog);
+	struct vnpu_hwq *q = container_of(to_delayed_work(work),
+					  struct vnpu_hwq, watchdog);
 	unsigned int timeout = READ_ONCE(vnpu_job_timeout_ms);
 	LIST_HEAD(done);
 	bool busy, stuck;
 
 	/* Also picks up completions whose interrupt went missing. */
-	vnpu_queue_service(q);
+	vnpu_hwq_service(q);
 
 	mutex_lock(&q->service_lock);
 	spin_lock(&q->lock);
 	busy = !list_empty(&q->hw);
-	if (!busy || q->progress)
-		q->idle_ticks = 0;
-	else
-		q->idle_ticks++;
-	q->progress = false;
 	stuck = !q->dead && busy && timeout &&
-		q->idle_ticks * VNPU_WATCHDOG_MS >= timeout;
+		time_after(jiffies, q->last_progress +
+			   msecs_to_jiffies(timeout));
 	spin_unlock(&q->lock);
-
 	if (stuck) {
 		drm_err(&q->vdev->drm,
 			"queue %u: no progress for %u ms, resetting queue\n",
-			q->index, q->idle_ticks * VNPU_WATCHDOG_MS);
-		q->idle_ticks = 0;
-		vnpu_queue_recover(q, &done, -ETIMEDOUT, false);
+			q->index, timeout);
+		vnpu_hwq_recover(q, &done, -ETIMEDOUT, false);
 	}
 	mutex_unlock(&q->service_lock);
 
-	vnpu_jobs_finish(&done);
+	vnpu_jobs_done(&done);
 
-	if (!READ_ONCE(q->dead))
+	spin_lock(&q->lock);
+	if (!q->dead && !list_empty(&q->hw))
 		queue_delayed_work(system_wq, &q->watchdog,
-				   msecs_to_jiffies(VNPU_WATCHDOG_MS));
+				   msecs_to_jiffies(max(vnpu_watchdog_ms, 10u)));
+	spin_unlock(&q->lock);
 }
 
-int vnpu_queue_init(struct vnpu_device *vdev, struct vnpu_queue *q, u32 index,
-		    int irq)
+int vnpu_hwq_init(struct vnpu_device *vdev, struct vnpu_hwq *q, u32 index,
+		  int irq)
 {
 	struct device *dev = vdev->drm.dev;
 	int ret;
 
 	q->vdev = vdev;
 	q->index = index;
+	q->priority = vnpu_hwq_priority(vdev, index);
 	q->irq = irq;
 	spin_lock_init(&q->lock);
 	mutex_init(&q->service_lock);
 	INIT_LIST_HEAD(&q->pending);
 	INIT_LIST_HEAD(&q->hw);
 	INIT_DELAYED_WORK(&q->watchdog, vnpu_watchdog);
-	atomic64_set(&q->seqno, 0);
 	q->cq_phase = VNPU_CPL_F_PHASE;
+	atomic64_set(&q->resets, 0);
 
 	/* Device-managed: freed after remove, when no job points at them. */
 	q->sq = dmam_alloc_coherent(dev, q->entries * sizeof(*q->sq),
@@ -736,19 +1288,16 @@ int vnpu_queue_init(struct vnpu_device *vdev, struct vnpu_queue *q, u32 index,
 	if (ret)
 		return ret;
 
-	ret = vnpu_queue_enable(q);
+	ret = vnpu_hwq_enable(q);
 	if (ret) {
 		free_irq(irq, q);
 		return ret;
 	}
-
-	queue_delayed_work(system_wq, &q->watchdog,
-			   msecs_to_jiffies(VNPU_WATCHDOG_MS));
 	return 0;
 }
 
 /* Disable the queue for good; every job it holds fails with -ENODEV. */
-void vnpu_queue_fini(struct vnpu_queue *q)
+void vnpu_hwq_fini(struct vnpu_hwq *q)
 {
 	LIST_HEAD(done);
 
@@ -759,72 +1308,253 @@ void vnpu_queue_fini(struct vnpu_queue *q)
 	cancel_delayed_work_sync(&q->watchdog);
 
 	mutex_lock(&q->service_lock);
-	vnpu_queue_recover(q, &done, -ENODEV, true);
+	vnpu_hwq_recover(q, &done, -ENODEV, true);
 	mutex_unlock(&q->service_lock);
 
 	free_irq(q->irq, q);
-	vnpu_jobs_finish(&done);
+	vnpu_jobs_done(&done);
+}
+
+/* ---- submission ----------------------------------------------------------- */
+
+static void vnpu_batch_free(struct vnpu_batch *b)
+{
+	u32 i;
+
+	for (i = 0; i < b->count; i++)
+		if (b->jobs[i])
+			vnpu_job_put(b->jobs[i]);
 }
 
 /*
- * Debug aid: ring the doorbell with an index outside the ring, which the
- * device treats as a fatal queue error, and let the watchdog recover it now.
+ * Validate and build @count jobs for @b->sq, reserve events, account them
+ * and make their seqnos visible to dependency lookups. On error nothing is
+ * left behind. sq->submit_lock held.
  */
-void vnpu_queue_inject_error(struct vnpu_queue *q)
+static int vnpu_submit_prepare(struct vnpu_batch *b,
+			       const struct drm_vnpu_job *ujobs, u32 flags)
 {
-	spin_lock(&q->lock);
-	if (!q->dead && !q->stopped)
-		vnpu_qwr(q, VNPU_QREG_SQ_TAIL, q->entries);
-	spin_unlock(&q->lock);
-	mod_delayed_work(system_wq, &q->watchdog, 0);
+	struct vnpu_device *vdev = b->sq->vdev;
+	struct drm_device *drm = &vdev->drm;
+	u32 i, stored = 0;
+	int ret;
+
+	b->first_seqno = b->sq->last_seqno + 1;
+	for (i = 0; i < b->count; i++) {
+		b->jobs[i] = vnpu_job_alloc(b, b->first_seqno + i);
+		if (!b->jobs[i])
+			return -ENOMEM;
+		ret = vnpu_job_build(b->jobs[i], b, &ujobs[i], i);
+		if (ret)
+			return ret;
+	}
+
+	if (atomic_add_return(b->count, &vdev->inflight) > vnpu_max_inflight) {
+		atomic_sub(b->count, &vdev->inflight);
+		drm_dbg(drm, "submit: in-flight limit %u reached\n",
+			vnpu_max_inflight);
+		return -EBUSY;
+	}
+	atomic_add(b->count, &b->ctx->inflight);
+	for (i = 0; i < b->count; i++)
+		b->jobs[i]->accounted = true;
+
+	if (flags & DRM_VNPU_SUBMIT_F_EVENT) {
+		for (i = 0; i < b->count; i++) {
+			struct vnpu_event *e = kzalloc(sizeof(*e), GFP_KERNEL);
+
+			if (!e) {
+				ret = -ENOMEM;
+				goto err_events;
+			}
+			e->ev.base.type = DRM_VNPU_EVENT_JOB;
+			e->ev.base.length = sizeof(e->ev);
+			ret = drm_event_reserve_init(drm, b->file, &e->base,
+						     &e->ev.base);
+			if (ret) {
+				kfree(e);
+				goto err_events;
+			}
+			b->jobs[i]->event = e;
+		}
+	}
+
+	for (stored = 0; stored < b->count; stored++) {
+		struct vnpu_job *job = b->jobs[stored];
+
+		ret = xa_err(xa_store(&b->sq->active, job->seqno, job,
+				      GFP_KERNEL));
+		if (ret)
+			goto err_active;
+	}
+	return 0;
+
+err_active:
+	while (stored--)
+		xa_erase(&b->sq->active, b->jobs[stored]->seqno);
+err_events:
+	for (i = 0; i < b->count; i++) {
+		if (b->jobs[i]->event)
+			drm_event_cancel_free(drm, &b->jobs[i]->event->base);
+		b->jobs[i]->event = NULL;
+		b->jobs[i]->accounted = false;
+	}
+	atomic_sub(b->count, &vdev->inflight);
+	atomic_sub(b->count, &b->ctx->inflight);
+	return ret;
 }
 
-/* ---- ioctls -------------------------------------------------------------- */
+/* Queue prepared jobs; cannot fail. sq->submit_lock held. */
+static void vnpu_submit_commit(struct vnpu_batch *b)
+{
+	struct vnpu_squeue *sq = b->sq;
+	u64 now = ktime_get_ns();
+	u32 i, d;
+
+	spin_lock(&sq->lock);
+	for (i = 0; i < b->count; i++) {
+		struct vnpu_job *job = b->jobs[i];
+
+		job->t_submit = now;
+		/* The queue's reference, dropped at completion. */
+		vnpu_job_get(job);
+		list_add_tail(&job->order_link, &sq->order);
+		list_add_tail(&job->link, &sq->waiting);
+	}
+	sq->last_seqno = b->first_seqno + b->count - 1;
+	spin_unlock(&sq->lock);
+
+	for (i = 0; i < b->count; i++) {
+		struct vnpu_job *job = b->jobs[i];
+
+		for (d = 0; d < job->ndeps; d++) {
+			struct vnpu_dep_cb *dcb = &job->dep_cbs[d];
+
+			dcb->job = job;
+			atomic_inc(&job->deps_pending);
+			if (dma_fence_add_callback(job->deps[d], &dcb->cb,
+						   vnpu_job_dep_signalled)) {
+				/* Already signalled. */
+				if (job->deps[d]->error)
+					job->dep_failed = true;
+				atomic_dec(&job->deps_pending);
+			}
+		}
+		atomic_dec(&job->deps_pending);
+	}
+	vnpu_squeue_kick(sq);
+}
+
+static int vnpu_batch_begin(struct vnpu_batch *b, struct drm_file *file,
+			    u32 queue_id, u32 count)
+{
+	memset(b, 0, sizeof(*b));
+	b->file = file;
+	b->vfile = file->driver_priv;
+	b->ctx = vnpu_file_ctx(b->vfile);
+	if (IS_ERR(b->ctx))
+		return PTR_ERR(b->ctx);
+	b->sq = vnpu_file_squeue_get(b->vfile, queue_id);
+	if (!b->sq) {
+		drm_dbg(file->minor->dev, "submit: unknown queue %u\n",
+			queue_id);
+		return -ENOENT;
+	}
+	b->jobs = kcalloc(count, sizeof(*b->jobs), GFP_KERNEL);
+	if (!b->jobs) {
+		vnpu_squeue_put(b->sq);
+		return -ENOMEM;
+	}
+	b->count = count;
+	mutex_lock(&b->sq->submit_lock);
+	if (b->sq->detached) {
+		mutex_unlock(&b->sq->submit_lock);
+		kfree(b->jobs);
+		vnpu_squeue_put(b->sq);
+		return -ENOENT;
+	}
+	return 0;
+}
+
+static void vnpu_batch_end(struct vnpu_batch *b)
+{
+	mutex_unlock(&b->sq->submit_lock);
+	vnpu_batch_free(b);
+	kfree(b->jobs);
+	vnpu_squeue_put(b->sq);
+}
 
 int vnpu_submit_ioctl(struct drm_device *drm, void *data,
 		      struct drm_file *file)
 {
-	struct vnpu_device *vdev = to_vnpu_device(drm);
-	struct vnpu_file *vfile = file->driver_priv;
 	struct drm_vnpu_submit *args = data;
-	struct vnpu_job *job;
+	struct drm_vnpu_job *ujobs;
+	struct vnpu_batch b;
 	int idx, ret;
+	u32 i;
 
-	if (!drm_dev_enter(drm, &idx))
-		return -ENODEV;
+	if (args->flags & ~DRM_VNPU_SUBMIT_F_EVENT) {
+		drm_dbg(drm, "submit: unknown flags 0x%x\n", args->flags);
+		return -EINVAL;
+	}
+	if (args->pad || args->first_seqno) {
+		drm_dbg(drm, "submit: pad or first_seqno not zero\n");
+		return -EINVAL;
+	}
+	if (!args->job_count || args->job_count > DRM_VNPU_MAX_JOBS) {
+		drm_dbg(drm, "submit: %u jobs\n", args->job_count);
+		return -EINVAL;
+	}
+	ujobs = kvmalloc_array(args->job_count, sizeof(*ujobs), GFP_KERNEL);
+	if (!ujobs)
+		return -ENOMEM;
+	if (copy_from_user(ujobs, u64_to_user_ptr(args->jobs),
+			   args->job_count * sizeof(*ujobs))) {
+		ret = -EFAULT;
+		goto out_free;
+	}
+	if (!drm_dev_enter(drm, &idx)) {
+		ret = -ENODEV;
+		goto out_free;
+	}
 
-	job = vnpu_job_create(vdev, file, args);
-	if (IS_ERR(job)) {
-		ret = PTR_ERR(job);
+	ret = vnpu_batch_begin(&b, file, args->queue_id, args->job_count);
+	if (ret)
 		goto out_exit;
+	ret = vnpu_submit_prepare(&b, ujobs, args->flags);
+	if (ret)
+		goto out_end;
+
+	if (!(args->flags & DRM_VNPU_SUBMIT_F_EVENT)) {
+		/* WAIT's reference, dropped when WAIT collects the result. */
+		for (i = 0; i < b.count; i++) {
+			vnpu_job_get(b.jobs[i]);
+			ret = xa_err(xa_store(&b.sq->waits, b.jobs[i]->seqno,
+					      b.jobs[i], GFP_KERNEL));
+			if (ret) {
+				/* Still runs; its result just cannot be waited for. */
+				vnpu_job_put(b.jobs[i]);
+				ret = 0;
+			}
+		}
 	}
-
-	/* The WAIT table's reference, dropped by WAIT or at file close. */
-	kref_get(&job->ref);
-	ret = xa_insert(&vfile->jobs[job->queue->index], job->seqno, job,
-			GFP_KERNEL_ACCOUNT);
-	if (ret) {
-		vnpu_job_put(job);
-		goto out_put;
-	}
-
-	vnpu_queue_push(job->queue, job, NULL);
-	args->seqno = job->seqno;
-
-out_put:
-	vnpu_job_put(job);
+	vnpu_submit_commit(&b);
+	args->first_seqno = b.first_seqno;
+out_end:
+	vnpu_batch_end(&b);
 out_exit:
 	drm_dev_exit(idx);
+out_free:
+	kvfree(ujobs);
 	return ret;
 }
 
 int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file)
 {
-	struct vnpu_device *vdev = to_vnpu_device(drm);
 	struct vnpu_file *vfile = file->driver_priv;
 	struct drm_vnpu_wait *args = data;
+	struct vnpu_squeue *sq;
 	struct vnpu_job *job;
-	struct xarray *xa;
 	long timeout;
 	int ret = 0;
 
@@ -832,29 +1562,27 @@ int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file)
 		drm_dbg(drm, "wait: flags not zero\n");
 		return -EINVAL;
 	}
-	if (args->queue >= vdev->num_queues) {
-		drm_dbg(drm, "wait: queue %u\n", args->queue);
-		return -EINVAL;
-	}
-	if (args->seqno > ULONG_MAX)
+	sq = vnpu_file_squeue_get(vfile, args->queue_id);
+	if (!sq)
 		return -ENOENT;
-	xa = &vfile->jobs[array_index_nospec(args->queue, vdev->num_queues)];
 
-	xa_lock(xa);
-	job = xa_load(xa, args->seqno);
+	xa_lock(&sq->waits);
+	job = xa_load(&sq->waits, args->seqno);
 	if (job)
-		kref_get(&job->ref);
-	xa_unlock(xa);
-	if (!job)
-		return -ENOENT;
+		vnpu_job_get(job);
+	xa_unlock(&sq->waits);
+	if (!job) {
+		ret = -ENOENT;
+		goto out_sq;
+	}
 
-	if (!completion_done(&job->done)) {
+	if (!dma_fence_is_signaled(&job->fence)) {
 		timeout = drm_timeout_abs_to_jiffies(args->timeout_ns);
 		if (!timeout) {
 			ret = -ETIME;
 		} else {
-			timeout = wait_for_completion_interruptible_timeout(&job->done,
-									    timeout);
+			timeout = dma_fence_wait_timeout(&job->fence, true,
+							 timeout);
 			if (timeout < 0)
 				ret = timeout;
 			else if (!timeout)
@@ -864,7 +1592,7 @@ int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file)
 
 	/* Only one waiter collects the result. */
 	if (!ret) {
-		if (xa_cmpxchg(xa, args->seqno, job, NULL, 0) == job) {
+		if (xa_cmpxchg(&sq->waits, args->seqno, job, NULL, 0) == job) {
 			args->job_status = job->status;
 			args->hw_status = job->hw_status;
 			args->t_start = job->t_start;
@@ -874,27 +1602,75 @@ int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file)
 			ret = -ENOENT;
 		}
 	}
-
 	vnpu_job_put(job);
+out_sq:
+	vnpu_squeue_put(sq);
 	return ret;
 }
 
-void vnpu_file_release_jobs(struct vnpu_file *vfile)
+int vnpu_queue_create_ioctl(struct drm_device *drm, void *data,
+			    struct drm_file *file)
 {
-	struct vnpu_job *job;
-	unsigned long seqno;
-	unsigned int i;
+	struct vnpu_file *vfile = file->driver_priv;
+	struct drm_vnpu_queue_create *args = data;
+	struct vnpu_squeue *sq;
+	u32 id;
+	int idx, ret;
 
-	for (i = 0; i < VNPU_MAX_QUEUES; i++) {
-		xa_for_each(&vfile->jobs[i], seqno, job) {
-			xa_erase(&vfile->jobs[i], seqno);
-			vnpu_job_put(job);
-		}
-		xa_destroy(&vfile->jobs[i]);
+	if (args->flags || args->pad) {
+		drm_dbg(drm, "queue_create: flags or pad not zero\n");
+		return -EINVAL;
 	}
+	if (args->priority > VNPU_PRIORITY_MAX) {
+		drm_dbg(drm, "queue_create: priority %u\n", args->priority);
+		return -EINVAL;
+	}
+	if (!drm_dev_enter(drm, &idx))
+		return -ENODEV;
+	sq = vnpu_squeue_create(to_vnpu_device(drm), 0, args->priority);
+	if (IS_ERR(sq)) {
+		ret = PTR_ERR(sq);
+		goto out_exit;
+	}
+	ret = xa_alloc(&vfile->queues, &id, sq,
+		       XA_LIMIT(1, VNPU_MAX_SQ_PER_FILE - 1), GFP_KERNEL);
+	if (ret) {
+		vnpu_squeue_put(sq);
+		ret = ret == -EBUSY ? -ENOSPC : ret;
+		goto out_exit;
+	}
+	/* Not yet visible to anyone who could read the id. */
+	sq->id = id;
+	args->queue_id = id;
+out_exit:
+	drm_dev_exit(idx);
+	return ret;
 }
 
-/* ---- io_uring ------------------------------------------------------------ */
+int vnpu_queue_destroy_ioctl(struct drm_device *drm, void *data,
+			     struct drm_file *file)
+{
+	struct vnpu_file *vfile = file->driver_priv;
+	struct drm_vnpu_queue_destroy *args = data;
+	struct vnpu_squeue *sq;
+
+	if (args->pad) {
+		drm_dbg(drm, "queue_destroy: pad not zero\n");
+		return -EINVAL;
+	}
+	if (!args->queue_id) {
+		drm_dbg(drm, "queue_destroy: queue 0 is permanent\n");
+		return -EINVAL;
+	}
+	sq = xa_erase(&vfile->queues, args->queue_id);
+	if (!sq)
+		return -ENOENT;
+	vnpu_squeue_detach(sq);
+	vnpu_squeue_put(sq);
+	return 0;
+}
+
+/* ---- io_uring ------------------------------------------------------------- */
 
 static void vnpu_uring_cancel(struct io_uring_cmd *cmd,
 			      unsigned int issue_flags)
@@ -902,14 +1678,14 @@ static void vnpu_uring_cancel(struct io_uring_cmd *cmd,
 	struct vnpu_uring_pdu *pdu = io_uring_cmd_to_pdu(cmd,
 							 struct vnpu_uring_pdu);
 	struct vnpu_job *job = pdu->job;
-	struct vnpu_queue *q = job->queue;
+	unsigned long flags;
 	bool mine;
 
-	spin_lock(&q->lock);
+	spin_lock_irqsave(&job->fence_lock, flags);
 	mine = job->ucmd == cmd;
 	if (mine)
 		job->ucmd = NULL;
-	spin_unlock(&q->lock);
+	spin_unlock_irqrestore(&job->fence_lock, flags);
 
 	/*
 	 * If the job finished first, its completion is already queued as task
@@ -931,11 +1707,11 @@ int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 							 struct vnpu_uring_pdu);
 	struct drm_file *file = cmd->file->private_data;
 	u8 payload[VNPU_URING_CMD_BYTES];
-	struct drm_vnpu_submit args;
-	struct vnpu_device *vdev;
+	struct drm_vnpu_uring_submit args;
 	struct drm_device *drm;
+	struct vnpu_batch b;
 	struct vnpu_job *job;
-	int idx;
+	int idx, ret;
 
 	if (issue_flags & IO_URING_F_CANCEL) {
 		vnpu_uring_cancel(cmd, issue_flags);
@@ -946,7 +1722,6 @@ int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 	if (!file || !drm_is_accel_client(file))
 		return -EINVAL;
 	drm = file->minor->dev;
-	vdev = to_vnpu_device(drm);
 
 	if (cmd->cmd_op != DRM_VNPU_URING_CMD_SUBMIT) {
 		drm_dbg(drm, "uring: unknown cmd_op 0x%x\n", cmd->cmd_op);
@@ -960,30 +1735,35 @@ int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 	/* The SQE may be reused once we return: copy it now, once. */
 	memcpy(payload, io_uring_sqe_cmd(cmd->sqe), sizeof(payload));
 	memcpy(&args, payload, sizeof(args));
-	if (memchr_inv(payload + sizeof(args), 0,
-		       sizeof(payload) - sizeof(args))) {
-		drm_dbg(drm, "uring: command bytes after the submit not zero\n");
+	if (args.flags || memchr_inv(payload + sizeof(args), 0,
+				     sizeof(payload) - sizeof(args))) {
+		drm_dbg(drm, "uring: flags or trailing command bytes not zero\n");
 		return -EINVAL;
 	}
 
 	if (!drm_dev_enter(drm, &idx))
 		return -ENODEV;
-
-	job = vnpu_job_create(vdev, file, &args);
-	if (IS_ERR(job)) {
-		drm_dev_exit(idx);
-		return PTR_ERR(job);
-	}
+	ret = vnpu_batch_begin(&b, file, args.queue_id, 1);
+	if (ret)
+		goto out_exit;
+	ret = vnpu_submit_prepare(&b, &args.job, 0);
+	if (ret)
+		goto out_end;
 
 	/*
-	 * The creator's reference passes to the command. Nothing can fail
-	 * from here on: a cancelable command must be completed through
-	 * io_uring_cmd_done(), never by a synchronous return.
+	 * Nothing can fail from here on: a cancelable command must be
+	 * completed through io_uring_cmd_done(), never by a return value.
 	 */
+	job = b.jobs[0];
+	vnpu_job_get(job);
 	pdu->job = job;
+	job->ucmd = cmd;
 	io_uring_cmd_mark_cancelable(cmd, issue_flags);
-	vnpu_queue_push(job->queue, job, cmd);
-
+	vnpu_submit_commit(&b);
+	ret = -EIOCBQUEUED;
+out_end:
+	vnpu_batch_end(&b);
+out_exit:
 	drm_dev_exit(idx);
-	return -EIOCBQUEUED;
+	return ret;
 }

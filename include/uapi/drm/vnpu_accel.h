@@ -56,7 +56,7 @@ enum drm_vnpu_param {
 	DRM_VNPU_PARAM_MAX_PRIORITY = 14, /* highest drm_vnpu_queue_create.priority */
 	DRM_VNPU_PARAM_MMU_PAGE_SIZE = 15, /* device MMU page size; MEM_ALLOC sizes round up to it */
 	DRM_VNPU_PARAM_COMPUTE_CORES = 16, /* compute cores of the device */
-	DRM_VNPU_PARAM_CONTEXT_ID = 17, /* the device context id of this file */
+	DRM_VNPU_PARAM_CONTEXT_ID = 17, /* the device context id of this file (created on first use; -ENOSPC) */
 	DRM_VNPU_PARAM_DEVMEM_USED = 18, /* device memory allocated by this file, bytes */
 	DRM_VNPU_PARAM_TIMING_ONLY = 19, /* 1 if the device skips functional compute (outputs undefined) */
 };
@@ -283,7 +283,8 @@ struct drm_vnpu_cmd {
  * struct drm_vnpu_dep - a job this job waits for
  * @queue_id: a queue of this file
  * @pad: must be 0
- * @seqno: a seqno returned for that queue (already completed jobs are fine; a seqno not yet issued: -EINVAL)
+ * @seqno: a seqno returned for that queue (already completed jobs are fine; a seqno not yet issued: -EINVAL),
+ *         or an earlier job of the same batch on the same queue (its seqno is first_seqno + its index)
  *
  * A job starts only after all its dependencies completed. If a dependency failed, the job does not run and
  * completes with -ECANCELED.
@@ -406,8 +407,8 @@ struct drm_vnpu_event_job {
  *
  * Jobs of a queue complete in order, so a successful WAIT for seqno s also means every earlier job of that
  * queue completed. A job's result can be collected once: after a successful WAIT its seqno is forgotten and a
- * second WAIT gives -ENOENT, as does a seqno this file never received. Jobs submitted through io_uring are
- * reported by their CQE, not by WAIT.
+ * second WAIT gives -ENOENT, as does a seqno this file never received or an unknown queue. Jobs submitted
+ * through io_uring or with DRM_VNPU_SUBMIT_F_EVENT are reported by their CQE or event, not by WAIT.
  */
 struct drm_vnpu_wait {
 	__u64 seqno;
