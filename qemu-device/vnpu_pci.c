@@ -7,9 +7,10 @@
  * in-process simulator. Specification: docs/device.md in the vnpu repository.
  *
  * Threads: MMIO handlers and the completion timer run with the BQL held and call into the engine, which
- * serialises them against its own worker thread with an internal mutex (lock order: BQL -> engine). The worker
- * thread reads commands and moves data with pci_dma_* without the BQL and never raises interrupts; completion
- * records and MSI-X messages are sent only from the timer callback, at the modelled time.
+ * serialises them against its own worker threads (command processor, H2D, D2H, one per compute core) with an
+ * internal mutex (lock order: BQL -> engine). The workers read commands, walk page tables and move data with
+ * pci_dma_* without the BQL and never raise interrupts; completion records and MSI-X messages are sent only from
+ * the timer callback, at the modelled time.
  *
  * SPDX-License-Identifier: MIT
  */
@@ -34,13 +35,27 @@
 #define TYPE_VNPU "vnpu"
 OBJECT_DECLARE_TYPE(VnpuState, VnpuClass, VNPU)
 
-/* User-settable properties (-device vnpu,devmem-size=...,h2d-mbps=...). */
+/* User-settable properties (-device vnpu,devmem-size=...,h2d-mbps=...); docs/device.md lists them all. */
 typedef struct VnpuParams {
     uint64_t devmem_size;
+    uint32_t num_queues;
+    uint32_t num_contexts;
+    uint32_t ring_max;
+    uint32_t compute_cores;
     uint32_t h2d_mbps;
     uint32_t d2h_mbps;
+    uint32_t h2d_latency_ns;
+    uint32_t d2h_latency_ns;
     uint32_t compute_gflops;
+    uint32_t devmem_gbps;
     uint32_t cmd_overhead_ns;
+    uint32_t op_overhead_ns;
+    bool timing_only;
+    uint32_t fi_kind;
+    uint32_t fi_queue;
+    uint32_t fi_after;
+    uint32_t fi_rate_ppm;
+    uint32_t fi_seed;
 } VnpuParams;
 
 struct VnpuState {
@@ -180,14 +195,30 @@ static const MemoryRegionOps vnpu_mmio_ops = {
 static void vnpu_realize(PCIDevice *pdev, Error **errp)
 {
     VnpuState *s = VNPU(pdev);
+    /* Latencies and overheads may legitimately be 0; the engine spells an explicit zero VNPU_CFG_ZERO. */
+#define NS_PARAM(v) ((v) ? (v) : VNPU_CFG_ZERO)
     VnpuEngineConfig cfg = {
         .devmem_size = s->params.devmem_size,
-        .num_queues = 1,
+        .num_queues = s->params.num_queues,
+        .ring_max = s->params.ring_max,
         .h2d_mbps = s->params.h2d_mbps,
         .d2h_mbps = s->params.d2h_mbps,
         .compute_gflops = s->params.compute_gflops,
-        .cmd_overhead_ns = s->params.cmd_overhead_ns,
+        .cmd_overhead_ns = NS_PARAM(s->params.cmd_overhead_ns),
+        .num_contexts = s->params.num_contexts,
+        .compute_cores = s->params.compute_cores,
+        .h2d_latency_ns = NS_PARAM(s->params.h2d_latency_ns),
+        .d2h_latency_ns = NS_PARAM(s->params.d2h_latency_ns),
+        .op_overhead_ns = NS_PARAM(s->params.op_overhead_ns),
+        .devmem_gbps = s->params.devmem_gbps,
+        .timing_only = s->params.timing_only,
+        .fi_kind = s->params.fi_kind,
+        .fi_queue = s->params.fi_queue,
+        .fi_after = s->params.fi_after,
+        .fi_rate_ppm = s->params.fi_rate_ppm,
+        .fi_seed = s->params.fi_seed,
     };
+#undef NS_PARAM
     const VnpuEngineHost host = {
         .opaque = s,
         .dma_read = vnpu_host_dma_read,
@@ -203,8 +234,9 @@ static void vnpu_realize(PCIDevice *pdev, Error **errp)
     int rc;
 
     if (vnpu_engine_config_finalize(&cfg)) {
-        error_setg(errp, "vnpu: invalid configuration (devmem-size must be a multiple of 4 KiB and at most "
-                   "1 TiB; rates are non-zero)");
+        error_setg(errp, "vnpu: invalid configuration (devmem-size: a multiple of 64 KiB, at most 1 TiB; "
+                   "num-queues 1..16; num-contexts 1..1024; compute-cores 1..8; ring-max a power of two "
+                   "2..65536; fi-kind 0..4; fi-rate-ppm <= 1000000; rates non-zero)");
         return;
     }
     pci_config_set_interrupt_pin(pdev->config, 0); /* MSI-X only */
@@ -292,11 +324,25 @@ static void vnpu_dc_realize(DeviceState *dev, Error **errp)
 
 static const Property vnpu_properties[] = {
     DEFINE_PROP_SIZE("devmem-size", VnpuState, params.devmem_size, VNPU_ENGINE_DEFAULT_DEVMEM_SIZE),
+    DEFINE_PROP_UINT32("num-queues", VnpuState, params.num_queues, VNPU_ENGINE_DEFAULT_NUM_QUEUES),
+    DEFINE_PROP_UINT32("num-contexts", VnpuState, params.num_contexts, VNPU_ENGINE_DEFAULT_NUM_CONTEXTS),
+    DEFINE_PROP_UINT32("ring-max", VnpuState, params.ring_max, VNPU_ENGINE_DEFAULT_RING_MAX),
+    DEFINE_PROP_UINT32("compute-cores", VnpuState, params.compute_cores, VNPU_ENGINE_DEFAULT_COMPUTE_CORES),
     DEFINE_PROP_UINT32("h2d-mbps", VnpuState, params.h2d_mbps, VNPU_ENGINE_DEFAULT_H2D_MBPS),
     DEFINE_PROP_UINT32("d2h-mbps", VnpuState, params.d2h_mbps, VNPU_ENGINE_DEFAULT_D2H_MBPS),
+    DEFINE_PROP_UINT32("h2d-latency-ns", VnpuState, params.h2d_latency_ns, VNPU_ENGINE_DEFAULT_H2D_LATENCY_NS),
+    DEFINE_PROP_UINT32("d2h-latency-ns", VnpuState, params.d2h_latency_ns, VNPU_ENGINE_DEFAULT_D2H_LATENCY_NS),
     DEFINE_PROP_UINT32("compute-gflops", VnpuState, params.compute_gflops, VNPU_ENGINE_DEFAULT_COMPUTE_GFLOPS),
+    DEFINE_PROP_UINT32("devmem-gbps", VnpuState, params.devmem_gbps, VNPU_ENGINE_DEFAULT_DEVMEM_GBPS),
     DEFINE_PROP_UINT32("cmd-overhead-ns", VnpuState, params.cmd_overhead_ns,
                        VNPU_ENGINE_DEFAULT_CMD_OVERHEAD_NS),
+    DEFINE_PROP_UINT32("op-overhead-ns", VnpuState, params.op_overhead_ns, VNPU_ENGINE_DEFAULT_OP_OVERHEAD_NS),
+    DEFINE_PROP_BOOL("timing-only", VnpuState, params.timing_only, false),
+    DEFINE_PROP_UINT32("fi-kind", VnpuState, params.fi_kind, VNPU_FI_NONE),
+    DEFINE_PROP_UINT32("fi-queue", VnpuState, params.fi_queue, 0xffffffff),
+    DEFINE_PROP_UINT32("fi-after", VnpuState, params.fi_after, 0),
+    DEFINE_PROP_UINT32("fi-rate-ppm", VnpuState, params.fi_rate_ppm, 0),
+    DEFINE_PROP_UINT32("fi-seed", VnpuState, params.fi_seed, 0),
 };
 
 static void vnpu_class_init(ObjectClass *klass, void *data)
@@ -314,7 +360,7 @@ static void vnpu_class_init(ObjectClass *klass, void *data)
     device_class_set_parent_realize(dc, vnpu_dc_realize, &vc->parent_dc_realize);
     device_class_set_legacy_reset(dc, vnpu_reset);
     device_class_set_props(dc, vnpu_properties);
-    dc->desc = "vnpu simulated NPU (DMA + matmul engines with a timing model)";
+    dc->desc = "vnpu simulated NPU (queues, device MMU, DMA and compute engines with a timing model)";
     set_bit(DEVICE_CATEGORY_MISC, dc->categories);
 }
 

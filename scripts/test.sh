@@ -50,6 +50,11 @@ if [ "$vm" = 1 ]; then
 	run "vm runner: exit status passes through" quiet bash -c '"$0" vm --no-module --devices 0 -- sh -c "exit 7"; [ $? -eq 7 ]' "$VNPU_ROOT/vnpu"
 	run "vm runner: a guest kernel WARNING fails the run" quiet expect_fail "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- \
 		sh -c 'echo "<4>WARNING: CPU: 0 PID: 1 at vnpu-selftest.c:1 injected by ./vnpu test" >/dev/kmsg'
+	# The register-level device harness drives the device without the driver (it must own the BAR), so it gets
+	# boots of its own: one in real time, one under icount where device-reported times must equal the model.
+	run "in-VM device registers, no driver" "$VNPU_ROOT/vnpu" vm --no-module --timeout 600 -- device_test --gtest_brief=1
+	run "in-VM device timing under icount (exact)" "$VNPU_ROOT/vnpu" vm --icount --no-module --timeout 900 -- \
+		env VNPU_EXPECT_EXACT_TIMING=1 device_test --gtest_brief=1
 	run "in-VM suites (driver, runtime on the kernel backend)" "$VNPU_ROOT/vnpu" vm --devices 1 --timeout 1200 -- vnpu-vm-tests
 	run "in-VM, two devices (independent accel0 and accel1)" "$VNPU_ROOT/vnpu" vm --devices 2 --timeout 600 -- \
 		driver_test --gtest_brief=1 --gtest_filter='MultiDevice.*'

@@ -1,26 +1,300 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vnpu engine: command processor. One worker thread fetches 64-byte commands from the queues' rings, validates
- * them, runs them (dma.c, compute.c), models their timing (timing.c) and queues each job's completion for
- * vnpu_engine_tick() to post at its modelled time.
+ * vnpu engine: command processor, job state machine and the engines' worker threads.
+ *
+ * The command processor (CP) thread arbitrates between queues (highest PRIORITY first, round-robin among equals,
+ * one whole job at a time), fetches a job's commands, checks what can be checked without running them, resolves
+ * the job's context, applies fault injection and puts each command on the in-order FIFO of the engine that runs
+ * it. The H2D and D2H threads and one thread per compute core take their FIFO head once the job's previous
+ * command has finished. Commands without an engine (NOP, commands rejected at fetch) are retired inline by
+ * whichever thread finishes the command before them. See vnpu_engine_int.h for the locking rules.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "vnpu_engine_int.h"
 
-/* Round-robin over queues with something to fetch, so one busy queue cannot starve another. */
-static VnpuQueue *pick_queue(VnpuEngine *e)
+static void wake_all(VnpuEngine *e)
 {
-    for (unsigned n = 0; n < e->cfg.num_queues; n++) {
-        VnpuQueue *q = &e->queues[(e->rr_next + n) % e->cfg.num_queues];
+    pthread_cond_broadcast(&e->work_cond);
+    pthread_cond_broadcast(&e->idle_cond);
+}
 
-        if (vnpu_queue_fetchable(q)) {
-            e->rr_next = (q->id + 1) % e->cfg.num_queues;
-            return q;
+static void sleep_on_work(VnpuEngine *e)
+{
+    pthread_cond_broadcast(&e->idle_cond);
+    pthread_cond_wait(&e->work_cond, &e->lock);
+}
+
+static uint64_t max_u64(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* ---- jobs -------------------------------------------------------------------------------------------------- */
+
+static VnpuJob *job_new(VnpuQueue *q)
+{
+    VnpuJob *j = calloc(1, sizeof(*j));
+
+    if (j) {
+        j->q = q;
+        j->refs = 1;
+        j->hang_at = -1;
+    }
+    return j;
+}
+
+void vnpu_job_unref(VnpuJob *j)
+{
+    if (--j->refs == 0) {
+        free(j->cmds);
+        free(j);
+    }
+}
+
+static bool job_dead(const VnpuJob *j)
+{
+    return j->dropped || j->done || j->hung || __atomic_load_n(&j->cancel, __ATOMIC_RELAXED);
+}
+
+static void job_fail(VnpuEngine *e, VnpuJob *j, const VnpuSlot *s, uint16_t status, uint64_t fault)
+{
+    j->status = status;
+    j->fail_index = s->sq_index;
+    j->fault_addr = status == VNPU_CPL_MMU_FAULT ? fault : 0;
+    if (status == VNPU_CPL_MMU_FAULT) {
+        vnpu_mmu_note_fault(e, j->ctx_id, j->fault_addr);
+    }
+}
+
+static uint64_t post_key(const VnpuJob *j)
+{
+    return j->status == VNPU_CPL_ABORTED ? 0 : j->t_end;
+}
+
+static void done_insert(VnpuQueue *q, VnpuJob *j)
+{
+    VnpuJob **pp = &q->done;
+
+    while (*pp && (post_key(*pp) < post_key(j) || (post_key(*pp) == post_key(j) && (*pp)->seq < j->seq))) {
+        pp = &(*pp)->done_next;
+    }
+    j->done_next = *pp;
+    *pp = j;
+}
+
+static void job_advance(VnpuEngine *e, VnpuJob *j);
+
+/* The job has finished (successfully, with an error or aborted): queue its completion. */
+void vnpu_job_finish(VnpuEngine *e, VnpuJob *j)
+{
+    VnpuQueue *q = j->q;
+
+    j->done = true;
+    j->hung = false;
+    if (j->status != VNPU_CPL_ABORTED) {
+        q->end_max = max_u64(q->end_max, j->t_end);
+    }
+    done_insert(q, j);
+    /* Barrier jobs fetched after this one wait for it. */
+    for (VnpuJob *k = j->next; k; k = k->next) {
+        if (k->barrier && !k->done && k->barrier_wait) {
+            k->barrier_ready = max_u64(k->barrier_ready, j->t_end);
+            if (!--k->barrier_wait) {
+                job_advance(e, k);
+            }
         }
     }
-    return NULL;
+    vnpu_engine_rearm(e);
+    wake_all(e);
 }
+
+/* Retire commands without an engine and notice the end of the job. Lock held. */
+static void job_advance(VnpuEngine *e, VnpuJob *j)
+{
+    while (!job_dead(j) && j->status == VNPU_CPL_OK && j->next_cmd < j->ncmds) {
+        VnpuSlot *s = &j->cmds[j->next_cmd];
+
+        if (j->next_cmd == 0 && j->barrier && j->barrier_wait) {
+            return;
+        }
+        if (j->hang_at == (int32_t)j->next_cmd) {
+            j->hung = true; /* only a queue or device reset ends it */
+            wake_all(e);
+            return;
+        }
+        if (s->unit != VNPU_UNIT_NONE) {
+            wake_all(e); /* its engine's worker takes it when it reaches the FIFO head */
+            return;
+        }
+        vnpu_timing_account(e, j, VNPU_UNIT_NONE, -1, true, s->pre_status == VNPU_CPL_OK, 0);
+        if (s->pre_status != VNPU_CPL_OK) {
+            job_fail(e, j, s, s->pre_status, 0);
+            break;
+        }
+        e->stats.cmds_executed++;
+        j->next_cmd++;
+    }
+    if (!j->done && !j->hung && !j->dropped && !__atomic_load_n(&j->cancel, __ATOMIC_RELAXED) &&
+        (j->next_cmd >= j->ncmds || j->status != VNPU_CPL_OK)) {
+        vnpu_job_finish(e, j);
+    }
+}
+
+/* Abort a job of a disabled/reset queue: it completes with ABORTED once no worker runs it any more. */
+void vnpu_job_abort(VnpuEngine *e, VnpuJob *j)
+{
+    if (j->dropped) {
+        return;
+    }
+    __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
+    j->status = VNPU_CPL_ABORTED;
+    j->fault_addr = 0;
+    if (!j->done && !j->running) {
+        vnpu_job_finish(e, j);
+    }
+}
+
+static void queue_unlink(VnpuQueue *q, VnpuJob *j)
+{
+    if (j->prev) {
+        j->prev->next = j->next;
+    } else {
+        q->jobs_head = j->next;
+    }
+    if (j->next) {
+        j->next->prev = j->prev;
+    } else {
+        q->jobs_tail = j->prev;
+    }
+    j->prev = j->next = NULL;
+    q->njobs--;
+}
+
+/* Forget a job without a completion (device reset, queue re-enabled). Workers still holding it let go later. */
+void vnpu_job_drop(VnpuEngine *e, VnpuJob *j)
+{
+    (void)e;
+    j->dropped = true;
+    __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
+    queue_unlink(j->q, j);
+    vnpu_job_unref(j);
+}
+
+void vnpu_queue_abort_all(VnpuEngine *e, VnpuQueue *q)
+{
+    VnpuJob *open = q->open;
+
+    q->open = NULL;
+    if (open) {
+        /* Fetched without its F_LAST: it can never run, report it so the driver can reclaim it. */
+        open->status = VNPU_CPL_ABORTED;
+        open->fail_index = open->cmds[open->ncmds - 1].sq_index;
+        open->ctx_id = open->cmds[0].cmd.ctx_id;
+        open->prev = q->jobs_tail;
+        if (q->jobs_tail) {
+            q->jobs_tail->next = open;
+        } else {
+            q->jobs_head = open;
+        }
+        q->jobs_tail = open;
+        q->njobs++;
+        open->seq = ++e->seq;
+        open->cancel = 1;
+        open->done = true;
+    }
+    for (VnpuJob *j = q->jobs_head; j; j = j->next) {
+        if (!j->done) {
+            __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
+            j->status = VNPU_CPL_ABORTED;
+            j->fault_addr = 0;
+            if (!j->running) {
+                j->done = true;
+            }
+        } else {
+            /* Finished but not yet reported: reported as ABORTED, like everything fetched. */
+            j->status = VNPU_CPL_ABORTED;
+            j->fault_addr = 0;
+        }
+        j->hung = false;
+    }
+    /* Rebuild the posting order: aborted records go first, in fetch order. */
+    q->done = NULL;
+    for (VnpuJob *j = q->jobs_head; j; j = j->next) {
+        if (j->done) {
+            done_insert(q, j);
+        }
+    }
+    vnpu_engine_rearm(e);
+    wake_all(e);
+}
+
+void vnpu_queue_drop_all(VnpuEngine *e, VnpuQueue *q)
+{
+    if (q->open) {
+        vnpu_job_unref(q->open);
+        q->open = NULL;
+    }
+    while (q->jobs_head) {
+        vnpu_job_drop(e, q->jobs_head);
+    }
+    q->done = NULL;
+    q->end_max = 0;
+    wake_all(e);
+}
+
+/* ---- fault injection --------------------------------------------------------------------------------------- */
+
+void vnpu_fi_reset(VnpuEngine *e)
+{
+    e->fi_kind = e->cfg.fi_kind;
+    e->fi_queue = e->cfg.fi_queue;
+    e->fi_after = e->cfg.fi_after;
+    e->fi_rate_ppm = e->cfg.fi_rate_ppm;
+    e->fi_seed = e->cfg.fi_seed;
+    e->fi_ctrl = e->cfg.fi_kind != VNPU_FI_NONE ? VNPU_FI_CTRL_ARM : 0;
+    e->fi_count = 0;
+    e->fi_jobs = 0;
+    e->fi_rng = e->fi_seed ? e->fi_seed : 0x9e3779b9u;
+}
+
+static uint32_t xorshift32(uint32_t *s)
+{
+    uint32_t x = *s;
+
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return *s = x;
+}
+
+static uint32_t fi_decide(VnpuEngine *e, const VnpuQueue *q)
+{
+    bool fire;
+
+    if (!(e->fi_ctrl & VNPU_FI_CTRL_ARM) || e->fi_kind == VNPU_FI_NONE || e->fi_kind > VNPU_FI_CORRUPT_CPL ||
+        (e->fi_queue != 0xffffffffu && e->fi_queue != q->id)) {
+        return VNPU_FI_NONE;
+    }
+    e->fi_jobs++;
+    if (e->fi_after) {
+        fire = e->fi_jobs == e->fi_after;
+        if (fire) {
+            e->fi_ctrl &= ~VNPU_FI_CTRL_ARM;
+        }
+    } else {
+        fire = xorshift32(&e->fi_rng) % 1000000u < e->fi_rate_ppm;
+    }
+    if (!fire) {
+        return VNPU_FI_NONE;
+    }
+    e->fi_count++;
+    e->stats.faults_injected++;
+    return e->fi_kind;
+}
+
+/* ---- command processor ------------------------------------------------------------------------------------- */
 
 static bool all_zero(const void *p, size_t len)
 {
@@ -34,126 +308,415 @@ static bool all_zero(const void *p, size_t len)
     return true;
 }
 
-/* Validate the fields common to every command, then run it. Worker thread, engine lock not held. */
-static void execute(const VnpuExec *x, const struct vnpu_hw_cmd *cmd, uint32_t index, VnpuCmdResult *r)
+/* Highest PRIORITY first; round-robin among equals. */
+static VnpuQueue *pick_queue(VnpuEngine *e)
 {
-    VnpuEngine *e = x->e;
+    VnpuQueue *best = NULL;
 
-    r->status = VNPU_CPL_OK;
-    r->unit = VNPU_UNIT_NONE;
-    switch (cmd->opcode) {
-    case VNPU_OPC_NOP:
-    case VNPU_OPC_DMA_H2D:
-    case VNPU_OPC_DMA_D2H:
-    case VNPU_OPC_MATMUL:
-        break;
-    default:
-        vnpu_guest_error(e, "queue %u cmd %u: unknown opcode 0x%x", x->q->id, index, cmd->opcode);
-        r->status = VNPU_CPL_BAD_OPCODE;
-        return;
+    if (e->control & VNPU_CONTROL_FETCH_PAUSE) {
+        return NULL;
     }
-    if (cmd->flags & ~VNPU_CMD_F_MASK || cmd->rsvd0 || cmd->rsvd1) {
-        vnpu_guest_error(e, "queue %u cmd %u: reserved flag or field set", x->q->id, index);
-        r->status = VNPU_CPL_BAD_FIELD;
-        return;
-    }
-    switch (cmd->opcode) {
-    case VNPU_OPC_NOP:
-        if (!all_zero(cmd->raw, sizeof(cmd->raw))) {
-            vnpu_guest_error(e, "queue %u cmd %u: NOP with a non-zero payload", x->q->id, index);
-            r->status = VNPU_CPL_BAD_FIELD;
+    for (unsigned n = 0; n < e->cfg.num_queues; n++) {
+        VnpuQueue *q = &e->queues[(e->rr_next + n) % e->cfg.num_queues];
+
+        if (vnpu_queue_fetchable(e, q) && (!best || q->priority > best->priority)) {
+            best = q;
         }
-        break;
-    case VNPU_OPC_DMA_H2D:
-        vnpu_dma_execute(x, &cmd->dma, true, r);
-        break;
-    case VNPU_OPC_DMA_D2H:
-        vnpu_dma_execute(x, &cmd->dma, false, r);
-        break;
-    case VNPU_OPC_MATMUL:
-        vnpu_compute_matmul(x, &cmd->matmul, r);
-        break;
     }
-    if (r->status != VNPU_CPL_OK) {
-        vnpu_guest_error(e, "queue %u cmd %u: opcode 0x%x failed with status %u", x->q->id, index, cmd->opcode,
-                         r->status);
+    if (best) {
+        e->rr_next = (best->id + 1) % e->cfg.num_queues;
+    }
+    return best;
+}
+
+/* Decide per command which engine runs it, or the status it fails with when reached. Lock held. */
+static void job_decode(VnpuEngine *e, VnpuJob *j, bool too_long)
+{
+    j->ctx_id = j->cmds[0].cmd.ctx_id;
+    j->barrier = j->cmds[0].cmd.flags & VNPU_CMD_F_BARRIER;
+    for (uint32_t i = 0; i < j->ncmds; i++) {
+        VnpuSlot *s = &j->cmds[i];
+        const struct vnpu_hw_cmd *c = &s->cmd;
+        uint16_t st = VNPU_CPL_OK;
+
+        s->unit = VNPU_UNIT_NONE;
+        switch (c->opcode) {
+        case VNPU_OPC_NOP:
+            break;
+        case VNPU_OPC_DMA_H2D:
+            s->unit = VNPU_UNIT_H2D;
+            break;
+        case VNPU_OPC_DMA_D2H:
+            s->unit = VNPU_UNIT_D2H;
+            break;
+        case VNPU_OPC_MATMUL:
+        case VNPU_OPC_SYNTH:
+            s->unit = VNPU_UNIT_COMPUTE;
+            break;
+        case VNPU_OPC_EXEC:
+            if (e->have_programs) {
+                s->unit = VNPU_UNIT_COMPUTE;
+                break;
+            }
+            /* fall through */
+        default:
+            vnpu_guest_error(e, "queue %u cmd %u: unknown opcode 0x%x", j->q->id, s->sq_index, c->opcode);
+            st = VNPU_CPL_BAD_OPCODE;
+            break;
+        }
+        if (st == VNPU_CPL_OK && ((c->flags & ~VNPU_CMD_F_MASK) || (i && (c->flags & VNPU_CMD_F_BARRIER)) ||
+                                  c->rsvd1 || (c->opcode == VNPU_OPC_NOP && !all_zero(c->raw, sizeof(c->raw))))) {
+            vnpu_guest_error(e, "queue %u cmd %u: reserved flag or field set", j->q->id, s->sq_index);
+            st = VNPU_CPL_BAD_FIELD;
+        }
+        if (st == VNPU_CPL_OK && (c->ctx_id != j->ctx_id || j->ctx_id >= e->cfg.num_contexts)) {
+            vnpu_guest_error(e, "queue %u cmd %u: context %u invalid or differs within the job", j->q->id,
+                             s->sq_index, c->ctx_id);
+            st = VNPU_CPL_BAD_CONTEXT;
+        }
+        if (st == VNPU_CPL_OK && i == 0 && !j->ctx_ok) {
+            vnpu_guest_error(e, "queue %u: context %u is not valid", j->q->id, j->ctx_id);
+            st = VNPU_CPL_MMU_FAULT;
+        }
+        if (st == VNPU_CPL_OK && too_long && i == j->ncmds - 1) {
+            vnpu_guest_error(e, "queue %u cmd %u: job has no F_LAST within %u commands", j->q->id, s->sq_index,
+                             VNPU_JOB_MAX_CMDS);
+            st = VNPU_CPL_JOB_TOO_LONG;
+        }
+        if (st != VNPU_CPL_OK) {
+            s->unit = VNPU_UNIT_NONE;
+            s->pre_status = st;
+        }
     }
 }
 
-/*
- * Fetch and run the command at q's SQ head. Called and returns with the engine lock held; drops it while
- * touching guest memory or computing.
- */
-static void step(VnpuEngine *e, VnpuQueue *q)
+static void job_inject(VnpuEngine *e, VnpuJob *j)
 {
-    uint32_t index = q->sq_head;
-    uint64_t visible = q->db_time[index];
+    uint32_t i;
+
+    j->fi_kind = fi_decide(e, j->q);
+    switch (j->fi_kind) {
+    case VNPU_FI_DMA_ERROR:
+        for (i = 0; i < j->ncmds && j->cmds[i].unit != VNPU_UNIT_H2D && j->cmds[i].unit != VNPU_UNIT_D2H; i++) {
+        }
+        if (i == j->ncmds) {
+            i = 0;
+        }
+        j->cmds[i].unit = VNPU_UNIT_NONE;
+        j->cmds[i].pre_status = VNPU_CPL_DMA_FAULT;
+        break;
+    case VNPU_FI_COMPUTE_HANG:
+        for (i = 0; i < j->ncmds && j->cmds[i].unit != VNPU_UNIT_COMPUTE; i++) {
+        }
+        j->hang_at = i == j->ncmds ? 0 : (int32_t)i;
+        break;
+    default:
+        break;
+    }
+}
+
+static void job_dispatch(VnpuEngine *e, VnpuQueue *q, VnpuJob *j)
+{
+    j->seq = ++e->seq;
+    j->prev = q->jobs_tail;
+    if (q->jobs_tail) {
+        q->jobs_tail->next = j;
+    } else {
+        q->jobs_head = j;
+    }
+    q->jobs_tail = j;
+    q->njobs++;
+    if (j->barrier) {
+        for (VnpuJob *k = q->jobs_head; k != j; k = k->next) {
+            if (!k->done) {
+                j->barrier_wait++;
+            }
+        }
+        j->barrier_ready = q->end_max;
+    }
+    for (uint32_t i = 0; i < j->ncmds; i++) {
+        VnpuSlot *s = &j->cmds[i];
+        VnpuFifo *f;
+
+        s->job = j;
+        s->idx = i;
+        if (s->unit == VNPU_UNIT_NONE) {
+            continue;
+        }
+        f = &e->fifo[s->unit];
+        s->unit_next = NULL;
+        if (f->tail) {
+            f->tail->unit_next = s;
+        } else {
+            f->head = s;
+        }
+        f->tail = s;
+        j->refs++;
+    }
+    job_advance(e, j);
+    wake_all(e);
+}
+
+/* Fetch one command of q; dispatch the job when it is complete. Lock held (dropped around host memory). */
+static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
+{
+    uint32_t index = q->sq_head, gen = q->gen;
     uint64_t addr = q->sq_base + (uint64_t)index * sizeof(struct vnpu_hw_cmd);
-    bool skip = q->job.ncmds && q->job.status != VNPU_CPL_OK;
-    VnpuExec x = { .e = e, .q = q, .gen = q->gen };
-    VnpuCmdResult r = { .status = VNPU_CPL_OK, .unit = VNPU_UNIT_NONE };
+    uint64_t visible = q->db_time[index];
     struct vnpu_hw_cmd cmd;
-    bool last;
+    VnpuJob *j;
+    uint64_t root = 0;
+    bool last, too_long, ok = false;
     int rc;
 
     q->sq_head = (index + 1) & (q->sq_entries - 1);
-    e->active_queue = q;
+    e->cp_busy = true;
     pthread_mutex_unlock(&e->lock);
-
     rc = e->host.dma_read(e->host.opaque, addr, &cmd, sizeof(cmd));
-    if (!rc && !skip) {
-        execute(&x, &cmd, index, &r);
-    }
-
     pthread_mutex_lock(&e->lock);
-    e->active_queue = NULL;
-    if (q->gen != x.gen) {
-        /* Disabled or reset meanwhile: the transport side already reported (or dropped) this job. */
-        vnpu_engine_rearm(e); /* a draining queue may have been waiting for us */
-        return;
+    e->cp_busy = false;
+    if (q->gen != gen) {
+        return false; /* disabled or reset meanwhile */
     }
     if (rc) {
         vnpu_guest_error(e, "queue %u: fetch of command %u at 0x%llx failed", q->id, index,
                          (unsigned long long)addr);
         vnpu_queue_set_error(e, q, VNPU_QERR_SQ_FETCH);
-        return;
+        return false;
+    }
+    j = q->open;
+    if (!j) {
+        j = q->open = job_new(q);
+    }
+    if (j && j->ncmds == j->cap) {
+        uint32_t cap = j->cap ? j->cap * 2 : 4;
+        VnpuSlot *n = realloc(j->cmds, cap * sizeof(*n));
+
+        if (n) {
+            j->cmds = n;
+            j->cap = cap;
+        }
+    }
+    if (!j || j->ncmds == j->cap) {
+        vnpu_guest_error(e, "queue %u: out of memory for a job", q->id);
+        vnpu_queue_set_error(e, q, VNPU_QERR_SQ_FETCH);
+        return false;
+    }
+    memset(&j->cmds[j->ncmds], 0, sizeof(j->cmds[0]));
+    j->cmds[j->ncmds].cmd = cmd;
+    j->cmds[j->ncmds].sq_index = index;
+    j->ncmds++;
+    j->visible = visible;
+    last = cmd.flags & VNPU_CMD_F_LAST;
+    too_long = !last && j->ncmds >= VNPU_JOB_MAX_CMDS;
+    if (!last && !too_long) {
+        return true; /* keep fetching this job */
     }
 
-    last = cmd.flags & VNPU_CMD_F_LAST;
-    vnpu_timing_account(e, &q->job, visible, &r, !skip);
-    q->job.ncmds++;
-    q->job.tag = cmd.tag;
-    if (!skip) {
-        q->job.sq_index = index;
-        if (r.status != VNPU_CPL_OK) {
-            q->job.status = r.status;
-        } else {
-            e->stats.cmds_executed++;
+    /* The context entry is read from host memory: without the lock, the job still parked in q->open. */
+    if (j->cmds[0].cmd.ctx_id < e->cfg.num_contexts) {
+        e->cp_busy = true;
+        pthread_mutex_unlock(&e->lock);
+        ok = vnpu_mmu_ctx(e, j->cmds[0].cmd.ctx_id, &root);
+        pthread_mutex_lock(&e->lock);
+        e->cp_busy = false;
+        if (q->gen != gen || q->open != j) {
+            return false; /* the queue was disabled or reset: the job was aborted or dropped with it */
         }
     }
-    if (!last && q->job.ncmds >= VNPU_JOB_MAX_CMDS) {
-        /* The job cannot end within the limit: end it here rather than wait for an F_LAST that may never come. */
-        vnpu_guest_error(e, "queue %u cmd %u: job has no F_LAST within %u commands", q->id, index,
-                         VNPU_JOB_MAX_CMDS);
-        if (q->job.status == VNPU_CPL_OK) {
-            q->job.status = VNPU_CPL_JOB_TOO_LONG;
-            q->job.sq_index = index;
+    q->open = NULL;
+    j->ctx_ok = ok;
+    j->pt_root = root;
+    job_decode(e, j, too_long);
+    job_inject(e, j);
+    job_dispatch(e, q, j);
+    return false;
+}
+
+static void recount(VnpuEngine *e)
+{
+    e->recount_pending = false;
+    for (uint32_t i = 0; i < e->cfg.num_contexts && !e->stopping; i++) {
+        uint64_t root = 0, n = 0;
+
+        if (!e->ctx_recount[i]) {
+            continue;
         }
-        last = true;
-    }
-    if (last) {
-        vnpu_queue_push_completion(e, q, &q->job);
-        memset(&q->job, 0, sizeof(q->job));
-    } else if (q->error) {
-        /* A doorbell error stopped the queue while we ran: F_LAST can no longer arrive. */
-        vnpu_queue_push_completion(e, q, &(VnpuJob){ .ncmds = q->job.ncmds, .status = VNPU_CPL_ABORTED,
-                                                     .sq_index = q->job.sq_index, .tag = q->job.tag,
-                                                     .t_start = q->job.t_start });
-        memset(&q->job, 0, sizeof(q->job));
+        e->ctx_recount[i] = false;
+        e->cp_busy = true;
+        pthread_mutex_unlock(&e->lock);
+        if (vnpu_mmu_ctx(e, (uint16_t)i, &root)) {
+            n = vnpu_mmu_count_mapped(e, root);
+        }
+        pthread_mutex_lock(&e->lock);
+        e->cp_busy = false;
+        if (!e->ctx_recount[i]) {
+            e->stats.mapped_bytes += n - e->ctx_mapped[i];
+            e->ctx_mapped[i] = n;
+        }
     }
 }
 
-void *vnpu_cp_worker_main(void *opaque)
+void *vnpu_cp_main(void *opaque)
+{
+    VnpuEngine *e = opaque;
+    VnpuQueue *sticky = NULL;
+
+    if (e->host.worker_start) {
+        e->host.worker_start(e->host.opaque);
+    }
+    pthread_mutex_lock(&e->lock);
+    while (!e->stopping) {
+        VnpuQueue *q;
+
+        if (e->recount_pending) {
+            recount(e);
+            continue;
+        }
+        /* A job is fetched whole before arbitration moves on, as long as its commands are visible. */
+        q = sticky && sticky->open && vnpu_queue_fetchable(e, sticky) && !(e->control & VNPU_CONTROL_FETCH_PAUSE)
+                ? sticky
+                : pick_queue(e);
+        if (!q) {
+            sticky = NULL;
+            sleep_on_work(e);
+            continue;
+        }
+        sticky = fetch_one(e, q) ? q : NULL;
+    }
+    wake_all(e);
+    pthread_mutex_unlock(&e->lock);
+    if (e->host.worker_stop) {
+        e->host.worker_stop(e->host.opaque);
+    }
+    return NULL;
+}
+
+/* ---- engine workers ---------------------------------------------------------------------------------------- */
+
+bool vnpu_unit_head_ready(VnpuEngine *e, VnpuUnit u)
+{
+    VnpuSlot *s = e->fifo[u].head;
+    VnpuJob *j;
+
+    if (!s) {
+        return false;
+    }
+    j = s->job;
+    if (job_dead(j)) {
+        return true; /* to be discarded */
+    }
+    if (j->next_cmd != s->idx || j->running || (s->idx == 0 && j->barrier && j->barrier_wait)) {
+        return false;
+    }
+    return u != VNPU_UNIT_COMPUTE || !e->compute_dispatching;
+}
+
+static VnpuSlot *pop(VnpuEngine *e, VnpuUnit u)
+{
+    VnpuFifo *f = &e->fifo[u];
+    VnpuSlot *s = f->head;
+
+    f->head = s->unit_next;
+    if (!f->head) {
+        f->tail = NULL;
+    }
+    s->unit_next = NULL;
+    return s;
+}
+
+/* A command finished on its engine. Lock held. */
+static void stage_done(VnpuEngine *e, VnpuJob *j, VnpuSlot *s, VnpuUnit u, const VnpuCmdResult *r,
+                       bool accounted)
+{
+    if (j->dropped) {
+        return;
+    }
+    if (__atomic_load_n(&j->cancel, __ATOMIC_RELAXED)) {
+        j->status = VNPU_CPL_ABORTED;
+        if (!j->done) {
+            vnpu_job_finish(e, j);
+        }
+        return;
+    }
+    if (!accounted) {
+        uint64_t work = 0;
+
+        if (r->status == VNPU_CPL_OK) {
+            work = u == VNPU_UNIT_COMPUTE ? r->work_ns : vnpu_timing_dma_ns(&e->cfg, u == VNPU_UNIT_H2D, r->bytes);
+        }
+        vnpu_timing_account(e, j, u, -1, true, r->status == VNPU_CPL_OK, work);
+    }
+    if (r->status != VNPU_CPL_OK) {
+        vnpu_guest_error(e, "queue %u cmd %u: opcode 0x%x failed with status %u", j->q->id, s->sq_index,
+                         s->cmd.opcode, r->status);
+        job_fail(e, j, s, r->status, r->fault_addr);
+    } else {
+        e->stats.cmds_executed++;
+        if (u == VNPU_UNIT_H2D) {
+            e->stats.h2d_bytes += r->bytes;
+        } else if (u == VNPU_UNIT_D2H) {
+            e->stats.d2h_bytes += r->bytes;
+        } else {
+            e->stats.flops += r->flops;
+        }
+        j->next_cmd++;
+    }
+    job_advance(e, j);
+}
+
+static void *dma_main(VnpuEngine *e, VnpuUnit u)
+{
+    if (e->host.worker_start) {
+        e->host.worker_start(e->host.opaque);
+    }
+    pthread_mutex_lock(&e->lock);
+    while (!e->stopping) {
+        VnpuCmdResult r = { .status = VNPU_CPL_OK };
+        VnpuSlot *s;
+        VnpuJob *j;
+        VnpuExec x;
+
+        if (!vnpu_unit_head_ready(e, u)) {
+            sleep_on_work(e);
+            continue;
+        }
+        s = pop(e, u);
+        j = s->job;
+        if (job_dead(j)) {
+            vnpu_job_unref(j);
+            continue;
+        }
+        j->running = true;
+        e->running++;
+        x = (VnpuExec){ .e = e, .j = j, .s = s };
+        pthread_mutex_unlock(&e->lock);
+        vnpu_dma_execute(&x, &s->cmd.dma, u == VNPU_UNIT_H2D, &r);
+        pthread_mutex_lock(&e->lock);
+        e->running--;
+        j->running = false;
+        stage_done(e, j, s, u, &r, false);
+        vnpu_job_unref(j);
+        wake_all(e);
+    }
+    pthread_mutex_unlock(&e->lock);
+    if (e->host.worker_stop) {
+        e->host.worker_stop(e->host.opaque);
+    }
+    return NULL;
+}
+
+void *vnpu_h2d_main(void *opaque)
+{
+    return dma_main(opaque, VNPU_UNIT_H2D);
+}
+
+void *vnpu_d2h_main(void *opaque)
+{
+    return dma_main(opaque, VNPU_UNIT_D2H);
+}
+
+void *vnpu_core_main(void *opaque)
 {
     VnpuEngine *e = opaque;
 
@@ -162,19 +725,49 @@ void *vnpu_cp_worker_main(void *opaque)
     }
     pthread_mutex_lock(&e->lock);
     while (!e->stopping) {
-        VnpuQueue *q = pick_queue(e);
+        VnpuCmdResult r = { .status = VNPU_CPL_OK };
+        VnpuComputePrep prep;
+        VnpuSlot *s;
+        VnpuJob *j;
+        VnpuExec x;
 
-        if (!q) {
-            e->worker_idle = true;
-            pthread_cond_broadcast(&e->idle_cond);
-            pthread_cond_wait(&e->work_cond, &e->lock);
+        if (!vnpu_unit_head_ready(e, VNPU_UNIT_COMPUTE)) {
+            sleep_on_work(e);
             continue;
         }
-        e->worker_idle = false;
-        step(e, q);
+        s = pop(e, VNPU_UNIT_COMPUTE);
+        j = s->job;
+        if (job_dead(j)) {
+            vnpu_job_unref(j);
+            continue;
+        }
+        j->running = true;
+        e->running++;
+        /* Prepared one at a time, in FIFO order: the modelled core assignment depends only on that order. */
+        e->compute_dispatching = true;
+        x = (VnpuExec){ .e = e, .j = j, .s = s };
+        pthread_mutex_unlock(&e->lock);
+        vnpu_compute_prepare(&x, &prep, &r);
+        pthread_mutex_lock(&e->lock);
+        e->compute_dispatching = false;
+        if (r.status != VNPU_CPL_OK || job_dead(j)) {
+            e->running--;
+            j->running = false;
+            stage_done(e, j, s, VNPU_UNIT_COMPUTE, &r, false);
+        } else {
+            vnpu_timing_account(e, j, VNPU_UNIT_COMPUTE, -1, true, true, r.work_ns);
+            wake_all(e); /* the next compute command can be prepared by another core */
+            pthread_mutex_unlock(&e->lock);
+            vnpu_compute_run(&x, &prep, &r);
+            pthread_mutex_lock(&e->lock);
+            e->running--;
+            j->running = false;
+            stage_done(e, j, s, VNPU_UNIT_COMPUTE, &r, true);
+        }
+        vnpu_compute_release(&prep);
+        vnpu_job_unref(j);
+        wake_all(e);
     }
-    e->worker_idle = true;
-    pthread_cond_broadcast(&e->idle_cond);
     pthread_mutex_unlock(&e->lock);
     if (e->host.worker_stop) {
         e->host.worker_stop(e->host.opaque);

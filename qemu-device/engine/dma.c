@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vnpu engine: scatter-gather DMA between host memory (through host->dma_read/dma_write) and device memory.
+ * vnpu engine: scatter-gather DMA between host memory (through host->dma_read/dma_write) and device memory,
+ * the device side addressed virtually through the job's context (mmu.c).
  *
  * The list is walked twice. The first pass validates every element and the total length before a single byte
  * moves, so a malformed list never leaves a half-done transfer; the second pass moves the data and re-checks
@@ -80,17 +81,26 @@ static uint16_t sgl_validate(SglWalk *w)
     return VNPU_CPL_OK;
 }
 
-static uint16_t move(const VnpuExec *x, uint64_t host_addr, uint8_t *dev, uint64_t len, bool to_device)
+static uint16_t move(const VnpuExec *x, uint64_t host_addr, uint64_t dev_va, uint64_t len, bool to_device,
+                     VnpuCmdResult *r)
 {
     VnpuEngine *e = x->e;
 
     while (len) {
         size_t n = len > XFER_CHUNK ? XFER_CHUNK : (size_t)len;
+        uint64_t pa, run;
+        uint8_t *dev;
         int rc;
 
         if (vnpu_exec_cancelled(x)) {
             return VNPU_CPL_ABORTED;
         }
+        /* Checked before the transfer; a driver that changed the tables meanwhile still gets a clean fault. */
+        if (!vnpu_mmu_translate(x, dev_va, n, to_device, &pa, &run, &r->fault_addr)) {
+            return VNPU_CPL_MMU_FAULT;
+        }
+        n = (size_t)run;
+        dev = e->devmem + pa;
         rc = to_device ? e->host.dma_read(e->host.opaque, host_addr, dev, n)
                        : e->host.dma_write(e->host.opaque, host_addr, dev, n);
         if (rc) {
@@ -99,17 +109,17 @@ static uint16_t move(const VnpuExec *x, uint64_t host_addr, uint8_t *dev, uint64
             return VNPU_CPL_DMA_FAULT;
         }
         host_addr += n;
-        dev += n;
+        dev_va += n;
         len -= n;
     }
     return VNPU_CPL_OK;
 }
 
 /* Pass 2: skip sgl_offset bytes of the list, then move length bytes. */
-static uint16_t sgl_transfer(SglWalk *w, bool to_device)
+static uint16_t sgl_transfer(SglWalk *w, bool to_device, VnpuCmdResult *r)
 {
     uint64_t skip = w->d->sgl_offset, left = w->d->length;
-    uint8_t *dev = w->x->e->devmem + w->d->dev_addr;
+    uint64_t dev = w->d->dev_addr;
     struct vnpu_hw_sge sge;
 
     for (uint32_t i = 0; i < w->d->sgl_count && left; i++) {
@@ -127,7 +137,7 @@ static uint16_t sgl_transfer(SglWalk *w, bool to_device)
         if (n > left) {
             n = left;
         }
-        st = move(w->x, sge.addr + skip, dev, n, to_device);
+        st = move(w->x, sge.addr + skip, dev, n, to_device, r);
         if (st != VNPU_CPL_OK) {
             return st;
         }
@@ -148,13 +158,8 @@ void vnpu_dma_execute(const VnpuExec *x, const struct vnpu_hw_dma *d, bool to_de
     SglWalk w = { .x = x, .d = d };
     uint16_t st;
 
-    r->unit = to_device ? VNPU_UNIT_H2D : VNPU_UNIT_D2H;
     if (d->rsvd0 || d->rsvd1[0] || !d->length) {
         r->status = VNPU_CPL_BAD_FIELD;
-        return;
-    }
-    if (!vnpu_devmem_range_ok(x->e, d->dev_addr, d->length)) {
-        r->status = VNPU_CPL_DEVMEM_RANGE;
         return;
     }
     if (!d->sgl_count || d->sgl_count > VNPU_SGL_MAX || d->sgl_addr % sizeof(struct vnpu_hw_sge) ||
@@ -164,9 +169,15 @@ void vnpu_dma_execute(const VnpuExec *x, const struct vnpu_hw_dma *d, bool to_de
         return;
     }
     st = sgl_validate(&w);
+    /* Every device page must be mapped (and writable for H2D) before a byte moves. */
+    if (st == VNPU_CPL_OK && !vnpu_mmu_check(x, d->dev_addr, d->length, to_device, &r->fault_addr)) {
+        vnpu_guest_error(x->e, "%s: device address 0x%llx not mapped%s in context %u", to_device ? "H2D" : "D2H",
+                         (unsigned long long)r->fault_addr, to_device ? " writable" : "", x->j->ctx_id);
+        st = VNPU_CPL_MMU_FAULT;
+    }
     if (st == VNPU_CPL_OK) {
         sgl_rewind(&w);
-        st = sgl_transfer(&w, to_device);
+        st = sgl_transfer(&w, to_device, r);
     }
     r->status = st;
     r->bytes = st == VNPU_CPL_OK ? d->length : 0;

@@ -2,8 +2,9 @@
 /*
  * vnpu engine: lifetime, BAR0 register file, queue state machine and completion posting.
  *
- * The command processor (worker thread) lives in cp.c; this file is the transport-side half: MMIO accesses,
- * vnpu_engine_tick() and reset all run serialised by the transport and only take the engine lock briefly.
+ * The command processor and the engines' workers live in cp.c; this file is the transport-side half: MMIO
+ * accesses, vnpu_engine_tick() and reset all run serialised by the transport and only take the engine lock
+ * briefly (lockstep ticks and device reset wait, bounded, for the workers).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -36,8 +37,7 @@ void vnpu_guest_error(VnpuEngine *e, const char *fmt, ...)
 
 bool vnpu_exec_cancelled(const VnpuExec *x)
 {
-    return __atomic_load_n(&x->q->gen, __ATOMIC_RELAXED) != x->gen ||
-           __atomic_load_n(&x->e->stopping, __ATOMIC_RELAXED);
+    return __atomic_load_n(&x->j->cancel, __ATOMIC_RELAXED) || __atomic_load_n(&x->e->stopping, __ATOMIC_RELAXED);
 }
 
 bool vnpu_devmem_range_ok(const VnpuEngine *e, uint64_t addr, uint64_t len)
@@ -46,36 +46,34 @@ bool vnpu_devmem_range_ok(const VnpuEngine *e, uint64_t addr, uint64_t len)
     return len <= e->cfg.devmem_size && addr <= e->cfg.devmem_size - len;
 }
 
+#define DEFAULT(f, d) \
+    do { \
+        if (!cfg->f) { \
+            cfg->f = (d); \
+        } \
+    } while (0)
+
 int vnpu_engine_config_finalize(VnpuEngineConfig *cfg)
 {
-    if (!cfg->devmem_size) {
-        cfg->devmem_size = VNPU_ENGINE_DEFAULT_DEVMEM_SIZE;
-    }
-    if (!cfg->num_queues) {
-        cfg->num_queues = 1;
-    }
-    if (!cfg->ring_max) {
-        cfg->ring_max = VNPU_ENGINE_DEFAULT_RING_MAX;
-    }
-    if (!cfg->h2d_mbps) {
-        cfg->h2d_mbps = VNPU_ENGINE_DEFAULT_H2D_MBPS;
-    }
-    if (!cfg->d2h_mbps) {
-        cfg->d2h_mbps = VNPU_ENGINE_DEFAULT_D2H_MBPS;
-    }
-    if (!cfg->compute_gflops) {
-        cfg->compute_gflops = VNPU_ENGINE_DEFAULT_COMPUTE_GFLOPS;
-    }
-    if (!cfg->cmd_overhead_ns) {
-        cfg->cmd_overhead_ns = VNPU_ENGINE_DEFAULT_CMD_OVERHEAD_NS;
-    }
-    if (cfg->devmem_size % 4096 || cfg->devmem_size > VNPU_ENGINE_DEVMEM_MAX) {
-        return -EINVAL;
-    }
-    if (cfg->num_queues > VNPU_ENGINE_MAX_QUEUES) {
-        return -EINVAL;
-    }
-    if (!is_pow2(cfg->ring_max) || cfg->ring_max < 2 || cfg->ring_max > VNPU_ENGINE_RING_MAX_LIMIT) {
+    DEFAULT(devmem_size, VNPU_ENGINE_DEFAULT_DEVMEM_SIZE);
+    DEFAULT(num_queues, VNPU_ENGINE_DEFAULT_NUM_QUEUES);
+    DEFAULT(ring_max, VNPU_ENGINE_DEFAULT_RING_MAX);
+    DEFAULT(h2d_mbps, VNPU_ENGINE_DEFAULT_H2D_MBPS);
+    DEFAULT(d2h_mbps, VNPU_ENGINE_DEFAULT_D2H_MBPS);
+    DEFAULT(compute_gflops, VNPU_ENGINE_DEFAULT_COMPUTE_GFLOPS);
+    DEFAULT(cmd_overhead_ns, VNPU_ENGINE_DEFAULT_CMD_OVERHEAD_NS);
+    DEFAULT(num_contexts, VNPU_ENGINE_DEFAULT_NUM_CONTEXTS);
+    DEFAULT(compute_cores, VNPU_ENGINE_DEFAULT_COMPUTE_CORES);
+    DEFAULT(h2d_latency_ns, VNPU_ENGINE_DEFAULT_H2D_LATENCY_NS);
+    DEFAULT(d2h_latency_ns, VNPU_ENGINE_DEFAULT_D2H_LATENCY_NS);
+    DEFAULT(op_overhead_ns, VNPU_ENGINE_DEFAULT_OP_OVERHEAD_NS);
+    DEFAULT(devmem_gbps, VNPU_ENGINE_DEFAULT_DEVMEM_GBPS);
+    if (cfg->devmem_size % VNPU_MMU_PAGE_SIZE || cfg->devmem_size > VNPU_ENGINE_DEVMEM_MAX ||
+        cfg->num_queues > VNPU_ENGINE_MAX_QUEUES || !is_pow2(cfg->ring_max) || cfg->ring_max < 2 ||
+        cfg->ring_max > VNPU_ENGINE_RING_MAX_LIMIT || cfg->num_contexts > VNPU_ENGINE_MAX_CONTEXTS ||
+        cfg->compute_cores > VNPU_ENGINE_MAX_CORES || cfg->fi_kind > VNPU_FI_CORRUPT_CPL ||
+        cfg->fi_rate_ppm > 1000000u || cfg->h2d_mbps == VNPU_CFG_ZERO || cfg->d2h_mbps == VNPU_CFG_ZERO ||
+        cfg->compute_gflops == VNPU_CFG_ZERO || cfg->devmem_gbps == VNPU_CFG_ZERO) {
         return -EINVAL;
     }
     return 0;
@@ -85,7 +83,7 @@ int vnpu_engine_config_finalize(VnpuEngineConfig *cfg)
 
 static void queue_bump_gen(VnpuQueue *q)
 {
-    __atomic_add_fetch(&q->gen, 1, __ATOMIC_RELAXED);
+    q->gen++;
 }
 
 static bool queue_cq_full(const VnpuQueue *q)
@@ -93,8 +91,9 @@ static bool queue_cq_full(const VnpuQueue *q)
     return ((q->cq_tail + 1) & (q->cq_entries - 1)) == q->cq_head;
 }
 
-bool vnpu_queue_fetchable(const VnpuQueue *q)
+bool vnpu_queue_fetchable(const VnpuEngine *e, const VnpuQueue *q)
 {
+    (void)e;
     if (!q->enabled || q->error || q->sq_head == q->sq_tail) {
         return false;
     }
@@ -102,46 +101,23 @@ bool vnpu_queue_fetchable(const VnpuQueue *q)
      * Start a new job only while the completions not yet posted fit the completion ring: this bounds the
      * device's own memory however long the driver leaves the completion ring full.
      */
-    return q->job.ncmds || q->pend_count < q->cq_entries;
+    return q->open || q->njobs < q->cq_entries;
 }
 
-/* Whether the head of q's pending FIFO may be posted once its deadline has come. */
-static bool queue_can_post(const VnpuEngine *e, const VnpuQueue *q)
+static uint64_t post_key(const VnpuJob *j)
 {
-    if (!q->pend_count || q->error == VNPU_QERR_CQ_WRITE || queue_cq_full(q)) {
-        return false;
-    }
-    if (q->draining) {
-        /* An ABORTED record tells the driver the buffers are free: not while the worker may still use them. */
-        return e->active_queue != q;
-    }
-    return q->enabled;
+    return j->status == VNPU_CPL_ABORTED ? 0 : j->t_end;
 }
 
-static bool queue_idle(const VnpuEngine *e, const VnpuQueue *q)
+/* Whether the head of q's finished jobs may be posted once its deadline has come. */
+static bool queue_can_post(const VnpuQueue *q)
 {
-    return !q->job.ncmds && !q->pend_count && e->active_queue != q &&
-           !(q->enabled && !q->error && q->sq_head != q->sq_tail);
+    return q->done && q->error != VNPU_QERR_CQ_WRITE && !queue_cq_full(q) && (q->enabled || q->draining);
 }
 
-static void arm_at(VnpuEngine *e, uint64_t deadline);
-
-void vnpu_engine_rearm(VnpuEngine *e)
+static bool queue_idle(const VnpuQueue *q)
 {
-    uint64_t next = VNPU_NO_DEADLINE;
-
-    for (unsigned i = 0; i < e->cfg.num_queues; i++) {
-        const VnpuQueue *q = &e->queues[i];
-
-        if (queue_can_post(e, q)) {
-            const VnpuCompletion *c = &q->pending[q->pend_head];
-
-            if (c->deadline < next) {
-                next = c->deadline;
-            }
-        }
-    }
-    arm_at(e, next);
+    return !q->open && !q->jobs_head && !(q->enabled && !q->error && q->sq_head != q->sq_tail);
 }
 
 static void arm_at(VnpuEngine *e, uint64_t deadline)
@@ -152,64 +128,52 @@ static void arm_at(VnpuEngine *e, uint64_t deadline)
     }
 }
 
-static bool worker_has_work(const VnpuEngine *e)
+void vnpu_engine_rearm(VnpuEngine *e)
 {
-    if (!e->worker_idle) {
-        return true;
-    }
+    uint64_t next = VNPU_NO_DEADLINE;
+
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
-        if (vnpu_queue_fetchable(&e->queues[i])) {
-            return true;
+        const VnpuQueue *q = &e->queues[i];
+
+        if (queue_can_post(q) && post_key(q->done) < next) {
+            next = post_key(q->done);
         }
     }
-    return false;
+    arm_at(e, next);
 }
 
-/* Lockstep: let the worker finish what is visible, so that every modelled deadline is known before time moves. */
-static void wait_worker_bounded(VnpuEngine *e)
+bool vnpu_engine_quiescent(VnpuEngine *e)
+{
+    if (e->cp_busy || e->running || e->compute_dispatching || e->recount_pending) {
+        return false;
+    }
+    if (!(e->control & VNPU_CONTROL_FETCH_PAUSE)) {
+        for (unsigned i = 0; i < e->cfg.num_queues; i++) {
+            if (vnpu_queue_fetchable(e, &e->queues[i])) {
+                return false;
+            }
+        }
+    }
+    for (unsigned u = 0; u < VNPU_UNIT_COUNT; u++) {
+        if (vnpu_unit_head_ready(e, (VnpuUnit)u)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Wait (bounded) until the workers have done everything they can: a worker stuck on the transport must not deadlock us. */
+static void wait_quiescent_bounded(VnpuEngine *e)
 {
     struct timespec until;
 
     clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 5; /* bounded: a worker stuck on the transport (DMA into MMIO) must not deadlock us */
-    while (worker_has_work(e)) {
+    until.tv_sec += 5;
+    while (!vnpu_engine_quiescent(e)) {
         if (pthread_cond_timedwait(&e->idle_cond, &e->lock, &until) == ETIMEDOUT) {
             break;
         }
     }
-}
-
-void vnpu_queue_push_completion(VnpuEngine *e, VnpuQueue *q, const VnpuJob *job)
-{
-    uint32_t cap = e->cfg.ring_max + 1;
-    VnpuCompletion *c;
-
-    if (q->error == VNPU_QERR_CQ_WRITE) {
-        return; /* the completion ring is unusable; nothing can be reported */
-    }
-    if (q->pend_count == cap) {
-        /* Unreachable by construction (see vnpu_queue_fetchable); never overwrite a record. */
-        return;
-    }
-    c = &q->pending[(q->pend_head + q->pend_count) % cap];
-    c->tag = job->tag;
-    c->t_start = job->t_start;
-    c->deadline = job->t_end;
-    c->sq_index = job->sq_index;
-    c->status = job->status;
-    q->pend_count++;
-    vnpu_engine_rearm(e);
-}
-
-/* Turn the open job (if any) into an ABORTED completion, due now. */
-static void queue_abort_open_job(VnpuEngine *e, VnpuQueue *q)
-{
-    if (q->job.ncmds) {
-        q->job.status = VNPU_CPL_ABORTED;
-        q->job.t_end = 0;
-        vnpu_queue_push_completion(e, q, &q->job);
-    }
-    memset(&q->job, 0, sizeof(q->job));
 }
 
 void vnpu_queue_set_error(VnpuEngine *e, VnpuQueue *q, uint32_t err)
@@ -218,23 +182,32 @@ void vnpu_queue_set_error(VnpuEngine *e, VnpuQueue *q, uint32_t err)
         return; /* the first error is the one reported */
     }
     q->error = err;
+    queue_bump_gen(q); /* a fetch in progress is dropped */
     if (err == VNPU_QERR_CQ_WRITE) {
-        q->pend_count = 0;
-        memset(&q->job, 0, sizeof(q->job));
+        vnpu_queue_drop_all(e, q); /* nothing can be reported any more */
         return;
     }
     /* No more commands will be fetched: a job left open can never see its F_LAST. */
-    if (e->active_queue != q) {
-        queue_abort_open_job(e, q);
-    }
-}
+    if (q->open) {
+        VnpuJob *open = q->open;
 
-static void queue_drop_all(VnpuQueue *q)
-{
-    q->pend_head = 0;
-    q->pend_count = 0;
-    q->draining = false;
-    memset(&q->job, 0, sizeof(q->job));
+        q->open = NULL;
+        /* Report it as aborted, after the jobs already dispatched (they still run). */
+        open->status = VNPU_CPL_ABORTED;
+        open->fail_index = open->cmds[open->ncmds - 1].sq_index;
+        open->ctx_id = open->cmds[0].cmd.ctx_id;
+        open->cancel = 1;
+        open->seq = ++e->seq;
+        open->prev = q->jobs_tail;
+        if (q->jobs_tail) {
+            q->jobs_tail->next = open;
+        } else {
+            q->jobs_head = open;
+        }
+        q->jobs_tail = open;
+        q->njobs++;
+        vnpu_job_finish(e, open);
+    }
 }
 
 static uint64_t reg64(uint32_t lo, uint32_t hi)
@@ -262,13 +235,15 @@ static void queue_enable(VnpuEngine *e, VnpuQueue *q)
     }
 
     queue_bump_gen(q);
-    queue_drop_all(q);
+    vnpu_queue_drop_all(e, q); /* records still draining from before are not wanted any more */
+    q->draining = false;
     q->sq_head = q->sq_tail = q->cq_head = q->cq_tail = 0;
     q->phase = 1;
     q->jobs_done = 0;
     if (why) {
         vnpu_guest_error(e, "queue %u: enable rejected: %s", q->id, why);
         q->enabled = false;
+        q->ctrl = 0;
         q->error = VNPU_QERR_CONFIG;
         return;
     }
@@ -278,47 +253,39 @@ static void queue_enable(VnpuEngine *e, VnpuQueue *q)
     q->sq_entries = q->sq_size;
     q->cq_entries = q->cq_size;
     q->vector = q->msix_vector;
+    q->priority = q->priority_reg > VNPU_PRIORITY_MAX ? VNPU_PRIORITY_MAX : q->priority_reg;
     q->enabled = true;
+    pthread_cond_broadcast(&e->work_cond);
 }
 
+/* Disable (and queue RESET): everything fetched and not yet reported completes with ABORTED. */
 static void queue_disable(VnpuEngine *e, VnpuQueue *q)
 {
-    uint32_t cap = e->cfg.ring_max + 1;
+    bool was_enabled = q->enabled;
 
-    if (!q->enabled) {
-        q->error = VNPU_QERR_NONE; /* disable clears a CONFIG error left by a rejected enable */
-        return;
-    }
     q->enabled = false;
-    queue_bump_gen(q); /* the worker drops whatever it is running for this queue */
+    queue_bump_gen(q);
     if (q->error == VNPU_QERR_CQ_WRITE) {
-        queue_drop_all(q);
-    } else {
-        /* Everything fetched but not yet reported completes with ABORTED, in order, as soon as possible. */
-        for (uint32_t i = 0; i < q->pend_count; i++) {
-            VnpuCompletion *c = &q->pending[(q->pend_head + i) % cap];
-
-            c->status = VNPU_CPL_ABORTED;
-            c->deadline = 0;
-        }
-        queue_abort_open_job(e, q);
-        q->draining = q->pend_count != 0;
+        vnpu_queue_drop_all(e, q);
+    } else if (was_enabled || q->open || q->jobs_head) {
+        vnpu_queue_abort_all(e, q);
     }
+    q->draining = q->jobs_head != NULL;
     q->error = VNPU_QERR_NONE;
     vnpu_engine_rearm(e);
 }
 
-static void queue_reset(VnpuQueue *q)
+static void queue_reset_regs(VnpuEngine *e, VnpuQueue *q)
 {
     queue_bump_gen(q);
-    queue_drop_all(q);
+    vnpu_queue_drop_all(e, q);
     q->sq_base_lo = q->sq_base_hi = q->sq_size = 0;
     q->cq_base_lo = q->cq_base_hi = q->cq_size = 0;
-    q->msix_vector = q->ctrl = 0;
-    q->enabled = false;
+    q->msix_vector = q->ctrl = q->priority_reg = 0;
+    q->enabled = q->draining = false;
     q->error = VNPU_QERR_NONE;
     q->sq_base = q->cq_base = 0;
-    q->sq_entries = q->cq_entries = q->vector = 0;
+    q->sq_entries = q->cq_entries = q->vector = q->priority = 0;
     q->sq_tail = q->sq_head = q->cq_head = q->cq_tail = 0;
     q->phase = 1;
     q->jobs_done = 0;
@@ -350,7 +317,7 @@ static void queue_sq_doorbell(VnpuEngine *e, VnpuQueue *q, uint32_t tail)
         /* No job can complete sooner than one command overhead after it became visible. */
         arm_at(e, now + e->cfg.cmd_overhead_ns);
     }
-    pthread_cond_signal(&e->work_cond);
+    pthread_cond_broadcast(&e->work_cond);
 }
 
 static void queue_cq_doorbell(VnpuEngine *e, VnpuQueue *q, uint32_t head)
@@ -369,12 +336,12 @@ static void queue_cq_doorbell(VnpuEngine *e, VnpuQueue *q, uint32_t head)
         return;
     }
     q->cq_head = head;
-    /* Completions held back by a full ring can go now; a job held back by them can start. */
+    /* Completions held back by a full ring can go now. */
     vnpu_engine_rearm(e);
-    pthread_cond_signal(&e->work_cond);
+    pthread_cond_broadcast(&e->work_cond);
 }
 
-static uint32_t queue_status(const VnpuEngine *e, const VnpuQueue *q)
+static uint32_t queue_status(const VnpuQueue *q)
 {
     uint32_t st = 0;
 
@@ -384,7 +351,7 @@ static uint32_t queue_status(const VnpuEngine *e, const VnpuQueue *q)
     if (q->error) {
         st |= VNPU_QSTATUS_ERROR;
     }
-    if (queue_idle(e, q)) {
+    if (queue_idle(q)) {
         st |= VNPU_QSTATUS_IDLE;
     }
     return st;
@@ -392,6 +359,7 @@ static uint32_t queue_status(const VnpuEngine *e, const VnpuQueue *q)
 
 static uint32_t queue_read(VnpuEngine *e, VnpuQueue *q, uint32_t reg)
 {
+    (void)e;
     switch (reg) {
     case VNPU_QREG_SQ_BASE_LO: return q->sq_base_lo;
     case VNPU_QREG_SQ_BASE_HI: return q->sq_base_hi;
@@ -401,13 +369,14 @@ static uint32_t queue_read(VnpuEngine *e, VnpuQueue *q, uint32_t reg)
     case VNPU_QREG_CQ_SIZE: return q->cq_size;
     case VNPU_QREG_MSIX_VECTOR: return q->msix_vector;
     case VNPU_QREG_CTRL: return q->ctrl;
-    case VNPU_QREG_STATUS: return queue_status(e, q);
+    case VNPU_QREG_STATUS: return queue_status(q);
     case VNPU_QREG_ERROR: return q->error;
     case VNPU_QREG_SQ_TAIL: return q->sq_tail;
     case VNPU_QREG_SQ_HEAD: return q->sq_head;
     case VNPU_QREG_CQ_HEAD: return q->cq_head;
     case VNPU_QREG_CQ_TAIL: return q->cq_tail;
     case VNPU_QREG_JOBS_DONE: return q->jobs_done;
+    case VNPU_QREG_PRIORITY: return q->priority_reg;
     default: return 0;
     }
 }
@@ -422,11 +391,22 @@ static void queue_write(VnpuEngine *e, VnpuQueue *q, uint32_t reg, uint32_t val)
     case VNPU_QREG_CQ_BASE_HI: q->cq_base_hi = val; break;
     case VNPU_QREG_CQ_SIZE: q->cq_size = val; break;
     case VNPU_QREG_MSIX_VECTOR: q->msix_vector = val; break;
+    case VNPU_QREG_PRIORITY:
+        if (val > VNPU_PRIORITY_MAX) {
+            vnpu_guest_error(e, "queue %u: PRIORITY %u above %u, clamped", q->id, val, VNPU_PRIORITY_MAX);
+            val = VNPU_PRIORITY_MAX;
+        }
+        q->priority_reg = val;
+        break;
     case VNPU_QREG_CTRL:
-        q->ctrl = val & VNPU_QCTRL_ENABLE;
-        if ((val & VNPU_QCTRL_ENABLE) && !q->enabled) {
+        if (val & VNPU_QCTRL_RESET) {
+            q->ctrl = 0;
+            queue_disable(e, q);
+        } else if ((val & VNPU_QCTRL_ENABLE) && !q->enabled) {
+            q->ctrl = VNPU_QCTRL_ENABLE;
             queue_enable(e, q);
         } else if (!(val & VNPU_QCTRL_ENABLE)) {
+            q->ctrl = 0;
             queue_disable(e, q);
         }
         break;
@@ -455,14 +435,51 @@ static VnpuQueue *queue_of(VnpuEngine *e, uint64_t offset, uint32_t *reg)
     return &e->queues[rel / VNPU_REG_QUEUE_STRIDE];
 }
 
+static uint32_t caps(const VnpuEngine *e)
+{
+    return VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL | VNPU_CAP_MMU | VNPU_CAP_SYNTH | VNPU_CAP_FAULT_INJECT |
+           VNPU_CAP_TIMING_ONLY | VNPU_CAP_TELEMETRY | (e->have_programs ? VNPU_CAP_EXEC : 0);
+}
+
+static uint64_t telemetry(const VnpuEngine *e, uint32_t counter)
+{
+    const VnpuEngineStats *s = &e->stats;
+
+    switch (counter) {
+    case VNPU_TEL_JOBS_COMPLETED: return s->jobs_completed;
+    case VNPU_TEL_JOBS_FAILED: return s->jobs_failed;
+    case VNPU_TEL_CMDS: return s->cmds_executed;
+    case VNPU_TEL_H2D_BYTES: return s->h2d_bytes;
+    case VNPU_TEL_D2H_BYTES: return s->d2h_bytes;
+    case VNPU_TEL_FLOPS: return s->flops;
+    case VNPU_TEL_H2D_BUSY_NS: return s->h2d_busy_ns;
+    case VNPU_TEL_D2H_BUSY_NS: return s->d2h_busy_ns;
+    case VNPU_TEL_COMPUTE_BUSY_NS: return s->compute_busy_ns;
+    case VNPU_TEL_IRQS: return s->irqs;
+    case VNPU_TEL_MAPPED_BYTES: return s->mapped_bytes;
+    default: return 0;
+    }
+}
+
 static uint32_t global_read(VnpuEngine *e, uint64_t offset)
 {
     uint64_t now;
 
+    if (offset >= VNPU_REG_TELEMETRY_BASE && offset <= VNPU_REG_TELEMETRY(VNPU_TEL_MAPPED_BYTES) + 4) {
+        uint32_t rel = (uint32_t)(offset - VNPU_REG_TELEMETRY_BASE);
+        uint64_t v;
+
+        if (rel % 8) {
+            return e->tel_hi_latch;
+        }
+        v = telemetry(e, rel);
+        e->tel_hi_latch = (uint32_t)(v >> 32);
+        return (uint32_t)v;
+    }
     switch (offset) {
     case VNPU_REG_ID: return VNPU_ID_MAGIC;
     case VNPU_REG_VERSION: return VNPU_VERSION;
-    case VNPU_REG_CAPS: return VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL;
+    case VNPU_REG_CAPS: return caps(e);
     case VNPU_REG_NUM_QUEUES: return e->cfg.num_queues;
     case VNPU_REG_DEVMEM_SIZE_LO: return (uint32_t)e->cfg.devmem_size;
     case VNPU_REG_DEVMEM_SIZE_HI: return (uint32_t)(e->cfg.devmem_size >> 32);
@@ -478,20 +495,144 @@ static uint32_t global_read(VnpuEngine *e, uint64_t offset)
     case VNPU_REG_D2H_MBPS: return e->cfg.d2h_mbps;
     case VNPU_REG_COMPUTE_GFLOPS: return e->cfg.compute_gflops;
     case VNPU_REG_CMD_OVERHEAD_NS: return e->cfg.cmd_overhead_ns;
-    default: return 0; /* RESET (write-only) and holes read as zero */
+    case VNPU_REG_H2D_LATENCY_NS: return e->cfg.h2d_latency_ns;
+    case VNPU_REG_D2H_LATENCY_NS: return e->cfg.d2h_latency_ns;
+    case VNPU_REG_OP_OVERHEAD_NS: return e->cfg.op_overhead_ns;
+    case VNPU_REG_DEVMEM_GBPS: return e->cfg.devmem_gbps;
+    case VNPU_REG_COMPUTE_CORES: return e->cfg.compute_cores;
+    case VNPU_REG_NUM_CONTEXTS: return e->cfg.num_contexts;
+    case VNPU_REG_CONTROL: return e->control;
+    case VNPU_REG_CTX_TABLE_LO: return (uint32_t)e->ctx_table;
+    case VNPU_REG_CTX_TABLE_HI: return (uint32_t)(e->ctx_table >> 32);
+    case VNPU_REG_MMU_FAULTS: return e->mmu_faults;
+    case VNPU_REG_MMU_LAST_FAULT_LO: return (uint32_t)e->last_fault;
+    case VNPU_REG_MMU_LAST_FAULT_HI: return (uint32_t)(e->last_fault >> 32);
+    case VNPU_REG_MMU_LAST_FAULT_CTX: return e->last_fault_ctx;
+    case VNPU_REG_FI_KIND: return e->fi_kind;
+    case VNPU_REG_FI_QUEUE: return e->fi_queue;
+    case VNPU_REG_FI_AFTER: return e->fi_after;
+    case VNPU_REG_FI_RATE_PPM: return e->fi_rate_ppm;
+    case VNPU_REG_FI_SEED: return e->fi_seed;
+    case VNPU_REG_FI_CTRL: return e->fi_ctrl;
+    case VNPU_REG_FI_COUNT: return e->fi_count;
+    default: return 0; /* RESET, MMU_INVALIDATE (write-only) and holes read as zero */
     }
 }
 
+/* Drop every job and return registers to power-on values. Waits (bounded) for workers to let go. */
 static void engine_reset_locked(VnpuEngine *e)
 {
+    struct timespec until;
+
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
-        queue_reset(&e->queues[i]);
+        queue_reset_regs(e, &e->queues[i]);
+    }
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 5;
+    while (e->running || e->cp_busy || e->compute_dispatching) {
+        if (pthread_cond_timedwait(&e->idle_cond, &e->lock, &until) == ETIMEDOUT) {
+            break;
+        }
     }
     e->scratch = 0;
-    e->clock_hi_latch = 0;
+    e->control = e->cfg.timing_only ? VNPU_CONTROL_TIMING_ONLY : 0;
+    e->clock_hi_latch = e->tel_hi_latch = 0;
     memset(e->busy_until, 0, sizeof(e->busy_until));
-    /* A tick that still comes for the old deadline finds nothing to do; the next push re-arms. */
+    memset(e->core_busy_until, 0, sizeof(e->core_busy_until));
+    /* A tick that still comes for the old deadline finds nothing to do; the next completion re-arms. */
     e->armed = VNPU_NO_DEADLINE;
+    e->ctx_table = 0;
+    e->ctx_table_lo = 0;
+    e->mmu_faults = 0;
+    e->last_fault = 0;
+    e->last_fault_ctx = 0;
+    vnpu_mmu_flush(e, UINT32_MAX);
+    memset(e->ctx_mapped, 0, e->cfg.num_contexts * sizeof(*e->ctx_mapped));
+    memset(&e->stats, 0, sizeof(e->stats));
+    vnpu_fi_reset(e);
+    pthread_cond_broadcast(&e->work_cond);
+}
+
+static void fi_write(VnpuEngine *e, uint64_t offset, uint32_t val)
+{
+    switch (offset) {
+    case VNPU_REG_FI_KIND:
+        if (val > VNPU_FI_CORRUPT_CPL) {
+            vnpu_guest_error(e, "FI_KIND %u unknown", val);
+            return;
+        }
+        e->fi_kind = val;
+        break;
+    case VNPU_REG_FI_QUEUE: e->fi_queue = val; break;
+    case VNPU_REG_FI_AFTER: e->fi_after = val; break;
+    case VNPU_REG_FI_RATE_PPM: e->fi_rate_ppm = val > 1000000u ? 1000000u : val; break;
+    case VNPU_REG_FI_SEED: e->fi_seed = val; break;
+    case VNPU_REG_FI_CTRL:
+        e->fi_ctrl = val & VNPU_FI_CTRL_ARM;
+        if (e->fi_ctrl) {
+            /* Arming restarts the job count and the random sequence. */
+            e->fi_jobs = 0;
+            e->fi_rng = e->fi_seed ? e->fi_seed : 0x9e3779b9u;
+        }
+        break;
+    }
+}
+
+static void global_write(VnpuEngine *e, uint64_t offset, uint32_t val)
+{
+    switch (offset) {
+    case VNPU_REG_SCRATCH:
+        e->scratch = val;
+        break;
+    case VNPU_REG_RESET:
+        if (val == VNPU_RESET_MAGIC) {
+            engine_reset_locked(e);
+        } else {
+            vnpu_guest_error(e, "RESET written with 0x%x, not the reset magic", val);
+        }
+        break;
+    case VNPU_REG_CONTROL:
+        if (val & ~(VNPU_CONTROL_TIMING_ONLY | VNPU_CONTROL_FETCH_PAUSE)) {
+            vnpu_guest_error(e, "CONTROL: reserved bits 0x%x ignored",
+                             val & ~(VNPU_CONTROL_TIMING_ONLY | VNPU_CONTROL_FETCH_PAUSE));
+        }
+        __atomic_store_n(&e->control, val & (VNPU_CONTROL_TIMING_ONLY | VNPU_CONTROL_FETCH_PAUSE),
+                         __ATOMIC_RELAXED);
+        pthread_cond_broadcast(&e->work_cond);
+        break;
+    case VNPU_REG_CTX_TABLE_LO:
+        e->ctx_table_lo = val;
+        break;
+    case VNPU_REG_CTX_TABLE_HI:
+        e->ctx_table = reg64(e->ctx_table_lo, val);
+        if (e->ctx_table % 4096) {
+            vnpu_guest_error(e, "CTX_TABLE 0x%llx not 4 KiB aligned: every context is invalid",
+                             (unsigned long long)e->ctx_table);
+            e->ctx_table = 0;
+        }
+        vnpu_mmu_flush(e, UINT32_MAX);
+        pthread_cond_broadcast(&e->work_cond);
+        break;
+    case VNPU_REG_MMU_INVALIDATE:
+        if (val != UINT32_MAX && val >= e->cfg.num_contexts) {
+            vnpu_guest_error(e, "MMU_INVALIDATE: no context %u", val);
+            break;
+        }
+        vnpu_mmu_flush(e, val);
+        pthread_cond_broadcast(&e->work_cond);
+        break;
+    case VNPU_REG_FI_KIND:
+    case VNPU_REG_FI_QUEUE:
+    case VNPU_REG_FI_AFTER:
+    case VNPU_REG_FI_RATE_PPM:
+    case VNPU_REG_FI_SEED:
+    case VNPU_REG_FI_CTRL:
+        fi_write(e, offset, val);
+        break;
+    default:
+        vnpu_guest_error(e, "write 0x%x to read-only or unknown register 0x%llx", val, (unsigned long long)offset);
+        break;
+    }
 }
 
 uint64_t vnpu_engine_mmio_read(VnpuEngine *e, uint64_t offset, unsigned size)
@@ -524,66 +665,87 @@ void vnpu_engine_mmio_write(VnpuEngine *e, uint64_t offset, uint64_t value, unsi
     q = queue_of(e, offset, &reg);
     if (q) {
         queue_write(e, q, reg, val);
-    } else if (offset == VNPU_REG_SCRATCH) {
-        e->scratch = val;
-    } else if (offset == VNPU_REG_RESET) {
-        if (val == VNPU_RESET_MAGIC) {
-            engine_reset_locked(e);
-        } else {
-            vnpu_guest_error(e, "RESET written with 0x%x, not the reset magic", val);
-        }
     } else {
-        vnpu_guest_error(e, "write 0x%x to read-only or unknown register 0x%llx", val,
-                         (unsigned long long)offset);
+        global_write(e, offset, val);
     }
     pthread_mutex_unlock(&e->lock);
 }
 
 /* ---- completion posting ----------------------------------------------------------------------------------- */
 
+static uint32_t sat32(uint64_t v)
+{
+    return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
 void vnpu_engine_tick(VnpuEngine *e)
 {
     uint32_t raise = 0; /* bitmap of vectors */
-    uint32_t cap = e->cfg.ring_max + 1;
     uint64_t now;
 
     pthread_mutex_lock(&e->lock);
     e->armed = VNPU_NO_DEADLINE; /* the transport's timer has fired (or never was armed) */
     if (e->lockstep) {
-        wait_worker_bounded(e);
+        wait_quiescent_bounded(e);
     }
     now = e->host.clock_ns(e->host.opaque);
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
         VnpuQueue *q = &e->queues[i];
 
-        while (queue_can_post(e, q) && q->pending[q->pend_head].deadline <= now) {
-            const VnpuCompletion *c = &q->pending[q->pend_head];
+        while (queue_can_post(q) && post_key(q->done) <= now) {
+            VnpuJob *j = q->done;
+            const VnpuSlot *last = &j->cmds[j->ncmds - 1];
             struct vnpu_hw_cpl rec = {
-                .tag = c->tag,
-                .status = c->status,
+                .tag = last->cmd.tag,
+                .status = j->status,
                 .flags = q->phase ? VNPU_CPL_F_PHASE : 0,
-                .sq_index = c->sq_index,
-                .t_start = c->t_start,
+                .sq_index = j->status == VNPU_CPL_OK || j->status == VNPU_CPL_ABORTED ? last->sq_index
+                                                                                     : j->fail_index,
+                .t_start = j->started && j->t_start <= now ? j->t_start : now,
                 .t_end = now,
+                .fault_addr = j->fault_addr,
+                .h2d_ns = sat32(j->busy_ns[VNPU_UNIT_H2D]),
+                .compute_ns = sat32(j->busy_ns[VNPU_UNIT_COMPUTE]),
+                .d2h_ns = sat32(j->busy_ns[VNPU_UNIT_D2H]),
+                .ctx_id = j->ctx_id,
             };
             uint64_t addr = q->cq_base + (uint64_t)q->cq_tail * sizeof(rec);
+            bool lost_irq = j->fi_kind == VNPU_FI_LOST_IRQ;
             uint32_t gen = q->gen;
             int rc;
 
-            if (c->t_start > now) {
-                rec.t_start = now; /* an aborted job may be reported before its modelled start */
+            if (j->fi_kind == VNPU_FI_CORRUPT_CPL) {
+                rec.tag = ~rec.tag;
+                rec.status = 0xffff;
             }
-            q->pend_head = (q->pend_head + 1) % cap;
-            q->pend_count--;
+            q->done = j->done_next;
             q->cq_tail = (q->cq_tail + 1) & (q->cq_entries - 1);
             if (!q->cq_tail) {
                 q->phase ^= 1;
             }
             q->jobs_done++;
-            e->stats.jobs_completed++;
-            if (rec.status != VNPU_CPL_OK) {
+            if (j->status == VNPU_CPL_OK) {
+                e->stats.jobs_completed++;
+            } else {
                 e->stats.jobs_failed++;
             }
+            j->dropped = true; /* posted: no longer the queue's */
+            {
+                /* unlink from the queue's job list */
+                if (j->prev) {
+                    j->prev->next = j->next;
+                } else {
+                    q->jobs_head = j->next;
+                }
+                if (j->next) {
+                    j->next->prev = j->prev;
+                } else {
+                    q->jobs_tail = j->prev;
+                }
+                j->prev = j->next = NULL;
+                q->njobs--;
+            }
+            vnpu_job_unref(j);
 
             /* Never touch guest memory under the lock (see vnpu_engine_int.h). */
             pthread_mutex_unlock(&e->lock);
@@ -599,18 +761,25 @@ void vnpu_engine_tick(VnpuEngine *e)
                 vnpu_queue_set_error(e, q, VNPU_QERR_CQ_WRITE);
                 break;
             }
-            raise |= 1u << q->vector;
+            if (!lost_irq) {
+                raise |= 1u << q->vector;
+            }
         }
-        if (q->draining && !q->pend_count) {
+        if (q->draining && !q->jobs_head) {
             q->draining = false;
         }
     }
     vnpu_engine_rearm(e);
-    if (e->lockstep && worker_has_work(e)) {
-        arm_at(e, now + e->cfg.cmd_overhead_ns); /* the bounded wait gave up: look again soon */
+    if (e->lockstep && !vnpu_engine_quiescent(e)) {
+        arm_at(e, now + (e->cfg.cmd_overhead_ns ? e->cfg.cmd_overhead_ns : 1000)); /* bounded wait gave up */
     }
-    /* Posting freed room for pending completions, so a job waiting for it may start. */
-    pthread_cond_signal(&e->work_cond);
+    for (unsigned v = 0; v < 32; v++) {
+        if (raise & (1u << v)) {
+            e->stats.irqs++;
+        }
+    }
+    /* Posting freed room for jobs not yet fetched. */
+    pthread_cond_broadcast(&e->work_cond);
     pthread_mutex_unlock(&e->lock);
 
     for (unsigned v = 0; raise; v++, raise >>= 1) {
@@ -621,6 +790,41 @@ void vnpu_engine_tick(VnpuEngine *e)
 }
 
 /* ---- lifetime --------------------------------------------------------------------------------------------- */
+
+static void stop_threads(VnpuEngine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    __atomic_store_n(&e->stopping, true, __ATOMIC_RELAXED); /* long commands poll this and give up */
+    pthread_cond_broadcast(&e->work_cond);
+    pthread_mutex_unlock(&e->lock);
+    if (e->nthreads_started > 0) {
+        pthread_join(e->cp_thread, NULL);
+    }
+    for (unsigned i = 1; i < e->nthreads_started && i < 3; i++) {
+        pthread_join(e->unit_thread[i - 1], NULL);
+    }
+    for (unsigned i = 3; i < e->nthreads_started; i++) {
+        pthread_join(e->core_thread[i - 3], NULL);
+    }
+}
+
+static void free_all(VnpuEngine *e)
+{
+    for (unsigned i = 0; i < e->cfg.num_queues; i++) {
+        vnpu_queue_drop_all(e, &e->queues[i]);
+    }
+    for (unsigned u = 0; u < VNPU_UNIT_COUNT; u++) {
+        while (e->fifo[u].head) {
+            VnpuSlot *s = e->fifo[u].head;
+
+            e->fifo[u].head = s->unit_next;
+            vnpu_job_unref(s->job);
+        }
+    }
+    for (unsigned i = 0; i < e->cfg.num_queues; i++) {
+        free(e->queues[i].db_time);
+    }
+}
 
 int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, VnpuEngine **out)
 {
@@ -642,6 +846,20 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
     if (rc) {
         goto err_free_engine;
     }
+    /* Internally VNPU_CFG_ZERO is a plain 0. */
+    if (e->cfg.cmd_overhead_ns == VNPU_CFG_ZERO) {
+        e->cfg.cmd_overhead_ns = 0;
+    }
+    if (e->cfg.h2d_latency_ns == VNPU_CFG_ZERO) {
+        e->cfg.h2d_latency_ns = 0;
+    }
+    if (e->cfg.d2h_latency_ns == VNPU_CFG_ZERO) {
+        e->cfg.d2h_latency_ns = 0;
+    }
+    if (e->cfg.op_overhead_ns == VNPU_CFG_ZERO) {
+        e->cfg.op_overhead_ns = 0;
+    }
+    e->have_programs = vnpu_programs_available();
     rc = -ENOMEM;
     /* Untouched device memory costs nothing: anonymous pages are zero-filled on first use. */
     mem = mmap(NULL, e->cfg.devmem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
@@ -650,19 +868,18 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
         goto err_free_engine;
     }
     e->devmem = mem;
+    if (vnpu_mmu_init(e)) {
+        goto err_unmap;
+    }
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
         VnpuQueue *q = &e->queues[i];
 
         q->id = i;
         q->db_time = calloc(e->cfg.ring_max, sizeof(*q->db_time));
-        q->pending = calloc(e->cfg.ring_max + 1, sizeof(*q->pending));
-        if (!q->db_time || !q->pending) {
+        if (!q->db_time) {
             goto err_free_queues;
         }
-        queue_reset(q);
     }
-    e->armed = VNPU_NO_DEADLINE;
-    e->worker_idle = true;
     if (pthread_mutex_init(&e->lock, NULL)) {
         goto err_free_queues;
     }
@@ -672,14 +889,33 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
     if (pthread_cond_init(&e->idle_cond, NULL)) {
         goto err_destroy_work_cond;
     }
-    rc = -pthread_create(&e->worker, NULL, vnpu_cp_worker_main, e);
-    if (rc) {
-        goto err_destroy_idle_cond;
+    pthread_mutex_lock(&e->lock);
+    engine_reset_locked(e);
+    pthread_mutex_unlock(&e->lock);
+
+    rc = -pthread_create(&e->cp_thread, NULL, vnpu_cp_main, e);
+    if (!rc) {
+        e->nthreads_started++;
+        rc = -pthread_create(&e->unit_thread[0], NULL, vnpu_h2d_main, e);
+    }
+    if (!rc) {
+        e->nthreads_started++;
+        rc = -pthread_create(&e->unit_thread[1], NULL, vnpu_d2h_main, e);
+    }
+    for (unsigned c = 0; !rc && c < e->cfg.compute_cores; c++) {
+        e->nthreads_started++;
+        rc = -pthread_create(&e->core_thread[c], NULL, vnpu_core_main, e);
+    }
+    if (!rc) {
+        e->nthreads_started++;
+    } else {
+        goto err_stop_threads;
     }
     *out = e;
     return 0;
 
-err_destroy_idle_cond:
+err_stop_threads:
+    stop_threads(e);
     pthread_cond_destroy(&e->idle_cond);
 err_destroy_work_cond:
     pthread_cond_destroy(&e->work_cond);
@@ -688,8 +924,9 @@ err_destroy_lock:
 err_free_queues:
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
         free(e->queues[i].db_time);
-        free(e->queues[i].pending);
     }
+    vnpu_mmu_fini(e);
+err_unmap:
     munmap(e->devmem, e->cfg.devmem_size);
 err_free_engine:
     free(e);
@@ -702,18 +939,18 @@ void vnpu_engine_destroy(VnpuEngine *e)
         return;
     }
     pthread_mutex_lock(&e->lock);
-    __atomic_store_n(&e->stopping, true, __ATOMIC_RELAXED); /* long commands poll this and give up */
-    pthread_cond_signal(&e->work_cond);
+    for (unsigned i = 0; i < e->cfg.num_queues; i++) {
+        for (VnpuJob *j = e->queues[i].jobs_head; j; j = j->next) {
+            __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
+        }
+    }
     pthread_mutex_unlock(&e->lock);
-    pthread_join(e->worker, NULL);
-
+    stop_threads(e);
+    free_all(e);
     pthread_cond_destroy(&e->idle_cond);
     pthread_cond_destroy(&e->work_cond);
     pthread_mutex_destroy(&e->lock);
-    for (unsigned i = 0; i < e->cfg.num_queues; i++) {
-        free(e->queues[i].db_time);
-        free(e->queues[i].pending);
-    }
+    vnpu_mmu_fini(e);
     munmap(e->devmem, e->cfg.devmem_size);
     free(e);
 }
@@ -728,7 +965,7 @@ void vnpu_engine_reset(VnpuEngine *e)
 void vnpu_engine_wait_idle(VnpuEngine *e)
 {
     pthread_mutex_lock(&e->lock);
-    while (worker_has_work(e)) {
+    while (!vnpu_engine_quiescent(e)) {
         pthread_cond_wait(&e->idle_cond, &e->lock);
     }
     pthread_mutex_unlock(&e->lock);

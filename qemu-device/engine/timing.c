@@ -1,14 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vnpu engine: timing model. Three units (H2D DMA, compute, D2H DMA) each run their commands in order; a command
- * starts when it is visible (doorbell time), its job's previous command has ended, and its unit is free:
+ * vnpu engine: timing model. Three engines (H2D DMA, compute cores, D2H DMA) each take their commands in fetch
+ * order; a command starts when its job is visible (doorbell of the job's last command; for a barrier job also the
+ * end of every earlier job of its queue), the job's previous command has ended, and its engine is free:
  *
- *   start = max(visible, end of the job's previous command, busy_until[unit])
- *   end   = start + cmd_overhead_ns + work / rate      (busy_until[unit] = end)
+ *   start = max(ready, busy_until[engine])          (compute: the core that frees up first)
+ *   end   = start + cmd_overhead_ns + work           (busy_until[engine] = end)
  *
- * with work / rate = ceil(bytes * 1000 / MBps) ns for DMA and ceil(2*m*n*k / GFLOPs) ns for MATMUL. NOP and
- * failing commands occupy no unit and cost cmd_overhead_ns; skipped commands (after a failure) cost nothing.
- * A job's modelled end is its last command's end; docs/device.md describes the model for drivers.
+ *   DMA:    work = latency_ns + ceil(bytes * 1000 / MBps)
+ *   MATMUL: work = max(ceil(2*m*n*k / GFLOPs), ceil(bytes(A, B, C) / GBps))
+ *   EXEC:   work = vnpu_program_cost().modelled_ns   (per op: op_overhead + max(flops/FLOPs, bytes/BW))
+ *   SYNTH:  work = ns
+ *
+ * NOP and commands that fail validation occupy no engine and cost cmd_overhead_ns; commands skipped after a
+ * failure cost nothing. Every input of the model is itself modelled, so the result never depends on host speed.
+ * docs/device.md describes the model for drivers.
  */
 #include "vnpu_engine_int.h"
 
@@ -17,66 +23,65 @@ static uint64_t div_ceil(uint64_t a, uint64_t b)
     return a / b + (a % b != 0);
 }
 
-uint64_t vnpu_timing_duration(const VnpuEngineConfig *cfg, const VnpuCmdResult *r)
-{
-    uint64_t work = 0;
-
-    if (r->status == VNPU_CPL_OK) {
-        switch (r->unit) {
-        case VNPU_UNIT_H2D:
-            /* bytes <= devmem size <= 2^40, so bytes * 1000 cannot overflow */
-            work = div_ceil(r->bytes * 1000, cfg->h2d_mbps);
-            break;
-        case VNPU_UNIT_D2H:
-            work = div_ceil(r->bytes * 1000, cfg->d2h_mbps);
-            break;
-        case VNPU_UNIT_COMPUTE:
-            work = div_ceil(r->flops, cfg->compute_gflops);
-            break;
-        case VNPU_UNIT_NONE:
-            break;
-        }
-    }
-    return cfg->cmd_overhead_ns + work;
-}
-
 static uint64_t max_u64(uint64_t a, uint64_t b)
 {
     return a > b ? a : b;
 }
 
-void vnpu_timing_account(VnpuEngine *e, VnpuJob *job, uint64_t visible_ns, const VnpuCmdResult *r, bool executed)
+uint64_t vnpu_timing_dma_ns(const VnpuEngineConfig *cfg, bool to_device, uint64_t bytes)
 {
-    uint64_t ready = job->ncmds ? max_u64(visible_ns, job->t_end) : visible_ns;
+    /* bytes <= devmem size <= 2^40, so bytes * 1000 cannot overflow */
+    return (to_device ? cfg->h2d_latency_ns : cfg->d2h_latency_ns) +
+           div_ceil(bytes * 1000, to_device ? cfg->h2d_mbps : cfg->d2h_mbps);
+}
+
+uint64_t vnpu_timing_matmul_ns(const VnpuEngineConfig *cfg, uint64_t flops, uint64_t bytes)
+{
+    return max_u64(div_ceil(flops, cfg->compute_gflops), div_ceil(bytes, cfg->devmem_gbps));
+}
+
+void vnpu_timing_account(VnpuEngine *e, VnpuJob *j, VnpuUnit u, int core, bool executed, bool ok,
+                         uint64_t work_ns)
+{
+    uint64_t ready = j->started ? j->t_end : max_u64(j->visible, j->barrier ? j->barrier_ready : 0);
     uint64_t start = ready, end = ready;
 
+    (void)core;
     if (executed) {
-        uint64_t dur = vnpu_timing_duration(&e->cfg, r);
+        uint64_t dur = e->cfg.cmd_overhead_ns;
 
-        if (r->status == VNPU_CPL_OK && r->unit != VNPU_UNIT_NONE) {
-            start = max_u64(ready, e->busy_until[r->unit]);
-            e->busy_until[r->unit] = start + dur;
-            switch (r->unit) {
+        if (ok && u != VNPU_UNIT_NONE) {
+            uint64_t *busy = &e->busy_until[u];
+
+            dur += work_ns;
+            if (u == VNPU_UNIT_COMPUTE) {
+                busy = &e->core_busy_until[0];
+                for (unsigned c = 1; c < e->cfg.compute_cores; c++) {
+                    if (e->core_busy_until[c] < *busy) {
+                        busy = &e->core_busy_until[c];
+                    }
+                }
+            }
+            start = max_u64(ready, *busy);
+            *busy = start + dur;
+            j->busy_ns[u] += dur;
+            switch (u) {
             case VNPU_UNIT_H2D:
                 e->stats.h2d_busy_ns += dur;
-                e->stats.h2d_bytes += r->bytes;
                 break;
             case VNPU_UNIT_COMPUTE:
                 e->stats.compute_busy_ns += dur;
-                e->stats.flops += r->flops;
                 break;
-            case VNPU_UNIT_D2H:
+            default:
                 e->stats.d2h_busy_ns += dur;
-                e->stats.d2h_bytes += r->bytes;
-                break;
-            case VNPU_UNIT_NONE:
                 break;
             }
         }
         end = start + dur;
     }
-    if (!job->ncmds) {
-        job->t_start = start;
+    if (!j->started) {
+        j->started = true;
+        j->t_start = start;
     }
-    job->t_end = end;
+    j->t_end = end;
 }

@@ -1,13 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vnpu engine library: internal state shared by the engine's translation units (engine.c register file and
- * completion posting, cp.c command processor, dma.c scatter-gather DMA, compute.c, timing.c). Not installed.
+ * vnpu engine library: internal state shared by the engine's translation units (engine.c register file, queues
+ * and completion posting; cp.c command processor, job state machine and engine workers; dma.c scatter-gather
+ * DMA; compute.c compute commands; mmu.c device MMU; timing.c timing model). Not installed.
  *
- * Locking: one mutex, VnpuEngine.lock, protects everything below except the device memory contents (touched only
- * by the worker thread) and the fields marked "atomic". No host callback that touches guest memory
- * (dma_read/dma_write) is ever called with the lock held: in QEMU such an access may need the BQL (DMA aimed at
- * MMIO), and the BQL holder may be waiting for our lock in an MMIO handler. host->schedule is called with the
- * lock held (it only arms a timer); host->interrupt is called without it.
+ * Threads: the command processor (CP) fetches commands into jobs and dispatches each job's commands onto the
+ * in-order FIFO of the engine that runs them (H2D, D2H, compute). Each engine's worker takes its FIFO head once
+ * the command before it in the same job has finished (and, for a job's first command with F_BARRIER, once every
+ * earlier job of the queue has finished). Modelled times are computed in FIFO order per engine, from modelled
+ * times only, so they do not depend on host speed.
+ *
+ * Locking: VnpuEngine.lock protects everything below except device memory contents, the MMU caches (mmu_lock, a
+ * leaf lock: never held while taking `lock` or touching host memory) and fields marked "atomic". No host
+ * callback that touches guest memory (dma_read/dma_write) is ever called with a lock held: in QEMU such an access
+ * may need the BQL (DMA aimed at MMIO), and the BQL holder may be waiting for our lock in an MMIO handler.
+ * host->schedule is called with the lock held (it only arms a timer); host->interrupt is called without it.
  */
 #ifndef VNPU_ENGINE_INT_H
 #define VNPU_ENGINE_INT_H
@@ -24,122 +31,235 @@
 #error "the vnpu engine assumes a little-endian host (ring and descriptor layouts are little-endian)"
 #endif
 
-#define VNPU_ENGINE_MAX_QUEUES 16u
 #define VNPU_ENGINE_RING_MAX_LIMIT 65536u
 #define VNPU_ENGINE_DEVMEM_MAX (1ull << 40)
 #define VNPU_NO_DEADLINE UINT64_MAX
+#define VNPU_TLB_ENTRIES 64u
 
-/* Execution units of the timing model; each runs its commands in order. */
+/* Engines of the timing model; each takes its commands in fetch order. */
 typedef enum VnpuUnit {
     VNPU_UNIT_H2D,
     VNPU_UNIT_COMPUTE,
     VNPU_UNIT_D2H,
     VNPU_UNIT_COUNT,
-    VNPU_UNIT_NONE = VNPU_UNIT_COUNT, /* NOP and failed commands: no engine is occupied */
+    VNPU_UNIT_NONE = VNPU_UNIT_COUNT, /* NOP and commands rejected at fetch: handled inline, no engine */
 } VnpuUnit;
 
-/* A finished job waiting for its modelled time (and for completion-ring space) to be posted. */
-typedef struct VnpuCompletion {
-    uint64_t tag;
-    uint64_t t_start;
-    uint64_t deadline;
+typedef struct VnpuJob VnpuJob;
+
+/* One command of a job. */
+typedef struct VnpuSlot {
+    struct vnpu_hw_cmd cmd;
+    VnpuJob *job;
+    struct VnpuSlot *unit_next; /* FIFO link of the engine that runs it */
+    uint32_t idx;               /* position in the job */
     uint32_t sq_index;
+    VnpuUnit unit;
+    uint16_t pre_status;        /* failure found at fetch (unit NONE) */
+} VnpuSlot;
+
+typedef struct VnpuQueue VnpuQueue;
+
+struct VnpuJob {
+    VnpuQueue *q;
+    VnpuJob *prev, *next;       /* q->jobs, fetch order */
+    VnpuJob *done_next;         /* q->done, by (deadline, seq) */
+    uint64_t seq;               /* global fetch order */
+    unsigned refs;              /* queue list + FIFO entries + running worker */
+    VnpuSlot *cmds;
+    uint32_t ncmds, cap;
+    uint32_t next_cmd;          /* every command before it has finished */
+    uint16_t ctx_id;
+    bool ctx_ok;
+    uint64_t pt_root;           /* snapshot of the context's level-1 table at dispatch */
+    uint64_t visible;           /* doorbell time of the job's last command */
+
+    bool running;               /* a worker executes cmds[next_cmd] */
+    bool done;                  /* finished; its completion waits in q->done */
+    bool hung;                  /* fault injection: never finishes */
+    bool dropped;               /* device reset / re-enable: no completion at all */
+    int cancel;                 /* atomic: abort running work (queue disabled/reset, device reset) */
+    bool barrier;
+    uint32_t barrier_wait;      /* earlier jobs of the queue not finished yet */
+    uint64_t barrier_ready;     /* max modelled end of earlier jobs of the queue */
+    int32_t hang_at;            /* fault injection: command index at which the job hangs, -1 none */
+    uint32_t fi_kind;           /* fault injected into this job (enum vnpu_fi_kind) */
+
     uint16_t status;
-} VnpuCompletion;
+    uint32_t fail_index;        /* ring index of the failing command */
+    uint64_t fault_addr;
+    bool started;
+    uint64_t t_start, t_end;    /* modelled */
+    uint64_t busy_ns[VNPU_UNIT_COUNT];
+};
 
-/* The job whose commands the worker is fetching (no VNPU_CMD_F_LAST seen yet). */
-typedef struct VnpuJob {
-    uint32_t ncmds;     /* commands consumed so far; 0 = no job open */
-    uint16_t status;    /* first failure, or VNPU_CPL_OK */
-    uint32_t sq_index;  /* failing command, or the latest command */
-    uint64_t tag;
-    uint64_t t_start;   /* modelled start of the first command */
-    uint64_t t_end;     /* modelled end of the latest command */
-} VnpuJob;
-
-typedef struct VnpuQueue {
+struct VnpuQueue {
     unsigned id;
     /* Registers as the driver wrote them; latched into the fields below by ENABLE. */
     uint32_t sq_base_lo, sq_base_hi, sq_size;
     uint32_t cq_base_lo, cq_base_hi, cq_size;
-    uint32_t msix_vector, ctrl;
+    uint32_t msix_vector, ctrl, priority_reg;
 
     bool enabled;
     bool draining;      /* disabled with ABORTED completions still to post */
     uint32_t error;     /* VNPU_QERR_* */
     uint64_t sq_base, cq_base;
-    uint32_t sq_entries, cq_entries, vector;
+    uint32_t sq_entries, cq_entries, vector, priority;
     uint32_t sq_tail, sq_head, cq_head, cq_tail;
     uint16_t phase;
     uint32_t jobs_done;
-    uint32_t gen;       /* atomic: bumped by enable/disable/reset; stale worker results are dropped */
+    uint32_t gen;       /* bumped by enable/disable/reset: the CP drops a fetch that raced with it */
     uint64_t *db_time;  /* [ring_max]: device clock at which each SQ slot was made visible by a doorbell */
 
-    VnpuJob job;
-    VnpuCompletion *pending; /* FIFO of ring_max + 1 entries */
-    uint32_t pend_head, pend_count;
-} VnpuQueue;
+    VnpuJob *open;      /* job being fetched (no F_LAST yet) */
+    VnpuJob *jobs_head, *jobs_tail; /* dispatched and not yet posted */
+    uint32_t njobs;
+    VnpuJob *done;      /* finished, sorted by (deadline, seq) */
+    uint64_t end_max;   /* max modelled end of the queue's finished jobs */
+};
+
+typedef struct VnpuFifo {
+    VnpuSlot *head, *tail;
+} VnpuFifo;
+
+typedef struct VnpuTlbEntry {
+    uint64_t vpn1;      /* virtual page number + 1; 0 = empty */
+    uint64_t pte;
+} VnpuTlbEntry;
+
+typedef struct VnpuCtxCache {
+    bool entry_valid;   /* `entry` holds the context-table entry */
+    struct vnpu_hw_ctx entry;
+    uint32_t gen;       /* bumped by invalidation */
+    VnpuTlbEntry tlb[VNPU_TLB_ENTRIES];
+} VnpuCtxCache;
 
 struct VnpuEngine {
     VnpuEngineConfig cfg;
     VnpuEngineHost host;
     uint8_t *devmem;
+    bool have_programs;         /* the program interpreter is linked in */
 
     pthread_mutex_t lock;
-    pthread_cond_t work_cond;   /* worker: something may be fetchable, or stopping */
-    pthread_cond_t idle_cond;   /* vnpu_engine_wait_idle */
-    pthread_t worker;
+    pthread_cond_t work_cond;   /* workers: something may have changed */
+    pthread_cond_t idle_cond;   /* a worker went to sleep */
+    pthread_t cp_thread, unit_thread[2], core_thread[VNPU_ENGINE_MAX_CORES];
+    unsigned nthreads_started;
     bool stopping;              /* atomic */
-    bool worker_idle;
-    bool lockstep;              /* see vnpu_engine_set_lockstep */
-    VnpuQueue *active_queue;    /* queue whose command the worker is running outside the lock */
+    bool lockstep;
+    bool cp_busy;               /* CP is fetching outside the lock */
+    bool compute_dispatching;   /* a core is preparing the compute FIFO head (keeps modelled order) */
+    unsigned running;           /* commands executing outside the lock */
     unsigned rr_next;
+    uint64_t seq;
 
-    uint32_t scratch;
-    uint32_t clock_hi_latch;
-    uint64_t busy_until[VNPU_UNIT_COUNT];
+    VnpuFifo fifo[VNPU_UNIT_COUNT];
+    uint64_t busy_until[VNPU_UNIT_COUNT];  /* H2D, D2H (COMPUTE unused: per core below) */
+    uint64_t core_busy_until[VNPU_ENGINE_MAX_CORES];
+
+    uint32_t scratch, control;
+    uint32_t clock_hi_latch, tel_hi_latch;
     uint64_t armed;             /* deadline last passed to host->schedule, VNPU_NO_DEADLINE if none */
     VnpuEngineStats stats;
+
+    /* Device MMU */
+    uint32_t ctx_table_lo;
+    uint64_t ctx_table;
+    uint32_t mmu_faults;
+    uint64_t last_fault;
+    uint32_t last_fault_ctx;
+    uint64_t *ctx_mapped;       /* [num_contexts] bytes mapped, last count */
+    bool *ctx_recount;          /* [num_contexts] count pending (CP) */
+    bool recount_pending;
+    pthread_mutex_t mmu_lock;
+    VnpuCtxCache *ctx;          /* [num_contexts], under mmu_lock */
+    uint64_t ctx_table_mmu;     /* copy of ctx_table under mmu_lock */
+
+    /* Fault injection registers */
+    uint32_t fi_kind, fi_queue, fi_after, fi_rate_ppm, fi_seed, fi_ctrl, fi_count;
+    uint32_t fi_jobs;           /* matching jobs since arming */
+    uint32_t fi_rng;
 
     VnpuQueue queues[VNPU_ENGINE_MAX_QUEUES];
 };
 
-/* What executing one command produced (cp.c, dma.c, compute.c). */
-typedef struct VnpuCmdResult {
-    uint16_t status;
-    VnpuUnit unit;
-    uint64_t bytes;     /* DMA: bytes moved */
-    uint64_t flops;     /* MATMUL: 2 * m * n * k */
-} VnpuCmdResult;
-
-/* Lets long-running work notice that its queue was disabled/reset or the engine is stopping. */
+/* Execution context of one command outside the lock. */
 typedef struct VnpuExec {
     VnpuEngine *e;
-    VnpuQueue *q;
-    uint32_t gen;
+    VnpuJob *j;
+    VnpuSlot *s;
 } VnpuExec;
+
+/* What a command produced. */
+typedef struct VnpuCmdResult {
+    uint16_t status;
+    uint64_t fault_addr;    /* VNPU_CPL_MMU_FAULT */
+    uint64_t bytes;         /* DMA: bytes moved */
+    uint64_t flops;         /* compute */
+    uint64_t work_ns;       /* modelled duration beyond cmd_overhead_ns (compute: from validation) */
+} VnpuCmdResult;
 
 /* engine.c */
 void vnpu_guest_error(VnpuEngine *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool vnpu_exec_cancelled(const VnpuExec *x);
 bool vnpu_devmem_range_ok(const VnpuEngine *e, uint64_t addr, uint64_t len);
-void vnpu_queue_push_completion(VnpuEngine *e, VnpuQueue *q, const VnpuJob *job);
 void vnpu_queue_set_error(VnpuEngine *e, VnpuQueue *q, uint32_t err);
-bool vnpu_queue_fetchable(const VnpuQueue *q);
+bool vnpu_queue_fetchable(const VnpuEngine *e, const VnpuQueue *q);
 void vnpu_engine_rearm(VnpuEngine *e);
+bool vnpu_engine_quiescent(VnpuEngine *e);
 
 /* cp.c */
-void *vnpu_cp_worker_main(void *opaque);
+void *vnpu_cp_main(void *opaque);
+void *vnpu_h2d_main(void *opaque);
+void *vnpu_d2h_main(void *opaque);
+void *vnpu_core_main(void *opaque);
+bool vnpu_unit_head_ready(VnpuEngine *e, VnpuUnit u);
+void vnpu_job_unref(VnpuJob *j);
+void vnpu_job_finish(VnpuEngine *e, VnpuJob *j);
+void vnpu_job_abort(VnpuEngine *e, VnpuJob *j);
+void vnpu_job_drop(VnpuEngine *e, VnpuJob *j);
+void vnpu_queue_abort_all(VnpuEngine *e, VnpuQueue *q);
+void vnpu_queue_drop_all(VnpuEngine *e, VnpuQueue *q);
+void vnpu_fi_reset(VnpuEngine *e);
 
 /* dma.c */
 void vnpu_dma_execute(const VnpuExec *x, const struct vnpu_hw_dma *d, bool to_device, VnpuCmdResult *r);
 
-/* compute.c */
-void vnpu_compute_matmul(const VnpuExec *x, const struct vnpu_hw_matmul *mm, VnpuCmdResult *r);
+/* compute.c: prepare (validate, cost) in FIFO order, then run. */
+typedef struct VnpuComputePrep {
+    void *code;
+    uint64_t *bindings;
+} VnpuComputePrep;
+void vnpu_compute_prepare(const VnpuExec *x, VnpuComputePrep *p, VnpuCmdResult *r);
+void vnpu_compute_run(const VnpuExec *x, VnpuComputePrep *p, VnpuCmdResult *r);
+void vnpu_compute_release(VnpuComputePrep *p);
+bool vnpu_programs_available(void);
+
+/* mmu.c */
+int vnpu_mmu_init(VnpuEngine *e);
+void vnpu_mmu_fini(VnpuEngine *e);
+void vnpu_mmu_flush(VnpuEngine *e, uint32_t ctx); /* UINT32_MAX: all; caller holds e->lock */
+/* Read (cached) context entry; false if the context is invalid or unreadable. No lock held. */
+bool vnpu_mmu_ctx(VnpuEngine *e, uint16_t ctx_id, uint64_t *pt_root);
+/*
+ * Translate [va, va + len) of the job's space: on success *pa is the device-physical address of va and *run the
+ * length (<= len, > 0) of the physically contiguous run starting there. On a fault returns false and *fault the
+ * faulting virtual address. No lock held.
+ */
+bool vnpu_mmu_translate(const VnpuExec *x, uint64_t va, uint64_t len, bool write, uint64_t *pa, uint64_t *run,
+                        uint64_t *fault);
+/* Check every page of [va, va + len); false with *fault on the first bad page. */
+bool vnpu_mmu_check(const VnpuExec *x, uint64_t va, uint64_t len, bool write, uint64_t *fault);
+/* Copy between device virtual memory and a host buffer (bounce path). */
+bool vnpu_mmu_copy(const VnpuExec *x, uint64_t va, void *buf, uint64_t len, bool to_device, uint64_t *fault);
+uint64_t vnpu_mmu_count_mapped(VnpuEngine *e, uint64_t pt_root);
+void vnpu_mmu_note_fault(VnpuEngine *e, uint16_t ctx, uint64_t va); /* caller holds e->lock */
 
 /* timing.c */
-uint64_t vnpu_timing_duration(const VnpuEngineConfig *cfg, const VnpuCmdResult *r);
-void vnpu_timing_account(VnpuEngine *e, VnpuJob *job, uint64_t visible_ns, const VnpuCmdResult *r,
-                         bool executed);
+uint64_t vnpu_timing_dma_ns(const VnpuEngineConfig *cfg, bool to_device, uint64_t bytes);
+uint64_t vnpu_timing_matmul_ns(const VnpuEngineConfig *cfg, uint64_t flops, uint64_t bytes);
+/* Account a command that ran (ok == status OK) on unit u / core; returns its modelled end. */
+void vnpu_timing_account(VnpuEngine *e, VnpuJob *j, VnpuUnit u, int core, bool executed, bool ok,
+                         uint64_t work_ns);
 
 #endif /* VNPU_ENGINE_INT_H */

@@ -7,6 +7,8 @@
 #include <memory>
 #include <ostream>
 #include <random>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "fake_host.h"
@@ -100,11 +102,63 @@ class Engine : public ::testing::Test {
         if (!cfg.d2h_mbps) cfg.d2h_mbps = kD2hMbps;
         if (!cfg.compute_gflops) cfg.compute_gflops = kGflops;
         if (!cfg.cmd_overhead_ns) cfg.cmd_overhead_ns = kOverhead;
+        if (!cfg.num_queues) cfg.num_queues = 1;
+        if (!cfg.compute_cores) cfg.compute_cores = 1;
+        if (!cfg.h2d_latency_ns) cfg.h2d_latency_ns = VNPU_CFG_ZERO;
+        if (!cfg.d2h_latency_ns) cfg.d2h_latency_ns = VNPU_CFG_ZERO;
+        if (!cfg.op_overhead_ns) cfg.op_overhead_ns = VNPU_CFG_ZERO;
+        if (!cfg.devmem_gbps) cfg.devmem_gbps = 1'000'000;  // matmul stays compute-bound in these tests
         cfg_ = cfg;
         VnpuEngineHost h = host_.host();
         VnpuEngine* e = nullptr;
         ASSERT_EQ(vnpu_engine_create(&cfg, &h, &e), 0);
         engine_.reset(e);
+        setup_mmu();
+    }
+
+    // ---- device MMU: tables live in the top 2 MiB of the fake host memory ----
+    static constexpr uint64_t kCtxTable = FakeHost::kBase + 0xE00000;
+    static constexpr uint64_t kPtPool = FakeHost::kBase + 0xE10000;
+
+    uint64_t pt_alloc() {
+        uint64_t at = pt_next_;
+        pt_next_ += 4096;
+        std::memset(host_.ptr(at), 0, 4096);
+        return at;
+    }
+    void set_ctx(unsigned ctx, uint64_t root, bool valid = true) {
+        host_.put(kCtxTable + ctx * 16, vnpu_hw_ctx{root, valid ? VNPU_CTX_F_VALID : 0u, 0});
+    }
+    // Map one 64 KiB page of context `ctx` (whose level-1 table is `root`).
+    void map(uint64_t root, uint64_t va, uint64_t pa, bool writable = true) {
+        uint64_t table = root;
+        for (int level = 1; level < 3; level++) {
+            uint64_t at = table + VNPU_MMU_INDEX(va, level) * 8;
+            uint64_t pte = host_.get<uint64_t>(at);
+            if (!(pte & VNPU_PTE_VALID)) {
+                pte = pt_alloc() | VNPU_PTE_VALID;
+                host_.put(at, pte);
+            }
+            table = pte & VNPU_PTE_ADDR_MASK;
+        }
+        host_.put(table + VNPU_MMU_INDEX(va, 3) * 8, pa | VNPU_PTE_VALID | (writable ? VNPU_PTE_WRITE : 0));
+    }
+    void unmap(uint64_t root, uint64_t va) {
+        uint64_t table = root;
+        for (int level = 1; level < 3; level++) {
+            table = host_.get<uint64_t>(table + VNPU_MMU_INDEX(va, level) * 8) & VNPU_PTE_ADDR_MASK;
+        }
+        host_.put(table + VNPU_MMU_INDEX(va, 3) * 8, uint64_t(0));
+    }
+    // Context 0 maps all of device memory 1:1, so the v0-style tests use device addresses as before.
+    void setup_mmu() {
+        std::memset(host_.ptr(kCtxTable), 0, 0x10000);
+        pt_next_ = kPtPool;
+        root0_ = pt_alloc();
+        for (uint64_t a = 0; a < cfg_.devmem_size; a += VNPU_MMU_PAGE_SIZE) map(root0_, a, a);
+        set_ctx(0, root0_);
+        wr(VNPU_REG_CTX_TABLE_LO, uint32_t(kCtxTable));
+        wr(VNPU_REG_CTX_TABLE_HI, uint32_t(kCtxTable >> 32));
     }
 
     uint32_t rd(uint64_t off) { return uint32_t(vnpu_engine_mmio_read(engine_.get(), off, 4)); }
@@ -124,6 +178,7 @@ class Engine : public ::testing::Test {
     }
 
     void enable(uint32_t sq_size = 16, uint32_t cq_size = 16) {
+        if (!rd(VNPU_REG_CTX_TABLE_LO)) setup_mmu();  // a device reset forgot the context table
         program_queue(kSq, sq_size, kCq, cq_size);
         qwr(VNPU_QREG_CTRL, VNPU_QCTRL_ENABLE);
         ASSERT_EQ(qrd(VNPU_QREG_STATUS) & (VNPU_QSTATUS_ENABLED | VNPU_QSTATUS_ERROR), VNPU_QSTATUS_ENABLED);
@@ -199,6 +254,7 @@ class Engine : public ::testing::Test {
     EnginePtr engine_;
     uint32_t sq_size_ = 0, cq_size_ = 0, sq_tail_ = 0, cq_head_ = 0;
     uint16_t phase_ = 1;
+    uint64_t pt_next_ = kPtPool, root0_ = 0;
 };
 
 // ---- register file ---------------------------------------------------------------------------------------
@@ -206,7 +262,9 @@ class Engine : public ::testing::Test {
 TEST_F(Engine, IdentityRegistersReadTheirFixedValues) {
     EXPECT_EQ(rd(VNPU_REG_ID), VNPU_ID_MAGIC);
     EXPECT_EQ(rd(VNPU_REG_VERSION), uint32_t(VNPU_VERSION));
-    EXPECT_EQ(rd(VNPU_REG_CAPS), VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL);
+    const uint32_t base_caps = VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL | VNPU_CAP_MMU | VNPU_CAP_SYNTH |
+                               VNPU_CAP_FAULT_INJECT | VNPU_CAP_TIMING_ONLY | VNPU_CAP_TELEMETRY;
+    EXPECT_EQ(rd(VNPU_REG_CAPS) & ~uint32_t(VNPU_CAP_EXEC), base_caps);
     EXPECT_EQ(rd(VNPU_REG_NUM_QUEUES), 1u);
     EXPECT_EQ(rd(VNPU_REG_DEVMEM_SIZE_LO), 16u << 20);
     EXPECT_EQ(rd(VNPU_REG_DEVMEM_SIZE_HI), 0u);
@@ -216,6 +274,13 @@ TEST_F(Engine, IdentityRegistersReadTheirFixedValues) {
     EXPECT_EQ(rd(VNPU_REG_D2H_MBPS), kD2hMbps);
     EXPECT_EQ(rd(VNPU_REG_COMPUTE_GFLOPS), kGflops);
     EXPECT_EQ(rd(VNPU_REG_CMD_OVERHEAD_NS), kOverhead);
+    EXPECT_EQ(rd(VNPU_REG_H2D_LATENCY_NS), 0u);  // VNPU_CFG_ZERO
+    EXPECT_EQ(rd(VNPU_REG_D2H_LATENCY_NS), 0u);
+    EXPECT_EQ(rd(VNPU_REG_OP_OVERHEAD_NS), 0u);
+    EXPECT_EQ(rd(VNPU_REG_DEVMEM_GBPS), 1'000'000u);
+    EXPECT_EQ(rd(VNPU_REG_COMPUTE_CORES), 1u);
+    EXPECT_EQ(rd(VNPU_REG_NUM_CONTEXTS), VNPU_ENGINE_DEFAULT_NUM_CONTEXTS);
+    EXPECT_EQ(rd(VNPU_REG_CONTROL), 0u);
 }
 
 TEST_F(Engine, ReadOnlyRegistersIgnoreWrites) {
@@ -257,10 +322,29 @@ TEST(EngineConfig, FinalizeFillsDefaultsAndRejectsBadValues) {
     VnpuEngineConfig cfg{};
     ASSERT_EQ(vnpu_engine_config_finalize(&cfg), 0);
     EXPECT_EQ(cfg.devmem_size, VNPU_ENGINE_DEFAULT_DEVMEM_SIZE);
-    EXPECT_EQ(cfg.num_queues, 1u);
+    EXPECT_EQ(cfg.num_queues, 8u);
     EXPECT_EQ(cfg.ring_max, VNPU_ENGINE_DEFAULT_RING_MAX);
     EXPECT_EQ(cfg.compute_gflops, VNPU_ENGINE_DEFAULT_COMPUTE_GFLOPS);
+    EXPECT_EQ(cfg.compute_cores, VNPU_ENGINE_DEFAULT_COMPUTE_CORES);
+    EXPECT_EQ(cfg.h2d_latency_ns, VNPU_ENGINE_DEFAULT_H2D_LATENCY_NS);
+    EXPECT_EQ(cfg.num_contexts, VNPU_ENGINE_DEFAULT_NUM_CONTEXTS);
+    // Idempotent, and VNPU_CFG_ZERO survives a second pass.
+    cfg.cmd_overhead_ns = VNPU_CFG_ZERO;
+    ASSERT_EQ(vnpu_engine_config_finalize(&cfg), 0);
+    EXPECT_EQ(cfg.cmd_overhead_ns, VNPU_CFG_ZERO);
     VnpuEngineConfig bad{};
+    bad.compute_cores = VNPU_ENGINE_MAX_CORES + 1;
+    EXPECT_EQ(vnpu_engine_config_finalize(&bad), -EINVAL);
+    bad = {};
+    bad.num_contexts = VNPU_ENGINE_MAX_CONTEXTS + 1;
+    EXPECT_EQ(vnpu_engine_config_finalize(&bad), -EINVAL);
+    bad = {};
+    bad.fi_kind = 9;
+    EXPECT_EQ(vnpu_engine_config_finalize(&bad), -EINVAL);
+    bad = {};
+    bad.devmem_size = 4096;  // not a whole 64 KiB page
+    EXPECT_EQ(vnpu_engine_config_finalize(&bad), -EINVAL);
+    bad = {};
     bad.ring_max = 100;
     EXPECT_EQ(vnpu_engine_config_finalize(&bad), -EINVAL);
     bad = {};
@@ -461,11 +545,11 @@ TEST_F(Engine, UnknownOpcodeIsBadOpcode) {
 TEST_F(Engine, ReservedBitsAndFieldsAreBadField) {
     enable();
     auto c = nop(1);
-    c.flags |= 0x2;
+    c.flags |= 0x4;
     EXPECT_EQ(status_of(c), VNPU_CPL_BAD_FIELD);
-    c = nop(1);
-    c.rsvd0 = 1;
-    EXPECT_EQ(status_of(c), VNPU_CPL_BAD_FIELD);
+    // F_BARRIER is only meaningful on a job's first command.
+    EXPECT_EQ(run_one({nop(1, false), [] { auto n = nop(2); n.flags |= VNPU_CMD_F_BARRIER; return n; }()}).status,
+              VNPU_CPL_BAD_FIELD);
     c = nop(1);
     c.rsvd1 = 1;
     EXPECT_EQ(status_of(c), VNPU_CPL_BAD_FIELD);
@@ -500,18 +584,27 @@ TEST_F(Engine, MatmulDimsDtypeAlignmentAndAliasingAreBadField) {
     EXPECT_EQ(status_of(matmul(0, 0, 0x1000, 4, 4, 4, true)), VNPU_CPL_OK);  // A and B may alias
 }
 
-TEST_F(Engine, DeviceMemoryOutsideRangeIsDevmemRange) {
+TEST_F(Engine, DeviceAddressesOutsideTheMappingAreMmuFaults) {
     enable();
     const uint64_t size = cfg_.devmem_size;
     uint64_t s = sgl1(0, kData, 4096);
-    EXPECT_EQ(status_of(dma(VNPU_OPC_DMA_H2D, s, 1, 0, size - 64, 128, true)), VNPU_CPL_DEVMEM_RANGE);
-    EXPECT_EQ(status_of(dma(VNPU_OPC_DMA_D2H, s, 1, 0, size, 1, true)), VNPU_CPL_DEVMEM_RANGE);
+    auto fault = [&](const vnpu_hw_cmd& c) {
+        auto cpl = run_one({c});
+        EXPECT_EQ(cpl.status, VNPU_CPL_MMU_FAULT);
+        return cpl.fault_addr;
+    };
+    EXPECT_EQ(fault(dma(VNPU_OPC_DMA_H2D, s, 1, 0, size - 64, 128, true)), size);  // first unmapped byte
+    EXPECT_EQ(fault(dma(VNPU_OPC_DMA_D2H, s, 1, 0, size, 1, true)), size);
     // dev_addr + length wraps 2^64: must not pass as "small".
-    EXPECT_EQ(status_of(dma(VNPU_OPC_DMA_H2D, s, 1, 0, ~0ull - 10, 100, true)), VNPU_CPL_DEVMEM_RANGE);
-    EXPECT_EQ(status_of(dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0, ~0ull, true)), VNPU_CPL_DEVMEM_RANGE);
-    EXPECT_EQ(status_of(matmul(0, 0x1000, size - 16, 4, 4, 4, true)), VNPU_CPL_DEVMEM_RANGE);
-    EXPECT_EQ(status_of(matmul(~0ull - 3, 0x1000, 0x2000, 4, 4, 4, true)), VNPU_CPL_DEVMEM_RANGE);
-    EXPECT_EQ(status_of(matmul(0, 0x1000, 0x100000, 16384, 16384, 1, true)), VNPU_CPL_DEVMEM_RANGE);
+    EXPECT_EQ(fault(dma(VNPU_OPC_DMA_H2D, s, 1, 0, ~0ull - 10, 100, true)), ~0ull - 10);
+    EXPECT_EQ(status_of(dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0, ~0ull, true)), VNPU_CPL_SGL_INVALID);  // list too short
+    EXPECT_EQ(fault(matmul(0, 0x1000, size - 16, 4, 4, 4, true)), size);
+    EXPECT_EQ(fault(matmul(~0ull - 3, 0x1000, 0x2000, 4, 4, 4, true)), ~0ull - 3);  // beyond the 43-bit space
+    EXPECT_EQ(fault(matmul(0x2000000, 0x1000, 0x3000000, 4, 4, 4, true)), 0x2000000u);
+    EXPECT_EQ(fault(matmul(0, 0x1000, 0x100000, 16384, 16384, 1, true)), size);
+    EXPECT_EQ(rd(VNPU_REG_MMU_FAULTS), 7u);
+    EXPECT_EQ(rd(VNPU_REG_MMU_LAST_FAULT_LO), uint32_t(size));
+    EXPECT_EQ(rd(VNPU_REG_MMU_LAST_FAULT_CTX), 0u);
 }
 
 TEST_F(Engine, MalformedScatterGatherListsAreSglInvalid) {
@@ -558,14 +651,15 @@ TEST_F(Engine, FailureSkipsTheRestOfTheJobAndTheNextJobRuns) {
     uint64_t s = sgl1(0, kData, 256);
     uint64_t out = sgl1(1, kData + 0x1000, 256);
     std::memset(host_.ptr(kData + 0x1000), 0x11, 256);
-    submit({dma(VNPU_OPC_DMA_H2D, s, 1, 0, cfg_.devmem_size, 256, false, 1),  // fails: DEVMEM_RANGE
+    submit({dma(VNPU_OPC_DMA_H2D, s, 1, 0, cfg_.devmem_size, 256, false, 1),  // fails: MMU_FAULT
             dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0x5000, 256, false, 2),            // skipped
             dma(VNPU_OPC_DMA_D2H, out, 1, 0, 0x5000, 256, true, 3),           // skipped
             nop(4)});                                                         // next job
     run();
     vnpu_hw_cpl c{};
     ASSERT_TRUE(pop(&c));
-    EXPECT_EQ(c.status, VNPU_CPL_DEVMEM_RANGE);
+    EXPECT_EQ(c.status, VNPU_CPL_MMU_FAULT);
+    EXPECT_EQ(c.fault_addr, cfg_.devmem_size);
     EXPECT_EQ(c.sq_index, 0u);  // the failing command
     EXPECT_EQ(c.tag, 3u);       // the job's last command
     EXPECT_EQ(host_.ptr(kData + 0x1000)[0], 0x11);  // the D2H never ran
@@ -593,14 +687,15 @@ TEST_F(Engine, JobWithoutLastWithinTheLimitIsJobTooLong) {
     }
     submit({nop(1000)});
     run();
+    // The short job behind it ends first in modelled time, so its completion comes first.
     vnpu_hw_cpl c{};
+    ASSERT_TRUE(pop(&c));
+    EXPECT_EQ(c.status, VNPU_CPL_OK);
+    EXPECT_EQ(c.tag, 1000u);
     ASSERT_TRUE(pop(&c));
     EXPECT_EQ(c.status, VNPU_CPL_JOB_TOO_LONG);
     EXPECT_EQ(c.tag, uint64_t(VNPU_JOB_MAX_CMDS - 1));
     EXPECT_EQ(c.sq_index, (VNPU_JOB_MAX_CMDS - 1) % 64);
-    ASSERT_TRUE(pop(&c));
-    EXPECT_EQ(c.status, VNPU_CPL_OK);
-    EXPECT_EQ(c.tag, 1000u);
 }
 
 TEST_F(Engine, JobOfExactlyTheLimitSucceeds) {
@@ -764,7 +859,7 @@ TEST_F(Timing, PipelinedJobsOverlapAcrossEngines) {
     EXPECT_LT(c2.t_end - c1.t_start, 2 * (kH2dNs + kMmNs + kD2hNs));
 }
 
-TEST_F(Timing, CommandsStartNoEarlierThanTheirDoorbell) {
+TEST_F(Timing, AJobStartsWhenItsLastCommandIsVisible) {
     enable();
     const uint64_t t0 = host_.now();
     submit({nop(1, false)});
@@ -774,8 +869,8 @@ TEST_F(Timing, CommandsStartNoEarlierThanTheirDoorbell) {
     run();
     vnpu_hw_cpl c{};
     ASSERT_TRUE(pop(&c));
-    EXPECT_EQ(c.t_start, t0);
-    EXPECT_EQ(c.t_end, t0 + 50'000 + kOverhead);
+    EXPECT_EQ(c.t_start, t0 + 50'000);
+    EXPECT_EQ(c.t_end, t0 + 50'000 + 2 * kOverhead);
 }
 
 TEST_F(Timing, CompletionIsNotVisibleBeforeItsModelledTime) {
@@ -885,6 +980,556 @@ TEST_F(Engine, QueuesCompleteIndependentlyOnTheirOwnVectors) {
     auto irqs = host_.irqs();
     std::sort(irqs.begin(), irqs.end());
     EXPECT_EQ(irqs, (std::vector<unsigned>{0, 1}));
+}
+
+
+// ---- v1: helpers -----------------------------------------------------------------------------------------
+
+vnpu_hw_cmd synth(uint64_t ns, uint64_t tag, bool last = true, uint16_t ctx = 0) {
+    vnpu_hw_cmd c{};
+    c.opcode = VNPU_OPC_SYNTH;
+    c.flags = last ? VNPU_CMD_F_LAST : 0;
+    c.ctx_id = ctx;
+    c.tag = tag;
+    c.synth.ns = ns;
+    return c;
+}
+
+vnpu_hw_cmd in_ctx(vnpu_hw_cmd c, uint16_t ctx) {
+    c.ctx_id = ctx;
+    return c;
+}
+
+// Queue q of the fixture's engine, with its own rings (64 KiB apart).
+struct Ring {
+    uint64_t sq, cq;
+    uint32_t size, tail = 0, head = 0;
+    uint16_t phase = 1;
+};
+
+class MultiQueue : public Engine {
+  protected:
+    void open_queue(unsigned q, uint32_t priority, uint32_t size = 16) {
+        Ring r{kSq + q * 0x800, kCq + q * 0x1000, size};
+        program_queue(r.sq, size, r.cq, size, q, q);
+        qwr(VNPU_QREG_PRIORITY, priority, q);
+        qwr(VNPU_QREG_CTRL, VNPU_QCTRL_ENABLE, q);
+        ASSERT_EQ(qrd(VNPU_QREG_STATUS, q) & VNPU_QSTATUS_ENABLED, VNPU_QSTATUS_ENABLED);
+        rings_[q] = r;
+    }
+    void put(unsigned q, const std::vector<vnpu_hw_cmd>& cmds, bool ring = true) {
+        Ring& r = rings_[q];
+        for (const auto& c : cmds) {
+            host_.put(r.sq + uint64_t(r.tail) * sizeof(c), c);
+            r.tail = (r.tail + 1) % r.size;
+        }
+        if (ring) qwr(VNPU_QREG_SQ_TAIL, r.tail, q);
+    }
+    bool take(unsigned q, vnpu_hw_cpl* out) {
+        Ring& r = rings_[q];
+        auto c = host_.get<vnpu_hw_cpl>(r.cq + uint64_t(r.head) * sizeof(vnpu_hw_cpl));
+        if ((c.flags & VNPU_CPL_F_PHASE) != r.phase) return false;
+        *out = c;
+        r.head = (r.head + 1) % r.size;
+        if (!r.head) r.phase ^= 1;
+        qwr(VNPU_QREG_CQ_HEAD, r.head, q);
+        return true;
+    }
+    std::vector<vnpu_hw_cpl> drain(unsigned q) {
+        std::vector<vnpu_hw_cpl> v;
+        vnpu_hw_cpl c{};
+        while (take(q, &c)) v.push_back(c);
+        return v;
+    }
+    void make(unsigned queues, unsigned cores = 1) {
+        VnpuEngineConfig cfg{};
+        cfg.num_queues = queues;
+        cfg.compute_cores = cores;
+        create(cfg);
+    }
+    Ring rings_[VNPU_ENGINE_MAX_QUEUES];
+};
+
+// ---- v1: queues, arbitration, barriers ---------------------------------------------------------------------
+
+TEST_F(MultiQueue, DefaultsGiveEightQueuesEachWithItsOwnVector) {
+    VnpuEngineConfig cfg{};
+    cfg.num_queues = VNPU_ENGINE_DEFAULT_NUM_QUEUES;
+    create(cfg);
+    EXPECT_EQ(rd(VNPU_REG_NUM_QUEUES), 8u);
+    EXPECT_EQ(vnpu_engine_num_vectors(engine_.get()), 8u);
+    for (unsigned q = 0; q < 8; q++) open_queue(q, 0);
+    for (unsigned q = 0; q < 8; q++) put(q, {nop(100 + q)});
+    run();
+    for (unsigned q = 0; q < 8; q++) {
+        auto v = drain(q);
+        ASSERT_EQ(v.size(), 1u) << q;
+        EXPECT_EQ(v[0].tag, 100u + q);
+        EXPECT_EQ(qrd(VNPU_QREG_JOBS_DONE, q), 1u);
+    }
+    auto irqs = host_.irqs();
+    std::sort(irqs.begin(), irqs.end());
+    EXPECT_EQ(irqs, (std::vector<unsigned>{0, 1, 2, 3, 4, 5, 6, 7}));
+}
+
+TEST_F(MultiQueue, HigherPriorityQueueIsFetchedFirst) {
+    make(2);
+    open_queue(0, 0);
+    open_queue(1, 3);
+    EXPECT_EQ(qrd(VNPU_QREG_PRIORITY, 1), 3u);
+    wr(VNPU_REG_CONTROL, VNPU_CONTROL_FETCH_PAUSE);  // both doorbells visible before arbitration
+    put(0, {synth(1000, 1), synth(1000, 2)});
+    put(1, {synth(1000, 11), synth(1000, 12)});
+    vnpu_engine_wait_idle(engine_.get());
+    EXPECT_EQ(qrd(VNPU_QREG_SQ_HEAD, 0), 0u);  // paused: nothing fetched
+    wr(VNPU_REG_CONTROL, 0);
+    run();
+    auto lo = drain(0), hi = drain(1);
+    ASSERT_EQ(lo.size(), 2u);
+    ASSERT_EQ(hi.size(), 2u);
+    // One compute core, taken in fetch order: both high-priority jobs ran before either low-priority one.
+    EXPECT_LT(hi[1].t_end, lo[0].t_end);
+    EXPECT_EQ(lo[0].t_start, hi[1].t_end);
+}
+
+TEST_F(MultiQueue, EqualPrioritiesAreServedRoundRobinOneJobAtATime) {
+    make(2);
+    open_queue(0, 1);
+    open_queue(1, 1);
+    wr(VNPU_REG_CONTROL, VNPU_CONTROL_FETCH_PAUSE);
+    put(0, {synth(500, 1, false), synth(500, 2), synth(500, 3)});  // jobs: [1,2] [3]
+    put(1, {synth(500, 11), synth(500, 12)});
+    wr(VNPU_REG_CONTROL, 0);
+    run();
+    auto a = drain(0), b = drain(1);
+    ASSERT_EQ(a.size(), 2u);
+    ASSERT_EQ(b.size(), 2u);
+    // Fetch order: q0 job[1,2], q1 job[11], q0 job[3], q1 job[12]; the compute core runs them in that order.
+    EXPECT_LT(a[0].t_end, b[0].t_end);
+    EXPECT_LT(b[0].t_end, a[1].t_end);
+    EXPECT_LT(a[1].t_end, b[1].t_end);
+    EXPECT_EQ(a[0].t_end - a[0].t_start, 2 * (kOverhead + 500));
+}
+
+TEST_F(MultiQueue, BarrierWaitsForEarlierJobsWhileOthersOvertake) {
+    make(1, 2);
+    open_queue(0, 0);
+    const uint64_t t0 = host_.now();
+    auto barrier = nop(3);
+    barrier.flags |= VNPU_CMD_F_BARRIER;
+    put(0, {synth(100'000, 1), nop(2), barrier});
+    run();
+    auto v = drain(0);
+    ASSERT_EQ(v.size(), 3u);
+    // Without a barrier the NOP completes long before the SYNTH (completions are posted in modelled order).
+    EXPECT_EQ(v[0].tag, 2u);
+    EXPECT_EQ(v[0].t_end, t0 + kOverhead);
+    EXPECT_EQ(v[1].tag, 1u);
+    EXPECT_EQ(v[1].t_end, t0 + kOverhead + 100'000);
+    EXPECT_EQ(v[2].tag, 3u);
+    EXPECT_EQ(v[2].t_start, v[1].t_end);
+    EXPECT_EQ(v[2].t_end, v[1].t_end + kOverhead);
+}
+
+TEST_F(MultiQueue, ComputeCoresRunJobsConcurrently) {
+    make(1, 2);
+    EXPECT_EQ(rd(VNPU_REG_COMPUTE_CORES), 2u);
+    open_queue(0, 0);
+    const uint64_t t0 = host_.now();
+    put(0, {synth(10'000, 1), synth(10'000, 2), synth(10'000, 3)});
+    run();
+    auto v = drain(0);
+    ASSERT_EQ(v.size(), 3u);
+    EXPECT_EQ(v[0].t_start, t0);
+    EXPECT_EQ(v[1].t_start, t0);  // second core
+    EXPECT_EQ(v[2].t_start, t0 + kOverhead + 10'000);
+    EXPECT_EQ(v[2].compute_ns, kOverhead + 10'000);
+    VnpuEngineStats st;
+    vnpu_engine_get_stats(engine_.get(), &st);
+    EXPECT_EQ(st.compute_busy_ns, 3 * (kOverhead + 10'000));
+}
+
+TEST_F(MultiQueue, AThreeEngineJobPostsExactlyOneCompletion) {
+    // One job over H2D, a compute core and D2H, repeated: one completion each, with the chained modelled time.
+    make(1, 2);
+    open_queue(0, 0);
+    uint64_t s = sgl1(0, kData, 1 << 20);
+    for (int i = 0; i < 20; i++) {
+        put(0, {dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0, 1 << 20, false, i), synth(50'000, i, false),
+                dma(VNPU_OPC_DMA_D2H, s, 1, 0, 0, 1 << 20, true, i)});
+        run();
+        auto v = drain(0);
+        ASSERT_EQ(v.size(), 1u) << i;
+        EXPECT_EQ(v[0].t_end - v[0].t_start,
+                  3 * kOverhead + (1ull << 20) * 1000 / kH2dMbps + 50'000 + (1ull << 20) * 1000 / kD2hMbps)
+            << i;
+    }
+    EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_JOBS_COMPLETED)), 20u);
+}
+
+TEST_F(MultiQueue, SqRingWrapsAndAFullRingIsAccepted) {
+    make(1);
+    open_queue(0, 0, 4);
+    for (int round = 0; round < 5; round++) {
+        // A 3-command job fills the 4-entry ring (tail = head - 1) and wraps every other round.
+        put(0, {nop(round, false), nop(round, false), nop(round)});
+        run();
+        auto v = drain(0);
+        ASSERT_EQ(v.size(), 1u) << round;
+        EXPECT_EQ(v[0].status, VNPU_CPL_OK);
+        EXPECT_EQ(v[0].sq_index, uint32_t((round * 3 + 2) % 4));
+    }
+    EXPECT_EQ(qrd(VNPU_QREG_ERROR), 0u);
+}
+
+TEST_F(MultiQueue, QueueResetAbortsHungJobsAndLeavesTheQueueUsable) {
+    make(2);
+    open_queue(0, 0);
+    open_queue(1, 0);
+    wr(VNPU_REG_FI_KIND, VNPU_FI_COMPUTE_HANG);
+    wr(VNPU_REG_FI_QUEUE, 0);
+    wr(VNPU_REG_FI_AFTER, 1);
+    wr(VNPU_REG_FI_CTRL, VNPU_FI_CTRL_ARM);
+    put(0, {synth(1000, 1)});
+    put(1, {synth(1000, 2)});
+    run();
+    EXPECT_TRUE(drain(0).empty());           // hung
+    EXPECT_EQ(drain(1).size(), 1u);          // the other queue is unaffected
+    EXPECT_FALSE(qrd(VNPU_QREG_STATUS, 0) & VNPU_QSTATUS_IDLE);
+    EXPECT_EQ(rd(VNPU_REG_FI_COUNT), 1u);
+    EXPECT_EQ(rd(VNPU_REG_FI_CTRL), 0u);     // fired once, disarmed
+    qwr(VNPU_QREG_CTRL, VNPU_QCTRL_RESET, 0);
+    run();
+    auto v = drain(0);
+    ASSERT_EQ(v.size(), 1u);
+    EXPECT_EQ(v[0].status, VNPU_CPL_ABORTED);
+    EXPECT_EQ(v[0].tag, 1u);
+    EXPECT_EQ(qrd(VNPU_QREG_STATUS, 0), uint32_t(VNPU_QSTATUS_IDLE));  // disabled, no error, idle
+    open_queue(0, 0);
+    put(0, {synth(1000, 3)});
+    run();
+    v = drain(0);
+    ASSERT_EQ(v.size(), 1u);
+    EXPECT_EQ(v[0].status, VNPU_CPL_OK);
+}
+
+TEST_F(MultiQueue, DeviceResetDropsHungAndRunningWork) {
+    make(1);
+    open_queue(0, 0);
+    wr(VNPU_REG_FI_KIND, VNPU_FI_COMPUTE_HANG);
+    wr(VNPU_REG_FI_AFTER, 1);
+    wr(VNPU_REG_FI_QUEUE, 0xffffffff);
+    wr(VNPU_REG_FI_CTRL, VNPU_FI_CTRL_ARM);
+    put(0, {synth(1000, 1), synth(1000, 2)});
+    run();
+    const uint64_t writes = host_.dma_writes();
+    wr(VNPU_REG_RESET, VNPU_RESET_MAGIC);
+    run();
+    // Job 2 had completed but its record is dropped with everything else; nothing is written after reset.
+    EXPECT_LE(host_.dma_writes(), writes);
+    EXPECT_EQ(qrd(VNPU_QREG_STATUS, 0), uint32_t(VNPU_QSTATUS_IDLE));
+    EXPECT_EQ(rd(VNPU_REG_FI_COUNT), 0u);
+    EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_JOBS_COMPLETED)), 0u);
+}
+
+// ---- v1: device MMU --------------------------------------------------------------------------------------
+
+class Mmu : public Engine {
+  protected:
+    void SetUp() override {
+        Engine::SetUp();
+        r1_ = pt_alloc();
+        r2_ = pt_alloc();
+        // Context 1: VA 0 -> PA 1 MiB; context 2: VA 0 -> PA 2 MiB (read-only at VA 64 KiB -> PA 2 MiB + 64 KiB).
+        map(r1_, 0, 0x100000);
+        map(r2_, 0, 0x200000);
+        map(r2_, 0x10000, 0x210000, false);
+        set_ctx(1, r1_);
+        set_ctx(2, r2_);
+        wr(VNPU_REG_MMU_INVALIDATE, 0xffffffff);
+        enable();
+    }
+    uint64_t r1_ = 0, r2_ = 0;
+};
+
+TEST_F(Mmu, ContextsSeeOnlyTheirOwnMemoryAndAViolationFaultsOnlyThatJob) {
+    std::vector<uint8_t> secret(256, 0x5a);
+    std::memcpy(host_.ptr(kData), secret.data(), secret.size());
+    uint64_t in = sgl1(0, kData, 256), out = sgl1(1, kData + 0x1000, 256);
+    std::memset(host_.ptr(kData + 0x1000), 0xee, 256);
+    submit({in_ctx(dma(VNPU_OPC_DMA_H2D, in, 1, 0, 0, 256, true, 1), 1),      // ctx 1 writes its VA 0
+            in_ctx(dma(VNPU_OPC_DMA_D2H, out, 1, 0, 0, 256, true, 2), 2),     // ctx 2 reads its own VA 0
+            in_ctx(dma(VNPU_OPC_DMA_D2H, out, 1, 0, 0x20000, 16, true, 3), 2),  // unmapped in ctx 2
+            in_ctx(nop(4), 1)});
+    run();
+    std::vector<vnpu_hw_cpl> v;
+    vnpu_hw_cpl c{};
+    while (pop(&c)) v.push_back(c);
+    ASSERT_EQ(v.size(), 4u);
+    std::sort(v.begin(), v.end(), [](auto& a, auto& b) { return a.tag < b.tag; });
+    EXPECT_EQ(v[0].status, VNPU_CPL_OK);
+    EXPECT_EQ(v[0].ctx_id, 1u);
+    EXPECT_EQ(v[1].status, VNPU_CPL_OK);
+    EXPECT_EQ(host_.ptr(kData + 0x1000)[0], 0);  // context 2 saw its own (zero) page, not context 1's data
+    EXPECT_EQ(v[2].status, VNPU_CPL_MMU_FAULT);
+    EXPECT_EQ(v[2].fault_addr, 0x20000u);
+    EXPECT_EQ(v[2].ctx_id, 2u);
+    EXPECT_EQ(v[3].status, VNPU_CPL_OK);
+    EXPECT_EQ(rd(VNPU_REG_MMU_LAST_FAULT_LO), 0x20000u);
+    EXPECT_EQ(rd(VNPU_REG_MMU_LAST_FAULT_CTX), 2u);
+    // Context 1's data is where its page table says: device-physical 1 MiB (context 0 maps it 1:1).
+    EXPECT_EQ(copy_out(0x100000, 256)[0], 0x5a);
+}
+
+TEST_F(Mmu, WritesThroughReadOnlyPagesFault) {
+    uint64_t in = sgl1(0, kData, 64);
+    auto c = run_one({in_ctx(dma(VNPU_OPC_DMA_H2D, in, 1, 0, 0x10000 + 8, 64, true, 1), 2)});
+    EXPECT_EQ(c.status, VNPU_CPL_MMU_FAULT);
+    EXPECT_EQ(c.fault_addr, 0x10000u + 8);
+    c = run_one({in_ctx(dma(VNPU_OPC_DMA_D2H, in, 1, 0, 0x10000 + 8, 64, true, 1), 2)});
+    EXPECT_EQ(c.status, VNPU_CPL_OK);
+    c = run_one({in_ctx(matmul(0, 0x8000, 0x10000, 4, 4, 4, true), 2)});  // C in the read-only page
+    EXPECT_EQ(c.status, VNPU_CPL_MMU_FAULT);
+    EXPECT_EQ(c.fault_addr, 0x10000u);
+}
+
+TEST_F(Mmu, InvalidAndOutOfRangeContextsFailTheJob) {
+    set_ctx(3, r1_, false);
+    wr(VNPU_REG_MMU_INVALIDATE, 3);
+    auto c = run_one({in_ctx(nop(1), 3)});
+    EXPECT_EQ(c.status, VNPU_CPL_MMU_FAULT);
+    EXPECT_EQ(c.fault_addr, 0u);
+    EXPECT_EQ(run_one({in_ctx(nop(2), uint16_t(VNPU_ENGINE_DEFAULT_NUM_CONTEXTS))}).status, VNPU_CPL_BAD_CONTEXT);
+    c = run_one({in_ctx(nop(3, false), 1), in_ctx(nop(4), 2)});  // contexts differ within the job
+    EXPECT_EQ(c.status, VNPU_CPL_BAD_CONTEXT);
+    EXPECT_EQ(c.sq_index, (sq_tail_ + 15) % 16);
+}
+
+TEST_F(Mmu, InvalidateMakesChangedMappingsVisible) {
+    uint64_t out = sgl1(1, kData + 0x1000, 4);
+    host_.put(kData, uint32_t(0x11111111));
+    ASSERT_EQ(run_one({in_ctx(dma(VNPU_OPC_DMA_H2D, sgl1(0, kData, 4), 1, 0, 0, 4, true), 1)}).status,
+              VNPU_CPL_OK);
+    // Remap context 1's VA 0 to a fresh page and invalidate: the job now reads the fresh (zero) page.
+    unmap(r1_, 0);
+    map(r1_, 0, 0x300000);
+    wr(VNPU_REG_MMU_INVALIDATE, 1);
+    ASSERT_EQ(run_one({in_ctx(dma(VNPU_OPC_DMA_D2H, out, 1, 0, 0, 4, true), 1)}).status, VNPU_CPL_OK);
+    EXPECT_EQ(host_.get<uint32_t>(kData + 0x1000), 0u);
+    unmap(r1_, 0);
+    wr(VNPU_REG_MMU_INVALIDATE, 1);
+    EXPECT_EQ(run_one({in_ctx(dma(VNPU_OPC_DMA_D2H, out, 1, 0, 0, 4, true), 1)}).status, VNPU_CPL_MMU_FAULT);
+}
+
+TEST_F(Mmu, PhysicallyScatteredOperandsComputeCorrectly) {
+    // Context 1: three virtually contiguous pages backed by out-of-order physical pages.
+    map(r1_, 0x10000, 0x500000);
+    map(r1_, 0x20000, 0x400000);
+    map(r1_, 0x30000, 0x600000);
+    wr(VNPU_REG_MMU_INVALIDATE, 1);
+    constexpr uint32_t m = 64, n = 96, k = 200;  // A spans pages 1-2, C crosses into page 3
+    std::vector<float> a(m * k), b(k * n);
+    for (size_t i = 0; i < a.size(); i++) a[i] = float(int(i % 13) - 6) * 0.5f;
+    for (size_t i = 0; i < b.size(); i++) b[i] = float(int(i % 7) - 3) * 0.25f;
+    const uint64_t va_a = 0x10000 + 0x8000, va_b = 0x0, va_c = 0x28000;
+    std::memcpy(host_.ptr(kData), a.data(), a.size() * 4);
+    std::memcpy(host_.ptr(kData + 0x40000), b.data(), b.size() * 4);
+    auto c = run_one({in_ctx(dma(VNPU_OPC_DMA_H2D, sgl1(0, kData, m * k * 4), 1, 0, va_a, m * k * 4, false), 1),
+                      in_ctx(dma(VNPU_OPC_DMA_H2D, sgl1(1, kData + 0x40000, k * n * 4), 1, 0, va_b, k * n * 4,
+                                 false), 1),
+                      in_ctx(matmul(va_a, va_b, va_c, m, n, k, false), 1),
+                      in_ctx(dma(VNPU_OPC_DMA_D2H, sgl1(2, kData + 0x80000, m * n * 4), 1, 0, va_c, m * n * 4,
+                                 true), 1)});
+    ASSERT_EQ(c.status, VNPU_CPL_OK);
+    auto ref = reference_matmul(a, b, m, n, k);
+    EXPECT_EQ(std::memcmp(host_.ptr(kData + 0x80000), ref.data(), ref.size() * 4), 0);
+}
+
+TEST_F(Mmu, MappedBytesTelemetryCountsValidLeafEntries) {
+    wr(VNPU_REG_MMU_INVALIDATE, 0xffffffff);
+    vnpu_engine_wait_idle(engine_.get());
+    // Context 0 maps all 16 MiB, context 1 one page, context 2 two pages.
+    const uint64_t want = cfg_.devmem_size + 3 * VNPU_MMU_PAGE_SIZE;
+    EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_MAPPED_BYTES)), uint32_t(want));
+    EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_MAPPED_BYTES) + 4), uint32_t(want >> 32));
+}
+
+// ---- v1: timing-only, telemetry, fault injection ------------------------------------------------------------
+
+TEST_F(Engine, TimingOnlySkipsComputeButKeepsTheModelledTime) {
+    enable();
+    std::vector<float> ones(16, 1.0f);
+    copy_in(0, ones.data(), 64);
+    copy_in(0x1000, ones.data(), 64, 1);
+    wr(VNPU_REG_CONTROL, VNPU_CONTROL_TIMING_ONLY);
+    EXPECT_EQ(rd(VNPU_REG_CONTROL), VNPU_CONTROL_TIMING_ONLY);
+    auto c = run_one({matmul(0, 0x1000, 0x2000, 4, 4, 4, true)});
+    EXPECT_EQ(c.status, VNPU_CPL_OK);
+    EXPECT_EQ(c.t_end - c.t_start, kOverhead + 128 / kGflops);
+    EXPECT_EQ(copy_out(0x2000, 4)[0], 0);  // C untouched
+    wr(VNPU_REG_CONTROL, 0);
+    EXPECT_EQ(run_one({matmul(0, 0x1000, 0x2000, 4, 4, 4, true)}).status, VNPU_CPL_OK);
+    float v;
+    auto out = copy_out(0x2000, 4);
+    std::memcpy(&v, out.data(), 4);
+    EXPECT_EQ(v, 4.0f);
+}
+
+TEST_F(Engine, TelemetryRegistersCountJobsBytesBusyTimeAndInterrupts) {
+    enable();
+    std::vector<uint8_t> buf(1000, 1);
+    copy_in(0, buf.data(), 1000);
+    EXPECT_EQ(status_of(synth(5000, 1)), VNPU_CPL_OK);
+    EXPECT_EQ(status_of(nop(2, true) /* ok */), VNPU_CPL_OK);
+    auto bad = nop(3);
+    bad.opcode = 0x55;
+    EXPECT_EQ(status_of(bad), VNPU_CPL_BAD_OPCODE);
+    auto tel = [&](uint32_t c) { uint64_t lo = rd(VNPU_REG_TELEMETRY(c)); return lo | uint64_t(rd(VNPU_REG_TELEMETRY(c) + 4)) << 32; };
+    EXPECT_EQ(tel(VNPU_TEL_JOBS_COMPLETED), 3u);
+    EXPECT_EQ(tel(VNPU_TEL_JOBS_FAILED), 1u);
+    EXPECT_EQ(tel(VNPU_TEL_CMDS), 3u);
+    EXPECT_EQ(tel(VNPU_TEL_H2D_BYTES), 1000u);
+    EXPECT_EQ(tel(VNPU_TEL_H2D_BUSY_NS), kOverhead + 1000);
+    EXPECT_EQ(tel(VNPU_TEL_COMPUTE_BUSY_NS), kOverhead + 5000);
+    EXPECT_EQ(tel(VNPU_TEL_IRQS), 4u);
+    VnpuEngineStats st;
+    vnpu_engine_get_stats(engine_.get(), &st);
+    EXPECT_EQ(st.irqs, 4u);
+    EXPECT_EQ(st.jobs_completed, 3u);
+}
+
+TEST_F(Engine, SynthOccupiesTheModelledTimeAndValidatesItsFields) {
+    enable();
+    auto c = run_one({synth(123'456, 1)});
+    EXPECT_EQ(c.status, VNPU_CPL_OK);
+    EXPECT_EQ(c.t_end - c.t_start, kOverhead + 123'456);
+    EXPECT_EQ(c.compute_ns, kOverhead + 123'456);
+    EXPECT_EQ(status_of(synth(0, 2)), VNPU_CPL_BAD_FIELD);
+    EXPECT_EQ(status_of(synth(VNPU_SYNTH_MAX_NS + 1, 3)), VNPU_CPL_BAD_FIELD);
+    auto s = synth(10, 4);
+    s.synth.rsvd[2] = 1;
+    EXPECT_EQ(status_of(s), VNPU_CPL_BAD_FIELD);
+}
+
+TEST_F(Engine, ExecValidatesFieldsAndProgramBeforeRunning) {
+    enable();
+    if (!(rd(VNPU_REG_CAPS) & VNPU_CAP_EXEC)) {
+        EXPECT_EQ(status_of([] { vnpu_hw_cmd c{}; c.opcode = VNPU_OPC_EXEC; c.flags = VNPU_CMD_F_LAST; return c; }()),
+                  VNPU_CPL_BAD_OPCODE);
+        GTEST_SKIP() << "built without the program interpreter";
+    }
+    auto exec = [](uint64_t prog, uint32_t len, uint64_t bind, uint32_t nb) {
+        vnpu_hw_cmd c{};
+        c.opcode = VNPU_OPC_EXEC;
+        c.flags = VNPU_CMD_F_LAST;
+        c.exec.prog_addr = prog;
+        c.exec.prog_len = len;
+        c.exec.bindings_addr = bind;
+        c.exec.num_bindings = nb;
+        return c;
+    };
+    EXPECT_EQ(status_of(exec(0x1000, 0, 0x2000, 1)), VNPU_CPL_BAD_FIELD);
+    EXPECT_EQ(status_of(exec(0x1004, 64, 0x2000, 1)), VNPU_CPL_BAD_FIELD);
+    EXPECT_EQ(status_of(exec(0x1000, 64, 0x2000, 0)), VNPU_CPL_BAD_FIELD);
+    EXPECT_EQ(status_of(exec(0x1000, 64, 0x2000, VNPU_EXEC_MAX_BINDINGS + 1)), VNPU_CPL_BAD_FIELD);
+    auto c = run_one({exec(cfg_.devmem_size, 64, 0x2000, 1)});
+    EXPECT_EQ(c.status, VNPU_CPL_MMU_FAULT);
+    EXPECT_EQ(c.fault_addr, cfg_.devmem_size);
+    EXPECT_EQ(status_of(exec(0x1000, 64, 0x2000, 1)), VNPU_CPL_PROGRAM_INVALID);  // zeroed memory: no program
+}
+
+TEST_F(Engine, InjectedDmaErrorFailsTheChosenJobOnly) {
+    enable();
+    wr(VNPU_REG_FI_KIND, VNPU_FI_DMA_ERROR);
+    wr(VNPU_REG_FI_QUEUE, 0);
+    wr(VNPU_REG_FI_AFTER, 2);
+    wr(VNPU_REG_FI_CTRL, VNPU_FI_CTRL_ARM);
+    uint64_t s = sgl1(0, kData, 64);
+    EXPECT_EQ(status_of(dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0, 64, true)), VNPU_CPL_OK);
+    EXPECT_EQ(status_of(dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0, 64, true)), VNPU_CPL_DMA_FAULT);
+    EXPECT_EQ(status_of(dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0, 64, true)), VNPU_CPL_OK);
+    EXPECT_EQ(rd(VNPU_REG_FI_COUNT), 1u);
+}
+
+TEST_F(Engine, InjectedLostInterruptStillWritesTheRecord) {
+    enable();
+    wr(VNPU_REG_FI_KIND, VNPU_FI_LOST_IRQ);
+    wr(VNPU_REG_FI_QUEUE, 0xffffffff);
+    wr(VNPU_REG_FI_AFTER, 1);
+    wr(VNPU_REG_FI_CTRL, VNPU_FI_CTRL_ARM);
+    EXPECT_EQ(status_of(nop(1)), VNPU_CPL_OK);
+    EXPECT_TRUE(host_.irqs().empty());
+    EXPECT_EQ(status_of(nop(2)), VNPU_CPL_OK);
+    EXPECT_EQ(host_.irqs().size(), 1u);
+}
+
+TEST_F(Engine, InjectedCorruptCompletionHasBadTagAndStatus) {
+    enable();
+    wr(VNPU_REG_FI_KIND, VNPU_FI_CORRUPT_CPL);
+    wr(VNPU_REG_FI_QUEUE, 0xffffffff);
+    wr(VNPU_REG_FI_AFTER, 1);
+    wr(VNPU_REG_FI_CTRL, VNPU_FI_CTRL_ARM);
+    auto c = run_one({nop(0x1234)});
+    EXPECT_EQ(c.tag, ~uint64_t(0x1234));
+    EXPECT_EQ(c.status, 0xffffu);
+}
+
+TEST_F(Engine, FaultRateFromConfigIsDeterministicPerSeed) {
+    auto count_failures = [&](uint32_t seed) {
+        VnpuEngineConfig cfg{};
+        cfg.fi_kind = VNPU_FI_DMA_ERROR;
+        cfg.fi_queue = 0xffffffff;
+        cfg.fi_rate_ppm = 300'000;
+        cfg.fi_seed = seed;
+        create(cfg);
+        EXPECT_EQ(rd(VNPU_REG_FI_CTRL), uint32_t(VNPU_FI_CTRL_ARM));  // armed by the configuration
+        enable();
+        std::string pattern;
+        for (int i = 0; i < 40; i++) pattern += status_of(nop(uint64_t(i))) == VNPU_CPL_OK ? '.' : 'x';
+        return pattern;
+    };
+    auto a = count_failures(7), b = count_failures(7), c = count_failures(8);
+    EXPECT_EQ(a, b);
+    EXPECT_NE(a, c);
+    auto fails = std::count(a.begin(), a.end(), 'x');
+    EXPECT_GT(fails, 2);
+    EXPECT_LT(fails, 30);
+}
+
+// ---- v1: determinism ---------------------------------------------------------------------------------------
+
+TEST_F(MultiQueue, ModelledTimesDoNotDependOnHostSpeed) {
+    // The same workload over 3 queues and 2 cores, once with instant host memory and once with random
+    // per-access delays: every completion's t_start/t_end must be identical.
+    auto workload = [&](unsigned jitter_us) {
+        make(3, 2);
+        const uint64_t t0 = host_.now();
+        host_.set_jitter(jitter_us);
+        for (unsigned q = 0; q < 3; q++) open_queue(q, q == 2 ? 1 : 0);
+        wr(VNPU_REG_CONTROL, VNPU_CONTROL_FETCH_PAUSE);
+        uint64_t s = sgl1(0, kData, 8192), o = sgl1(1, kData + 0x10000, 4096);
+        for (unsigned q = 0; q < 3; q++) {
+            for (unsigned j = 0; j < 3; j++) {
+                uint64_t dev = 0x100000 * (q + 1) + 0x10000 * j;
+                put(q, {dma(VNPU_OPC_DMA_H2D, s, 1, 0, dev, 8192, false, q * 10 + j),
+                        matmul(dev, dev + 0x400, dev + 0x4000, 16, 16, 16 + q, false, q * 10 + j),
+                        synth(700 * (j + 1), q * 10 + j, false),
+                        dma(VNPU_OPC_DMA_D2H, o, 1, 0, dev + 0x4000, 4096, true, q * 10 + j)});
+            }
+        }
+        wr(VNPU_REG_CONTROL, 0);
+        run();
+        std::vector<std::tuple<uint64_t, uint64_t, uint64_t>> times;
+        for (unsigned q = 0; q < 3; q++)
+            for (auto& c : drain(q)) times.emplace_back(c.tag, c.t_start - t0, c.t_end - t0);
+        std::sort(times.begin(), times.end());
+        host_.set_jitter(0);
+        return times;
+    };
+    auto fast = workload(0);
+    auto slow = workload(300);
+    ASSERT_EQ(fast.size(), 9u);
+    EXPECT_EQ(fast, slow);
 }
 
 }  // namespace

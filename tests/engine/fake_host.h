@@ -4,6 +4,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <random>
+#include <thread>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -91,9 +94,15 @@ class FakeHost {
         return guest_errors_;
     }
     uint64_t dma_writes() const { return dma_writes_.load(); }
+    /// Make every DMA take a random 0..max_us of host time (to show modelled times ignore host speed).
+    void set_jitter(unsigned max_us) { jitter_us_.store(max_us); }
 
   private:
     int access(uint64_t addr, void* buf, size_t len, bool write) {
+        if (unsigned j = jitter_us_.load()) {
+            thread_local std::mt19937 rng(std::random_device{}());
+            std::this_thread::sleep_for(std::chrono::microseconds(rng() % (j + 1)));
+        }
         {
             std::lock_guard lock(mu_);
             for (auto [lo, hi] : faults_) {
@@ -113,6 +122,7 @@ class FakeHost {
     std::vector<uint8_t> mem_;
     std::atomic<uint64_t> clock_{1'000'000};
     std::atomic<uint64_t> dma_writes_{0};
+    std::atomic<unsigned> jitter_us_{0};
     std::mutex mu_;
     std::vector<std::pair<uint64_t, uint64_t>> faults_;
     uint64_t deadline_ = kNoDeadline;
