@@ -4,11 +4,13 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <future>
 #include <limits>
 #include <sstream>
 
+#include <vnpu/async_runtime.h>
 #include <vnpu/device.h>
 #include <vnpu/error.h>
 #include <vnpu/model.h>
@@ -31,6 +33,8 @@ const char* error_code_name(ErrorCode code) noexcept {
     case ErrorCode::kAborted: return "aborted";
     case ErrorCode::kIo: return "io";
     case ErrorCode::kInternal: return "internal";
+    case ErrorCode::kTimeout: return "timeout";
+    case ErrorCode::kCancelled: return "cancelled";
   }
   return "unknown";
 }
@@ -64,7 +68,30 @@ Error hw_status_error(uint32_t hw_status, const std::string& what) {
     case VNPU_CPL_DMA_FAULT: return Error(ErrorCode::kDeviceFault, what + ": host memory DMA fault");
     case VNPU_CPL_ABORTED: return Error(ErrorCode::kAborted, what + ": aborted by queue shutdown or device reset; resubmit if needed");
     case VNPU_CPL_JOB_TOO_LONG: return Error(ErrorCode::kDeviceFault, what + ": job too long for the device");
+    case VNPU_CPL_MMU_FAULT: return Error(ErrorCode::kDeviceFault, what + ": device MMU fault (an address outside this context's allocations)");
+    case VNPU_CPL_PROGRAM_INVALID: return Error(ErrorCode::kDeviceFault, what + ": the device rejected the program (malformed header, op, operand or binding); recompile the model");
+    case VNPU_CPL_BAD_CONTEXT: return Error(ErrorCode::kDeviceFault, what + ": bad device context id");
     default: return Error(ErrorCode::kDeviceFault, what + ": device reported status " + std::to_string(hw_status));
+  }
+}
+
+Error job_error(int job_status, uint32_t hw_status, uint64_t fault_addr, const std::string& what) {
+  if (hw_status != 0 && hw_status != VNPU_CPL_OK) {
+    Error e = hw_status_error(hw_status, what);
+    if (hw_status == VNPU_CPL_MMU_FAULT) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(fault_addr));
+      return Error(e.code(), what + ": device MMU fault at device address " + buf +
+                                 " (outside this context's allocations)");
+    }
+    return e;
+  }
+  const int err = job_status < 0 ? -job_status : job_status;
+  switch (err) {
+    case ECANCELED: return Error(ErrorCode::kAborted, what + ": cancelled by the driver (a dependency failed or the queue was torn down)");
+    case EIO: case EFAULT: case ETIMEDOUT: case ETIME:
+      return Error(ErrorCode::kDeviceFault, what + ": " + std::strerror(err));
+    default: return errno_error(err, what);
   }
 }
 
@@ -94,14 +121,85 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 }
 }  // namespace
 
-Tensor::Tensor(std::vector<int64_t> shape) : shape_(std::move(shape)), data_(element_count(shape_), 0.0f) {}
-
-Tensor::Tensor(std::vector<int64_t> shape, std::vector<float> data) : shape_(std::move(shape)), data_(std::move(data)) {
-  const size_t n = element_count(shape_);
-  if (n != data_.size())
-    throw Error(ErrorCode::kInvalidArgument, "tensor of shape " + shape_str(shape_) + " needs " + std::to_string(n) +
-                                                 " elements, got " + std::to_string(data_.size()));
+Tensor::Tensor(std::vector<int64_t> shape) : shape_(std::move(shape)), owned_(element_count(shape_), 0.0f) {
+  ptr_ = owned_.data();
+  size_ = owned_.size();
 }
+
+Tensor::Tensor(std::vector<int64_t> shape, std::vector<float> data) : shape_(std::move(shape)), owned_(std::move(data)) {
+  const size_t n = element_count(shape_);
+  if (n != owned_.size())
+    throw Error(ErrorCode::kInvalidArgument, "tensor of shape " + shape_str(shape_) + " needs " + std::to_string(n) +
+                                                 " elements, got " + std::to_string(owned_.size()));
+  ptr_ = owned_.data();
+  size_ = owned_.size();
+}
+
+Tensor Tensor::borrow(std::vector<int64_t> shape, std::span<float> data) {
+  const size_t n = element_count(shape);
+  if (n != data.size())
+    throw Error(ErrorCode::kInvalidArgument, "borrowed tensor of shape " + shape_str(shape) + " needs " +
+                                                 std::to_string(n) + " elements, the span has " + std::to_string(data.size()));
+  Tensor t;
+  t.shape_ = std::move(shape);
+  t.ptr_ = data.data();
+  t.size_ = n;
+  t.borrowed_ = true;
+  return t;
+}
+
+Tensor Tensor::borrow(std::vector<int64_t> shape, std::span<const float> data) {
+  Tensor t = borrow(std::move(shape), std::span<float>(const_cast<float*>(data.data()), data.size()));
+  t.read_only_ = true;
+  return t;
+}
+
+Tensor::Tensor(const Tensor& o)
+    : shape_(o.shape_), owned_(o.owned_), ptr_(o.borrowed_ ? o.ptr_ : owned_.data()), size_(o.size_),
+      borrowed_(o.borrowed_), read_only_(o.read_only_) {}
+
+Tensor& Tensor::operator=(const Tensor& o) {
+  if (this != &o) {
+    Tensor t(o);
+    *this = std::move(t);
+  }
+  return *this;
+}
+
+Tensor::Tensor(Tensor&& o) noexcept
+    : shape_(std::move(o.shape_)), owned_(std::move(o.owned_)), ptr_(o.borrowed_ ? o.ptr_ : owned_.data()),
+      size_(o.size_), borrowed_(o.borrowed_), read_only_(o.read_only_) {
+  o.ptr_ = nullptr;
+  o.size_ = 0;
+  o.borrowed_ = o.read_only_ = false;
+}
+
+Tensor& Tensor::operator=(Tensor&& o) noexcept {
+  if (this != &o) {
+    shape_ = std::move(o.shape_);
+    owned_ = std::move(o.owned_);
+    borrowed_ = o.borrowed_;
+    read_only_ = o.read_only_;
+    ptr_ = borrowed_ ? o.ptr_ : owned_.data();
+    size_ = o.size_;
+    o.ptr_ = nullptr;
+    o.size_ = 0;
+    o.borrowed_ = o.read_only_ = false;
+  }
+  return *this;
+}
+
+std::span<float> Tensor::data() {
+  if (read_only_) throw Error(ErrorCode::kInvalidArgument, "tensor is a read-only borrowed view; it cannot be written");
+  return {ptr_, size_};
+}
+
+bool operator==(const Tensor& a, const Tensor& b) {
+  return a.shape_ == b.shape_ && a.size_ == b.size_ && (a.size_ == 0 || std::memcmp(a.ptr_, b.ptr_, a.size_bytes()) == 0);
+}
+
+const char* dtype_name(DType) noexcept { return "f32"; }
+std::string shape_string(const std::vector<int64_t>& shape) { return shape_str(shape); }
 
 // ---- MatmulModel ----------------------------------------------------------------------------------------
 namespace {
@@ -173,6 +271,32 @@ Command Command::copy_from_device(const DeviceBuffer& src, uint64_t src_offset, 
   c.dev[0] = src.object();
   c.dev_offset[0] = src_offset;
   c.bytes = bytes;
+  return c;
+}
+
+Command Command::exec(const DeviceBuffer& prog, uint64_t prog_offset, uint64_t prog_size, const DeviceBuffer& bindings,
+                      uint64_t bindings_offset, uint32_t num_bindings) {
+  Command c;
+  c.kind = Kind::kExec;
+  c.dev[0] = prog.object();
+  c.dev_offset[0] = prog_offset;
+  c.size2 = prog_size;
+  c.dev[1] = bindings.object();
+  c.dev_offset[1] = bindings_offset;
+  c.count = num_bindings;
+  return c;
+}
+
+Command Command::synth(uint64_t ns) {
+  Command c;
+  c.kind = Kind::kSynth;
+  c.ns = ns;
+  return c;
+}
+
+Command Command::nop() {
+  Command c;
+  c.kind = Kind::kNop;
   return c;
 }
 
@@ -259,6 +383,25 @@ Status Device::validate(const Job& job) const {
         }
         break;
       }
+      case Command::Kind::kExec: {
+        if (c.size2 < 1 || c.size2 > VNPU_PROG_MAX_LEN)
+          return Error(ErrorCode::kInvalidArgument, where + ": program size " + std::to_string(c.size2) + " out of range 1.." +
+                                                        std::to_string(VNPU_PROG_MAX_LEN));
+        if (c.count < 1 || c.count > VNPU_EXEC_MAX_BINDINGS)
+          return Error(ErrorCode::kInvalidArgument, where + ": " + std::to_string(c.count) + " bindings; use 1.." +
+                                                        std::to_string(VNPU_EXEC_MAX_BINDINGS));
+        if (c.dev_offset[0] % 8 || c.dev_offset[1] % 8)
+          return Error(ErrorCode::kInvalidArgument, where + ": program and binding table offsets must be 8-byte aligned");
+        if (auto s = check_dev(0, c.size2); !s) return s;
+        if (auto s = check_dev(1, uint64_t{c.count} * 8); !s) return s;
+        break;
+      }
+      case Command::Kind::kSynth:
+        if (c.ns < 1 || c.ns > VNPU_SYNTH_MAX_NS)
+          return Error(ErrorCode::kInvalidArgument, where + ": synth time " + std::to_string(c.ns) + " ns out of range 1..10^10");
+        break;
+      case Command::Kind::kNop:
+        break;
       default:
         return Error(ErrorCode::kInvalidArgument, where + " has an unknown kind");
     }
@@ -283,4 +426,12 @@ Result<JobResult> Device::run(Job job, std::chrono::milliseconds timeout) {
   return future.get();
 }
 
+}  // namespace vnpu
+
+namespace vnpu {
+const Tensor& Outputs::at(std::string_view name) const {
+  for (size_t i = 0; i < names.size() && i < tensors.size(); ++i)
+    if (names[i] == name) return tensors[i];
+  throw Error(ErrorCode::kNotFound, "the model has no output named '" + std::string(name) + "'");
+}
 }  // namespace vnpu

@@ -35,6 +35,9 @@ struct DeviceBufferObject {
 // Error for a device completion status (enum vnpu_cpl_status); `what` names the job.
 [[nodiscard]] Error hw_status_error(uint32_t hw_status, const std::string& what);
 
+// Error for a finished job: the device status when known, else the job's errno (negative or positive).
+[[nodiscard]] Error job_error(int job_status, uint32_t hw_status, uint64_t fault_addr, const std::string& what);
+
 [[nodiscard]] Result<std::unique_ptr<Device>> open_kernel_device(const DeviceOptions& options);
 [[nodiscard]] Result<std::unique_ptr<Device>> open_sim_device(const DeviceOptions& options);
 

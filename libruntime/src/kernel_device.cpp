@@ -16,6 +16,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "internal.h"
 #include "vnpu_accel.h"
@@ -25,6 +26,7 @@ namespace vnpu::detail {
 namespace {
 
 constexpr unsigned kRingEntries = 256;
+constexpr uint32_t kReportSlots = 1024;  // job reports in flight at once; jobs beyond that go without one
 constexpr uint64_t kStopTag = ~0ull;
 constexpr auto kDrainTimeout = std::chrono::seconds(10);
 
@@ -85,10 +87,14 @@ class KernelDevice final : public Device {
     std::vector<drm_vnpu_cmd> cmds;  // the driver may read them after submission when it goes async
     JobCallback done;
     uint64_t seqno = 0;  // ioctl mode
+    int64_t report = -1;  // index of the job-report slot, -1 if none
   };
 
   KernelDevice(std::shared_ptr<AccelFd> fd, SubmitMode mode) : fd_(std::move(fd)), mode_(mode) {}
   Result<uint64_t> get_param(uint32_t param) const;
+  Result<uint64_t> clock_ns() override { return get_param(DRM_VNPU_PARAM_DEVICE_CLOCK_NS); }
+  // Fill the timing/status fields of `r` from report slot `idx` and free the slot.
+  void read_report(int64_t idx, JobResult& r);
   static std::vector<drm_vnpu_cmd> encode(const Job& job);
   void uring_loop();
   void ioctl_loop();
@@ -107,6 +113,11 @@ class KernelDevice final : public Device {
   bool stop_completer_ = false;  // ioctl mode: the completion thread should exit
   io_uring ring_{};
   bool ring_ready_ = false;
+  uint32_t queue_id_ = 0;
+  // Job reports: one host BO of kReportSlots reports, a free list of slot indices (guarded by mu_).
+  HostBuffer reports_;
+  uint32_t report_handle_ = 0;
+  std::vector<uint32_t> free_reports_;
   std::thread completer_;
 };
 
@@ -155,7 +166,7 @@ Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options)
   if ((version >> 16) != VNPU_VERSION_MAJOR)
     return Error(ErrorCode::kUnsupported, path + ": device interface version " + std::to_string(version >> 16) + "." +
                                               std::to_string(version & 0xffff) + " is not supported (need " +
-                                              std::to_string(VNPU_VERSION_MAJOR) + ".x)");
+                                              std::to_string(VNPU_VERSION_MAJOR) + ".x); update vnpu.ko and the device");
   if ((caps & (VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL)) != (VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL))
     return Error(ErrorCode::kUnsupported, path + ": device lacks DMA or MATMUL capability");
   inf.device_version = static_cast<uint32_t>(version);
@@ -165,16 +176,38 @@ Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options)
   inf.h2d_mbps = static_cast<uint32_t>(h2d);
   inf.d2h_mbps = static_cast<uint32_t>(d2h);
   inf.compute_gflops = static_cast<uint32_t>(gflops);
+  // Informational parameters: an older driver may lack them.
+  if (auto v = dev->get_param(DRM_VNPU_PARAM_COMPUTE_CORES); v && *v > 0) inf.compute_cores = static_cast<uint32_t>(*v);
+  if (auto v = dev->get_param(DRM_VNPU_PARAM_MMU_PAGE_SIZE); v) inf.mmu_page_size = *v;
+  if (auto v = dev->get_param(DRM_VNPU_PARAM_CONTEXT_ID); v) inf.context_id = static_cast<uint32_t>(*v);
+
+  if (options.priority != -1) {
+    drm_vnpu_queue_create qc{};
+    if (options.priority < 0 || options.priority > VNPU_PRIORITY_MAX)
+      return Error(ErrorCode::kInvalidArgument, "queue priority " + std::to_string(options.priority) + " out of range 0..3");
+    qc.priority = static_cast<uint32_t>(options.priority);
+    if (drmIoctl(fd, DRM_IOCTL_VNPU_QUEUE_CREATE, &qc) != 0) return errno_error(errno, path + ": QUEUE_CREATE");
+    dev->queue_id_ = qc.queue_id;
+  }
+
+  // Job reports carry device timestamps and per-engine busy times (a CQE has only the seqno).
+  {
+    auto r = dev->alloc_host(sizeof(drm_vnpu_job_report) * kReportSlots);
+    if (!r) return std::move(r).error();
+    dev->reports_ = std::move(*r);
+    dev->report_handle_ = static_cast<const KernelHostBuffer&>(*dev->reports_.object()).handle;
+    for (uint32_t i = kReportSlots; i-- > 0;) dev->free_reports_.push_back(i);
+  }
 
   if (options.submit_mode == SubmitMode::kUring) {
-    if (uring != 1)
+    if (uring != 2)  // the ABI of struct drm_vnpu_uring_submit (uAPI v2)
       return Error(ErrorCode::kUnsupported, path + ": driver has no io_uring command interface (version " +
                                                 std::to_string(uring) + "); use SubmitMode::kIoctl");
     const int r = io_uring_queue_init(kRingEntries, &dev->ring_, IORING_SETUP_SQE128 | IORING_SETUP_CQE32);
     if (r < 0) return errno_error(-r, "io_uring_queue_init(SQE128|CQE32)");
     dev->ring_ready_ = true;
     inf.submit_path = "uring";
-    inf.timestamps = false;  // a CQE carries seqno and hw_status only
+    inf.timestamps = true;  // from the job report
     dev->completer_ = std::thread([d = dev.get()] { d->uring_loop(); });
   } else {
     inf.submit_path = "ioctl";
@@ -213,8 +246,11 @@ KernelDevice::~KernelDevice() {
   auto left = std::move(pending_);
   lock.unlock();
   if (ring_ready_) io_uring_queue_exit(&ring_);
-  for (auto& [id, p] : left)
-    p->done(JobResult{Error(ErrorCode::kAborted, "job aborted: device closed before it completed"), {}, {}, {}});
+  for (auto& [id, p] : left) {
+    JobResult r;
+    r.status = Error(ErrorCode::kAborted, "job aborted: device closed before it completed");
+    p->done(std::move(r));
+  }
 }
 
 Result<HostBuffer> KernelDevice::alloc_host(size_t bytes) {
@@ -280,6 +316,22 @@ std::vector<drm_vnpu_cmd> KernelDevice::encode(const Job& job) {
         d.matmul.n = c.n;
         d.matmul.k = c.k;
         break;
+      case Command::Kind::kExec:
+        d.op = DRM_VNPU_OP_EXEC;
+        d.exec.prog_handle = static_cast<const KernelDeviceBuffer&>(*c.dev[0]).handle;
+        d.exec.prog_offset = c.dev_offset[0];
+        d.exec.prog_size = c.size2;
+        d.exec.bindings_handle = static_cast<const KernelDeviceBuffer&>(*c.dev[1]).handle;
+        d.exec.bindings_offset = c.dev_offset[1];
+        d.exec.num_bindings = c.count;
+        break;
+      case Command::Kind::kSynth:
+        d.op = DRM_VNPU_OP_SYNTH;
+        d.synth.ns = c.ns;
+        break;
+      case Command::Kind::kNop:
+        d.op = DRM_VNPU_OP_NOP;
+        break;
     }
   }
   return out;
@@ -291,16 +343,36 @@ Status KernelDevice::do_submit(Job job, JobCallback done) {
   p->job = std::move(job);
   p->done = std::move(done);
 
-  drm_vnpu_submit req{};
-  req.cmds = reinterpret_cast<uintptr_t>(p->cmds.data());
-  req.cmd_count = static_cast<uint32_t>(p->cmds.size());
-
   std::lock_guard lock(mu_);
   if (stopping_) return Error(ErrorCode::kAborted, "device is closing; job not submitted");
   const uint64_t id = next_id_++;
+  drm_vnpu_job dj{};
+  dj.cmds = reinterpret_cast<uintptr_t>(p->cmds.data());
+  dj.cmd_count = static_cast<uint32_t>(p->cmds.size());
+  dj.user_data = id;
+  if (!free_reports_.empty()) {
+    p->report = free_reports_.back();
+    free_reports_.pop_back();
+    auto* rep = static_cast<drm_vnpu_job_report*>(reports_.data()) + p->report;
+    __atomic_store_n(&rep->flags, 0u, __ATOMIC_RELEASE);
+    dj.report_handle = report_handle_;
+    dj.report_offset = static_cast<uint64_t>(p->report) * sizeof(drm_vnpu_job_report);
+  }
+  auto give_back_report = [&] {
+    if (p->report >= 0) free_reports_.push_back(static_cast<uint32_t>(p->report));
+  };
+
   if (mode_ == SubmitMode::kIoctl) {
-    if (drmIoctl(fd_->fd, DRM_IOCTL_VNPU_SUBMIT, &req) != 0) return errno_error(errno, "SUBMIT ioctl");
-    p->seqno = req.seqno;
+    drm_vnpu_submit req{};
+    req.jobs = reinterpret_cast<uintptr_t>(&dj);
+    req.job_count = 1;
+    req.queue_id = queue_id_;
+    if (drmIoctl(fd_->fd, DRM_IOCTL_VNPU_SUBMIT, &req) != 0) {
+      const int err = errno;
+      give_back_report();
+      return errno_error(err, "SUBMIT ioctl");
+    }
+    p->seqno = req.first_seqno;
     pending_.emplace(id, std::move(p));
     wait_order_.push_back(id);
     cv_.notify_all();
@@ -310,23 +382,48 @@ Status KernelDevice::do_submit(Job job, JobCallback done) {
   if (!sqe) {  // SQ full: flush what is there and take a fresh slot
     (void)io_uring_submit(&ring_);
     sqe = io_uring_get_sqe(&ring_);
-    if (!sqe) return Error(ErrorCode::kIo, "io_uring submission queue stays full; job not submitted");
+    if (!sqe) {
+      give_back_report();
+      return Error(ErrorCode::kIo, "io_uring submission queue stays full; job not submitted");
+    }
   }
   // liburing 2.3 has no io_uring_prep_uring_cmd: prep a plain rw SQE, then fill cmd_op and the 80-byte
   // command area (which overlaps addr3/__pad2 that prep_rw zeroes, so it must come after).
+  drm_vnpu_uring_submit us{};
+  us.queue_id = queue_id_;
+  us.job = dj;
   io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd_->fd, nullptr, 0, 0);
   sqe->cmd_op = DRM_VNPU_URING_CMD_SUBMIT;
-  static_assert(sizeof(drm_vnpu_submit) <= 80, "submit must fit the SQE128 command area");
+  static_assert(sizeof(drm_vnpu_uring_submit) <= 80, "submit must fit the SQE128 command area");
   std::memset(sqe->cmd, 0, 80);
-  std::memcpy(sqe->cmd, &req, sizeof(req));
+  std::memcpy(sqe->cmd, &us, sizeof(us));
   io_uring_sqe_set_data64(sqe, id);
+  const int64_t report = p->report;
   pending_.emplace(id, std::move(p));
   const int r = io_uring_submit(&ring_);
   if (r < 0) {
     pending_.erase(id);
+    if (report >= 0) free_reports_.push_back(static_cast<uint32_t>(report));
     return errno_error(-r, "io_uring_submit of a URING_CMD job");
   }
   return {};
+}
+
+void KernelDevice::read_report(int64_t idx, JobResult& r) {
+  if (idx < 0) return;
+  auto* rep = static_cast<const drm_vnpu_job_report*>(reports_.data()) + idx;
+  // The driver writes the report before completing the CQE/WAIT and sets VALID last.
+  if (__atomic_load_n(&rep->flags, __ATOMIC_ACQUIRE) & DRM_VNPU_REPORT_F_VALID) {
+    if (rep->t_start) r.t_start_ns = rep->t_start;
+    if (rep->t_end) r.t_end_ns = rep->t_end;
+    r.hw_status = rep->hw_status;
+    r.h2d_ns = rep->h2d_ns;
+    r.compute_ns = rep->compute_ns;
+    r.d2h_ns = rep->d2h_ns;
+    r.fault_addr = rep->fault_addr;
+  }
+  std::lock_guard lock(mu_);
+  free_reports_.push_back(static_cast<uint32_t>(idx));
 }
 
 void KernelDevice::finish(std::unique_ptr<Pending> p, JobResult r) {
@@ -346,7 +443,6 @@ void KernelDevice::uring_loop() {
     if (r < 0) return;  // the ring is unusable; the destructor aborts what is left
     const uint64_t id = io_uring_cqe_get_data64(cqe);
     const int res = cqe->res;
-    const uint64_t hw = cqe->big_cqe[1];
     io_uring_cqe_seen(&ring_, cqe);
     if (id == kStopTag) return;
     std::unique_ptr<Pending> p;
@@ -358,12 +454,9 @@ void KernelDevice::uring_loop() {
       pending_.erase(it);
     }
     JobResult jr;
-    if (res != 0) {
-      // res is the job's errno; for failures reported by the device the CQE carries its status as well.
-      jr.status = hw != 0 ? hw_status_error(static_cast<uint32_t>(hw), "job failed (" + std::string(std::strerror(-res)) + ")")
-                          : errno_error(-res, "job failed");
-    }
-    jr.hw_status = static_cast<uint32_t>(hw);
+    read_report(p->report, jr);
+    p->report = -1;
+    if (res != 0) jr.status = job_error(res, jr.hw_status.value_or(0), jr.fault_addr, "job");
     finish(std::move(p), std::move(jr));
   }
 }
@@ -379,6 +472,7 @@ void KernelDevice::ioctl_loop() {
     lock.unlock();
     drm_vnpu_wait w{};
     w.seqno = seqno;
+    w.queue_id = queue_id_;
     // Bounded waits so a closing device is noticed; the job itself keeps running in the driver.
     w.timeout_ns = static_cast<int64_t>(monotonic_ns() + 100'000'000ull);
     const int r = drmIoctl(fd_->fd, DRM_IOCTL_VNPU_WAIT, &w);
@@ -390,15 +484,15 @@ void KernelDevice::ioctl_loop() {
     pending_.erase(id);
     lock.unlock();
     JobResult jr;
+    read_report(p->report, jr);
+    p->report = -1;
     if (err != 0) {
       jr.status = errno_error(err, "WAIT for job " + std::to_string(seqno));
     } else {
       jr.hw_status = w.hw_status;
       jr.t_start_ns = w.t_start;
       jr.t_end_ns = w.t_end;
-      if (w.job_status != 0)
-        jr.status = w.hw_status != 0 ? hw_status_error(w.hw_status, "job " + std::to_string(seqno))
-                                     : errno_error(-w.job_status, "job " + std::to_string(seqno));
+      if (w.job_status != 0) jr.status = job_error(w.job_status, w.hw_status, jr.fault_addr, "job " + std::to_string(seqno));
     }
     finish(std::move(p), std::move(jr));
     lock.lock();

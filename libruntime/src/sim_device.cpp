@@ -1,15 +1,20 @@
 // SPDX-License-Identifier: MIT
 // The "sim" backend: the device's engine library (qemu-device/engine) in-process, driven the way vnpu.ko
-// drives the PCI device. This file is a tiny userspace driver: it owns the command and completion rings
-// (process memory; DMA address = process virtual address), builds scatter-gather tables for host buffers,
-// allocates device memory, rings doorbells with vnpu_engine_mmio_write, turns "interrupts" into wake-ups of
-// a completion thread, and serves the engine's schedule() requests with a timer thread (CLOCK_MONOTONIC).
+// drives the PCI device. This file is a small userspace driver: it owns the command and completion rings, the
+// context table and this device's page tables (process memory; DMA address = process virtual address), builds
+// scatter-gather tables for host buffers, allocates device memory (physical 64 KiB pages + a device virtual
+// range mapped by 3-level page tables, MMU_INVALIDATE after every change), rings doorbells with
+// vnpu_engine_mmio_write, turns "interrupts" into wake-ups of a completion thread, and serves the engine's
+// schedule() requests with a timer thread (CLOCK_MONOTONIC).
 //
-// Locks, in the order they may nest: mu_ (the transport lock the engine requires around mmio/tick) →
-// timer_mu_ / irq_mu_ → regions_->mu. The engine's worker thread calls schedule() and dma_* without mu_.
+// Locks, in the order they may nest: Sim::mu (the transport lock the engine requires around mmio/tick; also
+// guards rings, pending jobs and page tables) → timer_mu_ / irq_mu_ → DmaRegions::mu_. Engine worker threads
+// call schedule() and dma_* without Sim::mu. Buffers (and jobs, which hold buffers) are never destroyed with
+// Sim::mu held: a buffer's destructor takes it to unmap its pages.
 #include <pthread.h>
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -28,9 +33,11 @@ namespace vnpu::detail {
 namespace {
 
 constexpr uint32_t kQueue = 0;
-constexpr uint32_t kVector = 0;
 constexpr uint32_t kRingEntries = 1024;
-constexpr uint64_t kDevmemAlign = 4096;
+constexpr uint16_t kContext = 1;  // not 0, so a command that forgot its context id fails loudly
+constexpr uint64_t kPage = VNPU_MMU_PAGE_SIZE;
+constexpr uint64_t kVaBase = 1ull << 32;  // device VAs start at 4 GiB: small numbers are never valid addresses
+constexpr uint64_t kVaLimit = 1ull << VNPU_MMU_VA_BITS;
 constexpr uint64_t kSgeMaxLen = 1u << 30;  // an SGE covers at most 1 GiB (len is 32-bit)
 constexpr auto kDrainTimeout = std::chrono::seconds(10);
 
@@ -40,8 +47,9 @@ uint64_t monotonic_ns() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-// The host memory the device may reach by DMA (rings, SGL tables, host buffers): the sim's IOMMU. An access
-// outside every registered region is a bus error for the engine, never a stray write into the process.
+// The host memory the device may reach by DMA (rings, context table, page tables, SGL tables, host buffers):
+// the sim's IOMMU. An access outside every registered region is a bus error for the engine, never a stray
+// write into the process.
 class DmaRegions {
  public:
   void add(const void* p, size_t len) {
@@ -65,15 +73,14 @@ class DmaRegions {
   std::map<uint64_t, size_t> regions_;
 };
 
-// First-fit allocator over the device's address space [0, size), 4 KiB granules, coalescing on free.
-class DevmemAllocator {
+// First-fit allocator over [base, base + size), `granule`-sized units, coalescing on free.
+class RangeAllocator {
  public:
-  explicit DevmemAllocator(uint64_t size) {
-    if (size) free_[0] = size;
+  RangeAllocator(uint64_t base, uint64_t size, uint64_t granule) : granule_(granule) {
+    if (size) free_[base] = size;
   }
   std::optional<uint64_t> alloc(uint64_t bytes) {
-    bytes = round_up(bytes, kDevmemAlign);
-    std::lock_guard lock(mu_);
+    bytes = round_up(bytes, granule_);
     for (auto it = free_.begin(); it != free_.end(); ++it) {
       if (it->second < bytes) continue;
       const uint64_t addr = it->first, len = it->second;
@@ -84,8 +91,7 @@ class DevmemAllocator {
     return std::nullopt;
   }
   void free(uint64_t addr, uint64_t bytes) {
-    bytes = round_up(bytes, kDevmemAlign);
-    std::lock_guard lock(mu_);
+    bytes = round_up(bytes, granule_);
     auto [it, inserted] = free_.emplace(addr, bytes);
     if (!inserted) return;  // double free: ignore rather than corrupt the map
     auto next = std::next(it);
@@ -103,15 +109,87 @@ class DevmemAllocator {
   }
 
  private:
-  std::mutex mu_;
+  uint64_t granule_;
   std::map<uint64_t, uint64_t> free_;
 };
 
-// What buffers share with the device, so a buffer may outlive the SimDevice that made it.
+// A 4 KiB page-table page in process memory, registered for DMA.
+struct TablePage {
+  uint64_t* entries = nullptr;
+};
+
+// What the device and the buffers share, so a buffer may outlive the SimDevice that made it: the transport
+// lock, the engine (null once destroyed), DMA regions, device memory and this context's page tables.
 struct SimShared {
-  explicit SimShared(uint64_t devmem) : devmem(devmem) {}
+  std::mutex mu;  // transport lock (see the file comment)
+  VnpuEngine* engine = nullptr;
   DmaRegions regions;
-  DevmemAllocator devmem;
+  RangeAllocator phys{0, 0, kPage};
+  RangeAllocator va{kVaBase, kVaLimit - kVaBase, kPage};
+  vnpu_hw_ctx* ctx_table = nullptr;
+  uint32_t num_contexts = 0;
+  uint64_t* l1 = nullptr;
+  std::map<uint64_t, uint64_t*> tables;  // (level << 40 | index path) -> table; owns every table but l1
+  uint64_t devmem_used = 0;
+
+  ~SimShared() {
+    for (auto& [k, t] : tables) {
+      regions.remove(t);
+      std::free(t);
+    }
+    if (l1) regions.remove(l1), std::free(l1);
+    if (ctx_table) regions.remove(ctx_table), std::free(ctx_table);
+  }
+
+  uint64_t* new_table() {
+    auto* t = static_cast<uint64_t*>(std::aligned_alloc(4096, 4096));
+    if (!t) return nullptr;
+    std::memset(t, 0, 4096);
+    regions.add(t, 4096);
+    return t;
+  }
+
+  // The level-3 table covering `va`, created on demand (mu held).
+  uint64_t* l3_for(uint64_t va) {
+    const uint64_t i1 = VNPU_MMU_INDEX(va, 1), i2 = VNPU_MMU_INDEX(va, 2);
+    uint64_t* l2 = nullptr;
+    if (auto it = tables.find(2ull << 40 | i1); it != tables.end()) {
+      l2 = it->second;
+    } else {
+      l2 = new_table();
+      if (!l2) return nullptr;
+      tables[2ull << 40 | i1] = l2;
+      __atomic_store_n(&l1[i1], reinterpret_cast<uint64_t>(l2) | VNPU_PTE_VALID, __ATOMIC_RELEASE);
+    }
+    const uint64_t key3 = 3ull << 40 | i1 << 9 | i2;
+    if (auto it = tables.find(key3); it != tables.end()) return it->second;
+    uint64_t* l3 = new_table();
+    if (!l3) return nullptr;
+    tables[key3] = l3;
+    __atomic_store_n(&l2[i2], reinterpret_cast<uint64_t>(l3) | VNPU_PTE_VALID, __ATOMIC_RELEASE);
+    return l3;
+  }
+
+  // Map [va, va+len) to [pa, pa+len), page by page (mu held). False if a table could not be allocated.
+  bool map(uint64_t va, uint64_t pa, uint64_t len) {
+    for (uint64_t off = 0; off < len; off += kPage) {
+      uint64_t* l3 = l3_for(va + off);
+      if (!l3) return false;
+      __atomic_store_n(&l3[VNPU_MMU_INDEX(va + off, 3)], (pa + off) | VNPU_PTE_VALID | VNPU_PTE_WRITE, __ATOMIC_RELEASE);
+    }
+    return true;
+  }
+  void unmap(uint64_t va, uint64_t len) {
+    for (uint64_t off = 0; off < len; off += kPage) {
+      const uint64_t v = va + off;
+      auto it = tables.find(3ull << 40 | VNPU_MMU_INDEX(v, 1) << 9 | VNPU_MMU_INDEX(v, 2));
+      if (it != tables.end()) __atomic_store_n(&it->second[VNPU_MMU_INDEX(v, 3)], 0, __ATOMIC_RELEASE);
+    }
+  }
+  // Drop the device's cached translations of our context (mu held).
+  void invalidate() {
+    if (engine) vnpu_engine_mmio_write(engine, VNPU_REG_MMU_INVALIDATE, kContext, 4);
+  }
 };
 
 struct SimHostBuffer final : HostBufferObject {
@@ -127,8 +205,17 @@ struct SimHostBuffer final : HostBufferObject {
 };
 
 struct SimDeviceBuffer final : DeviceBufferObject {
-  ~SimDeviceBuffer() override { shared->devmem.free(dev_addr, size); }
+  ~SimDeviceBuffer() override {
+    std::lock_guard lock(shared->mu);
+    shared->unmap(dev_addr, mapped);
+    shared->invalidate();
+    shared->va.free(dev_addr, mapped);
+    shared->phys.free(phys_addr, mapped);
+    shared->devmem_used -= mapped;
+  }
   std::shared_ptr<SimShared> shared;
+  uint64_t phys_addr = 0;
+  uint64_t mapped = 0;
 };
 
 class SimDevice final : public Device {
@@ -137,6 +224,7 @@ class SimDevice final : public Device {
   ~SimDevice() override;
 
   const DeviceInfo& info() const noexcept override { return info_; }
+  Result<uint64_t> clock_ns() override { return monotonic_ns(); }
   Result<HostBuffer> alloc_host(size_t bytes) override;
   Result<DeviceBuffer> alloc_device(size_t bytes) override;
 
@@ -150,6 +238,7 @@ class SimDevice final : public Device {
     JobCallback done;
     uint32_t ncmds = 0;
   };
+  using Finished = std::vector<std::pair<std::unique_ptr<Pending>, JobResult>>;
 
   SimDevice() = default;
   Status start(const DeviceOptions& options);
@@ -157,10 +246,8 @@ class SimDevice final : public Device {
   void wr(uint64_t off, uint32_t v) { vnpu_engine_mmio_write(engine_, off, v, 4); }
   void timer_loop();
   void completion_loop();
-  // Reap completion records (mu_ held); returns the finished jobs with their results.
-  std::vector<std::pair<std::unique_ptr<Pending>, JobResult>> reap_locked();
+  Finished reap_locked();  // shared_->mu held
 
-  // Engine host callbacks.
   static int host_dma_read(void* opaque, uint64_t addr, void* buf, size_t len);
   static int host_dma_write(void* opaque, uint64_t addr, const void* buf, size_t len);
   static uint64_t host_clock_ns(void*) { return monotonic_ns(); }
@@ -169,15 +256,15 @@ class SimDevice final : public Device {
 
   DeviceInfo info_;
   std::shared_ptr<SimShared> shared_;
-  VnpuEngine* engine_ = nullptr;
+  VnpuEngine* engine_ = nullptr;  // == shared_->engine while it lives
 
-  std::mutex mu_;                 // transport lock: engine mmio/tick, rings, pending_, broken_/stopping_
-  std::condition_variable space_; // ring space freed / pending_ drained
+  // Guarded by shared_->mu:
+  std::condition_variable space_;  // ring space freed / pending_ drained
   vnpu_hw_cmd* sq_ = nullptr;
   vnpu_hw_cpl* cq_ = nullptr;
   uint32_t sq_tail_ = 0, cq_head_ = 0;
   uint16_t cq_phase_ = 1;
-  uint32_t ring_used_ = 0;        // commands of jobs not yet completed
+  uint32_t ring_used_ = 0;  // commands of jobs not yet completed
   uint64_t next_tag_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
   bool stopping_ = false;
@@ -247,15 +334,15 @@ void SimDevice::timer_loop() {
     deadline_ = UINT64_MAX;
     lock.unlock();
     {
-      std::lock_guard dev(mu_);
-      if (engine_) vnpu_engine_tick(engine_);
+      std::lock_guard dev(shared_->mu);
+      if (shared_->engine) vnpu_engine_tick(shared_->engine);
     }
     lock.lock();
   }
 }
 
-std::vector<std::pair<std::unique_ptr<SimDevice::Pending>, JobResult>> SimDevice::reap_locked() {
-  std::vector<std::pair<std::unique_ptr<Pending>, JobResult>> done;
+SimDevice::Finished SimDevice::reap_locked() {
+  Finished done;
   bool consumed = false;
   for (;;) {
     const vnpu_hw_cpl& c = cq_[cq_head_];
@@ -265,8 +352,11 @@ std::vector<std::pair<std::unique_ptr<SimDevice::Pending>, JobResult>> SimDevice
     r.hw_status = c.status;
     r.t_start_ns = c.t_start;
     r.t_end_ns = c.t_end;
-    if (c.status != VNPU_CPL_OK)
-      r.status = hw_status_error(c.status, "job failed at ring index " + std::to_string(c.sq_index));
+    r.h2d_ns = c.h2d_ns;
+    r.compute_ns = c.compute_ns;
+    r.d2h_ns = c.d2h_ns;
+    r.fault_addr = c.fault_addr;
+    if (c.status != VNPU_CPL_OK) r.status = job_error(0, c.status, c.fault_addr, "job (ring index " + std::to_string(c.sq_index) + ")");
     if (++cq_head_ == kRingEntries) {
       cq_head_ = 0;
       cq_phase_ ^= 1;
@@ -282,10 +372,12 @@ std::vector<std::pair<std::unique_ptr<SimDevice::Pending>, JobResult>> SimDevice
   const uint32_t qstatus = rd(VNPU_REG_QUEUE(kQueue, VNPU_QREG_STATUS));
   if ((qstatus & VNPU_QSTATUS_ERROR) && !broken_) {
     const uint32_t qerr = rd(VNPU_REG_QUEUE(kQueue, VNPU_QREG_ERROR));
-    broken_ = Error(ErrorCode::kDeviceFault, "sim device queue stopped with error " + std::to_string(qerr) +
-                                                 "; open a new device");
-    for (auto& [tag, p] : pending_)
-      done.emplace_back(std::move(p), JobResult{*broken_, {}, {}, {}});
+    broken_ = Error(ErrorCode::kDeviceFault, "sim device queue stopped with error " + std::to_string(qerr) + "; open a new device");
+    for (auto& [tag, p] : pending_) {
+      JobResult r;
+      r.status = *broken_;
+      done.emplace_back(std::move(p), std::move(r));
+    }
     pending_.clear();
     ring_used_ = 0;
   }
@@ -302,12 +394,13 @@ void SimDevice::completion_loop() {
       if (irq_stop_) return;
       irq_ = false;
     }
-    std::vector<std::pair<std::unique_ptr<Pending>, JobResult>> done;
+    Finished done;
     {
-      std::lock_guard lock(mu_);
+      std::lock_guard lock(shared_->mu);
       done = reap_locked();
     }
     for (auto& [p, r] : done) p->done(std::move(r));
+    done.clear();  // jobs (and the buffers they hold) die here, outside the transport lock
   }
 }
 
@@ -318,17 +411,41 @@ Result<std::unique_ptr<Device>> SimDevice::open(const DeviceOptions& options) {
 }
 
 Status SimDevice::start(const DeviceOptions& options) {
+  if (options.priority < -1 || options.priority > VNPU_PRIORITY_MAX)
+    return Error(ErrorCode::kInvalidArgument, "queue priority " + std::to_string(options.priority) + " out of range 0..3");
+  // The timing model's defaults are the QEMU device's. VNPU_SIM_<FIELD> environment variables override a
+  // few of them (documented in docs/runtime.md), e.g. lower DMA bandwidths so that the functional copies of
+  // big synthetic transfers keep up with their modelled time on a slow host.
   VnpuEngineConfig cfg{};
-  if (int r = vnpu_engine_config_finalize(&cfg); r < 0) return errno_error(-r, "sim engine configuration");
-  shared_ = std::make_shared<SimShared>(cfg.devmem_size);
+  auto env_u32 = [](const char* name, uint32_t& field) {
+    if (const char* v = std::getenv(name); v && *v) field = static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
+  };
+  env_u32("VNPU_SIM_H2D_MBPS", cfg.h2d_mbps);
+  env_u32("VNPU_SIM_D2H_MBPS", cfg.d2h_mbps);
+  env_u32("VNPU_SIM_COMPUTE_CORES", cfg.compute_cores);
+  env_u32("VNPU_SIM_COMPUTE_GFLOPS", cfg.compute_gflops);
+  if (const char* v = std::getenv("VNPU_SIM_DEVMEM_MB"); v && *v) cfg.devmem_size = std::strtoull(v, nullptr, 10) << 20;
+  if (int r = vnpu_engine_config_finalize(&cfg); r < 0) return errno_error(-r, "sim engine configuration (VNPU_SIM_* variables?)");
+  shared_ = std::make_shared<SimShared>();
+  shared_->phys = RangeAllocator(0, cfg.devmem_size, kPage);
+  shared_->num_contexts = cfg.num_contexts;
+  if (cfg.num_contexts <= kContext) return Error(ErrorCode::kUnsupported, "sim engine has too few contexts");
 
   sq_ = static_cast<vnpu_hw_cmd*>(std::aligned_alloc(4096, sizeof(vnpu_hw_cmd) * kRingEntries));
   cq_ = static_cast<vnpu_hw_cpl*>(std::aligned_alloc(4096, sizeof(vnpu_hw_cpl) * kRingEntries));
-  if (!sq_ || !cq_) return Error(ErrorCode::kOutOfMemory, "cannot allocate the sim device's rings");
+  const size_t ctx_bytes = round_up(sizeof(vnpu_hw_ctx) * cfg.num_contexts, 4096);
+  shared_->ctx_table = static_cast<vnpu_hw_ctx*>(std::aligned_alloc(4096, ctx_bytes));
+  shared_->l1 = shared_->new_table();
+  if (!sq_ || !cq_ || !shared_->ctx_table || !shared_->l1)
+    return Error(ErrorCode::kOutOfMemory, "cannot allocate the sim device's rings and tables");
   std::memset(sq_, 0, sizeof(vnpu_hw_cmd) * kRingEntries);
   std::memset(cq_, 0, sizeof(vnpu_hw_cpl) * kRingEntries);
+  std::memset(shared_->ctx_table, 0, ctx_bytes);
+  shared_->ctx_table[kContext].pt_root = reinterpret_cast<uint64_t>(shared_->l1);
+  shared_->ctx_table[kContext].flags = VNPU_CTX_F_VALID;
   shared_->regions.add(sq_, sizeof(vnpu_hw_cmd) * kRingEntries);
   shared_->regions.add(cq_, sizeof(vnpu_hw_cpl) * kRingEntries);
+  shared_->regions.add(shared_->ctx_table, ctx_bytes);
 
   // The threads exist before the engine so that no schedule() or interrupt is ever missed.
   timer_ = std::thread([this] { timer_loop(); });
@@ -344,18 +461,23 @@ Status SimDevice::start(const DeviceOptions& options) {
   VnpuEngine* engine = nullptr;
   if (int r = vnpu_engine_create(&cfg, &host, &engine); r < 0) return errno_error(-r, "creating the sim engine");
 
-  std::lock_guard lock(mu_);
-  engine_ = engine;
+  std::lock_guard lock(shared_->mu);
+  engine_ = shared_->engine = engine;
   if (rd(VNPU_REG_ID) != VNPU_ID_MAGIC) return Error(ErrorCode::kInternal, "sim engine has a wrong ID register");
   const uint32_t version = rd(VNPU_REG_VERSION);
   if ((version >> 16) != VNPU_VERSION_MAJOR)
     return Error(ErrorCode::kUnsupported, "sim engine interface version " + std::to_string(version >> 16) + " unsupported");
   const uint32_t caps = rd(VNPU_REG_CAPS);
-  if ((caps & (VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL)) != (VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL))
-    return Error(ErrorCode::kUnsupported, "sim engine lacks DMA or MATMUL");
+  const uint32_t need = VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL | VNPU_CAP_MMU;
+  if ((caps & need) != need) return Error(ErrorCode::kUnsupported, "sim engine lacks DMA, MATMUL or the MMU");
   if (!(rd(VNPU_REG_STATUS) & VNPU_STATUS_READY)) return Error(ErrorCode::kDeviceFault, "sim engine not ready");
   if (rd(VNPU_REG_RING_MAX) < kRingEntries)
     return Error(ErrorCode::kUnsupported, "sim engine rings are smaller than " + std::to_string(kRingEntries));
+
+  const auto ct = reinterpret_cast<uint64_t>(shared_->ctx_table);
+  wr(VNPU_REG_CTX_TABLE_LO, static_cast<uint32_t>(ct));
+  wr(VNPU_REG_CTX_TABLE_HI, static_cast<uint32_t>(ct >> 32));
+  wr(VNPU_REG_MMU_INVALIDATE, 0xffffffffu);
 
   const auto sq = reinterpret_cast<uint64_t>(sq_), cq = reinterpret_cast<uint64_t>(cq_);
   wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_SQ_BASE_LO), static_cast<uint32_t>(sq));
@@ -364,7 +486,8 @@ Status SimDevice::start(const DeviceOptions& options) {
   wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_CQ_BASE_LO), static_cast<uint32_t>(cq));
   wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_CQ_BASE_HI), static_cast<uint32_t>(cq >> 32));
   wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_CQ_SIZE), kRingEntries);
-  wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_MSIX_VECTOR), kVector);
+  wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_MSIX_VECTOR), kQueue);
+  wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_PRIORITY), options.priority < 0 ? 1u : static_cast<uint32_t>(options.priority));
   wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_CTRL), VNPU_QCTRL_ENABLE);
   const uint32_t qs = rd(VNPU_REG_QUEUE(kQueue, VNPU_QREG_STATUS));
   if (!(qs & VNPU_QSTATUS_ENABLED) || (qs & VNPU_QSTATUS_ERROR))
@@ -382,18 +505,24 @@ Status SimDevice::start(const DeviceOptions& options) {
   info_.h2d_mbps = rd(VNPU_REG_H2D_MBPS);
   info_.d2h_mbps = rd(VNPU_REG_D2H_MBPS);
   info_.compute_gflops = rd(VNPU_REG_COMPUTE_GFLOPS);
+  info_.compute_cores = std::max(1u, rd(VNPU_REG_COMPUTE_CORES));
+  info_.cmd_overhead_ns = rd(VNPU_REG_CMD_OVERHEAD_NS);
+  info_.h2d_latency_ns = rd(VNPU_REG_H2D_LATENCY_NS);
+  info_.d2h_latency_ns = rd(VNPU_REG_D2H_LATENCY_NS);
+  info_.mmu_page_size = kPage;
+  info_.context_id = kContext;
   return {};
 }
 
 SimDevice::~SimDevice() {
   std::vector<std::unique_ptr<Pending>> left;
-  {
-    std::unique_lock lock(mu_);
+  if (shared_) {
+    std::unique_lock lock(shared_->mu);
     stopping_ = true;
     space_.wait_for(lock, kDrainTimeout, [&] { return pending_.empty(); });
     if (!pending_.empty() && engine_) {
-      // Disabling the queue completes fetched jobs with ABORTED; give those a moment to be reaped.
-      wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_CTRL), 0);
+      // Resetting the queue completes fetched jobs (hung ones too) with ABORTED; give those a moment.
+      wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_CTRL), VNPU_QCTRL_RESET);
       space_.wait_for(lock, std::chrono::seconds(1), [&] { return pending_.empty(); });
     }
   }
@@ -409,16 +538,24 @@ SimDevice::~SimDevice() {
   }
   irq_cv_.notify_all();
   if (completer_.joinable()) completer_.join();
-  {
-    std::lock_guard lock(mu_);
+  if (shared_) {
+    VnpuEngine* engine = nullptr;
+    {
+      std::lock_guard lock(shared_->mu);
+      engine = std::exchange(shared_->engine, nullptr);
+      engine_ = nullptr;
+      for (auto& [tag, p] : pending_) left.push_back(std::move(p));
+      pending_.clear();
+    }
     // After destroy nothing more is written to host memory, so the rings and buffers may go.
-    if (engine_) vnpu_engine_destroy(engine_);
-    engine_ = nullptr;
-    for (auto& [tag, p] : pending_) left.push_back(std::move(p));
-    pending_.clear();
+    if (engine) vnpu_engine_destroy(engine);
   }
-  for (auto& p : left)
-    p->done(JobResult{Error(ErrorCode::kAborted, "job aborted: sim device closed before it completed"), {}, {}, {}});
+  for (auto& p : left) {
+    JobResult r;
+    r.status = Error(ErrorCode::kAborted, "job aborted: sim device closed before it completed");
+    p->done(std::move(r));
+  }
+  left.clear();
   if (shared_) {
     shared_->regions.remove(sq_);
     shared_->regions.remove(cq_);
@@ -452,22 +589,41 @@ Result<HostBuffer> SimDevice::alloc_host(size_t bytes) {
 
 Result<DeviceBuffer> SimDevice::alloc_device(size_t bytes) {
   if (bytes == 0) return Error(ErrorCode::kInvalidArgument, "device buffer of 0 bytes");
-  auto addr = shared_->devmem.alloc(bytes);
-  if (!addr)
-    return Error(ErrorCode::kOutOfMemory, "sim device memory exhausted allocating " + std::to_string(bytes) +
-                                              " bytes (device has " + std::to_string(info_.devmem_size) + ")");
+  const uint64_t len = round_up(bytes, kPage);
   auto obj = std::make_shared<SimDeviceBuffer>();
   obj->shared = shared_;
   obj->owner = shared_.get();
   obj->size = bytes;
-  obj->dev_addr = *addr;
+  std::lock_guard lock(shared_->mu);
+  auto pa = shared_->phys.alloc(len);
+  if (!pa)
+    return Error(ErrorCode::kOutOfMemory, "sim device memory exhausted allocating " + std::to_string(bytes) +
+                                              " bytes (device has " + std::to_string(info_.devmem_size) + ", " +
+                                              std::to_string(shared_->devmem_used) + " in use)");
+  auto va = shared_->va.alloc(len);
+  if (!va) {
+    shared_->phys.free(*pa, len);
+    return Error(ErrorCode::kOutOfMemory, "sim device virtual address space exhausted");
+  }
+  if (!shared_->map(*va, *pa, len)) {
+    shared_->unmap(*va, len);
+    shared_->va.free(*va, len);
+    shared_->phys.free(*pa, len);
+    return Error(ErrorCode::kOutOfMemory, "cannot allocate sim page tables");
+  }
+  shared_->invalidate();
+  shared_->devmem_used += len;
+  obj->phys_addr = *pa;
+  obj->mapped = len;
+  obj->dev_addr = *va;
   return DeviceBuffer(std::move(obj));
 }
 
 Status SimDevice::do_submit(Job job, JobCallback done) {
   const auto n = static_cast<uint32_t>(job.commands.size());
   if (n > kRingEntries) return Error(ErrorCode::kInvalidArgument, "job longer than the command ring");
-  std::unique_lock lock(mu_);
+  auto p = std::make_unique<Pending>();
+  std::unique_lock lock(shared_->mu);
   space_.wait(lock, [&] { return stopping_ || broken_ || ring_used_ + n <= kRingEntries; });
   if (stopping_) return Error(ErrorCode::kAborted, "device is closing; job not submitted");
   if (broken_) return *broken_;
@@ -477,6 +633,7 @@ Status SimDevice::do_submit(Job job, JobCallback done) {
     const Command& c = job.commands[i];
     vnpu_hw_cmd e{};
     e.flags = i + 1 == n ? VNPU_CMD_F_LAST : 0;
+    e.ctx_id = kContext;
     e.tag = tag;
     switch (c.kind) {
       case Command::Kind::kCopyToDevice:
@@ -500,11 +657,24 @@ Status SimDevice::do_submit(Job job, JobCallback done) {
         e.matmul.k = c.k;
         e.matmul.dtype = VNPU_DTYPE_F32;
         break;
+      case Command::Kind::kExec:
+        e.opcode = VNPU_OPC_EXEC;
+        e.exec.prog_addr = c.dev[0]->dev_addr + c.dev_offset[0];
+        e.exec.prog_len = static_cast<uint32_t>(c.size2);
+        e.exec.num_bindings = c.count;
+        e.exec.bindings_addr = c.dev[1]->dev_addr + c.dev_offset[1];
+        break;
+      case Command::Kind::kSynth:
+        e.opcode = VNPU_OPC_SYNTH;
+        e.synth.ns = c.ns;
+        break;
+      case Command::Kind::kNop:
+        e.opcode = VNPU_OPC_NOP;
+        break;
     }
     sq_[sq_tail_] = e;
     sq_tail_ = (sq_tail_ + 1) % kRingEntries;
   }
-  auto p = std::make_unique<Pending>();
   p->job = std::move(job);
   p->done = std::move(done);
   p->ncmds = n;

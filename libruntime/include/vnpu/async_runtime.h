@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 /// \file
-/// vnpu::AsyncRuntime: runs a model on one device with several requests in flight, overlapping host input
-/// preparation, H2D DMA, compute and D2H DMA across requests.
+/// vnpu::AsyncRuntime: runs a model on one or several devices with several requests in flight, overlapping
+/// host input preparation, H2D DMA, compute and D2H DMA across requests. vnpu::Runtime: the synchronous
+/// one-request-at-a-time form. docs/runtime.md describes the semantics in full.
 #pragma once
 
 #include <chrono>
@@ -9,8 +10,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include <vnpu/compiled_model.h>
 #include <vnpu/device.h>
 #include <vnpu/export.h>
 #include <vnpu/model.h>
@@ -19,103 +22,171 @@
 
 namespace vnpu {
 
+/// How requests are spread over several devices.
+enum class Placement {
+  kLeastLoaded,  ///< the device with the most free request slots (ties: lowest index)
+  kRoundRobin,   ///< devices in turn (skipping a device with no free slot)
+};
+
 /// How an AsyncRuntime is set up. Zero/empty fields take the documented defaults.
 struct RuntimeOptions {
   /// "kernel", "sim", or empty: "kernel" if /dev/accel/accel<device> exists, else "sim".
   std::string backend;
-  /// Device index (/dev/accel/accel<device> for the kernel backend).
+  /// Device index (/dev/accel/accel<device> for the kernel backend; a label for sim).
   int device = 0;
-  /// Input-preparation threads (copying inputs into DMA staging buffers), 1..16. 2 double-buffers the host
-  /// side: one request is prepared while another is being submitted.
+  /// Several devices: requests are spread over them (see placement). Empty = {device}.
+  std::vector<int> devices;
+  /// How requests are spread over `devices`.
+  Placement placement = Placement::kLeastLoaded;
+  /// Input-preparation threads ("vnpu-prep<i>"), 1..16: copy/convert inputs into DMA staging buffers.
   int parallel = 1;
-  /// Requests that hold device resources at once (staging + device buffers each), 1..256; 0 means
-  /// max(4, 2 * parallel). Further requests queue in FIFO order until one finishes.
+  /// Request slots per device, 1..256 (0 = max(4, 2 * parallel)): each holds the device memory and the
+  /// output buffer of one request from its H2D to the moment its outputs are copied out. Requests beyond
+  /// this wait in FIFO order (back-pressure: memory stays bounded however many run() calls are made).
   int max_in_flight = 0;
+  /// Input staging buffers per device, 1..256 (0 = parallel + 2: one being filled per prep thread, one
+  /// whose H2D is running, one spare to absorb jitter). A staging buffer is returned as soon as
+  /// its request's H2D has finished (input consumed), not when the request finishes.
+  int staging_buffers = 0;
+  /// Longest time a request may take from run() to resolution (0 = no limit). An expired request resolves
+  /// with Error(kTimeout); the device work it started still completes in the background.
+  std::chrono::milliseconds timeout{0};
   /// Kernel backend submission path (io_uring or ioctl SUBMIT+WAIT).
   SubmitMode submit_mode = SubmitMode::kUring;
+  /// Device queue priority 0..3, -1 = default.
+  int priority = -1;
 };
 
-/// Where one request spent its time. Host times on std::chrono::steady_clock.
+/// Where one request spent its time. Host times on std::chrono::steady_clock (CLOCK_MONOTONIC).
 struct RequestTimings {
   using Clock = std::chrono::steady_clock;
   Clock::time_point enqueued;    ///< run() accepted the request
-  Clock::time_point prep_start;  ///< a prep thread picked it up (after waiting for a free slot)
-  Clock::time_point prep_end;    ///< input copied into the staging buffer
-  Clock::time_point submitted;   ///< the device accepted the job
-  Clock::time_point completed;   ///< the completion thread saw the job finish
-  Clock::time_point resolved;    ///< outputs copied out; task resolved
-  /// Device clock (ns) at job start / end, when the backend reports them (DeviceInfo::timestamps).
+  Clock::time_point prep_start;  ///< a prep thread picked it up (after waiting for a slot and a staging buffer)
+  Clock::time_point prep_end;    ///< inputs copied into the staging buffer
+  Clock::time_point submitted;   ///< the H2D job was handed to the device
+  Clock::time_point completed;   ///< the completion thread saw the compute+D2H job finish
+  Clock::time_point resolved;    ///< outputs copied out; task about to resolve
+  int device_index = 0;          ///< index into RuntimeOptions::devices of the device that ran it
+  int prep_thread = 0;           ///< which prep thread ("vnpu-prep<i>") prepared it
+  /// Device clock (ns): start and end of the H2D job and of the compute+D2H job, when the backend reports
+  /// them (DeviceInfo::timestamps).
+  std::optional<uint64_t> h2d_start_ns, h2d_end_ns, exec_start_ns, exec_end_ns;
+  /// Device clock (ns) at the request's first device activity / its end (= h2d_start_ns / exec_end_ns).
   std::optional<uint64_t> device_start_ns, device_end_ns;
+  /// Modelled busy time on each engine (ns), 0 when not reported.
+  uint64_t h2d_ns = 0, compute_ns = 0, d2h_ns = 0;
 
   [[nodiscard]] Clock::duration prep() const { return prep_end - prep_start; }
-  [[nodiscard]] Clock::duration submit_to_complete() const { return completed - submitted; }
   [[nodiscard]] Clock::duration total() const { return resolved - enqueued; }
-  /// Device busy time of this job, if timestamps are available.
+  /// Device time from the start of its H2D to the end of its D2H, if timestamps are available.
   [[nodiscard]] std::optional<std::chrono::nanoseconds> device() const {
     if (!device_start_ns || !device_end_ns) return std::nullopt;
     return std::chrono::nanoseconds(*device_end_ns - *device_start_ns);
   }
 };
 
-/// Model inputs, in the model's input order (MatmulModel: exactly one, x[m,k]).
+/// Model inputs, in the model's input order.
 using Inputs = std::vector<Tensor>;
 
 /// The result of one request: output tensors in the model's output order, plus its timings.
 struct Outputs {
   std::vector<Tensor> tensors;
+  std::vector<std::string> names;  ///< the model's output names, same order
   RequestTimings timings;
   Tensor& operator[](size_t i) { return tensors.at(i); }
   const Tensor& operator[](size_t i) const { return tensors.at(i); }
+  /// The output called `name`; throws Error(kNotFound).
+  [[nodiscard]] VNPU_API const Tensor& at(std::string_view name) const;
 };
 
 class RuntimeImpl;
 
-/// Runs one model on one device asynchronously.
+/// Runs one model asynchronously.
 ///
-/// Pipeline of a request: run() validates and queues it → a prep thread (one of `parallel`) takes a free
-/// request slot (a staging host buffer and device buffers, `max_in_flight` of them) and copies the input into
-/// the staging buffer → one job [H2D staging→device, MATMUL, D2H device→staging] is submitted → the device's
-/// completion thread copies the output into an owned Tensor, frees the slot and resolves the Task.
+/// Pipeline of a request: run() checks the inputs and queues the request → a prep thread (one of
+/// `parallel`) takes a device with a free request slot and a free staging buffer and copies the inputs into
+/// the staging buffer → job 1 [H2D staging→device] is submitted → when job 1 completes, the device's
+/// completion thread returns the staging buffer to its pool and submits job 2 [compute, D2H device→output
+/// buffer] → when job 2 completes, the callback thread ("vnpu-callback") copies the outputs out, frees the
+/// slot and resolves the Task. Request N+1's H2D overlaps request N's compute (each slot has its own device
+/// buffers); weights and program are uploaded once per device.
 ///
-/// Threads: run()/async_run() may be called from any thread, including from a coroutine resumed by this
-/// runtime; they never block on the device. Tasks resolve, and coroutines awaiting them resume, on the
-/// device's completion thread ("vnpu-complete"): a resumed coroutine should hand heavy work elsewhere and
-/// must not destroy the runtime there.
-/// Ordering: requests are picked up for preparation in run() order (with parallel > 1 two may be submitted
-/// in either order); completion order is not guaranteed.
-/// Errors: invalid inputs throw vnpu::Error from run() at once; device failures resolve the Task with a
-/// vnpu::Error (kDeviceFault, kAborted, ...). A failed request does not affect others.
-/// Destruction: waits for every request already accepted by run() to finish (drain, no cancellation); their
-/// Tasks resolve normally and stay valid afterwards.
+/// Threads: run() may be called from any thread, including from callbacks and coroutines this runtime
+/// resumes; it never blocks on the device. Callbacks (Task::on_complete) run, and coroutines awaiting a
+/// Task resume, on the runtime's callback thread — never on a device completion thread — or inline when the
+/// task had already resolved. Code there should be short and must not wait() on another Task of this
+/// runtime nor destroy it.
+/// Ordering: requests start preparation in run() order (FIFO queue, FIFO wake-ups). Completion order is
+/// not guaranteed (parallel > 1, several devices, several compute cores or a failure reorder them); pair
+/// results with requests through their Tasks, never by arrival order.
+/// Errors: invalid inputs throw vnpu::Error(kInvalidArgument) from run() at once; device faults (bad program,
+/// MMU fault: kDeviceFault), timeouts (kTimeout) and cancellation (kCancelled) resolve the Task with a
+/// vnpu::Error, rethrown by wait()/co_await. A failed request does not affect others.
+/// Destruction: requests not yet prepared resolve with kCancelled; requests already on a device run to
+/// completion and resolve normally (bounded by the device); then the threads stop. Tasks stay valid.
 class VNPU_API AsyncRuntime {
  public:
-  /// Opens the device, uploads the weights once and starts the prep threads.
-  /// Throws vnpu::Error: kInvalidArgument (options out of range), kNotFound (backend or device missing),
-  /// kOutOfMemory (device memory too small for the weights and max_in_flight request slots), kDeviceFault
-  /// (weight upload failed), or whatever opening the device reports.
-  explicit AsyncRuntime(MatmulModel model, RuntimeOptions options = {});
+  /// Opens the device(s), uploads weights and program once per device, allocates the request slots and
+  /// starts the threads. Throws vnpu::Error: kInvalidArgument (options out of range), kNotFound (backend or
+  /// device missing), kUnsupported (the device lacks EXEC/SYNTH for this model), kOutOfMemory (device memory
+  /// too small for the model and max_in_flight slots), kDeviceFault (upload failed).
+  explicit AsyncRuntime(CompiledModel model, RuntimeOptions options = {});
+  /// The v0 matmul model (CompiledModel::from_matmul).
+  explicit AsyncRuntime(const MatmulModel& model, RuntimeOptions options = {});
   ~AsyncRuntime();
   AsyncRuntime(const AsyncRuntime&) = delete;
   AsyncRuntime& operator=(const AsyncRuntime&) = delete;
 
-  /// Start one inference. Takes the inputs (move them in to avoid a copy). Throws Error(kInvalidArgument) if
-  /// the number or shapes of inputs do not match the model; never blocks on the device.
+  /// Start one inference. Owned input tensors are moved in; borrowed ones are read in place by a prep thread
+  /// (keep them alive until the task resolves). Throws Error(kInvalidArgument) if the number, shapes or
+  /// dtypes of the inputs do not match the model, kAborted if the runtime is shutting down. Never blocks on
+  /// the device.
   [[nodiscard]] Task<Outputs> run(Inputs inputs);
+  /// run() that writes the results into `outputs` (one per model output, matching shape and dtype,
+  /// typically borrowed views of caller memory) instead of allocating new tensors; Outputs::tensors holds
+  /// the same views.
+  [[nodiscard]] Task<Outputs> run(Inputs inputs, std::vector<Tensor> outputs);
   /// run({x}).
   [[nodiscard]] Task<Outputs> run(Tensor x);
-  /// The same as run(), named for `Outputs y = co_await runtime.async_run(x);` (a Task is awaitable; the
-  /// coroutine resumes on the completion thread, or inline if the result is already there).
+  /// The same as run(), named for `Outputs y = co_await runtime.async_run(x);`.
   [[nodiscard]] Task<Outputs> async_run(Inputs inputs) { return run(std::move(inputs)); }
   [[nodiscard]] Task<Outputs> async_run(Tensor x) { return run(std::move(x)); }
 
-  [[nodiscard]] const MatmulModel& model() const noexcept;
-  /// The device this runtime uses.
+  [[nodiscard]] const CompiledModel& model() const noexcept;
+  /// The first device.
   [[nodiscard]] const DeviceInfo& device_info() const noexcept;
-  /// The options with defaults resolved (backend name, max_in_flight).
+  /// Every device, in RuntimeOptions::devices order.
+  [[nodiscard]] std::vector<DeviceInfo> devices_info() const;
+  /// The options with defaults resolved (backend name, devices, max_in_flight, staging_buffers).
   [[nodiscard]] const RuntimeOptions& options() const noexcept;
+  /// Device clock of device `i` minus steady_clock, in ns, sampled at start-up (for placing device
+  /// timestamps on the host timeline; 0 for the sim backend, whose device clock is CLOCK_MONOTONIC).
+  [[nodiscard]] int64_t device_clock_offset_ns(size_t i) const;
+  /// Host memory this runtime holds for DMA: staging buffers plus output buffers, bytes.
+  [[nodiscard]] uint64_t host_dma_bytes() const noexcept;
 
  private:
   std::unique_ptr<RuntimeImpl> impl_;
+};
+
+/// The synchronous runtime: one request at a time (max_in_flight = 1, parallel = 1), run() returns the
+/// outputs. Same devices, errors and timeout as AsyncRuntime. Thread-safe (calls are serialised).
+class VNPU_API Runtime {
+ public:
+  /// As AsyncRuntime's constructor; parallel and max_in_flight of `options` are ignored.
+  explicit Runtime(CompiledModel model, RuntimeOptions options = {});
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  /// Run one inference and return its outputs; throws vnpu::Error as AsyncRuntime's Task would.
+  Outputs run(Inputs inputs);
+  Outputs run(Tensor x);
+  [[nodiscard]] const CompiledModel& model() const noexcept;
+  [[nodiscard]] const DeviceInfo& device_info() const noexcept;
+
+ private:
+  std::unique_ptr<AsyncRuntime> rt_;
 };
 
 }  // namespace vnpu

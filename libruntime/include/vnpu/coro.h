@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 /// \file
-/// Minimal coroutine support: vnpu::Async<T>, a lazy coroutine type for writing `co_await runtime.async_run(x)`
-/// code, and vnpu::sync_wait() to drive one from ordinary code (tests, tools).
+/// The coroutine kit: vnpu::Task<T> (task.h) is the eager coroutine type and the request handle;
+/// vnpu::when_all() joins several tasks (like asyncio.gather); vnpu::sync_wait() drives an awaitable from
+/// ordinary code; vnpu::Async<T> is a lazy coroutine type (starts when awaited) kept from v0.
 #pragma once
 
 #include <condition_variable>
@@ -10,7 +11,11 @@
 #include <mutex>
 #include <optional>
 #include <type_traits>
+#include <tuple>
 #include <utility>
+#include <vector>
+
+#include <vnpu/task.h>
 
 namespace vnpu {
 
@@ -180,6 +185,30 @@ detail::AwaitResult<A&&> sync_wait(A&& awaitable) {
   driver.h.destroy();
   if (error) std::rethrow_exception(error);
   if constexpr (!std::is_void_v<R>) return std::move(*result);
+}
+
+/// Await every task in order and return their results in the same order (like asyncio.gather). The tasks
+/// already run concurrently (AsyncRuntime requests and Task coroutines start eagerly); when_all only joins.
+/// If one fails, its error is rethrown by the joined task as soon as it is reached; the remaining tasks keep
+/// running detached and their results are dropped. Resumes where the last awaited task resolved.
+template <class T>
+Task<std::vector<T>> when_all(std::vector<Task<T>> tasks) {
+  std::vector<T> out;
+  out.reserve(tasks.size());
+  for (auto& t : tasks) out.push_back(co_await std::move(t));
+  co_return out;
+}
+
+/// when_all for tasks without a result.
+inline Task<void> when_all(std::vector<Task<void>> tasks) {
+  for (auto& t : tasks) co_await std::move(t);
+}
+
+/// when_all over tasks of different types: a tuple of their results.
+template <class... Ts>
+  requires(sizeof...(Ts) >= 2 && (!std::is_void_v<Ts> && ...))
+Task<std::tuple<Ts...>> when_all(Task<Ts>... tasks) {
+  co_return std::tuple<Ts...>{co_await std::move(tasks)...};
 }
 
 }  // namespace vnpu

@@ -41,6 +41,8 @@ struct DeviceOptions {
   int index = 0;
   /// Kernel backend submission path.
   SubmitMode submit_mode = SubmitMode::kUring;
+  /// Queue priority 0 (lowest)..3; -1 = the device default (1). Higher-priority queues are served first.
+  int priority = -1;
 };
 
 /// What an opened device is and can do.
@@ -54,6 +56,11 @@ struct DeviceInfo {
   bool timestamps = false;       ///< JobResult carries device t_start/t_end
   std::string submit_path;       ///< "uring", "ioctl" or "mmio" (sim)
   uint32_t h2d_mbps = 0, d2h_mbps = 0, compute_gflops = 0;  ///< timing model, if known (0 otherwise)
+  uint32_t compute_cores = 1;    ///< compute commands of different jobs run concurrently on this many cores
+  uint32_t cmd_overhead_ns = 0;  ///< timing model: fixed cost per command, if known
+  uint32_t h2d_latency_ns = 0, d2h_latency_ns = 0;  ///< timing model: fixed cost per transfer, if known
+  uint64_t mmu_page_size = 0;    ///< device MMU page size; device allocations round up to it
+  uint32_t context_id = 0;       ///< this open device's address-space context on the device
 };
 
 /// Host memory the device reaches by DMA, mapped into this process. Move-only handle; the memory stays alive
@@ -98,7 +105,7 @@ class VNPU_API DeviceBuffer {
 
   /// Usable size in bytes (as requested).
   [[nodiscard]] size_t size() const noexcept;
-  /// Device address (informational; commands name buffers, not addresses).
+  /// Device virtual address in this device's context: what EXEC binding tables hold.
   [[nodiscard]] uint64_t device_address() const noexcept;
   explicit operator bool() const noexcept { return obj_ != nullptr; }
   [[nodiscard]] const std::shared_ptr<detail::DeviceBufferObject>& object() const noexcept { return obj_; }
@@ -109,7 +116,7 @@ class VNPU_API DeviceBuffer {
 
 /// One command of a job. Build with the factory functions; a Command keeps the buffers it names alive.
 struct VNPU_API Command {
-  enum class Kind { kCopyToDevice, kCopyFromDevice, kMatmul };
+  enum class Kind { kCopyToDevice, kCopyFromDevice, kMatmul, kExec, kSynth, kNop };
 
   /// H2D: `bytes` from src[src_offset..] to dst[dst_offset..].
   static Command copy_to_device(const HostBuffer& src, uint64_t src_offset, const DeviceBuffer& dst,
@@ -121,6 +128,15 @@ struct VNPU_API Command {
   static Command matmul(const DeviceBuffer& a, uint64_t a_offset, const DeviceBuffer& b, uint64_t b_offset,
                         const DeviceBuffer& c, uint64_t c_offset, uint32_t m, uint32_t n, uint32_t k);
 
+  /// Run the program prog[prog_offset, +prog_size) (vnpu_isa.h) with the binding table
+  /// bindings[bindings_offset, +8*num_bindings) (little-endian u64 device addresses). Offsets 8-byte aligned.
+  static Command exec(const DeviceBuffer& prog, uint64_t prog_offset, uint64_t prog_size,
+                      const DeviceBuffer& bindings, uint64_t bindings_offset, uint32_t num_bindings);
+  /// Occupy a compute core for `ns` (1..10^10) of modelled time, without functional work.
+  static Command synth(uint64_t ns);
+  /// Do nothing (for measuring submission overhead).
+  static Command nop();
+
   Kind kind = Kind::kCopyToDevice;
   std::shared_ptr<detail::HostBufferObject> host;      ///< copies: the host side
   std::shared_ptr<detail::DeviceBufferObject> dev[3];  ///< copies: dev[0]; matmul: A, B, C
@@ -128,6 +144,9 @@ struct VNPU_API Command {
   uint64_t dev_offset[3] = {0, 0, 0};
   uint64_t bytes = 0;  ///< copies only
   uint32_t m = 0, n = 0, k = 0;  ///< matmul only
+  uint64_t size2 = 0;            ///< exec: program bytes
+  uint32_t count = 0;            ///< exec: bindings
+  uint64_t ns = 0;               ///< synth only
 };
 
 /// Commands executed strictly in order; the job fails at its first failing command.
@@ -143,6 +162,10 @@ struct JobResult {
   std::optional<uint64_t> t_start_ns, t_end_ns;
   /// Device completion status (enum vnpu_cpl_status), when known.
   std::optional<uint32_t> hw_status;
+  /// Modelled busy time of the job on each engine (ns), when the backend reports them (DeviceInfo::timestamps).
+  uint32_t h2d_ns = 0, compute_ns = 0, d2h_ns = 0;
+  /// MMU fault: the faulting device virtual address.
+  uint64_t fault_addr = 0;
 };
 
 /// Called exactly once per accepted job, on the backend's completion thread. It must not block for long and
@@ -165,6 +188,8 @@ class VNPU_API Device {
   Device& operator=(const Device&) = delete;
 
   [[nodiscard]] virtual const DeviceInfo& info() const noexcept = 0;
+  /// The device clock (ns), the clock of JobResult timestamps. For aligning device and host timelines.
+  [[nodiscard]] virtual Result<uint64_t> clock_ns() = 0;
   /// Allocate `bytes` (> 0) of DMA-able host memory, zero-filled. kInvalidArgument, kOutOfMemory.
   [[nodiscard]] virtual Result<HostBuffer> alloc_host(size_t bytes) = 0;
   /// Allocate `bytes` (> 0) of device memory (contents unspecified). kInvalidArgument, kOutOfMemory.

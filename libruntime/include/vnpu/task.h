@@ -1,31 +1,50 @@
 // SPDX-License-Identifier: MIT
 /// \file
-/// vnpu::Task<T>: the handle on one asynchronous request. Wait on it (wait, wait_for, ready) or co_await it.
+/// vnpu::Task<T>: the handle on one asynchronous result — a request of AsyncRuntime, or a coroutine.
+/// Consume it once: wait(), co_await, or on_complete(callback). Poll it with ready() / wait_for().
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
 #include <coroutine>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 #include <utility>
+#include <variant>
 
 #include <vnpu/error.h>
+#include <vnpu/result.h>
 
 namespace vnpu {
 
+template <class T>
+class Task;
+
 namespace detail {
 
-/// Completion state shared by a Task and the runtime that resolves it. Resolved exactly once.
+template <class T>
+using Stored = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+/// Completion state shared by a Task and whoever resolves it (the runtime, or a coroutine). Resolved exactly
+/// once; the first resolution wins (a timeout or cancellation may race with the real completion).
 template <class T>
 class TaskState {
  public:
-  /// Resolve with a value (producer side). Resumes an awaiting coroutine on the calling thread.
-  void set_value(T value) { resolve([&] { value_.emplace(std::move(value)); }); }
-  /// Resolve with an error (producer side).
-  void set_error(std::exception_ptr error) { resolve([&] { error_ = std::move(error); }); }
+  using Callback = std::function<void(Result<Stored<T>>)>;
+
+  /// Resolve with a value. Resumes an awaiting coroutine or runs the callback on the calling thread.
+  /// Returns false if the state was already resolved (the value is dropped).
+  bool set_value(Stored<T> value) { return resolve([&] { value_.emplace(std::move(value)); }); }
+  /// Resolve with an error.
+  bool set_error(std::exception_ptr error) { return resolve([&] { error_ = std::move(error); }); }
+
+  /// Producer side: what Task::cancel() does. Must be set before the Task is handed out.
+  void set_cancel_hook(std::function<bool()> hook) { cancel_hook_ = std::move(hook); }
+  bool cancel() { return cancel_hook_ ? cancel_hook_() : false; }
 
   bool ready() const {
     std::lock_guard lock(mu_);
@@ -47,49 +66,138 @@ class TaskState {
     waiter_ = h;
     return true;
   }
+  /// Register a callback; runs now, on this thread, if already resolved.
+  void on_complete(Callback cb) {
+    {
+      std::lock_guard lock(mu_);
+      if (!done_) {
+        callback_ = std::move(cb);
+        return;
+      }
+    }
+    cb(take_result());
+  }
   /// Move the result out, or rethrow the error. Precondition: resolved; called at most once.
   T take() {
     std::lock_guard lock(mu_);
     if (error_) std::rethrow_exception(error_);
-    return std::move(*value_);
+    if constexpr (!std::is_void_v<T>) return std::move(*value_);
   }
 
  private:
+  Result<Stored<T>> take_result() {
+    try {
+      if constexpr (std::is_void_v<T>) {
+        take();
+        return Stored<T>{};
+      } else {
+        return take();
+      }
+    } catch (const Error& e) {
+      return e;
+    } catch (const std::bad_alloc&) {
+      return Error(ErrorCode::kOutOfMemory, "out of host memory");
+    } catch (const std::exception& e) {
+      return Error(ErrorCode::kInternal, e.what());
+    } catch (...) {
+      return Error(ErrorCode::kInternal, "unknown exception");
+    }
+  }
+
   template <class F>
-  void resolve(F&& store) {
+  bool resolve(F&& store) {
     std::coroutine_handle<> waiter;
+    Callback cb;
     {
       std::lock_guard lock(mu_);
-      if (done_) return;  // resolved once; a late duplicate is a runtime bug, never a double resume
+      if (done_) return false;
       store();
       done_ = true;
       waiter = std::exchange(waiter_, {});
+      cb = std::move(callback_);
+      cv_.notify_all();  // under the lock: a waiter may destroy the Task (not this state) as soon as it wakes
     }
-    cv_.notify_all();
     if (waiter) waiter.resume();
+    if (cb) cb(take_result());
+    return true;
   }
 
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
   bool done_ = false;
-  std::optional<T> value_;
+  std::optional<Stored<T>> value_;
   std::exception_ptr error_;
   std::coroutine_handle<> waiter_;
+  Callback callback_;
+  std::function<bool()> cancel_hook_;
+};
+
+/// Coroutine promise of Task<T>: starts eagerly, resolves the shared state after the body has finished and
+/// the frame is gone (so whoever resumes never runs on a frame that is being torn down).
+template <class T>
+struct TaskPromiseBase {
+  std::shared_ptr<TaskState<T>> state = std::make_shared<TaskState<T>>();
+  std::optional<Stored<T>> result;
+  std::exception_ptr error;
+
+  std::suspend_never initial_suspend() noexcept { return {}; }
+  void unhandled_exception() noexcept { error = std::current_exception(); }
+  template <class P>
+  static auto final_awaiter() noexcept {
+    struct Final {
+      bool await_ready() noexcept { return false; }
+      void await_suspend(std::coroutine_handle<P> h) noexcept {
+        auto& p = h.promise();
+        auto st = std::move(p.state);
+        auto err = std::move(p.error);
+        std::optional<Stored<T>> res = std::move(p.result);
+        h.destroy();
+        if (err)
+          st->set_error(std::move(err));
+        else
+          st->set_value(std::move(*res));
+      }
+      void await_resume() noexcept {}
+    };
+    return Final{};
+  }
+};
+
+template <class T>
+struct TaskPromise : TaskPromiseBase<T> {
+  Task<T> get_return_object() noexcept;
+  auto final_suspend() noexcept { return TaskPromiseBase<T>::template final_awaiter<TaskPromise>(); }
+  void return_value(T v) { this->result.emplace(std::move(v)); }
+};
+
+template <>
+struct TaskPromise<void> : TaskPromiseBase<void> {
+  Task<void> get_return_object() noexcept;
+  auto final_suspend() noexcept { return TaskPromiseBase<void>::final_awaiter<TaskPromise>(); }
+  void return_void() { this->result.emplace(); }
 };
 
 }  // namespace detail
 
-/// A move-only handle on an asynchronous result of type T.
+/// A move-only handle on an asynchronous result of type T (T may be void).
 ///
-/// Ownership: the result lives in state shared with the producer (the runtime); a Task stays valid after the
-/// runtime that made it is destroyed. Destroying a Task before the result arrives detaches it: the work still
-/// runs to completion and its result is dropped.
-/// Errors: wait() and co_await rethrow the failure (a vnpu::Error) stored by the producer.
-/// Threads: ready() and wait_for() may be called from any thread; wait() / co_await consume the result and
-/// must be used once, by one thread.
+/// Two producers make Tasks: AsyncRuntime::run() (a request), and any coroutine returning Task<T> (it starts
+/// running at once, on the calling thread, up to its first suspension; it is never lazily deferred).
+/// Ownership: the result lives in state shared with the producer; a Task stays valid after the runtime that
+/// made it is destroyed. Destroying an unconsumed Task detaches it: the work still runs to completion and
+/// its result is dropped.
+/// Consumption: exactly one of wait(), co_await or on_complete(); each makes valid() false.
+/// Errors: wait() and co_await rethrow the failure (a vnpu::Error) stored by the producer; on_complete passes
+/// it as a failed Result.
+/// Threads: ready(), wait_for() and cancel() may be called from any thread, concurrently.
 template <class T>
 class [[nodiscard]] Task {
  public:
+  using promise_type = detail::TaskPromise<T>;
+  using value_type = T;
+  /// Callback for on_complete(): receives the value or the error.
+  using Callback = typename detail::TaskState<T>::Callback;
+
   Task() = default;
   explicit Task(std::shared_ptr<detail::TaskState<T>> state) noexcept : state_(std::move(state)) {}
   Task(Task&&) noexcept = default;
@@ -97,14 +205,15 @@ class [[nodiscard]] Task {
   Task(const Task&) = delete;
   Task& operator=(const Task&) = delete;
 
-  /// False for a default-constructed or moved-from Task, and after wait() / co_await consumed it.
+  /// False for a default-constructed or moved-from Task, and after it was consumed.
   [[nodiscard]] bool valid() const noexcept { return state_ != nullptr; }
 
   /// True once the result (or error) is available. Never blocks. Throws Error(kInvalidArgument) if !valid().
   [[nodiscard]] bool ready() const { return checked().ready(); }
 
   /// Block until the result is available, then return it; rethrows the stored vnpu::Error on failure.
-  /// Consumes the task (valid() becomes false). Throws Error(kInvalidArgument) if !valid().
+  /// Consumes the task. Throws Error(kInvalidArgument) if !valid(). Never call it on a thread the result
+  /// depends on (for AsyncRuntime: inside a completion callback or a coroutine it resumed).
   T wait() {
     checked().wait();
     auto state = std::move(state_);
@@ -117,9 +226,23 @@ class [[nodiscard]] Task {
     return checked().wait_for(timeout);
   }
 
+  /// Call `cb` once with the result. It runs on the thread that resolves the task (AsyncRuntime: its
+  /// callback thread "vnpu-callback", never a device completion thread), or right here if the task is
+  /// already resolved. Consumes the task. An exception escaping `cb` terminates the program.
+  void on_complete(Callback cb) && {
+    checked();
+    auto state = std::move(state_);
+    state->on_complete([cb = std::move(cb)](Result<detail::Stored<T>> r) noexcept { cb(std::move(r)); });
+  }
+
+  /// Ask the producer to cancel. Best-effort: returns true if the task will resolve with
+  /// Error(kCancelled) (AsyncRuntime: the request had not reached the device, or it had and its result will
+  /// be dropped); false if it already resolved or cannot be cancelled (a coroutine). Does not consume.
+  bool cancel() { return state_ ? state_->cancel() : false; }
+
   /// co_await task: suspends until the result is available and yields it (or rethrows the error).
-  /// Where the coroutine resumes: inline on the awaiting thread if the result is already there, otherwise on
-  /// the thread that resolves the task (for AsyncRuntime: its completion thread; see async_runtime.h).
+  /// Where the coroutine resumes: inline if the result is already there, otherwise on the thread that
+  /// resolves the task (AsyncRuntime: its callback thread "vnpu-callback"). Consumes the task.
   auto operator co_await() && {
     struct Awaiter {
       std::shared_ptr<detail::TaskState<T>> state;
@@ -133,10 +256,18 @@ class [[nodiscard]] Task {
 
  private:
   detail::TaskState<T>& checked() const {
-    if (!state_) throw Error(ErrorCode::kInvalidArgument, "vnpu::Task has no result: it is empty, moved-from or already consumed by wait()/co_await");
+    if (!state_)
+      throw Error(ErrorCode::kInvalidArgument,
+                  "vnpu::Task has no result: it is empty, moved-from or already consumed by wait()/co_await/on_complete");
     return *state_;
   }
   std::shared_ptr<detail::TaskState<T>> state_;
 };
+
+template <class T>
+Task<T> detail::TaskPromise<T>::get_return_object() noexcept {
+  return Task<T>(this->state);
+}
+inline Task<void> detail::TaskPromise<void>::get_return_object() noexcept { return Task<void>(this->state); }
 
 }  // namespace vnpu

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <vnpu/async_runtime.h>
+#include <vnpu/compiled_model.h>
 #include <vnpu/coro.h>
 #include <vnpu/device.h>
 #include <vnpu/error.h>

@@ -1,0 +1,473 @@
+// SPDX-License-Identifier: MIT
+// Runtime semantics, on every backend (VNPU_BACKEND): the callback thread, where coroutines resume,
+// when_all, errors from the device (bad program, MMU fault), timeouts, cancellation, owned and borrowed
+// tensors, the staging-buffer recycling of the pipeline, several devices, the synchronous Runtime.
+#include <gtest/gtest.h>
+
+#include <pthread.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <vnpu/vnpu.h>
+
+#include "vnpu_isa.h"
+
+#if VNPU_HAVE_FORMAT
+#include <vnpu/model_file.h>
+#endif
+
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string backend() {
+  const char* b = std::getenv("VNPU_BACKEND");
+  return b && *b ? b : "sim";
+}
+
+bool have_device(int i) {
+  if (backend() != "kernel") return true;
+  struct stat st{};
+  return ::stat(("/dev/accel/accel" + std::to_string(i)).c_str(), &st) == 0;
+}
+
+std::string thread_name() {
+  char buf[32] = {};
+  pthread_getname_np(pthread_self(), buf, sizeof buf);
+  return buf;
+}
+
+class Semantics : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!have_device(0)) GTEST_SKIP() << "no /dev/accel/accel0: the kernel backend needs the VM";
+  }
+  static vnpu::RuntimeOptions opts(int parallel = 1, int depth = 0) {
+    vnpu::RuntimeOptions o;
+    o.backend = backend();
+    o.parallel = parallel;
+    o.max_in_flight = depth;
+    const char* s = std::getenv("VNPU_SUBMIT");
+    if (s && std::string(s) == "ioctl") o.submit_mode = vnpu::SubmitMode::kIoctl;
+    return o;
+  }
+  static vnpu::CompiledModel synth(std::chrono::nanoseconds compute, uint64_t bytes = 4096) {
+    vnpu::SyntheticSpec s;
+    s.input_bytes = bytes;
+    s.output_bytes = bytes;
+    s.compute = compute;
+    return vnpu::CompiledModel::synthetic(s);
+  }
+  static vnpu::Tensor input_for(const vnpu::CompiledModel& m, float base = 0.0f) {
+    vnpu::Tensor t(m.inputs()[0].shape);
+    auto d = t.data();
+    for (size_t i = 0; i < d.size(); ++i) d[i] = base + static_cast<float>(i);
+    return t;
+  }
+};
+
+vnpu::MatmulModel identity_model(int64_t n) {
+  vnpu::Tensor w({n, n});
+  for (int64_t i = 0; i < n; ++i) w.data()[static_cast<size_t>(i * n + i)] = 1.0f;
+  return vnpu::MatmulModel(n, std::move(w));
+}
+
+// ---- threads -------------------------------------------------------------------------------------------
+TEST_F(Semantics, CallbacksRunOnTheCallbackThread) {
+  vnpu::AsyncRuntime rt(identity_model(8), opts());
+  std::promise<std::string> where;
+  std::promise<bool> ok;
+  rt.run(vnpu::Tensor({8, 8})).on_complete([&](vnpu::Result<vnpu::Outputs> r) {
+    where.set_value(thread_name());
+    ok.set_value(r.ok());
+  });
+  EXPECT_EQ(where.get_future().get(), "vnpu-callback");
+  EXPECT_TRUE(ok.get_future().get());
+}
+
+TEST_F(Semantics, CallbackOnAResolvedTaskRunsInline) {
+  vnpu::AsyncRuntime rt(identity_model(4), opts());
+  auto task = rt.run(vnpu::Tensor({4, 4}));
+  ASSERT_TRUE(task.wait_for(30s));
+  std::thread::id ran_on;
+  std::move(task).on_complete([&](vnpu::Result<vnpu::Outputs>) { ran_on = std::this_thread::get_id(); });
+  EXPECT_EQ(ran_on, std::this_thread::get_id());
+  EXPECT_FALSE(task.valid());
+}
+
+vnpu::Task<std::string> resume_thread(vnpu::AsyncRuntime& rt) {
+  // (A named tensor: GCC 12 cannot keep an initializer_list temporary alive across co_await.)
+  const std::vector<int64_t> shape{16, 16};
+  vnpu::Tensor x(shape);
+  auto out = co_await rt.async_run(std::move(x));
+  (void)out;
+  co_return thread_name();
+}
+
+TEST_F(Semantics, CoroutinesResumeOnTheCallbackThread) {
+  vnpu::AsyncRuntime rt(identity_model(16), opts());
+  auto t = resume_thread(rt);
+  EXPECT_EQ(t.wait(), "vnpu-callback");
+}
+
+vnpu::Task<float> chained(vnpu::AsyncRuntime& rt, float v) {
+  const std::vector<int64_t> shape{4, 4};
+  vnpu::Tensor x(shape);
+  for (float& e : x.data()) e = v;
+  auto a = co_await rt.async_run(std::move(x));
+  auto b = co_await rt.async_run(a[0]);  // identity twice, from the callback thread
+  co_return b[0].data()[0];
+}
+
+TEST_F(Semantics, WhenAllGathersResultsInOrder) {
+  vnpu::AsyncRuntime rt(identity_model(4), opts(2));
+  std::vector<vnpu::Task<float>> tasks;
+  for (int i = 0; i < 12; ++i) tasks.push_back(chained(rt, static_cast<float>(i)));
+  auto all = vnpu::sync_wait(vnpu::when_all(std::move(tasks)));
+  ASSERT_EQ(all.size(), 12u);
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(all[static_cast<size_t>(i)], static_cast<float>(i));
+}
+
+TEST_F(Semantics, WhenAllOfDifferentTypesMakesATuple) {
+  vnpu::AsyncRuntime rt(identity_model(4), opts());
+  auto [a, b] = vnpu::when_all(chained(rt, 1.0f), rt.run(vnpu::Tensor({4, 4}))).wait();
+  EXPECT_EQ(a, 1.0f);
+  EXPECT_EQ(b[0].shape(), (std::vector<int64_t>{4, 4}));
+}
+
+TEST_F(Semantics, WhenAllRethrowsTheFirstFailure) {
+  vnpu::AsyncRuntime rt(identity_model(4), opts());
+  auto fails = []() -> vnpu::Task<float> {
+    throw vnpu::Error(vnpu::ErrorCode::kInternal, "boom");
+    co_return 0.0f;
+  };
+  std::vector<vnpu::Task<float>> tasks;
+  tasks.push_back(chained(rt, 1.0f));
+  tasks.push_back(fails());
+  EXPECT_THROW(vnpu::when_all(std::move(tasks)).wait(), vnpu::Error);
+}
+
+// ---- completion order ------------------------------------------------------------------------------------
+TEST_F(Semantics, EveryRequestResolvesOnceWithItsOwnResult) {
+  vnpu::AsyncRuntime rt(identity_model(8), opts(2, 3));
+  std::atomic<int> calls{0};
+  std::vector<vnpu::Task<vnpu::Outputs>> tasks;
+  for (int i = 0; i < 40; ++i) {
+    vnpu::Tensor x({8, 8});
+    for (float& e : x.data()) e = static_cast<float>(i);
+    tasks.push_back(rt.run(std::move(x)));
+  }
+  for (int i = 0; i < 40; ++i) {
+    auto out = tasks[static_cast<size_t>(i)].wait();
+    EXPECT_EQ(out[0].data()[63], static_cast<float>(i)) << "request " << i << " got another request's result";
+    calls++;
+  }
+  EXPECT_EQ(calls.load(), 40);
+}
+
+// ---- errors ----------------------------------------------------------------------------------------------
+TEST_F(Semantics, BadShapeOrCountIsRejectedAtRunWithTheName) {
+  vnpu::AsyncRuntime rt(identity_model(4), opts());
+  try {
+    (void)rt.run(vnpu::Tensor({4, 5}));
+    FAIL() << "accepted a [4,5] input";
+  } catch (const vnpu::Error& e) {
+    EXPECT_EQ(e.code(), vnpu::ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("'x'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("[4,4]"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW((void)rt.run(vnpu::Inputs{}), vnpu::Error);
+  std::vector<vnpu::Tensor> outs{vnpu::Tensor({4, 3})};
+  EXPECT_THROW((void)rt.run(vnpu::Inputs{vnpu::Tensor({4, 4})}, std::move(outs)), vnpu::Error);
+}
+
+TEST_F(Semantics, TimeoutSurfacesAtWaitAndTheRuntimeStaysUsable) {
+  auto o = opts();
+  o.timeout = 20ms;
+  vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(400)), o);
+  auto slow = rt.run(input_for(rt.model()));
+  try {
+    (void)slow.wait();
+    FAIL() << "a 400 ms request finished within a 20 ms timeout";
+  } catch (const vnpu::Error& e) {
+    EXPECT_EQ(e.code(), vnpu::ErrorCode::kTimeout) << e.what();
+  }
+}
+
+TEST_F(Semantics, CancelDropsAQueuedRequest) {
+  vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(30)), opts(1, 1));
+  auto first = rt.run(input_for(rt.model()));
+  auto second = rt.run(input_for(rt.model()));
+  auto third = rt.run(input_for(rt.model()));
+  EXPECT_TRUE(third.cancel());
+  try {
+    (void)third.wait();
+    FAIL() << "a cancelled request produced a result";
+  } catch (const vnpu::Error& e) {
+    EXPECT_EQ(e.code(), vnpu::ErrorCode::kCancelled) << e.what();
+  }
+  EXPECT_NO_THROW((void)first.wait());
+  EXPECT_NO_THROW((void)second.wait());
+  EXPECT_FALSE(first.cancel()) << "cancelling a consumed task";
+}
+
+TEST_F(Semantics, CancelOfARunningRequestResolvesItCancelled) {
+  vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(100)), opts(1, 1));
+  auto t = rt.run(input_for(rt.model()));
+  std::this_thread::sleep_for(10ms);  // let it reach the device (either way it must resolve cancelled)
+  EXPECT_TRUE(t.cancel());
+  EXPECT_THROW((void)t.wait(), vnpu::Error);
+  // The slot comes back once the device is done with it.
+  EXPECT_NO_THROW((void)rt.run(input_for(rt.model())).wait());
+}
+
+TEST_F(Semantics, DeviceFaultOfABadProgramSurfacesAsDeviceFault) {
+  auto dev = vnpu::Device::open({backend(), 0}).value();
+  if (!(dev->info().caps & (1u << 3))) GTEST_SKIP() << "device without EXEC";
+  // A program whose header is garbage: the device must reject it, not crash or hang.
+  auto prog = dev->alloc_device(4096).value();
+  auto table = dev->alloc_device(8).value();
+  auto host = dev->alloc_host(4096).value();
+  std::memset(host.data(), 0xab, 4096);
+  ASSERT_TRUE(dev->run({{vnpu::Command::copy_to_device(host, 0, prog, 0, 4096)}}).value().status.ok());
+  auto r = dev->run({{vnpu::Command::exec(prog, 0, 256, table, 0, 1)}}).value();
+  ASSERT_FALSE(r.status.ok());
+  EXPECT_EQ(r.status.error().code(), vnpu::ErrorCode::kDeviceFault) << r.status.error().what();
+}
+
+#if VNPU_HAVE_FORMAT
+// A one-op program: y[n] = COPY(x[n]); bindings 0 weights (unused), 1 input, 2 output.
+std::vector<uint8_t> copy_program(uint32_t n_in, uint32_t n_out) {
+  std::vector<uint8_t> p(80 + 3 * 16 + 2 * 48 + 24, 0);
+  vnpu_isa_program h{};
+  h.magic = VNPU_ISA_PROGRAM_MAGIC;
+  h.version_major = VNPU_ISA_VERSION_MAJOR;
+  h.header_size = sizeof h;
+  h.num_bindings = 3;
+  h.num_tensors = 2;
+  h.num_ops = 1;
+  h.bindings_offset = 80;
+  h.tensors_offset = 128;
+  h.ops_offset = 224;
+  h.ops_size = 24;
+  h.total_size = p.size();
+  std::memcpy(p.data(), &h, sizeof h);
+  vnpu_isa_binding b[3] = {{VNPU_ISA_BIND_WEIGHTS, 0, 64}, {VNPU_ISA_BIND_INPUT, 0, n_in * 4ull}, {VNPU_ISA_BIND_OUTPUT, 0, n_out * 4ull}};
+  std::memcpy(p.data() + 80, b, sizeof b);
+  vnpu_isa_tensor t[2]{};
+  t[0].binding = 1;
+  t[0].rank = 1;
+  t[0].dims[0] = n_in;
+  t[1].binding = 2;
+  t[1].rank = 1;
+  t[1].dims[0] = n_out;
+  std::memcpy(p.data() + 128, t, sizeof t);
+  vnpu_isa_op op{};
+  op.opcode = VNPU_ISA_OP_COPY;
+  op.num_inputs = 1;
+  op.num_outputs = 1;
+  op.size = 24;
+  std::memcpy(p.data() + 224, &op, sizeof op);
+  const uint32_t idx[2] = {0, 1};
+  std::memcpy(p.data() + 240, idx, sizeof idx);
+  return p;
+}
+
+vnpu::CompiledModel copy_model(uint32_t n_in, uint32_t n_out) {
+  vnpu::ModelFile f;
+  f.set_program(copy_program(n_in, n_out));
+  f.set_weights(std::vector<uint8_t>(64, 0));
+  vnpu::TensorSpec in{"x", 0, {static_cast<int64_t>(n_in)}, 1, 0, n_in * 4ull};
+  vnpu::TensorSpec out{"y", 0, {static_cast<int64_t>(n_out)}, 2, 0, n_out * 4ull};
+  f.add_input(in);
+  f.add_output(out);
+  const auto bytes = f.serialize();
+  return vnpu::CompiledModel::from_memory(bytes, "copy_model");
+}
+
+TEST_F(Semantics, ExecRunsACompiledProgram) {
+  auto model = copy_model(256, 256);
+  EXPECT_EQ(model.kind(), "exec");
+  vnpu::AsyncRuntime rt(model, opts(2));
+  std::vector<vnpu::Task<vnpu::Outputs>> tasks;
+  for (int i = 0; i < 8; ++i) tasks.push_back(rt.run(input_for(model, static_cast<float>(i * 1000))));
+  for (int i = 0; i < 8; ++i) {
+    auto out = tasks[static_cast<size_t>(i)].wait();
+    EXPECT_TRUE(out.at("y") == input_for(model, static_cast<float>(i * 1000)));
+  }
+}
+
+TEST_F(Semantics, InvalidProgramFailsAtWaitNotAtRun) {
+  // Element counts differ: the container is well-formed, the device rejects the op.
+  vnpu::CompiledModel model = copy_model(64, 65);
+  vnpu::AsyncRuntime rt(model, opts());
+  auto t = rt.run(input_for(model));
+  try {
+    (void)t.wait();
+    FAIL() << "the device accepted a COPY with mismatched element counts";
+  } catch (const vnpu::Error& e) {
+    EXPECT_EQ(e.code(), vnpu::ErrorCode::kDeviceFault) << e.what();
+  }
+  // One failed request does not break the runtime.
+  auto again = rt.run(input_for(model));
+  EXPECT_THROW((void)again.wait(), vnpu::Error);
+}
+
+TEST_F(Semantics, MmuFaultReportsTheFaultingAddress) {
+  auto dev = vnpu::Device::open({backend(), 0}).value();
+  auto prog_bytes = copy_program(16, 16);
+  auto prog = dev->alloc_device(prog_bytes.size()).value();
+  auto table = dev->alloc_device(24).value();
+  auto host = dev->alloc_host(4096).value();
+  std::memcpy(host.data(), prog_bytes.data(), prog_bytes.size());
+  const uint64_t bogus[3] = {prog.device_address(), 0x7000'0000'0000ull, prog.device_address()};
+  std::memcpy(static_cast<char*>(host.data()) + 2048, bogus, sizeof bogus);
+  ASSERT_TRUE(dev->run({{vnpu::Command::copy_to_device(host, 0, prog, 0, prog_bytes.size()),
+                         vnpu::Command::copy_to_device(host, 2048, table, 0, 24)}})
+                  .value()
+                  .status.ok());
+  auto r = dev->run({{vnpu::Command::exec(prog, 0, prog_bytes.size(), table, 0, 3)}}).value();
+  ASSERT_FALSE(r.status.ok());
+  EXPECT_EQ(r.status.error().code(), vnpu::ErrorCode::kDeviceFault) << r.status.error().what();
+  EXPECT_NE(std::string(r.status.error().what()).find("MMU"), std::string::npos) << r.status.error().what();
+}
+
+TEST_F(Semantics, LoadRejectsDamagedFiles) {
+  std::vector<uint8_t> junk(200, 7);
+  try {
+    (void)vnpu::CompiledModel::from_memory(junk, "junk.vnpu");
+    FAIL();
+  } catch (const vnpu::Error& e) {
+    EXPECT_EQ(e.code(), vnpu::ErrorCode::kInvalidArgument);
+  }
+  EXPECT_THROW((void)vnpu::CompiledModel::load("/nonexistent/m.vnpu"), vnpu::Error);
+}
+#endif
+
+// ---- tensors ---------------------------------------------------------------------------------------------
+TEST_F(Semantics, BorrowedInputsAndOutputsUseCallerMemory) {
+  vnpu::AsyncRuntime rt(identity_model(8), opts());
+  std::vector<float> in(64), out(64, -1.0f);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<float>(i) * 0.5f;
+  auto x = vnpu::Tensor::borrow({8, 8}, std::span<const float>(in));
+  auto y = vnpu::Tensor::borrow({8, 8}, std::span<float>(out));
+  std::vector<vnpu::Tensor> outs;
+  outs.push_back(std::move(y));
+  auto result = rt.run(vnpu::Inputs{x}, std::move(outs)).wait();
+  EXPECT_EQ(out, in) << "the result must land in the caller's buffer";
+  EXPECT_TRUE(result[0].borrowed());
+  EXPECT_EQ(result[0].data().data(), out.data());
+}
+
+TEST_F(Semantics, ReadOnlyBorrowedTensorsCannotBeWritten) {
+  const std::vector<float> in(4, 1.0f);
+  auto x = vnpu::Tensor::borrow({4}, std::span<const float>(in));
+  EXPECT_THROW((void)x.data(), vnpu::Error);
+  EXPECT_EQ(std::as_const(x).data()[0], 1.0f);
+  EXPECT_THROW((void)vnpu::Tensor::borrow({5}, std::span<const float>(in)), vnpu::Error);
+  vnpu::AsyncRuntime rt(identity_model(2), opts());
+  std::vector<float> buf(4);
+  std::vector<vnpu::Tensor> outs{vnpu::Tensor::borrow({2, 2}, std::span<const float>(buf))};
+  EXPECT_THROW((void)rt.run(vnpu::Inputs{vnpu::Tensor({2, 2})}, std::move(outs)), vnpu::Error);
+}
+
+TEST_F(Semantics, OwnedTensorsCopyAndBorrowedViewsAlias) {
+  vnpu::Tensor a({2}, {1.0f, 2.0f});
+  vnpu::Tensor b = a;
+  b.data()[0] = 9.0f;
+  EXPECT_EQ(a.data()[0], 1.0f);
+  std::vector<float> mem{1.0f, 2.0f};
+  auto v = vnpu::Tensor::borrow({2}, std::span<float>(mem));
+  auto w = v;
+  w.data()[0] = 7.0f;
+  EXPECT_EQ(mem[0], 7.0f);
+}
+
+// ---- pipeline --------------------------------------------------------------------------------------------
+// The staging buffer goes back to the pool when H2D finishes, not when the request finishes: with ONE
+// staging buffer, a second request is submitted while the first is still computing.
+TEST_F(Semantics, StagingIsRecycledAfterH2dNotAfterCompletion) {
+  auto o = opts(1, 4);
+  o.staging_buffers = 1;
+  vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(200)), o);
+  auto a = rt.run(input_for(rt.model()));
+  auto b = rt.run(input_for(rt.model()));
+  auto ta = a.wait().timings;
+  auto tb = b.wait().timings;
+  EXPECT_LT(tb.submitted, ta.completed) << "request 2 waited for request 1 to finish although its staging was free";
+}
+
+TEST_F(Semantics, BackPressureBoundsWhatIsHeld) {
+  vnpu::AsyncRuntime rt(synth(std::chrono::microseconds(200), 64 << 10), opts(2, 2));
+  const uint64_t held = rt.host_dma_bytes();
+  std::vector<vnpu::Task<vnpu::Outputs>> tasks;
+  for (int i = 0; i < 200; ++i) tasks.push_back(rt.run(input_for(rt.model())));
+  EXPECT_EQ(rt.host_dma_bytes(), held) << "DMA memory must not grow with the number of queued requests";
+  for (auto& t : tasks) EXPECT_NO_THROW((void)t.wait());
+}
+
+TEST_F(Semantics, SyntheticModelReportsItsModelledStages) {
+  vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(3), 1 << 20), opts());
+  auto t = rt.run(input_for(rt.model())).wait().timings;
+  if (!rt.device_info().timestamps) GTEST_SKIP() << "backend without device timestamps";
+  EXPECT_GE(t.compute_ns, 3'000'000u);
+  EXPECT_GT(t.h2d_ns, 0u);
+  EXPECT_GT(t.d2h_ns, 0u);
+  ASSERT_TRUE(t.exec_start_ns && t.h2d_end_ns);
+  EXPECT_GE(*t.exec_start_ns, *t.h2d_end_ns) << "compute started before its input was on the device";
+}
+
+// ---- devices ---------------------------------------------------------------------------------------------
+TEST_F(Semantics, RequestsSpreadOverSeveralDevices) {
+  if (!have_device(1)) GTEST_SKIP() << "needs two devices (./vnpu vm --devices 2)";
+  auto o = opts(2, 2);
+  o.devices = {0, 1};
+  o.placement = vnpu::Placement::kRoundRobin;
+  auto model = identity_model(8);
+  vnpu::AsyncRuntime rt(model, o);
+  ASSERT_EQ(rt.devices_info().size(), 2u);
+  std::vector<vnpu::Task<vnpu::Outputs>> tasks;
+  for (int i = 0; i < 16; ++i) {
+    vnpu::Tensor x({8, 8});
+    for (float& e : x.data()) e = static_cast<float>(i);
+    tasks.push_back(rt.run(std::move(x)));
+  }
+  int used[2] = {0, 0};
+  for (int i = 0; i < 16; ++i) {
+    auto out = tasks[static_cast<size_t>(i)].wait();
+    EXPECT_EQ(out[0].data()[0], static_cast<float>(i));
+    used[out.timings.device_index]++;
+  }
+  EXPECT_GT(used[0], 0);
+  EXPECT_GT(used[1], 0);
+}
+
+TEST_F(Semantics, ListingADeviceTwiceIsRejected) {
+  auto o = opts();
+  o.devices = {0, 0};
+  EXPECT_THROW(vnpu::AsyncRuntime(identity_model(2), o), vnpu::Error);
+}
+
+TEST_F(Semantics, SyncRuntimeReturnsOutputs) {
+  vnpu::Runtime rt(vnpu::CompiledModel::from_matmul(identity_model(4)), opts());
+  vnpu::Tensor x({4, 4});
+  x.data()[5] = 3.0f;
+  EXPECT_TRUE(rt.run(x)[0] == x);
+}
+
+TEST_F(Semantics, NopJobsComplete) {
+  auto dev = vnpu::Device::open({backend(), 0}).value();
+  auto r = dev->run({{vnpu::Command::nop()}}).value();
+  EXPECT_TRUE(r.status.ok()) << r.status.error().what();
+  EXPECT_FALSE(dev->submit({{vnpu::Command::synth(0)}}, [](vnpu::JobResult) {}).ok()) << "synth of 0 ns accepted";
+}
+
+}  // namespace
