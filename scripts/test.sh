@@ -43,6 +43,7 @@ quiet() {
 
 if [ "$host" = 1 ]; then
 	run "host suites (meson test --suite unit)" meson test -C "$VNPU_BUILD" --suite unit --print-errorlogs
+	run "install: out-of-tree program via pkg-config vnpu-runtime" meson test -C "$VNPU_BUILD" --suite install --print-errorlogs
 fi
 if [ "$vm" = 1 ]; then
 	run "vm runner: 'true' exits 0" quiet "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- true
@@ -57,7 +58,7 @@ if [ "$vm" = 1 ]; then
 		env VNPU_EXPECT_EXACT_TIMING=1 device_test --gtest_brief=1
 	run "in-VM suites (driver, runtime on the kernel backend)" "$VNPU_ROOT/vnpu" vm --devices 1 --timeout 1200 -- vnpu-vm-tests
 	run "in-VM, two devices (independent accel0 and accel1)" "$VNPU_ROOT/vnpu" vm --devices 2 --timeout 600 -- \
-		driver_test --gtest_brief=1 --gtest_filter='MultiDevice.*'
+		sh -c "driver_test --gtest_brief=1 --gtest_filter='MultiDevice.*' && VNPU_BACKEND=kernel runtime_test --gtest_brief=1 --gtest_filter='*Device*'"
 fi
 
 echo

@@ -15,4 +15,8 @@ done
 [ -e /dev/accel/accel0 ] || { echo "vnpu-vm-tests: no /dev/accel/accel0"; exit 1; }
 run driver_test --gtest_brief=1
 run env VNPU_BACKEND=kernel runtime_test --gtest_brief=1
+# The same conformance suite on the non-io_uring path (SUBMIT + WAIT ioctls).
+run env VNPU_BACKEND=kernel VNPU_SUBMIT=ioctl runtime_test --gtest_brief=1
+# The full stack end to end, bit-exact against the CPU reference.
+run vnpu-demo --backend kernel --count 50
 exit $fail
