@@ -153,7 +153,8 @@ if grep -Eq 'WARNING:|BUG:|Oops|general protection fault|Kernel panic|INFO: task
 fi
 if [ -n "$outdir" ] && [ -s "$work/out.b64" ]; then
 	mkdir -p "$outdir"
-	base64 -d <"$work/out.b64" | tar -C "$outdir" -xf -
+	# The guest's serial line turns \n into \r\n (onlcr); base64 has no \r of its own.
+	tr -d '\r' <"$work/out.b64" | base64 -d | tar -C "$outdir" -xf -
 fi
 up=$(sed -n 's/^vnpu-init: guest up in \([0-9.]*\) s/\1/p' "$work/report")
 log "guest finished: status $status, boot to command ${up:-?} s (guest uptime), total $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s wall"

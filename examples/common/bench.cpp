@@ -59,7 +59,7 @@ std::vector<std::pair<double, double>> device_intervals(const BenchResult& r) {
 void finish(BenchResult& r, Clock::time_point end) {
   r.wall_s = std::chrono::duration<double>(end - r.start).count();
   r.throughput = r.wall_s > 0 ? double(r.timings.size()) / r.wall_s : 0;
-  std::vector<double> lat, queue, prep, h2d, compute, d2h, dev;
+  std::vector<double> lat, queue, prep, h2d, compute, d2h, dev, post;
   r.engine_times = !r.timings.empty();
   double h2d_busy = 0, compute_busy = 0;
   auto iv = device_intervals(r);
@@ -68,6 +68,7 @@ void finish(BenchResult& r, Clock::time_point end) {
     lat.push_back(ms(t.total()));
     queue.push_back(ms(t.prep_start - t.enqueued));
     prep.push_back(ms(t.prep()));
+    post.push_back(ms(t.resolved - t.completed));
     dev.push_back((iv[i].second - iv[i].first) / 1e6);
     JobTimes j = job_times(t, r.clock_offset_ns);
     if (!j.engine_times) r.engine_times = false;
@@ -77,11 +78,12 @@ void finish(BenchResult& r, Clock::time_point end) {
   r.latency = summarise(lat);
   r.queue = summarise(queue);
   r.prep = summarise(prep);
+  r.post = summarise(post);
   r.device = summarise(dev);
   if (r.engine_times) {
     r.h2d = summarise(h2d), r.compute = summarise(compute), r.d2h = summarise(d2h);
     // Each engine runs its commands in order, one at a time: busy time is the sum of modelled times.
-    r.device_util = r.wall_s > 0 ? std::min(1.0, compute_busy / (r.wall_s * 1e3)) : 0;
+    r.device_util = r.wall_s > 0 ? std::min(1.0, compute_busy / (r.wall_s * 1e3 * r.compute_cores)) : 0;
     r.h2d_util = r.wall_s > 0 ? std::min(1.0, h2d_busy / (r.wall_s * 1e3)) : 0;
     return;
   }
@@ -142,14 +144,22 @@ const char* mode_name(Mode m) {
 }
 
 double BenchResult::stage_sum_ms() const {
-  return engine_times ? prep.mean + h2d.mean + compute.mean + d2h.mean : prep.mean + device.mean;
+  return engine_times ? prep.mean + h2d.mean + compute.mean + d2h.mean + post.mean
+                      : prep.mean + device.mean + post.mean;
 }
 double BenchResult::stage_max_ms() const {
-  return engine_times ? std::max({prep.mean, h2d.mean, compute.mean, d2h.mean}) : std::max(prep.mean, device.mean);
+  const double p = prep.mean / std::max(1, config.parallel);
+  // One callback thread copies every request's outputs: post is a stage of width 1.
+  return engine_times ? std::max({p, h2d.mean, compute.mean / std::max(1, compute_cores), d2h.mean, post.mean})
+                      : std::max({p, device.mean, post.mean});
 }
 double BenchResult::bound_ips() const {
+  const double t = config.mode == Mode::kSync ? stage_sum_ms() : stage_max_ms();
+  return t > 0 ? 1000.0 / t : 0;
+}
+double BenchResult::pipeline_bound() const {
   const double slowest = stage_max_ms();
-  return slowest > 0 ? 1000.0 / slowest : 0;
+  return slowest > 0 ? stage_sum_ms() / slowest : 0;
 }
 
 BenchResult run_bench(Session& session, const BenchConfig& c, const InputSource& input, const OutputSink& sink) {
@@ -158,6 +168,7 @@ BenchResult run_bench(Session& session, const BenchConfig& c, const InputSource&
   r.config = c;
   r.backend = session.backend();
   r.clock_offset_ns = session.device_clock_offset_ns();
+  r.compute_cores = session.compute_cores();
   r.timings.reserve(size_t(c.count));
   r.start = Clock::now();
   switch (c.mode) {
@@ -197,7 +208,7 @@ void print_table(std::ostream& out, const std::string& model, const std::vector<
   out << std::left << std::setw(7) << "mode" << std::right << std::setw(4) << "par" << std::setw(5) << "win"
       << std::setw(7) << "n" << std::setw(10) << "img/s" << std::setw(9) << "vs sync" << std::setw(10) << "bound"
       << std::setw(10) << "lat p50" << std::setw(8) << "prep" << std::setw(8) << "h2d" << std::setw(9) << "compute"
-      << std::setw(8) << "d2h" << std::setw(9) << "device" << std::setw(7) << "util" << "\n";
+      << std::setw(8) << "d2h" << std::setw(7) << "post" << std::setw(9) << "device" << std::setw(7) << "util" << "\n";
   double sync_ips = 0;
   for (const auto& r : results)
     if (r.config.mode == Mode::kSync) sync_ips = r.throughput;
@@ -209,15 +220,19 @@ void print_table(std::ostream& out, const std::string& model, const std::vector<
         << std::setw(10) << fmt(r.bound_ips()) << std::setw(10) << fmt(r.latency.p50, 1) << std::setw(8)
         << fmt(r.prep.mean) << std::setw(8) << (r.engine_times ? fmt(r.h2d.mean) : "-") << std::setw(9)
         << (r.engine_times ? fmt(r.compute.mean, 1) : "-") << std::setw(8) << (r.engine_times ? fmt(r.d2h.mean) : "-")
-        << std::setw(9) << fmt(r.device.mean, 1) << std::setw(6) << fmt(100 * r.device_util, 0) << "%\n";
+        << std::setw(7) << fmt(r.post.mean) << std::setw(9) << fmt(r.device.mean, 1) << std::setw(6) << fmt(100 * r.device_util, 0) << "%\n";
   }
-  out << "  img/s: throughput; vs sync: throughput / sync throughput; bound: 1 / slowest stage mean;\n"
-         "  times in ms (latency p50, stage means): prep = host staging copy, h2d/compute/d2h = modelled engine\n"
-         "  busy time, device = a request's device time (H2D start to D2H end); util: compute engine busy / wall\n";
+  const int cores = results.empty() ? 1 : results.front().compute_cores;
+  out << "  img/s: throughput; vs sync: throughput / sync throughput; bound: img/s if the slowest stage were the\n"
+         "  only limit (sync: 1 / sum of stages); times in ms (latency p50, stage means): prep = host staging copy,\n"
+         "  h2d/compute/d2h = modelled engine busy time, post = host output copy (callback thread), device = a\n"
+         "  request's device time (H2D start to D2H end); util: compute engines busy / (wall x "
+      << cores << " cores)\n";
   for (const auto& r : results)
     if (r.config.mode == Mode::kSync && r.stage_max_ms() > 0) {
       out << "  pipeline bound on async/sync: sum of stages / slowest stage = " << fmt(r.stage_sum_ms()) << " / "
-          << fmt(r.stage_max_ms()) << " = " << fmt(r.stage_sum_ms() / r.stage_max_ms()) << "x\n";
+          << fmt(r.stage_max_ms()) << " = " << fmt(r.pipeline_bound()) << "x (compute counts / " << cores
+          << " cores)\n";
       break;
     }
 }
@@ -231,7 +246,6 @@ nlohmann::json results_json(const std::string& model, const std::vector<BenchRes
   for (const auto& r : results)
     if (r.config.mode == Mode::kSync) sync_ips = r.throughput;
   for (const auto& r : results) {
-    const double sum = r.stage_sum_ms(), slowest = r.stage_max_ms();
     rows.push_back({{"model", model},
                     {"backend", r.backend},
                     {"mode", mode_name(r.config.mode)},
@@ -242,10 +256,12 @@ nlohmann::json results_json(const std::string& model, const std::vector<BenchRes
                     {"throughput_ips", r.throughput},
                     {"speedup_vs_sync", sync_ips > 0 ? r.throughput / sync_ips : 0.0},
                     {"bound_ips", r.bound_ips()},
-                    {"pipeline_bound_speedup", slowest > 0 ? sum / slowest : 0.0},
+                    {"pipeline_bound_speedup", r.pipeline_bound()},
+                    {"compute_cores", r.compute_cores},
                     {"latency_ms", stat(r.latency)},
                     {"stage_ms", {{"queue", stat(r.queue)}, {"prep", stat(r.prep)}, {"h2d", stat(r.h2d)},
-                                  {"compute", stat(r.compute)}, {"d2h", stat(r.d2h)}, {"device", stat(r.device)}}},
+                                  {"compute", stat(r.compute)}, {"d2h", stat(r.d2h)}, {"post", stat(r.post)},
+                                  {"device", stat(r.device)}}},
                     {"engine_util", {{"compute", r.device_util}, {"h2d", r.h2d_util}}},
                     {"engine_times", r.engine_times}});
   }

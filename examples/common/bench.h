@@ -49,18 +49,26 @@ struct BenchResult {
   Stat queue;               ///< run() to a prep thread picking the request up (slot wait)
   Stat prep;                ///< host input preparation (copy into the staging buffer)
   Stat h2d, compute, d2h;   ///< modelled busy time of each device engine (when the device reports them)
+  Stat post;                ///< host output copy on the runtime's callback thread (completed to resolved)
   Stat device;              ///< device time of a request: its jobs' device intervals, else submitted→completed
-  double device_util = 0;   ///< compute engine busy / wall time (union of device intervals if no engine times)
+  int compute_cores = 1;    ///< the device's compute cores (compute of that many requests overlaps)
+  double device_util = 0;   ///< compute engines busy / (wall time × cores) (union of device intervals if no engine times)
   double h2d_util = 0;      ///< H2D engine busy / wall time (0 if not reported)
   bool engine_times = false;  ///< h2d/compute/d2h come from the device
   std::vector<RequestTimings> timings;
   int64_t clock_offset_ns = 0;  ///< device clock minus steady_clock
   RequestTimings::Clock::time_point start;
-  /// Sum and maximum of the pipeline's stage means (prep, h2d, compute, d2h; or prep, device), ms.
+  /// Sum of the pipeline's stage means (prep, h2d, compute, d2h, post; or prep, device, post), ms: one request's time
+  /// through the pipeline when nothing overlaps.
   [[nodiscard]] double stage_sum_ms() const;
+  /// The slowest stage when requests overlap, ms: stages served by several workers count as one wider stage
+  /// (prep ÷ parallel prep threads, compute ÷ compute cores), as in vnpu-bench.
   [[nodiscard]] double stage_max_ms() const;
-  /// Requests/s if the slowest stage were the only limit: 1000 / stage_max_ms().
+  /// Requests/s if the slowest stage were the only limit: 1000 / stage_max_ms() (async); for sync, where
+  /// nothing overlaps, 1000 / stage_sum_ms().
   [[nodiscard]] double bound_ips() const;
+  /// The best async/sync throughput ratio this pipeline allows: stage_sum_ms() / stage_max_ms().
+  [[nodiscard]] double pipeline_bound() const;
 };
 
 /// Input of request i (a fresh tensor: the session takes it).

@@ -25,7 +25,7 @@ class Session {
  public:
   /// Loads `model_path` (a .vnpu file from vnpuc) and opens the runtime. Throws vnpu::Error with the
   /// runtime's message (kNotFound for a missing file or device, kInvalidArgument for a damaged model,
-  /// kUnsupported if this runtime build cannot load compiled models or run them timing-only).
+  /// kUnsupported if the device's timing-only mode differs from `options.timing_only`).
   Session(const std::string& model_path, const SessionOptions& options);
   ~Session();
   Session(const Session&) = delete;
@@ -37,8 +37,10 @@ class Session {
   /// The backend actually in use ("sim" or "kernel") and the device's name.
   [[nodiscard]] std::string backend() const;
   [[nodiscard]] std::string device_name() const;
-  /// Device clock minus steady_clock in ns, for placing device timestamps on the host timeline (0 if the
-  /// runtime does not report it).
+  /// Compute cores of the device: compute commands of that many requests run at once.
+  [[nodiscard]] int compute_cores() const;
+  /// Device clock minus steady_clock in ns, for placing device timestamps on the host timeline (0 on sim,
+  /// whose device clock is steady_clock).
   [[nodiscard]] int64_t device_clock_offset_ns() const;
 
   /// Starts one request (AsyncRuntime::run). Never blocks on the device.

@@ -179,7 +179,7 @@ Status RuntimeImpl::upload(Device& dev, const DeviceBuffer& dst, const void* dat
 void RuntimeImpl::setup_device(int index) {
   DeviceCtx& dc = devs_[static_cast<size_t>(index)];
   const int id = options_.devices[static_cast<size_t>(index)];
-  dc.dev = Device::open(DeviceOptions{options_.backend, id, options_.submit_mode, options_.priority}).value();
+  dc.dev = Device::open(DeviceOptions{options_.backend, id, options_.submit_mode, options_.priority, options_.timing_only}).value();
   Device& dev = *dc.dev;
   const DeviceInfo& inf = dev.info();
   if (md_.compute == detail::ComputeKind::kExec && !(inf.caps & VNPU_CAP_EXEC))

@@ -180,6 +180,21 @@ Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options)
   if (auto v = dev->get_param(DRM_VNPU_PARAM_COMPUTE_CORES); v && *v > 0) inf.compute_cores = static_cast<uint32_t>(*v);
   if (auto v = dev->get_param(DRM_VNPU_PARAM_MMU_PAGE_SIZE); v) inf.mmu_page_size = *v;
   if (auto v = dev->get_param(DRM_VNPU_PARAM_CONTEXT_ID); v) inf.context_id = static_cast<uint32_t>(*v);
+  // Timing-only is the device's power-on mode (QEMU property), not something a client may switch: a client
+  // that wants real outputs must not get a device that skips the arithmetic, and vice versa.
+  {
+    auto v = dev->get_param(DRM_VNPU_PARAM_TIMING_ONLY);
+    if (!v && options.timing_only)
+      return Error(ErrorCode::kUnsupported, path + ": the driver cannot report timing-only mode; update vnpu.ko");
+    inf.timing_only = v && *v != 0;
+  }
+  if (inf.timing_only != options.timing_only)
+    return Error(ErrorCode::kUnsupported,
+                 inf.timing_only
+                     ? path + " is in timing-only mode (outputs undefined) but timing_only was not requested; boot "
+                              "the VM without --device-props timing-only=on, or set RuntimeOptions::timing_only"
+                     : path + " computes functionally, but timing_only was requested; boot the VM with "
+                              "`./vnpu vm --device-props timing-only=on` (the mode is the device's power-on setting)");
 
   if (options.priority != -1) {
     drm_vnpu_queue_create qc{};

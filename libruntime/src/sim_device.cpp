@@ -425,6 +425,7 @@ Status SimDevice::start(const DeviceOptions& options) {
   env_u32("VNPU_SIM_COMPUTE_CORES", cfg.compute_cores);
   env_u32("VNPU_SIM_COMPUTE_GFLOPS", cfg.compute_gflops);
   if (const char* v = std::getenv("VNPU_SIM_DEVMEM_MB"); v && *v) cfg.devmem_size = std::strtoull(v, nullptr, 10) << 20;
+  cfg.timing_only = options.timing_only ? 1 : 0;
   if (int r = vnpu_engine_config_finalize(&cfg); r < 0) return errno_error(-r, "sim engine configuration (VNPU_SIM_* variables?)");
   shared_ = std::make_shared<SimShared>();
   shared_->phys = RangeAllocator(0, cfg.devmem_size, kPage);
@@ -511,6 +512,10 @@ Status SimDevice::start(const DeviceOptions& options) {
   info_.d2h_latency_ns = rd(VNPU_REG_D2H_LATENCY_NS);
   info_.mmu_page_size = kPage;
   info_.context_id = kContext;
+  info_.timing_only = (rd(VNPU_REG_CONTROL) & VNPU_CONTROL_TIMING_ONLY) != 0;
+  if (info_.timing_only != options.timing_only)
+    return Error(ErrorCode::kUnsupported, std::string("sim engine did not come up ") +
+                                              (options.timing_only ? "in" : "out of") + " timing-only mode");
   return {};
 }
 

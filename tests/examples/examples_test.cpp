@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <vnpu/error.h>
 
+#include "bench.h"
 #include "coco.h"
 #include "image.h"
 #include "npy.h"
@@ -33,6 +34,23 @@ ex::Detection det(float x1, float y1, float x2, float y2, float score, int cls) 
 fs::path temp_file(const std::string& name) { return fs::temp_directory_path() / ("vnpu-examples-test-" + name); }
 
 }  // namespace
+
+TEST(PipelineBound, CountsParallelWorkersAsOneWiderStage) {
+  ex::BenchResult r;
+  r.engine_times = true;
+  r.config.mode = ex::Mode::kAsync;
+  r.config.parallel = 2;
+  r.compute_cores = 2;
+  r.prep.mean = 4, r.h2d.mean = 1, r.compute.mean = 6, r.d2h.mean = 1, r.post.mean = 0.5;
+  EXPECT_DOUBLE_EQ(r.stage_sum_ms(), 12.5);
+  EXPECT_DOUBLE_EQ(r.stage_max_ms(), 3.0);  // compute 6 ms on 2 cores; prep 4 ms on 2 threads
+  EXPECT_DOUBLE_EQ(r.pipeline_bound(), 12.5 / 3.0);
+  EXPECT_DOUBLE_EQ(r.bound_ips(), 1000.0 / 3.0);
+  r.config.parallel = 1;  // one prep thread: prep becomes the slowest stage
+  EXPECT_DOUBLE_EQ(r.stage_max_ms(), 4.0);
+  r.config.mode = ex::Mode::kSync;  // nothing overlaps
+  EXPECT_DOUBLE_EQ(r.bound_ips(), 1000.0 / 12.5);
+}
 
 TEST(Iou, MatchesHandComputedOverlap) {
   // [0,0,10,10] and [5,5,15,15]: intersection 25, union 175.

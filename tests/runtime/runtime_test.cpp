@@ -89,6 +89,25 @@ TEST_F(Device, ReportsWhatItIs) {
   EXPECT_FALSE(info.name.empty());
 }
 
+TEST_F(Device, TimingOnlyOptionMustMatchTheDevicesMode) {
+  // sim: the engine is created in the requested mode. kernel: the mode is fixed when the VM boots (QEMU
+  // property timing-only=on), so exactly one of the two requests opens the device and the other is refused.
+  int opened = 0;
+  for (bool want : {false, true}) {
+    vnpu::DeviceOptions o{backend_, 0, submit_mode_under_test()};
+    o.timing_only = want;
+    auto r = vnpu::Device::open(o);
+    if (r.ok()) {
+      ++opened;
+      EXPECT_EQ((*r)->info().timing_only, want);
+    } else {
+      EXPECT_EQ(r.error().code(), vnpu::ErrorCode::kUnsupported) << r.error().what();
+      EXPECT_NE(std::string(r.error().what()).find("timing-only"), std::string::npos) << r.error().what();
+    }
+  }
+  EXPECT_EQ(opened, backend_ == "sim" ? 2 : 1);
+}
+
 TEST_F(Device, CopiesHostToDeviceAndBack) {
   auto dev = open_device();
   const size_t bytes = 3 * 4096 + 123;
@@ -338,6 +357,30 @@ TEST_P(Runtime, RecordsTimings) {
   if (t.device_start_ns && t.device_end_ns) {
     EXPECT_LE(*t.device_start_ns, *t.device_end_ns);
   }
+}
+
+TEST_P(Runtime, TimingOnlyRunsAreTimedButSkipTheArithmetic) {
+  auto model = make_model(64, 128, 64, 4242);
+  auto o = options(GetParam());
+  o.timing_only = true;
+  std::unique_ptr<vnpu::AsyncRuntime> rt;
+  try {
+    rt = std::make_unique<vnpu::AsyncRuntime>(model, o);
+  } catch (const vnpu::Error& e) {
+    if (backend_ == "kernel" && e.code() == vnpu::ErrorCode::kUnsupported)
+      GTEST_SKIP() << "device not booted with timing-only=on: " << e.what();
+    throw;
+  }
+  EXPECT_TRUE(rt->device_info().timing_only);
+  EXPECT_TRUE(rt->options().timing_only);
+  auto x = random_tensor({64, 128}, 4243);
+  auto want = model.reference(x);
+  auto out = rt->run(x).wait();
+  ASSERT_EQ(out.tensors.size(), 1u);
+  EXPECT_EQ(out[0].shape(), want.shape());
+  // The device never computed this product, so its output buffer cannot hold it bit for bit.
+  EXPECT_FALSE(bit_exact(out[0], want));
+  if (rt->device_info().timestamps) EXPECT_GT(out.timings.compute_ns, 0u);
 }
 
 vnpu::Async<vnpu::Outputs> infer_twice(vnpu::AsyncRuntime& rt, vnpu::Tensor x1, vnpu::Tensor x2) {

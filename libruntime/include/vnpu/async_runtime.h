@@ -55,6 +55,12 @@ struct RuntimeOptions {
   SubmitMode submit_mode = SubmitMode::kUring;
   /// Device queue priority 0..3, -1 = default.
   int priority = -1;
+  /// Run on devices in timing-only mode: every stage is timed exactly as usual, but the device skips the
+  /// arithmetic, so output values are undefined (for throughput studies of models too big to compute on
+  /// the simulator's host). Backend "sim" creates its engine in that mode; backend "kernel" requires a
+  /// device booted with the QEMU property timing-only=on. The constructor throws kUnsupported when a
+  /// device's mode differs from this option (a timing-only device is never used by accident).
+  bool timing_only = false;
 };
 
 /// Where one request spent its time. Host times on std::chrono::steady_clock (CLOCK_MONOTONIC).

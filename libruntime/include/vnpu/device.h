@@ -43,6 +43,12 @@ struct DeviceOptions {
   SubmitMode submit_mode = SubmitMode::kUring;
   /// Queue priority 0 (lowest)..3; -1 = the device default (1). Higher-priority queues are served first.
   int priority = -1;
+  /// Expect the device in timing-only mode: compute commands are validated and their time modelled, but
+  /// the arithmetic is skipped (outputs undefined). "sim": the engine is created in that mode. "kernel": the
+  /// mode is the QEMU device's power-on property (`./vnpu vm --device-props timing-only=on`) and cannot be
+  /// changed from userspace, so open() only checks it (DRM_VNPU_PARAM_TIMING_ONLY) and fails with
+  /// kUnsupported when the device's mode differs from this option, in either direction.
+  bool timing_only = false;
 };
 
 /// What an opened device is and can do.
@@ -61,6 +67,7 @@ struct DeviceInfo {
   uint32_t h2d_latency_ns = 0, d2h_latency_ns = 0;  ///< timing model: fixed cost per transfer, if known
   uint64_t mmu_page_size = 0;    ///< device MMU page size; device allocations round up to it
   uint32_t context_id = 0;       ///< this open device's address-space context on the device
+  bool timing_only = false;      ///< compute is modelled but not executed: outputs are undefined
 };
 
 /// Host memory the device reaches by DMA, mapped into this process. Move-only handle; the memory stays alive
