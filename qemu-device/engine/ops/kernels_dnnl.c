@@ -1,0 +1,635 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Fast kernels on oneDNN (libdnnl 2.6, C API): convolution, transposed convolution, pooling, matmul over the
+ * program's plain row-major (nchw / ab) layouts. One CPU engine per process (created once, thread-safe);
+ * a stream and primitive per call — oneDNN's primitive cache makes repeated creation of the same op cheap.
+ * Anything outside what is mapped here returns 1 and the caller runs the reference kernel.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <dnnl.h>
+
+#include "vnpu_ops.h"
+
+#define IN(a, i) (&(a)->t[(i)])
+#define OUT(a, i) (&(a)->t[(a)->num_inputs + (i)])
+
+static dnnl_engine_t vnpu_dnnl_engine;
+static pthread_once_t vnpu_dnnl_once = PTHREAD_ONCE_INIT;
+
+static void vnpu_dnnl_init(void)
+{
+    if (dnnl_engine_create(&vnpu_dnnl_engine, dnnl_cpu, 0) != dnnl_success) {
+        vnpu_dnnl_engine = NULL;
+    }
+}
+
+static dnnl_engine_t engine_get(void)
+{
+    pthread_once(&vnpu_dnnl_once, vnpu_dnnl_init);
+    return vnpu_dnnl_engine;
+}
+
+/* Maps a fused activation onto a oneDNN eltwise post-op; 0 if it has none. */
+static int act_post_op(uint32_t act, float alpha, float beta, dnnl_primitive_attr_t attr)
+{
+    dnnl_post_ops_t po;
+    dnnl_alg_kind_t alg;
+    float a = 0.0f, b = 0.0f;
+    int ret;
+
+    switch (act) {
+    case VNPU_ISA_ACT_NONE:
+        return 0;
+    case VNPU_ISA_ACT_RELU:
+        alg = dnnl_eltwise_relu;
+        break;
+    case VNPU_ISA_ACT_LEAKY_RELU:
+        alg = dnnl_eltwise_relu;
+        a = alpha;
+        break;
+    case VNPU_ISA_ACT_SIGMOID:
+        alg = dnnl_eltwise_logistic;
+        break;
+    case VNPU_ISA_ACT_SILU:
+        alg = dnnl_eltwise_swish;
+        a = 1.0f;
+        break;
+    case VNPU_ISA_ACT_CLIP:
+        alg = dnnl_eltwise_clip_v2; /* min(max(x, alpha), beta), like ONNX Clip */
+        a = alpha;
+        b = beta;
+        break;
+    case VNPU_ISA_ACT_TANH:
+        alg = dnnl_eltwise_tanh;
+        break;
+    default:
+        return -1;
+    }
+    if (dnnl_post_ops_create(&po) != dnnl_success) {
+        return -1;
+    }
+    ret = dnnl_post_ops_append_eltwise(po, 1.0f, alg, a, b) == dnnl_success &&
+          dnnl_primitive_attr_set_post_ops(attr, po) == dnnl_success ? 0 : -1;
+    dnnl_post_ops_destroy(po);
+    return ret;
+}
+
+static void dims_of(const VnpuTensor *t, dnnl_dims_t d)
+{
+    unsigned i;
+
+    for (i = 0; i < t->rank; i++) {
+        d[i] = (dnnl_dim_t)t->dims[i];
+    }
+}
+
+typedef struct DnnlCall {
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t prim;
+    dnnl_stream_t stream;
+    dnnl_memory_t mem[4];
+    dnnl_exec_arg_t args[4];
+    int nargs;
+} DnnlCall;
+
+static int call_arg(DnnlCall *c, int arg, const dnnl_memory_desc_t *md, void *ptr)
+{
+    dnnl_memory_t m;
+
+    if (dnnl_memory_create(&m, md, engine_get(), ptr) != dnnl_success) {
+        return -1;
+    }
+    c->mem[c->nargs] = m;
+    c->args[c->nargs].arg = arg;
+    c->args[c->nargs].memory = m;
+    c->nargs++;
+    return 0;
+}
+
+/* Creates the primitive from c->pd, runs it on the memories added with call_arg, frees everything. */
+static int call_run(DnnlCall *c, int ok)
+{
+    int ret = -1, i;
+
+    if (ok && dnnl_primitive_create(&c->prim, c->pd) == dnnl_success) {
+        if (dnnl_stream_create(&c->stream, engine_get(), dnnl_stream_default_flags) == dnnl_success) {
+            if (dnnl_primitive_execute(c->prim, c->stream, c->nargs, c->args) == dnnl_success &&
+                dnnl_stream_wait(c->stream) == dnnl_success) {
+                ret = VNPU_CPL_OK;
+            }
+            dnnl_stream_destroy(c->stream);
+        }
+        dnnl_primitive_destroy(c->prim);
+    }
+    for (i = 0; i < c->nargs; i++) {
+        dnnl_memory_destroy(c->mem[i]);
+    }
+    if (c->pd) {
+        dnnl_primitive_desc_destroy(c->pd);
+    }
+    return ret;
+}
+
+/* Runs a reorder (layout conversion) between two memories on `stream`. */
+static int reorder(dnnl_stream_t stream, const dnnl_memory_desc_t *smd, void *sp, const dnnl_memory_desc_t *dmd,
+                   void *dp)
+{
+    DnnlCall c;
+    int ok, ret = -1, i;
+
+    memset(&c, 0, sizeof(c));
+    ok = dnnl_reorder_primitive_desc_create(&c.pd, smd, engine_get(), dmd, engine_get(), NULL) == dnnl_success;
+    if (!ok) {
+        return -1;
+    }
+    ok = call_arg(&c, DNNL_ARG_FROM, smd, sp) == 0 && call_arg(&c, DNNL_ARG_TO, dmd, dp) == 0;
+    if (ok && dnnl_primitive_create(&c.prim, c.pd) == dnnl_success) {
+        if (dnnl_primitive_execute(c.prim, stream, c.nargs, c.args) == dnnl_success) {
+            ret = 0;
+        }
+        dnnl_primitive_destroy(c.prim);
+    }
+    for (i = 0; i < c.nargs; i++) {
+        dnnl_memory_destroy(c.mem[i]);
+    }
+    dnnl_primitive_desc_destroy(c.pd);
+    return ret;
+}
+
+/* A (de)convolution primitive descriptor for these memory descriptors, or NULL. */
+static dnnl_primitive_desc_t conv_pd(const VnpuOpArgs *a, int transpose, const dnnl_memory_desc_t *x,
+                                     const dnnl_memory_desc_t *w, const dnnl_memory_desc_t *b,
+                                     const dnnl_memory_desc_t *y, const dnnl_dim_t *strides, const dnnl_dim_t *dil,
+                                     const dnnl_dim_t *pl, const dnnl_dim_t *pr, const_dnnl_primitive_attr_t attr)
+{
+    dnnl_primitive_desc_t pd = NULL;
+    int ok;
+
+    (void)a;
+    if (transpose) {
+        dnnl_deconvolution_desc_t d;
+
+        ok = dnnl_dilated_deconvolution_forward_desc_init(&d, dnnl_forward_inference, dnnl_deconvolution_direct, x, w,
+                                                          b, y, strides, dil, pl, pr) == dnnl_success &&
+             dnnl_primitive_desc_create(&pd, &d, attr, engine_get(), NULL) == dnnl_success;
+    } else {
+        dnnl_convolution_desc_t d;
+
+        ok = dnnl_dilated_convolution_forward_desc_init(&d, dnnl_forward_inference, dnnl_convolution_direct, x, w, b,
+                                                        y, strides, dil, pl, pr) == dnnl_success &&
+             dnnl_primitive_desc_create(&pd, &d, attr, engine_get(), NULL) == dnnl_success;
+    }
+    return ok ? pd : NULL;
+}
+
+/* oneDNN's "ref:" implementations are plain loops: slower than staying in plain layouts. */
+static int is_reference_impl(const_dnnl_primitive_desc_t pd)
+{
+    const char *name = NULL;
+
+    return dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name) == dnnl_success && name &&
+           strncmp(name, "ref", 3) == 0;
+}
+
+/*
+ * Convolutions run in channel-blocked layouts (nChw16c, or what oneDNN picks): the plain nchw tensors of the
+ * program and the weights are reordered in and out around the primitive. The reorders cost a pass over
+ * memory; the blocked kernels more than make up for it against nchw's im2col + GEMM path (2.4x here).
+ */
+static int conv_common(const VnpuOpArgs *a, int transpose)
+{
+    const struct vnpu_isa_conv *cv = &a->attr.conv;
+    const VnpuTensor *x = IN(a, 0), *w = IN(a, 1), *y = OUT(a, 0);
+    int bias = !!(cv->flags & VNPU_ISA_CONV_F_BIAS);
+    dnnl_memory_desc_t xmd, wmd, bmd, ymd, xany, wany, yany, xblk, yblk;
+    const dnnl_memory_desc_t *xq, *wq, *yq;
+    dnnl_dims_t xd, wd, yd, bd, strides, dil, pl, pr;
+    dnnl_primitive_attr_t attr;
+    dnnl_stream_t stream = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    void *xb = NULL, *wb = NULL, *yb = NULL;
+    DnnlCall c;
+    int ok, i, ret = -1;
+    uint64_t g = cv->group;
+
+    if (!engine_get() || x->count == 0 || y->count == 0) {
+        return 1;
+    }
+    memset(&c, 0, sizeof(c));
+    dims_of(x, xd);
+    dims_of(y, yd);
+    for (i = 0; i < 2; i++) {
+        strides[i] = cv->stride[i];
+        dil[i] = (dnnl_dim_t)cv->dilation[i] - 1; /* oneDNN counts dilation from 0 */
+        pl[i] = cv->pad_begin[i];
+        pr[i] = cv->pad_end[i];
+    }
+    if (transpose) {
+        /* Our weights are [C, M/g, kh, kw] = oneDNN's iohw per group: g x (M/g) x (C/g) x kh x kw as "giohw". */
+        wd[0] = (dnnl_dim_t)g;
+        wd[1] = (dnnl_dim_t)(w->dims[1]);
+        wd[2] = (dnnl_dim_t)(w->dims[0] / g);
+        wd[3] = (dnnl_dim_t)w->dims[2];
+        wd[4] = (dnnl_dim_t)w->dims[3];
+        /* output_padding is extra rows at the end: oneDNN expresses it as less right padding. */
+        for (i = 0; i < 2; i++) {
+            pr[i] -= cv->output_padding[i];
+        }
+    } else {
+        wd[0] = (dnnl_dim_t)g;
+        wd[1] = (dnnl_dim_t)(w->dims[0] / g);
+        wd[2] = (dnnl_dim_t)w->dims[1];
+        wd[3] = (dnnl_dim_t)w->dims[2];
+        wd[4] = (dnnl_dim_t)w->dims[3];
+    }
+    bd[0] = (dnnl_dim_t)y->dims[1];
+    ok = dnnl_memory_desc_init_by_tag(&xmd, 4, xd, dnnl_f32, dnnl_nchw) == dnnl_success &&
+         dnnl_memory_desc_init_by_tag(&ymd, 4, yd, dnnl_f32, dnnl_nchw) == dnnl_success &&
+         dnnl_memory_desc_init_by_tag(&wmd, 5, wd, dnnl_f32, transpose ? dnnl_giohw : dnnl_goihw) == dnnl_success &&
+         dnnl_memory_desc_init_by_tag(&bmd, 1, bd, dnnl_f32, dnnl_a) == dnnl_success &&
+         dnnl_memory_desc_init_by_tag(&xany, 4, xd, dnnl_f32, dnnl_format_tag_any) == dnnl_success &&
+         dnnl_memory_desc_init_by_tag(&yany, 4, yd, dnnl_f32, dnnl_format_tag_any) == dnnl_success &&
+         dnnl_memory_desc_init_by_tag(&wany, 5, wd, dnnl_f32, dnnl_format_tag_any) == dnnl_success &&
+         dnnl_memory_desc_init_by_tag(&xblk, 4, xd, dnnl_f32, dnnl_nChw16c) == dnnl_success &&
+         dnnl_memory_desc_init_by_tag(&yblk, 4, yd, dnnl_f32, dnnl_nChw16c) == dnnl_success;
+    if (!ok) {
+        return -1;
+    }
+    if (dnnl_primitive_attr_create(&attr) != dnnl_success) {
+        return -1;
+    }
+    if (act_post_op(cv->act, cv->act_alpha, cv->act_beta, attr)) {
+        dnnl_primitive_attr_destroy(attr);
+        return 1;
+    }
+    /*
+     * First choice: activations in nChw16c, whose conversion from and to nchw is cheap (a 16-row interleave)
+     * and which oneDNN's direct AVX-512 kernels use; measured faster here than letting oneDNN pick (it picks
+     * nhwc, whose conversion is a full transpose). If that only has a reference implementation for this
+     * shape, let oneDNN choose every layout.
+     */
+    pd = conv_pd(a, transpose, x->dims[1] % 16 == 0 ? &xblk : &xany, &wany, bias ? &bmd : NULL,
+                 y->dims[1] % 16 == 0 ? &yblk : &yany, strides, dil, pl, pr, attr);
+    if (pd && is_reference_impl(pd)) {
+        dnnl_primitive_desc_destroy(pd);
+        pd = NULL;
+    }
+    if (!pd) {
+        pd = conv_pd(a, transpose, &xany, &wany, bias ? &bmd : NULL, &yany, strides, dil, pl, pr, attr);
+    }
+    dnnl_primitive_attr_destroy(attr);
+    if (!pd) {
+        return 1;
+    }
+    xq = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    wq = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    yq = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    if (!xq || !wq || !yq || dnnl_stream_create(&stream, engine_get(), dnnl_stream_default_flags) != dnnl_success) {
+        goto out;
+    }
+    /* Inputs into the primitive's layouts (skipped when they already match). */
+    if (!dnnl_memory_desc_equal(xq, &xmd)) {
+        xb = aligned_alloc(64, (dnnl_memory_desc_get_size(xq) + 63) / 64 * 64);
+        if (!xb || reorder(stream, &xmd, x->data, xq, xb)) {
+            goto out;
+        }
+    }
+    if (!dnnl_memory_desc_equal(wq, &wmd)) {
+        wb = aligned_alloc(64, (dnnl_memory_desc_get_size(wq) + 63) / 64 * 64);
+        if (!wb || reorder(stream, &wmd, w->data, wq, wb)) {
+            goto out;
+        }
+    }
+    if (!dnnl_memory_desc_equal(yq, &ymd)) {
+        yb = aligned_alloc(64, (dnnl_memory_desc_get_size(yq) + 63) / 64 * 64);
+        if (!yb) {
+            goto out;
+        }
+    }
+    ok = call_arg(&c, DNNL_ARG_SRC, xq, xb ? xb : x->data) == 0 &&
+         call_arg(&c, DNNL_ARG_WEIGHTS, wq, wb ? wb : w->data) == 0 &&
+         call_arg(&c, DNNL_ARG_DST, yq, yb ? yb : y->data) == 0 &&
+         (!bias || call_arg(&c, DNNL_ARG_BIAS, &bmd, IN(a, 2)->data) == 0);
+    if (ok && dnnl_primitive_create(&prim, pd) == dnnl_success) {
+        if (dnnl_primitive_execute(prim, stream, c.nargs, c.args) == dnnl_success &&
+            (!yb || reorder(stream, yq, yb, &ymd, y->data) == 0) && dnnl_stream_wait(stream) == dnnl_success) {
+            ret = VNPU_CPL_OK;
+        }
+        dnnl_primitive_destroy(prim);
+    }
+out:
+    for (i = 0; i < c.nargs; i++) {
+        dnnl_memory_destroy(c.mem[i]);
+    }
+    if (stream) {
+        dnnl_stream_wait(stream);
+        dnnl_stream_destroy(stream);
+    }
+    free(xb);
+    free(wb);
+    free(yb);
+    dnnl_primitive_desc_destroy(pd);
+    return ret;
+}
+
+int vnpu_fast_conv(const VnpuOpArgs *a)
+{
+    return conv_common(a, 0);
+}
+
+int vnpu_fast_conv_transpose(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_conv *cv = &a->attr.conv;
+
+    /* output_padding beyond the right padding would need negative oneDNN padding. */
+    if (cv->output_padding[0] > cv->pad_end[0] || cv->output_padding[1] > cv->pad_end[1]) {
+        return 1;
+    }
+    return conv_common(a, 1);
+}
+
+/*
+ * Pooling: oneDNN's nchw pooling is a simple loop; its jit kernels want channel-blocked data. Large inputs
+ * are reordered to nChw16c (nChw8c when C is not a multiple of 16) and back; small ones (e.g. a global
+ * average pool's 1x1 output) stay plain, where the reorders would cost more than they save.
+ */
+int vnpu_fast_pool(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_pool *p = &a->attr.pool;
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    dnnl_memory_desc_t xmd, ymd, xblk, yany;
+    const dnnl_memory_desc_t *yq;
+    dnnl_dims_t xd, yd, strides, kernel, dil, pl, pr;
+    dnnl_pooling_v2_desc_t d;
+    dnnl_alg_kind_t alg;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_stream_t stream = NULL;
+    void *xb = NULL, *yb = NULL;
+    DnnlCall c;
+    int ok, i, blocked, ret = -1;
+
+    if (!engine_get() || x->count == 0 || y->count == 0) {
+        return 1;
+    }
+    memset(&c, 0, sizeof(c));
+    dims_of(x, xd);
+    dims_of(y, yd);
+    for (i = 0; i < 2; i++) {
+        uint64_t span = (uint64_t)p->dilation[i] * (p->kernel[i] - 1) + 1;
+        /* Right padding that makes oneDNN's floor formula produce our output size (ceil_mode windows). */
+        int64_t need = (int64_t)((y->dims[2 + i] - 1) * p->stride[i] + span) - (int64_t)x->dims[2 + i] -
+                       (int64_t)p->pad_begin[i];
+
+        strides[i] = p->stride[i];
+        kernel[i] = p->kernel[i];
+        dil[i] = (dnnl_dim_t)p->dilation[i] - 1;
+        pl[i] = p->pad_begin[i];
+        pr[i] = need > (int64_t)p->pad_end[i] ? need : (int64_t)p->pad_end[i];
+        /* Average with padding counted: oneDNN would count the extra ceil padding too; ONNX does not. */
+        if (need > (int64_t)p->pad_end[i] && (p->flags & VNPU_ISA_POOL_F_COUNT_PAD)) {
+            return 1;
+        }
+        if (pr[i] >= kernel[i] * (dil[i] + 1) || pl[i] >= kernel[i] * (dil[i] + 1)) {
+            return 1;
+        }
+    }
+    alg = p->kind == VNPU_ISA_POOL_MAX ? dnnl_pooling_max
+          : (p->flags & VNPU_ISA_POOL_F_COUNT_PAD) ? dnnl_pooling_avg_include_padding
+                                                   : dnnl_pooling_avg_exclude_padding;
+    blocked = y->count >= 4096;
+    ok = dnnl_memory_desc_init_by_tag(&xmd, 4, xd, dnnl_f32, dnnl_nchw) == dnnl_success &&
+         dnnl_memory_desc_init_by_tag(&ymd, 4, yd, dnnl_f32, dnnl_nchw) == dnnl_success &&
+         dnnl_memory_desc_init_by_tag(&xblk, 4, xd, dnnl_f32,
+                                      !blocked ? dnnl_nchw : x->dims[1] % 16 == 0 ? dnnl_nChw16c : dnnl_nChw8c) ==
+             dnnl_success &&
+         dnnl_memory_desc_init_by_tag(&yany, 4, yd, dnnl_f32, blocked ? dnnl_format_tag_any : dnnl_nchw) ==
+             dnnl_success &&
+         dnnl_pooling_v2_forward_desc_init(&d, dnnl_forward_inference, alg, &xblk, &yany, strides, kernel, dil, pl,
+                                           pr) == dnnl_success &&
+         dnnl_primitive_desc_create(&pd, &d, NULL, engine_get(), NULL) == dnnl_success;
+    if (!ok) {
+        return 1;
+    }
+    yq = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    if (!yq || dnnl_stream_create(&stream, engine_get(), dnnl_stream_default_flags) != dnnl_success) {
+        goto out;
+    }
+    if (!dnnl_memory_desc_equal(&xblk, &xmd)) {
+        xb = aligned_alloc(64, (dnnl_memory_desc_get_size(&xblk) + 63) / 64 * 64);
+        if (!xb || reorder(stream, &xmd, x->data, &xblk, xb)) {
+            goto out;
+        }
+    }
+    if (!dnnl_memory_desc_equal(yq, &ymd)) {
+        yb = aligned_alloc(64, (dnnl_memory_desc_get_size(yq) + 63) / 64 * 64);
+        if (!yb) {
+            goto out;
+        }
+    }
+    ok = call_arg(&c, DNNL_ARG_SRC, &xblk, xb ? xb : x->data) == 0 &&
+         call_arg(&c, DNNL_ARG_DST, yq, yb ? yb : y->data) == 0;
+    if (ok && dnnl_primitive_create(&prim, pd) == dnnl_success) {
+        if (dnnl_primitive_execute(prim, stream, c.nargs, c.args) == dnnl_success &&
+            (!yb || reorder(stream, yq, yb, &ymd, y->data) == 0) && dnnl_stream_wait(stream) == dnnl_success) {
+            ret = VNPU_CPL_OK;
+        }
+        dnnl_primitive_destroy(prim);
+    }
+out:
+    for (i = 0; i < c.nargs; i++) {
+        dnnl_memory_destroy(c.mem[i]);
+    }
+    if (stream) {
+        dnnl_stream_wait(stream);
+        dnnl_stream_destroy(stream);
+    }
+    free(xb);
+    free(yb);
+    dnnl_primitive_desc_destroy(pd);
+    return ret;
+}
+
+int vnpu_fast_matmul(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_matmul *mm = &a->attr.matmul;
+    const VnpuTensor *A = IN(a, 0), *B = IN(a, 1), *Y = OUT(a, 0);
+    int bias = !!(mm->flags & VNPU_ISA_MATMUL_F_BIAS);
+    dnnl_memory_desc_t amd, bmd, cmd, ymd;
+    dnnl_dims_t ad, bd, cd, yd, as, bs, cs;
+    dnnl_primitive_attr_t attr;
+    dnnl_matmul_desc_t d;
+    unsigned r = Y->rank, i;
+    DnnlCall c;
+    int ok;
+
+    if (!engine_get() || Y->count == 0 || A->count == 0 || B->count == 0 || r > 6 || mm->alpha != 1.0f ||
+        (bias && mm->beta != 1.0f)) {
+        return 1;
+    }
+    memset(&c, 0, sizeof(c));
+    /* oneDNN wants equal ranks: left-pad batch dims with 1 (broadcast). Strides express transposes. */
+    for (i = 0; i < r; i++) {
+        ad[i] = i + A->rank >= r ? (dnnl_dim_t)A->dims[i + A->rank - r] : 1;
+        bd[i] = i + B->rank >= r ? (dnnl_dim_t)B->dims[i + B->rank - r] : 1;
+        yd[i] = (dnnl_dim_t)Y->dims[i];
+        cd[i] = 1;
+    }
+    {
+        dnnl_dim_t s = 1;
+        int j;
+
+        if (mm->flags & VNPU_ISA_MATMUL_F_TRANS_A) {
+            dnnl_dim_t t = ad[r - 1];
+
+            ad[r - 1] = ad[r - 2];
+            ad[r - 2] = t;
+            as[r - 2] = 1;
+            as[r - 1] = ad[r - 2];
+        } else {
+            as[r - 1] = 1;
+            as[r - 2] = ad[r - 1];
+        }
+        s = ad[r - 1] * ad[r - 2];
+        for (j = (int)r - 3; j >= 0; j--) {
+            as[j] = s;
+            s *= ad[j];
+        }
+        if (mm->flags & VNPU_ISA_MATMUL_F_TRANS_B) {
+            dnnl_dim_t t = bd[r - 1];
+
+            bd[r - 1] = bd[r - 2];
+            bd[r - 2] = t;
+            bs[r - 2] = 1;
+            bs[r - 1] = bd[r - 2];
+        } else {
+            bs[r - 1] = 1;
+            bs[r - 2] = bd[r - 1];
+        }
+        s = bd[r - 1] * bd[r - 2];
+        for (j = (int)r - 3; j >= 0; j--) {
+            bs[j] = s;
+            s *= bd[j];
+        }
+    }
+    if (bias) {
+        const VnpuTensor *C = IN(a, 2);
+        int j;
+        dnnl_dim_t s = 1;
+
+        cd[r - 1] = C->rank >= 1 ? (dnnl_dim_t)C->dims[C->rank - 1] : 1;
+        cd[r - 2] = C->rank == 2 ? (dnnl_dim_t)C->dims[0] : 1;
+        for (j = (int)r - 1; j >= 0; j--) {
+            cs[j] = s;
+            s *= cd[j];
+        }
+    }
+    ok = dnnl_memory_desc_init_by_strides(&amd, (int)r, ad, dnnl_f32, as) == dnnl_success &&
+         dnnl_memory_desc_init_by_strides(&bmd, (int)r, bd, dnnl_f32, bs) == dnnl_success &&
+         (!bias || dnnl_memory_desc_init_by_strides(&cmd, (int)r, cd, dnnl_f32, cs) == dnnl_success) &&
+         dnnl_memory_desc_init_by_tag(&ymd, (int)r, yd, dnnl_f32,
+                                      r == 2 ? dnnl_ab : r == 3 ? dnnl_abc : r == 4 ? dnnl_abcd
+                                                       : r == 5 ? dnnl_abcde : dnnl_abcdef) == dnnl_success;
+    if (!ok || dnnl_primitive_attr_create(&attr) != dnnl_success) {
+        return -1;
+    }
+    if (act_post_op(mm->act, mm->act_alpha, mm->act_beta, attr)) {
+        dnnl_primitive_attr_destroy(attr);
+        return 1;
+    }
+    ok = dnnl_matmul_desc_init(&d, &amd, &bmd, bias ? &cmd : NULL, &ymd) == dnnl_success &&
+         dnnl_primitive_desc_create(&c.pd, &d, attr, engine_get(), NULL) == dnnl_success;
+    dnnl_primitive_attr_destroy(attr);
+    if (!ok) {
+        c.pd = NULL;
+        return 1;
+    }
+    ok = call_arg(&c, DNNL_ARG_SRC, &amd, A->data) == 0 && call_arg(&c, DNNL_ARG_WEIGHTS, &bmd, B->data) == 0 &&
+         call_arg(&c, DNNL_ARG_DST, &ymd, Y->data) == 0 &&
+         (!bias || call_arg(&c, DNNL_ARG_BIAS, &cmd, IN(a, 2)->data) == 0);
+    return call_run(&c, ok);
+}
+
+/*
+ * Broadcast arithmetic on large tensors (residual adds, SiLU products, per-channel scaling): oneDNN's binary
+ * primitive is vectorised and multi-threaded. oneDNN wants src0 with the output's shape; commutative ops
+ * swap operands for that, others fall back to the reference kernel when A is the broadcast one.
+ */
+int vnpu_fast_binary(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_binary *bn = &a->attr.binary;
+    const VnpuTensor *A = IN(a, 0), *B = IN(a, 1), *Y = OUT(a, 0);
+    dnnl_memory_desc_t amd, bmd, ymd;
+    dnnl_dims_t ad, bd, yd;
+    dnnl_binary_desc_t d;
+    dnnl_primitive_attr_t attr;
+    dnnl_alg_kind_t alg;
+    unsigned r = Y->rank, i;
+    int commutative, ok;
+    DnnlCall c;
+
+    if (!engine_get() || Y->count < 65536 || r < 1 || r > 6) {
+        return 1; /* small: a primitive costs more than the loop */
+    }
+    switch (bn->kind) {
+    case VNPU_ISA_BIN_ADD:
+        alg = dnnl_binary_add;
+        commutative = 1;
+        break;
+    case VNPU_ISA_BIN_MUL:
+        alg = dnnl_binary_mul;
+        commutative = 1;
+        break;
+    case VNPU_ISA_BIN_SUB:
+        alg = dnnl_binary_sub;
+        commutative = 0;
+        break;
+    case VNPU_ISA_BIN_DIV:
+        alg = dnnl_binary_div;
+        commutative = 0;
+        break;
+    default:
+        return 1;
+    }
+    if (A->count != Y->count) {
+        if (!commutative || B->count != Y->count) {
+            return 1;
+        }
+        A = IN(a, 1);
+        B = IN(a, 0);
+    }
+    memset(&c, 0, sizeof(c));
+    for (i = 0; i < r; i++) {
+        ad[i] = i + A->rank >= r ? (dnnl_dim_t)A->dims[i + A->rank - r] : 1;
+        bd[i] = i + B->rank >= r ? (dnnl_dim_t)B->dims[i + B->rank - r] : 1;
+        yd[i] = (dnnl_dim_t)Y->dims[i];
+    }
+    {
+        static const dnnl_format_tag_t tags[] = {dnnl_a, dnnl_ab, dnnl_abc, dnnl_abcd, dnnl_abcde, dnnl_abcdef};
+
+        ok = dnnl_memory_desc_init_by_tag(&amd, (int)r, ad, dnnl_f32, tags[r - 1]) == dnnl_success &&
+             dnnl_memory_desc_init_by_tag(&bmd, (int)r, bd, dnnl_f32, tags[r - 1]) == dnnl_success &&
+             dnnl_memory_desc_init_by_tag(&ymd, (int)r, yd, dnnl_f32, tags[r - 1]) == dnnl_success;
+    }
+    if (!ok || dnnl_primitive_attr_create(&attr) != dnnl_success) {
+        return -1;
+    }
+    if (act_post_op(bn->act, bn->act_alpha, bn->act_beta, attr)) {
+        dnnl_primitive_attr_destroy(attr);
+        return 1;
+    }
+    ok = dnnl_binary_desc_init(&d, alg, &amd, &bmd, &ymd) == dnnl_success &&
+         dnnl_primitive_desc_create(&c.pd, &d, attr, engine_get(), NULL) == dnnl_success;
+    dnnl_primitive_attr_destroy(attr);
+    if (!ok) {
+        c.pd = NULL;
+        return 1;
+    }
+    ok = call_arg(&c, DNNL_ARG_SRC_0, &amd, A->data) == 0 && call_arg(&c, DNNL_ARG_SRC_1, &bmd, B->data) == 0 &&
+         call_arg(&c, DNNL_ARG_DST, &ymd, Y->data) == 0;
+    return call_run(&c, ok);
+}

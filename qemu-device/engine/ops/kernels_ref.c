@@ -1,0 +1,790 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Reference kernels: the plain, obviously-correct definition of every op. Used when no fast kernel applies,
+ * by constant folding in tests, and as the oracle the fast kernels are checked against. Inputs are checked
+ * by vnpu_ops_check() first, so every index derived here is in range.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vnpu_ops.h"
+
+#define IN(a, i) (&(a)->t[(i)])
+#define OUT(a, i) (&(a)->t[(a)->num_inputs + (i)])
+
+static int cancelled(const VnpuOpArgs *a)
+{
+    return a->cancel && *a->cancel;
+}
+
+/* Row-major element strides of t, right-aligned to `rank` dims; broadcast (size-1 or missing) dims get 0. */
+static void bcast_strides(const VnpuTensor *t, unsigned rank, const uint64_t *out_dims, uint64_t *strides)
+{
+    uint64_t s = 1;
+    unsigned i;
+
+    for (i = 0; i < rank; i++) {
+        strides[i] = 0;
+    }
+    for (i = 0; i < t->rank; i++) {
+        unsigned td = t->rank - 1 - i, od = rank - 1 - i;
+
+        strides[od] = (t->dims[td] == 1 && out_dims[od] != 1) ? 0 : s;
+        s *= t->dims[td];
+    }
+}
+
+static void dense_strides(const VnpuTensor *t, uint64_t *strides)
+{
+    uint64_t s = 1;
+    int i;
+
+    for (i = (int)t->rank - 1; i >= 0; i--) {
+        strides[i] = s;
+        s *= t->dims[i];
+    }
+}
+
+int vnpu_ref_conv(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_conv *c = &a->attr.conv;
+    const VnpuTensor *x = IN(a, 0), *w = IN(a, 1), *y = OUT(a, 0);
+    const float *bias = (c->flags & VNPU_ISA_CONV_F_BIAS) ? IN(a, 2)->data : NULL;
+    uint64_t N = x->dims[0], C = x->dims[1], H = x->dims[2], W = x->dims[3];
+    uint64_t M = y->dims[1], OH = y->dims[2], OW = y->dims[3], KH = w->dims[2], KW = w->dims[3];
+    uint64_t G = c->group, Cg = C / G, Mg = M / G;
+    uint64_t n, m;
+
+    for (n = 0; n < N; n++) {
+        for (m = 0; m < M; m++) {
+            uint64_t g = m / Mg, oh, ow;
+            const float *wm = w->data + m * Cg * KH * KW;
+
+            if (cancelled(a)) {
+                return VNPU_CPL_ABORTED;
+            }
+            for (oh = 0; oh < OH; oh++) {
+                for (ow = 0; ow < OW; ow++) {
+                    double acc = bias ? bias[m] : 0.0;
+                    uint64_t ci, kh, kw;
+
+                    for (ci = 0; ci < Cg; ci++) {
+                        const float *xc = x->data + ((n * C) + g * Cg + ci) * H * W;
+
+                        for (kh = 0; kh < KH; kh++) {
+                            int64_t ih = (int64_t)(oh * c->stride[0] + kh * c->dilation[0]) - c->pad_begin[0];
+
+                            if (ih < 0 || ih >= (int64_t)H) {
+                                continue;
+                            }
+                            for (kw = 0; kw < KW; kw++) {
+                                int64_t iw = (int64_t)(ow * c->stride[1] + kw * c->dilation[1]) - c->pad_begin[1];
+
+                                if (iw < 0 || iw >= (int64_t)W) {
+                                    continue;
+                                }
+                                acc += (double)xc[ih * W + iw] * wm[(ci * KH + kh) * KW + kw];
+                            }
+                        }
+                    }
+                    y->data[((n * M + m) * OH + oh) * OW + ow] =
+                        vnpu_ops_act((float)acc, c->act, c->act_alpha, c->act_beta);
+                }
+            }
+        }
+    }
+    return VNPU_CPL_OK;
+}
+
+int vnpu_ref_conv_transpose(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_conv *c = &a->attr.conv;
+    const VnpuTensor *x = IN(a, 0), *w = IN(a, 1), *y = OUT(a, 0);
+    const float *bias = (c->flags & VNPU_ISA_CONV_F_BIAS) ? IN(a, 2)->data : NULL;
+    uint64_t N = x->dims[0], C = x->dims[1], H = x->dims[2], W = x->dims[3];
+    uint64_t M = y->dims[1], OH = y->dims[2], OW = y->dims[3], KH = w->dims[2], KW = w->dims[3];
+    uint64_t G = c->group, Cg = C / G, Mg = M / G;
+    uint64_t n, m;
+
+    /* Gather formulation (each output sums its contributions), so the result does not depend on order. */
+    for (n = 0; n < N; n++) {
+        for (m = 0; m < M; m++) {
+            uint64_t g = m / Mg, mg = m % Mg, oh, ow;
+
+            if (cancelled(a)) {
+                return VNPU_CPL_ABORTED;
+            }
+            for (oh = 0; oh < OH; oh++) {
+                for (ow = 0; ow < OW; ow++) {
+                    double acc = bias ? bias[m] : 0.0;
+                    uint64_t ci, kh, kw;
+
+                    for (kh = 0; kh < KH; kh++) {
+                        int64_t th = (int64_t)oh + c->pad_begin[0] - (int64_t)(kh * c->dilation[0]);
+                        int64_t ih;
+
+                        if (th < 0 || th % c->stride[0]) {
+                            continue;
+                        }
+                        ih = th / c->stride[0];
+                        if (ih >= (int64_t)H) {
+                            continue;
+                        }
+                        for (kw = 0; kw < KW; kw++) {
+                            int64_t tw = (int64_t)ow + c->pad_begin[1] - (int64_t)(kw * c->dilation[1]);
+                            int64_t iw;
+
+                            if (tw < 0 || tw % c->stride[1]) {
+                                continue;
+                            }
+                            iw = tw / c->stride[1];
+                            if (iw >= (int64_t)W) {
+                                continue;
+                            }
+                            for (ci = 0; ci < Cg; ci++) {
+                                uint64_t cin = g * Cg + ci;
+
+                                acc += (double)x->data[((n * C + cin) * H + ih) * W + iw] *
+                                       w->data[((cin * Mg + mg) * KH + kh) * KW + kw];
+                            }
+                        }
+                    }
+                    y->data[((n * M + m) * OH + oh) * OW + ow] =
+                        vnpu_ops_act((float)acc, c->act, c->act_alpha, c->act_beta);
+                }
+            }
+        }
+    }
+    return VNPU_CPL_OK;
+}
+
+int vnpu_ref_pool(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_pool *p = &a->attr.pool;
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    uint64_t NC = x->dims[0] * x->dims[1], H = x->dims[2], W = x->dims[3], OH = y->dims[2], OW = y->dims[3];
+    int64_t hend_pad = (int64_t)H + p->pad_end[0], wend_pad = (int64_t)W + p->pad_end[1];
+    uint64_t nc, oh, ow;
+
+    for (nc = 0; nc < NC; nc++) {
+        const float *xc = x->data + nc * H * W;
+
+        if (cancelled(a)) {
+            return VNPU_CPL_ABORTED;
+        }
+        for (oh = 0; oh < OH; oh++) {
+            for (ow = 0; ow < OW; ow++) {
+                double sum = 0.0;
+                float mx = -INFINITY;
+                uint64_t count = 0, padded_count = 0, kh, kw;
+
+                for (kh = 0; kh < p->kernel[0]; kh++) {
+                    int64_t ih = (int64_t)(oh * p->stride[0] + kh * p->dilation[0]) - p->pad_begin[0];
+
+                    if (ih >= hend_pad) {
+                        continue;
+                    }
+                    for (kw = 0; kw < p->kernel[1]; kw++) {
+                        int64_t iw = (int64_t)(ow * p->stride[1] + kw * p->dilation[1]) - p->pad_begin[1];
+
+                        if (iw >= wend_pad) {
+                            continue;
+                        }
+                        padded_count++;
+                        if (ih < 0 || iw < 0 || ih >= (int64_t)H || iw >= (int64_t)W) {
+                            continue;
+                        }
+                        count++;
+                        sum += xc[ih * W + iw];
+                        if (xc[ih * W + iw] > mx || isnan(xc[ih * W + iw])) {
+                            mx = xc[ih * W + iw];
+                        }
+                    }
+                }
+                if (p->kind == VNPU_ISA_POOL_MAX) {
+                    y->data[(nc * OH + oh) * OW + ow] = count ? mx : 0.0f;
+                } else {
+                    uint64_t div = (p->flags & VNPU_ISA_POOL_F_COUNT_PAD) ? padded_count : count;
+
+                    y->data[(nc * OH + oh) * OW + ow] = div ? (float)(sum / (double)div) : 0.0f;
+                }
+            }
+        }
+    }
+    return VNPU_CPL_OK;
+}
+
+int vnpu_ref_matmul(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_matmul *mm = &a->attr.matmul;
+    const VnpuTensor *A = IN(a, 0), *B = IN(a, 1), *Y = OUT(a, 0);
+    const VnpuTensor *C = (mm->flags & VNPU_ISA_MATMUL_F_BIAS) ? IN(a, 2) : NULL;
+    int ta = !!(mm->flags & VNPU_ISA_MATMUL_F_TRANS_A), tb = !!(mm->flags & VNPU_ISA_MATMUL_F_TRANS_B);
+    unsigned yr = Y->rank, nb = yr - 2, i;
+    uint64_t M = Y->dims[yr - 2], N = Y->dims[yr - 1];
+    uint64_t K = ta ? A->dims[A->rank - 2] : A->dims[A->rank - 1];
+    uint64_t batches = (M && N) ? Y->count / (M * N) : 0, b;
+    uint64_t astr[VNPU_ISA_MAX_RANK], bstr[VNPU_ISA_MAX_RANK];
+    VnpuTensor ab = *A, bb = *B;
+    uint64_t cr = 0, cc = 0;
+
+    if (M == 0 || N == 0) {
+        return VNPU_CPL_OK;
+    }
+    /* Batch strides in units of whole matrices, broadcast dims 0. */
+    ab.rank = A->rank - 2;
+    bb.rank = B->rank - 2;
+    bcast_strides(&ab, nb, Y->dims, astr);
+    bcast_strides(&bb, nb, Y->dims, bstr);
+    if (C) {
+        cr = (C->rank == 2 && C->dims[0] != 1) ? N : 0;
+        if (C->rank == 2 && C->dims[0] != 1 && C->dims[1] == 1) {
+            cr = 1;
+        }
+        cc = (C->rank >= 1 && C->dims[C->rank - 1] != 1) ? 1 : 0;
+    }
+    for (b = 0; b < batches; b++) {
+        uint64_t rem = b, aoff = 0, boff = 0, m, n, k;
+        const float *ap, *bp;
+        float *yp = Y->data + b * M * N;
+
+        for (i = nb; i-- > 0;) {
+            uint64_t coord = rem % Y->dims[i];
+
+            rem /= Y->dims[i];
+            aoff += coord * astr[i];
+            boff += coord * bstr[i];
+        }
+        ap = A->data + aoff * M * K;
+        bp = B->data + boff * K * N;
+        if (cancelled(a)) {
+            return VNPU_CPL_ABORTED;
+        }
+        for (m = 0; m < M; m++) {
+            for (n = 0; n < N; n++) {
+                double acc = 0.0;
+                float v;
+
+                for (k = 0; k < K; k++) {
+                    float av = ta ? ap[k * M + m] : ap[m * K + k];
+                    float bv = tb ? bp[n * K + k] : bp[k * N + n];
+
+                    acc += (double)av * bv;
+                }
+                v = (float)(mm->alpha * acc);
+                if (C) {
+                    v += mm->beta * C->data[m * cr + n * cc];
+                }
+                yp[m * N + n] = vnpu_ops_act(v, mm->act, mm->act_alpha, mm->act_beta);
+            }
+        }
+    }
+    return VNPU_CPL_OK;
+}
+
+static float binary(uint32_t kind, float x, float y)
+{
+    switch (kind) {
+    case VNPU_ISA_BIN_ADD:
+        return x + y;
+    case VNPU_ISA_BIN_SUB:
+        return x - y;
+    case VNPU_ISA_BIN_MUL:
+        return x * y;
+    case VNPU_ISA_BIN_DIV:
+        return x / y;
+    case VNPU_ISA_BIN_MAX:
+        return (x > y || isnan(x)) ? x : y;
+    case VNPU_ISA_BIN_MIN:
+        return (x < y || isnan(x)) ? x : y;
+    case VNPU_ISA_BIN_FMOD:
+        return fmodf(x, y);
+    default:
+        return powf(x, y);
+    }
+}
+
+/* One row: y[j] = op(a[j * sa], b[j * sb]), with the loop specialised per op so that it vectorises. */
+static void binary_row(uint32_t kind, float *y, const float *a, uint64_t sa, const float *b, uint64_t sb,
+                       uint64_t n)
+{
+    uint64_t j;
+
+#define VNPU_BIN_ROW(EXPR)                                                                                        \
+    do {                                                                                                          \
+        if (sa == 1 && sb == 1) {                                                                                 \
+            for (j = 0; j < n; j++) {                                                                             \
+                float x = a[j], z = b[j];                                                                         \
+                y[j] = (EXPR);                                                                                    \
+            }                                                                                                     \
+        } else if (sa == 1) {                                                                                     \
+            float z = b[0];                                                                                       \
+            for (j = 0; j < n; j++) {                                                                             \
+                float x = a[j];                                                                                   \
+                y[j] = (EXPR);                                                                                    \
+            }                                                                                                     \
+        } else {                                                                                                  \
+            for (j = 0; j < n; j++) {                                                                             \
+                float x = a[j * sa], z = b[j * sb];                                                               \
+                y[j] = (EXPR);                                                                                    \
+            }                                                                                                     \
+        }                                                                                                         \
+    } while (0)
+
+    switch (kind) {
+    case VNPU_ISA_BIN_ADD:
+        VNPU_BIN_ROW(x + z);
+        break;
+    case VNPU_ISA_BIN_SUB:
+        VNPU_BIN_ROW(x - z);
+        break;
+    case VNPU_ISA_BIN_MUL:
+        VNPU_BIN_ROW(x * z);
+        break;
+    case VNPU_ISA_BIN_DIV:
+        VNPU_BIN_ROW(x / z);
+        break;
+    default:
+        for (j = 0; j < n; j++) {
+            y[j] = binary(kind, a[j * sa], b[j * sb]);
+        }
+        break;
+    }
+#undef VNPU_BIN_ROW
+}
+
+int vnpu_ref_binary(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_binary *bn = &a->attr.binary;
+    const VnpuTensor *A = IN(a, 0), *B = IN(a, 1), *Y = OUT(a, 0);
+    uint64_t as[VNPU_ISA_MAX_RANK], bs[VNPU_ISA_MAX_RANK], ys[VNPU_ISA_MAX_RANK], idx[VNPU_ISA_MAX_RANK] = {0};
+    unsigned r = Y->rank, i, split;
+    uint64_t inner = 1, outer, o, aoff = 0, boff = 0, sa, sb;
+    int a_dense, b_dense;
+
+    if (Y->count == 0) {
+        return VNPU_CPL_OK;
+    }
+    if (r == 0) {
+        Y->data[0] = vnpu_ops_act(binary(bn->kind, A->data[0], B->data[0]), bn->act, bn->act_alpha, bn->act_beta);
+        return VNPU_CPL_OK;
+    }
+    bcast_strides(A, r, Y->dims, as);
+    bcast_strides(B, r, Y->dims, bs);
+    dense_strides(Y, ys);
+    /*
+     * The innermost run: the longest suffix of dims over which each input is either dense (walks with the
+     * output) or broadcast (stays put). Same-shape operands make it the whole tensor; a per-channel operand
+     * makes it one channel plane.
+     */
+    a_dense = as[r - 1] == ys[r - 1] || Y->dims[r - 1] == 1;
+    b_dense = bs[r - 1] == ys[r - 1] || Y->dims[r - 1] == 1;
+    for (split = r; split > 0; split--) {
+        unsigned d = split - 1;
+        int ad = as[d] == ys[d], bd = bs[d] == ys[d];
+
+        if (Y->dims[d] != 1 && ((ad != a_dense) || (!ad && as[d] != 0) || (bd != b_dense) || (!bd && bs[d] != 0))) {
+            break;
+        }
+        inner *= Y->dims[d];
+    }
+    sa = a_dense ? 1 : 0;
+    sb = b_dense ? 1 : 0;
+    outer = Y->count / inner;
+    for (o = 0; o < outer; o++) {
+        float *yp = Y->data + o * inner;
+
+        binary_row(bn->kind, yp, A->data + aoff, sa, B->data + boff, sb, inner);
+        if (bn->act == VNPU_ISA_ACT_RELU) {
+            uint64_t j;
+
+            for (j = 0; j < inner; j++) {
+                yp[j] = yp[j] > 0.0f ? yp[j] : 0.0f;
+            }
+        } else if (bn->act != VNPU_ISA_ACT_NONE) {
+            uint64_t j;
+
+            for (j = 0; j < inner; j++) {
+                yp[j] = vnpu_ops_act(yp[j], bn->act, bn->act_alpha, bn->act_beta);
+            }
+        }
+        for (i = split; i-- > 0;) {
+            idx[i]++;
+            aoff += as[i];
+            boff += bs[i];
+            if (idx[i] < Y->dims[i]) {
+                break;
+            }
+            aoff -= as[i] * idx[i];
+            boff -= bs[i] * idx[i];
+            idx[i] = 0;
+        }
+        if ((o & 1023) == 1023 && cancelled(a)) {
+            return VNPU_CPL_ABORTED;
+        }
+    }
+    return VNPU_CPL_OK;
+}
+
+int vnpu_ref_unary(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_unary *u = &a->attr.unary;
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    uint64_t i;
+
+    for (i = 0; i < y->count; i++) {
+        y->data[i] = vnpu_ops_act(x->data[i], u->act, u->act_alpha, u->act_beta);
+    }
+    return VNPU_CPL_OK;
+}
+
+int vnpu_ref_affine(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_affine *af = &a->attr.affine;
+    const VnpuTensor *x = IN(a, 0), *s = IN(a, 1), *t = IN(a, 2), *y = OUT(a, 0);
+    uint64_t C = x->dims[1], inner = C ? x->count / x->dims[0] / C : 0, n, c, i;
+
+    for (n = 0; n < x->dims[0]; n++) {
+        for (c = 0; c < C; c++) {
+            uint64_t base = (n * C + c) * inner;
+
+            for (i = 0; i < inner; i++) {
+                y->data[base + i] =
+                    vnpu_ops_act(x->data[base + i] * s->data[c] + t->data[c], af->act, af->act_alpha, af->act_beta);
+            }
+        }
+    }
+    return VNPU_CPL_OK;
+}
+
+int vnpu_ref_concat(const VnpuOpArgs *a)
+{
+    const VnpuTensor *y = OUT(a, 0);
+    uint32_t axis = a->attr.axis.axis;
+    uint64_t outer = 1, inner = 1, o, pos = 0;
+    unsigned i;
+
+    for (i = 0; i < axis; i++) {
+        outer *= y->dims[i];
+    }
+    for (i = axis + 1; i < y->rank; i++) {
+        inner *= y->dims[i];
+    }
+    for (o = 0; o < outer; o++) {
+        for (i = 0; i < a->num_inputs; i++) {
+            const VnpuTensor *x = IN(a, i);
+            uint64_t chunk = x->dims[axis] * inner;
+
+            if (chunk) {
+                memcpy(y->data + pos, x->data + o * chunk, chunk * 4);
+            }
+            pos += chunk;
+        }
+    }
+    return VNPU_CPL_OK;
+}
+
+int vnpu_ref_slice(const VnpuOpArgs *a)
+{
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    const struct vnpu_isa_slice *s = &a->attr.slice;
+    uint64_t xs[VNPU_ISA_MAX_RANK], idx[VNPU_ISA_MAX_RANK] = {0};
+    unsigned r = y->rank, i;
+    int64_t off = 0, step_inner;
+    uint64_t inner, outer, o;
+
+    if (y->count == 0) {
+        return VNPU_CPL_OK;
+    }
+    if (r == 0) {
+        y->data[0] = x->data[0];
+        return VNPU_CPL_OK;
+    }
+    dense_strides(x, xs);
+    for (i = 0; i < r; i++) {
+        off += s->start[i] * (int64_t)xs[i];
+    }
+    inner = y->dims[r - 1];
+    outer = y->count / inner;
+    step_inner = s->step[r - 1] * (int64_t)xs[r - 1];
+    for (o = 0; o < outer; o++) {
+        float *yp = y->data + o * inner;
+        uint64_t j;
+
+        for (j = 0; j < inner; j++) {
+            yp[j] = x->data[off + (int64_t)j * step_inner];
+        }
+        for (i = r - 1; i-- > 0;) {
+            idx[i]++;
+            off += s->step[i] * (int64_t)xs[i];
+            if (idx[i] < y->dims[i]) {
+                break;
+            }
+            off -= s->step[i] * (int64_t)xs[i] * (int64_t)idx[i];
+            idx[i] = 0;
+        }
+    }
+    return VNPU_CPL_OK;
+}
+
+int vnpu_ref_transpose(const VnpuOpArgs *a)
+{
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    uint64_t xs[VNPU_ISA_MAX_RANK], ps[VNPU_ISA_MAX_RANK], idx[VNPU_ISA_MAX_RANK] = {0};
+    unsigned r = y->rank, i;
+    uint64_t off = 0, o, inner, outer;
+
+    if (y->count == 0) {
+        return VNPU_CPL_OK;
+    }
+    if (r == 0) {
+        y->data[0] = x->data[0];
+        return VNPU_CPL_OK;
+    }
+    dense_strides(x, xs);
+    for (i = 0; i < r; i++) {
+        ps[i] = xs[a->attr.transpose.perm[i]]; /* input stride of output dim i */
+    }
+    inner = y->dims[r - 1];
+    outer = y->count / inner;
+    for (o = 0; o < outer; o++) {
+        float *yp = y->data + o * inner;
+        uint64_t j;
+
+        for (j = 0; j < inner; j++) {
+            yp[j] = x->data[off + j * ps[r - 1]];
+        }
+        for (i = r - 1; i-- > 0;) {
+            idx[i]++;
+            off += ps[i];
+            if (idx[i] < y->dims[i]) {
+                break;
+            }
+            off -= ps[i] * idx[i];
+            idx[i] = 0;
+        }
+    }
+    return VNPU_CPL_OK;
+}
+
+int vnpu_ref_copy(const VnpuOpArgs *a)
+{
+    if (OUT(a, 0)->count) {
+        memmove(OUT(a, 0)->data, IN(a, 0)->data, OUT(a, 0)->count * 4);
+    }
+    return VNPU_CPL_OK;
+}
+
+/*
+ * Input coordinate of output coordinate o along one dim (ONNX Resize coordinate_transformation_mode). Like
+ * ONNX's reference, the "resized length" of align_corners and pytorch_half_pixel is scale * in (not the
+ * integer output size), which differs when a scale does not divide evenly.
+ */
+static double resize_coord(uint32_t mode, uint64_t o, uint64_t in, double scale)
+{
+    double out_len = scale * (double)in;
+
+    switch (mode) {
+    case VNPU_ISA_COORD_ASYMMETRIC:
+        return (double)o / scale;
+    case VNPU_ISA_COORD_ALIGN_CORNERS:
+        return out_len == 1.0 ? 0.0 : (double)o * (double)(in - 1) / (out_len - 1.0);
+    case VNPU_ISA_COORD_PYTORCH_HALF_PIXEL:
+        return out_len == 1.0 ? 0.0 : ((double)o + 0.5) / scale - 0.5;
+    case VNPU_ISA_COORD_TF_HALF_PIXEL_FOR_NN:
+        return ((double)o + 0.5) / scale;
+    default:
+        return ((double)o + 0.5) / scale - 0.5;
+    }
+}
+
+static int64_t clamp_index(int64_t i, uint64_t n)
+{
+    return i < 0 ? 0 : (i >= (int64_t)n ? (int64_t)n - 1 : i);
+}
+
+/*
+ * Per-dim sampling tables: for output coordinate o along dim d, the element offsets (index * stride) of the
+ * two neighbours and the weight of the upper one (nearest: both neighbours equal, weight 0).
+ */
+typedef struct ResizeDim {
+    uint64_t *lo, *hi;
+    double *w;
+    int interp; /* some output coordinate has a non-zero weight */
+} ResizeDim;
+
+static int64_t nearest_index(uint32_t mode, double c)
+{
+    double f = floor(c), frac = c - f;
+
+    switch (mode) {
+    case VNPU_ISA_NEAREST_FLOOR:
+        return (int64_t)f;
+    case VNPU_ISA_NEAREST_CEIL:
+        return (int64_t)ceil(c);
+    case VNPU_ISA_NEAREST_ROUND_PREFER_CEIL:
+        return frac >= 0.5 ? (int64_t)f + 1 : (int64_t)f;
+    default:
+        return frac > 0.5 ? (int64_t)f + 1 : (int64_t)f;
+    }
+}
+
+int vnpu_ref_resize(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_resize *rz = &a->attr.resize;
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    uint64_t xs[VNPU_ISA_MAX_RANK], idx[VNPU_ISA_MAX_RANK] = {0}, total = 0, o, inner, outer;
+    ResizeDim dim[VNPU_ISA_MAX_RANK];
+    unsigned r = y->rank, i;
+    uint64_t *ibuf;
+    double *wbuf;
+    int ret = VNPU_CPL_OK;
+
+    if (y->count == 0) {
+        return VNPU_CPL_OK;
+    }
+    if (r == 0) {
+        y->data[0] = x->data[0];
+        return VNPU_CPL_OK;
+    }
+    dense_strides(x, xs);
+    for (i = 0; i < r; i++) {
+        total += y->dims[i];
+    }
+    ibuf = malloc(total * 2 * sizeof(*ibuf));
+    wbuf = malloc(total * sizeof(*wbuf));
+    if (!ibuf || !wbuf) {
+        free(ibuf);
+        free(wbuf);
+        return -1;
+    }
+    total = 0;
+    for (i = 0; i < r; i++) {
+        double scale = (rz->flags & VNPU_ISA_RESIZE_F_SIZES) ? (double)y->dims[i] / (double)x->dims[i]
+                                                            : (double)rz->scale[i];
+        uint64_t j;
+
+        dim[i].lo = ibuf + 2 * total;
+        dim[i].hi = dim[i].lo + y->dims[i];
+        dim[i].w = wbuf + total;
+        dim[i].interp = 0;
+        total += y->dims[i];
+        for (j = 0; j < y->dims[i]; j++) {
+            double c = resize_coord(rz->coord, j, x->dims[i], scale);
+            int64_t lo, hi;
+            double w = 0.0;
+
+            if (rz->mode == VNPU_ISA_RESIZE_NEAREST) {
+                lo = hi = clamp_index(nearest_index(rz->nearest, c), x->dims[i]);
+            } else {
+                double f = floor(c);
+
+                lo = clamp_index((int64_t)f, x->dims[i]);
+                hi = clamp_index((int64_t)f + 1, x->dims[i]);
+                w = hi == lo ? 0.0 : c - f;
+            }
+            dim[i].lo[j] = (uint64_t)lo * xs[i];
+            dim[i].hi[j] = (uint64_t)hi * xs[i];
+            dim[i].w[j] = w;
+            dim[i].interp |= w != 0.0;
+        }
+    }
+    inner = y->dims[r - 1];
+    outer = y->count / inner;
+    for (o = 0; o < outer; o++) {
+        /* Corners of the outer dims with their weights (at most 2^(rank-1), usually 1 or 2). */
+        uint64_t coff[1u << (VNPU_ISA_MAX_RANK - 1)];
+        double cw[1u << (VNPU_ISA_MAX_RANK - 1)];
+        unsigned nc = 1, k;
+        const ResizeDim *last = &dim[r - 1];
+        float *yp = y->data + o * inner;
+        uint64_t j;
+
+        coff[0] = 0;
+        cw[0] = 1.0;
+        for (i = 0; i + 1 < r; i++) {
+            uint64_t lo = dim[i].lo[idx[i]], hi = dim[i].hi[idx[i]];
+            double w = dim[i].w[idx[i]];
+
+            if (w == 0.0) {
+                for (k = 0; k < nc; k++) {
+                    coff[k] += lo;
+                }
+                continue;
+            }
+            for (k = 0; k < nc; k++) {
+                coff[nc + k] = coff[k] + hi;
+                cw[nc + k] = cw[k] * w;
+                coff[k] += lo;
+                cw[k] *= 1.0 - w;
+            }
+            nc *= 2;
+        }
+        for (j = 0; j < inner; j++) {
+            double acc = 0.0, w = last->w[j];
+
+            for (k = 0; k < nc; k++) {
+                const float *xp = x->data + coff[k];
+
+                acc += cw[k] * (w == 0.0 ? xp[last->lo[j]] : (1.0 - w) * xp[last->lo[j]] + w * xp[last->hi[j]]);
+            }
+            yp[j] = (float)acc;
+        }
+        for (i = r - 1; i-- > 0;) {
+            if (++idx[i] < y->dims[i]) {
+                break;
+            }
+            idx[i] = 0;
+        }
+        if ((o & 1023) == 1023 && cancelled(a)) {
+            ret = VNPU_CPL_ABORTED;
+            break;
+        }
+    }
+    free(ibuf);
+    free(wbuf);
+    return ret;
+}
+
+int vnpu_ref_softmax(const VnpuOpArgs *a)
+{
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    uint32_t axis = a->attr.softmax.axis, flags = a->attr.softmax.flags;
+    uint64_t outer = 1, len = 1, inner = 1, o, in, j;
+    unsigned i;
+
+    if (y->count == 0) {
+        return VNPU_CPL_OK;
+    }
+    for (i = 0; i < x->rank; i++) {
+        if (i < axis) {
+            outer *= x->dims[i];
+        } else if (i == axis || (flags & VNPU_ISA_SOFTMAX_F_FLATTEN)) {
+            len *= x->dims[i];
+        } else {
+            inner *= x->dims[i];
+        }
+    }
+    for (o = 0; o < outer; o++) {
+        for (in = 0; in < inner; in++) {
+            const float *xp = x->data + o * len * inner + in;
+            float *yp = y->data + o * len * inner + in;
+            float mx = -INFINITY;
+            double sum = 0.0;
+
+            for (j = 0; j < len; j++) {
+                mx = xp[j * inner] > mx ? xp[j * inner] : mx;
+            }
+            for (j = 0; j < len; j++) {
+                sum += exp((double)xp[j * inner] - mx);
+            }
+            for (j = 0; j < len; j++) {
+                double v = (double)xp[j * inner] - mx;
+
+                yp[j * inner] = (flags & VNPU_ISA_SOFTMAX_F_LOG) ? (float)(v - log(sum)) : (float)(exp(v) / sum);
+            }
+        }
+    }
+    return VNPU_CPL_OK;
+}

@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Program interpreter internals: decoded op arguments and the kernel entry points (reference and fast).
+ *
+ * Pure C11, no QEMU headers. Kernels are reentrant: they touch only their arguments (the oneDNN fast paths
+ * share one process-wide CPU engine, which oneDNN makes thread-safe).
+ */
+#ifndef VNPU_OPS_H
+#define VNPU_OPS_H
+
+#include <stdint.h>
+
+#include "vnpu_hw.h"
+#include "vnpu_isa.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A mapped tensor: host pointer to dense row-major f32 data. data may be NULL when count == 0. */
+typedef struct VnpuTensor {
+    float *data;
+    uint32_t rank;
+    uint64_t dims[VNPU_ISA_MAX_RANK];
+    uint64_t count; /* product of dims (1 for rank 0) */
+} VnpuTensor;
+
+/* Attributes of any opcode, copied out of the program so kernels read them aligned. */
+typedef union VnpuOpAttr {
+    struct vnpu_isa_conv conv;
+    struct vnpu_isa_pool pool;
+    struct vnpu_isa_matmul matmul;
+    struct vnpu_isa_binary binary;
+    struct vnpu_isa_unary unary;
+    struct vnpu_isa_affine affine;
+    struct vnpu_isa_axis axis;
+    struct vnpu_isa_slice slice;
+    struct vnpu_isa_transpose transpose;
+    struct vnpu_isa_resize resize;
+    struct vnpu_isa_softmax softmax;
+    uint64_t raw[16];
+} VnpuOpAttr;
+
+/* One decoded op: tensors t[0..num_inputs) are read, t[num_inputs..num_inputs+num_outputs) written. */
+typedef struct VnpuOpArgs {
+    uint32_t opcode;
+    uint32_t num_inputs;
+    uint32_t num_outputs;
+    VnpuTensor t[VNPU_ISA_MAX_OPERANDS];
+    VnpuOpAttr attr;
+    const volatile int *cancel; /* may be NULL */
+} VnpuOpArgs;
+
+/* Which kernels vnpu_ops_run() uses. */
+typedef enum VnpuKernelMode {
+    VNPU_KERNELS_AUTO = 0,      /* fast (oneDNN) where it applies, reference otherwise */
+    VNPU_KERNELS_REFERENCE = 1, /* reference kernels only */
+    VNPU_KERNELS_FAST_ONLY = 2, /* tests: fail with -1 when no fast kernel applies */
+} VnpuKernelMode;
+
+/*
+ * Process-wide default for vnpu_program_execute() (initially AUTO, or REFERENCE when the environment variable
+ * VNPU_KERNELS=reference is set). Thread-safe.
+ */
+void vnpu_ops_set_default_mode(VnpuKernelMode mode);
+VnpuKernelMode vnpu_ops_default_mode(void);
+
+/*
+ * Check an op's shapes and attributes (the semantic half of vnpu_program_validate; the structural half
+ * is done while decoding). Returns 0 if valid. Only dims/ranks of args->t are read.
+ */
+int vnpu_ops_check(const VnpuOpArgs *args);
+
+/* Arithmetic operations of one op (the cost model's flops). */
+uint64_t vnpu_ops_flops(const VnpuOpArgs *args);
+
+/*
+ * Run one checked op. Returns VNPU_CPL_OK, VNPU_CPL_ABORTED (cancel seen), or -1 (FAST_ONLY and no fast
+ * kernel applies; or a fast kernel's library failed).
+ */
+int vnpu_ops_run(const VnpuOpArgs *args, VnpuKernelMode mode);
+
+/* Activation function shared by every kernel that fuses one. */
+float vnpu_ops_act(float x, uint32_t act, float alpha, float beta);
+
+/* Reference kernels (plain C, double accumulation where it matters). Return VNPU_CPL_OK or VNPU_CPL_ABORTED. */
+int vnpu_ref_conv(const VnpuOpArgs *a);
+int vnpu_ref_conv_transpose(const VnpuOpArgs *a);
+int vnpu_ref_pool(const VnpuOpArgs *a);
+int vnpu_ref_matmul(const VnpuOpArgs *a);
+int vnpu_ref_binary(const VnpuOpArgs *a);
+int vnpu_ref_unary(const VnpuOpArgs *a);
+int vnpu_ref_affine(const VnpuOpArgs *a);
+int vnpu_ref_concat(const VnpuOpArgs *a);
+int vnpu_ref_slice(const VnpuOpArgs *a);
+int vnpu_ref_transpose(const VnpuOpArgs *a);
+int vnpu_ref_copy(const VnpuOpArgs *a);
+int vnpu_ref_resize(const VnpuOpArgs *a);
+int vnpu_ref_softmax(const VnpuOpArgs *a);
+
+/* oneDNN kernels (conv, pooling, matmul, and large broadcast arithmetic). Return VNPU_CPL_OK, or 1 if this op's parameters are outside the fast path, or -1 if oneDNN
+ * failed (the caller falls back to the reference kernel). */
+int vnpu_fast_conv(const VnpuOpArgs *a);
+int vnpu_fast_conv_transpose(const VnpuOpArgs *a);
+int vnpu_fast_pool(const VnpuOpArgs *a);
+int vnpu_fast_matmul(const VnpuOpArgs *a);
+int vnpu_fast_binary(const VnpuOpArgs *a);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VNPU_OPS_H */
