@@ -57,6 +57,10 @@ if [ "$vm" = 1 ]; then
 	run "in-VM device timing under icount (exact)" "$VNPU_ROOT/vnpu" vm --icount --no-module --timeout 900 -- \
 		env VNPU_EXPECT_EXACT_TIMING=1 device_test --gtest_brief=1
 	run "in-VM suites (driver, runtime on the kernel backend)" "$VNPU_ROOT/vnpu" vm --devices 1 --timeout 1200 -- vnpu-vm-tests
+	# The device's mode is fixed at boot: the runtime's timing-only tests (which skip elsewhere) get one of their own.
+	run "in-VM runtime, device in timing-only mode" "$VNPU_ROOT/vnpu" vm --devices 1 --device-props timing-only=on \
+		--timeout 600 -- env VNPU_BACKEND=kernel VNPU_EXPECT_TIMING_ONLY=1 runtime_test --gtest_brief=1 \
+		--gtest_filter='*TimingOnly*'
 	run "in-VM, two devices (independent accel0 and accel1)" "$VNPU_ROOT/vnpu" vm --devices 2 --timeout 600 -- \
 		sh -c "driver_test --gtest_brief=1 --gtest_filter='MultiDevice.*' && VNPU_BACKEND=kernel runtime_test --gtest_brief=1"
 fi

@@ -20,29 +20,7 @@
 #include "vnpu_engine_int.h"
 #include "vnpu_program.h"
 
-/*
- * The program interpreter (engine/ops/) is built with the engine wherever that directory exists (host meson build
- * and the QEMU graft alike); without it the engine builds and does not offer EXEC.
- */
-#if __has_include("ops/vnpu_ops.h")
-#define VNPU_HAVE_PROGRAMS 1
-#else
-#define VNPU_HAVE_PROGRAMS 0
-static int vnpu_program_unavailable(void)
-{
-    return VNPU_CPL_BAD_OPCODE;
-}
-#define vnpu_program_validate(c, l, n, b) ((void)(c), (void)(l), (void)(n), (void)(b), vnpu_program_unavailable())
-#define vnpu_program_cost(c, l, m, o) ((void)(c), (void)(l), (void)(m), (void)(o), vnpu_program_unavailable())
-#define vnpu_program_execute(r, m, c, f) ((void)(r), (void)(m), (void)(c), (void)(f), vnpu_program_unavailable())
-#endif
-
 #define COL_BLOCK 512u /* columns of C kept hot while the k loop streams rows of B */
-
-bool vnpu_programs_available(void)
-{
-    return VNPU_HAVE_PROGRAMS;
-}
 
 static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 {

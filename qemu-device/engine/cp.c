@@ -350,15 +350,10 @@ static void job_decode(VnpuEngine *e, VnpuJob *j, bool too_long)
             s->unit = VNPU_UNIT_D2H;
             break;
         case VNPU_OPC_MATMUL:
+        case VNPU_OPC_EXEC:
         case VNPU_OPC_SYNTH:
             s->unit = VNPU_UNIT_COMPUTE;
             break;
-        case VNPU_OPC_EXEC:
-            if (e->have_programs) {
-                s->unit = VNPU_UNIT_COMPUTE;
-                break;
-            }
-            /* fall through */
         default:
             vnpu_guest_error(e, "queue %u cmd %u: unknown opcode 0x%x", j->q->id, s->sq_index, c->opcode);
             st = VNPU_CPL_BAD_OPCODE;

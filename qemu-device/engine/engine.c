@@ -435,10 +435,10 @@ static VnpuQueue *queue_of(VnpuEngine *e, uint64_t offset, uint32_t *reg)
     return &e->queues[rel / VNPU_REG_QUEUE_STRIDE];
 }
 
-static uint32_t caps(const VnpuEngine *e)
+static uint32_t caps(void)
 {
     return VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL | VNPU_CAP_MMU | VNPU_CAP_SYNTH | VNPU_CAP_FAULT_INJECT |
-           VNPU_CAP_TIMING_ONLY | VNPU_CAP_TELEMETRY | (e->have_programs ? VNPU_CAP_EXEC : 0);
+           VNPU_CAP_TIMING_ONLY | VNPU_CAP_TELEMETRY | VNPU_CAP_EXEC;
 }
 
 static uint64_t telemetry(const VnpuEngine *e, uint32_t counter)
@@ -479,7 +479,7 @@ static uint32_t global_read(VnpuEngine *e, uint64_t offset)
     switch (offset) {
     case VNPU_REG_ID: return VNPU_ID_MAGIC;
     case VNPU_REG_VERSION: return VNPU_VERSION;
-    case VNPU_REG_CAPS: return caps(e);
+    case VNPU_REG_CAPS: return caps();
     case VNPU_REG_NUM_QUEUES: return e->cfg.num_queues;
     case VNPU_REG_DEVMEM_SIZE_LO: return (uint32_t)e->cfg.devmem_size;
     case VNPU_REG_DEVMEM_SIZE_HI: return (uint32_t)(e->cfg.devmem_size >> 32);
@@ -859,7 +859,6 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
     if (e->cfg.op_overhead_ns == VNPU_CFG_ZERO) {
         e->cfg.op_overhead_ns = 0;
     }
-    e->have_programs = vnpu_programs_available();
     rc = -ENOMEM;
     /* Untouched device memory costs nothing: anonymous pages are zero-filled on first use. */
     mem = mmap(NULL, e->cfg.devmem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,

@@ -138,7 +138,6 @@ struct VnpuEngine {
     VnpuEngineConfig cfg;
     VnpuEngineHost host;
     uint8_t *devmem;
-    bool have_programs;         /* the program interpreter is linked in */
 
     pthread_mutex_t lock;
     pthread_cond_t work_cond;   /* workers: something may have changed */
@@ -233,7 +232,6 @@ typedef struct VnpuComputePrep {
 void vnpu_compute_prepare(const VnpuExec *x, VnpuComputePrep *p, VnpuCmdResult *r);
 void vnpu_compute_run(const VnpuExec *x, VnpuComputePrep *p, VnpuCmdResult *r);
 void vnpu_compute_release(VnpuComputePrep *p);
-bool vnpu_programs_available(void);
 
 /* mmu.c */
 int vnpu_mmu_init(VnpuEngine *e);

@@ -308,8 +308,8 @@ TEST_F(Device, IdentityAndModelRegistersReadTheirValues) {
     EXPECT_EQ(rd(VNPU_REG_ID), VNPU_ID_MAGIC);
     EXPECT_EQ(rd(VNPU_REG_VERSION), uint32_t(VNPU_VERSION));
     const uint32_t caps = rd(VNPU_REG_CAPS);
-    for (uint32_t bit : {VNPU_CAP_DMA_SG, VNPU_CAP_OP_MATMUL, VNPU_CAP_MMU, VNPU_CAP_SYNTH, VNPU_CAP_FAULT_INJECT,
-                         VNPU_CAP_TIMING_ONLY, VNPU_CAP_TELEMETRY})
+    for (uint32_t bit : {VNPU_CAP_DMA_SG, VNPU_CAP_OP_MATMUL, VNPU_CAP_MMU, VNPU_CAP_EXEC, VNPU_CAP_SYNTH,
+                         VNPU_CAP_FAULT_INJECT, VNPU_CAP_TIMING_ONLY, VNPU_CAP_TELEMETRY})
         EXPECT_TRUE(caps & bit) << bit;
     EXPECT_GE(rd(VNPU_REG_NUM_QUEUES), 8u);
     EXPECT_GE(rd(VNPU_REG_NUM_CONTEXTS), 2u);

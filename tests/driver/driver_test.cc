@@ -421,6 +421,7 @@ TEST_F(GetParam, ReportsDeviceIdentity)
 	uint64_t caps = api_.param(DRM_VNPU_PARAM_CAPS);
 	EXPECT_TRUE(caps & VNPU_CAP_DMA_SG);
 	EXPECT_TRUE(caps & VNPU_CAP_MMU);
+	EXPECT_TRUE(caps & VNPU_CAP_EXEC);
 	EXPECT_GE(api_.param(DRM_VNPU_PARAM_NUM_QUEUES), 1u);
 	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_URING_CMD), 2u);
 }
@@ -1990,19 +1991,23 @@ TEST_F(Uring, ClosingFdAndRingWithJobsInFlightIsSafe)
 
 // ---- isolation between files ---------------------------------------------------------------------------------
 
-/// A program (vnpu_isa.h) that copies `n` floats from binding 0 to binding 1.
+/// A program (vnpu_isa.h, docs/program-format.md) that copies `n` floats from binding 1 (INPUT) to binding 2
+/// (OUTPUT). Binding 0 is the WEIGHTS slot every program has; this one reads nothing from it.
 std::vector<uint8_t> copy_program(uint32_t n)
 {
-	const uint64_t hdr = sizeof(vnpu_isa_program), binds = hdr, tensors = binds + 2 * sizeof(vnpu_isa_binding);
-	const uint64_t ops = tensors + 2 * sizeof(vnpu_isa_tensor), op_size = sizeof(vnpu_isa_op) + 8;
+	constexpr uint32_t kBindings = 3, kTensors = 2;
+	const uint64_t hdr = sizeof(vnpu_isa_program), binds = hdr;
+	const uint64_t tensors = binds + kBindings * sizeof(vnpu_isa_binding);
+	const uint64_t ops = tensors + kTensors * sizeof(vnpu_isa_tensor);
+	const uint64_t op_size = sizeof(vnpu_isa_op) + 8; // two u32 operand indices, no attributes
 	std::vector<uint8_t> p(ops + op_size, 0);
 	vnpu_isa_program h{};
 	h.magic = VNPU_ISA_PROGRAM_MAGIC;
 	h.version_major = VNPU_ISA_VERSION_MAJOR;
 	h.version_minor = VNPU_ISA_VERSION_MINOR;
 	h.header_size = sizeof(h);
-	h.num_bindings = 2;
-	h.num_tensors = 2;
+	h.num_bindings = kBindings;
+	h.num_tensors = kTensors;
 	h.num_ops = 1;
 	h.bindings_offset = binds;
 	h.tensors_offset = tensors;
@@ -2010,11 +2015,15 @@ std::vector<uint8_t> copy_program(uint32_t n)
 	h.ops_size = op_size;
 	h.total_size = p.size();
 	memcpy(p.data(), &h, sizeof(h));
-	vnpu_isa_binding b[2] = {{VNPU_ISA_BIND_INPUT, 0, n * 4ull}, {VNPU_ISA_BIND_OUTPUT, 0, n * 4ull}};
+	const vnpu_isa_binding b[kBindings] = {
+		{VNPU_ISA_BIND_WEIGHTS, 0, 64},
+		{VNPU_ISA_BIND_INPUT, 0, n * 4ull},
+		{VNPU_ISA_BIND_OUTPUT, 0, n * 4ull},
+	};
 	memcpy(p.data() + binds, b, sizeof(b));
-	for (uint32_t i = 0; i < 2; i++) {
+	for (uint32_t i = 0; i < kTensors; i++) {
 		vnpu_isa_tensor t{};
-		t.binding = i;
+		t.binding = 1 + i;
 		t.dtype = VNPU_DTYPE_F32;
 		t.rank = 1;
 		t.dims[0] = n;
@@ -2025,13 +2034,44 @@ std::vector<uint8_t> copy_program(uint32_t n)
 	op.num_inputs = 1;
 	op.num_outputs = 1;
 	op.size = uint32_t(op_size);
-	uint32_t idx[2] = {0, 1};
+	const uint32_t idx[2] = {0, 1};
 	memcpy(p.data() + ops, &op, sizeof(op));
 	memcpy(p.data() + ops + sizeof(op), idx, sizeof(idx));
 	return p;
 }
 
-class Isolation : public DeviceTest {};
+class Isolation : public DeviceTest {
+protected:
+	/// Runs copy_program(n) as one EXEC job. mem_ holds the program at 0, the binding table at 4096 and the
+	/// input (bytes 0x11, n floats) at 8192; the output binding is `out_addr`. Returns the wait status; `rep`
+	/// receives the job report. A program the device rejects is a failure of this test's program builder.
+	int exec_copy(uint32_t n, uint64_t out_addr, const Reports &rep)
+	{
+		auto prog = copy_program(n);
+		Mapping in(fd_, bo_offset_, kBoSize);
+		EXPECT_TRUE(in.ok());
+		if (!in.ok())
+			return -ENOMEM;
+		memset(in.as<void>(), 0, kBoSize);
+		memcpy(in.as<void>(), prog.data(), prog.size());
+		const uint64_t table[3] = {mem_addr_, mem_addr_ + 8192, out_addr};
+		memcpy(in.as<uint8_t>() + 4096, table, sizeof(table));
+		memset(in.as<uint8_t>() + 8192, 0x11, n * 4);
+		EXPECT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, kBoSize)), 0);
+		JobSpec j;
+		j.cmds = {exec_cmd(mem_, 0, prog.size(), mem_, 4096, 3)};
+		rep.attach(j, 0);
+		uint64_t s = 0;
+		int ret = api_.submit_jobs({j}, &s);
+		EXPECT_EQ(ret, 0);
+		if (ret)
+			return ret;
+		ret = api_.wait_status(s);
+		EXPECT_NE(rep.at(0).hw_status, uint32_t(VNPU_CPL_PROGRAM_INVALID))
+			<< "the device rejects the test's COPY program: fix copy_program()";
+		return ret;
+	}
+};
 
 TEST_F(Isolation, OtherFilesHandlesAreUnknown)
 {
@@ -2050,6 +2090,22 @@ TEST_F(Isolation, OtherFilesHandlesAreUnknown)
 	JobSpec j;
 	j.cmds = {c};
 	EXPECT_EQ(submit_job(j.raw()), -ENOENT);
+}
+
+// The control for the two tests below: the same program with an output in this file's memory runs and copies.
+TEST_F(Isolation, CopyProgramRunsWithinOwnMemory)
+{
+	Reports rep(api_, 1);
+	ASSERT_EQ(exec_copy(256, mem_addr_ + 12288, rep), 0);
+	EXPECT_EQ(rep.at(0).hw_status, uint32_t(VNPU_CPL_OK));
+	uint32_t out_bo = 0;
+	uint64_t out_off = 0;
+	ASSERT_EQ(api_.bo_create(kPage, &out_bo, &out_off), 0);
+	ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, out_bo, mem_, 0, 12288, 1024)), 0);
+	Mapping out(fd_, out_off, kPage);
+	ASSERT_TRUE(out.ok());
+	for (size_t i = 0; i < 1024; i++)
+		ASSERT_EQ(out.as<uint8_t>()[i], 0x11) << "byte " << i;
 }
 
 TEST_F(Isolation, OtherFilesDeviceAddressFaultsAndLeavesItsDataAlone)
@@ -2072,37 +2128,22 @@ TEST_F(Isolation, OtherFilesDeviceAddressFaultsAndLeavesItsDataAlone)
 	ASSERT_EQ(them.submit({copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, tbo, t1, 0, 0, kPage)}, &s), 0);
 	ASSERT_EQ(them.wait_status(s), 0);
 
-	// This file: program at 0, binding table at 4096 = {own input, their address}.
-	auto prog = copy_program(256);
-	Mapping in(fd_, bo_offset_, kBoSize);
-	ASSERT_TRUE(in.ok());
-	memset(in.as<void>(), 0, kBoSize);
-	memcpy(in.as<void>(), prog.data(), prog.size());
-	uint64_t table[2] = {mem_addr_ + 8192, taddr};
-	memcpy(in.as<uint8_t>() + 4096, table, sizeof(table));
-	ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, kBoSize)), 0);
-
+	// This file's program writes its output to their address.
 	Reports rep(api_, 1);
-	JobSpec j;
-	j.cmds = {exec_cmd(mem_, 0, prog.size(), mem_, 4096, 2)};
-	rep.attach(j, 0);
-	ASSERT_EQ(api_.submit_jobs({j}, &s), 0);
-	int st = api_.wait_status(s);
-	if (rep.at(0).hw_status == VNPU_CPL_PROGRAM_INVALID)
-		GTEST_SKIP() << "the device's EXEC interpreter rejects the reference COPY program";
-	EXPECT_EQ(st, -EFAULT);
+	EXPECT_EQ(exec_copy(256, taddr, rep), -EFAULT);
 	EXPECT_EQ(rep.at(0).hw_status, uint32_t(VNPU_CPL_MMU_FAULT));
 	EXPECT_GE(rep.at(0).fault_addr, taddr);
 	EXPECT_LT(rep.at(0).fault_addr, taddr + kMmuPage);
 
 	// Their data is untouched.
-	ASSERT_EQ(them.submit({copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, tbo, t1, 0, 0, kPage)}, &s), 0);
 	{
 		Mapping m(other.get(), tbo_off, kPage);
 		memset(m.as<void>(), 0, kPage);
 	}
+	ASSERT_EQ(them.submit({copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, tbo, t1, 0, 0, kPage)}, &s), 0);
 	ASSERT_EQ(them.wait_status(s), 0);
 	Mapping m(other.get(), tbo_off, kPage);
+	ASSERT_TRUE(m.ok());
 	for (size_t i = 0; i < kPage; i++)
 		ASSERT_EQ(m.as<uint8_t>()[i], 0x5a) << "byte " << i;
 }
@@ -2110,23 +2151,8 @@ TEST_F(Isolation, OtherFilesDeviceAddressFaultsAndLeavesItsDataAlone)
 TEST_F(Isolation, AddressOutsideAnyAllocationFaults)
 {
 	Reports rep(api_, 1);
-	auto prog = copy_program(16);
-	Mapping in(fd_, bo_offset_, kBoSize);
-	ASSERT_TRUE(in.ok());
-	memset(in.as<void>(), 0, kBoSize);
-	memcpy(in.as<void>(), prog.data(), prog.size());
-	uint64_t table[2] = {mem_addr_ + 8192, 1ull << 40};
-	memcpy(in.as<uint8_t>() + 4096, table, sizeof(table));
-	ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, kBoSize)), 0);
-	JobSpec j;
-	j.cmds = {exec_cmd(mem_, 0, prog.size(), mem_, 4096, 2)};
-	rep.attach(j, 0);
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit_jobs({j}, &s), 0);
-	int st = api_.wait_status(s);
-	if (rep.at(0).hw_status == VNPU_CPL_PROGRAM_INVALID)
-		GTEST_SKIP() << "the device's EXEC interpreter rejects the reference COPY program";
-	EXPECT_EQ(st, -EFAULT);
+	EXPECT_EQ(exec_copy(16, 1ull << 40, rep), -EFAULT);
+	EXPECT_EQ(rep.at(0).hw_status, uint32_t(VNPU_CPL_MMU_FAULT));
 	EXPECT_EQ(rep.at(0).fault_addr, 1ull << 40);
 }
 
@@ -2409,7 +2435,8 @@ TEST_F(Observability, TracepointsExist)
 TEST(MultiDevice, DevicesWorkIndependently)
 {
 	if (!device_present("/dev/accel/accel1"))
-		GTEST_SKIP() << "only one vnpu device (run with ./vnpu vm --devices 2)";
+		GTEST_SKIP() << "only one vnpu device (./vnpu test runs this in its two-device boot, "
+				"./vnpu vm --devices 2)";
 	Fd a(open_device("/dev/accel/accel0")), b(open_device("/dev/accel/accel1"));
 	ASSERT_GE(a.get(), 0);
 	ASSERT_GE(b.get(), 0);

@@ -231,7 +231,7 @@ TEST_F(Semantics, CancelOfARunningRequestResolvesItCancelled) {
 
 TEST_F(Semantics, DeviceFaultOfABadProgramSurfacesAsDeviceFault) {
   auto dev = vnpu::Device::open({backend(), 0}).value();
-  if (!(dev->info().caps & (1u << 3))) GTEST_SKIP() << "device without EXEC";
+  ASSERT_TRUE(dev->info().caps & (1u << 3)) << "the device does not offer EXEC (VNPU_CAP_EXEC)";
   // A program whose header is garbage: the device must reject it, not crash or hang.
   auto prog = dev->alloc_device(4096).value();
   auto table = dev->alloc_device(8).value();
@@ -427,7 +427,8 @@ TEST_F(Semantics, SyntheticModelReportsItsModelledStages) {
 
 // ---- devices ---------------------------------------------------------------------------------------------
 TEST_F(Semantics, RequestsSpreadOverSeveralDevices) {
-  if (!have_device(1)) GTEST_SKIP() << "needs two devices (./vnpu vm --devices 2)";
+  if (!have_device(1))
+    GTEST_SKIP() << "needs two devices (./vnpu test runs this in its two-device boot: ./vnpu vm --devices 2)";
   auto o = opts(2, 2);
   o.devices = {0, 1};
   o.placement = vnpu::Placement::kRoundRobin;
