@@ -13,9 +13,7 @@
 #include "model_data.h"
 #include "vnpu_hw.h"
 
-#if VNPU_HAVE_FORMAT
 #include <vnpu/model_file.h>
-#endif
 
 namespace vnpu {
 
@@ -25,7 +23,6 @@ uint64_t round4(uint64_t bytes) { return (bytes + 3) / 4 * 4; }
 
 }  // namespace
 
-#if VNPU_HAVE_FORMAT
 static std::shared_ptr<detail::ModelData> convert(const ModelFile& f, std::string_view what) {
   auto d = std::make_shared<detail::ModelData>();
   d->kind = "exec";
@@ -50,7 +47,6 @@ static std::shared_ptr<detail::ModelData> convert(const ModelFile& f, std::strin
   d->op_count = f.op_count();
   return d;
 }
-#endif
 
 CompiledModel CompiledModel::load(const std::string& path) {
   struct stat st{};
@@ -66,18 +62,12 @@ CompiledModel CompiledModel::load(const std::string& path) {
 }
 
 CompiledModel CompiledModel::from_memory(std::span<const uint8_t> bytes, std::string_view what) {
-#if VNPU_HAVE_FORMAT
   try {
     ModelFile f = ModelFile::parse(bytes, what);
     return CompiledModel(convert(f, what));
   } catch (const FormatError& e) {
     throw Error(ErrorCode::kInvalidArgument, std::string(e.what()) + " (recompile the model with vnpuc)");
   }
-#else
-  (void)bytes;
-  throw Error(ErrorCode::kUnsupported, std::string(what) +
-                                           ": this libvnpu-runtime was built without the .vnpu reader (compiler/format)");
-#endif
 }
 
 CompiledModel CompiledModel::from_matmul(const MatmulModel& model) {

@@ -20,9 +20,7 @@
 
 #include "vnpu_isa.h"
 
-#if VNPU_HAVE_FORMAT
 #include <vnpu/model_file.h>
-#endif
 
 namespace {
 
@@ -243,7 +241,6 @@ TEST_F(Semantics, DeviceFaultOfABadProgramSurfacesAsDeviceFault) {
   EXPECT_EQ(r.status.error().code(), vnpu::ErrorCode::kDeviceFault) << r.status.error().what();
 }
 
-#if VNPU_HAVE_FORMAT
 // A one-op program: y[n] = COPY(x[n]); bindings 0 weights (unused), 1 input, 2 output.
 std::vector<uint8_t> copy_program(uint32_t n_in, uint32_t n_out) {
   std::vector<uint8_t> p(80 + 3 * 16 + 2 * 48 + 24, 0);
@@ -350,7 +347,6 @@ TEST_F(Semantics, LoadRejectsDamagedFiles) {
   }
   EXPECT_THROW((void)vnpu::CompiledModel::load("/nonexistent/m.vnpu"), vnpu::Error);
 }
-#endif
 
 // ---- tensors ---------------------------------------------------------------------------------------------
 TEST_F(Semantics, BorrowedInputsAndOutputsUseCallerMemory) {
