@@ -6,6 +6,8 @@ VNPU_ROOT=${VNPU_ROOT:?}
 # fresh clone on the same machine reuses it.
 VNPU_CACHE=${VNPU_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vnpu}
 VNPU_BUILD=${VNPU_BUILD:-$VNPU_ROOT/build}
+# Generated example models (examples/models/gen_model.py, run by ninja) are cached here by content.
+export VNPU_MODEL_CACHE=${VNPU_MODEL_CACHE:-$VNPU_CACHE/models}
 
 QEMU_PKG_VERSION='1:10.0.2+ds-2+deb13u1~bpo12+1'
 QEMU_UPSTREAM=10.0.2
