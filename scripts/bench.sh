@@ -23,7 +23,7 @@ if [ $# -gt 0 ]; then
 fi
 
 synth=prep_ms=2,h2d_ms=2,compute_ms=2,d2h_ms=2
-log "1/3 runtime pipeline on sim: $synth (sync, then async parallel 2)"
+log "1/4 runtime pipeline on sim: $synth (sync, then async parallel 2)"
 # The sim engine really copies what it models; at the default 13 GB/s a 2 ms transfer is 26 MB, which this
 # host cannot copy at modelled speed while prep threads spin, so the sim runs model 1 GB/s links instead.
 export VNPU_SIM_H2D_MBPS=1000 VNPU_SIM_D2H_MBPS=1000
@@ -31,10 +31,15 @@ export VNPU_SIM_H2D_MBPS=1000 VNPU_SIM_D2H_MBPS=1000
 "$bench" --backend sim --synthetic "$synth" --mode async --parallel 2 --count 300
 unset VNPU_SIM_H2D_MBPS VNPU_SIM_D2H_MBPS
 
-log "2/3 runtime pipeline on the kernel backend, in the VM under icount: $synth"
+log "2/4 runtime pipeline on the kernel backend, in the VM under icount: $synth"
 "$VNPU_ROOT/vnpu" vm --icount --timeout 1800 -- sh -c "
 	vnpu-bench --backend kernel --synthetic $synth --mode sync --count 100 &&
 	vnpu-bench --backend kernel --synthetic $synth --mode async --parallel 2 --count 300"
 
-log "3/3 driver: no-op jobs through io_uring vs ioctl, against an io_uring NOP"
+log "3/4 driver: no-op jobs through io_uring vs ioctl, against an io_uring NOP"
 "$VNPU_ROOT/vnpu" vm --timeout 1800 -- vnpu-driver-bench --jobs 2000 --depth 64
+
+log "4/4 host micro-benchmarks: engine, kernels (reference vs oneDNN), runtime on sim"
+microbench=$VNPU_BUILD/tests/bench/vnpu-microbench
+[ -x "$microbench" ] || die "bench: $microbench was not built (is libbenchmark-dev installed?)"
+"$microbench" --benchmark_min_time=0.2

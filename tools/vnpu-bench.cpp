@@ -16,7 +16,12 @@
 
 #include <vnpu/vnpu.h>
 
+#include "cli.h"
+
 namespace {
+
+using vnpu::tools::json_escape;
+using vnpu::tools::percentile;
 
 using Clock = std::chrono::steady_clock;
 
@@ -47,14 +52,7 @@ struct Args {
 }
 
 long parse_long(const std::string& flag, const std::string& v, long lo, long hi) {
-  char* end = nullptr;
-  errno = 0;
-  const long x = std::strtol(v.c_str(), &end, 10);
-  if (errno || !end || *end || x < lo || x > hi) {
-    std::fprintf(stderr, "vnpu-bench: %s wants an integer in %ld..%ld, got '%s'\n", flag.c_str(), lo, hi, v.c_str());
-    usage(2);
-  }
-  return x;
+  return vnpu::tools::parse_long("vnpu-bench", flag, v, lo, hi, usage);
 }
 
 Args parse(int argc, char** argv) {
@@ -132,29 +130,10 @@ uint64_t bytes_for(double ms, uint32_t mbps, uint32_t fixed_ns) {
 
 double ms_of(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
-double pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double idx = p / 100.0 * static_cast<double>(v.size() - 1);
-  const size_t lo = static_cast<size_t>(idx);
-  const size_t hi = std::min(lo + 1, v.size() - 1);
-  return v[lo] + (v[hi] - v[lo]) * (idx - static_cast<double>(lo));
-}
-
 double mean(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x;
   return v.empty() ? 0 : s / static_cast<double>(v.size());
-}
-
-std::string json_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) continue;
-    o += c;
-  }
-  return o;
 }
 
 }  // namespace
@@ -315,8 +294,8 @@ int main(int argc, char** argv) {
                 opt.backend.c_str(), devs.size(), devs.front().name.c_str(), args.mode.c_str(), opt.parallel, opt.max_in_flight);
     std::printf("requests:    %ld timed + %ld warmup, %ld failed\n", args.count, args.warmup, failed);
     std::printf("throughput:  %.2f inferences/s over %.1f ms\n", throughput, wall_ms);
-    std::printf("latency ms:  min %.3f  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", pct(lat, 0), pct(lat, 50), pct(lat, 90),
-                pct(lat, 99), pct(lat, 100));
+    std::printf("latency ms:  min %.3f  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", percentile(lat, 0),
+                percentile(lat, 50), percentile(lat, 90), percentile(lat, 99), percentile(lat, 100));
     std::printf("stage ms:    prep %.3f  h2d %.3f  compute %.3f  d2h %.3f   (sum %.3f, max %.3f)\n", got.prep, got.h2d,
                 got.compute, got.d2h, sum_stages, max_stage);
     std::printf("engine util: h2d %.1f%%  compute %.1f%% (of %g cores)  d2h %.1f%%\n", u_h2d * 100, u_comp * 100, cores, u_d2h * 100);
@@ -334,8 +313,9 @@ int main(int argc, char** argv) {
       << ", \"depth\": " << opt.max_in_flight << ", \"devices\": " << devs.size() << ", \"count\": " << args.count
       << ", \"warmup\": " << args.warmup << ", \"failed\": " << failed << ",\n"
       << "  \"throughput_ips\": " << throughput << ",\n"
-      << "  \"latency_ms\": {\"min\": " << pct(lat, 0) << ", \"p50\": " << pct(lat, 50) << ", \"p90\": " << pct(lat, 90)
-      << ", \"p99\": " << pct(lat, 99) << ", \"max\": " << pct(lat, 100) << "},\n"
+      << "  \"latency_ms\": {\"min\": " << percentile(lat, 0) << ", \"p50\": " << percentile(lat, 50)
+      << ", \"p90\": " << percentile(lat, 90) << ", \"p99\": " << percentile(lat, 99)
+      << ", \"max\": " << percentile(lat, 100) << "},\n"
       << "  \"stage_ms\": {\"prep\": " << got.prep << ", \"h2d\": " << got.h2d << ", \"compute\": " << got.compute
       << ", \"d2h\": " << got.d2h << "},\n"
       << "  \"engine_util\": {\"h2d\": " << u_h2d << ", \"compute\": " << u_comp << ", \"d2h\": " << u_d2h << "},\n"

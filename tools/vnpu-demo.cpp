@@ -15,7 +15,12 @@
 
 #include <vnpu/vnpu.h>
 
+#include "cli.h"
+
 namespace {
+
+using vnpu::tools::json_escape;
+using vnpu::tools::percentile;
 
 struct Args {
   std::string backend;
@@ -38,14 +43,7 @@ struct Args {
 }
 
 long parse_long(const char* flag, const char* v, long lo, long hi) {
-  char* end = nullptr;
-  errno = 0;
-  const long x = std::strtol(v, &end, 10);
-  if (errno || !end || *end || x < lo || x > hi) {
-    std::fprintf(stderr, "vnpu-demo: %s wants an integer in %ld..%ld, got '%s'\n", flag, lo, hi, v);
-    usage(2);
-  }
-  return x;
+  return vnpu::tools::parse_long("vnpu-demo", flag, v, lo, hi, usage);
 }
 
 Args parse(int argc, char** argv) {
@@ -86,23 +84,6 @@ vnpu::Tensor random_tensor(std::vector<int64_t> shape, uint32_t seed) {
 }
 
 double ms(std::chrono::nanoseconds d) { return static_cast<double>(d.count()) / 1e6; }
-
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t idx = std::min(v.size() - 1, static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size()))) - (p > 0 ? 1 : 0));
-  return v[idx];
-}
-
-std::string json_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) continue;
-    o += c;
-  }
-  return o;
-}
 
 }  // namespace
 

@@ -27,18 +27,6 @@ static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
     return a < b + blen && b < a + alen;
 }
 
-static bool all_zero(const void *p, size_t len)
-{
-    const uint8_t *b = p;
-
-    for (size_t i = 0; i < len; i++) {
-        if (b[i]) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* ---- operand access ---------------------------------------------------------------------------------------- */
 
 typedef struct ProgMem {
@@ -156,7 +144,7 @@ static void prepare_exec(const VnpuExec *x, const struct vnpu_hw_exec *ex, VnpuC
     uint32_t bad_op = 0;
     int st;
 
-    if (!all_zero(ex->rsvd, sizeof(ex->rsvd)) || ex->prog_addr % 8 || !ex->prog_len ||
+    if (!vnpu_all_zero(ex->rsvd, sizeof(ex->rsvd)) || ex->prog_addr % 8 || !ex->prog_len ||
         ex->prog_len > VNPU_PROG_MAX_LEN || !ex->num_bindings || ex->num_bindings > VNPU_EXEC_MAX_BINDINGS ||
         ex->bindings_addr % 8) {
         r->status = VNPU_CPL_BAD_FIELD;
@@ -201,7 +189,8 @@ void vnpu_compute_prepare(const VnpuExec *x, VnpuComputePrep *p, VnpuCmdResult *
         prepare_exec(x, &cmd->exec, p, r);
         break;
     case VNPU_OPC_SYNTH:
-        if (!cmd->synth.ns || cmd->synth.ns > VNPU_SYNTH_MAX_NS || !all_zero(cmd->synth.rsvd, sizeof(cmd->synth.rsvd))) {
+        if (!cmd->synth.ns || cmd->synth.ns > VNPU_SYNTH_MAX_NS ||
+            !vnpu_all_zero(cmd->synth.rsvd, sizeof(cmd->synth.rsvd))) {
             r->status = VNPU_CPL_BAD_FIELD;
         } else {
             r->work_ns = cmd->synth.ns;

@@ -26,6 +26,21 @@ static void sleep_on_work(VnpuEngine *e)
     pthread_cond_wait(&e->work_cond, &e->lock);
 }
 
+/* Worker threads tell the transport when they start and stop (QEMU: RCU registration). */
+static void worker_start(VnpuEngine *e)
+{
+    if (e->host.worker_start) {
+        e->host.worker_start(e->host.opaque);
+    }
+}
+
+static void worker_stop(VnpuEngine *e)
+{
+    if (e->host.worker_stop) {
+        e->host.worker_stop(e->host.opaque);
+    }
+}
+
 static uint64_t max_u64(uint64_t a, uint64_t b)
 {
     return a > b ? a : b;
@@ -156,7 +171,19 @@ void vnpu_job_abort(VnpuEngine *e, VnpuJob *j)
     }
 }
 
-static void queue_unlink(VnpuQueue *q, VnpuJob *j)
+void vnpu_queue_append(VnpuQueue *q, VnpuJob *j)
+{
+    j->prev = q->jobs_tail;
+    if (q->jobs_tail) {
+        q->jobs_tail->next = j;
+    } else {
+        q->jobs_head = j;
+    }
+    q->jobs_tail = j;
+    q->njobs++;
+}
+
+void vnpu_queue_unlink(VnpuQueue *q, VnpuJob *j)
 {
     if (j->prev) {
         j->prev->next = j->next;
@@ -172,36 +199,39 @@ static void queue_unlink(VnpuQueue *q, VnpuJob *j)
     q->njobs--;
 }
 
+VnpuJob *vnpu_queue_abort_open(VnpuEngine *e, VnpuQueue *q)
+{
+    VnpuJob *open = q->open;
+
+    if (!open) {
+        return NULL;
+    }
+    q->open = NULL;
+    open->status = VNPU_CPL_ABORTED;
+    open->fail_index = open->cmds[open->ncmds - 1].sq_index;
+    open->ctx_id = open->cmds[0].cmd.ctx_id;
+    open->cancel = 1;
+    open->seq = ++e->seq;
+    vnpu_queue_append(q, open);
+    return open;
+}
+
 /* Forget a job without a completion (device reset, queue re-enabled). Workers still holding it let go later. */
 void vnpu_job_drop(VnpuEngine *e, VnpuJob *j)
 {
     (void)e;
     j->dropped = true;
     __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
-    queue_unlink(j->q, j);
+    vnpu_queue_unlink(j->q, j);
     vnpu_job_unref(j);
 }
 
 void vnpu_queue_abort_all(VnpuEngine *e, VnpuQueue *q)
 {
-    VnpuJob *open = q->open;
+    /* Fetched without its F_LAST: it can never run, report it so the driver can reclaim it. */
+    VnpuJob *open = vnpu_queue_abort_open(e, q);
 
-    q->open = NULL;
     if (open) {
-        /* Fetched without its F_LAST: it can never run, report it so the driver can reclaim it. */
-        open->status = VNPU_CPL_ABORTED;
-        open->fail_index = open->cmds[open->ncmds - 1].sq_index;
-        open->ctx_id = open->cmds[0].cmd.ctx_id;
-        open->prev = q->jobs_tail;
-        if (q->jobs_tail) {
-            q->jobs_tail->next = open;
-        } else {
-            q->jobs_head = open;
-        }
-        q->jobs_tail = open;
-        q->njobs++;
-        open->seq = ++e->seq;
-        open->cancel = 1;
         open->done = true;
     }
     for (VnpuJob *j = q->jobs_head; j; j = j->next) {
@@ -296,18 +326,6 @@ static uint32_t fi_decide(VnpuEngine *e, const VnpuQueue *q)
 
 /* ---- command processor ------------------------------------------------------------------------------------- */
 
-static bool all_zero(const void *p, size_t len)
-{
-    const uint8_t *b = p;
-
-    for (size_t i = 0; i < len; i++) {
-        if (b[i]) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* Highest PRIORITY first; round-robin among equals. */
 static VnpuQueue *pick_queue(VnpuEngine *e)
 {
@@ -360,7 +378,7 @@ static void job_decode(VnpuEngine *e, VnpuJob *j, bool too_long)
             break;
         }
         if (st == VNPU_CPL_OK && ((c->flags & ~VNPU_CMD_F_MASK) || (i && (c->flags & VNPU_CMD_F_BARRIER)) ||
-                                  c->rsvd1 || (c->opcode == VNPU_OPC_NOP && !all_zero(c->raw, sizeof(c->raw))))) {
+                                  c->rsvd1 || (c->opcode == VNPU_OPC_NOP && !vnpu_all_zero(c->raw, sizeof(c->raw))))) {
             vnpu_guest_error(e, "queue %u cmd %u: reserved flag or field set", j->q->id, s->sq_index);
             st = VNPU_CPL_BAD_FIELD;
         }
@@ -413,14 +431,7 @@ static void job_inject(VnpuEngine *e, VnpuJob *j)
 static void job_dispatch(VnpuEngine *e, VnpuQueue *q, VnpuJob *j)
 {
     j->seq = ++e->seq;
-    j->prev = q->jobs_tail;
-    if (q->jobs_tail) {
-        q->jobs_tail->next = j;
-    } else {
-        q->jobs_head = j;
-    }
-    q->jobs_tail = j;
-    q->njobs++;
+    vnpu_queue_append(q, j);
     if (j->barrier) {
         for (VnpuJob *k = q->jobs_head; k != j; k = k->next) {
             if (!k->done) {
@@ -557,9 +568,7 @@ void *vnpu_cp_main(void *opaque)
     VnpuEngine *e = opaque;
     VnpuQueue *sticky = NULL;
 
-    if (e->host.worker_start) {
-        e->host.worker_start(e->host.opaque);
-    }
+    worker_start(e);
     pthread_mutex_lock(&e->lock);
     while (!e->stopping) {
         VnpuQueue *q;
@@ -581,9 +590,7 @@ void *vnpu_cp_main(void *opaque)
     }
     wake_all(e);
     pthread_mutex_unlock(&e->lock);
-    if (e->host.worker_stop) {
-        e->host.worker_stop(e->host.opaque);
-    }
+    worker_stop(e);
     return NULL;
 }
 
@@ -660,30 +667,42 @@ static void stage_done(VnpuEngine *e, VnpuJob *j, VnpuSlot *s, VnpuUnit u, const
     job_advance(e, j);
 }
 
+/*
+ * Take unit u's FIFO head and mark its job running; NULL when there is nothing to run yet (after sleeping) or
+ * the head's job is dead (dropped). Either way the caller re-checks e->stopping. Called with e->lock held.
+ */
+static VnpuSlot *worker_take(VnpuEngine *e, VnpuUnit u)
+{
+    VnpuSlot *s;
+
+    if (!vnpu_unit_head_ready(e, u)) {
+        sleep_on_work(e);
+        return NULL;
+    }
+    s = pop(e, u);
+    if (job_dead(s->job)) {
+        vnpu_job_unref(s->job);
+        return NULL;
+    }
+    s->job->running = true;
+    e->running++;
+    return s;
+}
+
 static void *dma_main(VnpuEngine *e, VnpuUnit u)
 {
-    if (e->host.worker_start) {
-        e->host.worker_start(e->host.opaque);
-    }
+    worker_start(e);
     pthread_mutex_lock(&e->lock);
     while (!e->stopping) {
         VnpuCmdResult r = { .status = VNPU_CPL_OK };
-        VnpuSlot *s;
+        VnpuSlot *s = worker_take(e, u);
         VnpuJob *j;
         VnpuExec x;
 
-        if (!vnpu_unit_head_ready(e, u)) {
-            sleep_on_work(e);
+        if (!s) {
             continue;
         }
-        s = pop(e, u);
         j = s->job;
-        if (job_dead(j)) {
-            vnpu_job_unref(j);
-            continue;
-        }
-        j->running = true;
-        e->running++;
         x = (VnpuExec){ .e = e, .j = j, .s = s };
         pthread_mutex_unlock(&e->lock);
         vnpu_dma_execute(&x, &s->cmd.dma, u == VNPU_UNIT_H2D, &r);
@@ -695,9 +714,7 @@ static void *dma_main(VnpuEngine *e, VnpuUnit u)
         wake_all(e);
     }
     pthread_mutex_unlock(&e->lock);
-    if (e->host.worker_stop) {
-        e->host.worker_stop(e->host.opaque);
-    }
+    worker_stop(e);
     return NULL;
 }
 
@@ -715,29 +732,19 @@ void *vnpu_core_main(void *opaque)
 {
     VnpuEngine *e = opaque;
 
-    if (e->host.worker_start) {
-        e->host.worker_start(e->host.opaque);
-    }
+    worker_start(e);
     pthread_mutex_lock(&e->lock);
     while (!e->stopping) {
         VnpuCmdResult r = { .status = VNPU_CPL_OK };
         VnpuComputePrep prep;
-        VnpuSlot *s;
+        VnpuSlot *s = worker_take(e, VNPU_UNIT_COMPUTE);
         VnpuJob *j;
         VnpuExec x;
 
-        if (!vnpu_unit_head_ready(e, VNPU_UNIT_COMPUTE)) {
-            sleep_on_work(e);
+        if (!s) {
             continue;
         }
-        s = pop(e, VNPU_UNIT_COMPUTE);
         j = s->job;
-        if (job_dead(j)) {
-            vnpu_job_unref(j);
-            continue;
-        }
-        j->running = true;
-        e->running++;
         /* Prepared one at a time, in FIFO order: the modelled core assignment depends only on that order. */
         e->compute_dispatching = true;
         x = (VnpuExec){ .e = e, .j = j, .s = s };
@@ -764,8 +771,6 @@ void *vnpu_core_main(void *opaque)
         wake_all(e);
     }
     pthread_mutex_unlock(&e->lock);
-    if (e->host.worker_stop) {
-        e->host.worker_stop(e->host.opaque);
-    }
+    worker_stop(e);
     return NULL;
 }

@@ -189,24 +189,8 @@ void vnpu_queue_set_error(VnpuEngine *e, VnpuQueue *q, uint32_t err)
     }
     /* No more commands will be fetched: a job left open can never see its F_LAST. */
     if (q->open) {
-        VnpuJob *open = q->open;
-
-        q->open = NULL;
         /* Report it as aborted, after the jobs already dispatched (they still run). */
-        open->status = VNPU_CPL_ABORTED;
-        open->fail_index = open->cmds[open->ncmds - 1].sq_index;
-        open->ctx_id = open->cmds[0].cmd.ctx_id;
-        open->cancel = 1;
-        open->seq = ++e->seq;
-        open->prev = q->jobs_tail;
-        if (q->jobs_tail) {
-            q->jobs_tail->next = open;
-        } else {
-            q->jobs_head = open;
-        }
-        q->jobs_tail = open;
-        q->njobs++;
-        vnpu_job_finish(e, open);
+        vnpu_job_finish(e, vnpu_queue_abort_open(e, q));
     }
 }
 
@@ -730,21 +714,7 @@ void vnpu_engine_tick(VnpuEngine *e)
                 e->stats.jobs_failed++;
             }
             j->dropped = true; /* posted: no longer the queue's */
-            {
-                /* unlink from the queue's job list */
-                if (j->prev) {
-                    j->prev->next = j->next;
-                } else {
-                    q->jobs_head = j->next;
-                }
-                if (j->next) {
-                    j->next->prev = j->prev;
-                } else {
-                    q->jobs_tail = j->prev;
-                }
-                j->prev = j->next = NULL;
-                q->njobs--;
-            }
+            vnpu_queue_unlink(q, j);
             vnpu_job_unref(j);
 
             /* Never touch guest memory under the lock (see vnpu_engine_int.h). */

@@ -219,6 +219,14 @@ void vnpu_job_abort(VnpuEngine *e, VnpuJob *j);
 void vnpu_job_drop(VnpuEngine *e, VnpuJob *j);
 void vnpu_queue_abort_all(VnpuEngine *e, VnpuQueue *q);
 void vnpu_queue_drop_all(VnpuEngine *e, VnpuQueue *q);
+/* The queue's list of dispatched, not yet posted jobs (caller holds e->lock). */
+void vnpu_queue_append(VnpuQueue *q, VnpuJob *j);
+void vnpu_queue_unlink(VnpuQueue *q, VnpuJob *j);
+/*
+ * Detach the job being fetched (no F_LAST yet), mark it ABORTED and append it to the job list; returns it, or
+ * NULL if there is none. The caller decides when it is finished. Caller holds e->lock.
+ */
+VnpuJob *vnpu_queue_abort_open(VnpuEngine *e, VnpuQueue *q);
 void vnpu_fi_reset(VnpuEngine *e);
 
 /* dma.c */
@@ -259,5 +267,18 @@ uint64_t vnpu_timing_matmul_ns(const VnpuEngineConfig *cfg, uint64_t flops, uint
 /* Account a command that ran (ok == status OK) on unit u / core; returns its modelled end. */
 void vnpu_timing_account(VnpuEngine *e, VnpuJob *j, VnpuUnit u, int core, bool executed, bool ok,
                          uint64_t work_ns);
+
+/* Reserved fields must be zero: true if all `len` bytes at p are. */
+static inline bool vnpu_all_zero(const void *p, size_t len)
+{
+    const uint8_t *b = p;
+
+    for (size_t i = 0; i < len; i++) {
+        if (b[i]) {
+            return false;
+        }
+    }
+    return true;
+}
 
 #endif /* VNPU_ENGINE_INT_H */
