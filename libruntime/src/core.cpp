@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <future>
 #include <limits>
 #include <sstream>
@@ -93,6 +94,12 @@ Error job_error(int job_status, uint32_t hw_status, uint64_t fault_addr, const s
       return Error(ErrorCode::kDeviceFault, what + ": " + std::strerror(err));
     default: return errno_error(err, what);
   }
+}
+
+uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 }  // namespace detail

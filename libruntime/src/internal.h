@@ -41,6 +41,9 @@ struct DeviceBufferObject {
 [[nodiscard]] Result<std::unique_ptr<Device>> open_kernel_device(const DeviceOptions& options);
 [[nodiscard]] Result<std::unique_ptr<Device>> open_sim_device(const DeviceOptions& options);
 
+// CLOCK_MONOTONIC in nanoseconds: the host clock of both backends (and the simulated engine's clock).
+[[nodiscard]] uint64_t monotonic_ns();
+
 [[nodiscard]] constexpr uint64_t round_up(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
 
 // a + b <= limit without overflow.

@@ -11,7 +11,6 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
-#include <ctime>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -61,12 +60,6 @@ struct KernelDeviceBuffer final : DeviceBufferObject {
   std::shared_ptr<AccelFd> fd;
   uint32_t handle = 0;
 };
-
-uint64_t monotonic_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 class KernelDevice final : public Device {
  public:

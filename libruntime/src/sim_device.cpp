@@ -41,12 +41,6 @@ constexpr uint64_t kVaLimit = 1ull << VNPU_MMU_VA_BITS;
 constexpr uint64_t kSgeMaxLen = 1u << 30;  // an SGE covers at most 1 GiB (len is 32-bit)
 constexpr auto kDrainTimeout = std::chrono::seconds(10);
 
-uint64_t monotonic_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 // The host memory the device may reach by DMA (rings, context table, page tables, SGL tables, host buffers):
 // the sim's IOMMU. An access outside every registered region is a bus error for the engine, never a stray
 // write into the process.

@@ -159,6 +159,132 @@ static int reorder(dnnl_stream_t stream, const dnnl_memory_desc_t *smd, void *sp
     return ret;
 }
 
+/*
+ * When `want` differs from the plain layout, a 64-byte aligned buffer for it in *buf (else *buf stays NULL).
+ * -1 if out of memory.
+ */
+static int layout_buffer(const dnnl_memory_desc_t *plain, const dnnl_memory_desc_t *want, void **buf)
+{
+    if (dnnl_memory_desc_equal(want, plain)) {
+        return 0;
+    }
+    *buf = aligned_alloc(64, (dnnl_memory_desc_get_size(want) + 63) / 64 * 64);
+    return *buf ? 0 : -1;
+}
+
+/* Like layout_buffer, and reorders `data` (in the plain layout) into the buffer on `stream`. */
+static int layout_in(dnnl_stream_t stream, const dnnl_memory_desc_t *plain, void *data,
+                     const dnnl_memory_desc_t *want, void **buf)
+{
+    if (layout_buffer(plain, want, buf)) {
+        return -1;
+    }
+    return *buf && reorder(stream, plain, data, want, *buf) ? -1 : 0;
+}
+
+/*
+ * Runs pd on `stream` with the memories added by call_arg. When the output was computed in the buffer yb
+ * (layout yq), reorders it back to `plain` at y. Waits for the stream.
+ */
+static int call_run_to_plain(DnnlCall *c, dnnl_primitive_desc_t pd, dnnl_stream_t stream,
+                             const dnnl_memory_desc_t *yq, void *yb, const dnnl_memory_desc_t *plain, void *y)
+{
+    dnnl_primitive_t prim;
+    int ret = -1;
+
+    if (dnnl_primitive_create(&prim, pd) == dnnl_success) {
+        if (dnnl_primitive_execute(prim, stream, c->nargs, c->args) == dnnl_success &&
+            (!yb || reorder(stream, yq, yb, plain, y) == 0) && dnnl_stream_wait(stream) == dnnl_success) {
+            ret = VNPU_CPL_OK;
+        }
+        dnnl_primitive_destroy(prim);
+    }
+    return ret;
+}
+
+/* Frees the memories added by call_arg and, once its work is done, `stream` (may be NULL). */
+static void call_release(DnnlCall *c, dnnl_stream_t stream)
+{
+    int i;
+
+    for (i = 0; i < c->nargs; i++) {
+        dnnl_memory_destroy(c->mem[i]);
+    }
+    if (stream) {
+        dnnl_stream_wait(stream);
+        dnnl_stream_destroy(stream);
+    }
+}
+
+/*
+ * Primitive attributes carrying the fused activation: 0, 1 when oneDNN has no post-op for it (use the
+ * reference kernel), -1 on failure.
+ */
+static int act_attr(uint32_t act, float alpha, float beta, dnnl_primitive_attr_t *attr)
+{
+    if (dnnl_primitive_attr_create(attr) != dnnl_success) {
+        return -1;
+    }
+    if (act_post_op(act, alpha, beta, *attr)) {
+        dnnl_primitive_attr_destroy(*attr);
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * Creates c->pd from op descriptor d (when desc_ok) and attr, and frees attr. 0, or 1 when oneDNN has no
+ * implementation (use the reference kernel).
+ */
+static int call_create(DnnlCall *c, int desc_ok, const_dnnl_op_desc_t d, dnnl_primitive_attr_t attr)
+{
+    int ok = desc_ok && dnnl_primitive_desc_create(&c->pd, d, attr, engine_get(), NULL) == dnnl_success;
+
+    dnnl_primitive_attr_destroy(attr);
+    if (!ok) {
+        c->pd = NULL;
+        return 1;
+    }
+    return 0;
+}
+
+/* Dims of t right-aligned to `rank`, missing leading dims 1 (broadcast): the equal ranks oneDNN wants. */
+static void dims_of_rank(const VnpuTensor *t, unsigned rank, dnnl_dims_t d)
+{
+    unsigned i;
+
+    for (i = 0; i < rank; i++) {
+        d[i] = i + t->rank >= rank ? (dnnl_dim_t)t->dims[i + t->rank - rank] : 1;
+    }
+}
+
+/*
+ * Row-major strides of a matmul operand of rank r; with `trans`, the last two dims of d are swapped and
+ * the strides read the stored matrix transposed.
+ */
+static void matmul_operand(dnnl_dims_t d, dnnl_dims_t st, unsigned r, int trans)
+{
+    dnnl_dim_t s;
+    int j;
+
+    if (trans) {
+        dnnl_dim_t t = d[r - 1];
+
+        d[r - 1] = d[r - 2];
+        d[r - 2] = t;
+        st[r - 2] = 1;
+        st[r - 1] = d[r - 2];
+    } else {
+        st[r - 1] = 1;
+        st[r - 2] = d[r - 1];
+    }
+    s = d[r - 1] * d[r - 2];
+    for (j = (int)r - 3; j >= 0; j--) {
+        st[j] = s;
+        s *= d[j];
+    }
+}
+
 /* A (de)convolution primitive descriptor for these memory descriptors, or NULL. */
 static dnnl_primitive_desc_t conv_pd(const VnpuOpArgs *a, int transpose, const dnnl_memory_desc_t *x,
                                      const dnnl_memory_desc_t *w, const dnnl_memory_desc_t *b,
@@ -210,10 +336,9 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     dnnl_primitive_attr_t attr;
     dnnl_stream_t stream = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    dnnl_primitive_t prim = NULL;
     void *xb = NULL, *wb = NULL, *yb = NULL;
     DnnlCall c;
-    int ok, i, ret = -1;
+    int ok, i, act, ret = -1;
     uint64_t g = cv->group;
 
     if (!engine_get() || x->count == 0 || y->count == 0) {
@@ -259,12 +384,9 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     if (!ok) {
         return -1;
     }
-    if (dnnl_primitive_attr_create(&attr) != dnnl_success) {
-        return -1;
-    }
-    if (act_post_op(cv->act, cv->act_alpha, cv->act_beta, attr)) {
-        dnnl_primitive_attr_destroy(attr);
-        return 1;
+    act = act_attr(cv->act, cv->act_alpha, cv->act_beta, &attr);
+    if (act) {
+        return act;
     }
     /*
      * First choice: activations in nChw16c, whose conversion from and to nchw is cheap (a 16-row interleave)
@@ -292,43 +414,19 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
         goto out;
     }
     /* Inputs into the primitive's layouts (skipped when they already match). */
-    if (!dnnl_memory_desc_equal(xq, &xmd)) {
-        xb = aligned_alloc(64, (dnnl_memory_desc_get_size(xq) + 63) / 64 * 64);
-        if (!xb || reorder(stream, &xmd, x->data, xq, xb)) {
-            goto out;
-        }
-    }
-    if (!dnnl_memory_desc_equal(wq, &wmd)) {
-        wb = aligned_alloc(64, (dnnl_memory_desc_get_size(wq) + 63) / 64 * 64);
-        if (!wb || reorder(stream, &wmd, w->data, wq, wb)) {
-            goto out;
-        }
-    }
-    if (!dnnl_memory_desc_equal(yq, &ymd)) {
-        yb = aligned_alloc(64, (dnnl_memory_desc_get_size(yq) + 63) / 64 * 64);
-        if (!yb) {
-            goto out;
-        }
+    if (layout_in(stream, &xmd, x->data, xq, &xb) || layout_in(stream, &wmd, w->data, wq, &wb) ||
+        layout_buffer(&ymd, yq, &yb)) {
+        goto out;
     }
     ok = call_arg(&c, DNNL_ARG_SRC, xq, xb ? xb : x->data) == 0 &&
          call_arg(&c, DNNL_ARG_WEIGHTS, wq, wb ? wb : w->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, yq, yb ? yb : y->data) == 0 &&
          (!bias || call_arg(&c, DNNL_ARG_BIAS, &bmd, IN(a, 2)->data) == 0);
-    if (ok && dnnl_primitive_create(&prim, pd) == dnnl_success) {
-        if (dnnl_primitive_execute(prim, stream, c.nargs, c.args) == dnnl_success &&
-            (!yb || reorder(stream, yq, yb, &ymd, y->data) == 0) && dnnl_stream_wait(stream) == dnnl_success) {
-            ret = VNPU_CPL_OK;
-        }
-        dnnl_primitive_destroy(prim);
+    if (ok) {
+        ret = call_run_to_plain(&c, pd, stream, yq, yb, &ymd, y->data);
     }
 out:
-    for (i = 0; i < c.nargs; i++) {
-        dnnl_memory_destroy(c.mem[i]);
-    }
-    if (stream) {
-        dnnl_stream_wait(stream);
-        dnnl_stream_destroy(stream);
-    }
+    call_release(&c, stream);
     free(xb);
     free(wb);
     free(yb);
@@ -367,7 +465,6 @@ int vnpu_fast_pool(const VnpuOpArgs *a)
     dnnl_pooling_v2_desc_t d;
     dnnl_alg_kind_t alg;
     dnnl_primitive_desc_t pd = NULL;
-    dnnl_primitive_t prim = NULL;
     dnnl_stream_t stream = NULL;
     void *xb = NULL, *yb = NULL;
     DnnlCall c;
@@ -419,35 +516,16 @@ int vnpu_fast_pool(const VnpuOpArgs *a)
     if (!yq || dnnl_stream_create(&stream, engine_get(), dnnl_stream_default_flags) != dnnl_success) {
         goto out;
     }
-    if (!dnnl_memory_desc_equal(&xblk, &xmd)) {
-        xb = aligned_alloc(64, (dnnl_memory_desc_get_size(&xblk) + 63) / 64 * 64);
-        if (!xb || reorder(stream, &xmd, x->data, &xblk, xb)) {
-            goto out;
-        }
-    }
-    if (!dnnl_memory_desc_equal(yq, &ymd)) {
-        yb = aligned_alloc(64, (dnnl_memory_desc_get_size(yq) + 63) / 64 * 64);
-        if (!yb) {
-            goto out;
-        }
+    if (layout_in(stream, &xmd, x->data, &xblk, &xb) || layout_buffer(&ymd, yq, &yb)) {
+        goto out;
     }
     ok = call_arg(&c, DNNL_ARG_SRC, &xblk, xb ? xb : x->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, yq, yb ? yb : y->data) == 0;
-    if (ok && dnnl_primitive_create(&prim, pd) == dnnl_success) {
-        if (dnnl_primitive_execute(prim, stream, c.nargs, c.args) == dnnl_success &&
-            (!yb || reorder(stream, yq, yb, &ymd, y->data) == 0) && dnnl_stream_wait(stream) == dnnl_success) {
-            ret = VNPU_CPL_OK;
-        }
-        dnnl_primitive_destroy(prim);
+    if (ok) {
+        ret = call_run_to_plain(&c, pd, stream, yq, yb, &ymd, y->data);
     }
 out:
-    for (i = 0; i < c.nargs; i++) {
-        dnnl_memory_destroy(c.mem[i]);
-    }
-    if (stream) {
-        dnnl_stream_wait(stream);
-        dnnl_stream_destroy(stream);
-    }
+    call_release(&c, stream);
     free(xb);
     free(yb);
     dnnl_primitive_desc_destroy(pd);
@@ -465,7 +543,7 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
     dnnl_matmul_desc_t d;
     unsigned r = Y->rank, i;
     DnnlCall c;
-    int ok;
+    int ok, ret;
 
     if (!engine_get() || Y->count == 0 || A->count == 0 || B->count == 0 || r > 6 || mm->alpha != 1.0f ||
         (bias && mm->beta != 1.0f)) {
@@ -473,49 +551,14 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
     }
     memset(&c, 0, sizeof(c));
     /* oneDNN wants equal ranks: left-pad batch dims with 1 (broadcast). Strides express transposes. */
+    dims_of_rank(A, r, ad);
+    dims_of_rank(B, r, bd);
+    dims_of(Y, yd);
     for (i = 0; i < r; i++) {
-        ad[i] = i + A->rank >= r ? (dnnl_dim_t)A->dims[i + A->rank - r] : 1;
-        bd[i] = i + B->rank >= r ? (dnnl_dim_t)B->dims[i + B->rank - r] : 1;
-        yd[i] = (dnnl_dim_t)Y->dims[i];
         cd[i] = 1;
     }
-    {
-        dnnl_dim_t s = 1;
-        int j;
-
-        if (mm->flags & VNPU_ISA_MATMUL_F_TRANS_A) {
-            dnnl_dim_t t = ad[r - 1];
-
-            ad[r - 1] = ad[r - 2];
-            ad[r - 2] = t;
-            as[r - 2] = 1;
-            as[r - 1] = ad[r - 2];
-        } else {
-            as[r - 1] = 1;
-            as[r - 2] = ad[r - 1];
-        }
-        s = ad[r - 1] * ad[r - 2];
-        for (j = (int)r - 3; j >= 0; j--) {
-            as[j] = s;
-            s *= ad[j];
-        }
-        if (mm->flags & VNPU_ISA_MATMUL_F_TRANS_B) {
-            dnnl_dim_t t = bd[r - 1];
-
-            bd[r - 1] = bd[r - 2];
-            bd[r - 2] = t;
-            bs[r - 2] = 1;
-            bs[r - 1] = bd[r - 2];
-        } else {
-            bs[r - 1] = 1;
-            bs[r - 2] = bd[r - 1];
-        }
-        s = bd[r - 1] * bd[r - 2];
-        for (j = (int)r - 3; j >= 0; j--) {
-            bs[j] = s;
-            s *= bd[j];
-        }
-    }
+    matmul_operand(ad, as, r, !!(mm->flags & VNPU_ISA_MATMUL_F_TRANS_A));
+    matmul_operand(bd, bs, r, !!(mm->flags & VNPU_ISA_MATMUL_F_TRANS_B));
     if (bias) {
         const VnpuTensor *C = IN(a, 2);
         int j;
@@ -534,18 +577,15 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
          dnnl_memory_desc_init_by_tag(&ymd, (int)r, yd, dnnl_f32,
                                       r == 2 ? dnnl_ab : r == 3 ? dnnl_abc : r == 4 ? dnnl_abcd
                                                        : r == 5 ? dnnl_abcde : dnnl_abcdef) == dnnl_success;
-    if (!ok || dnnl_primitive_attr_create(&attr) != dnnl_success) {
+    if (!ok) {
         return -1;
     }
-    if (act_post_op(mm->act, mm->act_alpha, mm->act_beta, attr)) {
-        dnnl_primitive_attr_destroy(attr);
-        return 1;
+    ret = act_attr(mm->act, mm->act_alpha, mm->act_beta, &attr);
+    if (ret) {
+        return ret;
     }
-    ok = dnnl_matmul_desc_init(&d, &amd, &bmd, bias ? &cmd : NULL, &ymd) == dnnl_success &&
-         dnnl_primitive_desc_create(&c.pd, &d, attr, engine_get(), NULL) == dnnl_success;
-    dnnl_primitive_attr_destroy(attr);
-    if (!ok) {
-        c.pd = NULL;
+    if (call_create(&c, dnnl_matmul_desc_init(&d, &amd, &bmd, bias ? &cmd : NULL, &ymd) == dnnl_success, &d,
+                    attr)) {
         return 1;
     }
     ok = call_arg(&c, DNNL_ARG_SRC, &amd, A->data) == 0 && call_arg(&c, DNNL_ARG_WEIGHTS, &bmd, B->data) == 0 &&
@@ -568,8 +608,8 @@ int vnpu_fast_binary(const VnpuOpArgs *a)
     dnnl_binary_desc_t d;
     dnnl_primitive_attr_t attr;
     dnnl_alg_kind_t alg;
-    unsigned r = Y->rank, i;
-    int commutative, ok;
+    unsigned r = Y->rank;
+    int commutative, ok, ret;
     DnnlCall c;
 
     if (!engine_get() || Y->count < 65536 || r < 1 || r > 6) {
@@ -603,11 +643,9 @@ int vnpu_fast_binary(const VnpuOpArgs *a)
         B = IN(a, 0);
     }
     memset(&c, 0, sizeof(c));
-    for (i = 0; i < r; i++) {
-        ad[i] = i + A->rank >= r ? (dnnl_dim_t)A->dims[i + A->rank - r] : 1;
-        bd[i] = i + B->rank >= r ? (dnnl_dim_t)B->dims[i + B->rank - r] : 1;
-        yd[i] = (dnnl_dim_t)Y->dims[i];
-    }
+    dims_of_rank(A, r, ad);
+    dims_of_rank(B, r, bd);
+    dims_of(Y, yd);
     {
         static const dnnl_format_tag_t tags[] = {dnnl_a, dnnl_ab, dnnl_abc, dnnl_abcd, dnnl_abcde, dnnl_abcdef};
 
@@ -615,18 +653,14 @@ int vnpu_fast_binary(const VnpuOpArgs *a)
              dnnl_memory_desc_init_by_tag(&bmd, (int)r, bd, dnnl_f32, tags[r - 1]) == dnnl_success &&
              dnnl_memory_desc_init_by_tag(&ymd, (int)r, yd, dnnl_f32, tags[r - 1]) == dnnl_success;
     }
-    if (!ok || dnnl_primitive_attr_create(&attr) != dnnl_success) {
+    if (!ok) {
         return -1;
     }
-    if (act_post_op(bn->act, bn->act_alpha, bn->act_beta, attr)) {
-        dnnl_primitive_attr_destroy(attr);
-        return 1;
+    ret = act_attr(bn->act, bn->act_alpha, bn->act_beta, &attr);
+    if (ret) {
+        return ret;
     }
-    ok = dnnl_binary_desc_init(&d, alg, &amd, &bmd, &ymd) == dnnl_success &&
-         dnnl_primitive_desc_create(&c.pd, &d, attr, engine_get(), NULL) == dnnl_success;
-    dnnl_primitive_attr_destroy(attr);
-    if (!ok) {
-        c.pd = NULL;
+    if (call_create(&c, dnnl_binary_desc_init(&d, alg, &amd, &bmd, &ymd) == dnnl_success, &d, attr)) {
         return 1;
     }
     ok = call_arg(&c, DNNL_ARG_SRC_0, &amd, A->data) == 0 && call_arg(&c, DNNL_ARG_SRC_1, &bmd, B->data) == 0 &&

@@ -46,48 +46,55 @@ static void dense_strides(const VnpuTensor *t, uint64_t *strides)
     }
 }
 
-int vnpu_ref_conv(const VnpuOpArgs *a)
+/* Handles the outputs of a data-movement op that need no index walk: empty, or rank 0 (one element). */
+static int copy_trivial(const VnpuTensor *x, const VnpuTensor *y)
+{
+    if (y->count == 0) {
+        return 1;
+    }
+    if (y->rank == 0) {
+        y->data[0] = x->data[0];
+        return 1;
+    }
+    return 0;
+}
+
+/* The shapes a (transposed) convolution's per-output sum reads. */
+typedef struct ConvShape {
+    const struct vnpu_isa_conv *c;
+    const VnpuTensor *x, *w;
+    uint64_t C, H, W, KH, KW, Cg, Mg;
+} ConvShape;
+
+/* Adds the contributions to output (n, m, oh, ow) to acc, in the kernel's own summation order. */
+typedef double ConvSum(const ConvShape *s, double acc, uint64_t n, uint64_t m, uint64_t oh, uint64_t ow);
+
+/*
+ * Runs `sum` for every output of the (transposed) convolution: bias first, then the contributions, then the
+ * fused activation. Checks for cancellation once per output channel.
+ */
+static int conv_each_output(const VnpuOpArgs *a, ConvSum *sum)
 {
     const struct vnpu_isa_conv *c = &a->attr.conv;
     const VnpuTensor *x = IN(a, 0), *w = IN(a, 1), *y = OUT(a, 0);
     const float *bias = (c->flags & VNPU_ISA_CONV_F_BIAS) ? IN(a, 2)->data : NULL;
-    uint64_t N = x->dims[0], C = x->dims[1], H = x->dims[2], W = x->dims[3];
-    uint64_t M = y->dims[1], OH = y->dims[2], OW = y->dims[3], KH = w->dims[2], KW = w->dims[3];
-    uint64_t G = c->group, Cg = C / G, Mg = M / G;
-    uint64_t n, m;
+    uint64_t N = x->dims[0], M = y->dims[1], OH = y->dims[2], OW = y->dims[3];
+    uint64_t n, m, oh, ow;
+    ConvShape s = {
+        .c = c, .x = x, .w = w,
+        .C = x->dims[1], .H = x->dims[2], .W = x->dims[3], .KH = w->dims[2], .KW = w->dims[3],
+        .Cg = x->dims[1] / c->group, .Mg = M / c->group,
+    };
 
     for (n = 0; n < N; n++) {
         for (m = 0; m < M; m++) {
-            uint64_t g = m / Mg, oh, ow;
-            const float *wm = w->data + m * Cg * KH * KW;
-
             if (cancelled(a)) {
                 return VNPU_CPL_ABORTED;
             }
             for (oh = 0; oh < OH; oh++) {
                 for (ow = 0; ow < OW; ow++) {
-                    double acc = bias ? bias[m] : 0.0;
-                    uint64_t ci, kh, kw;
+                    double acc = sum(&s, bias ? bias[m] : 0.0, n, m, oh, ow);
 
-                    for (ci = 0; ci < Cg; ci++) {
-                        const float *xc = x->data + ((n * C) + g * Cg + ci) * H * W;
-
-                        for (kh = 0; kh < KH; kh++) {
-                            int64_t ih = (int64_t)(oh * c->stride[0] + kh * c->dilation[0]) - c->pad_begin[0];
-
-                            if (ih < 0 || ih >= (int64_t)H) {
-                                continue;
-                            }
-                            for (kw = 0; kw < KW; kw++) {
-                                int64_t iw = (int64_t)(ow * c->stride[1] + kw * c->dilation[1]) - c->pad_begin[1];
-
-                                if (iw < 0 || iw >= (int64_t)W) {
-                                    continue;
-                                }
-                                acc += (double)xc[ih * W + iw] * wm[(ci * KH + kh) * KW + kw];
-                            }
-                        }
-                    }
                     y->data[((n * M + m) * OH + oh) * OW + ow] =
                         vnpu_ops_act((float)acc, c->act, c->act_alpha, c->act_beta);
                 }
@@ -97,66 +104,86 @@ int vnpu_ref_conv(const VnpuOpArgs *a)
     return VNPU_CPL_OK;
 }
 
-int vnpu_ref_conv_transpose(const VnpuOpArgs *a)
+static double conv_sum(const ConvShape *s, double acc, uint64_t n, uint64_t m, uint64_t oh, uint64_t ow)
 {
-    const struct vnpu_isa_conv *c = &a->attr.conv;
-    const VnpuTensor *x = IN(a, 0), *w = IN(a, 1), *y = OUT(a, 0);
-    const float *bias = (c->flags & VNPU_ISA_CONV_F_BIAS) ? IN(a, 2)->data : NULL;
-    uint64_t N = x->dims[0], C = x->dims[1], H = x->dims[2], W = x->dims[3];
-    uint64_t M = y->dims[1], OH = y->dims[2], OW = y->dims[3], KH = w->dims[2], KW = w->dims[3];
-    uint64_t G = c->group, Cg = C / G, Mg = M / G;
-    uint64_t n, m;
+    const struct vnpu_isa_conv *c = s->c;
+    uint64_t C = s->C, H = s->H, W = s->W, KH = s->KH, KW = s->KW, Cg = s->Cg, g = m / s->Mg;
+    const float *wm = s->w->data + m * Cg * KH * KW;
+    uint64_t ci, kh, kw;
 
-    /* Gather formulation (each output sums its contributions), so the result does not depend on order. */
-    for (n = 0; n < N; n++) {
-        for (m = 0; m < M; m++) {
-            uint64_t g = m / Mg, mg = m % Mg, oh, ow;
+    for (ci = 0; ci < Cg; ci++) {
+        const float *xc = s->x->data + ((n * C) + g * Cg + ci) * H * W;
 
-            if (cancelled(a)) {
-                return VNPU_CPL_ABORTED;
+        for (kh = 0; kh < KH; kh++) {
+            int64_t ih = (int64_t)(oh * c->stride[0] + kh * c->dilation[0]) - c->pad_begin[0];
+
+            if (ih < 0 || ih >= (int64_t)H) {
+                continue;
             }
-            for (oh = 0; oh < OH; oh++) {
-                for (ow = 0; ow < OW; ow++) {
-                    double acc = bias ? bias[m] : 0.0;
-                    uint64_t ci, kh, kw;
+            for (kw = 0; kw < KW; kw++) {
+                int64_t iw = (int64_t)(ow * c->stride[1] + kw * c->dilation[1]) - c->pad_begin[1];
 
-                    for (kh = 0; kh < KH; kh++) {
-                        int64_t th = (int64_t)oh + c->pad_begin[0] - (int64_t)(kh * c->dilation[0]);
-                        int64_t ih;
-
-                        if (th < 0 || th % c->stride[0]) {
-                            continue;
-                        }
-                        ih = th / c->stride[0];
-                        if (ih >= (int64_t)H) {
-                            continue;
-                        }
-                        for (kw = 0; kw < KW; kw++) {
-                            int64_t tw = (int64_t)ow + c->pad_begin[1] - (int64_t)(kw * c->dilation[1]);
-                            int64_t iw;
-
-                            if (tw < 0 || tw % c->stride[1]) {
-                                continue;
-                            }
-                            iw = tw / c->stride[1];
-                            if (iw >= (int64_t)W) {
-                                continue;
-                            }
-                            for (ci = 0; ci < Cg; ci++) {
-                                uint64_t cin = g * Cg + ci;
-
-                                acc += (double)x->data[((n * C + cin) * H + ih) * W + iw] *
-                                       w->data[((cin * Mg + mg) * KH + kh) * KW + kw];
-                            }
-                        }
-                    }
-                    y->data[((n * M + m) * OH + oh) * OW + ow] =
-                        vnpu_ops_act((float)acc, c->act, c->act_alpha, c->act_beta);
+                if (iw < 0 || iw >= (int64_t)W) {
+                    continue;
                 }
+                acc += (double)xc[ih * W + iw] * wm[(ci * KH + kh) * KW + kw];
             }
         }
     }
-    return VNPU_CPL_OK;
+    return acc;
+}
+
+/* The input index that kernel tap k of output o reads along spatial axis `axis`, or -1 if it reads none. */
+static int64_t conv_transpose_tap(const struct vnpu_isa_conv *c, unsigned axis, uint64_t o, uint64_t k, uint64_t in)
+{
+    int64_t t = (int64_t)o + c->pad_begin[axis] - (int64_t)(k * c->dilation[axis]);
+
+    if (t < 0 || t % c->stride[axis]) {
+        return -1;
+    }
+    t /= c->stride[axis];
+    return t < (int64_t)in ? t : -1;
+}
+
+/* Gather formulation (each output sums its contributions), so the result does not depend on order. */
+static double conv_transpose_sum(const ConvShape *s, double acc, uint64_t n, uint64_t m, uint64_t oh,
+                                 uint64_t ow)
+{
+    const struct vnpu_isa_conv *c = s->c;
+    uint64_t C = s->C, H = s->H, W = s->W, KH = s->KH, KW = s->KW, Cg = s->Cg, Mg = s->Mg;
+    uint64_t g = m / Mg, mg = m % Mg, ci, kh, kw;
+
+    for (kh = 0; kh < KH; kh++) {
+        int64_t ih = conv_transpose_tap(c, 0, oh, kh, H);
+
+        if (ih < 0) {
+            continue;
+        }
+        for (kw = 0; kw < KW; kw++) {
+            int64_t iw = conv_transpose_tap(c, 1, ow, kw, W);
+
+            if (iw < 0) {
+                continue;
+            }
+            for (ci = 0; ci < Cg; ci++) {
+                uint64_t cin = g * Cg + ci;
+
+                acc += (double)s->x->data[((n * C + cin) * H + ih) * W + iw] *
+                       s->w->data[((cin * Mg + mg) * KH + kh) * KW + kw];
+            }
+        }
+    }
+    return acc;
+}
+
+int vnpu_ref_conv(const VnpuOpArgs *a)
+{
+    return conv_each_output(a, conv_sum);
+}
+
+int vnpu_ref_conv_transpose(const VnpuOpArgs *a)
+{
+    return conv_each_output(a, conv_transpose_sum);
 }
 
 int vnpu_ref_pool(const VnpuOpArgs *a)
@@ -494,11 +521,7 @@ int vnpu_ref_slice(const VnpuOpArgs *a)
     int64_t off = 0, step_inner;
     uint64_t inner, outer, o;
 
-    if (y->count == 0) {
-        return VNPU_CPL_OK;
-    }
-    if (r == 0) {
-        y->data[0] = x->data[0];
+    if (copy_trivial(x, y)) {
         return VNPU_CPL_OK;
     }
     dense_strides(x, xs);
@@ -535,11 +558,7 @@ int vnpu_ref_transpose(const VnpuOpArgs *a)
     unsigned r = y->rank, i;
     uint64_t off = 0, o, inner, outer;
 
-    if (y->count == 0) {
-        return VNPU_CPL_OK;
-    }
-    if (r == 0) {
-        y->data[0] = x->data[0];
+    if (copy_trivial(x, y)) {
         return VNPU_CPL_OK;
     }
     dense_strides(x, xs);
@@ -641,11 +660,7 @@ int vnpu_ref_resize(const VnpuOpArgs *a)
     double *wbuf;
     int ret = VNPU_CPL_OK;
 
-    if (y->count == 0) {
-        return VNPU_CPL_OK;
-    }
-    if (r == 0) {
-        y->data[0] = x->data[0];
+    if (copy_trivial(x, y)) {
         return VNPU_CPL_OK;
     }
     dense_strides(x, xs);

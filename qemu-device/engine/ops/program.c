@@ -216,15 +216,48 @@ static void cost_add(VnpuProgramCost *c, const VnpuComputeModel *m, const VnpuOp
     c->modelled_ns += (m ? m->op_overhead_ns : 0) + (tf > tb ? tf : tb);
 }
 
-int vnpu_program_validate(const void *code, size_t code_len, uint32_t num_bindings, uint32_t *bad_op)
+/*
+ * Decodes and checks the ops of an opened program in order, adding each to cost when cost is non-NULL.
+ * Returns VNPU_CPL_OK, or VNPU_CPL_PROGRAM_INVALID with *bad_op (when non-NULL) the index of the first bad op.
+ * *end is where the last op decoded ended.
+ */
+static int program_scan(const VnpuProgram *p, const VnpuComputeModel *model, VnpuProgramCost *cost,
+                        uint32_t *bad_op, uint64_t *end)
 {
-    VnpuProgram p;
     VnpuOpArgs *args;
     uint32_t binding[VNPU_ISA_MAX_OPERANDS];
     uint64_t offset[VNPU_ISA_MAX_OPERANDS];
     uint64_t pos;
     uint32_t i;
     int ret = VNPU_CPL_OK;
+
+    args = malloc(sizeof(*args));
+    if (!args) {
+        return VNPU_CPL_PROGRAM_INVALID;
+    }
+    pos = p->hdr.ops_offset;
+    for (i = 0; i < p->hdr.num_ops; i++) {
+        if (program_op(p, &pos, args, binding, offset)) {
+            if (bad_op) {
+                *bad_op = i;
+            }
+            ret = VNPU_CPL_PROGRAM_INVALID;
+            break;
+        }
+        if (cost) {
+            cost_add(cost, model, args);
+        }
+    }
+    free(args);
+    *end = pos;
+    return ret;
+}
+
+int vnpu_program_validate(const void *code, size_t code_len, uint32_t num_bindings, uint32_t *bad_op)
+{
+    VnpuProgram p;
+    uint64_t end;
+    int ret;
 
     if (bad_op) {
         *bad_op = 0;
@@ -232,58 +265,26 @@ int vnpu_program_validate(const void *code, size_t code_len, uint32_t num_bindin
     if (program_open(&p, code, code_len) || program_check_bindings(&p) || num_bindings < p.hdr.num_bindings) {
         return VNPU_CPL_PROGRAM_INVALID;
     }
-    args = malloc(sizeof(*args));
-    if (!args) {
-        return VNPU_CPL_PROGRAM_INVALID;
-    }
-    pos = p.hdr.ops_offset;
-    for (i = 0; i < p.hdr.num_ops; i++) {
-        if (program_op(&p, &pos, args, binding, offset)) {
-            if (bad_op) {
-                *bad_op = i;
-            }
-            ret = VNPU_CPL_PROGRAM_INVALID;
-            break;
-        }
-    }
-    if (ret == VNPU_CPL_OK && pos != p.hdr.ops_offset + p.hdr.ops_size) {
+    ret = program_scan(&p, NULL, NULL, bad_op, &end);
+    if (ret == VNPU_CPL_OK && end != p.hdr.ops_offset + p.hdr.ops_size) {
         if (bad_op) {
             *bad_op = p.hdr.num_ops;
         }
         ret = VNPU_CPL_PROGRAM_INVALID;
     }
-    free(args);
     return ret;
 }
 
 int vnpu_program_cost(const void *code, size_t code_len, const VnpuComputeModel *model, VnpuProgramCost *cost)
 {
     VnpuProgram p;
-    VnpuOpArgs *args;
-    uint32_t binding[VNPU_ISA_MAX_OPERANDS];
-    uint64_t offset[VNPU_ISA_MAX_OPERANDS];
-    uint64_t pos;
-    uint32_t i;
-    int ret = VNPU_CPL_OK;
+    uint64_t end;
 
     memset(cost, 0, sizeof(*cost));
     if (program_open(&p, code, code_len) || program_check_bindings(&p)) {
         return VNPU_CPL_PROGRAM_INVALID;
     }
-    args = malloc(sizeof(*args));
-    if (!args) {
-        return VNPU_CPL_PROGRAM_INVALID;
-    }
-    pos = p.hdr.ops_offset;
-    for (i = 0; i < p.hdr.num_ops; i++) {
-        if (program_op(&p, &pos, args, binding, offset)) {
-            ret = VNPU_CPL_PROGRAM_INVALID;
-            break;
-        }
-        cost_add(cost, model, args);
-    }
-    free(args);
-    return ret;
+    return program_scan(&p, model, cost, NULL, &end);
 }
 
 static void unmap_all(const VnpuProgramMem *mem, VnpuOpArgs *a, const uint64_t *addr, unsigned n)
