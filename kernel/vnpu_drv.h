@@ -59,6 +59,12 @@
 #define VNPU_MAX_REQUEUES 3
 /* Priority of the implicit queue 0. */
 #define VNPU_DEFAULT_PRIORITY 1
+/*
+ * A queue remembers the outcome of its latest this many seqnos only: failures
+ * (for dependencies named later) and results WAIT has not collected. Older
+ * entries are pruned, so neither table grows with the queue's lifetime.
+ */
+#define VNPU_SEQNO_HISTORY 4096
 
 struct vnpu_device;
 struct vnpu_job;
@@ -252,9 +258,11 @@ struct vnpu_device {
  *           still waiting), in seqno order
  * @last_seqno: last seqno handed out
  * @active: seqno -> job not yet completed (no reference; for dependencies)
- * @failed: seqno -> xa_mk_value(-errno) of completed jobs that failed
+ * @failed: seqno -> xa_mk_value(-errno) of completed jobs that failed, for
+ *          the latest VNPU_SEQNO_HISTORY seqnos (@lock)
  * @waits: seqno -> job (a reference) submitted by ioctl without an event,
- *         until WAIT collects it
+ *         until WAIT collects it or it falls out of the latest
+ *         VNPU_SEQNO_HISTORY seqnos
  * @detached: the queue was destroyed or its file closed (@submit_lock)
  */
 struct vnpu_squeue {

@@ -248,6 +248,21 @@ static void vnpu_job_complete(struct vnpu_job *job)
 	vnpu_job_put(job);
 }
 
+/* Forget failures older than the queue's history window. sq->lock held. */
+static void vnpu_squeue_prune_failed(struct vnpu_squeue *sq)
+{
+	unsigned long seqno;
+	void *entry;
+
+	lockdep_assert_held(&sq->lock);
+	if (sq->last_seqno <= VNPU_SEQNO_HISTORY)
+		return;
+	/* Each entry is erased once: amortised O(1) per recorded failure. */
+	xa_for_each_range(&sq->failed, seqno, entry, 0,
+			  sq->last_seqno - VNPU_SEQNO_HISTORY)
+		xa_erase(&sq->failed, seqno);
+}
+
 /*
  * @job has a result. Signal it and every following job of its queue that is
  * done too; a job done before an earlier one waits for it (queues complete
@@ -273,6 +288,8 @@ static void vnpu_job_done(struct vnpu_job *job)
 			drm_dbg(&sq->vdev->drm,
 				"queue %u: cannot record failure of %llu\n",
 				sq->id, j->seqno);
+		if (j->status)
+			vnpu_squeue_prune_failed(sq);
 	}
 	spin_unlock(&sq->lock);
 
@@ -378,6 +395,19 @@ void vnpu_squeue_put(struct vnpu_squeue *sq)
 	kref_put(&sq->ref, vnpu_squeue_release);
 }
 
+/* Drop uncollected WAIT results of seqnos up to @last; process context. */
+static void vnpu_squeue_drop_waits(struct vnpu_squeue *sq, u64 last)
+{
+	struct vnpu_job *job;
+	unsigned long seqno;
+
+	/* A concurrent WAIT may collect one first: only one side puts it. */
+	xa_for_each_range(&sq->waits, seqno, job, 0, last) {
+		if (xa_cmpxchg(&sq->waits, seqno, job, NULL, 0) == job)
+			vnpu_job_put(job);
+	}
+}
+
 /**
  * vnpu_squeue_detach - the queue leaves its file: no more submissions, and
  * results nobody will collect are dropped (jobs still run to completion)
@@ -385,16 +415,10 @@ void vnpu_squeue_put(struct vnpu_squeue *sq)
  */
 void vnpu_squeue_detach(struct vnpu_squeue *sq)
 {
-	struct vnpu_job *job;
-	unsigned long seqno;
-
 	mutex_lock(&sq->submit_lock);
 	sq->detached = true;
 	mutex_unlock(&sq->submit_lock);
-	xa_for_each(&sq->waits, seqno, job) {
-		if (xa_cmpxchg(&sq->waits, seqno, job, NULL, 0) == job)
-			vnpu_job_put(job);
-	}
+	vnpu_squeue_drop_waits(sq, ULONG_MAX);
 }
 
 static struct vnpu_squeue *vnpu_file_squeue_get(struct vnpu_file *vfile,
@@ -804,16 +828,23 @@ static int vnpu_job_add_dep(struct vnpu_job *job, struct vnpu_batch *b,
 		return -ENOENT;
 	}
 	spin_lock(&dsq->lock);
+	dj = NULL;
 	if (!d->seqno || d->seqno > dsq->last_seqno) {
 		drm_dbg(drm, "submit: dependency on seqno %llu not issued\n",
 			d->seqno);
 		ret = -EINVAL;
 	} else {
 		dj = xa_load(&dsq->active, d->seqno);
-		if (dj)
-			fence = dma_fence_get(&dj->fence);
-		else if (xa_load(&dsq->failed, d->seqno))
-			job->dep_failed = true;
+	}
+	if (dj) {
+		fence = dma_fence_get(&dj->fence);
+	} else if (!ret && dsq->last_seqno - d->seqno >= VNPU_SEQNO_HISTORY) {
+		/* Completed so long ago that its outcome may be pruned. */
+		drm_dbg(drm, "submit: dependency on seqno %llu too old\n",
+			d->seqno);
+		ret = -EINVAL;
+	} else if (!ret && xa_load(&dsq->failed, d->seqno)) {
+		job->dep_failed = true;
 	}
 	spin_unlock(&dsq->lock);
 	vnpu_squeue_put(dsq);
@@ -1400,7 +1431,9 @@ err_events:
 		b->jobs[i]->accounted = false;
 	}
 	atomic_sub(b->count, &vdev->inflight);
-	atomic_sub(b->count, &b->ctx->inflight);
+	/* Frees device memory retired while this batch was counted. */
+	for (i = 0; i < b->count; i++)
+		vnpu_ctx_job_done(b->ctx);
 	return ret;
 }
 
@@ -1540,6 +1573,10 @@ int vnpu_submit_ioctl(struct drm_device *drm, void *data,
 	}
 	vnpu_submit_commit(&b);
 	args->first_seqno = b.first_seqno;
+	/* Results nobody collected within the history window are dropped. */
+	if (b.sq->last_seqno > VNPU_SEQNO_HISTORY)
+		vnpu_squeue_drop_waits(b.sq,
+				       b.sq->last_seqno - VNPU_SEQNO_HISTORY);
 out_end:
 	vnpu_batch_end(&b);
 out_exit:
@@ -1632,15 +1669,21 @@ int vnpu_queue_create_ioctl(struct drm_device *drm, void *data,
 		ret = PTR_ERR(sq);
 		goto out_exit;
 	}
-	ret = xa_alloc(&vfile->queues, &id, sq,
-		       XA_LIMIT(1, VNPU_MAX_SQ_PER_FILE - 1), GFP_KERNEL);
+	/*
+	 * Lookups take the xarray lock: holding it while the id is written
+	 * means nobody finds the queue before sq->id is right.
+	 */
+	xa_lock(&vfile->queues);
+	ret = __xa_alloc(&vfile->queues, &id, sq,
+			 XA_LIMIT(1, VNPU_MAX_SQ_PER_FILE - 1), GFP_KERNEL);
+	if (!ret)
+		sq->id = id;
+	xa_unlock(&vfile->queues);
 	if (ret) {
 		vnpu_squeue_put(sq);
 		ret = ret == -EBUSY ? -ENOSPC : ret;
 		goto out_exit;
 	}
-	/* Not yet visible to anyone who could read the id. */
-	sq->id = id;
 	args->queue_id = id;
 out_exit:
 	drm_dev_exit(idx);

@@ -1560,6 +1560,41 @@ TEST_F(Job, FailedDependencyCancelsDependent)
 	EXPECT_EQ(api_.wait_status(sb, q1), -ECANCELED);
 }
 
+/// Runs @count NOP jobs on @queue in batches, waiting for each batch (the driver's history window is 4096 seqnos).
+void run_nops(const Api &api, uint32_t count, uint32_t queue = 0)
+{
+	JobSpec nop;
+	nop.cmds = {nop_cmd()};
+	while (count) {
+		uint32_t n = std::min<uint32_t>(count, DRM_VNPU_MAX_JOBS);
+		uint64_t first = 0;
+		ASSERT_EQ(api.submit_jobs(std::vector<JobSpec>(n, nop), &first, queue), 0);
+		ASSERT_EQ(api.wait_status(first + n - 1, queue), 0);
+		count -= n;
+	}
+}
+
+TEST_F(Job, DependencyOutsideHistoryWindowIsRejected)
+{
+	// Used to go wrong: every failed seqno was kept until the queue died (unbounded kernel memory per queue).
+	uint32_t q1 = 0;
+	ASSERT_EQ(api_.queue_create(1, &q1), 0);
+	uint64_t sa = 0, sb = 0;
+	ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0); // zero the program
+	ASSERT_EQ(api_.submit_jobs({bad_program_job(mem_)}, &sa), 0);
+	EXPECT_EQ(api_.wait_status(sa), -EIO);
+	JobSpec b;
+	b.cmds = {nop_cmd()};
+	b.deps = {drm_vnpu_dep{0, 0, sa}};
+	// Inside the window the failure is still known.
+	run_nops(api_, 4096 - 1);
+	ASSERT_EQ(api_.submit_jobs({b}, &sb, q1), 0);
+	EXPECT_EQ(api_.wait_status(sb, q1), -ECANCELED);
+	// Beyond it the outcome is forgotten, and the dependency is refused rather than guessed.
+	run_nops(api_, 1);
+	EXPECT_EQ(api_.submit_jobs({b}, &sb, q1), -EINVAL);
+}
+
 TEST_F(Job, HandlesClosedWhileJobInFlightStayValid)
 {
 	uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
@@ -1700,6 +1735,19 @@ TEST_F(Wait, TimesOutOnUnfinishedJobAndKeepsIt)
 	EXPECT_EQ(api_.wait(s, 0), -ETIME);
 	EXPECT_EQ(api_.wait(s, deadline_ms(50)), -ETIME);
 	EXPECT_EQ(api_.wait_status(s), 0);
+}
+
+TEST_F(Wait, UncollectedResultsOutsideHistoryWindowAreDropped)
+{
+	// Used to go wrong: results never WAITed for were kept (a job each) until the queue died: unbounded memory.
+	uint64_t s = 0;
+	ASSERT_EQ(api_.submit({nop_cmd()}, &s), 0);
+	run_nops(api_, 4096 - 1);
+	uint64_t kept = 0;
+	ASSERT_EQ(api_.submit({nop_cmd()}, &kept), 0);
+	EXPECT_EQ(api_.wait(s, deadline_ms(kLongWaitMs)), -ENOENT);
+	EXPECT_EQ(api_.wait_status(s + 1), 0);
+	EXPECT_EQ(api_.wait_status(kept), 0);
 }
 
 TEST_F(Wait, RejectsNonZeroFlags)

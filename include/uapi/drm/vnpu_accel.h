@@ -284,7 +284,9 @@ struct drm_vnpu_cmd {
  * @queue_id: a queue of this file
  * @pad: must be 0
  * @seqno: a seqno returned for that queue (already completed jobs are fine; a seqno not yet issued: -EINVAL),
- *         or an earlier job of the same batch on the same queue (its seqno is first_seqno + its index)
+ *         or an earlier job of the same batch on the same queue (its seqno is first_seqno + its index).
+ *         A completed job 4096 or more seqnos older than the queue's latest gives -EINVAL: the queue keeps
+ *         the outcome of its latest 4096 seqnos only.
  *
  * A job starts only after all its dependencies completed. If a dependency failed, the job does not run and
  * completes with -ECANCELED.
@@ -407,7 +409,8 @@ struct drm_vnpu_event_job {
  *
  * Jobs of a queue complete in order, so a successful WAIT for seqno s also means every earlier job of that
  * queue completed. A job's result can be collected once: after a successful WAIT its seqno is forgotten and a
- * second WAIT gives -ENOENT, as does a seqno this file never received or an unknown queue. Jobs submitted
+ * second WAIT gives -ENOENT, as does a seqno this file never received, an unknown queue, or a result not
+ * collected before 4096 later seqnos were issued on the queue (it is dropped; the job still runs). Jobs submitted
  * through io_uring or with DRM_VNPU_SUBMIT_F_EVENT are reported by their CQE or event, not by WAIT.
  */
 struct drm_vnpu_wait {
