@@ -113,8 +113,10 @@ for p in "${shares[@]}"; do
 done
 mkdir -p "$root/lib64"
 [ -e "$root/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/proj.cpio.gz"
-cat "$base" "$work/proj.cpio.gz" >"$work/initramfs.cpio.gz"
+# Uncompressed on purpose: inflating tens of MB of libraries (oneDNN alone is 40 MB) in the emulated guest
+# costs seconds per boot; the kernel accepts a compressed and an uncompressed segment one after the other.
+(cd "$root" && find . | cpio -o -H newc --quiet) >"$work/proj.cpio"
+cat "$base" "$work/proj.cpio" >"$work/initramfs.cpio.gz"
 
 # ---- boot ----------------------------------------------------------------------------------------------------
 args=(-M q35 -m "$mem" -smp "$smp" -nodefaults -display none -no-reboot
