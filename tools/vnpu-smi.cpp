@@ -53,16 +53,35 @@ struct Counters {
   std::map<std::string, uint64_t> v;  // sysfs attribute -> value
 };
 
+// One line of the driver's sysfs `queues` table: "index priority head tail inflight".
+struct HwQueue {
+  uint64_t index = 0, priority = 0, head = 0, tail = 0, inflight = 0;
+};
+
+std::vector<HwQueue> read_queues(const std::string& path) {
+  std::vector<HwQueue> out;
+  std::ifstream f(path);
+  HwQueue q;
+  while (f >> q.index >> q.priority >> q.head >> q.tail >> q.inflight) out.push_back(q);
+  return out;
+}
+
 struct Device {
   std::string accel;  // "accel0"
   std::string bdf;    // "0000:00:04.0"
   std::string driver;
   std::string attr_dir;
   Counters a, b;  // two samples
+  std::vector<HwQueue> queues;  // at the second sample
 };
 
 const char* const kAttrs[] = {"device_clock_ns", "busy_ns_h2d", "busy_ns_compute", "busy_ns_d2h", "jobs_completed",
-                              "jobs_failed", "devmem_size", "devmem_used", "contexts", "queues"};
+                              "jobs_failed", "devmem_size", "devmem_used", "contexts"};
+
+size_t busy_queues(const Device& d) {
+  return static_cast<size_t>(
+      std::count_if(d.queues.begin(), d.queues.end(), [](const HwQueue& q) { return q.inflight > 0; }));
+}
 
 Counters sample(const Device& d) {
   Counters c;
@@ -180,7 +199,10 @@ int main(int argc, char** argv) {
   for (auto& d : devs) d.a = sample(d);
   auto clients = scan_clients();
   std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
-  for (auto& d : devs) d.b = sample(d);
+  for (auto& d : devs) {
+    d.b = sample(d);
+    d.queues = read_queues(d.attr_dir + "/queues");
+  }
   for (auto& [k, c] : scan_clients())
     if (auto it = clients.find(k); it != clients.end()) it->second.b = c.a;
 
@@ -222,7 +244,13 @@ int main(int argc, char** argv) {
         std::printf("%s\"%s\": ", e ? ", " : "", names[e]);
         if (u) std::printf("%.4f", *u); else std::printf("null");
       }
-      std::printf("}}");
+      std::printf("}, \"queues\": [");
+      for (size_t q = 0; q < d.queues.size(); ++q)
+        std::printf("%s{\"index\": %llu, \"priority\": %llu, \"inflight\": %llu}", q ? ", " : "",
+                    static_cast<unsigned long long>(d.queues[q].index),
+                    static_cast<unsigned long long>(d.queues[q].priority),
+                    static_cast<unsigned long long>(d.queues[q].inflight));
+      std::printf("]}");
     }
     std::printf("\n], \"processes\": [");
     bool first = true;
@@ -237,16 +265,15 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  std::printf("%-8s %-14s %-22s %-8s %-8s %-8s %-10s %-10s %s\n", "DEVICE", "PCI", "MEMORY used/total", "H2D", "COMPUTE",
-              "D2H", "JOBS ok", "failed", "CTX/Q");
+  std::printf("%-8s %-14s %-22s %-8s %-8s %-8s %-10s %-10s %-5s %s\n", "DEVICE", "PCI", "MEMORY used/total", "H2D",
+              "COMPUTE", "D2H", "JOBS ok", "failed", "CTX", "HWQ busy/all");
   for (const auto& d : devs) {
     const std::string mem = human(get(d.b, "devmem_used").value_or(0)) + " / " + human(get(d.b, "devmem_size").value_or(0));
-    std::printf("%-8s %-14s %-22s %-8s %-8s %-8s %-10llu %-10llu %llu/%llu\n", d.accel.c_str(), d.bdf.c_str(), mem.c_str(),
+    std::printf("%-8s %-14s %-22s %-8s %-8s %-8s %-10llu %-10llu %-5llu %zu/%zu\n", d.accel.c_str(), d.bdf.c_str(), mem.c_str(),
                 pct(util(d, "busy_ns_h2d")).c_str(), pct(util(d, "busy_ns_compute")).c_str(), pct(util(d, "busy_ns_d2h")).c_str(),
                 static_cast<unsigned long long>(get(d.b, "jobs_completed").value_or(0)),
                 static_cast<unsigned long long>(get(d.b, "jobs_failed").value_or(0)),
-                static_cast<unsigned long long>(get(d.b, "contexts").value_or(0)),
-                static_cast<unsigned long long>(get(d.b, "queues").value_or(0)));
+                static_cast<unsigned long long>(get(d.b, "contexts").value_or(0)), busy_queues(d), d.queues.size());
   }
   std::printf("\n%-8s %-16s %-14s %-12s %-12s %-12s %-12s %s\n", "PID", "COMMAND", "PCI", "H2D", "COMPUTE", "D2H", "DEV MEM",
               "HOST MEM");

@@ -17,6 +17,22 @@ run driver_test --gtest_brief=1
 run env VNPU_BACKEND=kernel runtime_test --gtest_brief=1
 # The same conformance suite on the non-io_uring path (SUBMIT + WAIT ioctls).
 run env VNPU_BACKEND=kernel VNPU_SUBMIT=ioctl runtime_test --gtest_brief=1
+# vnpu-smi reads the device from sysfs and the process using it from fdinfo: run a long benchmark, look.
+smi_sees_device_and_process() {
+	vnpu-bench --backend kernel --synthetic prep_ms=0,h2d_ms=1,compute_ms=1,d2h_ms=1 --count 1000000 --quiet \
+		>/dev/null &
+	bench=$!
+	sleep 2
+	out=$(vnpu-smi --json)
+	vnpu-smi
+	kill "$bench"
+	wait "$bench" 2>/dev/null
+	echo "$out" | grep -q '"accel": "accel0"' || { echo "vnpu-smi: no accel0"; return 1; }
+	echo "$out" | grep -q "\"pid\": $bench, \"comm\": \"vnpu-bench\"" || { echo "vnpu-smi: pid $bench missing"; return 1; }
+	echo "$out" | grep -q '"queues": \[{"index": 0' || { echo "vnpu-smi: no queue table"; return 1; }
+	echo "$out" | grep -q '"util": {"h2d": 0\.[0-9]*[1-9]' || { echo "vnpu-smi: no H2D utilisation"; return 1; }
+}
+run smi_sees_device_and_process
 # The full stack end to end, bit-exact against the CPU reference.
 run vnpu-demo --backend kernel --count 50
 exit $fail
