@@ -61,6 +61,19 @@ if [ "$vm" = 1 ]; then
 	run "in-VM runtime, device in timing-only mode" "$VNPU_ROOT/vnpu" vm --devices 1 --device-props timing-only=on \
 		--timeout 600 -- env VNPU_BACKEND=kernel VNPU_EXPECT_TIMING_ONLY=1 runtime_test --gtest_brief=1 \
 		--gtest_filter='*TimingOnly*'
+	# A compiled model through the whole stack (EXEC on the QEMU device's compute engine), held to PyTorch.
+	vm_model_run() {
+		local ex=$VNPU_BUILD/examples out
+		out=$(mktemp -d /tmp/vnpu-run.XXXXXX)
+		"$VNPU_ROOT/vnpu" vm --timeout 600 --share "$ex/yolov8n-tiny.vnpu" --share "$ex/yolov8n-tiny.input.npy" \
+			--out "$out" -- vnpu-run /opt/vnpu/share/yolov8n-tiny.vnpu \
+			--input images=/opt/vnpu/share/yolov8n-tiny.input.npy --output-dir /out --backend kernel &&
+			/usr/bin/python3 "$VNPU_ROOT/tests/tools/npy_close.py" "$out/output0.npy" "$ex/yolov8n-tiny.ref.npy"
+		local rc=$?
+		rm -rf "$out"
+		return $rc
+	}
+	run "in-VM vnpu-run of a compiled YOLOv8n on the kernel backend matches PyTorch" vm_model_run
 	run "in-VM, two devices (independent accel0 and accel1)" "$VNPU_ROOT/vnpu" vm --devices 2 --timeout 600 -- \
 		sh -c "driver_test --gtest_brief=1 --gtest_filter='MultiDevice.*' && VNPU_BACKEND=kernel runtime_test --gtest_brief=1"
 fi
