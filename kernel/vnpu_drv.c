@@ -335,11 +335,19 @@ static u32 vnpu_ring_entries(struct vnpu_device *vdev)
 	return min_t(u32, VNPU_RING_ENTRIES, rounddown_pow_of_two(ring_max));
 }
 
+/*
+ * Fail every job of the first @n queues, then let the jobs that depend on
+ * them run out: each failure readies its dependents, whose ready_work fails
+ * them and readies theirs, queueing the work again from inside itself.
+ * destroy_workqueue() drains until no work is left, chains included, so no
+ * driver code runs from the workqueue after this returns.
+ */
 static void vnpu_hwq_fini_all(struct vnpu_device *vdev, unsigned int n)
 {
 	while (n--)
 		vnpu_hwq_fini(&vdev->hwq[n]);
-	flush_work(&vdev->ready_work);
+	destroy_workqueue(vdev->ready_wq);
+	WARN_ON(!llist_empty(&vdev->ready));
 }
 
 static int vnpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
@@ -401,6 +409,12 @@ static int vnpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 			vdev->num_hwq, nvec);
 		return nvec;
 	}
+
+	/* Torn down by vnpu_hwq_fini_all(), once the queues are. */
+	vdev->ready_wq = alloc_workqueue("vnpu-ready-%s", 0, 0,
+					 pci_name(pdev));
+	if (!vdev->ready_wq)
+		return -ENOMEM;
 
 	for (i = 0; i < vdev->num_hwq; i++) {
 		vdev->hwq[i].entries = entries;

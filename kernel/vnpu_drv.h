@@ -209,7 +209,9 @@ struct vnpu_hwq {
  * @jobs_completed: jobs completed with status 0
  * @jobs_failed: jobs completed with an error
  * @ready: jobs whose dependencies were satisfied from a fence callback
- * @ready_work: moves @ready jobs on in process context
+ * @ready_work: moves @ready jobs on in process context, on @ready_wq
+ * @ready_wq: the device's own workqueue for @ready_work, drained and
+ *            destroyed on remove so no work runs after it
  * @hwq: hardware queues
  */
 struct vnpu_device {
@@ -239,6 +241,7 @@ struct vnpu_device {
 	atomic64_t jobs_failed;
 	struct llist_head ready;
 	struct work_struct ready_work;
+	struct workqueue_struct *ready_wq;
 
 	struct vnpu_hwq hwq[VNPU_MAX_HWQ];
 };
@@ -259,7 +262,9 @@ struct vnpu_device {
  * @last_seqno: last seqno handed out
  * @active: seqno -> job not yet completed (no reference; for dependencies)
  * @failed: seqno -> xa_mk_value(-errno) of completed jobs that failed, for
- *          the latest VNPU_SEQNO_HISTORY seqnos (@lock)
+ *          the latest VNPU_SEQNO_HISTORY seqnos (@lock); the slot of every
+ *          job is reserved at SUBMIT (reads as NULL) and released when the
+ *          job completes successfully
  * @waits: seqno -> job (a reference) submitted by ioctl without an event,
  *         until WAIT collects it or it falls out of the latest
  *         VNPU_SEQNO_HISTORY seqnos

@@ -248,7 +248,11 @@ static void vnpu_job_complete(struct vnpu_job *job)
 	vnpu_job_put(job);
 }
 
-/* Forget failures older than the queue's history window. sq->lock held. */
+/*
+ * Forget failures older than the queue's history window. Slots reserved for
+ * jobs still running read as empty and are skipped: each job's own
+ * completion fills or releases its slot. sq->lock held.
+ */
 static void vnpu_squeue_prune_failed(struct vnpu_squeue *sq)
 {
 	unsigned long seqno;
@@ -281,15 +285,22 @@ static void vnpu_job_done(struct vnpu_job *job)
 			break;
 		list_move_tail(&j->order_link, &retire);
 		xa_erase(&sq->active, j->seqno);
-		/* Remembered for jobs that name it as a dependency later. */
-		if (j->status &&
-		    xa_err(xa_store(&sq->failed, j->seqno,
-				    xa_mk_value(-j->status), GFP_ATOMIC)))
-			drm_dbg(&sq->vdev->drm,
-				"queue %u: cannot record failure of %llu\n",
-				sq->id, j->seqno);
-		if (j->status)
+		/*
+		 * A failure is remembered for jobs that name it as a
+		 * dependency later, in the slot reserved at SUBMIT: storing
+		 * there allocates nothing and cannot fail. Success releases
+		 * the slot.
+		 */
+		if (j->status) {
+			void *old = xa_store(&sq->failed, j->seqno,
+					     xa_mk_value(-j->status),
+					     GFP_NOWAIT);
+
+			WARN_ON_ONCE(xa_is_err(old));
 			vnpu_squeue_prune_failed(sq);
+		} else {
+			xa_release(&sq->failed, j->seqno);
+		}
 	}
 	spin_unlock(&sq->lock);
 
@@ -488,9 +499,13 @@ static void vnpu_job_dep_signalled(struct dma_fence *f, struct dma_fence_cb *cb)
 	/* Alive: a job with a pending dependency cannot complete. */
 	vnpu_job_get(job);
 	if (atomic_dec_and_test(&job->deps_pending)) {
-		/* Fence callbacks may run in any context: defer the kick. */
+		/*
+		 * Fence callbacks may run in any context: defer the kick. On
+		 * the device's own workqueue, which remove drains, following
+		 * chains of dependencies that queue the work again from it.
+		 */
 		llist_add(&job->ready_node, &vdev->ready);
-		queue_work(system_wq, &vdev->ready_work);
+		queue_work(vdev->ready_wq, &vdev->ready_work);
 	} else {
 		vnpu_job_put(job);
 	}
@@ -844,6 +859,11 @@ static int vnpu_job_add_dep(struct vnpu_job *job, struct vnpu_batch *b,
 			d->seqno);
 		ret = -EINVAL;
 	} else if (!ret && xa_load(&dsq->failed, d->seqno)) {
+		/*
+		 * Not active, so completed. A slot reserved at SUBMIT reads
+		 * as NULL but only while its job is active; once completed,
+		 * NULL means success.
+		 */
 		job->dep_failed = true;
 	}
 	spin_unlock(&dsq->lock);
@@ -1410,19 +1430,31 @@ static int vnpu_submit_prepare(struct vnpu_batch *b,
 		}
 	}
 
+	/*
+	 * Reserve each job's slot in the failure table now, while sleeping is
+	 * allowed, so that completion can record a failure without
+	 * allocating.
+	 */
 	for (stored = 0; stored < b->count; stored++) {
 		struct vnpu_job *job = b->jobs[stored];
 
-		ret = xa_err(xa_store(&b->sq->active, job->seqno, job,
-				      GFP_KERNEL));
+		ret = xa_reserve(&b->sq->failed, job->seqno, GFP_KERNEL);
 		if (ret)
 			goto err_active;
+		ret = xa_err(xa_store(&b->sq->active, job->seqno, job,
+				      GFP_KERNEL));
+		if (ret) {
+			xa_release(&b->sq->failed, job->seqno);
+			goto err_active;
+		}
 	}
 	return 0;
 
 err_active:
-	while (stored--)
+	while (stored--) {
 		xa_erase(&b->sq->active, b->jobs[stored]->seqno);
+		xa_release(&b->sq->failed, b->jobs[stored]->seqno);
+	}
 err_events:
 	for (i = 0; i < b->count; i++) {
 		if (b->jobs[i]->event)
