@@ -215,6 +215,18 @@ static void vnpu_job_complete(struct vnpu_job *job)
 		atomic64_add(job->busy_ns[i], &ctx->busy_ns[i]);
 	atomic64_inc(job->status ? &vdev->jobs_failed : &vdev->jobs_completed);
 
+	/*
+	 * The device is done with the job's objects: let them go before anyone
+	 * learns the job completed, so that a waiter sees closed objects (and
+	 * device memory deferred until the context is idle) already released.
+	 */
+	vnpu_job_drop_objs(job);
+	if (job->accounted) {
+		job->accounted = false;
+		atomic_dec(&vdev->inflight);
+		vnpu_ctx_job_done(ctx);
+	}
+
 	if (job->status)
 		dma_fence_set_error(&job->fence, job->status);
 	dma_fence_signal(&job->fence);
@@ -236,13 +248,6 @@ static void vnpu_job_complete(struct vnpu_job *job)
 	if (ucmd)
 		io_uring_cmd_complete_in_task(ucmd, vnpu_uring_task_done);
 
-	/* The device is done with the job's objects: let them go. */
-	vnpu_job_drop_objs(job);
-	if (job->accounted) {
-		job->accounted = false;
-		atomic_dec(&vdev->inflight);
-		vnpu_ctx_job_done(ctx);
-	}
 	job->ctx = NULL;
 	vnpu_ctx_put(ctx);
 	vnpu_job_put(job);
