@@ -59,7 +59,8 @@ Args parse(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
     const std::string f = argv[i];
-    if (f == "-h" || f == "--help") usage(0);
+    if (f == "-h" || f == "--help")
+      usage(0);
     if (f == "--quiet") {
       a.quiet = true;
       continue;
@@ -69,23 +70,35 @@ Args parse(int argc, char** argv) {
       usage(2);
     }
     const std::string v = argv[++i];
-    if (f == "--model") a.model = v;
-    else if (f == "--synthetic") a.synthetic = v;
-    else if (f == "--backend") a.backend = v;
+    if (f == "--model")
+      a.model = v;
+    else if (f == "--synthetic")
+      a.synthetic = v;
+    else if (f == "--backend")
+      a.backend = v;
     else if (f == "--mode") {
-      if (v != "sync" && v != "async") usage(2);
+      if (v != "sync" && v != "async")
+        usage(2);
       a.mode = v;
-    } else if (f == "--parallel") a.parallel = static_cast<int>(parse_long(f, v, 1, 16));
-    else if (f == "--depth") a.depth = static_cast<int>(parse_long(f, v, 1, 256));
-    else if (f == "--count") a.count = parse_long(f, v, 1, 100'000'000);
-    else if (f == "--warmup") a.warmup = parse_long(f, v, 0, 100'000'000);
-    else if (f == "--timeout-ms") a.timeout_ms = parse_long(f, v, 0, 3'600'000);
-    else if (f == "--json") a.json = v;
-    else if (f == "--trace") a.trace = v;
+    } else if (f == "--parallel")
+      a.parallel = static_cast<int>(parse_long(f, v, 1, 16));
+    else if (f == "--depth")
+      a.depth = static_cast<int>(parse_long(f, v, 1, 256));
+    else if (f == "--count")
+      a.count = parse_long(f, v, 1, 100'000'000);
+    else if (f == "--warmup")
+      a.warmup = parse_long(f, v, 0, 100'000'000);
+    else if (f == "--timeout-ms")
+      a.timeout_ms = parse_long(f, v, 0, 3'600'000);
+    else if (f == "--json")
+      a.json = v;
+    else if (f == "--trace")
+      a.trace = v;
     else if (f == "--devices") {
       std::stringstream ss(v);
       std::string tok;
-      while (std::getline(ss, tok, ',')) a.devices.push_back(static_cast<int>(parse_long(f, tok, 0, 63)));
+      while (std::getline(ss, tok, ','))
+        a.devices.push_back(static_cast<int>(parse_long(f, tok, 0, 63)));
     } else {
       std::fprintf(stderr, "vnpu-bench: unknown option %s\n", f.c_str());
       usage(2);
@@ -104,7 +117,8 @@ struct Stages {
 
 Stages parse_synthetic(const std::string& spec) {
   Stages s;
-  std::map<std::string, double*> keys{{"prep_ms", &s.prep}, {"h2d_ms", &s.h2d}, {"compute_ms", &s.compute}, {"d2h_ms", &s.d2h}};
+  std::map<std::string, double*> keys{
+      {"prep_ms", &s.prep}, {"h2d_ms", &s.h2d}, {"compute_ms", &s.compute}, {"d2h_ms", &s.d2h}};
   std::stringstream ss(spec);
   std::string tok;
   while (std::getline(ss, tok, ',')) {
@@ -113,7 +127,8 @@ Stages parse_synthetic(const std::string& spec) {
     char* end = nullptr;
     const double v = it == keys.end() ? 0 : std::strtod(tok.c_str() + eq + 1, &end);
     if (it == keys.end() || !end || *end || !(v >= 0) || v > 10000) {
-      std::fprintf(stderr, "vnpu-bench: bad --synthetic item '%s' (want prep_ms|h2d_ms|compute_ms|d2h_ms=0..10000)\n", tok.c_str());
+      std::fprintf(stderr, "vnpu-bench: bad --synthetic item '%s' (want prep_ms|h2d_ms|compute_ms|d2h_ms=0..10000)\n",
+                   tok.c_str());
       usage(2);
     }
     *it->second = v;
@@ -124,15 +139,19 @@ Stages parse_synthetic(const std::string& spec) {
 // Bytes a transfer must have to keep a DMA engine busy for `ms` under the device's timing model.
 uint64_t bytes_for(double ms, uint32_t mbps, uint32_t fixed_ns) {
   const double ns = ms * 1e6 - fixed_ns;
-  if (ms <= 0 || ns <= 0 || mbps == 0) return 4;
+  if (ms <= 0 || ns <= 0 || mbps == 0)
+    return 4;
   return std::max<uint64_t>(4, static_cast<uint64_t>(ns * mbps / 1000.0) / 4 * 4);
 }
 
-double ms_of(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+double ms_of(Clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
 
 double mean(const std::vector<double>& v) {
   double s = 0;
-  for (double x : v) s += x;
+  for (double x : v)
+    s += x;
   return v.empty() ? 0 : s / static_cast<double>(v.size());
 }
 
@@ -166,7 +185,8 @@ int main(int argc, char** argv) {
       spec.host_prep = std::chrono::nanoseconds(static_cast<int64_t>(want.prep * 1e6));
       spec.input_bytes = bytes_for(want.h2d, info.h2d_mbps, info.cmd_overhead_ns + info.h2d_latency_ns);
       spec.output_bytes = bytes_for(want.d2h, info.d2h_mbps, info.cmd_overhead_ns + info.d2h_latency_ns);
-      spec.compute = std::chrono::nanoseconds(std::max<int64_t>(1, static_cast<int64_t>(want.compute * 1e6) - info.cmd_overhead_ns));
+      spec.compute = std::chrono::nanoseconds(
+          std::max<int64_t>(1, static_cast<int64_t>(want.compute * 1e6) - info.cmd_overhead_ns));
       model = vnpu::CompiledModel::synthetic(spec);
     }
   } catch (const vnpu::Error& e) {
@@ -194,13 +214,19 @@ int main(int argc, char** argv) {
   std::uniform_real_distribution<float> dist(-1, 1);
   for (const auto& ti : m.inputs()) {
     in_data.emplace_back(ti.size_bytes / 4);
-    for (float& v : in_data.back()) v = dist(rng);
+    for (float& v : in_data.back())
+      v = dist(rng);
   }
   // Outputs: a ring of caller buffers, one per request that can be outstanding at once.
-  const size_t window = args.mode == "sync" ? 1 : static_cast<size_t>(args.depth * static_cast<int>(std::max<size_t>(1, rt->devices_info().size())) + args.parallel + 2);
+  const size_t window =
+      args.mode == "sync"
+          ? 1
+          : static_cast<size_t>(args.depth * static_cast<int>(std::max<size_t>(1, rt->devices_info().size())) +
+                                args.parallel + 2);
   std::vector<std::vector<std::vector<float>>> out_data(window);
   for (auto& o : out_data)
-    for (const auto& ti : m.outputs()) o.emplace_back(ti.size_bytes / 4);
+    for (const auto& ti : m.outputs())
+      o.emplace_back(ti.size_bytes / 4);
 
   auto make_inputs = [&] {
     vnpu::Inputs in;
@@ -226,20 +252,26 @@ int main(int argc, char** argv) {
     try {
       timings[static_cast<size_t>(i)] = task.wait().timings;
     } catch (const vnpu::Error& e) {
-      if (failed++ == 0) first_error = e.what();
+      if (failed++ == 0)
+        first_error = e.what();
       timings[static_cast<size_t>(i)].resolved = Clock::now();
     }
-    if (i + 1 == args.warmup) t_begin = timings[static_cast<size_t>(i)].resolved;
+    if (i + 1 == args.warmup)
+      t_begin = timings[static_cast<size_t>(i)].resolved;
   };
   const auto t0 = Clock::now();
-  if (args.warmup == 0) t_begin = t0;
+  if (args.warmup == 0)
+    t_begin = t0;
   for (long i = 0; i < total; ++i) {
-    if (i >= static_cast<long>(window)) collect(i - static_cast<long>(window));
+    if (i >= static_cast<long>(window))
+      collect(i - static_cast<long>(window));
     ring[static_cast<size_t>(i) % window] = rt->run(make_inputs(), make_outputs(static_cast<size_t>(i) % window));
   }
-  for (long i = std::max(0L, total - static_cast<long>(window)); i < total; ++i) collect(i);
+  for (long i = std::max(0L, total - static_cast<long>(window)); i < total; ++i)
+    collect(i);
   Clock::time_point t_end = t_begin;
-  for (long i = args.warmup; i < total; ++i) t_end = std::max(t_end, timings[static_cast<size_t>(i)].resolved);
+  for (long i = args.warmup; i < total; ++i)
+    t_end = std::max(t_end, timings[static_cast<size_t>(i)].resolved);
 
   // ---- statistics over the measured requests ----
   std::vector<double> lat, prep, h2d, comp, d2h;
@@ -247,7 +279,8 @@ int main(int argc, char** argv) {
   std::map<int, std::pair<uint64_t, uint64_t>> dev_window;  // device -> (first start, last end), device ns
   for (long i = args.warmup; i < total; ++i) {
     const auto& t = timings[static_cast<size_t>(i)];
-    if (t.prep_start == Clock::time_point{}) continue;  // failed before prep
+    if (t.prep_start == Clock::time_point{})
+      continue;  // failed before prep
     lat.push_back(ms_of(t.total()));
     prep.push_back(ms_of(t.prep()));
     if (t.h2d_end_ns && t.exec_end_ns) {
@@ -280,28 +313,36 @@ int main(int argc, char** argv) {
   const double bound_ips = bound_ms > 0 ? 1e3 / bound_ms : 0;
   const double efficiency = bound_ips > 0 ? throughput / bound_ips : 0;
   double dev_ns = 0;
-  for (auto& [d, w] : dev_window) dev_ns += static_cast<double>(w.second - w.first);
-  auto util = [&](uint64_t busy, double width) { return dev_ns > 0 ? static_cast<double>(busy) / (dev_ns * width) : 0.0; };
+  for (auto& [d, w] : dev_window)
+    dev_ns += static_cast<double>(w.second - w.first);
+  auto util = [&](uint64_t busy, double width) {
+    return dev_ns > 0 ? static_cast<double>(busy) / (dev_ns * width) : 0.0;
+  };
   const double u_h2d = util(busy_h2d, 1), u_comp = util(busy_comp, cores), u_d2h = util(busy_d2h, 1);
   const double sum_stages = got.prep + got.h2d + got.compute + got.d2h;
   const double max_stage = std::max({got.prep, got.h2d, got.compute, got.d2h});
   const uint64_t dma = rt->host_dma_bytes();
-  const double per_req = static_cast<double>(dma) / static_cast<double>(opt.max_in_flight * static_cast<int>(devs.size()));
+  const double per_req =
+      static_cast<double>(dma) / static_cast<double>(opt.max_in_flight * static_cast<int>(devs.size()));
 
   if (!args.quiet) {
     std::printf("vnpu-bench: %s model (%s), backend %s on %zu device(s) [%s], mode %s, parallel %d, depth %d\n",
                 std::string(m.kind()).c_str(), args.model.empty() ? args.synthetic.c_str() : args.model.c_str(),
-                opt.backend.c_str(), devs.size(), devs.front().name.c_str(), args.mode.c_str(), opt.parallel, opt.max_in_flight);
+                opt.backend.c_str(), devs.size(), devs.front().name.c_str(), args.mode.c_str(), opt.parallel,
+                opt.max_in_flight);
     std::printf("requests:    %ld timed + %ld warmup, %ld failed\n", args.count, args.warmup, failed);
     std::printf("throughput:  %.2f inferences/s over %.1f ms\n", throughput, wall_ms);
     std::printf("latency ms:  min %.3f  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", percentile(lat, 0),
                 percentile(lat, 50), percentile(lat, 90), percentile(lat, 99), percentile(lat, 100));
     std::printf("stage ms:    prep %.3f  h2d %.3f  compute %.3f  d2h %.3f   (sum %.3f, max %.3f)\n", got.prep, got.h2d,
                 got.compute, got.d2h, sum_stages, max_stage);
-    std::printf("engine util: h2d %.1f%%  compute %.1f%% (of %g cores)  d2h %.1f%%\n", u_h2d * 100, u_comp * 100, cores, u_d2h * 100);
+    std::printf("engine util: h2d %.1f%%  compute %.1f%% (of %g cores)  d2h %.1f%%\n", u_h2d * 100, u_comp * 100, cores,
+                u_d2h * 100);
     std::printf("bound:       %.2f inferences/s  ->  efficiency %.3f\n", bound_ips, efficiency);
-    std::printf("host memory: %llu B of DMA buffers (%.0f B per in-flight request)\n", static_cast<unsigned long long>(dma), per_req);
-    if (failed) std::printf("first error: %s\n", first_error.c_str());
+    std::printf("host memory: %llu B of DMA buffers (%.0f B per in-flight request)\n",
+                static_cast<unsigned long long>(dma), per_req);
+    if (failed)
+      std::printf("first error: %s\n", first_error.c_str());
   }
 
   if (!args.json.empty()) {
@@ -340,12 +381,15 @@ int main(int argc, char** argv) {
       return (std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count() - base) / 1e3;
     };
     auto us_dev = [&](int d, uint64_t ns) {
-      return (static_cast<double>(static_cast<int64_t>(ns) - rt->device_clock_offset_ns(static_cast<size_t>(d))) - static_cast<double>(base)) / 1e3;
+      return (static_cast<double>(static_cast<int64_t>(ns) - rt->device_clock_offset_ns(static_cast<size_t>(d))) -
+              static_cast<double>(base)) /
+             1e3;
     };
     f << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n";
     bool first = true;
     auto ev = [&](const std::string& name, int pid, int tid, double ts, double dur, long req) {
-      if (dur < 0) return;
+      if (dur < 0)
+        return;
       f << (first ? "" : ",\n") << "{\"name\":\"" << name << "\",\"ph\":\"X\",\"pid\":" << pid << ",\"tid\":" << tid
         << ",\"ts\":" << ts << ",\"dur\":" << dur << ",\"args\":{\"request\":" << req << "}}";
       first = false;
@@ -356,7 +400,8 @@ int main(int argc, char** argv) {
       first = false;
     };
     meta(0, 0, "process_name", "host");
-    for (int p = 0; p < opt.parallel; ++p) meta(0, p + 1, "thread_name", "prep" + std::to_string(p));
+    for (int p = 0; p < opt.parallel; ++p)
+      meta(0, p + 1, "thread_name", "prep" + std::to_string(p));
     for (size_t d = 0; d < devs.size(); ++d) {
       const int pid = static_cast<int>(d) + 1;
       meta(pid, 0, "process_name", "device " + std::to_string(d) + " " + devs[d].name);
@@ -366,7 +411,8 @@ int main(int argc, char** argv) {
     }
     for (long i = 0; i < total; ++i) {
       const auto& t = timings[static_cast<size_t>(i)];
-      if (t.prep_start == Clock::time_point{}) continue;
+      if (t.prep_start == Clock::time_point{})
+        continue;
       const std::string tag = "req " + std::to_string(i);
       ev(tag + " prep", 0, t.prep_thread + 1, us_host(t.prep_start), ms_of(t.prep()) * 1e3, i);
       if (t.h2d_end_ns && t.exec_start_ns && t.exec_end_ns) {

@@ -50,22 +50,32 @@ Args parse(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
     const std::string f = argv[i];
-    if (f == "-h" || f == "--help") usage(0);
+    if (f == "-h" || f == "--help")
+      usage(0);
     if (i + 1 >= argc) {
       std::fprintf(stderr, "vnpu-demo: %s needs a value\n", f.c_str());
       usage(2);
     }
     const char* v = argv[++i];
-    if (f == "--backend") a.backend = v;
-    else if (f == "--count") a.count = parse_long("--count", v, 1, 10'000'000);
-    else if (f == "--parallel") a.parallel = static_cast<int>(parse_long("--parallel", v, 1, 16));
-    else if (f == "--max-in-flight") a.max_in_flight = static_cast<int>(parse_long("--max-in-flight", v, 1, 256));
-    else if (f == "--m") a.m = parse_long("--m", v, 1, vnpu::MatmulModel::kMaxDim);
-    else if (f == "--k") a.k = parse_long("--k", v, 1, vnpu::MatmulModel::kMaxDim);
-    else if (f == "--n") a.n = parse_long("--n", v, 1, vnpu::MatmulModel::kMaxDim);
-    else if (f == "--json") a.json = v;
+    if (f == "--backend")
+      a.backend = v;
+    else if (f == "--count")
+      a.count = parse_long("--count", v, 1, 10'000'000);
+    else if (f == "--parallel")
+      a.parallel = static_cast<int>(parse_long("--parallel", v, 1, 16));
+    else if (f == "--max-in-flight")
+      a.max_in_flight = static_cast<int>(parse_long("--max-in-flight", v, 1, 256));
+    else if (f == "--m")
+      a.m = parse_long("--m", v, 1, vnpu::MatmulModel::kMaxDim);
+    else if (f == "--k")
+      a.k = parse_long("--k", v, 1, vnpu::MatmulModel::kMaxDim);
+    else if (f == "--n")
+      a.n = parse_long("--n", v, 1, vnpu::MatmulModel::kMaxDim);
+    else if (f == "--json")
+      a.json = v;
     else if (f == "--submit") {
-      if (std::string(v) != "uring" && std::string(v) != "ioctl") usage(2);
+      if (std::string(v) != "uring" && std::string(v) != "ioctl")
+        usage(2);
       a.ioctl = std::string(v) == "ioctl";
     } else {
       std::fprintf(stderr, "vnpu-demo: unknown option %s\n", f.c_str());
@@ -79,11 +89,14 @@ vnpu::Tensor random_tensor(std::vector<int64_t> shape, uint32_t seed) {
   vnpu::Tensor t(std::move(shape));
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  for (float& v : t.data()) v = dist(rng);
+  for (float& v : t.data())
+    v = dist(rng);
   return t;
 }
 
-double ms(std::chrono::nanoseconds d) { return static_cast<double>(d.count()) / 1e6; }
+double ms(std::chrono::nanoseconds d) {
+  return static_cast<double>(d.count()) / 1e6;
+}
 
 }  // namespace
 
@@ -124,7 +137,8 @@ int main(int argc, char** argv) {
   std::vector<vnpu::Task<vnpu::Outputs>> tasks;
   tasks.reserve(static_cast<size_t>(args.count));
   const auto t0 = Clock::now();
-  for (long i = 0; i < args.count; ++i) tasks.push_back(rt->run(inputs[static_cast<size_t>(i % distinct)]));
+  for (long i = 0; i < args.count; ++i)
+    tasks.push_back(rt->run(inputs[static_cast<size_t>(i % distinct)]));
 
   long failed = 0, mismatched = 0;
   double max_abs = 0;
@@ -141,9 +155,11 @@ int main(int argc, char** argv) {
       for (size_t j = 0; j < want.size(); ++j) {
         const float g = out[0].data()[j], w = want.data()[j];
         max_abs = std::max(max_abs, static_cast<double>(std::fabs(g - w)));
-        if (std::memcmp(&g, &w, sizeof g) != 0) exact = false;
+        if (std::memcmp(&g, &w, sizeof g) != 0)
+          exact = false;
       }
-      if (!exact) ++mismatched;
+      if (!exact)
+        ++mismatched;
       const auto& t = out.timings;
       lat.push_back(ms(t.total()));
       prep.push_back(ms(t.prep()));
@@ -156,7 +172,8 @@ int main(int argc, char** argv) {
         dev_last = std::max(dev_last, *t.device_end_ns);
       }
     } catch (const vnpu::Error& e) {
-      if (failed++ == 0) first_error = e.what();
+      if (failed++ == 0)
+        first_error = e.what();
     }
   }
   const auto wall = std::chrono::duration_cast<std::chrono::nanoseconds>(std::max(t_last, Clock::now()) - t0);
@@ -165,7 +182,8 @@ int main(int argc, char** argv) {
   const bool ok = failed == 0 && mismatched == 0;
   std::printf("check:    max abs error %.3g vs CPU reference; bit-exact: %s (%ld/%ld exact, %ld failed)\n", max_abs,
               mismatched == 0 && failed == 0 ? "yes" : "no", args.count - mismatched - failed, args.count, failed);
-  if (failed) std::printf("error:    %s\n", first_error.c_str());
+  if (failed)
+    std::printf("error:    %s\n", first_error.c_str());
   const double thr = static_cast<double>(args.count - failed) / (static_cast<double>(wall.count()) / 1e9);
   std::printf("timing:   wall %.3f ms, throughput %.1f req/s\n", ms(wall), thr);
   std::printf("latency:  p50 %.3f ms, p99 %.3f ms (run() to resolved); prep p50 %.3f ms\n", percentile(lat, 50),
@@ -196,8 +214,8 @@ int main(int argc, char** argv) {
       << "  \"latency_p50_ms\": " << percentile(lat, 50) << ", \"latency_p99_ms\": " << percentile(lat, 99) << ",\n"
       << "  \"prep_p50_ms\": " << percentile(prep, 50) << ",\n";
     if (have_dev)
-      f << "  \"device_busy_ms\": " << static_cast<double>(dev_last - dev_first) / 1e6 << ", \"device_busy_pct\": "
-        << busy_pct << "\n";
+      f << "  \"device_busy_ms\": " << static_cast<double>(dev_last - dev_first) / 1e6
+        << ", \"device_busy_pct\": " << busy_pct << "\n";
     else
       f << "  \"device_busy_ms\": null, \"device_busy_pct\": null\n";
     f << "}\n";

@@ -6,17 +6,21 @@
 
 namespace vnpu::detail {
 
-void fail(const std::string& msg) { throw CompileError(msg); }
+void fail(const std::string& msg) {
+  throw CompileError(msg);
+}
 
 int64_t numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s)
+    n *= d;
   return n;
 }
 
 std::string shape_str(const Shape& s) {
   std::string r = "[";
-  for (size_t i = 0; i < s.size(); i++) r += (i ? "," : "") + std::to_string(s[i]);
+  for (size_t i = 0; i < s.size(); i++)
+    r += (i ? "," : "") + std::to_string(s[i]);
   return r + "]";
 }
 
@@ -55,9 +59,11 @@ static size_t bcast_index(const Shape& in, const Shape& out, size_t k) {
   for (size_t i = 0; i < in.size(); i++) {
     size_t od = out.size() - 1 - i, id = in.size() - 1 - i;
     size_t o_stride = 1;
-    for (size_t j = od + 1; j < out.size(); j++) o_stride *= static_cast<size_t>(out[j]);
+    for (size_t j = od + 1; j < out.size(); j++)
+      o_stride *= static_cast<size_t>(out[j]);
     size_t coord = (k / o_stride) % static_cast<size_t>(out[od]);
-    if (in[id] != 1) idx += coord * mul;
+    if (in[id] != 1)
+      idx += coord * mul;
     mul *= static_cast<size_t>(in[id]);
   }
   return idx;
@@ -70,42 +76,67 @@ Const binary_const(const std::string& op, const Const& a, const Const& b) {
   bool cmp = op == "Equal" || op == "Less" || op == "Greater" || op == "LessOrEqual" || op == "GreaterOrEqual" ||
              op == "And" || op == "Or";
   r.is_float = (a.is_float || b.is_float) && !cmp;
-  if (r.is_float) r.f.resize(n); else r.i.resize(n);
+  if (r.is_float)
+    r.f.resize(n);
+  else
+    r.i.resize(n);
   for (size_t k = 0; k < n; k++) {
     size_t ia = bcast_index(a.shape, r.shape, k), ib = bcast_index(b.shape, r.shape, k);
     if (r.is_float) {
       float x = static_cast<float>(a.at(ia)), y = static_cast<float>(b.at(ib)), v;
-      if (op == "Add") v = x + y;
-      else if (op == "Sub") v = x - y;
-      else if (op == "Mul") v = x * y;
-      else if (op == "Div") v = x / y;
-      else if (op == "Max") v = std::max(x, y);
-      else if (op == "Min") v = std::min(x, y);
-      else if (op == "Pow") v = std::pow(x, y);
-      else fail("constant " + op + " is not supported");
+      if (op == "Add")
+        v = x + y;
+      else if (op == "Sub")
+        v = x - y;
+      else if (op == "Mul")
+        v = x * y;
+      else if (op == "Div")
+        v = x / y;
+      else if (op == "Max")
+        v = std::max(x, y);
+      else if (op == "Min")
+        v = std::min(x, y);
+      else if (op == "Pow")
+        v = std::pow(x, y);
+      else
+        fail("constant " + op + " is not supported");
       r.f[k] = v;
     } else if (cmp) {
       double x = a.at(ia), y = b.at(ib);
-      bool v = op == "Equal" ? x == y : op == "Less" ? x < y : op == "Greater" ? x > y
-             : op == "LessOrEqual" ? x <= y : op == "GreaterOrEqual" ? x >= y
-             : op == "And" ? (x != 0 && y != 0) : (x != 0 || y != 0);
+      bool v = op == "Equal"            ? x == y
+               : op == "Less"           ? x < y
+               : op == "Greater"        ? x > y
+               : op == "LessOrEqual"    ? x <= y
+               : op == "GreaterOrEqual" ? x >= y
+               : op == "And"            ? (x != 0 && y != 0)
+                                        : (x != 0 || y != 0);
       r.i[k] = v;
     } else {
       int64_t x = a.i[ia], y = b.i[ib], v;
-      if (op == "Add") v = x + y;
-      else if (op == "Sub") v = x - y;
-      else if (op == "Mul") v = x * y;
+      if (op == "Add")
+        v = x + y;
+      else if (op == "Sub")
+        v = x - y;
+      else if (op == "Mul")
+        v = x * y;
       else if (op == "Div") {
-        if (y == 0) fail("constant integer division by zero");
+        if (y == 0)
+          fail("constant integer division by zero");
         v = x / y;  // ONNX integer Div truncates like C
-      } else if (op == "Max") v = std::max(x, y);
-      else if (op == "Min") v = std::min(x, y);
-      else if (op == "Pow") v = static_cast<int64_t>(std::pow(static_cast<double>(x), static_cast<double>(y)));
+      } else if (op == "Max")
+        v = std::max(x, y);
+      else if (op == "Min")
+        v = std::min(x, y);
+      else if (op == "Pow")
+        v = static_cast<int64_t>(std::pow(static_cast<double>(x), static_cast<double>(y)));
       else if (op == "Mod") {
-        if (y == 0) fail("constant integer modulo by zero");
+        if (y == 0)
+          fail("constant integer modulo by zero");
         v = x % y;
-        if (v != 0 && ((v < 0) != (y < 0))) v += y;  // ONNX Mod (fmod=0) follows the divisor's sign
-      } else fail("constant integer " + op + " is not supported");
+        if (v != 0 && ((v < 0) != (y < 0)))
+          v += y;  // ONNX Mod (fmod=0) follows the divisor's sign
+      } else
+        fail("constant integer " + op + " is not supported");
       r.i[k] = v;
     }
   }
@@ -118,10 +149,12 @@ Const gather_elems(const Const& in, const Shape& out_shape, const std::vector<si
   r.shape = out_shape;
   if (in.is_float) {
     r.f.resize(src.size());
-    for (size_t k = 0; k < src.size(); k++) r.f[k] = in.f[src[k]];
+    for (size_t k = 0; k < src.size(); k++)
+      r.f[k] = in.f[src[k]];
   } else {
     r.i.resize(src.size());
-    for (size_t k = 0; k < src.size(); k++) r.i[k] = in.i[src[k]];
+    for (size_t k = 0; k < src.size(); k++)
+      r.i[k] = in.i[src[k]];
   }
   return r;
 }

@@ -69,7 +69,8 @@ struct Graph {
     return add_value(std::move(v));
   }
   int root(int v) const {
-    while (values[v].alias_of >= 0) v = values[v].alias_of;
+    while (values[v].alias_of >= 0)
+      v = values[v].alias_of;
     return v;
   }
 };

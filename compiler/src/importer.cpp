@@ -18,18 +18,21 @@ InputOverride parse_input_override(const std::string& text) {
     return CompileError("--input '" + text + "': " + why + " (expected NAME:1x3x640x640[:f32])");
   };
   size_t last = text.rfind(':');
-  if (last == std::string::npos) throw bad("missing shape");
+  if (last == std::string::npos)
+    throw bad("missing shape");
   std::string tail = text.substr(last + 1), head = text.substr(0, last);
   std::string shape = tail;
   if (tail == "f32" || tail == "float32" || tail == "float") {
     size_t prev = head.rfind(':');
-    if (prev == std::string::npos) throw bad("missing shape");
+    if (prev == std::string::npos)
+      throw bad("missing shape");
     shape = head.substr(prev + 1);
     head = head.substr(0, prev);
   } else if (!tail.empty() && !std::isdigit(static_cast<unsigned char>(tail[0]))) {
     throw bad("unsupported element type '" + tail + "' (only f32)");
   }
-  if (head.empty()) throw bad("empty name");
+  if (head.empty())
+    throw bad("empty name");
   o.name = head;
   size_t pos = 0;
   while (pos < shape.size()) {
@@ -38,11 +41,14 @@ InputOverride parse_input_override(const std::string& text) {
     if (d.empty() || d.find_first_not_of("0123456789") != std::string::npos || d.size() > 12)
       throw bad("bad dimension '" + d + "'");
     int64_t v = std::stoll(d);
-    if (v < 1) throw bad("dimensions must be >= 1");
+    if (v < 1)
+      throw bad("dimensions must be >= 1");
     o.shape.push_back(v);
-    if (x == std::string::npos) break;
+    if (x == std::string::npos)
+      break;
     pos = x + 1;
-    if (pos == shape.size()) throw bad("trailing 'x'");
+    if (pos == shape.size())
+      throw bad("trailing 'x'");
   }
   return o;
 }
@@ -59,12 +65,16 @@ ModelFile compile_onnx(std::span<const uint8_t> bytes, const CompileOptions& opt
   if (bytes.size() > static_cast<size_t>(INT32_MAX) ||
       !model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
     fail("not a valid ONNX model (protobuf parse failed; is the file complete?)");
-  if (!model.has_graph()) fail("the ONNX model has no graph");
+  if (!model.has_graph())
+    fail("the ONNX model has no graph");
   int64_t opset = -1;
   for (const auto& o : model.opset_import())
-    if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
-  if (opset < 0) opset = 1;
-  if (opset > 18) fail("opset " + std::to_string(opset) + " is newer than vnpuc supports (<= 18)");
+    if (o.domain().empty() || o.domain() == "ai.onnx")
+      opset = o.version();
+  if (opset < 0)
+    opset = 1;
+  if (opset > 18)
+    fail("opset " + std::to_string(opset) + " is newer than vnpuc supports (<= 18)");
 
   const auto& gp = model.graph();
   Graph g;
@@ -83,19 +93,23 @@ ModelFile compile_onnx(std::span<const uint8_t> bytes, const CompileOptions& opt
         names += (names.empty() ? "" : ", ") + in.name();
       }
     for (const auto& o : options.inputs)
-      if (!real.count(o.name)) fail("--input names '" + o.name + "', which is not a graph input (inputs: " + names + ")");
+      if (!real.count(o.name))
+        fail("--input names '" + o.name + "', which is not a graph input (inputs: " + names + ")");
   }
   for (const auto& in : gp.input()) {
-    if (init_names.count(in.name())) continue;  // IR < 4 lists initializers as inputs too
+    if (init_names.count(in.name()))
+      continue;  // IR < 4 lists initializers as inputs too
     const auto* ov = [&]() -> const InputOverride* {
       for (const auto& o : options.inputs)
-        if (o.name == in.name()) return &o;
+        if (o.name == in.name())
+          return &o;
       return nullptr;
     }();
     Value v;
     v.name = in.name();
     v.graph_input = true;
-    if (!in.type().has_tensor_type()) fail("input '" + in.name() + "' is not a tensor");
+    if (!in.type().has_tensor_type())
+      fail("input '" + in.name() + "' is not a tensor");
     const auto& tt = in.type().tensor_type();
     if (tt.elem_type() != onnx::TensorProto::FLOAT)
       fail("input '" + in.name() + "' has element type " + std::to_string(tt.elem_type()) +
@@ -107,7 +121,8 @@ ModelFile compile_onnx(std::span<const uint8_t> bytes, const CompileOptions& opt
              std::to_string(tt.shape().dim_size()));
       v.shape = ov->shape;
     } else {
-      if (!tt.has_shape()) fail("input '" + in.name() + "' has no shape; give it with --input " + in.name() + ":DIMS");
+      if (!tt.has_shape())
+        fail("input '" + in.name() + "' has no shape; give it with --input " + in.name() + ":DIMS");
       for (const auto& d : tt.shape().dim()) {
         if (!d.has_dim_value() || d.dim_value() < 0)
           fail("input '" + in.name() + "' has a dynamic dimension" +
@@ -141,11 +156,13 @@ ModelFile compile_onnx(std::span<const uint8_t> bytes, const CompileOptions& opt
   }
   for (const auto& out : gp.output()) {
     auto it = g.by_name.find(out.name());
-    if (it == g.by_name.end()) fail("graph output '" + out.name() + "' is never produced");
+    if (it == g.by_name.end())
+      fail("graph output '" + out.name() + "' is never produced");
     g.outputs.push_back(it->second);
     g.output_names.push_back(out.name());
   }
-  if (g.outputs.empty()) fail("the graph has no outputs");
+  if (g.outputs.empty())
+    fail("the graph has no outputs");
   run_passes(g, options);
   ModelFile m = emit_model(g, options);
   std::string producer = "vnpuc " + std::string(VNPU_COMPILER_VERSION) + "; onnx opset " + std::to_string(opset);
@@ -153,13 +170,15 @@ ModelFile compile_onnx(std::span<const uint8_t> bytes, const CompileOptions& opt
     producer += "; exported by " + model.producer_name() + " " + model.producer_version();
   m.set_producer(producer);
   m.validate();
-  if (stats) *stats = g.stats;
+  if (stats)
+    *stats = g.stats;
   return m;
 }
 
 ModelFile compile_onnx_file(const std::string& path, const CompileOptions& options, CompileStats* stats) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw CompileError(path + ": cannot open: " + std::strerror(errno));
+  if (!in)
+    throw CompileError(path + ": cannot open: " + std::strerror(errno));
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   try {
     return compile_onnx(bytes, options, stats);

@@ -16,9 +16,12 @@ namespace {
 float half_to_float(uint16_t h) {
   uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
   float v;
-  if (exp == 0) v = std::ldexp(static_cast<float>(mant), -24);
-  else if (exp == 31) v = mant ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
-  else v = std::ldexp(static_cast<float>(mant | 0x400), static_cast<int>(exp) - 25);
+  if (exp == 0)
+    v = std::ldexp(static_cast<float>(mant), -24);
+  else if (exp == 31)
+    v = mant ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  else
+    v = std::ldexp(static_cast<float>(mant | 0x400), static_cast<int>(exp) - 25);
   return sign ? -v : v;
 }
 
@@ -33,8 +36,8 @@ T raw_at(const std::string& raw, size_t k) {
 class Node {
  public:
   Node(Graph& g, const onnx::NodeProto& p, int64_t opset) : g_(g), p_(p), opset_(opset) {
-    where_ = "node '" + (p.name().empty() ? (p.output_size() ? p.output(0) : std::string("?")) : p.name()) +
-             "' (" + p.op_type() + ")";
+    where_ = "node '" + (p.name().empty() ? (p.output_size() ? p.output(0) : std::string("?")) : p.name()) + "' (" +
+             p.op_type() + ")";
   }
   const std::string& where() const { return where_; }
   const std::string& type() const { return p_.op_type(); }
@@ -43,7 +46,8 @@ class Node {
 
   const onnx::AttributeProto* attr(const std::string& name) const {
     for (const auto& a : p_.attribute())
-      if (a.name() == name) return &a;
+      if (a.name() == name)
+        return &a;
     return nullptr;
   }
   bool has(const std::string& name) const { return attr(name) != nullptr; }
@@ -72,14 +76,17 @@ class Node {
   size_t nout() const { return static_cast<size_t>(p_.output_size()); }
   /// Value id of input k, or -1 when absent (missing or empty name).
   int in(size_t k) const {
-    if (k >= nin() || p_.input(static_cast<int>(k)).empty()) return -1;
+    if (k >= nin() || p_.input(static_cast<int>(k)).empty())
+      return -1;
     auto it = g_.by_name.find(p_.input(static_cast<int>(k)));
-    if (it == g_.by_name.end()) error("input '" + p_.input(static_cast<int>(k)) + "' is not defined before use");
+    if (it == g_.by_name.end())
+      error("input '" + p_.input(static_cast<int>(k)) + "' is not defined before use");
     return it->second;
   }
   int need(size_t k) const {
     int v = in(k);
-    if (v < 0) error("required input " + std::to_string(k) + " is missing");
+    if (v < 0)
+      error("required input " + std::to_string(k) + " is missing");
     return v;
   }
   const Value& val(int v) const { return g_.values[v]; }
@@ -95,13 +102,15 @@ class Node {
   std::vector<int64_t> cst_ints(size_t k, const char* what) const {
     const Const& c = cst(k, what);
     std::vector<int64_t> r(c.count());
-    for (size_t j = 0; j < r.size(); j++) r[j] = c.int_at(j);
+    for (size_t j = 0; j < r.size(); j++)
+      r[j] = c.int_at(j);
     return r;
   }
   bool all_const() const {
     for (size_t k = 0; k < nin(); k++) {
       int v = in(k);
-      if (v >= 0 && !val(v).is_const) return false;
+      if (v >= 0 && !val(v).is_const)
+        return false;
     }
     return true;
   }
@@ -109,13 +118,16 @@ class Node {
   /// Output k is consumed by someone (non-empty name). Used to reject optional outputs we do not compute.
   bool out_used(size_t k) const { return k < nout() && !p_.output(static_cast<int>(k)).empty(); }
   void bind(size_t k, int v) const {
-    if (k >= nout() || p_.output(static_cast<int>(k)).empty()) return;
-    if (g_.values[v].name.empty()) g_.values[v].name = p_.output(static_cast<int>(k));
+    if (k >= nout() || p_.output(static_cast<int>(k)).empty())
+      return;
+    if (g_.values[v].name.empty())
+      g_.values[v].name = p_.output(static_cast<int>(k));
     g_.by_name[p_.output(static_cast<int>(k))] = v;
   }
   int64_t axis(int64_t a, size_t rank, const char* what = "axis") const {
     int64_t r = static_cast<int64_t>(rank);
-    if (a < -r || a >= r) error(std::string(what) + " " + std::to_string(a) + " out of range for rank " + std::to_string(rank));
+    if (a < -r || a >= r)
+      error(std::string(what) + " " + std::to_string(a) + " out of range for rank " + std::to_string(rank));
     return a < 0 ? a + r : a;
   }
 
@@ -132,11 +144,14 @@ constexpr int64_t kMaxConstElems = int64_t{1} << 28;
 void check_const_size(const Node& n, const Shape& s) {
   int64_t e = 1;
   for (int64_t d : s) {
-    if (d < 0) n.error("negative dimension " + std::to_string(d));
-    if (d && e > kMaxConstElems / d) n.error("tensor " + shape_str(s) + " is too large");
+    if (d < 0)
+      n.error("negative dimension " + std::to_string(d));
+    if (d && e > kMaxConstElems / d)
+      n.error("tensor " + shape_str(s) + " is too large");
     e *= d;
   }
-  if (e > kMaxConstElems) n.error("tensor " + shape_str(s) + " is too large");
+  if (e > kMaxConstElems)
+    n.error("tensor " + shape_str(s) + " is too large");
 }
 
 VnpuOpAttr zero_attr() {
@@ -160,22 +175,38 @@ struct ActInfo {
 bool unary_act(const Node& n, ActInfo* a) {
   const std::string& t = n.type();
   *a = {VNPU_ISA_ACT_NONE, 0.0f, 0.0f};
-  if (t == "Relu") a->act = VNPU_ISA_ACT_RELU;
-  else if (t == "Sigmoid") a->act = VNPU_ISA_ACT_SIGMOID;
-  else if (t == "Tanh") a->act = VNPU_ISA_ACT_TANH;
-  else if (t == "Exp") a->act = VNPU_ISA_ACT_EXP;
-  else if (t == "Log") a->act = VNPU_ISA_ACT_LOG;
-  else if (t == "Sqrt") a->act = VNPU_ISA_ACT_SQRT;
-  else if (t == "Neg") a->act = VNPU_ISA_ACT_NEG;
-  else if (t == "Abs") a->act = VNPU_ISA_ACT_ABS;
-  else if (t == "Reciprocal") a->act = VNPU_ISA_ACT_RECIPROCAL;
-  else if (t == "LeakyRelu") *a = {VNPU_ISA_ACT_LEAKY_RELU, n.f("alpha", 0.01f), 0.0f};
-  else if (t == "HardSigmoid") *a = {VNPU_ISA_ACT_HARD_SIGMOID, n.f("alpha", 0.2f), n.f("beta", 0.5f)};
-  else if (t == "Elu") *a = {VNPU_ISA_ACT_ELU, n.f("alpha", 1.0f), 0.0f};
-  else if (t == "Floor") a->act = VNPU_ISA_ACT_FLOOR;
-  else if (t == "Ceil") a->act = VNPU_ISA_ACT_CEIL;
-  else if (t == "Round") a->act = VNPU_ISA_ACT_ROUND;
-  else return false;
+  if (t == "Relu")
+    a->act = VNPU_ISA_ACT_RELU;
+  else if (t == "Sigmoid")
+    a->act = VNPU_ISA_ACT_SIGMOID;
+  else if (t == "Tanh")
+    a->act = VNPU_ISA_ACT_TANH;
+  else if (t == "Exp")
+    a->act = VNPU_ISA_ACT_EXP;
+  else if (t == "Log")
+    a->act = VNPU_ISA_ACT_LOG;
+  else if (t == "Sqrt")
+    a->act = VNPU_ISA_ACT_SQRT;
+  else if (t == "Neg")
+    a->act = VNPU_ISA_ACT_NEG;
+  else if (t == "Abs")
+    a->act = VNPU_ISA_ACT_ABS;
+  else if (t == "Reciprocal")
+    a->act = VNPU_ISA_ACT_RECIPROCAL;
+  else if (t == "LeakyRelu")
+    *a = {VNPU_ISA_ACT_LEAKY_RELU, n.f("alpha", 0.01f), 0.0f};
+  else if (t == "HardSigmoid")
+    *a = {VNPU_ISA_ACT_HARD_SIGMOID, n.f("alpha", 0.2f), n.f("beta", 0.5f)};
+  else if (t == "Elu")
+    *a = {VNPU_ISA_ACT_ELU, n.f("alpha", 1.0f), 0.0f};
+  else if (t == "Floor")
+    a->act = VNPU_ISA_ACT_FLOOR;
+  else if (t == "Ceil")
+    a->act = VNPU_ISA_ACT_CEIL;
+  else if (t == "Round")
+    a->act = VNPU_ISA_ACT_ROUND;
+  else
+    return false;
   return true;
 }
 
@@ -184,7 +215,8 @@ void lower_unary(Graph& g, const Node& n, ActInfo act) {
   if (!n.val(x).c.is_float && n.val(x).is_const) {
     if (act.act == VNPU_ISA_ACT_NEG || act.act == VNPU_ISA_ACT_ABS) {
       Const c = n.val(x).c;
-      for (auto& v : c.i) v = act.act == VNPU_ISA_ACT_NEG ? -v : std::llabs(v);
+      for (auto& v : c.i)
+        v = act.act == VNPU_ISA_ACT_NEG ? -v : std::llabs(v);
       n.bind(0, g.add_const(std::move(c)));
       return;
     }
@@ -203,8 +235,10 @@ void lower_clip(Graph& g, const Node& n) {
     lo = n.f("min", lo);
     hi = n.f("max", hi);
   } else {
-    if (n.in(1) >= 0) lo = static_cast<float>(n.cst(1, "min").at(0));
-    if (n.in(2) >= 0) hi = static_cast<float>(n.cst(2, "max").at(0));
+    if (n.in(1) >= 0)
+      lo = static_cast<float>(n.cst(1, "min").at(0));
+    if (n.in(2) >= 0)
+      hi = static_cast<float>(n.cst(2, "max").at(0));
   }
   lower_unary(g, n, {VNPU_ISA_ACT_CLIP, lo, hi});
 }
@@ -223,9 +257,11 @@ void lower_binary(Graph& g, const Node& n) {
   static const std::map<std::string, uint32_t> kinds = {
       {"Add", VNPU_ISA_BIN_ADD}, {"Sub", VNPU_ISA_BIN_SUB}, {"Mul", VNPU_ISA_BIN_MUL}, {"Div", VNPU_ISA_BIN_DIV},
       {"Max", VNPU_ISA_BIN_MAX}, {"Min", VNPU_ISA_BIN_MIN}, {"Pow", VNPU_ISA_BIN_POW}, {"Mod", VNPU_ISA_BIN_FMOD}};
-  if (t == "Mod" && !n.i("fmod", 0)) n.error("floating-point Mod requires fmod=1 (ONNX spec)");
+  if (t == "Mod" && !n.i("fmod", 0))
+    n.error("floating-point Mod requires fmod=1 (ONNX spec)");
   auto it = kinds.find(t);
-  if (it == kinds.end()) n.error("this comparison/logic op needs constant inputs");
+  if (it == kinds.end())
+    n.error("this comparison/logic op needs constant inputs");
   VnpuOpAttr at = zero_attr();
   at.binary.kind = it->second;
   Shape out = broadcast_shapes(n.shape(a), n.shape(b), n.where());
@@ -236,11 +272,13 @@ void lower_binary(Graph& g, const Node& n) {
 void lower_variadic(Graph& g, const Node& n) {
   const std::string& t = n.type();
   int acc = n.need(0);
-  if (n.val(acc).is_const && !n.val(acc).c.is_float) n.error("integer tensors are not supported (only f32)");
+  if (n.val(acc).is_const && !n.val(acc).c.is_float)
+    n.error("integer tensors are not supported (only f32)");
   uint32_t kind = t == "Max" ? VNPU_ISA_BIN_MAX : t == "Min" ? VNPU_ISA_BIN_MIN : VNPU_ISA_BIN_ADD;
   for (size_t k = 1; k < n.nin(); k++) {
     int b = n.need(k);
-    if (n.val(b).is_const && !n.val(b).c.is_float) n.error("integer tensors are not supported (only f32)");
+    if (n.val(b).is_const && !n.val(b).c.is_float)
+      n.error("integer tensors are not supported (only f32)");
     VnpuOpAttr a = zero_attr();
     a.binary.kind = kind;
     acc = emit1(g, VNPU_ISA_OP_BINARY, {acc, b}, broadcast_shapes(n.shape(acc), n.shape(b), n.where()), a, n);
@@ -267,12 +305,14 @@ void lower_reshape(Graph& g, const Node& n) {
   int64_t known = 1;
   for (size_t k = 0; k < spec.size(); k++) {
     if (spec[k] == -1) {
-      if (infer >= 0) n.error("more than one -1 in the target shape");
+      if (infer >= 0)
+        n.error("more than one -1 in the target shape");
       infer = static_cast<int>(k);
       continue;
     }
     if (spec[k] == 0 && !allowzero) {
-      if (k >= in.size()) n.error("0 in the target shape refers to a missing input dimension");
+      if (k >= in.size())
+        n.error("0 in the target shape refers to a missing input dimension");
       out[k] = in[k];
     } else if (spec[k] < 0) {
       n.error("negative dimension " + std::to_string(spec[k]) + " in the target shape");
@@ -282,10 +322,12 @@ void lower_reshape(Graph& g, const Node& n) {
     known *= out[k];
   }
   if (infer >= 0) {
-    if (known == 0 || numel(in) % known) n.error("cannot infer -1 of " + shape_str(spec) + " from " + shape_str(in));
+    if (known == 0 || numel(in) % known)
+      n.error("cannot infer -1 of " + shape_str(spec) + " from " + shape_str(in));
     out[infer] = numel(in) / known;
   }
-  if (numel(out) != numel(in)) n.error("target shape " + shape_str(out) + " does not match input " + shape_str(in));
+  if (numel(out) != numel(in))
+    n.error("target shape " + shape_str(out) + " does not match input " + shape_str(in));
   n.bind(0, make_alias(g, x, out, n.where()));
 }
 
@@ -294,29 +336,36 @@ void lower_flatten(Graph& g, const Node& n) {
   const Shape& in = n.shape(x);
   int64_t ax = n.i("axis", 1);
   int64_t r = static_cast<int64_t>(in.size());
-  if (ax < -r || ax > r) n.error("axis out of range");
-  if (ax < 0) ax += r;
+  if (ax < -r || ax > r)
+    n.error("axis out of range");
+  if (ax < 0)
+    ax += r;
   int64_t outer = 1;
-  for (int64_t k = 0; k < ax; k++) outer *= in[k];
+  for (int64_t k = 0; k < ax; k++)
+    outer *= in[k];
   n.bind(0, make_alias(g, x, {outer, outer ? numel(in) / outer : 0}, n.where()));
 }
 
 void lower_squeeze(Graph& g, const Node& n) {
   int x = n.need(0);
   const Shape& in = n.shape(x);
-  std::vector<int64_t> axes = n.opset() < 13 ? n.ints("axes") : (n.in(1) >= 0 ? n.cst_ints(1, "axes") : std::vector<int64_t>{});
+  std::vector<int64_t> axes =
+      n.opset() < 13 ? n.ints("axes") : (n.in(1) >= 0 ? n.cst_ints(1, "axes") : std::vector<int64_t>{});
   std::vector<bool> drop(in.size(), false);
   if (axes.empty()) {
-    for (size_t k = 0; k < in.size(); k++) drop[k] = in[k] == 1;
+    for (size_t k = 0; k < in.size(); k++)
+      drop[k] = in[k] == 1;
   }
   for (int64_t a : axes) {
     int64_t k = n.axis(a, in.size());
-    if (in[k] != 1) n.error("cannot squeeze dimension " + std::to_string(k) + " of size " + std::to_string(in[k]));
+    if (in[k] != 1)
+      n.error("cannot squeeze dimension " + std::to_string(k) + " of size " + std::to_string(in[k]));
     drop[k] = true;
   }
   Shape out;
   for (size_t k = 0; k < in.size(); k++)
-    if (!drop[k]) out.push_back(in[k]);
+    if (!drop[k])
+      out.push_back(in[k]);
   n.bind(0, make_alias(g, x, out, n.where()));
 }
 
@@ -328,12 +377,14 @@ void lower_unsqueeze(Graph& g, const Node& n) {
   std::vector<bool> ins(r, false);
   for (int64_t a : axes) {
     int64_t k = n.axis(a, r);
-    if (ins[k]) n.error("duplicate axis");
+    if (ins[k])
+      n.error("duplicate axis");
     ins[k] = true;
   }
   Shape out;
   size_t j = 0;
-  for (size_t k = 0; k < r; k++) out.push_back(ins[k] ? 1 : in[j++]);
+  for (size_t k = 0; k < r; k++)
+    out.push_back(ins[k] ? 1 : in[j++]);
   n.bind(0, make_alias(g, x, out, n.where()));
 }
 
@@ -344,14 +395,17 @@ void lower_transpose(Graph& g, const Node& n) {
   const Shape& in = n.shape(x);
   std::vector<int64_t> perm = n.ints("perm");
   if (perm.empty())
-    for (size_t k = 0; k < in.size(); k++) perm.push_back(static_cast<int64_t>(in.size() - 1 - k));
-  if (perm.size() != in.size()) n.error("perm has " + std::to_string(perm.size()) + " entries for rank " + std::to_string(in.size()));
+    for (size_t k = 0; k < in.size(); k++)
+      perm.push_back(static_cast<int64_t>(in.size() - 1 - k));
+  if (perm.size() != in.size())
+    n.error("perm has " + std::to_string(perm.size()) + " entries for rank " + std::to_string(in.size()));
   Shape out(in.size());
   std::vector<bool> seen(in.size(), false);
   bool identity = true;
   for (size_t k = 0; k < perm.size(); k++) {
     int64_t p = n.axis(perm[k], in.size(), "perm entry");
-    if (seen[p]) n.error("perm is not a permutation");
+    if (seen[p])
+      n.error("perm is not a permutation");
     seen[p] = true;
     perm[k] = p;
     out[k] = in[p];
@@ -377,7 +431,8 @@ void lower_transpose(Graph& g, const Node& n) {
     return;
   }
   VnpuOpAttr a = zero_attr();
-  for (size_t k = 0; k < perm.size(); k++) a.transpose.perm[k] = static_cast<uint32_t>(perm[k]);
+  for (size_t k = 0; k < perm.size(); k++)
+    a.transpose.perm[k] = static_cast<uint32_t>(perm[k]);
   n.bind(0, emit1(g, VNPU_ISA_OP_TRANSPOSE, {x}, out, a, n));
 }
 
@@ -386,8 +441,10 @@ int slice_value(Graph& g, const Node& n, int x, const std::vector<int64_t>& star
                 const Shape& out) {
   const Shape& in = n.shape(x);
   bool identity = true;
-  for (size_t d = 0; d < in.size(); d++) identity = identity && start[d] == 0 && step[d] == 1 && out[d] == in[d];
-  if (identity) return make_alias(g, x, out, n.where());
+  for (size_t d = 0; d < in.size(); d++)
+    identity = identity && start[d] == 0 && step[d] == 1 && out[d] == in[d];
+  if (identity)
+    return make_alias(g, x, out, n.where());
   if (n.val(x).is_const) {
     auto st = strides_of(in);
     std::vector<size_t> src(static_cast<size_t>(numel(out)));
@@ -422,12 +479,16 @@ void lower_slice(Graph& g, const Node& n) {
   } else {
     starts = n.cst_ints(1, "starts");
     ends = n.cst_ints(2, "ends");
-    if (n.in(3) >= 0) axes = n.cst_ints(3, "axes");
-    if (n.in(4) >= 0) steps = n.cst_ints(4, "steps");
+    if (n.in(3) >= 0)
+      axes = n.cst_ints(3, "axes");
+    if (n.in(4) >= 0)
+      steps = n.cst_ints(4, "steps");
   }
   if (axes.empty())
-    for (size_t k = 0; k < starts.size(); k++) axes.push_back(static_cast<int64_t>(k));
-  if (steps.empty()) steps.assign(starts.size(), 1);
+    for (size_t k = 0; k < starts.size(); k++)
+      axes.push_back(static_cast<int64_t>(k));
+  if (steps.empty())
+    steps.assign(starts.size(), 1);
   if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
     n.error("starts, ends, axes and steps must have equal lengths");
   size_t r = in.size();
@@ -436,12 +497,16 @@ void lower_slice(Graph& g, const Node& n) {
   std::vector<bool> seen(r, false);
   for (size_t k = 0; k < starts.size(); k++) {
     int64_t ax = n.axis(axes[k], r);
-    if (seen[ax]) n.error("axis repeated");
+    if (seen[ax])
+      n.error("axis repeated");
     seen[ax] = true;
     int64_t dim = in[ax], s = starts[k], e = ends[k], step = steps[k];
-    if (step == 0) n.error("step 0");
-    if (s < 0) s += dim;
-    if (e < 0) e += dim;
+    if (step == 0)
+      n.error("step 0");
+    if (s < 0)
+      s += dim;
+    if (e < 0)
+      e += dim;
     int64_t cnt;
     if (step > 0) {
       s = std::clamp<int64_t>(s, 0, dim);
@@ -463,33 +528,43 @@ void lower_split(Graph& g, const Node& n) {
   int x = n.need(0);
   const Shape& in = n.shape(x);
   int64_t ax = n.axis(n.i("axis", 0), in.size());
-  std::vector<int64_t> sizes = n.opset() < 13 ? n.ints("split") : (n.in(1) >= 0 ? n.cst_ints(1, "split") : std::vector<int64_t>{});
+  std::vector<int64_t> sizes =
+      n.opset() < 13 ? n.ints("split") : (n.in(1) >= 0 ? n.cst_ints(1, "split") : std::vector<int64_t>{});
   size_t parts = n.nout();
   if (sizes.empty()) {
     int64_t num = n.has("num_outputs") ? n.i("num_outputs", 1) : static_cast<int64_t>(parts);
-    if (num < 1) n.error("no outputs");
+    if (num < 1)
+      n.error("no outputs");
     int64_t chunk = (in[ax] + num - 1) / num;  // opset 18: the last chunk may be smaller
-    if (!n.has("num_outputs") && in[ax] % num) n.error("dimension " + std::to_string(in[ax]) + " does not split evenly into " + std::to_string(num));
-    for (int64_t k = 0; k < num; k++) sizes.push_back(std::min(chunk, in[ax] - k * chunk));
+    if (!n.has("num_outputs") && in[ax] % num)
+      n.error("dimension " + std::to_string(in[ax]) + " does not split evenly into " + std::to_string(num));
+    for (int64_t k = 0; k < num; k++)
+      sizes.push_back(std::min(chunk, in[ax] - k * chunk));
   }
-  if (sizes.size() != parts) n.error("split has " + std::to_string(sizes.size()) + " sizes for " + std::to_string(parts) + " outputs");
-  if (std::accumulate(sizes.begin(), sizes.end(), int64_t{0}) != in[ax]) n.error("split sizes do not add up to the dimension");
+  if (sizes.size() != parts)
+    n.error("split has " + std::to_string(sizes.size()) + " sizes for " + std::to_string(parts) + " outputs");
+  if (std::accumulate(sizes.begin(), sizes.end(), int64_t{0}) != in[ax])
+    n.error("split sizes do not add up to the dimension");
   int64_t pos = 0;
   for (size_t k = 0; k < parts; k++) {
     std::vector<int64_t> st(in.size(), 0), sp(in.size(), 1);
     Shape out = in;
     st[ax] = pos;
     out[ax] = sizes[k];
-    if (sizes[k] < 0) n.error("negative split size");
+    if (sizes[k] < 0)
+      n.error("negative split size");
     pos += sizes[k];
-    if (n.out_used(k)) n.bind(k, slice_value(g, n, x, st, sp, out));
+    if (n.out_used(k))
+      n.bind(k, slice_value(g, n, x, st, sp, out));
   }
 }
 
 void lower_concat(Graph& g, const Node& n) {
   std::vector<int> ins;
-  for (size_t k = 0; k < n.nin(); k++) ins.push_back(n.need(k));
-  if (ins.empty()) n.error("no inputs");
+  for (size_t k = 0; k < n.nin(); k++)
+    ins.push_back(n.need(k));
+  if (ins.empty())
+    n.error("no inputs");
   const Shape& s0 = n.shape(ins[0]);
   int64_t ax = n.axis(n.i("axis", n.opset() < 4 ? 1 : 0), s0.size());
   Shape out = s0;
@@ -497,9 +572,11 @@ void lower_concat(Graph& g, const Node& n) {
   bool all_const = true, any_int = false;
   for (int v : ins) {
     const Shape& s = n.shape(v);
-    if (s.size() != s0.size()) n.error("inputs have different ranks");
+    if (s.size() != s0.size())
+      n.error("inputs have different ranks");
     for (size_t d = 0; d < s.size(); d++)
-      if (static_cast<int64_t>(d) != ax && s[d] != s0[d]) n.error("input shapes " + shape_str(s0) + " and " + shape_str(s) + " differ outside the axis");
+      if (static_cast<int64_t>(d) != ax && s[d] != s0[d])
+        n.error("input shapes " + shape_str(s0) + " and " + shape_str(s) + " differ outside the axis");
     out[ax] += s[ax];
     all_const = all_const && n.val(v).is_const;
     any_int = any_int || (n.val(v).is_const && !n.val(v).c.is_float);
@@ -509,26 +586,33 @@ void lower_concat(Graph& g, const Node& n) {
     r.is_float = !any_int;
     r.shape = out;
     int64_t outer = 1, inner = 1;
-    for (int64_t d = 0; d < ax; d++) outer *= out[d];
-    for (size_t d = ax + 1; d < out.size(); d++) inner *= out[d];
+    for (int64_t d = 0; d < ax; d++)
+      outer *= out[d];
+    for (size_t d = ax + 1; d < out.size(); d++)
+      inner *= out[d];
     for (int64_t o = 0; o < outer; o++)
       for (int v : ins) {
         const Const& c = n.val(v).c;
         int64_t chunk = n.shape(v)[ax] * inner;
         for (int64_t j = 0; j < chunk; j++) {
           size_t idx = static_cast<size_t>(o * chunk + j);
-          if (r.is_float) r.f.push_back(c.f[idx]); else r.i.push_back(c.int_at(idx));
+          if (r.is_float)
+            r.f.push_back(c.f[idx]);
+          else
+            r.i.push_back(c.int_at(idx));
         }
       }
     n.bind(0, g.add_const(std::move(r)));
     return;
   }
-  if (any_int) n.error("integer tensors are not supported at run time (only f32)");
+  if (any_int)
+    n.error("integer tensors are not supported at run time (only f32)");
   if (ins.size() == 1) {
     n.bind(0, make_alias(g, ins[0], out, n.where()));
     return;
   }
-  if (ins.size() >= VNPU_ISA_MAX_OPERANDS) n.error("more than " + std::to_string(VNPU_ISA_MAX_OPERANDS - 1) + " inputs");
+  if (ins.size() >= VNPU_ISA_MAX_OPERANDS)
+    n.error("more than " + std::to_string(VNPU_ISA_MAX_OPERANDS - 1) + " inputs");
   VnpuOpAttr a = zero_attr();
   a.axis.axis = static_cast<uint32_t>(ax);
   n.bind(0, emit1(g, VNPU_ISA_OP_CONCAT, ins, out, a, n));
@@ -542,30 +626,39 @@ void lower_gather(Graph& g, const Node& n) {
   std::vector<int64_t> ind(idx.count());
   for (size_t k = 0; k < ind.size(); k++) {
     int64_t v = idx.int_at(k);
-    if (v < -in[ax] || v >= in[ax]) n.error("index " + std::to_string(v) + " out of range");
+    if (v < -in[ax] || v >= in[ax])
+      n.error("index " + std::to_string(v) + " out of range");
     ind[k] = v < 0 ? v + in[ax] : v;
   }
   Shape out;
-  for (int64_t d = 0; d < ax; d++) out.push_back(in[d]);
-  for (int64_t d : idx.shape) out.push_back(d);
-  for (size_t d = ax + 1; d < in.size(); d++) out.push_back(in[d]);
+  for (int64_t d = 0; d < ax; d++)
+    out.push_back(in[d]);
+  for (int64_t d : idx.shape)
+    out.push_back(d);
+  for (size_t d = ax + 1; d < in.size(); d++)
+    out.push_back(in[d]);
   if (n.val(x).is_const) {
     int64_t outer = 1, inner = 1;
-    for (int64_t d = 0; d < ax; d++) outer *= in[d];
-    for (size_t d = ax + 1; d < in.size(); d++) inner *= in[d];
+    for (int64_t d = 0; d < ax; d++)
+      outer *= in[d];
+    for (size_t d = ax + 1; d < in.size(); d++)
+      inner *= in[d];
     std::vector<size_t> src;
     for (int64_t o = 0; o < outer; o++)
       for (int64_t j : ind)
-        for (int64_t i = 0; i < inner; i++) src.push_back(static_cast<size_t>((o * in[ax] + j) * inner + i));
+        for (int64_t i = 0; i < inner; i++)
+          src.push_back(static_cast<size_t>((o * in[ax] + j) * inner + i));
     n.bind(0, g.add_const(gather_elems(n.val(x).c, out, src)));
     return;
   }
   // Run-time data with constant indices: one strided slice when the indices form an arithmetic progression,
   // else a slice per index joined by a concat.
-  if (ind.empty()) n.error("empty indices");
+  if (ind.empty())
+    n.error("empty indices");
   int64_t step = ind.size() > 1 ? ind[1] - ind[0] : 1;
   bool progression = step != 0;
-  for (size_t k = 1; k < ind.size(); k++) progression = progression && ind[k] - ind[k - 1] == step;
+  for (size_t k = 1; k < ind.size(); k++)
+    progression = progression && ind[k] - ind[k - 1] == step;
   std::vector<int64_t> st(in.size(), 0), sp(in.size(), 1);
   Shape sl = in;
   int s;
@@ -575,7 +668,8 @@ void lower_gather(Graph& g, const Node& n) {
     sl[ax] = static_cast<int64_t>(ind.size());
     s = slice_value(g, n, x, st, sp, sl);
   } else {
-    if (ind.size() >= VNPU_ISA_MAX_OPERANDS) n.error("more than " + std::to_string(VNPU_ISA_MAX_OPERANDS - 1) + " scattered indices");
+    if (ind.size() >= VNPU_ISA_MAX_OPERANDS)
+      n.error("more than " + std::to_string(VNPU_ISA_MAX_OPERANDS - 1) + " scattered indices");
     std::vector<int> parts;
     sl[ax] = 1;
     for (int64_t j : ind) {
@@ -605,8 +699,10 @@ std::vector<int64_t> window_out(const Node& n, const Shape& in_sp, Spatial& s, b
       n.error("kernel_shape, strides and dilations must be >= 1 (and sane)");
   std::string ap = n.s("auto_pad", "NOTSET");
   std::vector<int64_t> pads = n.ints("pads");
-  if (pads.empty()) pads.assign(2 * k, 0);
-  if (pads.size() != 2 * k) n.error("pads has " + std::to_string(pads.size()) + " entries, expected " + std::to_string(2 * k));
+  if (pads.empty())
+    pads.assign(2 * k, 0);
+  if (pads.size() != 2 * k)
+    n.error("pads has " + std::to_string(pads.size()) + " entries, expected " + std::to_string(2 * k));
   s.pb.assign(pads.begin(), pads.begin() + static_cast<long>(k));
   s.pe.assign(pads.begin() + static_cast<long>(k), pads.end());
   std::vector<int64_t> out(k);
@@ -620,13 +716,18 @@ std::vector<int64_t> window_out(const Node& n, const Shape& in_sp, Spatial& s, b
       out[i] = o;
       continue;
     }
-    if (ap == "VALID") s.pb[i] = s.pe[i] = 0;
-    else if (ap != "NOTSET" && !ap.empty()) n.error("auto_pad '" + ap + "' is not supported");
-    if (s.pb[i] < 0 || s.pe[i] < 0) n.error("negative pads are not supported");
+    if (ap == "VALID")
+      s.pb[i] = s.pe[i] = 0;
+    else if (ap != "NOTSET" && !ap.empty())
+      n.error("auto_pad '" + ap + "' is not supported");
+    if (s.pb[i] < 0 || s.pe[i] < 0)
+      n.error("negative pads are not supported");
     int64_t padded = in_sp[i] + s.pb[i] + s.pe[i];
-    if (padded < span) n.error("window (" + std::to_string(span) + ") larger than the padded input (" + std::to_string(padded) + ")");
+    if (padded < span)
+      n.error("window (" + std::to_string(span) + ") larger than the padded input (" + std::to_string(padded) + ")");
     int64_t o = ceil_mode ? (padded - span + s.stride[i] - 1) / s.stride[i] + 1 : (padded - span) / s.stride[i] + 1;
-    if (ceil_mode && (o - 1) * s.stride[i] >= in_sp[i] + s.pb[i]) o--;  // last window must start inside
+    if (ceil_mode && (o - 1) * s.stride[i] >= in_sp[i] + s.pb[i])
+      o--;  // last window must start inside
     out[i] = o;
   }
   return out;
@@ -662,21 +763,28 @@ void lower_conv(Graph& g, const Node& n, bool transpose) {
   int x0 = n.need(0), w0 = n.need(1), b = n.in(2);
   int x = as_4d(g, n, x0, &sp);
   const Shape& ws = n.shape(w0);
-  if (ws.size() != sp + 2) n.error("weight rank " + std::to_string(ws.size()) + " does not match the input");
+  if (ws.size() != sp + 2)
+    n.error("weight rank " + std::to_string(ws.size()) + " does not match the input");
   int w = sp == 1 ? make_alias(g, w0, {ws[0], ws[1], 1, ws[2]}, n.where()) : w0;
   const Shape& xs = n.shape(x0);
   Shape in_sp(xs.begin() + 2, xs.end());
   Spatial s;
   s.kernel = n.ints("kernel_shape");
-  if (s.kernel.empty()) s.kernel.assign(ws.begin() + 2, ws.end());
-  if (s.kernel.size() != sp || !std::equal(s.kernel.begin(), s.kernel.end(), ws.begin() + 2)) n.error("kernel_shape does not match the weights");
+  if (s.kernel.empty())
+    s.kernel.assign(ws.begin() + 2, ws.end());
+  if (s.kernel.size() != sp || !std::equal(s.kernel.begin(), s.kernel.end(), ws.begin() + 2))
+    n.error("kernel_shape does not match the weights");
   s.stride = n.ints("strides");
-  if (s.stride.empty()) s.stride.assign(sp, 1);
+  if (s.stride.empty())
+    s.stride.assign(sp, 1);
   s.dil = n.ints("dilations");
-  if (s.dil.empty()) s.dil.assign(sp, 1);
-  if (s.stride.size() != sp || s.dil.size() != sp) n.error("strides/dilations length mismatch");
+  if (s.dil.empty())
+    s.dil.assign(sp, 1);
+  if (s.stride.size() != sp || s.dil.size() != sp)
+    n.error("strides/dilations length mismatch");
   int64_t group = n.i("group", 1);
-  if (group < 1 || group > (1 << 20)) n.error("group must be >= 1");
+  if (group < 1 || group > (1 << 20))
+    n.error("group must be >= 1");
   for (size_t i = 0; i < sp; i++)
     if (s.stride[i] < 1 || s.dil[i] < 1 || s.stride[i] > (1 << 20) || s.dil[i] > (1 << 20))
       n.error("strides and dilations must be >= 1");
@@ -690,23 +798,30 @@ void lower_conv(Graph& g, const Node& n, bool transpose) {
   } else {
     m = ws[1] * group;
     std::vector<int64_t> op = n.ints("output_padding");
-    if (!op.empty()) opad = op;
-    if (opad.size() != sp) n.error("output_padding length mismatch");
+    if (!op.empty())
+      opad = op;
+    if (opad.size() != sp)
+      n.error("output_padding length mismatch");
     std::vector<int64_t> oshape = n.ints("output_shape");
     std::string ap = n.s("auto_pad", "NOTSET");
     std::vector<int64_t> pads = n.ints("pads");
-    if (pads.empty()) pads.assign(2 * sp, 0);
-    if (pads.size() != 2 * sp) n.error("pads length mismatch");
+    if (pads.empty())
+      pads.assign(2 * sp, 0);
+    if (pads.size() != 2 * sp)
+      n.error("pads length mismatch");
     s.pb.assign(pads.begin(), pads.begin() + static_cast<long>(sp));
     s.pe.assign(pads.begin() + static_cast<long>(sp), pads.end());
-    if (oshape.size() == sp + 2) oshape.erase(oshape.begin(), oshape.begin() + 2);
+    if (oshape.size() == sp + 2)
+      oshape.erase(oshape.begin(), oshape.begin() + 2);
     if (oshape.empty() && (ap == "SAME_UPPER" || ap == "SAME_LOWER"))
-      for (size_t i = 0; i < sp; i++) oshape.push_back(in_sp[i] * s.stride[i]);
+      for (size_t i = 0; i < sp; i++)
+        oshape.push_back(in_sp[i] * s.stride[i]);
     for (size_t i = 0; i < sp; i++) {
       int64_t span = s.dil[i] * (s.kernel[i] - 1) + 1;
       int64_t full = s.stride[i] * (in_sp[i] - 1) + opad[i] + span;
       if (!oshape.empty()) {
-        if (oshape.size() != sp) n.error("output_shape length mismatch");
+        if (oshape.size() != sp)
+          n.error("output_shape length mismatch");
         int64_t total = full - oshape[i];
         if (total < 0) {  // the requested size is larger: extend at the end, like output_padding
           opad[i] -= total;
@@ -722,9 +837,11 @@ void lower_conv(Graph& g, const Node& n, bool transpose) {
       } else if (ap == "VALID") {
         s.pb[i] = s.pe[i] = 0;
       }
-      if (s.pb[i] < 0 || s.pe[i] < 0) n.error("negative pads are not supported");
+      if (s.pb[i] < 0 || s.pe[i] < 0)
+        n.error("negative pads are not supported");
       out_sp[i] = s.stride[i] * (in_sp[i] - 1) + opad[i] + span - s.pb[i] - s.pe[i];
-      if (out_sp[i] < 1) n.error("output would be empty");
+      if (out_sp[i] < 1)
+        n.error("output would be empty");
     }
   }
   fill2(a.conv.stride, s.stride, sp, 1);
@@ -745,7 +862,8 @@ void lower_conv(Graph& g, const Node& n, bool transpose) {
 void lower_pool(Graph& g, const Node& n, bool is_max, bool global) {
   size_t sp;
   int x0 = n.need(0);
-  if (n.out_used(1)) n.error("the Indices output is not supported");
+  if (n.out_used(1))
+    n.error("the Indices output is not supported");
   int x = as_4d(g, n, x0, &sp);
   const Shape& xs = n.shape(x0);
   Shape in_sp(xs.begin() + 2, xs.end());
@@ -762,16 +880,21 @@ void lower_pool(Graph& g, const Node& n, bool is_max, bool global) {
     out_sp.assign(sp, 1);
   } else {
     s.kernel = n.ints("kernel_shape");
-    if (s.kernel.size() != sp) n.error("kernel_shape must have " + std::to_string(sp) + " entries");
+    if (s.kernel.size() != sp)
+      n.error("kernel_shape must have " + std::to_string(sp) + " entries");
     s.stride = n.ints("strides");
-    if (s.stride.empty()) s.stride.assign(sp, 1);
+    if (s.stride.empty())
+      s.stride.assign(sp, 1);
     s.dil = n.ints("dilations");
-    if (s.dil.empty()) s.dil.assign(sp, 1);
-    if (s.stride.size() != sp || s.dil.size() != sp) n.error("strides/dilations length mismatch");
+    if (s.dil.empty())
+      s.dil.assign(sp, 1);
+    if (s.stride.size() != sp || s.dil.size() != sp)
+      n.error("strides/dilations length mismatch");
     if (!is_max && std::any_of(s.dil.begin(), s.dil.end(), [](int64_t d) { return d != 1; }))
       n.error("dilated average pooling is not supported");
     out_sp = window_out(n, in_sp, s, n.i("ceil_mode", 0) != 0);
-    if (!is_max && n.i("count_include_pad", 0)) a.pool.flags |= VNPU_ISA_POOL_F_COUNT_PAD;
+    if (!is_max && n.i("count_include_pad", 0))
+      a.pool.flags |= VNPU_ISA_POOL_F_COUNT_PAD;
     for (size_t i = 0; i < sp; i++)
       if (s.pb[i] >= s.kernel[i] * s.dil[i] || s.pe[i] >= s.kernel[i] * s.dil[i])
         n.error("padding at least as large as the window is not supported");
@@ -788,15 +911,19 @@ void lower_pool(Graph& g, const Node& n, bool is_max, bool global) {
 
 void lower_batchnorm(Graph& g, const Node& n) {
   int x = n.need(0);
-  if (n.i("training_mode", 0)) n.error("training mode is not supported");
+  if (n.i("training_mode", 0))
+    n.error("training mode is not supported");
   for (size_t k = 1; k < n.nout(); k++)
-    if (n.out_used(k)) n.error("running mean/var outputs (training) are not supported");
+    if (n.out_used(k))
+      n.error("running mean/var outputs (training) are not supported");
   const Const &sc = n.cst(1, "scale"), &bi = n.cst(2, "B"), &mean = n.cst(3, "mean"), &var = n.cst(4, "var");
   double eps = n.f("epsilon", 1e-5f);
   const Shape& xs = n.shape(x);
-  if (xs.size() < 2) n.error("input rank must be at least 2");
+  if (xs.size() < 2)
+    n.error("input rank must be at least 2");
   size_t c = static_cast<size_t>(xs[1]);
-  if (sc.count() != c || bi.count() != c || mean.count() != c || var.count() != c) n.error("parameter sizes do not match the channel count");
+  if (sc.count() != c || bi.count() != c || mean.count() != c || var.count() != c)
+    n.error("parameter sizes do not match the channel count");
   Const S, T;
   S.shape = T.shape = {static_cast<int64_t>(c)};
   for (size_t k = 0; k < c; k++) {
@@ -812,13 +939,15 @@ void lower_batchnorm(Graph& g, const Node& n) {
 void lower_matmul(Graph& g, const Node& n) {
   int a0 = n.need(0), b0 = n.need(1);
   Shape as = n.shape(a0), bs = n.shape(b0);
-  if (as.empty() || bs.empty()) n.error("scalar operands are not allowed");
+  if (as.empty() || bs.empty())
+    n.error("scalar operands are not allowed");
   bool a1 = as.size() == 1, b1 = bs.size() == 1;
   int a = a1 ? make_alias(g, a0, {1, as[0]}, n.where()) : a0;
   int b = b1 ? make_alias(g, b0, {bs[0], 1}, n.where()) : b0;
   as = n.shape(a);
   bs = n.shape(b);
-  if (as.back() != bs[bs.size() - 2]) n.error("inner dimensions differ: " + shape_str(as) + " x " + shape_str(bs));
+  if (as.back() != bs[bs.size() - 2])
+    n.error("inner dimensions differ: " + shape_str(as) + " x " + shape_str(bs));
   Shape ab(as.begin(), as.end() - 2), bb(bs.begin(), bs.end() - 2);
   Shape out = broadcast_shapes(ab, bb, n.where());
   out.push_back(as[as.size() - 2]);
@@ -828,28 +957,36 @@ void lower_matmul(Graph& g, const Node& n) {
   at.matmul.beta = 1.0f;
   int y = emit1(g, VNPU_ISA_OP_MATMUL, {a, b}, out, at, n);
   Shape fin(out.begin(), out.end() - 2);
-  if (!a1) fin.push_back(out[out.size() - 2]);
-  if (!b1) fin.push_back(out.back());
+  if (!a1)
+    fin.push_back(out[out.size() - 2]);
+  if (!b1)
+    fin.push_back(out.back());
   n.bind(0, (a1 || b1) ? make_alias(g, y, fin, n.where()) : y);
 }
 
 void lower_gemm(Graph& g, const Node& n) {
   int a = n.need(0), b = n.need(1), c = n.in(2);
   const Shape &as = n.shape(a), &bs = n.shape(b);
-  if (as.size() != 2 || bs.size() != 2) n.error("A and B must be 2-D");
+  if (as.size() != 2 || bs.size() != 2)
+    n.error("A and B must be 2-D");
   VnpuOpAttr at = zero_attr();
   bool ta = n.i("transA", 0), tb = n.i("transB", 0);
   at.matmul.alpha = n.f("alpha", 1.0f);
   at.matmul.beta = n.f("beta", 1.0f);
-  if (ta) at.matmul.flags |= VNPU_ISA_MATMUL_F_TRANS_A;
-  if (tb) at.matmul.flags |= VNPU_ISA_MATMUL_F_TRANS_B;
+  if (ta)
+    at.matmul.flags |= VNPU_ISA_MATMUL_F_TRANS_A;
+  if (tb)
+    at.matmul.flags |= VNPU_ISA_MATMUL_F_TRANS_B;
   int64_t m = ta ? as[1] : as[0], k = ta ? as[0] : as[1], kb = tb ? bs[1] : bs[0], nn = tb ? bs[0] : bs[1];
-  if (k != kb) n.error("inner dimensions differ");
+  if (k != kb)
+    n.error("inner dimensions differ");
   std::vector<int> ins = {a, b};
   if (c >= 0 && at.matmul.beta != 0.0f) {
     Shape cs = n.shape(c);
-    while (cs.size() > 2 && cs[0] == 1) cs.erase(cs.begin());
-    if (cs.size() > 2) n.error("C must broadcast to [M,N]");
+    while (cs.size() > 2 && cs[0] == 1)
+      cs.erase(cs.begin());
+    if (cs.size() > 2)
+      n.error("C must broadcast to [M,N]");
     at.matmul.flags |= VNPU_ISA_MATMUL_F_BIAS;
     ins.push_back(cs == n.shape(c) ? c : make_alias(g, c, cs, n.where()));
   }
@@ -863,8 +1000,10 @@ void lower_softmax(Graph& g, const Node& n, bool log) {
   int64_t ax = n.axis(n.i("axis", legacy ? 1 : -1), std::max<size_t>(xs.size(), 1));
   VnpuOpAttr a = zero_attr();
   a.softmax.axis = static_cast<uint32_t>(ax);
-  if (log) a.softmax.flags |= VNPU_ISA_SOFTMAX_F_LOG;
-  if (legacy) a.softmax.flags |= VNPU_ISA_SOFTMAX_F_FLATTEN;
+  if (log)
+    a.softmax.flags |= VNPU_ISA_SOFTMAX_F_LOG;
+  if (legacy)
+    a.softmax.flags |= VNPU_ISA_SOFTMAX_F_FLATTEN;
   n.bind(0, emit1(g, VNPU_ISA_OP_SOFTMAX, {x}, xs, a, n));
 }
 
@@ -873,28 +1012,37 @@ void lower_resize(Graph& g, const Node& n, bool upsample) {
   const Shape& xs = n.shape(x);
   size_t r = xs.size();
   std::string mode = n.s("mode", "nearest");
-  std::string coord = upsample ? "asymmetric" : n.s("coordinate_transformation_mode", n.opset() < 11 ? "asymmetric" : "half_pixel");
+  std::string coord =
+      upsample ? "asymmetric" : n.s("coordinate_transformation_mode", n.opset() < 11 ? "asymmetric" : "half_pixel");
   std::string nearest = upsample || n.opset() < 11 ? "floor" : n.s("nearest_mode", "round_prefer_floor");
-  if (n.i("antialias", 0)) n.error("antialias is not supported");
-  if (n.s("keep_aspect_ratio_policy", "stretch") != "stretch") n.error("keep_aspect_ratio_policy other than stretch is not supported");
+  if (n.i("antialias", 0))
+    n.error("antialias is not supported");
+  if (n.s("keep_aspect_ratio_policy", "stretch") != "stretch")
+    n.error("keep_aspect_ratio_policy other than stretch is not supported");
   std::vector<float> scales;
   std::vector<int64_t> sizes;
   if (upsample) {
-    if (n.opset() < 9) scales = n.floats("scales");
+    if (n.opset() < 9)
+      scales = n.floats("scales");
     else {
       const Const& c = n.cst(1, "scales");
-      for (size_t k = 0; k < c.count(); k++) scales.push_back(static_cast<float>(c.at(k)));
+      for (size_t k = 0; k < c.count(); k++)
+        scales.push_back(static_cast<float>(c.at(k)));
     }
   } else if (n.opset() < 11) {
     const Const& c = n.cst(1, "scales");
-    for (size_t k = 0; k < c.count(); k++) scales.push_back(static_cast<float>(c.at(k)));
+    for (size_t k = 0; k < c.count(); k++)
+      scales.push_back(static_cast<float>(c.at(k)));
   } else {
     if (n.in(2) >= 0 && n.val(n.in(2)).is_const && n.val(n.in(2)).c.count()) {
       const Const& c = n.cst(2, "scales");
-      for (size_t k = 0; k < c.count(); k++) scales.push_back(static_cast<float>(c.at(k)));
+      for (size_t k = 0; k < c.count(); k++)
+        scales.push_back(static_cast<float>(c.at(k)));
     }
-    if (n.in(3) >= 0) sizes = n.cst_ints(3, "sizes");
-    else if (n.in(2) >= 0 && !n.val(n.in(2)).is_const) n.error("scales must be a compile-time constant");
+    if (n.in(3) >= 0)
+      sizes = n.cst_ints(3, "sizes");
+    else if (n.in(2) >= 0 && !n.val(n.in(2)).is_const)
+      n.error("scales must be a compile-time constant");
   }
   std::vector<int64_t> axes = n.ints("axes");
   if (!axes.empty()) {  // opset 18: scales/sizes for a subset of axes
@@ -902,43 +1050,59 @@ void lower_resize(Graph& g, const Node& n, bool upsample) {
     std::vector<int64_t> is(xs.begin(), xs.end());
     for (size_t k = 0; k < axes.size(); k++) {
       int64_t a = n.axis(axes[k], r);
-      if (!scales.empty()) fs[a] = scales.at(k);
-      if (!sizes.empty()) is[a] = sizes.at(k);
+      if (!scales.empty())
+        fs[a] = scales.at(k);
+      if (!sizes.empty())
+        is[a] = sizes.at(k);
     }
-    if (!scales.empty()) scales = fs;
-    if (!sizes.empty()) sizes = is;
+    if (!scales.empty())
+      scales = fs;
+    if (!sizes.empty())
+      sizes = is;
   }
   VnpuOpAttr a = zero_attr();
-  if (mode == "nearest") a.resize.mode = VNPU_ISA_RESIZE_NEAREST;
-  else if (mode == "linear" || mode == "bilinear") a.resize.mode = VNPU_ISA_RESIZE_LINEAR;
-  else n.error("mode '" + mode + "' is not supported (nearest and linear are)");
-  static const std::map<std::string, uint32_t> coords = {
-      {"half_pixel", VNPU_ISA_COORD_HALF_PIXEL}, {"asymmetric", VNPU_ISA_COORD_ASYMMETRIC},
-      {"align_corners", VNPU_ISA_COORD_ALIGN_CORNERS}, {"pytorch_half_pixel", VNPU_ISA_COORD_PYTORCH_HALF_PIXEL},
-      {"tf_half_pixel_for_nn", VNPU_ISA_COORD_TF_HALF_PIXEL_FOR_NN}};
-  static const std::map<std::string, uint32_t> nearests = {
-      {"round_prefer_floor", VNPU_ISA_NEAREST_ROUND_PREFER_FLOOR}, {"round_prefer_ceil", VNPU_ISA_NEAREST_ROUND_PREFER_CEIL},
-      {"floor", VNPU_ISA_NEAREST_FLOOR}, {"ceil", VNPU_ISA_NEAREST_CEIL}};
+  if (mode == "nearest")
+    a.resize.mode = VNPU_ISA_RESIZE_NEAREST;
+  else if (mode == "linear" || mode == "bilinear")
+    a.resize.mode = VNPU_ISA_RESIZE_LINEAR;
+  else
+    n.error("mode '" + mode + "' is not supported (nearest and linear are)");
+  static const std::map<std::string, uint32_t> coords = {{"half_pixel", VNPU_ISA_COORD_HALF_PIXEL},
+                                                         {"asymmetric", VNPU_ISA_COORD_ASYMMETRIC},
+                                                         {"align_corners", VNPU_ISA_COORD_ALIGN_CORNERS},
+                                                         {"pytorch_half_pixel", VNPU_ISA_COORD_PYTORCH_HALF_PIXEL},
+                                                         {"tf_half_pixel_for_nn", VNPU_ISA_COORD_TF_HALF_PIXEL_FOR_NN}};
+  static const std::map<std::string, uint32_t> nearests = {{"round_prefer_floor", VNPU_ISA_NEAREST_ROUND_PREFER_FLOOR},
+                                                           {"round_prefer_ceil", VNPU_ISA_NEAREST_ROUND_PREFER_CEIL},
+                                                           {"floor", VNPU_ISA_NEAREST_FLOOR},
+                                                           {"ceil", VNPU_ISA_NEAREST_CEIL}};
   auto ci = coords.find(coord);
-  if (ci == coords.end()) n.error("coordinate_transformation_mode '" + coord + "' is not supported");
+  if (ci == coords.end())
+    n.error("coordinate_transformation_mode '" + coord + "' is not supported");
   auto ni = nearests.find(nearest);
-  if (ni == nearests.end()) n.error("nearest_mode '" + nearest + "' is not supported");
+  if (ni == nearests.end())
+    n.error("nearest_mode '" + nearest + "' is not supported");
   a.resize.coord = ci->second;
   a.resize.nearest = ni->second;
-  if (r > VNPU_ISA_MAX_RANK) n.error("rank too large");
+  if (r > VNPU_ISA_MAX_RANK)
+    n.error("rank too large");
   Shape out(r);
   if (!sizes.empty()) {
-    if (sizes.size() != r) n.error("sizes has " + std::to_string(sizes.size()) + " entries for rank " + std::to_string(r));
+    if (sizes.size() != r)
+      n.error("sizes has " + std::to_string(sizes.size()) + " entries for rank " + std::to_string(r));
     a.resize.flags |= VNPU_ISA_RESIZE_F_SIZES;
     for (size_t k = 0; k < r; k++) {
       out[k] = sizes[k];
-      if (out[k] < 1) n.error("sizes must be positive");
+      if (out[k] < 1)
+        n.error("sizes must be positive");
       a.resize.scale[k] = static_cast<float>(static_cast<double>(sizes[k]) / static_cast<double>(xs[k]));
     }
   } else {
-    if (scales.size() != r) n.error("scales has " + std::to_string(scales.size()) + " entries for rank " + std::to_string(r));
+    if (scales.size() != r)
+      n.error("scales has " + std::to_string(scales.size()) + " entries for rank " + std::to_string(r));
     for (size_t k = 0; k < r; k++) {
-      if (!(scales[k] > 0.0f)) n.error("scales must be positive");
+      if (!(scales[k] > 0.0f))
+        n.error("scales must be positive");
       out[k] = static_cast<int64_t>(std::floor(static_cast<double>(xs[k]) * static_cast<double>(scales[k])));
       a.resize.scale[k] = scales[k];
     }
@@ -965,34 +1129,51 @@ void lower_cast(Graph& g, const Node& n) {
     r.shape = c.shape;
     r.is_float = to_float;
     for (size_t k = 0; k < c.count(); k++) {
-      if (to_float) r.f.push_back(static_cast<float>(c.at(k)));
-      else if (to == onnx::TensorProto::BOOL) r.i.push_back(c.at(k) != 0);
-      else r.i.push_back(c.is_float ? static_cast<int64_t>(c.f[k]) : c.i[k]);
+      if (to_float)
+        r.f.push_back(static_cast<float>(c.at(k)));
+      else if (to == onnx::TensorProto::BOOL)
+        r.i.push_back(c.at(k) != 0);
+      else
+        r.i.push_back(c.is_float ? static_cast<int64_t>(c.f[k]) : c.i[k]);
     }
     n.bind(0, g.add_const(std::move(r)));
     return;
   }
-  if (!to_float) n.error("casting a run-time tensor to a non-float type is not supported");
+  if (!to_float)
+    n.error("casting a run-time tensor to a non-float type is not supported");
   n.bind(0, make_alias(g, x, n.shape(x), n.where()));
 }
 
 void lower_const_only(Graph& g, const Node& n) {
   const std::string& t = n.type();
   if (t == "Constant") {
-    if (auto a = n.attr("value")) n.bind(0, g.add_const(const_from_proto(a->t(), n.where())));
-    else if (auto fa = n.attr("value_float")) { Const c; c.f = {fa->f()}; n.bind(0, g.add_const(c)); }
-    else if (auto fs = n.attr("value_floats")) { Const c; c.f.assign(fs->floats().begin(), fs->floats().end()); c.shape = {static_cast<int64_t>(c.f.size())}; n.bind(0, g.add_const(c)); }
-    else if (auto ia = n.attr("value_int")) n.bind(0, g.add_const(make_int({}, {ia->i()})));
-    else if (auto is = n.attr("value_ints")) n.bind(0, g.add_const(make_int({is->ints_size()}, {is->ints().begin(), is->ints().end()})));
-    else n.error("unsupported Constant value kind (sparse or string)");
+    if (auto a = n.attr("value"))
+      n.bind(0, g.add_const(const_from_proto(a->t(), n.where())));
+    else if (auto fa = n.attr("value_float")) {
+      Const c;
+      c.f = {fa->f()};
+      n.bind(0, g.add_const(c));
+    } else if (auto fs = n.attr("value_floats")) {
+      Const c;
+      c.f.assign(fs->floats().begin(), fs->floats().end());
+      c.shape = {static_cast<int64_t>(c.f.size())};
+      n.bind(0, g.add_const(c));
+    } else if (auto ia = n.attr("value_int"))
+      n.bind(0, g.add_const(make_int({}, {ia->i()})));
+    else if (auto is = n.attr("value_ints"))
+      n.bind(0, g.add_const(make_int({is->ints_size()}, {is->ints().begin(), is->ints().end()})));
+    else
+      n.error("unsupported Constant value kind (sparse or string)");
     return;
   }
   if (t == "Shape") {
     const Shape& s = n.shape(n.need(0));
     int64_t r = static_cast<int64_t>(s.size());
     int64_t st = n.i("start", 0), en = n.i("end", r);
-    if (st < 0) st += r;
-    if (en < 0) en += r;
+    if (st < 0)
+      st += r;
+    if (en < 0)
+      en += r;
     st = std::clamp<int64_t>(st, 0, r);
     en = std::clamp<int64_t>(en, 0, r);
     std::vector<int64_t> v(s.begin() + st, s.begin() + std::max(st, en));
@@ -1009,11 +1190,16 @@ void lower_const_only(Graph& g, const Node& n) {
     Const c;
     c.shape = shape;
     Const v;
-    if (auto a = n.attr("value")) v = const_from_proto(a->t(), n.where());
-    else v.f = {0.0f};
+    if (auto a = n.attr("value"))
+      v = const_from_proto(a->t(), n.where());
+    else
+      v.f = {0.0f};
     c.is_float = v.is_float;
     size_t cnt = static_cast<size_t>(numel(shape));
-    if (c.is_float) c.f.assign(cnt, v.f.at(0)); else c.i.assign(cnt, v.i.at(0));
+    if (c.is_float)
+      c.f.assign(cnt, v.f.at(0));
+    else
+      c.i.assign(cnt, v.i.at(0));
     n.bind(0, g.add_const(std::move(c)));
     return;
   }
@@ -1022,12 +1208,17 @@ void lower_const_only(Graph& g, const Node& n) {
     Const c;
     c.is_float = s.is_float;
     double st = s.at(0), li = l.at(0), de = d.at(0);
-    if (de == 0) n.error("delta 0");
+    if (de == 0)
+      n.error("delta 0");
     double want = std::ceil((li - st) / de);
-    if (!(want < static_cast<double>(kMaxConstElems))) n.error("range too long for a constant");
+    if (!(want < static_cast<double>(kMaxConstElems)))
+      n.error("range too long for a constant");
     int64_t cnt = std::max<int64_t>(0, static_cast<int64_t>(want));
     for (int64_t k = 0; k < cnt; k++) {
-      if (c.is_float) c.f.push_back(static_cast<float>(st + k * de)); else c.i.push_back(s.i[0] + k * d.int_at(0));
+      if (c.is_float)
+        c.f.push_back(static_cast<float>(st + k * de));
+      else
+        c.i.push_back(s.i[0] + k * d.int_at(0));
     }
     c.shape = {cnt};
     n.bind(0, g.add_const(std::move(c)));
@@ -1036,16 +1227,23 @@ void lower_const_only(Graph& g, const Node& n) {
   if (t == "Where") {
     const Const &c = n.cst(0, "condition"), &x = n.cst(1, "X"), &y = n.cst(2, "Y");
     Shape out = broadcast_shapes(broadcast_shapes(c.shape, x.shape, n.where()), y.shape, n.where());
-    Const cb = binary_const("Add", reshape_const(c, c.shape), make_int(out, std::vector<int64_t>(static_cast<size_t>(numel(out)), 0)));
-    Const xb = binary_const("Add", x, x.is_float ? Const{true, out, std::vector<float>(static_cast<size_t>(numel(out)), 0.0f), {}} : make_int(out, std::vector<int64_t>(static_cast<size_t>(numel(out)), 0)));
-    Const yb = binary_const("Add", y, y.is_float ? Const{true, out, std::vector<float>(static_cast<size_t>(numel(out)), 0.0f), {}} : make_int(out, std::vector<int64_t>(static_cast<size_t>(numel(out)), 0)));
+    Const cb = binary_const("Add", reshape_const(c, c.shape),
+                            make_int(out, std::vector<int64_t>(static_cast<size_t>(numel(out)), 0)));
+    Const xb = binary_const("Add", x,
+                            x.is_float ? Const{true, out, std::vector<float>(static_cast<size_t>(numel(out)), 0.0f), {}}
+                                       : make_int(out, std::vector<int64_t>(static_cast<size_t>(numel(out)), 0)));
+    Const yb = binary_const("Add", y,
+                            y.is_float ? Const{true, out, std::vector<float>(static_cast<size_t>(numel(out)), 0.0f), {}}
+                                       : make_int(out, std::vector<int64_t>(static_cast<size_t>(numel(out)), 0)));
     Const r;
     r.is_float = xb.is_float || yb.is_float;
     r.shape = out;
     for (size_t k = 0; k < static_cast<size_t>(numel(out)); k++) {
       bool sel = cb.int_at(k) != 0;
-      if (r.is_float) r.f.push_back(static_cast<float>(sel ? xb.at(k) : yb.at(k)));
-      else r.i.push_back(sel ? xb.i[k] : yb.i[k]);
+      if (r.is_float)
+        r.f.push_back(static_cast<float>(sel ? xb.at(k) : yb.at(k)));
+      else
+        r.i.push_back(sel ? xb.i[k] : yb.i[k]);
     }
     n.bind(0, g.add_const(std::move(r)));
     return;
@@ -1053,7 +1251,8 @@ void lower_const_only(Graph& g, const Node& n) {
   if (t == "Not") {
     Const c = n.cst(0, "X");
     Const r = make_int(c.shape, {});
-    for (size_t k = 0; k < c.count(); k++) r.i.push_back(c.at(k) == 0);
+    for (size_t k = 0; k < c.count(); k++)
+      r.i.push_back(c.at(k) == 0);
     n.bind(0, g.add_const(std::move(r)));
     return;
   }
@@ -1091,12 +1290,15 @@ void lower_expand(Graph& g, const Node& n) {
 
 Const const_from_proto(const onnx::TensorProto& t, const std::string& where) {
   if (t.data_location() == onnx::TensorProto::EXTERNAL || t.external_data_size())
-    fail(where + ": tensor '" + t.name() + "' uses external data, which is not supported (save the model with weights inside)");
+    fail(where + ": tensor '" + t.name() +
+         "' uses external data, which is not supported (save the model with weights inside)");
   Const c;
   int64_t n = 1;
   for (auto d : t.dims()) {
-    if (d < 0) fail(where + ": tensor '" + t.name() + "' has a negative dimension");
-    if (d && n > kMaxConstElems / d) fail(where + ": tensor '" + t.name() + "' is too large");
+    if (d < 0)
+      fail(where + ": tensor '" + t.name() + "' has a negative dimension");
+    if (d && n > kMaxConstElems / d)
+      fail(where + ": tensor '" + t.name() + "' is too large");
     c.shape.push_back(d);
     n *= d;
   }
@@ -1105,24 +1307,46 @@ Const const_from_proto(const onnx::TensorProto& t, const std::string& where) {
   bool has_raw = t.has_raw_data();
   auto need_raw = [&](size_t esize) {
     if (raw.size() != cnt * esize)
-      fail(where + ": tensor '" + t.name() + "' raw_data has " + std::to_string(raw.size()) + " bytes, expected " + std::to_string(cnt * esize));
+      fail(where + ": tensor '" + t.name() + "' raw_data has " + std::to_string(raw.size()) + " bytes, expected " +
+           std::to_string(cnt * esize));
   };
   auto need_count = [&](int got) {
     if (static_cast<size_t>(got) != cnt)
-      fail(where + ": tensor '" + t.name() + "' has " + std::to_string(got) + " values for " + std::to_string(cnt) + " elements");
+      fail(where + ": tensor '" + t.name() + "' has " + std::to_string(got) + " values for " + std::to_string(cnt) +
+           " elements");
   };
   switch (t.data_type()) {
     case onnx::TensorProto::FLOAT:
-      if (has_raw) { need_raw(4); for (size_t k = 0; k < cnt; k++) c.f.push_back(raw_at<float>(raw, k)); }
-      else { need_count(t.float_data_size()); c.f.assign(t.float_data().begin(), t.float_data().end()); }
+      if (has_raw) {
+        need_raw(4);
+        for (size_t k = 0; k < cnt; k++)
+          c.f.push_back(raw_at<float>(raw, k));
+      } else {
+        need_count(t.float_data_size());
+        c.f.assign(t.float_data().begin(), t.float_data().end());
+      }
       break;
     case onnx::TensorProto::DOUBLE:
-      if (has_raw) { need_raw(8); for (size_t k = 0; k < cnt; k++) c.f.push_back(static_cast<float>(raw_at<double>(raw, k))); }
-      else { need_count(t.double_data_size()); for (double v : t.double_data()) c.f.push_back(static_cast<float>(v)); }
+      if (has_raw) {
+        need_raw(8);
+        for (size_t k = 0; k < cnt; k++)
+          c.f.push_back(static_cast<float>(raw_at<double>(raw, k)));
+      } else {
+        need_count(t.double_data_size());
+        for (double v : t.double_data())
+          c.f.push_back(static_cast<float>(v));
+      }
       break;
     case onnx::TensorProto::FLOAT16:
-      if (has_raw) { need_raw(2); for (size_t k = 0; k < cnt; k++) c.f.push_back(half_to_float(raw_at<uint16_t>(raw, k))); }
-      else { need_count(t.int32_data_size()); for (int32_t v : t.int32_data()) c.f.push_back(half_to_float(static_cast<uint16_t>(v))); }
+      if (has_raw) {
+        need_raw(2);
+        for (size_t k = 0; k < cnt; k++)
+          c.f.push_back(half_to_float(raw_at<uint16_t>(raw, k)));
+      } else {
+        need_count(t.int32_data_size());
+        for (int32_t v : t.int32_data())
+          c.f.push_back(half_to_float(static_cast<uint16_t>(v)));
+      }
       break;
     case onnx::TensorProto::BFLOAT16: {
       auto bf = [](uint16_t v) {
@@ -1131,29 +1355,53 @@ Const const_from_proto(const onnx::TensorProto& t, const std::string& where) {
         std::memcpy(&f, &bits, 4);
         return f;
       };
-      if (has_raw) { need_raw(2); for (size_t k = 0; k < cnt; k++) c.f.push_back(bf(raw_at<uint16_t>(raw, k))); }
-      else { need_count(t.int32_data_size()); for (int32_t v : t.int32_data()) c.f.push_back(bf(static_cast<uint16_t>(v))); }
+      if (has_raw) {
+        need_raw(2);
+        for (size_t k = 0; k < cnt; k++)
+          c.f.push_back(bf(raw_at<uint16_t>(raw, k)));
+      } else {
+        need_count(t.int32_data_size());
+        for (int32_t v : t.int32_data())
+          c.f.push_back(bf(static_cast<uint16_t>(v)));
+      }
       break;
     }
     case onnx::TensorProto::INT64:
       c.is_float = false;
-      if (has_raw) { need_raw(8); for (size_t k = 0; k < cnt; k++) c.i.push_back(raw_at<int64_t>(raw, k)); }
-      else { need_count(t.int64_data_size()); c.i.assign(t.int64_data().begin(), t.int64_data().end()); }
+      if (has_raw) {
+        need_raw(8);
+        for (size_t k = 0; k < cnt; k++)
+          c.i.push_back(raw_at<int64_t>(raw, k));
+      } else {
+        need_count(t.int64_data_size());
+        c.i.assign(t.int64_data().begin(), t.int64_data().end());
+      }
       break;
-    case onnx::TensorProto::INT32: case onnx::TensorProto::INT16: case onnx::TensorProto::INT8:
-    case onnx::TensorProto::UINT8: case onnx::TensorProto::UINT16: case onnx::TensorProto::BOOL: {
+    case onnx::TensorProto::INT32:
+    case onnx::TensorProto::INT16:
+    case onnx::TensorProto::INT8:
+    case onnx::TensorProto::UINT8:
+    case onnx::TensorProto::UINT16:
+    case onnx::TensorProto::BOOL: {
       c.is_float = false;
       auto dt = t.data_type();
-      size_t es = dt == onnx::TensorProto::INT32 ? 4 : (dt == onnx::TensorProto::INT16 || dt == onnx::TensorProto::UINT16) ? 2 : 1;
+      size_t es = dt == onnx::TensorProto::INT32                                        ? 4
+                  : (dt == onnx::TensorProto::INT16 || dt == onnx::TensorProto::UINT16) ? 2
+                                                                                        : 1;
       if (has_raw) {
         need_raw(es);
         for (size_t k = 0; k < cnt; k++) {
           int64_t v;
-          if (dt == onnx::TensorProto::INT32) v = raw_at<int32_t>(raw, k);
-          else if (dt == onnx::TensorProto::INT16) v = raw_at<int16_t>(raw, k);
-          else if (dt == onnx::TensorProto::UINT16) v = raw_at<uint16_t>(raw, k);
-          else if (dt == onnx::TensorProto::INT8) v = raw_at<int8_t>(raw, k);
-          else v = raw_at<uint8_t>(raw, k);
+          if (dt == onnx::TensorProto::INT32)
+            v = raw_at<int32_t>(raw, k);
+          else if (dt == onnx::TensorProto::INT16)
+            v = raw_at<int16_t>(raw, k);
+          else if (dt == onnx::TensorProto::UINT16)
+            v = raw_at<uint16_t>(raw, k);
+          else if (dt == onnx::TensorProto::INT8)
+            v = raw_at<int8_t>(raw, k);
+          else
+            v = raw_at<uint8_t>(raw, k);
           c.i.push_back(v);
         }
       } else {
@@ -1162,19 +1410,21 @@ Const const_from_proto(const onnx::TensorProto& t, const std::string& where) {
       }
       break;
     }
-    case onnx::TensorProto::UINT32: case onnx::TensorProto::UINT64:
+    case onnx::TensorProto::UINT32:
+    case onnx::TensorProto::UINT64:
       c.is_float = false;
       if (has_raw) {
         size_t es = t.data_type() == onnx::TensorProto::UINT32 ? 4 : 8;
         need_raw(es);
-        for (size_t k = 0; k < cnt; k++) c.i.push_back(es == 4 ? raw_at<uint32_t>(raw, k) : static_cast<int64_t>(raw_at<uint64_t>(raw, k)));
+        for (size_t k = 0; k < cnt; k++)
+          c.i.push_back(es == 4 ? raw_at<uint32_t>(raw, k) : static_cast<int64_t>(raw_at<uint64_t>(raw, k)));
       } else {
         need_count(t.uint64_data_size());
-        for (auto v : t.uint64_data()) c.i.push_back(static_cast<int64_t>(v));
+        for (auto v : t.uint64_data())
+          c.i.push_back(static_cast<int64_t>(v));
       }
       break;
-    default:
-      fail(where + ": tensor '" + t.name() + "' has unsupported element type " + std::to_string(t.data_type()));
+    default: fail(where + ": tensor '" + t.name() + "' has unsupported element type " + std::to_string(t.data_type()));
   }
   return c;
 }
@@ -1182,7 +1432,8 @@ Const const_from_proto(const onnx::TensorProto& t, const std::string& where) {
 int make_alias(Graph& g, int v, const Shape& shape, const std::string& node) {
   if (numel(shape) != numel(g.values[v].shape))
     fail(node + ": internal: view " + shape_str(shape) + " of " + shape_str(g.values[v].shape));
-  if (g.values[v].is_const) return g.add_const(reshape_const(g.values[v].c, shape));
+  if (g.values[v].is_const)
+    return g.add_const(reshape_const(g.values[v].c, shape));
   Value a;
   a.shape = shape;
   a.alias_of = g.root(v);
@@ -1197,33 +1448,41 @@ int emit_op(Graph& g, uint32_t opcode, const std::vector<int>& in, const std::ve
   args->num_inputs = static_cast<uint32_t>(in.size());
   args->num_outputs = static_cast<uint32_t>(out_shapes.size());
   args->attr = attr;
-  if (in.size() + out_shapes.size() > VNPU_ISA_MAX_OPERANDS) fail(node + ": too many operands");
+  if (in.size() + out_shapes.size() > VNPU_ISA_MAX_OPERANDS)
+    fail(node + ": too many operands");
   auto fill = [&](VnpuTensor& t, const Shape& s) {
-    if (s.size() > VNPU_ISA_MAX_RANK) fail(node + ": rank " + std::to_string(s.size()) + " exceeds the device limit of " + std::to_string(VNPU_ISA_MAX_RANK));
+    if (s.size() > VNPU_ISA_MAX_RANK)
+      fail(node + ": rank " + std::to_string(s.size()) + " exceeds the device limit of " +
+           std::to_string(VNPU_ISA_MAX_RANK));
     t.rank = static_cast<uint32_t>(s.size());
     t.count = 1;
     for (size_t d = 0; d < s.size(); d++) {
-      if (s[d] < 0 || s[d] > UINT32_MAX) fail(node + ": dimension " + std::to_string(s[d]) + " out of range");
+      if (s[d] < 0 || s[d] > UINT32_MAX)
+        fail(node + ": dimension " + std::to_string(s[d]) + " out of range");
       t.dims[d] = static_cast<uint64_t>(s[d]);
-      if (t.dims[d] && t.count > (uint64_t{1} << 40) / t.dims[d]) fail(node + ": tensor " + shape_str(s) + " is too large");
+      if (t.dims[d] && t.count > (uint64_t{1} << 40) / t.dims[d])
+        fail(node + ": tensor " + shape_str(s) + " is too large");
       t.count *= t.dims[d];
     }
   };
   bool all_const = true;
   for (size_t k = 0; k < in.size(); k++) {
     const Value& v = g.values[in[k]];
-    if (v.is_const && !v.c.is_float) fail(node + ": integer tensors are not supported at run time (only f32)");
+    if (v.is_const && !v.c.is_float)
+      fail(node + ": integer tensors are not supported at run time (only f32)");
     fill(args->t[k], v.shape);
     all_const = all_const && v.is_const;
   }
-  for (size_t k = 0; k < out_shapes.size(); k++) fill(args->t[in.size() + k], out_shapes[k]);
+  for (size_t k = 0; k < out_shapes.size(); k++)
+    fill(args->t[in.size() + k], out_shapes[k]);
   if (vnpu_ops_check(args.get()) != 0)
     fail(node + ": the operation's shapes or attributes are outside what the device accepts (" +
          std::string(isa_op_name(opcode)) + ", output " + shape_str(out_shapes[0]) + ")");
   std::vector<int> ids;
   if (all_const) {
     for (const auto& s : out_shapes)
-      if (numel(s) > kMaxConstElems) fail(node + ": constant result " + shape_str(s) + " is too large to fold");
+      if (numel(s) > kMaxConstElems)
+        fail(node + ": constant result " + shape_str(s) + " is too large to fold");
     // Constant folding: run the device's reference kernel now.
     std::vector<std::vector<float>> bufs(out_shapes.size());
     for (size_t k = 0; k < in.size(); k++)
@@ -1232,7 +1491,8 @@ int emit_op(Graph& g, uint32_t opcode, const std::vector<int>& in, const std::ve
       bufs[k].resize(static_cast<size_t>(numel(out_shapes[k])));
       args->t[in.size() + k].data = bufs[k].data();
     }
-    if (vnpu_ops_run(args.get(), VNPU_KERNELS_REFERENCE) != VNPU_CPL_OK) fail(node + ": internal: constant folding failed");
+    if (vnpu_ops_run(args.get(), VNPU_KERNELS_REFERENCE) != VNPU_CPL_OK)
+      fail(node + ": internal: constant folding failed");
     for (size_t k = 0; k < out_shapes.size(); k++) {
       Const c;
       c.shape = out_shapes[k];
@@ -1254,19 +1514,79 @@ int emit_op(Graph& g, uint32_t opcode, const std::vector<int>& in, const std::ve
     op.out = ids;
     g.ops.push_back(std::move(op));
   }
-  if (outs) *outs = ids;
+  if (outs)
+    *outs = ids;
   return ids[0];
 }
 
 const std::vector<std::string>& lowered_ops() {
-  static const std::vector<std::string> ops = {
-      "Abs", "Add", "And", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat", "Constant",
-      "ConstantOfShape", "Conv", "ConvTranspose", "Div", "Dropout", "Elu", "Equal", "Exp", "Expand", "Flatten",
-      "Floor", "Gather", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid",
-      "HardSwish", "Identity", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean",
-      "Min", "Mod", "Mul", "Neg", "Not", "Or", "Pow", "Range", "Reciprocal", "Relu", "Reshape", "Resize", "Round",
-      "Shape", "Sigmoid", "Size", "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh",
-      "Transpose", "Unsqueeze", "Upsample", "Where"};
+  static const std::vector<std::string> ops = {"Abs",
+                                               "Add",
+                                               "And",
+                                               "AveragePool",
+                                               "BatchNormalization",
+                                               "Cast",
+                                               "Ceil",
+                                               "Clip",
+                                               "Concat",
+                                               "Constant",
+                                               "ConstantOfShape",
+                                               "Conv",
+                                               "ConvTranspose",
+                                               "Div",
+                                               "Dropout",
+                                               "Elu",
+                                               "Equal",
+                                               "Exp",
+                                               "Expand",
+                                               "Flatten",
+                                               "Floor",
+                                               "Gather",
+                                               "Gemm",
+                                               "GlobalAveragePool",
+                                               "GlobalMaxPool",
+                                               "Greater",
+                                               "GreaterOrEqual",
+                                               "HardSigmoid",
+                                               "HardSwish",
+                                               "Identity",
+                                               "LeakyRelu",
+                                               "Less",
+                                               "LessOrEqual",
+                                               "Log",
+                                               "LogSoftmax",
+                                               "MatMul",
+                                               "Max",
+                                               "MaxPool",
+                                               "Mean",
+                                               "Min",
+                                               "Mod",
+                                               "Mul",
+                                               "Neg",
+                                               "Not",
+                                               "Or",
+                                               "Pow",
+                                               "Range",
+                                               "Reciprocal",
+                                               "Relu",
+                                               "Reshape",
+                                               "Resize",
+                                               "Round",
+                                               "Shape",
+                                               "Sigmoid",
+                                               "Size",
+                                               "Slice",
+                                               "Softmax",
+                                               "Split",
+                                               "Sqrt",
+                                               "Squeeze",
+                                               "Sub",
+                                               "Sum",
+                                               "Tanh",
+                                               "Transpose",
+                                               "Unsqueeze",
+                                               "Upsample",
+                                               "Where"};
   return ops;
 }
 
@@ -1279,8 +1599,10 @@ void lower_node(Graph& g, const onnx::NodeProto& p, int64_t opset) {
     if (a.type() == onnx::AttributeProto::GRAPH || a.type() == onnx::AttributeProto::GRAPHS)
       n.error("subgraph attributes are not supported");
   ActInfo act;
-  if (unary_act(n, &act)) return lower_unary(g, n, act);
-  if (t == "Clip") return lower_clip(g, n);
+  if (unary_act(n, &act))
+    return lower_unary(g, n, act);
+  if (t == "Clip")
+    return lower_clip(g, n);
   if (t == "HardSwish") {
     int x = n.need(0);
     VnpuOpAttr a = zero_attr();
@@ -1293,15 +1615,23 @@ void lower_node(Graph& g, const onnx::NodeProto& p, int64_t opset) {
     n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {x, hs}, n.shape(x), m, n));
     return;
   }
-  if (t == "Add" || t == "Sub" || t == "Mul" || t == "Div" || t == "Pow") return lower_binary(g, n);
-  if (t == "Mod" && !n.all_const()) return lower_binary(g, n);
-  if (t == "Max" || t == "Min" || t == "Sum" || t == "Mean") return lower_variadic(g, n);
-  if (t == "Reshape") return lower_reshape(g, n);
-  if (t == "Flatten") return lower_flatten(g, n);
-  if (t == "Squeeze") return lower_squeeze(g, n);
-  if (t == "Unsqueeze") return lower_unsqueeze(g, n);
+  if (t == "Add" || t == "Sub" || t == "Mul" || t == "Div" || t == "Pow")
+    return lower_binary(g, n);
+  if (t == "Mod" && !n.all_const())
+    return lower_binary(g, n);
+  if (t == "Max" || t == "Min" || t == "Sum" || t == "Mean")
+    return lower_variadic(g, n);
+  if (t == "Reshape")
+    return lower_reshape(g, n);
+  if (t == "Flatten")
+    return lower_flatten(g, n);
+  if (t == "Squeeze")
+    return lower_squeeze(g, n);
+  if (t == "Unsqueeze")
+    return lower_unsqueeze(g, n);
   if (t == "Identity" || t == "Dropout") {
-    if (t == "Dropout" && n.out_used(1)) n.error("the mask output is not supported");
+    if (t == "Dropout" && n.out_used(1))
+      n.error("the mask output is not supported");
     if (t == "Dropout" && n.in(2) >= 0 && n.cst(2, "training_mode").int_at(0) != 0 &&
         (n.in(1) < 0 || n.cst(1, "ratio").at(0) != 0.0))
       n.error("training-mode Dropout (random) is not supported; export the model in eval mode");
@@ -1309,26 +1639,46 @@ void lower_node(Graph& g, const onnx::NodeProto& p, int64_t opset) {
     n.bind(0, n.val(x).is_const ? x : make_alias(g, x, n.shape(x), n.where()));
     return;
   }
-  if (t == "Transpose") return lower_transpose(g, n);
-  if (t == "Slice") return lower_slice(g, n);
-  if (t == "Split") return lower_split(g, n);
-  if (t == "Concat") return lower_concat(g, n);
-  if (t == "Gather") return lower_gather(g, n);
-  if (t == "Conv") return lower_conv(g, n, false);
-  if (t == "ConvTranspose") return lower_conv(g, n, true);
-  if (t == "MaxPool") return lower_pool(g, n, true, false);
-  if (t == "AveragePool") return lower_pool(g, n, false, false);
-  if (t == "GlobalAveragePool") return lower_pool(g, n, false, true);
-  if (t == "GlobalMaxPool") return lower_pool(g, n, true, true);
-  if (t == "BatchNormalization") return lower_batchnorm(g, n);
-  if (t == "MatMul") return lower_matmul(g, n);
-  if (t == "Gemm") return lower_gemm(g, n);
-  if (t == "Softmax") return lower_softmax(g, n, false);
-  if (t == "LogSoftmax") return lower_softmax(g, n, true);
-  if (t == "Resize") return lower_resize(g, n, false);
-  if (t == "Upsample") return lower_resize(g, n, true);
-  if (t == "Cast") return lower_cast(g, n);
-  if (t == "Expand") return lower_expand(g, n);
+  if (t == "Transpose")
+    return lower_transpose(g, n);
+  if (t == "Slice")
+    return lower_slice(g, n);
+  if (t == "Split")
+    return lower_split(g, n);
+  if (t == "Concat")
+    return lower_concat(g, n);
+  if (t == "Gather")
+    return lower_gather(g, n);
+  if (t == "Conv")
+    return lower_conv(g, n, false);
+  if (t == "ConvTranspose")
+    return lower_conv(g, n, true);
+  if (t == "MaxPool")
+    return lower_pool(g, n, true, false);
+  if (t == "AveragePool")
+    return lower_pool(g, n, false, false);
+  if (t == "GlobalAveragePool")
+    return lower_pool(g, n, false, true);
+  if (t == "GlobalMaxPool")
+    return lower_pool(g, n, true, true);
+  if (t == "BatchNormalization")
+    return lower_batchnorm(g, n);
+  if (t == "MatMul")
+    return lower_matmul(g, n);
+  if (t == "Gemm")
+    return lower_gemm(g, n);
+  if (t == "Softmax")
+    return lower_softmax(g, n, false);
+  if (t == "LogSoftmax")
+    return lower_softmax(g, n, true);
+  if (t == "Resize")
+    return lower_resize(g, n, false);
+  if (t == "Upsample")
+    return lower_resize(g, n, true);
+  if (t == "Cast")
+    return lower_cast(g, n);
+  if (t == "Expand")
+    return lower_expand(g, n);
   if (t == "Constant" || t == "Shape" || t == "Size" || t == "ConstantOfShape" || t == "Range" || t == "Where" ||
       t == "Equal" || t == "Less" || t == "Greater" || t == "LessOrEqual" || t == "GreaterOrEqual" || t == "And" ||
       t == "Or" || t == "Not" || t == "Mod") {

@@ -36,23 +36,33 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < args.size(); i++) {
       const std::string& a = args[i];
       auto value = [&]() -> std::string {
-        if (i + 1 >= args.size()) throw vnpu::CompileError(a + " needs a value");
+        if (i + 1 >= args.size())
+          throw vnpu::CompileError(a + " needs a value");
         return args[++i];
       };
-      if (a == "-h" || a == "--help") return usage(stdout);
-      if (a == "-o") out = value();
-      else if (a == "--input") opt.inputs.push_back(vnpu::parse_input_override(value()));
-      else if (a == "--info") info = value();
-      else if (a == "--no-fuse") opt.fold_batchnorm = opt.fuse_activations = false;
-      else if (a == "--no-plan") opt.plan_memory = false;
-      else if (a == "-v") verbose = true;
+      if (a == "-h" || a == "--help")
+        return usage(stdout);
+      if (a == "-o")
+        out = value();
+      else if (a == "--input")
+        opt.inputs.push_back(vnpu::parse_input_override(value()));
+      else if (a == "--info")
+        info = value();
+      else if (a == "--no-fuse")
+        opt.fold_batchnorm = opt.fuse_activations = false;
+      else if (a == "--no-plan")
+        opt.plan_memory = false;
+      else if (a == "-v")
+        verbose = true;
       else if (a == "--ops") {
-        for (const auto& op : vnpu::supported_onnx_ops()) std::printf("%s\n", op.c_str());
+        for (const auto& op : vnpu::supported_onnx_ops())
+          std::printf("%s\n", op.c_str());
         return 0;
       } else if (!a.empty() && a[0] == '-') {
         std::fprintf(stderr, "vnpuc: unknown option '%s'\n", a.c_str());
         return usage(stderr);
-      } else if (model.empty()) model = a;
+      } else if (model.empty())
+        model = a;
       else {
         std::fprintf(stderr, "vnpuc: more than one model given ('%s', '%s')\n", model.c_str(), a.c_str());
         return 2;
@@ -63,16 +73,18 @@ int main(int argc, char** argv) {
       std::fputs(m.describe().c_str(), stdout);
       return 0;
     }
-    if (model.empty() || out.empty()) return usage(stderr);
+    if (model.empty() || out.empty())
+      return usage(stderr);
     vnpu::CompileStats st;
     vnpu::ModelFile m = vnpu::compile_onnx_file(model, opt, &st);
     m.save(out);
     if (verbose)
-      std::printf("%s: %u ONNX nodes -> %u ops (%u folded, %u fused); weights %llu B, scratch %llu B "
-                  "(%llu B without reuse)\n",
-                  out.c_str(), st.onnx_nodes, st.program_ops, st.folded_nodes, st.fused_nodes,
-                  static_cast<unsigned long long>(st.weights_bytes), static_cast<unsigned long long>(st.scratch_bytes),
-                  static_cast<unsigned long long>(st.scratch_unplanned));
+      std::printf(
+          "%s: %u ONNX nodes -> %u ops (%u folded, %u fused); weights %llu B, scratch %llu B "
+          "(%llu B without reuse)\n",
+          out.c_str(), st.onnx_nodes, st.program_ops, st.folded_nodes, st.fused_nodes,
+          static_cast<unsigned long long>(st.weights_bytes), static_cast<unsigned long long>(st.scratch_bytes),
+          static_cast<unsigned long long>(st.scratch_unplanned));
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vnpuc: %s\n", e.what());

@@ -7,8 +7,8 @@
 #include <iostream>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
 #include <vnpu/error.h>
+#include <nlohmann/json.hpp>
 
 namespace vnpu::examples {
 namespace {
@@ -17,7 +17,8 @@ int parse_int(const std::string& flag, const std::string& v, int lo, int hi) {
   try {
     size_t pos = 0;
     long x = std::stol(v, &pos);
-    if (pos == v.size() && x >= lo && x <= hi) return int(x);
+    if (pos == v.size() && x >= lo && x <= hi)
+      return int(x);
   } catch (const std::exception&) {
   }
   throw Error(ErrorCode::kInvalidArgument,
@@ -28,7 +29,8 @@ std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream ss(s);
   for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(item);
+    if (!item.empty())
+      out.push_back(item);
   return out;
 }
 
@@ -54,33 +56,51 @@ AppOptions parse_app_options(int argc, char** argv, const std::string& usage) {
     } else {
       throw Error(ErrorCode::kInvalidArgument, a + " needs a value (see --help)");
     }
-    if (a == "--model") o.model = v;
-    else if (a == "--data") o.data = v;
+    if (a == "--model")
+      o.model = v;
+    else if (a == "--data")
+      o.data = v;
     else if (a == "--backend") {
-      if (v != "sim" && v != "kernel") throw Error(ErrorCode::kInvalidArgument, "--backend is 'sim' or 'kernel'");
+      if (v != "sim" && v != "kernel")
+        throw Error(ErrorCode::kInvalidArgument, "--backend is 'sim' or 'kernel'");
       o.backend = v;
-    } else if (a == "--count") o.count = parse_int(a, v, 1, 1000000);
-    else if (a == "--samples") o.samples = parse_int(a, v, 1, 10000);
-    else if (a == "--window") o.window = parse_int(a, v, 1, 256);
+    } else if (a == "--count")
+      o.count = parse_int(a, v, 1, 1000000);
+    else if (a == "--samples")
+      o.samples = parse_int(a, v, 1, 10000);
+    else if (a == "--window")
+      o.window = parse_int(a, v, 1, 256);
     else if (a == "--modes") {
       o.modes.clear();
       for (const auto& m : split(v)) {
-        if (m == "sync") o.modes.push_back(Mode::kSync);
-        else if (m == "async") o.modes.push_back(Mode::kAsync);
-        else if (m == "coro") o.modes.push_back(Mode::kCoro);
-        else throw Error(ErrorCode::kInvalidArgument, "--modes takes sync,async,coro; unknown '" + m + "'");
+        if (m == "sync")
+          o.modes.push_back(Mode::kSync);
+        else if (m == "async")
+          o.modes.push_back(Mode::kAsync);
+        else if (m == "coro")
+          o.modes.push_back(Mode::kCoro);
+        else
+          throw Error(ErrorCode::kInvalidArgument, "--modes takes sync,async,coro; unknown '" + m + "'");
       }
     } else if (a == "--parallel") {
       o.parallel.clear();
-      for (const auto& p : split(v)) o.parallel.push_back(parse_int(a, p, 1, 16));
-    } else if (a == "--json") o.json = v;
-    else if (a == "--trace") o.trace = v;
-    else if (a == "--svg") o.svg = v;
-    else if (a == "--out-dir") o.out_dir = v;
-    else throw Error(ErrorCode::kInvalidArgument, "unknown option '" + a + "' (see --help)");
+      for (const auto& p : split(v))
+        o.parallel.push_back(parse_int(a, p, 1, 16));
+    } else if (a == "--json")
+      o.json = v;
+    else if (a == "--trace")
+      o.trace = v;
+    else if (a == "--svg")
+      o.svg = v;
+    else if (a == "--out-dir")
+      o.out_dir = v;
+    else
+      throw Error(ErrorCode::kInvalidArgument, "unknown option '" + a + "' (see --help)");
   }
-  if (o.model.empty()) throw Error(ErrorCode::kInvalidArgument, "--model FILE.vnpu is required (see --help)");
-  if (o.data.empty()) throw Error(ErrorCode::kInvalidArgument, "--data DIR is required (see --help)");
+  if (o.model.empty())
+    throw Error(ErrorCode::kInvalidArgument, "--model FILE.vnpu is required (see --help)");
+  if (o.data.empty())
+    throw Error(ErrorCode::kInvalidArgument, "--data DIR is required (see --help)");
   if (o.modes.empty() || o.parallel.empty())
     throw Error(ErrorCode::kInvalidArgument, "--modes and --parallel need at least one value");
   return o;
@@ -96,25 +116,34 @@ std::vector<BenchResult> run_app(const AppOptions& opt, const std::string& title
     backend = session.backend();
     device = session.device_name();
     for (Mode m : opt.modes) {
-      if (m == Mode::kSync && pi != 0) continue;  // the synchronous path has no prep parallelism to vary
+      if (m == Mode::kSync && pi != 0)
+        continue;  // the synchronous path has no prep parallelism to vary
       BenchConfig c{m, p, opt.count, opt.window};
-      if (hooks.begin) hooks.begin(c);
+      if (hooks.begin)
+        hooks.begin(c);
       std::cerr << "  running " << mode_name(m) << " parallel=" << p << " (" << opt.count << " requests)...\n";
       results.push_back(run_bench(session, c, input, hooks.sink ? hooks.sink : OutputSink([](int, Outputs&) {})));
-      if (hooks.end) hooks.end(results.back());
+      if (hooks.end)
+        hooks.end(results.back());
     }
   }
-  std::cout << "\n" << title << " on " << device << " (backend " << backend << ")"
+  std::cout << "\n"
+            << title << " on " << device << " (backend " << backend << ")"
             << (opt.timing_only ? ", device in timing-only mode (compute time modelled, arithmetic skipped)" : "")
             << "\n";
   print_table(std::cout, title, results);
   if (!opt.json.empty()) {
-    nlohmann::json doc{{"model", title}, {"backend", backend}, {"device", device}, {"timing_only", opt.timing_only},
+    nlohmann::json doc{{"model", title},
+                       {"backend", backend},
+                       {"device", device},
+                       {"timing_only", opt.timing_only},
                        {"results", results_json(title, results)}};
     std::ofstream(opt.json, std::ios::trunc) << doc.dump(1) << "\n";
   }
-  if (!opt.trace.empty()) write_trace(opt.trace, title, results);
-  if (!opt.svg.empty()) write_svg(opt.svg, title, results);
+  if (!opt.trace.empty())
+    write_trace(opt.trace, title, results);
+  if (!opt.svg.empty())
+    write_svg(opt.svg, title, results);
   return results;
 }
 

@@ -14,15 +14,15 @@ namespace vnpu::examples {
 
 /// Options common to both examples.
 struct AppOptions {
-  std::string model;        ///< --model FILE.vnpu
-  std::string data;         ///< --data DIR (dataset root)
-  std::string backend;      ///< --backend sim|kernel (empty: runtime default)
-  int count = 100;          ///< --count N requests per configuration (the seed uses 100)
-  int samples = 8;          ///< --samples N distinct dataset samples, preprocessed once, cycled over
-  int window = 8;           ///< --window N requests in flight for async / coro
+  std::string model;    ///< --model FILE.vnpu
+  std::string data;     ///< --data DIR (dataset root)
+  std::string backend;  ///< --backend sim|kernel (empty: runtime default)
+  int count = 100;      ///< --count N requests per configuration (the seed uses 100)
+  int samples = 8;      ///< --samples N distinct dataset samples, preprocessed once, cycled over
+  int window = 8;       ///< --window N requests in flight for async / coro
   std::vector<Mode> modes{Mode::kSync, Mode::kAsync, Mode::kCoro};  ///< --modes sync,async,coro
-  std::vector<int> parallel{1, 2};  ///< --parallel 1,2
-  bool timing_only = false; ///< --timing-only: device models compute time but skips the arithmetic
+  std::vector<int> parallel{1, 2};                                  ///< --parallel 1,2
+  bool timing_only = false;               ///< --timing-only: device models compute time but skips the arithmetic
   std::string json, trace, svg, out_dir;  ///< --json F --trace F --svg F --out-dir DIR
 };
 

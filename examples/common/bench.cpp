@@ -11,9 +11,9 @@
 #include <ostream>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
 #include <vnpu/coro.h>
 #include <vnpu/error.h>
+#include <nlohmann/json.hpp>
 
 #include "timings.h"
 
@@ -22,15 +22,19 @@ namespace {
 
 using Clock = RequestTimings::Clock;
 
-double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+double ms(Clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
 
 Stat summarise(std::vector<double> v) {
   Stat s;
-  if (v.empty()) return s;
+  if (v.empty())
+    return s;
   std::sort(v.begin(), v.end());
   auto pct = [&](double p) { return v[std::min(v.size() - 1, size_t(p * double(v.size() - 1) + 0.5))]; };
   double sum = 0;
-  for (double x : v) sum += x;
+  for (double x : v)
+    sum += x;
   s.mean = sum / double(v.size());
   s.p50 = pct(0.5);
   s.p90 = pct(0.9);
@@ -71,7 +75,8 @@ void finish(BenchResult& r, Clock::time_point end) {
     post.push_back(ms(t.resolved - t.completed));
     dev.push_back((iv[i].second - iv[i].first) / 1e6);
     JobTimes j = job_times(t, r.clock_offset_ns);
-    if (!j.engine_times) r.engine_times = false;
+    if (!j.engine_times)
+      r.engine_times = false;
     h2d.push_back(j.h2d_ms), compute.push_back(j.compute_ms), d2h.push_back(j.d2h_ms);
     h2d_busy += j.h2d_ms, compute_busy += j.compute_ms;
   }
@@ -163,7 +168,8 @@ double BenchResult::pipeline_bound() const {
 }
 
 BenchResult run_bench(Session& session, const BenchConfig& c, const InputSource& input, const OutputSink& sink) {
-  if (c.count < 1 || c.window < 1) throw Error(ErrorCode::kInvalidArgument, "bench: count and window must be >= 1");
+  if (c.count < 1 || c.window < 1)
+    throw Error(ErrorCode::kInvalidArgument, "bench: count and window must be >= 1");
   BenchResult r;
   r.config = c;
   r.backend = session.backend();
@@ -190,14 +196,14 @@ BenchResult run_bench(Session& session, const BenchConfig& c, const InputSource&
       };
       for (int i = 0; i < c.count; ++i) {
         pending.push_back(session.run(input(i)));
-        if (int(pending.size()) >= c.window) consume();
+        if (int(pending.size()) >= c.window)
+          consume();
       }
-      while (!pending.empty()) consume();
+      while (!pending.empty())
+        consume();
       break;
     }
-    case Mode::kCoro:
-      (void)sync_wait(coro_pipeline(session, c, input, sink, r.timings));
-      break;
+    case Mode::kCoro: (void)sync_wait(coro_pipeline(session, c, input, sink, r.timings)); break;
   }
   finish(r, Clock::now());
   return r;
@@ -208,10 +214,12 @@ void print_table(std::ostream& out, const std::string& model, const std::vector<
   out << std::left << std::setw(7) << "mode" << std::right << std::setw(4) << "par" << std::setw(5) << "win"
       << std::setw(7) << "n" << std::setw(10) << "img/s" << std::setw(9) << "vs sync" << std::setw(10) << "bound"
       << std::setw(10) << "lat p50" << std::setw(8) << "prep" << std::setw(8) << "h2d" << std::setw(9) << "compute"
-      << std::setw(8) << "d2h" << std::setw(7) << "post" << std::setw(9) << "device" << std::setw(7) << "util" << "\n";
+      << std::setw(8) << "d2h" << std::setw(7) << "post" << std::setw(9) << "device" << std::setw(7) << "util"
+      << "\n";
   double sync_ips = 0;
   for (const auto& r : results)
-    if (r.config.mode == Mode::kSync) sync_ips = r.throughput;
+    if (r.config.mode == Mode::kSync)
+      sync_ips = r.throughput;
   for (const auto& r : results) {
     const bool sync = r.config.mode == Mode::kSync;
     out << std::left << std::setw(7) << mode_name(r.config.mode) << std::right << std::setw(4) << r.config.parallel
@@ -220,7 +228,8 @@ void print_table(std::ostream& out, const std::string& model, const std::vector<
         << std::setw(10) << fmt(r.bound_ips()) << std::setw(10) << fmt(r.latency.p50, 1) << std::setw(8)
         << fmt(r.prep.mean) << std::setw(8) << (r.engine_times ? fmt(r.h2d.mean) : "-") << std::setw(9)
         << (r.engine_times ? fmt(r.compute.mean, 1) : "-") << std::setw(8) << (r.engine_times ? fmt(r.d2h.mean) : "-")
-        << std::setw(7) << fmt(r.post.mean) << std::setw(9) << fmt(r.device.mean, 1) << std::setw(6) << fmt(100 * r.device_util, 0) << "%\n";
+        << std::setw(7) << fmt(r.post.mean) << std::setw(9) << fmt(r.device.mean, 1) << std::setw(6)
+        << fmt(100 * r.device_util, 0) << "%\n";
   }
   const int cores = results.empty() ? 1 : results.front().compute_cores;
   out << "  img/s: throughput; vs sync: throughput / sync throughput; bound: img/s if the slowest stage were the\n"
@@ -244,7 +253,8 @@ nlohmann::json results_json(const std::string& model, const std::vector<BenchRes
   nlohmann::json rows = nlohmann::json::array();
   double sync_ips = 0;
   for (const auto& r : results)
-    if (r.config.mode == Mode::kSync) sync_ips = r.throughput;
+    if (r.config.mode == Mode::kSync)
+      sync_ips = r.throughput;
   for (const auto& r : results) {
     rows.push_back({{"model", model},
                     {"backend", r.backend},
@@ -259,9 +269,14 @@ nlohmann::json results_json(const std::string& model, const std::vector<BenchRes
                     {"pipeline_bound_speedup", r.pipeline_bound()},
                     {"compute_cores", r.compute_cores},
                     {"latency_ms", stat(r.latency)},
-                    {"stage_ms", {{"queue", stat(r.queue)}, {"prep", stat(r.prep)}, {"h2d", stat(r.h2d)},
-                                  {"compute", stat(r.compute)}, {"d2h", stat(r.d2h)}, {"post", stat(r.post)},
-                                  {"device", stat(r.device)}}},
+                    {"stage_ms",
+                     {{"queue", stat(r.queue)},
+                      {"prep", stat(r.prep)},
+                      {"h2d", stat(r.h2d)},
+                      {"compute", stat(r.compute)},
+                      {"d2h", stat(r.d2h)},
+                      {"post", stat(r.post)},
+                      {"device", stat(r.device)}}},
                     {"engine_util", {{"compute", r.device_util}, {"h2d", r.h2d_util}}},
                     {"engine_times", r.engine_times}});
   }
@@ -276,14 +291,16 @@ void write_trace(const std::string& path, const std::string& model, const std::v
     events.push_back({{"ph", "M"}, {"pid", pid}, {"name", "process_name"}, {"args", {{"name", name}}}});
     const char* tracks[] = {"host: queued", "host: prep", "device", "host: job in flight"};
     for (int t = 0; t < 4; ++t)
-      events.push_back({{"ph", "M"}, {"pid", pid}, {"tid", t + 1}, {"name", "thread_name"}, {"args", {{"name", tracks[t]}}}});
+      events.push_back(
+          {{"ph", "M"}, {"pid", pid}, {"tid", t + 1}, {"name", "thread_name"}, {"args", {{"name", tracks[t]}}}});
     auto us = [&](Clock::time_point tp) { return std::chrono::duration<double, std::micro>(tp - r.start).count(); };
     auto iv = device_intervals(r);
     for (size_t i = 0; i < r.timings.size(); ++i) {
       const auto& t = r.timings[i];
       const std::string req = "req " + std::to_string(i);
       auto ev = [&](int tid, double ts, double dur) {
-        events.push_back({{"ph", "X"}, {"pid", pid}, {"tid", tid}, {"name", req}, {"ts", ts}, {"dur", std::max(0.0, dur)}});
+        events.push_back(
+            {{"ph", "X"}, {"pid", pid}, {"tid", tid}, {"name", req}, {"ts", ts}, {"dur", std::max(0.0, dur)}});
       };
       ev(1, us(t.enqueued), us(t.prep_start) - us(t.enqueued));
       ev(2, us(t.prep_start), us(t.prep_end) - us(t.prep_start));
@@ -294,7 +311,8 @@ void write_trace(const std::string& path, const std::string& model, const std::v
   }
   std::ofstream out(path, std::ios::trunc);
   out << nlohmann::json{{"traceEvents", events}, {"displayTimeUnit", "ms"}}.dump();
-  if (!out.flush()) throw Error(ErrorCode::kIo, path + ": write failed: " + std::strerror(errno));
+  if (!out.flush())
+    throw Error(ErrorCode::kIo, path + ": write failed: " + std::strerror(errno));
 }
 
 void write_svg(const std::string& path, const std::string& model, const std::vector<BenchResult>& results) {
@@ -303,11 +321,13 @@ void write_svg(const std::string& path, const std::string& model, const std::vec
   constexpr int kLeft = 170, kTimeline = 620, kBarX = kLeft + kTimeline + 30, kBarW = 200, kRowH = 56;
   const int width = kBarX + kBarW + 60, height = 70 + kRowH * int(results.size()) + 30;
   double max_ips = 1;
-  for (const auto& r : results) max_ips = std::max({max_ips, r.throughput, r.bound_ips()});
+  for (const auto& r : results)
+    max_ips = std::max({max_ips, r.throughput, r.bound_ips()});
   std::ostringstream s;
   s << "<svg xmlns='http://www.w3.org/2000/svg' width='" << width << "' height='" << height
     << "' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n";
-  s << "<text x='10' y='20' font-size='15' font-weight='bold'>" << model << ": timeline of the first requests and throughput</text>\n";
+  s << "<text x='10' y='20' font-size='15' font-weight='bold'>" << model
+    << ": timeline of the first requests and throughput</text>\n";
   s << "<text x='" << kLeft << "' y='44'>lanes: host prep (blue), device busy (orange); time axis per row</text>\n";
   s << "<text x='" << kBarX << "' y='44'>img/s (| = pipeline bound)</text>\n";
   int row = 0;
@@ -342,7 +362,8 @@ void write_svg(const std::string& path, const std::string& model, const std::vec
   s << "</svg>\n";
   std::ofstream out(path, std::ios::trunc);
   out << s.str();
-  if (!out.flush()) throw Error(ErrorCode::kIo, path + ": write failed: " + std::strerror(errno));
+  if (!out.flush())
+    throw Error(ErrorCode::kIo, path + ": write failed: " + std::strerror(errno));
 }
 
 }  // namespace vnpu::examples

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
 #include <vnpu/async_runtime.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include "session.h"
 
@@ -43,17 +43,18 @@ struct Stat {
 struct BenchResult {
   BenchConfig config;
   std::string backend;
-  double wall_s = 0;        ///< first run() to last result consumed
-  double throughput = 0;    ///< requests per second
-  Stat latency;             ///< run() to resolved
-  Stat queue;               ///< run() to a prep thread picking the request up (slot wait)
-  Stat prep;                ///< host input preparation (copy into the staging buffer)
-  Stat h2d, compute, d2h;   ///< modelled busy time of each device engine (when the device reports them)
-  Stat post;                ///< host output copy on the runtime's callback thread (completed to resolved)
-  Stat device;              ///< device time of a request: its jobs' device intervals, else submitted→completed
-  int compute_cores = 1;    ///< the device's compute cores (compute of that many requests overlaps)
-  double device_util = 0;   ///< compute engines busy / (wall time × cores) (union of device intervals if no engine times)
-  double h2d_util = 0;      ///< H2D engine busy / wall time (0 if not reported)
+  double wall_s = 0;       ///< first run() to last result consumed
+  double throughput = 0;   ///< requests per second
+  Stat latency;            ///< run() to resolved
+  Stat queue;              ///< run() to a prep thread picking the request up (slot wait)
+  Stat prep;               ///< host input preparation (copy into the staging buffer)
+  Stat h2d, compute, d2h;  ///< modelled busy time of each device engine (when the device reports them)
+  Stat post;               ///< host output copy on the runtime's callback thread (completed to resolved)
+  Stat device;             ///< device time of a request: its jobs' device intervals, else submitted→completed
+  int compute_cores = 1;   ///< the device's compute cores (compute of that many requests overlaps)
+  double device_util =
+      0;                ///< compute engines busy / (wall time × cores) (union of device intervals if no engine times)
+  double h2d_util = 0;  ///< H2D engine busy / wall time (0 if not reported)
   bool engine_times = false;  ///< h2d/compute/d2h come from the device
   std::vector<RequestTimings> timings;
   int64_t clock_offset_ns = 0;  ///< device clock minus steady_clock

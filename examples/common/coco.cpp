@@ -29,7 +29,9 @@ int coco_category_id(int class_index) {
 CocoDataset::CocoDataset(const std::string& root, const std::string& split) : image_dir_(root + "/" + split) {
   const std::string ann = root + "/annotations/instances_" + split + ".json";
   std::ifstream in(ann);
-  if (!in) throw Error(ErrorCode::kNotFound, ann + ": no COCO annotation file (expected <root>/annotations/instances_" + split + ".json)");
+  if (!in)
+    throw Error(ErrorCode::kNotFound,
+                ann + ": no COCO annotation file (expected <root>/annotations/instances_" + split + ".json)");
   nlohmann::json doc;
   try {
     doc = nlohmann::json::parse(in);
@@ -49,12 +51,15 @@ CocoDataset::CocoDataset(const std::string& root, const std::string& split) : im
     if (doc.contains("annotations")) {
       for (const auto& j : doc.at("annotations")) {
         auto it = by_id.find(j.at("image_id").get<int>());
-        if (it == by_id.end()) continue;  // annotation of an image not in this split
+        if (it == by_id.end())
+          continue;  // annotation of an image not in this split
         CocoObject o;
         o.category_id = j.at("category_id").get<int>();
         auto b = j.at("bbox");
-        if (b.size() != 4) throw Error(ErrorCode::kInvalidArgument, ann + ": a bbox does not have 4 numbers");
-        for (size_t k = 0; k < 4; ++k) o.bbox[k] = b[k].get<float>();
+        if (b.size() != 4)
+          throw Error(ErrorCode::kInvalidArgument, ann + ": a bbox does not have 4 numbers");
+        for (size_t k = 0; k < 4; ++k)
+          o.bbox[k] = b[k].get<float>();
         o.iscrowd = j.value("iscrowd", 0) != 0;
         images_[it->second].objects.push_back(o);
       }
@@ -62,12 +67,14 @@ CocoDataset::CocoDataset(const std::string& root, const std::string& split) : im
     names_.assign(91, "");
     for (const auto& j : doc.at("categories")) {
       int id = j.at("id").get<int>();
-      if (id >= 0 && id < 91) names_[size_t(id)] = j.at("name").get<std::string>();
+      if (id >= 0 && id < 91)
+        names_[size_t(id)] = j.at("name").get<std::string>();
     }
   } catch (const nlohmann::json::exception& e) {
     throw Error(ErrorCode::kInvalidArgument, ann + ": not COCO instances JSON: " + e.what());
   }
-  if (images_.empty()) throw Error(ErrorCode::kNotFound, ann + ": lists no images");
+  if (images_.empty())
+    throw Error(ErrorCode::kNotFound, ann + ": lists no images");
   std::sort(images_.begin(), images_.end(), [](const CocoImage& a, const CocoImage& b) { return a.id < b.id; });
 }
 

@@ -12,8 +12,8 @@ namespace vnpu::examples {
 
 /// One ground-truth object.
 struct CocoObject {
-  int category_id = 0;             ///< COCO id (1..90, non-contiguous)
-  std::array<float, 4> bbox{};     ///< x, y, w, h in source pixels
+  int category_id = 0;          ///< COCO id (1..90, non-contiguous)
+  std::array<float, 4> bbox{};  ///< x, y, w, h in source pixels
   bool iscrowd = false;
 };
 

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
 #include "image.h"
 
+#include <algorithm>
+#include <cmath>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
-#include <algorithm>
-#include <cmath>
 #include <memory>
 
 #include <jpeglib.h>
@@ -33,7 +33,8 @@ void on_jpeg_error(j_common_ptr cinfo) {
 
 Image load_jpeg(const std::string& path) {
   std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!file) throw Error(ErrorCode::kIo, path + ": cannot open: " + std::strerror(errno));
+  if (!file)
+    throw Error(ErrorCode::kIo, path + ": cannot open: " + std::strerror(errno));
   Image img;
   jpeg_decompress_struct cinfo;
   JpegErrorManager err;
@@ -90,7 +91,8 @@ std::vector<float> resize_bilinear(const Image& img, int w, int h) {
 Tensor to_deeplab_input(const Image& img, int size) {
   static constexpr float kMean[3] = {0.485f, 0.456f, 0.406f}, kStd[3] = {0.229f, 0.224f, 0.225f};
   std::vector<float> px = resize_bilinear(img, size, size);
-  for (size_t i = 0; i < px.size(); ++i) px[i] = (px[i] / 255.0f - kMean[i % 3]) / kStd[i % 3];
+  for (size_t i = 0; i < px.size(); ++i)
+    px[i] = (px[i] / 255.0f - kMean[i % 3]) / kStd[i % 3];
   return Tensor({1, size, size, 3}, std::move(px));
 }
 
@@ -107,7 +109,8 @@ Tensor letterbox(const Image& img, int size, Letterbox* box) {
     for (int x = 0; x < w; ++x)
       for (int k = 0; k < 3; ++k)
         out[k * plane + size_t(y + top) * size + (x + left)] = px[(size_t(y) * w + x) * 3 + k] / 255.0f;
-  if (box) *box = Letterbox{scale, float(left), float(top), img.width, img.height};
+  if (box)
+    *box = Letterbox{scale, float(left), float(top), img.width, img.height};
   return Tensor({1, 3, size, size}, std::move(out));
 }
 

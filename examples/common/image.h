@@ -33,7 +33,7 @@ struct Image {
 
 /// Where a letterboxed image sits inside the square model input (to map boxes back).
 struct Letterbox {
-  float scale = 1;          ///< model pixels per source pixel
+  float scale = 1;             ///< model pixels per source pixel
   float pad_x = 0, pad_y = 0;  ///< left / top padding in model pixels
   int src_width = 0, src_height = 0;
 };

@@ -16,7 +16,8 @@ class H5Id {
  public:
   H5Id(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
   ~H5Id() {
-    if (id_ >= 0) close_(id_);
+    if (id_ >= 0)
+      close_(id_);
   }
   H5Id(const H5Id&) = delete;
   H5Id& operator=(const H5Id&) = delete;
@@ -36,9 +37,11 @@ class H5Id {
 template <class T>
 std::vector<hsize_t> read_dataset(hid_t file, const std::string& path, const char* name, int rank, hid_t mem_type,
                                   H5T_class_t want_class, std::vector<T>& out) {
-  if (H5Lexists(file, name, H5P_DEFAULT) <= 0) bad(path, std::string("no dataset '") + name + "'");
+  if (H5Lexists(file, name, H5P_DEFAULT) <= 0)
+    bad(path, std::string("no dataset '") + name + "'");
   H5Id ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
-  if (!ds.ok()) bad(path, std::string("cannot open dataset '") + name + "'");
+  if (!ds.ok())
+    bad(path, std::string("cannot open dataset '") + name + "'");
   H5Id type(H5Dget_type(ds.get()), H5Tclose);
   if (H5Tget_class(type.get()) != want_class)
     bad(path, std::string("dataset '") + name + "' has the wrong element type");
@@ -50,7 +53,8 @@ std::vector<hsize_t> read_dataset(hid_t file, const std::string& path, const cha
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
   size_t count = 1;
   for (hsize_t d : dims) {
-    if (d < 1 || d > 16384) bad(path, std::string("dataset '") + name + "' has an implausible dimension");
+    if (d < 1 || d > 16384)
+      bad(path, std::string("dataset '") + name + "' has an implausible dimension");
     count *= d;
   }
   out.resize(count);
@@ -67,17 +71,22 @@ NyuSample load_nyu_h5(const std::string& path) {
     return true;
   }();
   (void)quiet;
-  if (!std::filesystem::is_regular_file(path)) throw Error(ErrorCode::kIo, path + ": no such file");
-  if (H5Fis_hdf5(path.c_str()) <= 0) bad(path, "not an HDF5 file");
+  if (!std::filesystem::is_regular_file(path))
+    throw Error(ErrorCode::kIo, path + ": no such file");
+  if (H5Fis_hdf5(path.c_str()) <= 0)
+    bad(path, "not an HDF5 file");
   H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-  if (!file.ok()) bad(path, "HDF5 open failed");
+  if (!file.ok())
+    bad(path, "HDF5 open failed");
 
   std::vector<uint8_t> rgb;
   auto rd = read_dataset(file.get(), path, "rgb", 3, H5T_NATIVE_UINT8, H5T_INTEGER, rgb);
-  if (rd[0] != 3) bad(path, "dataset 'rgb' must be [3, H, W]");
+  if (rd[0] != 3)
+    bad(path, "dataset 'rgb' must be [3, H, W]");
   std::vector<float> depth;
   auto dd = read_dataset(file.get(), path, "depth", 2, H5T_NATIVE_FLOAT, H5T_FLOAT, depth);
-  if (dd[0] != rd[1] || dd[1] != rd[2]) bad(path, "datasets 'rgb' and 'depth' differ in size");
+  if (dd[0] != rd[1] || dd[1] != rd[2])
+    bad(path, "datasets 'rgb' and 'depth' differ in size");
 
   NyuSample s;
   s.rgb.height = int(rd[1]);
@@ -85,7 +94,8 @@ NyuSample load_nyu_h5(const std::string& path) {
   s.rgb.rgb.resize(rgb.size());
   const size_t plane = size_t(s.rgb.width) * s.rgb.height;
   for (size_t i = 0; i < plane; ++i)
-    for (int c = 0; c < 3; ++c) s.rgb.rgb[i * 3 + c] = rgb[c * plane + i];
+    for (int c = 0; c < 3; ++c)
+      s.rgb.rgb[i * 3 + c] = rgb[c * plane + i];
   s.depth_height = int(dd[0]);
   s.depth_width = int(dd[1]);
   s.depth = std::move(depth);
@@ -96,9 +106,11 @@ std::vector<std::string> list_nyu_files(const std::string& dir) {
   std::vector<std::string> files;
   std::error_code ec;
   for (auto it = std::filesystem::recursive_directory_iterator(dir, ec); !ec && it != decltype(it)(); it.increment(ec))
-    if (it->is_regular_file() && it->path().extension() == ".h5") files.push_back(it->path().string());
+    if (it->is_regular_file() && it->path().extension() == ".h5")
+      files.push_back(it->path().string());
   if (files.empty())
-    throw Error(ErrorCode::kNotFound, dir + ": no NYU Depth V2 .h5 files (expected e.g. nyu_depth_v2/val/official/*.h5)");
+    throw Error(ErrorCode::kNotFound,
+                dir + ": no NYU Depth V2 .h5 files (expected e.g. nyu_depth_v2/val/official/*.h5)");
   std::sort(files.begin(), files.end());
   return files;
 }

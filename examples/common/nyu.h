@@ -13,7 +13,7 @@ namespace vnpu::examples {
 
 /// One NYU sample.
 struct NyuSample {
-  Image rgb;                 ///< converted to HWC
+  Image rgb;  ///< converted to HWC
   int depth_width = 0, depth_height = 0;
   std::vector<float> depth;  ///< metres, row-major
 };

@@ -33,12 +33,14 @@ std::vector<Detection> nms_per_class(std::vector<Detection> dets, float iou_thre
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return dets[a].score > dets[b].score; });
   std::vector<Detection> kept;
   for (size_t i : order) {
-    if (max_keep >= 0 && kept.size() >= size_t(max_keep)) break;
+    if (max_keep >= 0 && kept.size() >= size_t(max_keep))
+      break;
     const Detection& d = dets[i];
     bool suppressed = std::any_of(kept.begin(), kept.end(), [&](const Detection& k) {
       return k.class_index == d.class_index && iou(k.box, d.box) > iou_threshold;
     });
-    if (!suppressed) kept.push_back(d);
+    if (!suppressed)
+      kept.push_back(d);
   }
   return kept;
 }
@@ -55,8 +57,10 @@ std::vector<Detection> decode_yolov8(const Tensor& output, const Letterbox& lb, 
     int best = 0;
     float score = at(4, a);
     for (int c = 1; c < classes; ++c)
-      if (at(4 + size_t(c), a) > score) score = at(4 + size_t(c), a), best = c;
-    if (!(score >= opt.conf_threshold)) continue;  // also drops NaN
+      if (at(4 + size_t(c), a) > score)
+        score = at(4 + size_t(c), a), best = c;
+    if (!(score >= opt.conf_threshold))
+      continue;  // also drops NaN
     const float cx = at(0, a), cy = at(1, a), w = at(2, a), h = at(3, a);
     cand.push_back({{cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2}, score, best});
   }
@@ -86,8 +90,7 @@ void append_coco_results(nlohmann::json& results, int image_id, std::span<const 
   }
 }
 
-DepthMetrics depth_metrics(std::span<const float> pred, std::span<const float> gt, float min_depth,
-                           float max_depth) {
+DepthMetrics depth_metrics(std::span<const float> pred, std::span<const float> gt, float min_depth, float max_depth) {
   if (pred.size() != gt.size())
     throw Error(ErrorCode::kInvalidArgument, "depth_metrics: prediction has " + std::to_string(pred.size()) +
                                                  " pixels, ground truth " + std::to_string(gt.size()));
@@ -95,11 +98,13 @@ DepthMetrics depth_metrics(std::span<const float> pred, std::span<const float> g
   double sq = 0;
   for (size_t i = 0; i < gt.size(); ++i) {
     const double g = gt[i], p = pred[i];
-    if (!(g > min_depth && g <= max_depth) || !std::isfinite(p)) continue;
+    if (!(g > min_depth && g <= max_depth) || !std::isfinite(p))
+      continue;
     ++m.valid_pixels;
     m.abs_rel += std::abs(p - g) / g;
     sq += (p - g) * (p - g);
-    if (p > 0 && std::max(p / g, g / p) < 1.25) m.delta1 += 1;
+    if (p > 0 && std::max(p / g, g / p) < 1.25)
+      m.delta1 += 1;
   }
   if (m.valid_pixels) {
     m.abs_rel /= double(m.valid_pixels);
@@ -119,7 +124,8 @@ void write_depth_pgm(const std::string& path, std::span<const float> depth, int 
     const auto v = uint16_t(std::lround(mm));
     out.put(char(v >> 8)).put(char(v & 0xff));  // PGM samples are big-endian
   }
-  if (!out.flush()) throw Error(ErrorCode::kIo, path + ": write failed: " + std::strerror(errno));
+  if (!out.flush())
+    throw Error(ErrorCode::kIo, path + ": write failed: " + std::strerror(errno));
 }
 
 }  // namespace vnpu::examples

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
 #include <vnpu/tensor.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include "image.h"
 

@@ -28,10 +28,20 @@ Session::Session(const std::string& model_path, const SessionOptions& options) :
 
 Session::~Session() = default;
 
-std::string Session::backend() const { return impl_->runtime->device_info().backend; }
-std::string Session::device_name() const { return impl_->runtime->device_info().name; }
-int Session::compute_cores() const { return int(std::max(1u, impl_->runtime->device_info().compute_cores)); }
-int64_t Session::device_clock_offset_ns() const { return impl_->runtime->device_clock_offset_ns(0); }
-Task<Outputs> Session::run(Tensor x) { return impl_->runtime->run(std::move(x)); }
+std::string Session::backend() const {
+  return impl_->runtime->device_info().backend;
+}
+std::string Session::device_name() const {
+  return impl_->runtime->device_info().name;
+}
+int Session::compute_cores() const {
+  return int(std::max(1u, impl_->runtime->device_info().compute_cores));
+}
+int64_t Session::device_clock_offset_ns() const {
+  return impl_->runtime->device_clock_offset_ns(0);
+}
+Task<Outputs> Session::run(Tensor x) {
+  return impl_->runtime->run(std::move(x));
+}
 
 }  // namespace vnpu::examples

@@ -14,9 +14,9 @@ namespace vnpu::examples {
 
 /// How to run a model.
 struct SessionOptions {
-  std::string backend;     ///< "sim", "kernel", or empty for the runtime's default
-  int parallel = 1;        ///< AsyncRuntime prep threads
-  int max_in_flight = 0;   ///< 0: the runtime's default
+  std::string backend;       ///< "sim", "kernel", or empty for the runtime's default
+  int parallel = 1;          ///< AsyncRuntime prep threads
+  int max_in_flight = 0;     ///< 0: the runtime's default
   bool timing_only = false;  ///< the device skips the functional compute and only models its time
 };
 

@@ -24,8 +24,10 @@ struct JobTimes {
 [[nodiscard]] inline JobTimes job_times(const RequestTimings& t, int64_t clock_offset_ns) {
   JobTimes j;
   auto host = [&](uint64_t dev) { return int64_t(dev) - clock_offset_ns; };
-  if (t.h2d_start_ns && t.h2d_end_ns) j.h2d.emplace(host(*t.h2d_start_ns), host(*t.h2d_end_ns));
-  if (t.exec_start_ns && t.exec_end_ns) j.exec.emplace(host(*t.exec_start_ns), host(*t.exec_end_ns));
+  if (t.h2d_start_ns && t.h2d_end_ns)
+    j.h2d.emplace(host(*t.h2d_start_ns), host(*t.h2d_end_ns));
+  if (t.exec_start_ns && t.exec_end_ns)
+    j.exec.emplace(host(*t.exec_start_ns), host(*t.exec_end_ns));
   j.h2d_ms = double(t.h2d_ns) / 1e6;
   j.compute_ms = double(t.compute_ns) / 1e6;
   j.d2h_ms = double(t.d2h_ns) / 1e6;

@@ -54,7 +54,8 @@ int main(int argc, char** argv) try {
     const auto& y = out[0];
     if (y.size() != size_t(kSize) * kSize)
       throw vnpu::Error(vnpu::ErrorCode::kInvalidArgument, "unet_depth: model output is not 1x512x512x1");
-    if (opt.timing_only) return;
+    if (opt.timing_only)
+      return;
     std::lock_guard lock(mu);
     ex::DepthMetrics m = ex::depth_metrics(y.data(), truth[size_t(i) % n]);
     sum.abs_rel += m.abs_rel, sum.rmse += m.rmse, sum.delta1 += m.delta1, ++scored;
@@ -70,13 +71,15 @@ int main(int argc, char** argv) try {
                 << " m, delta<1.25 " << sum.delta1 / double(scored)
                 << " (untrained deterministic weights: these only show the pipeline end to end)\n";
   };
-  ex::run_app(opt, "DeepLabV3+ ResNet-50 1x512x512x3 (unet_depth)", [&](int i) {
-                // A read-only view: the runtime's prep threads copy it straight into the DMA staging
-                // buffer, with no copy on this thread (the samples outlive every request).
-                const vnpu::Tensor& x = inputs[size_t(i) % n];
-                return vnpu::Tensor::borrow(x.shape(), x.data());
-              },
-              hooks);
+  ex::run_app(
+      opt, "DeepLabV3+ ResNet-50 1x512x512x3 (unet_depth)",
+      [&](int i) {
+        // A read-only view: the runtime's prep threads copy it straight into the DMA staging
+        // buffer, with no copy on this thread (the samples outlive every request).
+        const vnpu::Tensor& x = inputs[size_t(i) % n];
+        return vnpu::Tensor::borrow(x.shape(), x.data());
+      },
+      hooks);
   return 0;
 } catch (const vnpu::Error& e) {
   std::cerr << "unet_depth: " << e.what() << "\n";

@@ -7,8 +7,8 @@
 #include <iostream>
 #include <mutex>
 
-#include <nlohmann/json.hpp>
 #include <vnpu/error.h>
+#include <nlohmann/json.hpp>
 
 #include "../common/app.h"
 #include "../common/coco.h"
@@ -44,8 +44,8 @@ int main(int argc, char** argv) try {
     boxes.push_back(lb);
   }
   const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  std::cout << "yolov8: " << n << " COCO images from " << opt.data << " decoded and letterboxed to " << kSize
-            << " (" << load_ms / double(n) << " ms per image on the host)\n";
+  std::cout << "yolov8: " << n << " COCO images from " << opt.data << " decoded and letterboxed to " << kSize << " ("
+            << load_ms / double(n) << " ms per image on the host)\n";
 
   std::mutex mu;
   nlohmann::json detections = nlohmann::json::array();
@@ -54,11 +54,13 @@ int main(int argc, char** argv) try {
   ex::AppHooks hooks;
   hooks.begin = [&](const ex::BenchConfig&) { boxes_found = 0, images_done = 0; };
   hooks.sink = [&](int i, vnpu::Outputs& out) {
-    if (opt.timing_only) return;
+    if (opt.timing_only)
+      return;
     auto dets = ex::decode_yolov8(out[0], boxes[size_t(i) % n]);
     std::lock_guard lock(mu);
     boxes_found += dets.size(), ++images_done;
-    if (first_config && size_t(i) < n) ex::append_coco_results(detections, coco.images()[size_t(i)].id, dets);
+    if (first_config && size_t(i) < n)
+      ex::append_coco_results(detections, coco.images()[size_t(i)].id, dets);
   };
   hooks.end = [&](const ex::BenchResult& r) {
     if (images_done)
@@ -71,12 +73,15 @@ int main(int argc, char** argv) try {
     }
     first_config = false;
   };
-  ex::run_app(opt, "YOLOv8n 1x3x640x640 (yolov8)", [&](int i) {
-                // A read-only view: the runtime's prep threads copy it straight into the DMA staging
-                // buffer, with no copy on this thread (the samples outlive every request).
-                const vnpu::Tensor& x = inputs[size_t(i) % n];
-                return vnpu::Tensor::borrow(x.shape(), x.data());
-              }, hooks);
+  ex::run_app(
+      opt, "YOLOv8n 1x3x640x640 (yolov8)",
+      [&](int i) {
+        // A read-only view: the runtime's prep threads copy it straight into the DMA staging
+        // buffer, with no copy on this thread (the samples outlive every request).
+        const vnpu::Tensor& x = inputs[size_t(i) % n];
+        return vnpu::Tensor::borrow(x.shape(), x.data());
+      },
+      hooks);
   return 0;
 } catch (const vnpu::Error& e) {
   std::cerr << "yolov8: " << e.what() << "\n";

@@ -27,7 +27,9 @@ constexpr uint64_t kRegionAlign = 256;  // regions of a staging/output buffer st
 constexpr auto kDrainLimit = std::chrono::seconds(60);
 using Clock = RequestTimings::Clock;
 
-Error annotate(const Error& e, const std::string& what) { return Error(e.code(), what + ": " + e.what()); }
+Error annotate(const Error& e, const std::string& what) {
+  return Error(e.code(), what + ": " + e.what());
+}
 }  // namespace
 
 class RuntimeImpl {
@@ -91,7 +93,7 @@ class RuntimeImpl {
   std::vector<uint64_t> in_off_, out_off_;  // per binding: offset in the staging / output buffer
   uint64_t staging_bytes_ = 0, out_bytes_ = 0;
 
-  std::mutex mu_;  // queue_, free lists, phases, active_, stopping_, rr_
+  std::mutex mu_;                     // queue_, free lists, phases, active_, stopping_, rr_
   std::condition_variable work_cv_;   // prep threads: a request and a device with room, or stopping
   std::condition_variable drain_cv_;  // destructor: active_ reached 0
   std::deque<RequestPtr> queue_;
@@ -114,24 +116,31 @@ class RuntimeImpl {
 RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
     : model_(std::move(model)), md_(model_.data()), options_(std::move(options)) {
   if (options_.parallel < 1 || options_.parallel > 16)
-    throw Error(ErrorCode::kInvalidArgument, "parallel = " + std::to_string(options_.parallel) + " is out of range; use 1..16");
+    throw Error(ErrorCode::kInvalidArgument,
+                "parallel = " + std::to_string(options_.parallel) + " is out of range; use 1..16");
   if (options_.max_in_flight < 0 || options_.max_in_flight > 256)
     throw Error(ErrorCode::kInvalidArgument, "max_in_flight = " + std::to_string(options_.max_in_flight) +
                                                  " is out of range; use 1..256 (or 0 for the default)");
   if (options_.staging_buffers < 0 || options_.staging_buffers > 256)
     throw Error(ErrorCode::kInvalidArgument, "staging_buffers = " + std::to_string(options_.staging_buffers) +
                                                  " is out of range; use 1..256 (or 0 for the default)");
-  if (options_.timeout.count() < 0) throw Error(ErrorCode::kInvalidArgument, "timeout must not be negative");
-  if (options_.max_in_flight == 0) options_.max_in_flight = std::max(4, 2 * options_.parallel);
-  if (options_.staging_buffers == 0) options_.staging_buffers = options_.parallel + 2;
-  if (options_.devices.empty()) options_.devices = {options_.device};
-  if (options_.devices.size() > 64) throw Error(ErrorCode::kInvalidArgument, "at most 64 devices");
+  if (options_.timeout.count() < 0)
+    throw Error(ErrorCode::kInvalidArgument, "timeout must not be negative");
+  if (options_.max_in_flight == 0)
+    options_.max_in_flight = std::max(4, 2 * options_.parallel);
+  if (options_.staging_buffers == 0)
+    options_.staging_buffers = options_.parallel + 2;
+  if (options_.devices.empty())
+    options_.devices = {options_.device};
+  if (options_.devices.size() > 64)
+    throw Error(ErrorCode::kInvalidArgument, "at most 64 devices");
   for (size_t i = 0; i < options_.devices.size(); ++i)
     for (size_t j = 0; j < i; ++j)
       if (options_.devices[i] == options_.devices[j])
         throw Error(ErrorCode::kInvalidArgument, "device " + std::to_string(options_.devices[i]) + " is listed twice");
   options_.device = options_.devices.front();
-  if (options_.backend.empty()) options_.backend = Device::default_backend(options_.device);
+  if (options_.backend.empty())
+    options_.backend = Device::default_backend(options_.device);
 
   // Layout of the staging (inputs) and output host buffers: one region per binding.
   in_off_.assign(md_.bindings.size(), 0);
@@ -151,7 +160,8 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
   cb_thread_ = std::thread([this] { callback_loop(); });
   try {
     devs_.resize(options_.devices.size());
-    for (size_t i = 0; i < devs_.size(); ++i) setup_device(static_cast<int>(i));
+    for (size_t i = 0; i < devs_.size(); ++i)
+      setup_device(static_cast<int>(i));
   } catch (...) {
     closing_devices_ = true;
     devs_.clear();
@@ -163,23 +173,28 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
     cb_thread_.join();
     throw;
   }
-  for (int i = 0; i < options_.parallel; ++i) prep_threads_.emplace_back([this, i] { prep_loop(i); });
+  for (int i = 0; i < options_.parallel; ++i)
+    prep_threads_.emplace_back([this, i] { prep_loop(i); });
 }
 
 Status RuntimeImpl::upload(Device& dev, const DeviceBuffer& dst, const void* data, size_t bytes) {
   auto staging = dev.alloc_host(bytes);
-  if (!staging) return std::move(staging).error();
+  if (!staging)
+    return std::move(staging).error();
   std::memcpy(staging->data(), data, bytes);
   Job job{{Command::copy_to_device(*staging, 0, dst, 0, bytes)}};
   auto r = dev.run(std::move(job));
-  if (!r) return std::move(r).error();
+  if (!r)
+    return std::move(r).error();
   return std::move(r->status);
 }
 
 void RuntimeImpl::setup_device(int index) {
   DeviceCtx& dc = devs_[static_cast<size_t>(index)];
   const int id = options_.devices[static_cast<size_t>(index)];
-  dc.dev = Device::open(DeviceOptions{options_.backend, id, options_.submit_mode, options_.priority, options_.timing_only}).value();
+  dc.dev =
+      Device::open(DeviceOptions{options_.backend, id, options_.submit_mode, options_.priority, options_.timing_only})
+          .value();
   Device& dev = *dc.dev;
   const DeviceInfo& inf = dev.info();
   if (md_.compute == detail::ComputeKind::kExec && !(inf.caps & VNPU_CAP_EXEC))
@@ -188,15 +203,17 @@ void RuntimeImpl::setup_device(int index) {
     throw Error(ErrorCode::kUnsupported, inf.name + " has no SYNTH command; update the device");
 
   auto oom_hint = [&](Error e) {
-    if (e.code() != ErrorCode::kOutOfMemory) return e;
-    return Error(ErrorCode::kOutOfMemory, std::string(e.what()) + ". The model needs " +
-                                              std::to_string(model_.device_bytes_shared()) + " bytes shared plus " +
-                                              std::to_string(model_.device_bytes_per_request()) +
-                                              " bytes per in-flight request (max_in_flight = " +
-                                              std::to_string(options_.max_in_flight) + "): lower max_in_flight");
+    if (e.code() != ErrorCode::kOutOfMemory)
+      return e;
+    return Error(ErrorCode::kOutOfMemory,
+                 std::string(e.what()) + ". The model needs " + std::to_string(model_.device_bytes_shared()) +
+                     " bytes shared plus " + std::to_string(model_.device_bytes_per_request()) +
+                     " bytes per in-flight request (max_in_flight = " + std::to_string(options_.max_in_flight) +
+                     "): lower max_in_flight");
   };
   auto take = [&](auto r) {
-    if (!r) throw oom_hint(std::move(r).error());
+    if (!r)
+      throw oom_hint(std::move(r).error());
     return std::move(*r);
   };
 
@@ -208,7 +225,8 @@ void RuntimeImpl::setup_device(int index) {
   // Weights and program once per device, through temporary staging buffers.
   std::optional<uint32_t> weights_binding;
   for (size_t b = 0; b < md_.bindings.size(); ++b)
-    if (md_.bindings[b].kind == detail::SlotKind::kWeights) weights_binding = static_cast<uint32_t>(b);
+    if (md_.bindings[b].kind == detail::SlotKind::kWeights)
+      weights_binding = static_cast<uint32_t>(b);
   if (weights_binding) {
     dc.weights = take(dev.alloc_device(std::max<uint64_t>(md_.bindings[*weights_binding].size, 1)));
     if (!md_.weights.empty())
@@ -259,12 +277,17 @@ RuntimeImpl::~RuntimeImpl() {
     stopping_ = true;
     cancelled.swap(queue_);
     active_ -= cancelled.size();
-    for (auto& r : cancelled) r->phase = Phase::kDone;
+    for (auto& r : cancelled)
+      r->phase = Phase::kDone;
     work_cv_.notify_all();
   }
   for (auto& r : cancelled)
-    post([r] { r->state->set_error(std::make_exception_ptr(Error(ErrorCode::kCancelled, "the runtime was destroyed before the request started"))); });
-  for (auto& t : prep_threads_) t.join();
+    post([r] {
+      r->state->set_error(std::make_exception_ptr(
+          Error(ErrorCode::kCancelled, "the runtime was destroyed before the request started")));
+    });
+  for (auto& t : prep_threads_)
+    t.join();
   {
     // Drain what is on the devices. Devices bound how long a job takes; a hung one is aborted below.
     std::unique_lock lock(mu_);
@@ -272,7 +295,8 @@ RuntimeImpl::~RuntimeImpl() {
   }
   // Device destructors abort whatever is left; their callbacks post to the callback thread, still running.
   closing_devices_ = true;
-  for (auto& dc : devs_) dc.dev.reset();
+  for (auto& dc : devs_)
+    dc.dev.reset();
   {
     std::lock_guard lock(cb_mu_);
     cb_stop_ = true;
@@ -315,8 +339,10 @@ void RuntimeImpl::callback_loop() {
         lock.lock();
       }
     }
-    if (!cb_queue_.empty()) continue;
-    if (cb_stop_) return;
+    if (!cb_queue_.empty())
+      continue;
+    if (cb_stop_)
+      return;
     if (deadlines_.empty())
       cb_cv_.wait(lock);
     else
@@ -326,13 +352,14 @@ void RuntimeImpl::callback_loop() {
 
 Task<Outputs> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs) {
   if (inputs.size() != md_.inputs.size())
-    throw Error(ErrorCode::kInvalidArgument, "the model takes " + std::to_string(md_.inputs.size()) + " input(s), got " +
-                                                 std::to_string(inputs.size()));
+    throw Error(ErrorCode::kInvalidArgument, "the model takes " + std::to_string(md_.inputs.size()) +
+                                                 " input(s), got " + std::to_string(inputs.size()));
   for (size_t i = 0; i < inputs.size(); ++i) {
     const TensorInfo& ti = md_.inputs[i];
     if (inputs[i].dtype() != ti.dtype)
       throw Error(ErrorCode::kInvalidArgument, "input " + std::to_string(i) + " ('" + ti.name + "') has dtype " +
-                                                   dtype_name(inputs[i].dtype()) + ", the model expects " + dtype_name(ti.dtype));
+                                                   dtype_name(inputs[i].dtype()) + ", the model expects " +
+                                                   dtype_name(ti.dtype));
     if (inputs[i].shape() != ti.shape)
       throw Error(ErrorCode::kInvalidArgument, "input " + std::to_string(i) + " ('" + ti.name + "') has shape " +
                                                    shape_string(inputs[i].shape()) + ", the model expects " +
@@ -341,15 +368,17 @@ Task<Outputs> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs) {
   auto req = std::make_shared<Request>();
   if (outputs) {
     if (outputs->size() != md_.outputs.size())
-      throw Error(ErrorCode::kInvalidArgument, "the model has " + std::to_string(md_.outputs.size()) + " output(s), got " +
-                                                   std::to_string(outputs->size()) + " output tensors");
+      throw Error(ErrorCode::kInvalidArgument, "the model has " + std::to_string(md_.outputs.size()) +
+                                                   " output(s), got " + std::to_string(outputs->size()) +
+                                                   " output tensors");
     for (size_t i = 0; i < outputs->size(); ++i) {
       const TensorInfo& ti = md_.outputs[i];
       const Tensor& o = (*outputs)[i];
       if (o.shape() != ti.shape || o.read_only())
-        throw Error(ErrorCode::kInvalidArgument, "output " + std::to_string(i) + " ('" + ti.name + "') is " +
-                                                     (o.read_only() ? std::string("read-only") : "of shape " + shape_string(o.shape())) +
-                                                     ", the model produces " + dtype_name(ti.dtype) + shape_string(ti.shape));
+        throw Error(ErrorCode::kInvalidArgument,
+                    "output " + std::to_string(i) + " ('" + ti.name + "') is " +
+                        (o.read_only() ? std::string("read-only") : "of shape " + shape_string(o.shape())) +
+                        ", the model produces " + dtype_name(ti.dtype) + shape_string(ti.shape));
     }
     req->outs = std::move(*outputs);
   }
@@ -361,7 +390,8 @@ Task<Outputs> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs) {
   Task<Outputs> task(req->state);
   {
     std::lock_guard lock(mu_);
-    if (stopping_) throw Error(ErrorCode::kAborted, "the runtime is shutting down; request not accepted");
+    if (stopping_)
+      throw Error(ErrorCode::kAborted, "the runtime is shutting down; request not accepted");
     queue_.push_back(req);
     ++active_;
   }
@@ -380,11 +410,13 @@ Task<Outputs> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs) {
 // waiting (drain), so `this` is valid whenever the lock succeeds.
 bool RuntimeImpl::cancel(const std::weak_ptr<Request>& weak) {
   auto req = weak.lock();
-  if (!req || req->state->ready()) return false;
+  if (!req || req->state->ready())
+    return false;
   bool dequeued = false;
   {
     std::lock_guard lock(mu_);
-    if (req->phase == Phase::kDone) return false;
+    if (req->phase == Phase::kDone)
+      return false;
     req->cancelled = true;
     if (req->phase == Phase::kQueued) {
       auto it = std::find(queue_.begin(), queue_.end(), req);
@@ -393,16 +425,15 @@ bool RuntimeImpl::cancel(const std::weak_ptr<Request>& weak) {
         req->phase = Phase::kDone;
         --active_;
         dequeued = true;
-        if (active_ == 0) drain_cv_.notify_all();
+        if (active_ == 0)
+          drain_cv_.notify_all();
       }
     }
   }
   (void)dequeued;
   // Resolve now (on the callback thread); device work already started finishes in the background and its
   // result is dropped.
-  post([req] {
-    req->state->set_error(std::make_exception_ptr(Error(ErrorCode::kCancelled, "request cancelled")));
-  });
+  post([req] { req->state->set_error(std::make_exception_ptr(Error(ErrorCode::kCancelled, "request cancelled"))); });
   return true;
 }
 
@@ -413,7 +444,8 @@ int RuntimeImpl::pick_device_locked() {
   for (size_t k = 0; k < n; ++k) {
     const size_t i = options_.placement == Placement::kRoundRobin ? (rr_ + k) % n : k;
     const DeviceCtx& dc = devs_[i];
-    if (dc.free_slots.empty() || dc.free_staging.empty()) continue;
+    if (dc.free_slots.empty() || dc.free_staging.empty())
+      continue;
     if (options_.placement == Placement::kRoundRobin) {
       rr_ = (i + 1) % n;
       return static_cast<int>(i);
@@ -435,10 +467,12 @@ void RuntimeImpl::prep_loop(int index) {
       std::unique_lock lock(mu_);
       int d = -1;
       work_cv_.wait(lock, [&] {
-        if (stopping_ && queue_.empty()) return true;
+        if (stopping_ && queue_.empty())
+          return true;
         return !queue_.empty() && (d = pick_device_locked()) >= 0;
       });
-      if (queue_.empty()) return;  // stopping, and everything accepted has been handed on
+      if (queue_.empty())
+        return;  // stopping, and everything accepted has been handed on
       req = std::move(queue_.front());
       queue_.pop_front();
       DeviceCtx& dc = devs_[static_cast<size_t>(d)];
@@ -473,7 +507,8 @@ void RuntimeImpl::prepare(const RequestPtr& req) {
     // Synthetic models: the rest of the modelled host preprocessing time as CPU work on this thread.
     volatile uint64_t sink = 0;
     while (Clock::now() - req->t.prep_start < md_.host_prep)
-      for (int i = 0; i < 256; ++i) sink = sink + static_cast<uint64_t>(i);
+      for (int i = 0; i < 256; ++i)
+        sink = sink + static_cast<uint64_t>(i);
   }
   req->inputs.clear();  // inputs are in the staging buffer now: free (or stop borrowing) the caller's tensors
   req->t.prep_end = Clock::now();
@@ -502,7 +537,8 @@ Job RuntimeImpl::h2d_job(const RequestPtr& req) {
   for (size_t b = 0; b < md_.bindings.size(); ++b)
     if (md_.bindings[b].kind == detail::SlotKind::kInput)
       job.commands.push_back(Command::copy_to_device(staging, in_off_[b], slot.bufs[b], 0, md_.bindings[b].size));
-  if (job.commands.empty()) job.commands.push_back(Command::nop());  // a model without inputs
+  if (job.commands.empty())
+    job.commands.push_back(Command::nop());  // a model without inputs
   return job;
 }
 
@@ -512,16 +548,14 @@ Job RuntimeImpl::exec_job(const RequestPtr& req) {
   Job job;
   switch (md_.compute) {
     case detail::ComputeKind::kExec:
-      job.commands.push_back(Command::exec(dc.program, 0, md_.program.size(), slot.table, 0,
-                                           static_cast<uint32_t>(md_.bindings.size())));
+      job.commands.push_back(
+          Command::exec(dc.program, 0, md_.program.size(), slot.table, 0, static_cast<uint32_t>(md_.bindings.size())));
       break;
     case detail::ComputeKind::kMatmul:
       // bindings: 0 weights W[k,n], 1 input x[m,k], 2 output y[m,n]
       job.commands.push_back(Command::matmul(slot.bufs[1], 0, dc.weights, 0, slot.bufs[2], 0, md_.m, md_.n, md_.k));
       break;
-    case detail::ComputeKind::kSynth:
-      job.commands.push_back(Command::synth(md_.synth_ns));
-      break;
+    case detail::ComputeKind::kSynth: job.commands.push_back(Command::synth(md_.synth_ns)); break;
   }
   for (size_t b = 0; b < md_.bindings.size(); ++b)
     if (md_.bindings[b].kind == detail::SlotKind::kOutput)
@@ -532,7 +566,8 @@ Job RuntimeImpl::exec_job(const RequestPtr& req) {
 void RuntimeImpl::release_staging(const RequestPtr& req) {
   {
     std::lock_guard lock(mu_);
-    if (req->staging < 0) return;
+    if (req->staging < 0)
+      return;
     devs_[static_cast<size_t>(req->dev)].free_staging.push_back(req->staging);
     req->staging = -1;
   }
@@ -547,15 +582,18 @@ void RuntimeImpl::on_h2d_done(const RequestPtr& req, JobResult r) {
   req->t.h2d_end_ns = r.t_end_ns;
   req->t.h2d_ns = r.h2d_ns;
   release_staging(req);
-  if (!r.status) return fail(req, annotate(r.status.error(), "H2D of the inputs failed"));
+  if (!r.status)
+    return fail(req, annotate(r.status.error(), "H2D of the inputs failed"));
   if (req->cancelled || req->state->ready()) {  // cancelled or timed out: do not start the compute
     post([this, req] { retire(req); });
     return;
   }
-  if (closing_devices_) return fail(req, Error(ErrorCode::kAborted, "the runtime is closing its devices"));
+  if (closing_devices_)
+    return fail(req, Error(ErrorCode::kAborted, "the runtime is closing its devices"));
   DeviceCtx& dc = devs_[static_cast<size_t>(req->dev)];
   Status s = dc.dev->submit(exec_job(req), [this, req](JobResult r2) { on_exec_done(req, std::move(r2)); });
-  if (!s) fail(req, annotate(s.error(), "submitting the compute job"));
+  if (!s)
+    fail(req, annotate(s.error(), "submitting the compute job"));
 }
 
 void RuntimeImpl::on_exec_done(const RequestPtr& req, JobResult r) {
@@ -590,7 +628,8 @@ void RuntimeImpl::finish(const RequestPtr& req, JobResult r) {
   Outputs out;
   std::exception_ptr error;
   try {
-    const auto* base = static_cast<const std::byte*>(devs_[static_cast<size_t>(req->dev)].slots[static_cast<size_t>(req->slot)].out.data());
+    const auto* base = static_cast<const std::byte*>(
+        devs_[static_cast<size_t>(req->dev)].slots[static_cast<size_t>(req->slot)].out.data());
     const bool borrowed = !req->outs.empty();
     for (size_t i = 0; i < md_.outputs.size(); ++i) {
       const detail::IoPlace& pl = md_.output_places[i];
@@ -616,13 +655,17 @@ void RuntimeImpl::finish(const RequestPtr& req, JobResult r) {
 void RuntimeImpl::retire(const RequestPtr& req) {
   {
     std::lock_guard lock(mu_);
-    if (req->phase == Phase::kDone) return;
+    if (req->phase == Phase::kDone)
+      return;
     req->phase = Phase::kDone;
-    if (req->slot >= 0) devs_[static_cast<size_t>(req->dev)].free_slots.push_back(req->slot);
+    if (req->slot >= 0)
+      devs_[static_cast<size_t>(req->dev)].free_slots.push_back(req->slot);
     req->slot = -1;
-    if (req->staging >= 0) devs_[static_cast<size_t>(req->dev)].free_staging.push_back(req->staging);
+    if (req->staging >= 0)
+      devs_[static_cast<size_t>(req->dev)].free_staging.push_back(req->staging);
     req->staging = -1;
-    if (--active_ == 0) drain_cv_.notify_all();
+    if (--active_ == 0)
+      drain_cv_.notify_all();
   }
   work_cv_.notify_all();
 }
@@ -633,23 +676,38 @@ AsyncRuntime::AsyncRuntime(CompiledModel model, RuntimeOptions options)
 AsyncRuntime::AsyncRuntime(const MatmulModel& model, RuntimeOptions options)
     : AsyncRuntime(CompiledModel::from_matmul(model), std::move(options)) {}
 AsyncRuntime::~AsyncRuntime() = default;
-Task<Outputs> AsyncRuntime::run(Inputs inputs) { return impl_->run(std::move(inputs), nullptr); }
-Task<Outputs> AsyncRuntime::run(Inputs inputs, std::vector<Tensor> outputs) { return impl_->run(std::move(inputs), &outputs); }
+Task<Outputs> AsyncRuntime::run(Inputs inputs) {
+  return impl_->run(std::move(inputs), nullptr);
+}
+Task<Outputs> AsyncRuntime::run(Inputs inputs, std::vector<Tensor> outputs) {
+  return impl_->run(std::move(inputs), &outputs);
+}
 Task<Outputs> AsyncRuntime::run(Tensor x) {
   Inputs in;
   in.push_back(std::move(x));
   return impl_->run(std::move(in), nullptr);
 }
-const CompiledModel& AsyncRuntime::model() const noexcept { return impl_->model_; }
-const DeviceInfo& AsyncRuntime::device_info() const noexcept { return impl_->devs_.front().dev->info(); }
+const CompiledModel& AsyncRuntime::model() const noexcept {
+  return impl_->model_;
+}
+const DeviceInfo& AsyncRuntime::device_info() const noexcept {
+  return impl_->devs_.front().dev->info();
+}
 std::vector<DeviceInfo> AsyncRuntime::devices_info() const {
   std::vector<DeviceInfo> v;
-  for (const auto& dc : impl_->devs_) v.push_back(dc.dev->info());
+  for (const auto& dc : impl_->devs_)
+    v.push_back(dc.dev->info());
   return v;
 }
-const RuntimeOptions& AsyncRuntime::options() const noexcept { return impl_->options_; }
-int64_t AsyncRuntime::device_clock_offset_ns(size_t i) const { return impl_->devs_.at(i).clock_offset_ns; }
-uint64_t AsyncRuntime::host_dma_bytes() const noexcept { return impl_->host_dma_bytes_; }
+const RuntimeOptions& AsyncRuntime::options() const noexcept {
+  return impl_->options_;
+}
+int64_t AsyncRuntime::device_clock_offset_ns(size_t i) const {
+  return impl_->devs_.at(i).clock_offset_ns;
+}
+uint64_t AsyncRuntime::host_dma_bytes() const noexcept {
+  return impl_->host_dma_bytes_;
+}
 
 namespace {
 RuntimeOptions sync_options(RuntimeOptions o) {
@@ -663,9 +721,17 @@ RuntimeOptions sync_options(RuntimeOptions o) {
 Runtime::Runtime(CompiledModel model, RuntimeOptions options)
     : rt_(std::make_unique<AsyncRuntime>(std::move(model), sync_options(std::move(options)))) {}
 Runtime::~Runtime() = default;
-Outputs Runtime::run(Inputs inputs) { return rt_->run(std::move(inputs)).wait(); }
-Outputs Runtime::run(Tensor x) { return rt_->run(std::move(x)).wait(); }
-const CompiledModel& Runtime::model() const noexcept { return rt_->model(); }
-const DeviceInfo& Runtime::device_info() const noexcept { return rt_->device_info(); }
+Outputs Runtime::run(Inputs inputs) {
+  return rt_->run(std::move(inputs)).wait();
+}
+Outputs Runtime::run(Tensor x) {
+  return rt_->run(std::move(x)).wait();
+}
+const CompiledModel& Runtime::model() const noexcept {
+  return rt_->model();
+}
+const DeviceInfo& Runtime::device_info() const noexcept {
+  return rt_->device_info();
+}
 
 }  // namespace vnpu

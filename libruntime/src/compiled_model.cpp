@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
 // CompiledModel: .vnpu files through the compiler's container reader (compiler/format), and in-memory models.
+#include <sys/stat.h>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
-#include <sys/stat.h>
 
 #include <vnpu/compiled_model.h>
 #include <vnpu/error.h>
@@ -19,7 +19,9 @@ namespace vnpu {
 
 namespace {
 
-uint64_t round4(uint64_t bytes) { return (bytes + 3) / 4 * 4; }
+uint64_t round4(uint64_t bytes) {
+  return (bytes + 3) / 4 * 4;
+}
 
 }  // namespace
 
@@ -39,8 +41,10 @@ static std::shared_ptr<detail::ModelData> convert(const ModelFile& f, std::strin
     infos.push_back(TensorInfo{t.name, DType::kF32, t.shape, t.size_bytes});
     places.push_back(detail::IoPlace{t.binding, t.offset});
   };
-  for (const TensorSpec& t : f.inputs()) add(t, d->inputs, d->input_places);
-  for (const TensorSpec& t : f.outputs()) add(t, d->outputs, d->output_places);
+  for (const TensorSpec& t : f.inputs())
+    add(t, d->inputs, d->input_places);
+  for (const TensorSpec& t : f.outputs())
+    add(t, d->outputs, d->output_places);
   d->weights.assign(f.weights().begin(), f.weights().end());
   d->program.assign(f.program().begin(), f.program().end());
   d->producer = f.producer();
@@ -49,14 +53,15 @@ static std::shared_ptr<detail::ModelData> convert(const ModelFile& f, std::strin
 }
 
 CompiledModel CompiledModel::load(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     const int err = errno;
     throw Error(err == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
                 "cannot open model '" + path + "': " + std::strerror(err));
   }
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorCode::kIo, "cannot read model '" + path + "'");
+  if (!in)
+    throw Error(ErrorCode::kIo, "cannot read model '" + path + "'");
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   return from_memory(bytes, path);
 }
@@ -115,38 +120,52 @@ CompiledModel CompiledModel::synthetic(const SyntheticSpec& spec) {
   return CompiledModel(std::move(d));
 }
 
-const std::vector<TensorInfo>& CompiledModel::inputs() const noexcept { return d_->inputs; }
-const std::vector<TensorInfo>& CompiledModel::outputs() const noexcept { return d_->outputs; }
+const std::vector<TensorInfo>& CompiledModel::inputs() const noexcept {
+  return d_->inputs;
+}
+const std::vector<TensorInfo>& CompiledModel::outputs() const noexcept {
+  return d_->outputs;
+}
 
 std::optional<size_t> CompiledModel::input_index(std::string_view name) const noexcept {
   for (size_t i = 0; i < d_->inputs.size(); ++i)
-    if (d_->inputs[i].name == name) return i;
+    if (d_->inputs[i].name == name)
+      return i;
   return std::nullopt;
 }
 std::optional<size_t> CompiledModel::output_index(std::string_view name) const noexcept {
   for (size_t i = 0; i < d_->outputs.size(); ++i)
-    if (d_->outputs[i].name == name) return i;
+    if (d_->outputs[i].name == name)
+      return i;
   return std::nullopt;
 }
 
 uint64_t CompiledModel::device_bytes_per_request() const noexcept {
   uint64_t n = 0;
   for (const auto& b : d_->bindings)
-    if (b.kind != detail::SlotKind::kWeights) n += b.size;
+    if (b.kind != detail::SlotKind::kWeights)
+      n += b.size;
   return n + 8 * d_->bindings.size();
 }
-uint64_t CompiledModel::device_bytes_shared() const noexcept { return d_->weights.size() + d_->program.size(); }
-std::string_view CompiledModel::kind() const noexcept { return d_->kind; }
+uint64_t CompiledModel::device_bytes_shared() const noexcept {
+  return d_->weights.size() + d_->program.size();
+}
+std::string_view CompiledModel::kind() const noexcept {
+  return d_->kind;
+}
 
 std::string CompiledModel::describe() const {
   std::ostringstream os;
   os << "model: " << d_->kind;
-  if (!d_->producer.empty()) os << " (" << d_->producer << ")";
+  if (!d_->producer.empty())
+    os << " (" << d_->producer << ")";
   os << ", " << d_->op_count << " ops\n";
   for (const auto& t : d_->inputs)
-    os << "  input  " << t.name << ": " << dtype_name(t.dtype) << shape_string(t.shape) << " (" << t.size_bytes << " B)\n";
+    os << "  input  " << t.name << ": " << dtype_name(t.dtype) << shape_string(t.shape) << " (" << t.size_bytes
+       << " B)\n";
   for (const auto& t : d_->outputs)
-    os << "  output " << t.name << ": " << dtype_name(t.dtype) << shape_string(t.shape) << " (" << t.size_bytes << " B)\n";
+    os << "  output " << t.name << ": " << dtype_name(t.dtype) << shape_string(t.shape) << " (" << t.size_bytes
+       << " B)\n";
   static const char* const kKinds[] = {"?", "weights", "input", "output", "scratch"};
   for (size_t i = 0; i < d_->bindings.size(); ++i) {
     const auto k = static_cast<uint32_t>(d_->bindings[i].kind);

@@ -48,13 +48,24 @@ namespace detail {
 Error errno_error(int err, const std::string& what) {
   ErrorCode code = ErrorCode::kIo;
   switch (err) {
-    case ENOENT: case ENODEV: case ENXIO: code = ErrorCode::kNotFound; break;
-    case EACCES: case EPERM: code = ErrorCode::kPermissionDenied; break;
-    case ENOMEM: case ENOSPC: code = ErrorCode::kOutOfMemory; break;
-    case EINVAL: case E2BIG: case ERANGE: case EFAULT: code = ErrorCode::kInvalidArgument; break;
+    case ENOENT:
+    case ENODEV:
+    case ENXIO: code = ErrorCode::kNotFound; break;
+    case EACCES:
+    case EPERM: code = ErrorCode::kPermissionDenied; break;
+    case ENOMEM:
+    case ENOSPC: code = ErrorCode::kOutOfMemory; break;
+    case EINVAL:
+    case E2BIG:
+    case ERANGE:
+    case EFAULT: code = ErrorCode::kInvalidArgument; break;
     case ECANCELED: code = ErrorCode::kAborted; break;
-    case EIO: case ETIME: case ETIMEDOUT: code = ErrorCode::kDeviceFault; break;
-    case ENOTTY: case EOPNOTSUPP: case ENOSYS: code = ErrorCode::kUnsupported; break;
+    case EIO:
+    case ETIME:
+    case ETIMEDOUT: code = ErrorCode::kDeviceFault; break;
+    case ENOTTY:
+    case EOPNOTSUPP:
+    case ENOSYS: code = ErrorCode::kUnsupported; break;
     default: break;
   }
   return Error(code, what + ": " + std::strerror(err));
@@ -62,15 +73,26 @@ Error errno_error(int err, const std::string& what) {
 
 Error hw_status_error(uint32_t hw_status, const std::string& what) {
   switch (hw_status) {
-    case VNPU_CPL_BAD_OPCODE: return Error(ErrorCode::kDeviceFault, what + ": device rejected an unknown opcode (runtime/device version mismatch?)");
-    case VNPU_CPL_BAD_FIELD: return Error(ErrorCode::kDeviceFault, what + ": device rejected a command field (reserved bit, dimension or dtype)");
-    case VNPU_CPL_DEVMEM_RANGE: return Error(ErrorCode::kDeviceFault, what + ": device memory access outside device memory");
+    case VNPU_CPL_BAD_OPCODE:
+      return Error(ErrorCode::kDeviceFault,
+                   what + ": device rejected an unknown opcode (runtime/device version mismatch?)");
+    case VNPU_CPL_BAD_FIELD:
+      return Error(ErrorCode::kDeviceFault,
+                   what + ": device rejected a command field (reserved bit, dimension or dtype)");
+    case VNPU_CPL_DEVMEM_RANGE:
+      return Error(ErrorCode::kDeviceFault, what + ": device memory access outside device memory");
     case VNPU_CPL_SGL_INVALID: return Error(ErrorCode::kDeviceFault, what + ": malformed scatter-gather list");
     case VNPU_CPL_DMA_FAULT: return Error(ErrorCode::kDeviceFault, what + ": host memory DMA fault");
-    case VNPU_CPL_ABORTED: return Error(ErrorCode::kAborted, what + ": aborted by queue shutdown or device reset; resubmit if needed");
+    case VNPU_CPL_ABORTED:
+      return Error(ErrorCode::kAborted, what + ": aborted by queue shutdown or device reset; resubmit if needed");
     case VNPU_CPL_JOB_TOO_LONG: return Error(ErrorCode::kDeviceFault, what + ": job too long for the device");
-    case VNPU_CPL_MMU_FAULT: return Error(ErrorCode::kDeviceFault, what + ": device MMU fault (an address outside this context's allocations)");
-    case VNPU_CPL_PROGRAM_INVALID: return Error(ErrorCode::kDeviceFault, what + ": the device rejected the program (malformed header, op, operand or binding); recompile the model");
+    case VNPU_CPL_MMU_FAULT:
+      return Error(ErrorCode::kDeviceFault,
+                   what + ": device MMU fault (an address outside this context's allocations)");
+    case VNPU_CPL_PROGRAM_INVALID:
+      return Error(
+          ErrorCode::kDeviceFault,
+          what + ": the device rejected the program (malformed header, op, operand or binding); recompile the model");
     case VNPU_CPL_BAD_CONTEXT: return Error(ErrorCode::kDeviceFault, what + ": bad device context id");
     default: return Error(ErrorCode::kDeviceFault, what + ": device reported status " + std::to_string(hw_status));
   }
@@ -82,16 +104,20 @@ Error job_error(int job_status, uint32_t hw_status, uint64_t fault_addr, const s
     if (hw_status == VNPU_CPL_MMU_FAULT) {
       char buf[32];
       std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(fault_addr));
-      return Error(e.code(), what + ": device MMU fault at device address " + buf +
-                                 " (outside this context's allocations)");
+      return Error(e.code(),
+                   what + ": device MMU fault at device address " + buf + " (outside this context's allocations)");
     }
     return e;
   }
   const int err = job_status < 0 ? -job_status : job_status;
   switch (err) {
-    case ECANCELED: return Error(ErrorCode::kAborted, what + ": cancelled by the driver (a dependency failed or the queue was torn down)");
-    case EIO: case EFAULT: case ETIMEDOUT: case ETIME:
-      return Error(ErrorCode::kDeviceFault, what + ": " + std::strerror(err));
+    case ECANCELED:
+      return Error(ErrorCode::kAborted,
+                   what + ": cancelled by the driver (a dependency failed or the queue was torn down)");
+    case EIO:
+    case EFAULT:
+    case ETIMEDOUT:
+    case ETIME: return Error(ErrorCode::kDeviceFault, what + ": " + std::strerror(err));
     default: return errno_error(err, what);
   }
 }
@@ -122,7 +148,8 @@ size_t element_count(const std::vector<int64_t>& shape) {
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::ostringstream os;
   os << '[';
-  for (size_t i = 0; i < shape.size(); ++i) os << (i ? "," : "") << shape[i];
+  for (size_t i = 0; i < shape.size(); ++i)
+    os << (i ? "," : "") << shape[i];
   os << ']';
   return os.str();
 }
@@ -133,7 +160,8 @@ Tensor::Tensor(std::vector<int64_t> shape) : shape_(std::move(shape)), owned_(el
   size_ = owned_.size();
 }
 
-Tensor::Tensor(std::vector<int64_t> shape, std::vector<float> data) : shape_(std::move(shape)), owned_(std::move(data)) {
+Tensor::Tensor(std::vector<int64_t> shape, std::vector<float> data)
+    : shape_(std::move(shape)), owned_(std::move(data)) {
   const size_t n = element_count(shape_);
   if (n != owned_.size())
     throw Error(ErrorCode::kInvalidArgument, "tensor of shape " + shape_str(shape_) + " needs " + std::to_string(n) +
@@ -146,7 +174,8 @@ Tensor Tensor::borrow(std::vector<int64_t> shape, std::span<float> data) {
   const size_t n = element_count(shape);
   if (n != data.size())
     throw Error(ErrorCode::kInvalidArgument, "borrowed tensor of shape " + shape_str(shape) + " needs " +
-                                                 std::to_string(n) + " elements, the span has " + std::to_string(data.size()));
+                                                 std::to_string(n) + " elements, the span has " +
+                                                 std::to_string(data.size()));
   Tensor t;
   t.shape_ = std::move(shape);
   t.ptr_ = data.data();
@@ -162,8 +191,12 @@ Tensor Tensor::borrow(std::vector<int64_t> shape, std::span<const float> data) {
 }
 
 Tensor::Tensor(const Tensor& o)
-    : shape_(o.shape_), owned_(o.owned_), ptr_(o.borrowed_ ? o.ptr_ : owned_.data()), size_(o.size_),
-      borrowed_(o.borrowed_), read_only_(o.read_only_) {}
+    : shape_(o.shape_),
+      owned_(o.owned_),
+      ptr_(o.borrowed_ ? o.ptr_ : owned_.data()),
+      size_(o.size_),
+      borrowed_(o.borrowed_),
+      read_only_(o.read_only_) {}
 
 Tensor& Tensor::operator=(const Tensor& o) {
   if (this != &o) {
@@ -174,8 +207,12 @@ Tensor& Tensor::operator=(const Tensor& o) {
 }
 
 Tensor::Tensor(Tensor&& o) noexcept
-    : shape_(std::move(o.shape_)), owned_(std::move(o.owned_)), ptr_(o.borrowed_ ? o.ptr_ : owned_.data()),
-      size_(o.size_), borrowed_(o.borrowed_), read_only_(o.read_only_) {
+    : shape_(std::move(o.shape_)),
+      owned_(std::move(o.owned_)),
+      ptr_(o.borrowed_ ? o.ptr_ : owned_.data()),
+      size_(o.size_),
+      borrowed_(o.borrowed_),
+      read_only_(o.read_only_) {
   o.ptr_ = nullptr;
   o.size_ = 0;
   o.borrowed_ = o.read_only_ = false;
@@ -197,16 +234,22 @@ Tensor& Tensor::operator=(Tensor&& o) noexcept {
 }
 
 std::span<float> Tensor::data() {
-  if (read_only_) throw Error(ErrorCode::kInvalidArgument, "tensor is a read-only borrowed view; it cannot be written");
+  if (read_only_)
+    throw Error(ErrorCode::kInvalidArgument, "tensor is a read-only borrowed view; it cannot be written");
   return {ptr_, size_};
 }
 
 bool operator==(const Tensor& a, const Tensor& b) {
-  return a.shape_ == b.shape_ && a.size_ == b.size_ && (a.size_ == 0 || std::memcmp(a.ptr_, b.ptr_, a.size_bytes()) == 0);
+  return a.shape_ == b.shape_ && a.size_ == b.size_ &&
+         (a.size_ == 0 || std::memcmp(a.ptr_, b.ptr_, a.size_bytes()) == 0);
 }
 
-const char* dtype_name(DType) noexcept { return "f32"; }
-std::string shape_string(const std::vector<int64_t>& shape) { return shape_str(shape); }
+const char* dtype_name(DType) noexcept {
+  return "f32";
+}
+std::string shape_string(const std::vector<int64_t>& shape) {
+  return shape_str(shape);
+}
 
 // ---- MatmulModel ----------------------------------------------------------------------------------------
 namespace {
@@ -231,8 +274,8 @@ MatmulModel::MatmulModel(int64_t m, Tensor weights) {
 
 Tensor MatmulModel::reference(const Tensor& x) const {
   if (x.shape() != input_shape())
-    throw Error(ErrorCode::kInvalidArgument, "reference input has shape " + shape_str(x.shape()) + ", model expects " +
-                                                 shape_str(input_shape()));
+    throw Error(ErrorCode::kInvalidArgument,
+                "reference input has shape " + shape_str(x.shape()) + ", model expects " + shape_str(input_shape()));
   Tensor y(output_shape());
   const float* a = x.data().data();
   const float* b = weights_->data().data();
@@ -240,7 +283,8 @@ Tensor MatmulModel::reference(const Tensor& x) const {
   for (int64_t i = 0; i < m_; ++i)
     for (int64_t j = 0; j < n_; ++j) {
       float acc = 0.0f;
-      for (int64_t p = 0; p < k_; ++p) acc += a[i * k_ + p] * b[p * n_ + j];
+      for (int64_t p = 0; p < k_; ++p)
+        acc += a[i * k_ + p] * b[p * n_ + j];
       c[i * n_ + j] = acc;
     }
   return y;
@@ -249,16 +293,24 @@ Tensor MatmulModel::reference(const Tensor& x) const {
 // ---- Buffers and commands ------------------------------------------------------------------------------
 HostBuffer::HostBuffer(std::shared_ptr<detail::HostBufferObject> obj) noexcept : obj_(std::move(obj)) {}
 HostBuffer::~HostBuffer() = default;
-void* HostBuffer::data() const noexcept { return obj_ ? obj_->ptr : nullptr; }
-size_t HostBuffer::size() const noexcept { return obj_ ? obj_->size : 0; }
+void* HostBuffer::data() const noexcept {
+  return obj_ ? obj_->ptr : nullptr;
+}
+size_t HostBuffer::size() const noexcept {
+  return obj_ ? obj_->size : 0;
+}
 
 DeviceBuffer::DeviceBuffer(std::shared_ptr<detail::DeviceBufferObject> obj) noexcept : obj_(std::move(obj)) {}
 DeviceBuffer::~DeviceBuffer() = default;
-size_t DeviceBuffer::size() const noexcept { return obj_ ? obj_->size : 0; }
-uint64_t DeviceBuffer::device_address() const noexcept { return obj_ ? obj_->dev_addr : 0; }
+size_t DeviceBuffer::size() const noexcept {
+  return obj_ ? obj_->size : 0;
+}
+uint64_t DeviceBuffer::device_address() const noexcept {
+  return obj_ ? obj_->dev_addr : 0;
+}
 
-Command Command::copy_to_device(const HostBuffer& src, uint64_t src_offset, const DeviceBuffer& dst, uint64_t dst_offset,
-                                uint64_t bytes) {
+Command Command::copy_to_device(const HostBuffer& src, uint64_t src_offset, const DeviceBuffer& dst,
+                                uint64_t dst_offset, uint64_t bytes) {
   Command c;
   c.kind = Kind::kCopyToDevice;
   c.host = src.object();
@@ -325,7 +377,7 @@ Command Command::matmul(const DeviceBuffer& a, uint64_t a_offset, const DeviceBu
 
 // ---- Device front end -------------------------------------------------------------------------------------
 std::string Device::default_backend(int index) {
-  struct stat st{};
+  struct stat st {};
   const std::string path = "/dev/accel/accel" + std::to_string(index);
   return ::stat(path.c_str(), &st) == 0 ? "kernel" : "sim";
 }
@@ -334,8 +386,10 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& options) {
   if (options.index < 0)
     return Error(ErrorCode::kInvalidArgument, "device index " + std::to_string(options.index) + " is negative");
   const std::string backend = options.backend.empty() ? default_backend(options.index) : options.backend;
-  if (backend == "kernel") return detail::open_kernel_device(options);
-  if (backend == "sim") return detail::open_sim_device(options);
+  if (backend == "kernel")
+    return detail::open_kernel_device(options);
+  if (backend == "sim")
+    return detail::open_sim_device(options);
   return Error(ErrorCode::kNotFound, "unknown backend '" + backend + "': use 'kernel' or 'sim'");
 }
 
@@ -343,7 +397,8 @@ Device::~Device() = default;
 
 Status Device::validate(const Job& job) const {
   const auto& inf = info();
-  if (job.commands.empty()) return Error(ErrorCode::kInvalidArgument, "job has no commands");
+  if (job.commands.empty())
+    return Error(ErrorCode::kInvalidArgument, "job has no commands");
   if (job.commands.size() > inf.max_cmds_per_job)
     return Error(ErrorCode::kInvalidArgument, "job has " + std::to_string(job.commands.size()) +
                                                   " commands; this device accepts at most " +
@@ -353,7 +408,8 @@ Status Device::validate(const Job& job) const {
     const std::string where = "command " + std::to_string(i);
     auto check_dev = [&](int j, uint64_t bytes) -> Status {
       const auto& d = c.dev[j];
-      if (!d) return Error(ErrorCode::kInvalidArgument, where + " names an empty device buffer");
+      if (!d)
+        return Error(ErrorCode::kInvalidArgument, where + " names an empty device buffer");
       if (d->owner != owner_token())
         return Error(ErrorCode::kInvalidArgument, where + " names a device buffer of another device");
       if (!detail::range_fits(c.dev_offset[j], bytes, d->size))
@@ -365,15 +421,18 @@ Status Device::validate(const Job& job) const {
     switch (c.kind) {
       case Command::Kind::kCopyToDevice:
       case Command::Kind::kCopyFromDevice: {
-        if (c.bytes == 0) return Error(ErrorCode::kInvalidArgument, where + " copies 0 bytes");
-        if (!c.host) return Error(ErrorCode::kInvalidArgument, where + " names an empty host buffer");
+        if (c.bytes == 0)
+          return Error(ErrorCode::kInvalidArgument, where + " copies 0 bytes");
+        if (!c.host)
+          return Error(ErrorCode::kInvalidArgument, where + " names an empty host buffer");
         if (c.host->owner != owner_token())
           return Error(ErrorCode::kInvalidArgument, where + " names a host buffer of another device");
         if (!detail::range_fits(c.host_offset, c.bytes, c.host->size))
           return Error(ErrorCode::kInvalidArgument, where + ": host range [" + std::to_string(c.host_offset) + ", +" +
                                                         std::to_string(c.bytes) + ") exceeds the buffer's " +
                                                         std::to_string(c.host->size) + " bytes");
-        if (auto s = check_dev(0, c.bytes); !s) return s;
+        if (auto s = check_dev(0, c.bytes); !s)
+          return s;
         break;
       }
       case Command::Kind::kMatmul: {
@@ -386,39 +445,44 @@ Status Device::validate(const Job& job) const {
         for (int j = 0; j < 3; ++j) {
           if (c.dev_offset[j] % 4)
             return Error(ErrorCode::kInvalidArgument, where + ": matmul offsets must be 4-byte aligned");
-          if (auto s = check_dev(j, sizes[j]); !s) return s;
+          if (auto s = check_dev(j, sizes[j]); !s)
+            return s;
         }
         break;
       }
       case Command::Kind::kExec: {
         if (c.size2 < 1 || c.size2 > VNPU_PROG_MAX_LEN)
-          return Error(ErrorCode::kInvalidArgument, where + ": program size " + std::to_string(c.size2) + " out of range 1.." +
-                                                        std::to_string(VNPU_PROG_MAX_LEN));
+          return Error(ErrorCode::kInvalidArgument, where + ": program size " + std::to_string(c.size2) +
+                                                        " out of range 1.." + std::to_string(VNPU_PROG_MAX_LEN));
         if (c.count < 1 || c.count > VNPU_EXEC_MAX_BINDINGS)
           return Error(ErrorCode::kInvalidArgument, where + ": " + std::to_string(c.count) + " bindings; use 1.." +
                                                         std::to_string(VNPU_EXEC_MAX_BINDINGS));
         if (c.dev_offset[0] % 8 || c.dev_offset[1] % 8)
-          return Error(ErrorCode::kInvalidArgument, where + ": program and binding table offsets must be 8-byte aligned");
-        if (auto s = check_dev(0, c.size2); !s) return s;
-        if (auto s = check_dev(1, uint64_t{c.count} * 8); !s) return s;
+          return Error(ErrorCode::kInvalidArgument,
+                       where + ": program and binding table offsets must be 8-byte aligned");
+        if (auto s = check_dev(0, c.size2); !s)
+          return s;
+        if (auto s = check_dev(1, uint64_t{c.count} * 8); !s)
+          return s;
         break;
       }
       case Command::Kind::kSynth:
         if (c.ns < 1 || c.ns > VNPU_SYNTH_MAX_NS)
-          return Error(ErrorCode::kInvalidArgument, where + ": synth time " + std::to_string(c.ns) + " ns out of range 1..10^10");
+          return Error(ErrorCode::kInvalidArgument,
+                       where + ": synth time " + std::to_string(c.ns) + " ns out of range 1..10^10");
         break;
-      case Command::Kind::kNop:
-        break;
-      default:
-        return Error(ErrorCode::kInvalidArgument, where + " has an unknown kind");
+      case Command::Kind::kNop: break;
+      default: return Error(ErrorCode::kInvalidArgument, where + " has an unknown kind");
     }
   }
   return {};
 }
 
 Status Device::submit(Job job, JobCallback done) {
-  if (!done) return Error(ErrorCode::kInvalidArgument, "submit() needs a completion callback");
-  if (auto s = validate(job); !s) return s;
+  if (!done)
+    return Error(ErrorCode::kInvalidArgument, "submit() needs a completion callback");
+  if (auto s = validate(job); !s)
+    return s;
   return do_submit(std::move(job), std::move(done));
 }
 
@@ -428,8 +492,8 @@ Result<JobResult> Device::run(Job job, std::chrono::milliseconds timeout) {
   if (auto s = submit(std::move(job), [promise](JobResult r) { promise->set_value(std::move(r)); }); !s)
     return std::move(s).error();
   if (future.wait_for(timeout) != std::future_status::ready)
-    return Error(ErrorCode::kDeviceFault, "job did not complete within " + std::to_string(timeout.count()) +
-                                              " ms: the device may be hung");
+    return Error(ErrorCode::kDeviceFault,
+                 "job did not complete within " + std::to_string(timeout.count()) + " ms: the device may be hung");
   return future.get();
 }
 
@@ -438,7 +502,8 @@ Result<JobResult> Device::run(Job job, std::chrono::milliseconds timeout) {
 namespace vnpu {
 const Tensor& Outputs::at(std::string_view name) const {
   for (size_t i = 0; i < names.size() && i < tensors.size(); ++i)
-    if (names[i] == name) return tensors[i];
+    if (names[i] == name)
+      return tensors[i];
   throw Error(ErrorCode::kNotFound, "the model has no output named '" + std::string(name) + "'");
 }
 }  // namespace vnpu

@@ -44,7 +44,9 @@ struct DeviceBufferObject {
 // CLOCK_MONOTONIC in nanoseconds: the host clock of both backends (and the simulated engine's clock).
 [[nodiscard]] uint64_t monotonic_ns();
 
-[[nodiscard]] constexpr uint64_t round_up(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
+[[nodiscard]] constexpr uint64_t round_up(uint64_t v, uint64_t align) {
+  return (v + align - 1) / align * align;
+}
 
 // a + b <= limit without overflow.
 [[nodiscard]] constexpr bool range_fits(uint64_t offset, uint64_t len, uint64_t limit) {

@@ -47,7 +47,8 @@ void gem_close(int fd, uint32_t handle) {
 
 struct KernelHostBuffer final : HostBufferObject {
   ~KernelHostBuffer() override {
-    if (ptr) ::munmap(ptr, map_len);
+    if (ptr)
+      ::munmap(ptr, map_len);
     gem_close(fd->fd, handle);
   }
   std::shared_ptr<AccelFd> fd;
@@ -76,10 +77,10 @@ class KernelDevice final : public Device {
 
  private:
   struct Pending {
-    Job job;  // keeps the buffers alive until the job completes
+    Job job;                         // keeps the buffers alive until the job completes
     std::vector<drm_vnpu_cmd> cmds;  // the driver may read them after submission when it goes async
     JobCallback done;
-    uint64_t seqno = 0;  // ioctl mode
+    uint64_t seqno = 0;   // ioctl mode
     int64_t report = -1;  // index of the job-report slot, -1 if none
   };
 
@@ -140,8 +141,10 @@ Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options)
 
   drmVersionPtr ver = drmGetVersion(fd);
   const bool is_vnpu = ver && ver->name && std::strcmp(ver->name, "vnpu") == 0;
-  if (ver) drmFreeVersion(ver);
-  if (!is_vnpu) return Error(ErrorCode::kUnsupported, path + " is not driven by vnpu.ko");
+  if (ver)
+    drmFreeVersion(ver);
+  if (!is_vnpu)
+    return Error(ErrorCode::kUnsupported, path + " is not driven by vnpu.ko");
 
   struct Want {
     uint32_t param;
@@ -153,13 +156,15 @@ Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options)
                         Want{DRM_VNPU_PARAM_URING_CMD, &uring}, Want{DRM_VNPU_PARAM_H2D_MBPS, &h2d},
                         Want{DRM_VNPU_PARAM_D2H_MBPS, &d2h}, Want{DRM_VNPU_PARAM_COMPUTE_GFLOPS, &gflops}}) {
     auto v = dev->get_param(w.param);
-    if (!v) return std::move(v).error();
+    if (!v)
+      return std::move(v).error();
     *w.out = *v;
   }
   if ((version >> 16) != VNPU_VERSION_MAJOR)
     return Error(ErrorCode::kUnsupported, path + ": device interface version " + std::to_string(version >> 16) + "." +
                                               std::to_string(version & 0xffff) + " is not supported (need " +
-                                              std::to_string(VNPU_VERSION_MAJOR) + ".x); update vnpu.ko and the device");
+                                              std::to_string(VNPU_VERSION_MAJOR) +
+                                              ".x); update vnpu.ko and the device");
   if ((caps & (VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL)) != (VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL))
     return Error(ErrorCode::kUnsupported, path + ": device lacks DMA or MATMUL capability");
   inf.device_version = static_cast<uint32_t>(version);
@@ -170,9 +175,12 @@ Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options)
   inf.d2h_mbps = static_cast<uint32_t>(d2h);
   inf.compute_gflops = static_cast<uint32_t>(gflops);
   // Informational parameters: an older driver may lack them.
-  if (auto v = dev->get_param(DRM_VNPU_PARAM_COMPUTE_CORES); v && *v > 0) inf.compute_cores = static_cast<uint32_t>(*v);
-  if (auto v = dev->get_param(DRM_VNPU_PARAM_MMU_PAGE_SIZE); v) inf.mmu_page_size = *v;
-  if (auto v = dev->get_param(DRM_VNPU_PARAM_CONTEXT_ID); v) inf.context_id = static_cast<uint32_t>(*v);
+  if (auto v = dev->get_param(DRM_VNPU_PARAM_COMPUTE_CORES); v && *v > 0)
+    inf.compute_cores = static_cast<uint32_t>(*v);
+  if (auto v = dev->get_param(DRM_VNPU_PARAM_MMU_PAGE_SIZE); v)
+    inf.mmu_page_size = *v;
+  if (auto v = dev->get_param(DRM_VNPU_PARAM_CONTEXT_ID); v)
+    inf.context_id = static_cast<uint32_t>(*v);
   // Timing-only is the device's power-on mode (QEMU property), not something a client may switch: a client
   // that wants real outputs must not get a device that skips the arithmetic, and vice versa.
   {
@@ -184,27 +192,33 @@ Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options)
   if (inf.timing_only != options.timing_only)
     return Error(ErrorCode::kUnsupported,
                  inf.timing_only
-                     ? path + " is in timing-only mode (outputs undefined) but timing_only was not requested; boot "
-                              "the VM without --device-props timing-only=on, or set RuntimeOptions::timing_only"
-                     : path + " computes functionally, but timing_only was requested; boot the VM with "
-                              "`./vnpu vm --device-props timing-only=on` (the mode is the device's power-on setting)");
+                     ? path +
+                           " is in timing-only mode (outputs undefined) but timing_only was not requested; boot "
+                           "the VM without --device-props timing-only=on, or set RuntimeOptions::timing_only"
+                     : path +
+                           " computes functionally, but timing_only was requested; boot the VM with "
+                           "`./vnpu vm --device-props timing-only=on` (the mode is the device's power-on setting)");
 
   if (options.priority != -1) {
     drm_vnpu_queue_create qc{};
     if (options.priority < 0 || options.priority > VNPU_PRIORITY_MAX)
-      return Error(ErrorCode::kInvalidArgument, "queue priority " + std::to_string(options.priority) + " out of range 0..3");
+      return Error(ErrorCode::kInvalidArgument,
+                   "queue priority " + std::to_string(options.priority) + " out of range 0..3");
     qc.priority = static_cast<uint32_t>(options.priority);
-    if (drmIoctl(fd, DRM_IOCTL_VNPU_QUEUE_CREATE, &qc) != 0) return errno_error(errno, path + ": QUEUE_CREATE");
+    if (drmIoctl(fd, DRM_IOCTL_VNPU_QUEUE_CREATE, &qc) != 0)
+      return errno_error(errno, path + ": QUEUE_CREATE");
     dev->queue_id_ = qc.queue_id;
   }
 
   // Job reports carry device timestamps and per-engine busy times (a CQE has only the seqno).
   {
     auto r = dev->alloc_host(sizeof(drm_vnpu_job_report) * kReportSlots);
-    if (!r) return std::move(r).error();
+    if (!r)
+      return std::move(r).error();
     dev->reports_ = std::move(*r);
     dev->report_handle_ = static_cast<const KernelHostBuffer&>(*dev->reports_.object()).handle;
-    for (uint32_t i = kReportSlots; i-- > 0;) dev->free_reports_.push_back(i);
+    for (uint32_t i = kReportSlots; i-- > 0;)
+      dev->free_reports_.push_back(i);
   }
 
   if (options.submit_mode == SubmitMode::kUring) {
@@ -212,7 +226,8 @@ Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options)
       return Error(ErrorCode::kUnsupported, path + ": driver has no io_uring command interface (version " +
                                                 std::to_string(uring) + "); use SubmitMode::kIoctl");
     const int r = io_uring_queue_init(kRingEntries, &dev->ring_, IORING_SETUP_SQE128 | IORING_SETUP_CQE32);
-    if (r < 0) return errno_error(-r, "io_uring_queue_init(SQE128|CQE32)");
+    if (r < 0)
+      return errno_error(-r, "io_uring_queue_init(SQE128|CQE32)");
     dev->ring_ready_ = true;
     inf.submit_path = "uring";
     inf.timestamps = true;  // from the job report
@@ -253,7 +268,8 @@ KernelDevice::~KernelDevice() {
   // done with them, so dropping our references is safe.
   auto left = std::move(pending_);
   lock.unlock();
-  if (ring_ready_) io_uring_queue_exit(&ring_);
+  if (ring_ready_)
+    io_uring_queue_exit(&ring_);
   for (auto& [id, p] : left) {
     JobResult r;
     r.status = Error(ErrorCode::kAborted, "job aborted: device closed before it completed");
@@ -274,14 +290,17 @@ Result<HostBuffer> KernelDevice::alloc_host(size_t bytes) {
   obj->owner = fd_.get();
   obj->size = bytes;
   obj->map_len = round_up(bytes, static_cast<uint64_t>(sysconf(_SC_PAGESIZE)));
-  void* p = ::mmap(nullptr, obj->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd_->fd, static_cast<off_t>(req.mmap_offset));
-  if (p == MAP_FAILED) return errno_error(errno, "mmap of a " + std::to_string(bytes) + "-byte BO");
+  void* p =
+      ::mmap(nullptr, obj->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd_->fd, static_cast<off_t>(req.mmap_offset));
+  if (p == MAP_FAILED)
+    return errno_error(errno, "mmap of a " + std::to_string(bytes) + "-byte BO");
   obj->ptr = p;
   return HostBuffer(std::move(obj));
 }
 
 Result<DeviceBuffer> KernelDevice::alloc_device(size_t bytes) {
-  if (bytes == 0) return Error(ErrorCode::kInvalidArgument, "device buffer of 0 bytes");
+  if (bytes == 0)
+    return Error(ErrorCode::kInvalidArgument, "device buffer of 0 bytes");
   drm_vnpu_mem_alloc req{};
   req.size = bytes;
   if (drmIoctl(fd_->fd, DRM_IOCTL_VNPU_MEM_ALLOC, &req) != 0)
@@ -337,9 +356,7 @@ std::vector<drm_vnpu_cmd> KernelDevice::encode(const Job& job) {
         d.op = DRM_VNPU_OP_SYNTH;
         d.synth.ns = c.ns;
         break;
-      case Command::Kind::kNop:
-        d.op = DRM_VNPU_OP_NOP;
-        break;
+      case Command::Kind::kNop: d.op = DRM_VNPU_OP_NOP; break;
     }
   }
   return out;
@@ -352,7 +369,8 @@ Status KernelDevice::do_submit(Job job, JobCallback done) {
   p->done = std::move(done);
 
   std::lock_guard lock(mu_);
-  if (stopping_) return Error(ErrorCode::kAborted, "device is closing; job not submitted");
+  if (stopping_)
+    return Error(ErrorCode::kAborted, "device is closing; job not submitted");
   const uint64_t id = next_id_++;
   drm_vnpu_job dj{};
   dj.cmds = reinterpret_cast<uintptr_t>(p->cmds.data());
@@ -367,7 +385,8 @@ Status KernelDevice::do_submit(Job job, JobCallback done) {
     dj.report_offset = static_cast<uint64_t>(p->report) * sizeof(drm_vnpu_job_report);
   }
   auto give_back_report = [&] {
-    if (p->report >= 0) free_reports_.push_back(static_cast<uint32_t>(p->report));
+    if (p->report >= 0)
+      free_reports_.push_back(static_cast<uint32_t>(p->report));
   };
 
   if (mode_ == SubmitMode::kIoctl) {
@@ -411,19 +430,23 @@ Status KernelDevice::do_submit(Job job, JobCallback done) {
   const int r = io_uring_submit(&ring_);
   if (r < 0) {
     pending_.erase(id);
-    if (report >= 0) free_reports_.push_back(static_cast<uint32_t>(report));
+    if (report >= 0)
+      free_reports_.push_back(static_cast<uint32_t>(report));
     return errno_error(-r, "io_uring_submit of a URING_CMD job");
   }
   return {};
 }
 
 void KernelDevice::read_report(int64_t idx, JobResult& r) {
-  if (idx < 0) return;
+  if (idx < 0)
+    return;
   auto* rep = static_cast<const drm_vnpu_job_report*>(reports_.data()) + idx;
   // The driver writes the report before completing the CQE/WAIT and sets VALID last.
   if (__atomic_load_n(&rep->flags, __ATOMIC_ACQUIRE) & DRM_VNPU_REPORT_F_VALID) {
-    if (rep->t_start) r.t_start_ns = rep->t_start;
-    if (rep->t_end) r.t_end_ns = rep->t_end;
+    if (rep->t_start)
+      r.t_start_ns = rep->t_start;
+    if (rep->t_end)
+      r.t_end_ns = rep->t_end;
     r.hw_status = rep->hw_status;
     r.h2d_ns = rep->h2d_ns;
     r.compute_ns = rep->compute_ns;
@@ -437,7 +460,8 @@ void KernelDevice::read_report(int64_t idx, JobResult& r) {
 void KernelDevice::finish(std::unique_ptr<Pending> p, JobResult r) {
   {
     std::lock_guard lock(mu_);
-    if (pending_.empty()) cv_.notify_all();
+    if (pending_.empty())
+      cv_.notify_all();
   }
   p->done(std::move(r));
 }
@@ -447,24 +471,29 @@ void KernelDevice::uring_loop() {
   for (;;) {
     io_uring_cqe* cqe = nullptr;
     const int r = io_uring_wait_cqe(&ring_, &cqe);
-    if (r == -EINTR) continue;
-    if (r < 0) return;  // the ring is unusable; the destructor aborts what is left
+    if (r == -EINTR)
+      continue;
+    if (r < 0)
+      return;  // the ring is unusable; the destructor aborts what is left
     const uint64_t id = io_uring_cqe_get_data64(cqe);
     const int res = cqe->res;
     io_uring_cqe_seen(&ring_, cqe);
-    if (id == kStopTag) return;
+    if (id == kStopTag)
+      return;
     std::unique_ptr<Pending> p;
     {
       std::lock_guard lock(mu_);
       auto it = pending_.find(id);
-      if (it == pending_.end()) continue;
+      if (it == pending_.end())
+        continue;
       p = std::move(it->second);
       pending_.erase(it);
     }
     JobResult jr;
     read_report(p->report, jr);
     p->report = -1;
-    if (res != 0) jr.status = job_error(res, jr.hw_status.value_or(0), jr.fault_addr, "job");
+    if (res != 0)
+      jr.status = job_error(res, jr.hw_status.value_or(0), jr.fault_addr, "job");
     finish(std::move(p), std::move(jr));
   }
 }
@@ -474,7 +503,8 @@ void KernelDevice::ioctl_loop() {
   std::unique_lock lock(mu_);
   for (;;) {
     cv_.wait(lock, [&] { return stop_completer_ || !wait_order_.empty(); });
-    if (stop_completer_) return;
+    if (stop_completer_)
+      return;
     const uint64_t id = wait_order_.front();
     const uint64_t seqno = pending_.at(id)->seqno;
     lock.unlock();
@@ -486,7 +516,8 @@ void KernelDevice::ioctl_loop() {
     const int r = drmIoctl(fd_->fd, DRM_IOCTL_VNPU_WAIT, &w);
     const int err = r != 0 ? errno : 0;
     lock.lock();
-    if (err == ETIME) continue;
+    if (err == ETIME)
+      continue;
     wait_order_.pop_front();
     auto p = std::move(pending_.at(id));
     pending_.erase(id);
@@ -500,7 +531,8 @@ void KernelDevice::ioctl_loop() {
       jr.hw_status = w.hw_status;
       jr.t_start_ns = w.t_start;
       jr.t_end_ns = w.t_end;
-      if (w.job_status != 0) jr.status = job_error(w.job_status, w.hw_status, jr.fault_addr, "job " + std::to_string(seqno));
+      if (w.job_status != 0)
+        jr.status = job_error(w.job_status, w.hw_status, jr.fault_addr, "job " + std::to_string(seqno));
     }
     finish(std::move(p), std::move(jr));
     lock.lock();
@@ -509,6 +541,8 @@ void KernelDevice::ioctl_loop() {
 
 }  // namespace
 
-Result<std::unique_ptr<Device>> open_kernel_device(const DeviceOptions& options) { return KernelDevice::open(options); }
+Result<std::unique_ptr<Device>> open_kernel_device(const DeviceOptions& options) {
+  return KernelDevice::open(options);
+}
 
 }  // namespace vnpu::detail

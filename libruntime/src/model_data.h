@@ -37,9 +37,9 @@ struct ModelData {
   std::string producer;
   uint32_t op_count = 0;
   ComputeKind compute = ComputeKind::kExec;
-  uint32_t m = 0, n = 0, k = 0;               // kMatmul: x = input binding, W = weights, y = output
-  uint64_t synth_ns = 0;                      // kSynth
-  std::chrono::nanoseconds host_prep{0};      // synthetic host prep time per request
+  uint32_t m = 0, n = 0, k = 0;           // kMatmul: x = input binding, W = weights, y = output
+  uint64_t synth_ns = 0;                  // kSynth
+  std::chrono::nanoseconds host_prep{0};  // synthetic host prep time per request
 };
 
 }  // namespace vnpu::detail

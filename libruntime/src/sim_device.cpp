@@ -57,7 +57,8 @@ class DmaRegions {
   bool contains(uint64_t addr, size_t len) const {
     std::lock_guard lock(mu_);
     auto it = regions_.upper_bound(addr);
-    if (it == regions_.begin()) return false;
+    if (it == regions_.begin())
+      return false;
     --it;
     return addr >= it->first && range_fits(addr - it->first, len, it->second);
   }
@@ -71,15 +72,18 @@ class DmaRegions {
 class RangeAllocator {
  public:
   RangeAllocator(uint64_t base, uint64_t size, uint64_t granule) : granule_(granule) {
-    if (size) free_[base] = size;
+    if (size)
+      free_[base] = size;
   }
   std::optional<uint64_t> alloc(uint64_t bytes) {
     bytes = round_up(bytes, granule_);
     for (auto it = free_.begin(); it != free_.end(); ++it) {
-      if (it->second < bytes) continue;
+      if (it->second < bytes)
+        continue;
       const uint64_t addr = it->first, len = it->second;
       free_.erase(it);
-      if (len > bytes) free_[addr + bytes] = len - bytes;
+      if (len > bytes)
+        free_[addr + bytes] = len - bytes;
       return addr;
     }
     return std::nullopt;
@@ -87,7 +91,8 @@ class RangeAllocator {
   void free(uint64_t addr, uint64_t bytes) {
     bytes = round_up(bytes, granule_);
     auto [it, inserted] = free_.emplace(addr, bytes);
-    if (!inserted) return;  // double free: ignore rather than corrupt the map
+    if (!inserted)
+      return;  // double free: ignore rather than corrupt the map
     auto next = std::next(it);
     if (next != free_.end() && it->first + it->second == next->first) {
       it->second += next->second;
@@ -131,13 +136,16 @@ struct SimShared {
       regions.remove(t);
       std::free(t);
     }
-    if (l1) regions.remove(l1), std::free(l1);
-    if (ctx_table) regions.remove(ctx_table), std::free(ctx_table);
+    if (l1)
+      regions.remove(l1), std::free(l1);
+    if (ctx_table)
+      regions.remove(ctx_table), std::free(ctx_table);
   }
 
   uint64_t* new_table() {
     auto* t = static_cast<uint64_t*>(std::aligned_alloc(4096, 4096));
-    if (!t) return nullptr;
+    if (!t)
+      return nullptr;
     std::memset(t, 0, 4096);
     regions.add(t, 4096);
     return t;
@@ -151,14 +159,17 @@ struct SimShared {
       l2 = it->second;
     } else {
       l2 = new_table();
-      if (!l2) return nullptr;
+      if (!l2)
+        return nullptr;
       tables[2ull << 40 | i1] = l2;
       __atomic_store_n(&l1[i1], reinterpret_cast<uint64_t>(l2) | VNPU_PTE_VALID, __ATOMIC_RELEASE);
     }
     const uint64_t key3 = 3ull << 40 | i1 << 9 | i2;
-    if (auto it = tables.find(key3); it != tables.end()) return it->second;
+    if (auto it = tables.find(key3); it != tables.end())
+      return it->second;
     uint64_t* l3 = new_table();
-    if (!l3) return nullptr;
+    if (!l3)
+      return nullptr;
     tables[key3] = l3;
     __atomic_store_n(&l2[i2], reinterpret_cast<uint64_t>(l3) | VNPU_PTE_VALID, __ATOMIC_RELEASE);
     return l3;
@@ -168,8 +179,10 @@ struct SimShared {
   bool map(uint64_t va, uint64_t pa, uint64_t len) {
     for (uint64_t off = 0; off < len; off += kPage) {
       uint64_t* l3 = l3_for(va + off);
-      if (!l3) return false;
-      __atomic_store_n(&l3[VNPU_MMU_INDEX(va + off, 3)], (pa + off) | VNPU_PTE_VALID | VNPU_PTE_WRITE, __ATOMIC_RELEASE);
+      if (!l3)
+        return false;
+      __atomic_store_n(&l3[VNPU_MMU_INDEX(va + off, 3)], (pa + off) | VNPU_PTE_VALID | VNPU_PTE_WRITE,
+                       __ATOMIC_RELEASE);
     }
     return true;
   }
@@ -177,12 +190,14 @@ struct SimShared {
     for (uint64_t off = 0; off < len; off += kPage) {
       const uint64_t v = va + off;
       auto it = tables.find(3ull << 40 | VNPU_MMU_INDEX(v, 1) << 9 | VNPU_MMU_INDEX(v, 2));
-      if (it != tables.end()) __atomic_store_n(&it->second[VNPU_MMU_INDEX(v, 3)], 0, __ATOMIC_RELEASE);
+      if (it != tables.end())
+        __atomic_store_n(&it->second[VNPU_MMU_INDEX(v, 3)], 0, __ATOMIC_RELEASE);
     }
   }
   // Drop the device's cached translations of our context (mu held).
   void invalidate() {
-    if (engine) vnpu_engine_mmio_write(engine, VNPU_REG_MMU_INVALIDATE, kContext, 4);
+    if (engine)
+      vnpu_engine_mmio_write(engine, VNPU_REG_MMU_INVALIDATE, kContext, 4);
   }
 };
 
@@ -279,14 +294,16 @@ class SimDevice final : public Device {
 
 int SimDevice::host_dma_read(void* opaque, uint64_t addr, void* buf, size_t len) {
   auto* d = static_cast<SimDevice*>(opaque);
-  if (!d->shared_->regions.contains(addr, len)) return -1;
+  if (!d->shared_->regions.contains(addr, len))
+    return -1;
   std::memcpy(buf, reinterpret_cast<const void*>(addr), len);
   return 0;
 }
 
 int SimDevice::host_dma_write(void* opaque, uint64_t addr, const void* buf, size_t len) {
   auto* d = static_cast<SimDevice*>(opaque);
-  if (!d->shared_->regions.contains(addr, len)) return -1;
+  if (!d->shared_->regions.contains(addr, len))
+    return -1;
   std::memcpy(reinterpret_cast<void*>(addr), buf, len);
   return 0;
 }
@@ -313,7 +330,8 @@ void SimDevice::timer_loop() {
   pthread_setname_np(pthread_self(), "vnpu-sim-timer");
   std::unique_lock lock(timer_mu_);
   for (;;) {
-    if (timer_stop_) return;
+    if (timer_stop_)
+      return;
     if (deadline_ == UINT64_MAX) {
       timer_cv_.wait(lock);
       continue;
@@ -329,7 +347,8 @@ void SimDevice::timer_loop() {
     lock.unlock();
     {
       std::lock_guard dev(shared_->mu);
-      if (shared_->engine) vnpu_engine_tick(shared_->engine);
+      if (shared_->engine)
+        vnpu_engine_tick(shared_->engine);
     }
     lock.lock();
   }
@@ -340,7 +359,8 @@ SimDevice::Finished SimDevice::reap_locked() {
   bool consumed = false;
   for (;;) {
     const vnpu_hw_cpl& c = cq_[cq_head_];
-    if ((c.flags & VNPU_CPL_F_PHASE) != cq_phase_) break;
+    if ((c.flags & VNPU_CPL_F_PHASE) != cq_phase_)
+      break;
     const uint64_t tag = c.tag;
     JobResult r;
     r.hw_status = c.status;
@@ -350,23 +370,27 @@ SimDevice::Finished SimDevice::reap_locked() {
     r.compute_ns = c.compute_ns;
     r.d2h_ns = c.d2h_ns;
     r.fault_addr = c.fault_addr;
-    if (c.status != VNPU_CPL_OK) r.status = job_error(0, c.status, c.fault_addr, "job (ring index " + std::to_string(c.sq_index) + ")");
+    if (c.status != VNPU_CPL_OK)
+      r.status = job_error(0, c.status, c.fault_addr, "job (ring index " + std::to_string(c.sq_index) + ")");
     if (++cq_head_ == kRingEntries) {
       cq_head_ = 0;
       cq_phase_ ^= 1;
     }
     consumed = true;
     auto it = pending_.find(tag);
-    if (it == pending_.end()) continue;  // not ours (cannot happen unless the device misbehaves)
+    if (it == pending_.end())
+      continue;  // not ours (cannot happen unless the device misbehaves)
     ring_used_ -= it->second->ncmds;
     done.emplace_back(std::move(it->second), std::move(r));
     pending_.erase(it);
   }
-  if (consumed) wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_CQ_HEAD), cq_head_);
+  if (consumed)
+    wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_CQ_HEAD), cq_head_);
   const uint32_t qstatus = rd(VNPU_REG_QUEUE(kQueue, VNPU_QREG_STATUS));
   if ((qstatus & VNPU_QSTATUS_ERROR) && !broken_) {
     const uint32_t qerr = rd(VNPU_REG_QUEUE(kQueue, VNPU_QREG_ERROR));
-    broken_ = Error(ErrorCode::kDeviceFault, "sim device queue stopped with error " + std::to_string(qerr) + "; open a new device");
+    broken_ = Error(ErrorCode::kDeviceFault,
+                    "sim device queue stopped with error " + std::to_string(qerr) + "; open a new device");
     for (auto& [tag, p] : pending_) {
       JobResult r;
       r.status = *broken_;
@@ -375,7 +399,8 @@ SimDevice::Finished SimDevice::reap_locked() {
     pending_.clear();
     ring_used_ = 0;
   }
-  if (!done.empty()) space_.notify_all();
+  if (!done.empty())
+    space_.notify_all();
   return done;
 }
 
@@ -385,7 +410,8 @@ void SimDevice::completion_loop() {
     {
       std::unique_lock lock(irq_mu_);
       irq_cv_.wait(lock, [&] { return irq_ || irq_stop_; });
-      if (irq_stop_) return;
+      if (irq_stop_)
+        return;
       irq_ = false;
     }
     Finished done;
@@ -393,38 +419,45 @@ void SimDevice::completion_loop() {
       std::lock_guard lock(shared_->mu);
       done = reap_locked();
     }
-    for (auto& [p, r] : done) p->done(std::move(r));
+    for (auto& [p, r] : done)
+      p->done(std::move(r));
     done.clear();  // jobs (and the buffers they hold) die here, outside the transport lock
   }
 }
 
 Result<std::unique_ptr<Device>> SimDevice::open(const DeviceOptions& options) {
   std::unique_ptr<SimDevice> dev(new SimDevice());
-  if (auto s = dev->start(options); !s) return std::move(s).error();
+  if (auto s = dev->start(options); !s)
+    return std::move(s).error();
   return std::unique_ptr<Device>(std::move(dev));
 }
 
 Status SimDevice::start(const DeviceOptions& options) {
   if (options.priority < -1 || options.priority > VNPU_PRIORITY_MAX)
-    return Error(ErrorCode::kInvalidArgument, "queue priority " + std::to_string(options.priority) + " out of range 0..3");
+    return Error(ErrorCode::kInvalidArgument,
+                 "queue priority " + std::to_string(options.priority) + " out of range 0..3");
   // The timing model's defaults are the QEMU device's. VNPU_SIM_<FIELD> environment variables override a
   // few of them (documented in docs/runtime.md), e.g. lower DMA bandwidths so that the functional copies of
   // big synthetic transfers keep up with their modelled time on a slow host.
   VnpuEngineConfig cfg{};
   auto env_u32 = [](const char* name, uint32_t& field) {
-    if (const char* v = std::getenv(name); v && *v) field = static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
+    if (const char* v = std::getenv(name); v && *v)
+      field = static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
   };
   env_u32("VNPU_SIM_H2D_MBPS", cfg.h2d_mbps);
   env_u32("VNPU_SIM_D2H_MBPS", cfg.d2h_mbps);
   env_u32("VNPU_SIM_COMPUTE_CORES", cfg.compute_cores);
   env_u32("VNPU_SIM_COMPUTE_GFLOPS", cfg.compute_gflops);
-  if (const char* v = std::getenv("VNPU_SIM_DEVMEM_MB"); v && *v) cfg.devmem_size = std::strtoull(v, nullptr, 10) << 20;
+  if (const char* v = std::getenv("VNPU_SIM_DEVMEM_MB"); v && *v)
+    cfg.devmem_size = std::strtoull(v, nullptr, 10) << 20;
   cfg.timing_only = options.timing_only ? 1 : 0;
-  if (int r = vnpu_engine_config_finalize(&cfg); r < 0) return errno_error(-r, "sim engine configuration (VNPU_SIM_* variables?)");
+  if (int r = vnpu_engine_config_finalize(&cfg); r < 0)
+    return errno_error(-r, "sim engine configuration (VNPU_SIM_* variables?)");
   shared_ = std::make_shared<SimShared>();
   shared_->phys = RangeAllocator(0, cfg.devmem_size, kPage);
   shared_->num_contexts = cfg.num_contexts;
-  if (cfg.num_contexts <= kContext) return Error(ErrorCode::kUnsupported, "sim engine has too few contexts");
+  if (cfg.num_contexts <= kContext)
+    return Error(ErrorCode::kUnsupported, "sim engine has too few contexts");
 
   sq_ = static_cast<vnpu_hw_cmd*>(std::aligned_alloc(4096, sizeof(vnpu_hw_cmd) * kRingEntries));
   cq_ = static_cast<vnpu_hw_cpl*>(std::aligned_alloc(4096, sizeof(vnpu_hw_cpl) * kRingEntries));
@@ -454,18 +487,23 @@ Status SimDevice::start(const DeviceOptions& options) {
   host.schedule = host_schedule;
   host.interrupt = host_interrupt;
   VnpuEngine* engine = nullptr;
-  if (int r = vnpu_engine_create(&cfg, &host, &engine); r < 0) return errno_error(-r, "creating the sim engine");
+  if (int r = vnpu_engine_create(&cfg, &host, &engine); r < 0)
+    return errno_error(-r, "creating the sim engine");
 
   std::lock_guard lock(shared_->mu);
   engine_ = shared_->engine = engine;
-  if (rd(VNPU_REG_ID) != VNPU_ID_MAGIC) return Error(ErrorCode::kInternal, "sim engine has a wrong ID register");
+  if (rd(VNPU_REG_ID) != VNPU_ID_MAGIC)
+    return Error(ErrorCode::kInternal, "sim engine has a wrong ID register");
   const uint32_t version = rd(VNPU_REG_VERSION);
   if ((version >> 16) != VNPU_VERSION_MAJOR)
-    return Error(ErrorCode::kUnsupported, "sim engine interface version " + std::to_string(version >> 16) + " unsupported");
+    return Error(ErrorCode::kUnsupported,
+                 "sim engine interface version " + std::to_string(version >> 16) + " unsupported");
   const uint32_t caps = rd(VNPU_REG_CAPS);
   const uint32_t need = VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL | VNPU_CAP_MMU;
-  if ((caps & need) != need) return Error(ErrorCode::kUnsupported, "sim engine lacks DMA, MATMUL or the MMU");
-  if (!(rd(VNPU_REG_STATUS) & VNPU_STATUS_READY)) return Error(ErrorCode::kDeviceFault, "sim engine not ready");
+  if ((caps & need) != need)
+    return Error(ErrorCode::kUnsupported, "sim engine lacks DMA, MATMUL or the MMU");
+  if (!(rd(VNPU_REG_STATUS) & VNPU_STATUS_READY))
+    return Error(ErrorCode::kDeviceFault, "sim engine not ready");
   if (rd(VNPU_REG_RING_MAX) < kRingEntries)
     return Error(ErrorCode::kUnsupported, "sim engine rings are smaller than " + std::to_string(kRingEntries));
 
@@ -530,24 +568,28 @@ SimDevice::~SimDevice() {
     timer_stop_ = true;
   }
   timer_cv_.notify_all();
-  if (timer_.joinable()) timer_.join();
+  if (timer_.joinable())
+    timer_.join();
   {
     std::lock_guard lock(irq_mu_);
     irq_stop_ = true;
   }
   irq_cv_.notify_all();
-  if (completer_.joinable()) completer_.join();
+  if (completer_.joinable())
+    completer_.join();
   if (shared_) {
     VnpuEngine* engine = nullptr;
     {
       std::lock_guard lock(shared_->mu);
       engine = std::exchange(shared_->engine, nullptr);
       engine_ = nullptr;
-      for (auto& [tag, p] : pending_) left.push_back(std::move(p));
+      for (auto& [tag, p] : pending_)
+        left.push_back(std::move(p));
       pending_.clear();
     }
     // After destroy nothing more is written to host memory, so the rings and buffers may go.
-    if (engine) vnpu_engine_destroy(engine);
+    if (engine)
+      vnpu_engine_destroy(engine);
   }
   for (auto& p : left) {
     JobResult r;
@@ -574,7 +616,8 @@ Result<HostBuffer> SimDevice::alloc_host(size_t bytes) {
   obj->sgl_count = static_cast<uint32_t>((len + kSgeMaxLen - 1) / kSgeMaxLen);
   obj->ptr = std::aligned_alloc(4096, len);
   obj->sgl = static_cast<vnpu_hw_sge*>(std::aligned_alloc(64, round_up(sizeof(vnpu_hw_sge) * obj->sgl_count, 64)));
-  if (!obj->ptr || !obj->sgl) return Error(ErrorCode::kOutOfMemory, "cannot allocate a " + std::to_string(bytes) + "-byte host buffer");
+  if (!obj->ptr || !obj->sgl)
+    return Error(ErrorCode::kOutOfMemory, "cannot allocate a " + std::to_string(bytes) + "-byte host buffer");
   std::memset(obj->ptr, 0, len);
   for (uint32_t i = 0; i < obj->sgl_count; ++i) {
     const uint64_t off = i * kSgeMaxLen;
@@ -587,7 +630,8 @@ Result<HostBuffer> SimDevice::alloc_host(size_t bytes) {
 }
 
 Result<DeviceBuffer> SimDevice::alloc_device(size_t bytes) {
-  if (bytes == 0) return Error(ErrorCode::kInvalidArgument, "device buffer of 0 bytes");
+  if (bytes == 0)
+    return Error(ErrorCode::kInvalidArgument, "device buffer of 0 bytes");
   const uint64_t len = round_up(bytes, kPage);
   auto obj = std::make_shared<SimDeviceBuffer>();
   obj->shared = shared_;
@@ -620,12 +664,15 @@ Result<DeviceBuffer> SimDevice::alloc_device(size_t bytes) {
 
 Status SimDevice::do_submit(Job job, JobCallback done) {
   const auto n = static_cast<uint32_t>(job.commands.size());
-  if (n > kRingEntries) return Error(ErrorCode::kInvalidArgument, "job longer than the command ring");
+  if (n > kRingEntries)
+    return Error(ErrorCode::kInvalidArgument, "job longer than the command ring");
   auto p = std::make_unique<Pending>();
   std::unique_lock lock(shared_->mu);
   space_.wait(lock, [&] { return stopping_ || broken_ || ring_used_ + n <= kRingEntries; });
-  if (stopping_) return Error(ErrorCode::kAborted, "device is closing; job not submitted");
-  if (broken_) return *broken_;
+  if (stopping_)
+    return Error(ErrorCode::kAborted, "device is closing; job not submitted");
+  if (broken_)
+    return *broken_;
 
   const uint64_t tag = next_tag_++;
   for (uint32_t i = 0; i < n; ++i) {
@@ -667,9 +714,7 @@ Status SimDevice::do_submit(Job job, JobCallback done) {
         e.opcode = VNPU_OPC_SYNTH;
         e.synth.ns = c.ns;
         break;
-      case Command::Kind::kNop:
-        e.opcode = VNPU_OPC_NOP;
-        break;
+      case Command::Kind::kNop: e.opcode = VNPU_OPC_NOP; break;
     }
     sq_[sq_tail_] = e;
     sq_tail_ = (sq_tail_ + 1) % kRingEntries;
@@ -685,6 +730,8 @@ Status SimDevice::do_submit(Job job, JobCallback done) {
 
 }  // namespace
 
-Result<std::unique_ptr<Device>> open_sim_device(const DeviceOptions& options) { return SimDevice::open(options); }
+Result<std::unique_ptr<Device>> open_sim_device(const DeviceOptions& options) {
+  return SimDevice::open(options);
+}
 
 }  // namespace vnpu::detail

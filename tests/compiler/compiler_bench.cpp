@@ -21,10 +21,14 @@ int main(int argc, char** argv) {
   int iters = 5;
   bool reference = false, serve = false;
   for (int i = 1; i < argc; i++) {
-    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc) iters = std::max(1, std::atoi(argv[++i]));
-    else if (!std::strcmp(argv[i], "--reference")) reference = true;
-    else if (!std::strcmp(argv[i], "--serve")) serve = true;
-    else if (argv[i][0] != '-') path = argv[i];
+    if (!std::strcmp(argv[i], "--iters") && i + 1 < argc)
+      iters = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--reference"))
+      reference = true;
+    else if (!std::strcmp(argv[i], "--serve"))
+      serve = true;
+    else if (argv[i][0] != '-')
+      path = argv[i];
     else {
       std::fprintf(stderr, "usage: vnpu-kernel-bench MODEL.vnpu [--iters N] [--reference]\n");
       return 2;
@@ -41,7 +45,8 @@ int main(int argc, char** argv) {
       vnpu::conformance::HostTensor h;
       h.shape = s.shape;
       h.data.resize(s.size_bytes / 4);
-      for (size_t i = 0; i < h.data.size(); i++) h.data[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.0f;
+      for (size_t i = 0; i < h.data.size(); i++)
+        h.data[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.0f;
       in.push_back(std::move(h));
     }
     // Device memory set up once (as the runtime does); only vnpu_program_execute is timed.
@@ -71,10 +76,11 @@ int main(int argc, char** argv) {
     VnpuComputeModel cm{4000000000000ull, 200000000000ull, 2000};  // informational: 4 TFLOP/s, 200 GB/s
     VnpuProgramCost cost;
     (void)vnpu_program_cost(m.program().data(), m.program().size(), &cm, &cost);
-    std::printf("{\"model\": \"%s\", \"kernels\": \"%s\", \"iters\": %d, \"median_ms\": %.3f, \"min_ms\": %.3f, "
-                "\"ops\": %llu, \"gflop\": %.3f}\n",
-                path.c_str(), reference ? "reference" : "onednn", iters, ms[ms.size() / 2], ms[0],
-                static_cast<unsigned long long>(cost.ops), static_cast<double>(cost.flops) / 1e9);
+    std::printf(
+        "{\"model\": \"%s\", \"kernels\": \"%s\", \"iters\": %d, \"median_ms\": %.3f, \"min_ms\": %.3f, "
+        "\"ops\": %llu, \"gflop\": %.3f}\n",
+        path.c_str(), reference ? "reference" : "onednn", iters, ms[ms.size() / 2], ms[0],
+        static_cast<unsigned long long>(cost.ops), static_cast<double>(cost.flops) / 1e9);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vnpu-kernel-bench: %s\n", e.what());

@@ -9,10 +9,10 @@
 
 namespace {
 
+using vnpu::compile_onnx;
 using vnpu::CompileError;
 using vnpu::CompileOptions;
 using vnpu::CompileStats;
-using vnpu::compile_onnx;
 using vnpu::test::OnnxBuilder;
 namespace conf = vnpu::conformance;
 
@@ -27,13 +27,15 @@ std::string compile_error(const std::vector<uint8_t>& onnx, const CompileOptions
 
 std::vector<float> run(const vnpu::ModelFile& m, const std::vector<std::vector<float>>& inputs) {
   std::vector<conf::HostTensor> in;
-  for (size_t k = 0; k < inputs.size(); k++) in.push_back({m.inputs()[k].shape, inputs[k]});
+  for (size_t k = 0; k < inputs.size(); k++)
+    in.push_back({m.inputs()[k].shape, inputs[k]});
   return conf::flat_executor(true)(m, in).at(0).data;
 }
 
 void expect_near(const std::vector<float>& a, const std::vector<float>& b) {
   ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); i++) ASSERT_NEAR(a[i], b[i], 1e-5 + 1e-5 * std::fabs(b[i])) << i;
+  for (size_t i = 0; i < a.size(); i++)
+    ASSERT_NEAR(a[i], b[i], 1e-5 + 1e-5 * std::fabs(b[i])) << i;
 }
 
 TEST(CompileOnnx, FoldsBatchNormAndReluIntoTheConvolution) {
@@ -50,7 +52,8 @@ TEST(CompileOnnx, FoldsBatchNormAndReluIntoTheConvolution) {
   auto a = run(fused, {x}), b = run(unfused, {x});
   expect_near(a, b);
   bool any_zero = false, any_pos = false;
-  for (float v : a) any_zero |= v == 0.0f, any_pos |= v > 0.0f;
+  for (float v : a)
+    any_zero |= v == 0.0f, any_pos |= v > 0.0f;
   EXPECT_TRUE(any_zero && any_pos) << "relu should clip some outputs and keep others";
 }
 
@@ -134,7 +137,7 @@ TEST(CompileOnnx, LivenessPlanningReusesScratch) {
   }
   CompileStats st;
   auto planned = compile_onnx(b.bytes(), {}, &st);
-  EXPECT_EQ(st.scratch_bytes, 2u * 256);  // two buffers ping-pong
+  EXPECT_EQ(st.scratch_bytes, 2u * 256);      // two buffers ping-pong
   EXPECT_EQ(st.scratch_unplanned, 7u * 256);  // t0..t6
   CompileOptions opt;
   opt.plan_memory = false;
@@ -170,7 +173,8 @@ TEST(CompileOnnx, MutatedModelsAreCompiledOrRejectedNeverACrash) {
   for (int iter = 0; iter < 3000; iter++) {
     auto d = good;
     int edits = 1 + static_cast<int>(rng() % 3);
-    for (int e = 0; e < edits; e++) d[rng() % d.size()] = static_cast<uint8_t>(rng());
+    for (int e = 0; e < edits; e++)
+      d[rng() % d.size()] = static_cast<uint8_t>(rng());
     try {
       auto m = compile_onnx(d);
       (void)m.serialize();
@@ -209,13 +213,15 @@ TEST(CompileOnnx, HostileAttributesAndShapesAreRejectedNeverACrash) {
           a->set_s(rng() % 2 ? "SAME_UPPER" : "BOGUS");
         } else {
           a->set_type(onnx::AttributeProto::INTS);
-          for (unsigned k = 0; k < rng() % 5; k++) a->add_ints(pick());
+          for (unsigned k = 0; k < rng() % 5; k++)
+            a->add_ints(pick());
         }
         break;
       }
       case 1: {  // an initializer's dims
         auto* t = g->mutable_initializer(static_cast<int>(rng() % static_cast<unsigned>(g->initializer_size())));
-        if (t->dims_size()) t->set_dims(static_cast<int>(rng() % static_cast<unsigned>(t->dims_size())), pick());
+        if (t->dims_size())
+          t->set_dims(static_cast<int>(rng() % static_cast<unsigned>(t->dims_size())), pick());
         break;
       }
       case 2: {  // the input shape

@@ -23,7 +23,8 @@ namespace {
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot read " + p.string());
+  if (!in)
+    throw std::runtime_error("cannot read " + p.string());
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
@@ -31,10 +32,20 @@ std::string read_file(const fs::path& p) {
 // and vnpu programs take them at compile time. The runner turns such graph inputs into initializers.
 bool is_parameter_input(const std::string& op, int index) {
   static const std::map<std::string, std::set<int>> kParams = {
-      {"Clip", {1, 2}},         {"Resize", {1, 2, 3}},   {"Upsample", {1}},      {"Slice", {1, 2, 3, 4}},
-      {"Reshape", {1}},         {"Expand", {1}},         {"Split", {1}},         {"Squeeze", {1}},
-      {"Unsqueeze", {1}},       {"Gather", {1}},         {"BatchNormalization", {1, 2, 3, 4}},
-      {"ConstantOfShape", {0}}, {"Range", {0, 1, 2}},  {"Dropout", {1, 2}},
+      {"Clip", {1, 2}},
+      {"Resize", {1, 2, 3}},
+      {"Upsample", {1}},
+      {"Slice", {1, 2, 3, 4}},
+      {"Reshape", {1}},
+      {"Expand", {1}},
+      {"Split", {1}},
+      {"Squeeze", {1}},
+      {"Unsqueeze", {1}},
+      {"Gather", {1}},
+      {"BatchNormalization", {1, 2, 3, 4}},
+      {"ConstantOfShape", {0}},
+      {"Range", {0, 1, 2}},
+      {"Dropout", {1, 2}},
   };
   auto it = kParams.find(op);
   return it != kParams.end() && it->second.count(index);
@@ -42,12 +53,16 @@ bool is_parameter_input(const std::string& op, int index) {
 
 HostTensor to_host(const onnx::TensorProto& t) {
   HostTensor h;
-  for (auto d : t.dims()) h.shape.push_back(d);
+  for (auto d : t.dims())
+    h.shape.push_back(d);
   size_t n = 1;
-  for (auto d : h.shape) n *= static_cast<size_t>(d);
-  if (t.data_type() != onnx::TensorProto::FLOAT) throw std::runtime_error("expected f32 tensor " + t.name());
+  for (auto d : h.shape)
+    n *= static_cast<size_t>(d);
+  if (t.data_type() != onnx::TensorProto::FLOAT)
+    throw std::runtime_error("expected f32 tensor " + t.name());
   if (t.has_raw_data()) {
-    if (t.raw_data().size() != n * 4) throw std::runtime_error("bad raw size in " + t.name());
+    if (t.raw_data().size() != n * 4)
+      throw std::runtime_error("bad raw size in " + t.name());
     h.data.resize(n);
     std::memcpy(h.data.data(), t.raw_data().data(), n * 4);
   } else {
@@ -57,8 +72,10 @@ HostTensor to_host(const onnx::TensorProto& t) {
 }
 
 bool close(float got, float want) {
-  if (std::isnan(want)) return std::isnan(got);
-  if (std::isinf(want)) return got == want;
+  if (std::isnan(want))
+    return std::isnan(got);
+  if (std::isinf(want))
+    return got == want;
   return std::fabs(static_cast<double>(got) - want) <= kAtol + kRtol * std::fabs(static_cast<double>(want));
 }
 
@@ -67,10 +84,12 @@ constexpr uint64_t kSlotStride = uint64_t{1} << 36;  // binding i lives at devic
 void* flat_map(void* opaque, uint64_t addr, uint64_t len, int) {
   auto* slots = static_cast<std::vector<std::vector<uint8_t>>*>(opaque);
   uint64_t i = addr / kSlotStride;
-  if (i == 0 || i > slots->size()) return nullptr;
+  if (i == 0 || i > slots->size())
+    return nullptr;
   uint64_t off = addr % kSlotStride;
   auto& s = (*slots)[i - 1];
-  if (off > s.size() || len > s.size() - off) return nullptr;  // strict: catches any out-of-range operand
+  if (off > s.size() || len > s.size() - off)
+    return nullptr;  // strict: catches any out-of-range operand
   return s.data() + off;
 }
 
@@ -79,24 +98,28 @@ void flat_unmap(void*, void*, uint64_t, uint64_t, int) {}
 }  // namespace
 
 FlatDevice::FlatDevice(const ModelFile& m) : m_(m) {
-  for (const auto& b : m.bindings()) slots_.emplace_back(b.size, 0xA5);  // poison: scratch is undefined
+  for (const auto& b : m.bindings())
+    slots_.emplace_back(b.size, 0xA5);  // poison: scratch is undefined
   auto w = m.weights();
   std::copy(w.begin(), w.end(), slots_[m.weights_binding()].begin());
 }
 
 void FlatDevice::write_inputs(const std::vector<HostTensor>& inputs) {
-  if (inputs.size() != m_.inputs().size()) throw std::runtime_error("wrong number of inputs");
+  if (inputs.size() != m_.inputs().size())
+    throw std::runtime_error("wrong number of inputs");
   for (size_t k = 0; k < inputs.size(); k++) {
     const TensorSpec& s = m_.inputs()[k];
     if (inputs[k].data.size() * 4 != s.size_bytes)
       throw std::runtime_error("input " + s.name + " has " + std::to_string(inputs[k].data.size()) + " elements");
-    if (s.size_bytes) std::memcpy(slots_[s.binding].data() + s.offset, inputs[k].data.data(), s.size_bytes);
+    if (s.size_bytes)
+      std::memcpy(slots_[s.binding].data() + s.offset, inputs[k].data.data(), s.size_bytes);
   }
 }
 
 void FlatDevice::execute() {
   std::vector<uint64_t> addrs;
-  for (size_t i = 0; i < slots_.size(); i++) addrs.push_back((i + 1) * kSlotStride);
+  for (size_t i = 0; i < slots_.size(); i++)
+    addrs.push_back((i + 1) * kSlotStride);
   VnpuProgramMem pm{&slots_, flat_map, flat_unmap};
   VnpuComputeModel cm{1000000000000ull, 100000000000ull, 100};
   volatile int cancel = 0;
@@ -120,7 +143,8 @@ std::vector<HostTensor> FlatDevice::read_outputs() const {
     HostTensor h;
     h.shape = s.shape;
     h.data.resize(s.size_bytes / 4);
-    if (s.size_bytes) std::memcpy(h.data.data(), slots_[s.binding].data() + s.offset, s.size_bytes);
+    if (s.size_bytes)
+      std::memcpy(h.data.data(), slots_[s.binding].data() + s.offset, s.size_bytes);
     outs.push_back(std::move(h));
   }
   return outs;
@@ -152,15 +176,18 @@ const std::map<std::string, std::string>& out_of_scope() {
 
 std::vector<CaseResult> run_all(const Executor& exec, const std::string& only) {
   std::vector<CaseResult> results;
-  if (!fs::is_directory(kNodeDir)) return results;
+  if (!fs::is_directory(kNodeDir))
+    return results;
   auto supported = supported_onnx_ops();
   std::set<std::string> ops(supported.begin(), supported.end());
   std::vector<fs::path> dirs;
-  for (const auto& e : fs::directory_iterator(kNodeDir)) dirs.push_back(e.path());
+  for (const auto& e : fs::directory_iterator(kNodeDir))
+    dirs.push_back(e.path());
   std::sort(dirs.begin(), dirs.end());
   for (const auto& dir : dirs) {
     std::string name = dir.filename().string();
-    if (!only.empty() && name.find(only) == std::string::npos) continue;
+    if (!only.empty() && name.find(only) == std::string::npos)
+      continue;
     onnx::ModelProto model;
     std::string bytes;
     try {
@@ -168,10 +195,13 @@ std::vector<CaseResult> run_all(const Executor& exec, const std::string& only) {
     } catch (...) {
       continue;
     }
-    if (!model.ParseFromString(bytes)) continue;
+    if (!model.ParseFromString(bytes))
+      continue;
     bool all = model.graph().node_size() > 0;
-    for (const auto& n : model.graph().node()) all = all && n.domain().empty() && ops.count(n.op_type());
-    if (!all) continue;  // uses an op vnpuc does not accept: not a case of a supported op
+    for (const auto& n : model.graph().node())
+      all = all && n.domain().empty() && ops.count(n.op_type());
+    if (!all)
+      continue;  // uses an op vnpuc does not accept: not a case of a supported op
     CaseResult r;
     r.name = name;
     r.op = model.graph().node(model.graph().node_size() - 1).op_type();
@@ -184,20 +214,24 @@ std::vector<CaseResult> run_all(const Executor& exec, const std::string& only) {
                              std::to_string(o.type().tensor_type().elem_type()) + "; vnpu programs compute f32 only");
       for (const auto& in : model.graph().input())
         if (in.type().tensor_type().elem_type() == onnx::TensorProto::BFLOAT16)
-          throw CompileError("input '" + in.name() + "' has element type 16 (bfloat16); vnpu programs compute f32 only");
+          throw CompileError("input '" + in.name() +
+                             "' has element type 16 (bfloat16); vnpu programs compute f32 only");
       int sets = 0;
       for (int s = 0;; s++) {
         fs::path ds = dir / ("test_data_set_" + std::to_string(s));
-        if (!fs::is_directory(ds)) break;
+        if (!fs::is_directory(ds))
+          break;
         sets++;
         // Inputs: parameters become initializers; the rest are run-time inputs.
         onnx::ModelProto m = model;
         auto* g = m.mutable_graph();
         std::set<std::string> inits;
-        for (const auto& t : g->initializer()) inits.insert(t.name());
+        for (const auto& t : g->initializer())
+          inits.insert(t.name());
         std::vector<std::string> graph_inputs;
         for (const auto& in : g->input())
-          if (!inits.count(in.name())) graph_inputs.push_back(in.name());
+          if (!inits.count(in.name()))
+            graph_inputs.push_back(in.name());
         std::vector<HostTensor> run_inputs;
         google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> kept;
         for (size_t k = 0; k < graph_inputs.size(); k++) {
@@ -207,7 +241,8 @@ std::vector<CaseResult> run_all(const Executor& exec, const std::string& only) {
           bool param = t.data_type() != onnx::TensorProto::FLOAT;
           for (const auto& n : g->node())
             for (int j = 0; j < n.input_size(); j++)
-              if (n.input(j) == graph_inputs[k] && is_parameter_input(n.op_type(), j)) param = true;
+              if (n.input(j) == graph_inputs[k] && is_parameter_input(n.op_type(), j))
+                param = true;
           const auto& vi = *std::find_if(g->input().begin(), g->input().end(),
                                          [&](const auto& v) { return v.name() == graph_inputs[k]; });
           if (param) {
@@ -220,7 +255,8 @@ std::vector<CaseResult> run_all(const Executor& exec, const std::string& only) {
         }
         // Drop inputs turned into initializers (keep order of the rest).
         g->mutable_input()->Clear();
-        for (const auto& v : kept) *g->add_input() = v;
+        for (const auto& v : kept)
+          *g->add_input() = v;
         std::string mb;
         m.SerializeToString(&mb);
         ModelFile compiled = compile_onnx({reinterpret_cast<const uint8_t*>(mb.data()), mb.size()});
@@ -234,9 +270,11 @@ std::vector<CaseResult> run_all(const Executor& exec, const std::string& only) {
           if (want.shape != got.shape) {
             std::ostringstream os;
             os << "output " << k << " shape mismatch: got [";
-            for (auto d : got.shape) os << d << ",";
+            for (auto d : got.shape)
+              os << d << ",";
             os << "] want [";
-            for (auto d : want.shape) os << d << ",";
+            for (auto d : want.shape)
+              os << d << ",";
             os << "]";
             throw std::runtime_error(os.str());
           }
@@ -246,13 +284,13 @@ std::vector<CaseResult> run_all(const Executor& exec, const std::string& only) {
                                        std::to_string(got.data[e]) + ", want " + std::to_string(want.data[e]));
         }
       }
-      if (!sets) throw std::runtime_error("no test data sets");
+      if (!sets)
+        throw std::runtime_error("no test data sets");
       r.outcome = Outcome::kPass;
     } catch (const CompileError& e) {
       // A clear rejection by the compiler is out of scope when listed (or when it is about element types).
       std::string what = e.what();
-      bool dtype = what.find("element type") != std::string::npos ||
-                   what.find("integer tensors") != std::string::npos;
+      bool dtype = what.find("element type") != std::string::npos || what.find("integer tensors") != std::string::npos;
       if (listed != out_of_scope().end() || dtype) {
         r.outcome = Outcome::kOutOfScope;
         r.detail = (listed != out_of_scope().end() ? listed->second + " — " : std::string()) + what;
@@ -280,9 +318,12 @@ std::string report(const std::vector<CaseResult>& results) {
   for (const auto& r : results) {
     Row& row = rows[r.op];
     row.cases++;
-    if (r.outcome == Outcome::kPass) row.pass++;
-    else if (r.outcome == Outcome::kOutOfScope) row.oos++;
-    else row.fail++;
+    if (r.outcome == Outcome::kPass)
+      row.pass++;
+    else if (r.outcome == Outcome::kOutOfScope)
+      row.oos++;
+    else
+      row.fail++;
   }
   std::ostringstream os;
   char line[160];

@@ -106,7 +106,8 @@ TEST(ModelFile, RejectsOutOfRangeSectionsBehindAValidChecksum) {
       vnpu_file_section sec;
       size_t at = h.sections_offset + s * sizeof sec;
       std::memcpy(&sec, d.data() + at, sizeof sec);
-      if (sec.offset == bad) continue;
+      if (sec.offset == bad)
+        continue;
       sec.offset = bad;
       std::memcpy(d.data() + at, &sec, sizeof sec);
       vnpu::test::fix_crc(d);

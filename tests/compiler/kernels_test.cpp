@@ -33,7 +33,8 @@ class OpCase {
 
   /// Runs the op with `mode` and returns the outputs (the inputs are deterministic pseudo-random data).
   std::vector<float> run(VnpuKernelMode mode, int* rc) {
-    for (size_t k = 0; k < ins_.size(); k++) a_->t[k] = ins_[k].t, a_->t[k].data = ins_[k].data.data();
+    for (size_t k = 0; k < ins_.size(); k++)
+      a_->t[k] = ins_[k].t, a_->t[k].data = ins_[k].data.data();
     out_.data.assign(out_.t.count, std::nanf(""));
     a_->t[ins_.size()] = out_.t;
     a_->t[ins_.size()].data = out_.data.data();
@@ -45,7 +46,8 @@ class OpCase {
   int check() {
     a_->num_inputs = static_cast<uint32_t>(ins_.size());
     a_->num_outputs = 1;
-    for (size_t k = 0; k < ins_.size(); k++) a_->t[k] = ins_[k].t;
+    for (size_t k = 0; k < ins_.size(); k++)
+      a_->t[k] = ins_[k].t;
     a_->t[ins_.size()] = out_.t;
     return vnpu_ops_check(a_.get());
   }
@@ -55,12 +57,14 @@ class OpCase {
     OwnedTensor o;
     o.t.rank = static_cast<uint32_t>(dims.size());
     o.t.count = 1;
-    for (size_t d = 0; d < dims.size(); d++) o.t.dims[d] = dims[d], o.t.count *= dims[d];
+    for (size_t d = 0; d < dims.size(); d++)
+      o.t.dims[d] = dims[d], o.t.count *= dims[d];
     if (input) {
       std::mt19937 rng(static_cast<unsigned>(ins_.size() * 7919 + o.t.count));
       std::uniform_real_distribution<float> u(-1.0f, 1.0f);
       o.data.resize(o.t.count);
-      for (auto& v : o.data) v = u(rng);
+      for (auto& v : o.data)
+        v = u(rng);
       ins_.push_back(std::move(o));
     } else {
       out_ = std::move(o);
@@ -89,9 +93,9 @@ TEST(FastKernels, ConvolutionMatchesReference) {
     bool bias;
   };
   const P cases[] = {
-      {3, 8, 1, 3, 1, 1, 1, 1, VNPU_ISA_ACT_NONE, true},   {4, 6, 2, 3, 2, 1, 1, 0, VNPU_ISA_ACT_RELU, true},
-      {8, 8, 8, 3, 1, 2, 2, 2, VNPU_ISA_ACT_SILU, true},   {5, 4, 1, 1, 1, 1, 0, 0, VNPU_ISA_ACT_SIGMOID, false},
-      {6, 6, 3, 5, 2, 1, 2, 1, VNPU_ISA_ACT_CLIP, true},  {2, 3, 1, 2, 3, 2, 0, 2, VNPU_ISA_ACT_LEAKY_RELU, false},
+      {3, 8, 1, 3, 1, 1, 1, 1, VNPU_ISA_ACT_NONE, true}, {4, 6, 2, 3, 2, 1, 1, 0, VNPU_ISA_ACT_RELU, true},
+      {8, 8, 8, 3, 1, 2, 2, 2, VNPU_ISA_ACT_SILU, true}, {5, 4, 1, 1, 1, 1, 0, 0, VNPU_ISA_ACT_SIGMOID, false},
+      {6, 6, 3, 5, 2, 1, 2, 1, VNPU_ISA_ACT_CLIP, true}, {2, 3, 1, 2, 3, 2, 0, 2, VNPU_ISA_ACT_LEAKY_RELU, false},
   };
   for (const P& p : cases) {
     OpCase c(VNPU_ISA_OP_CONV);
@@ -111,7 +115,8 @@ TEST(FastKernels, ConvolutionMatchesReference) {
     uint64_t span = p.d * (p.k - 1) + 1;
     c.in({2, p.c, h, w});
     c.in({p.m, p.c / p.g, p.k, p.k});
-    if (p.bias) c.in({p.m});
+    if (p.bias)
+      c.in({p.m});
     c.out({2, p.m, (h + p.pb + p.pe - span) / p.s + 1, (w + p.pb + p.pe - span) / p.s + 1});
     expect_fast_matches_reference(c, "conv g=" + std::to_string(p.g) + " k=" + std::to_string(p.k));
   }
@@ -149,9 +154,10 @@ TEST(FastKernels, PoolingMatchesReference) {
     uint32_t kind, k, s, pb, pe, flags;
     bool ceil;
   };
-  const P cases[] = {{VNPU_ISA_POOL_MAX, 3, 2, 1, 1, 0, false}, {VNPU_ISA_POOL_MAX, 2, 2, 0, 0, 0, true},
-                     {VNPU_ISA_POOL_AVG, 3, 1, 1, 1, 0, false}, {VNPU_ISA_POOL_AVG, 3, 2, 1, 1, VNPU_ISA_POOL_F_COUNT_PAD, false},
-                     {VNPU_ISA_POOL_AVG, 2, 2, 0, 0, 0, true},  {VNPU_ISA_POOL_MAX, 5, 1, 2, 2, 0, false}};
+  const P cases[] = {
+      {VNPU_ISA_POOL_MAX, 3, 2, 1, 1, 0, false}, {VNPU_ISA_POOL_MAX, 2, 2, 0, 0, 0, true},
+      {VNPU_ISA_POOL_AVG, 3, 1, 1, 1, 0, false}, {VNPU_ISA_POOL_AVG, 3, 2, 1, 1, VNPU_ISA_POOL_F_COUNT_PAD, false},
+      {VNPU_ISA_POOL_AVG, 2, 2, 0, 0, 0, true},  {VNPU_ISA_POOL_MAX, 5, 1, 2, 2, 0, false}};
   for (const P& p : cases) {
     OpCase c(VNPU_ISA_OP_POOL);
     auto& pl = c.attr().pool;
@@ -194,7 +200,8 @@ TEST(FastKernels, MatmulMatchesReference) {
     c.attr().matmul.beta = 1.0f;
     c.in(p.a);
     c.in(p.b);
-    if (!p.c.empty()) c.in(p.c);
+    if (!p.c.empty())
+      c.in(p.c);
     c.out(p.y);
     expect_fast_matches_reference(c, "matmul flags=" + std::to_string(p.flags));
   }
@@ -235,7 +242,8 @@ struct Flat {
 
 void* map_fn(void* o, uint64_t addr, uint64_t len, int) {
   auto* f = static_cast<Flat*>(o);
-  if (f->fail_maps) return nullptr;
+  if (f->fail_maps)
+    return nullptr;
   for (size_t i = 0; i < f->addrs.size(); i++)
     if (addr >= f->addrs[i] && addr - f->addrs[i] + len <= f->slots[i].size()) {
       f->maps++;
@@ -343,7 +351,8 @@ TEST(Program, MalformedProgramsAreInvalidNeverACrash) {
   int invalid = 0;
   for (int iter = 0; iter < 4000; iter++) {
     auto p = good;
-    for (int e = 0; e < 3; e++) p[rng() % p.size()] = static_cast<uint8_t>(rng());
+    for (int e = 0; e < 3; e++)
+      p[rng() % p.size()] = static_cast<uint8_t>(rng());
     uint32_t bad = 0;
     int rc = vnpu_program_validate(p.data(), p.size(), nb, &bad);
     if (rc != VNPU_CPL_OK) {

@@ -20,7 +20,10 @@ OnnxBuilder& OnnxBuilder::input(const std::string& name, const std::vector<int64
   auto* sh = tt->mutable_shape();
   for (int64_t d : shape) {
     auto* dim = sh->add_dim();
-    if (d < 0) dim->set_dim_param("N"); else dim->set_dim_value(d);
+    if (d < 0)
+      dim->set_dim_param("N");
+    else
+      dim->set_dim_value(d);
   }
   return *this;
 }
@@ -32,12 +35,15 @@ OnnxBuilder& OnnxBuilder::output(const std::string& name) {
   return *this;
 }
 
-OnnxBuilder& OnnxBuilder::init(const std::string& name, const std::vector<int64_t>& shape, const std::vector<float>& data) {
+OnnxBuilder& OnnxBuilder::init(const std::string& name, const std::vector<int64_t>& shape,
+                               const std::vector<float>& data) {
   auto* t = m_.mutable_graph()->add_initializer();
   t->set_name(name);
   t->set_data_type(onnx::TensorProto::FLOAT);
-  for (int64_t d : shape) t->add_dims(d);
-  for (float v : data) t->add_float_data(v);
+  for (int64_t d : shape)
+    t->add_dims(d);
+  for (float v : data)
+    t->add_float_data(v);
   return *this;
 }
 
@@ -46,8 +52,10 @@ OnnxBuilder& OnnxBuilder::init_i64(const std::string& name, const std::vector<in
   auto* t = m_.mutable_graph()->add_initializer();
   t->set_name(name);
   t->set_data_type(onnx::TensorProto::INT64);
-  for (int64_t d : shape) t->add_dims(d);
-  for (int64_t v : data) t->add_int64_data(v);
+  for (int64_t d : shape)
+    t->add_dims(d);
+  for (int64_t v : data)
+    t->add_int64_data(v);
   return *this;
 }
 
@@ -56,8 +64,10 @@ onnx::NodeProto& OnnxBuilder::node(const std::string& op, const std::vector<std:
   auto* n = m_.mutable_graph()->add_node();
   n->set_op_type(op);
   n->set_name(name.empty() ? op + "_" + std::to_string(m_.graph().node_size()) : name);
-  for (const auto& s : in) n->add_input(s);
-  for (const auto& s : out) n->add_output(s);
+  for (const auto& s : in)
+    n->add_input(s);
+  for (const auto& s : out)
+    n->add_output(s);
   return *n;
 }
 
@@ -79,7 +89,8 @@ void OnnxBuilder::attr(onnx::NodeProto& n, const std::string& name, const std::v
   auto* a = n.add_attribute();
   a->set_name(name);
   a->set_type(onnx::AttributeProto::INTS);
-  for (int64_t x : v) a->add_ints(x);
+  for (int64_t x : v)
+    a->add_ints(x);
 }
 
 void OnnxBuilder::attr(onnx::NodeProto& n, const std::string& name, const std::string& v) {

@@ -13,14 +13,16 @@ Executor sim_executor() {
     // The runtime does not take 0-element tensors (its contract, docs/runtime.md); the flat harness covers them.
     for (const auto* list : {&m.inputs(), &m.outputs()})
       for (const auto& t : *list)
-        if (t.size_bytes == 0) throw BackendLimit("the runtime rejects 0-element tensors ('" + t.name + "')");
+        if (t.size_bytes == 0)
+          throw BackendLimit("the runtime rejects 0-element tensors ('" + t.name + "')");
     std::vector<uint8_t> bytes = m.serialize();
     CompiledModel cm = CompiledModel::from_memory(bytes, "conformance");
     RuntimeOptions opt;
     opt.backend = "sim";
     Runtime rt(cm, opt);
     Inputs in;
-    for (const auto& h : inputs) in.push_back(Tensor(h.shape, h.data));
+    for (const auto& h : inputs)
+      in.push_back(Tensor(h.shape, h.data));
     Outputs out = rt.run(std::move(in));
     std::vector<HostTensor> res;
     for (const auto& t : out.tensors) {

@@ -22,7 +22,8 @@ namespace vnpu::test {
 inline std::vector<uint8_t> conv_bn_relu_model() {
   OnnxBuilder b;
   std::vector<float> w(3 * 2 * 3 * 3);
-  for (size_t i = 0; i < w.size(); i++) w[i] = static_cast<float>((i * 7) % 11) / 11.0f - 0.5f;
+  for (size_t i = 0; i < w.size(); i++)
+    w[i] = static_cast<float>((i * 7) % 11) / 11.0f - 0.5f;
   b.input("x", {1, 2, 5, 5}).output("y");
   b.init("W", {3, 2, 3, 3}, w).init("B", {3}, {0.1f, -0.2f, 0.3f});
   b.init("s", {3}, {1.5f, 0.5f, 2.0f}).init("bb", {3}, {0.0f, 0.1f, -0.1f});
@@ -48,7 +49,8 @@ inline void fix_crc(std::vector<uint8_t>& f) {
 
 inline std::vector<float> iota_data(size_t n, float scale = 0.1f) {
   std::vector<float> v(n);
-  for (size_t i = 0; i < n; i++) v[i] = static_cast<float>(static_cast<int>((i * 37) % 19) - 9) * scale;
+  for (size_t i = 0; i < n; i++)
+    v[i] = static_cast<float>(static_cast<int>((i * 37) % 19) - 9) * scale;
   return v;
 }
 

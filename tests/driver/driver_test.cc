@@ -4,8 +4,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <liburing.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -35,2563 +35,2334 @@
 
 namespace {
 
-constexpr const char *kDevicePath = "/dev/accel/accel0";
+constexpr const char* kDevicePath = "/dev/accel/accel0";
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kMmuPage = 65536;
 
 /// Runs an ioctl; returns 0 or the negative errno (EINTR/EAGAIN are retried by drmIoctl).
-int do_ioctl(int fd, unsigned long request, void *arg)
-{
-	return drmIoctl(fd, request, arg) == 0 ? 0 : -errno;
+int do_ioctl(int fd, unsigned long request, void* arg) {
+  return drmIoctl(fd, request, arg) == 0 ? 0 : -errno;
 }
 
-int64_t monotonic_ns()
-{
-	timespec ts{};
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+int64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
 /// An absolute CLOCK_MONOTONIC deadline `ms` milliseconds from now.
-int64_t deadline_ms(int64_t ms)
-{
-	return monotonic_ns() + ms * 1000000;
+int64_t deadline_ms(int64_t ms) {
+  return monotonic_ns() + ms * 1000000;
 }
 
 constexpr int64_t kLongWaitMs = 120000;
 
 /// Owns an open accel fd.
 class Fd {
-public:
-	explicit Fd(int fd = -1) : fd_(fd) {}
-	Fd(const Fd &) = delete;
-	Fd &operator=(const Fd &) = delete;
-	~Fd() { reset(); }
-	int get() const { return fd_; }
-	void reset()
-	{
-		if (fd_ >= 0)
-			close(fd_);
-		fd_ = -1;
-	}
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+  int get() const { return fd_; }
+  void reset() {
+    if (fd_ >= 0)
+      close(fd_);
+    fd_ = -1;
+  }
 
-private:
-	int fd_;
+ private:
+  int fd_;
 };
 
-bool device_present(const char *path = kDevicePath)
-{
-	return access(path, F_OK) == 0;
+bool device_present(const char* path = kDevicePath) {
+  return access(path, F_OK) == 0;
 }
 
-int open_device(const char *path = kDevicePath)
-{
-	return open(path, O_RDWR | O_CLOEXEC);
+int open_device(const char* path = kDevicePath) {
+  return open(path, O_RDWR | O_CLOEXEC);
 }
 
-std::string read_file(const std::string &path)
-{
-	std::ifstream f(path);
-	std::stringstream ss;
-	ss << f.rdbuf();
-	return ss.str();
+std::string read_file(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
 }
 
-bool write_file(const std::string &path, const std::string &text)
-{
-	int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return false;
-	bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size());
-	close(fd);
-	return ok;
+bool write_file(const std::string& path, const std::string& text) {
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0)
+    return false;
+  bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size());
+  close(fd);
+  return ok;
 }
 
 /// PCI address of accelN, e.g. "0000:00:03.0".
-std::string pci_address(int minor = 0)
-{
-	char link[512];
-	std::string dev = "/sys/class/accel/accel" + std::to_string(minor) + "/device";
-	ssize_t n = readlink(dev.c_str(), link, sizeof(link) - 1);
-	if (n <= 0)
-		return {};
-	link[n] = 0;
-	std::string pci = link;
-	return pci.substr(pci.rfind('/') + 1);
+std::string pci_address(int minor = 0) {
+  char link[512];
+  std::string dev = "/sys/class/accel/accel" + std::to_string(minor) + "/device";
+  ssize_t n = readlink(dev.c_str(), link, sizeof(link) - 1);
+  if (n <= 0)
+    return {};
+  link[n] = 0;
+  std::string pci = link;
+  return pci.substr(pci.rfind('/') + 1);
 }
 
-drm_vnpu_cmd copy_cmd(uint32_t op, uint32_t bo, uint32_t mem, uint64_t bo_off, uint64_t mem_off, uint64_t size)
-{
-	drm_vnpu_cmd c{};
-	c.op = op;
-	c.copy.bo_handle = bo;
-	c.copy.mem_handle = mem;
-	c.copy.bo_offset = bo_off;
-	c.copy.mem_offset = mem_off;
-	c.copy.size = size;
-	return c;
+drm_vnpu_cmd copy_cmd(uint32_t op, uint32_t bo, uint32_t mem, uint64_t bo_off, uint64_t mem_off, uint64_t size) {
+  drm_vnpu_cmd c{};
+  c.op = op;
+  c.copy.bo_handle = bo;
+  c.copy.mem_handle = mem;
+  c.copy.bo_offset = bo_off;
+  c.copy.mem_offset = mem_off;
+  c.copy.size = size;
+  return c;
 }
 
-drm_vnpu_cmd matmul_cmd(uint32_t a, uint64_t a_off, uint32_t b, uint64_t b_off, uint32_t c, uint64_t c_off,
-			uint32_t m, uint32_t n, uint32_t k)
-{
-	drm_vnpu_cmd cmd{};
-	cmd.op = DRM_VNPU_OP_MATMUL;
-	cmd.matmul.a_handle = a;
-	cmd.matmul.b_handle = b;
-	cmd.matmul.c_handle = c;
-	cmd.matmul.a_offset = a_off;
-	cmd.matmul.b_offset = b_off;
-	cmd.matmul.c_offset = c_off;
-	cmd.matmul.m = m;
-	cmd.matmul.n = n;
-	cmd.matmul.k = k;
-	return cmd;
+drm_vnpu_cmd matmul_cmd(uint32_t a, uint64_t a_off, uint32_t b, uint64_t b_off, uint32_t c, uint64_t c_off, uint32_t m,
+                        uint32_t n, uint32_t k) {
+  drm_vnpu_cmd cmd{};
+  cmd.op = DRM_VNPU_OP_MATMUL;
+  cmd.matmul.a_handle = a;
+  cmd.matmul.b_handle = b;
+  cmd.matmul.c_handle = c;
+  cmd.matmul.a_offset = a_off;
+  cmd.matmul.b_offset = b_off;
+  cmd.matmul.c_offset = c_off;
+  cmd.matmul.m = m;
+  cmd.matmul.n = n;
+  cmd.matmul.k = k;
+  return cmd;
 }
 
-drm_vnpu_cmd synth_cmd(uint64_t ns)
-{
-	drm_vnpu_cmd c{};
-	c.op = DRM_VNPU_OP_SYNTH;
-	c.synth.ns = ns;
-	return c;
+drm_vnpu_cmd synth_cmd(uint64_t ns) {
+  drm_vnpu_cmd c{};
+  c.op = DRM_VNPU_OP_SYNTH;
+  c.synth.ns = ns;
+  return c;
 }
 
-drm_vnpu_cmd nop_cmd()
-{
-	drm_vnpu_cmd c{};
-	c.op = DRM_VNPU_OP_NOP;
-	return c;
+drm_vnpu_cmd nop_cmd() {
+  drm_vnpu_cmd c{};
+  c.op = DRM_VNPU_OP_NOP;
+  return c;
 }
 
 drm_vnpu_cmd exec_cmd(uint32_t prog, uint64_t prog_off, uint64_t prog_size, uint32_t bind, uint64_t bind_off,
-		      uint32_t nbind)
-{
-	drm_vnpu_cmd c{};
-	c.op = DRM_VNPU_OP_EXEC;
-	c.exec.prog_handle = prog;
-	c.exec.prog_offset = prog_off;
-	c.exec.prog_size = prog_size;
-	c.exec.bindings_handle = bind;
-	c.exec.bindings_offset = bind_off;
-	c.exec.num_bindings = nbind;
-	return c;
+                      uint32_t nbind) {
+  drm_vnpu_cmd c{};
+  c.op = DRM_VNPU_OP_EXEC;
+  c.exec.prog_handle = prog;
+  c.exec.prog_offset = prog_off;
+  c.exec.prog_size = prog_size;
+  c.exec.bindings_handle = bind;
+  c.exec.bindings_offset = bind_off;
+  c.exec.num_bindings = nbind;
+  return c;
 }
 
 /// One job description whose command and dependency arrays it owns.
 struct JobSpec {
-	std::vector<drm_vnpu_cmd> cmds;
-	std::vector<drm_vnpu_dep> deps;
-	uint32_t report_handle = 0;
-	uint64_t report_offset = 0;
-	uint64_t user_data = 0;
+  std::vector<drm_vnpu_cmd> cmds;
+  std::vector<drm_vnpu_dep> deps;
+  uint32_t report_handle = 0;
+  uint64_t report_offset = 0;
+  uint64_t user_data = 0;
 
-	drm_vnpu_job raw() const
-	{
-		drm_vnpu_job j{};
-		j.cmds = reinterpret_cast<uintptr_t>(cmds.data());
-		j.cmd_count = uint32_t(cmds.size());
-		j.deps = reinterpret_cast<uintptr_t>(deps.data());
-		j.dep_count = uint32_t(deps.size());
-		j.report_handle = report_handle;
-		j.report_offset = report_offset;
-		j.user_data = user_data;
-		return j;
-	}
+  drm_vnpu_job raw() const {
+    drm_vnpu_job j{};
+    j.cmds = reinterpret_cast<uintptr_t>(cmds.data());
+    j.cmd_count = uint32_t(cmds.size());
+    j.deps = reinterpret_cast<uintptr_t>(deps.data());
+    j.dep_count = uint32_t(deps.size());
+    j.report_handle = report_handle;
+    j.report_offset = report_offset;
+    j.user_data = user_data;
+    return j;
+  }
 };
 
 /// Thin typed wrappers over the uAPI; each returns 0 or -errno.
 struct Api {
-	int fd;
+  int fd;
 
-	int get_param(uint32_t param, uint64_t *value) const
-	{
-		drm_vnpu_get_param p{};
-		p.param = param;
-		int ret = do_ioctl(fd, DRM_IOCTL_VNPU_GET_PARAM, &p);
-		if (!ret)
-			*value = p.value;
-		return ret;
-	}
-	uint64_t param(uint32_t param) const
-	{
-		uint64_t v = 0;
-		EXPECT_EQ(get_param(param, &v), 0) << "param " << param;
-		return v;
-	}
-	int bo_create(uint64_t size, uint32_t *handle, uint64_t *offset = nullptr, uint32_t flags = 0) const
-	{
-		drm_vnpu_bo_create a{};
-		a.size = size;
-		a.flags = flags;
-		int ret = do_ioctl(fd, DRM_IOCTL_VNPU_BO_CREATE, &a);
-		if (!ret) {
-			*handle = a.handle;
-			if (offset)
-				*offset = a.mmap_offset;
-		}
-		return ret;
-	}
-	int mem_alloc(uint64_t size, uint32_t *handle, uint64_t *dev_addr = nullptr) const
-	{
-		drm_vnpu_mem_alloc a{};
-		a.size = size;
-		int ret = do_ioctl(fd, DRM_IOCTL_VNPU_MEM_ALLOC, &a);
-		if (!ret) {
-			*handle = a.handle;
-			if (dev_addr)
-				*dev_addr = a.dev_addr;
-		}
-		return ret;
-	}
-	int bo_info(uint32_t handle, drm_vnpu_bo_info *out) const
-	{
-		*out = {};
-		out->handle = handle;
-		return do_ioctl(fd, DRM_IOCTL_VNPU_BO_INFO, out);
-	}
-	int gem_close(uint32_t handle) const
-	{
-		drm_gem_close c{};
-		c.handle = handle;
-		return do_ioctl(fd, DRM_IOCTL_GEM_CLOSE, &c);
-	}
-	int queue_create(uint32_t priority, uint32_t *id) const
-	{
-		drm_vnpu_queue_create q{};
-		q.priority = priority;
-		int ret = do_ioctl(fd, DRM_IOCTL_VNPU_QUEUE_CREATE, &q);
-		if (!ret)
-			*id = q.queue_id;
-		return ret;
-	}
-	int queue_destroy(uint32_t id) const
-	{
-		drm_vnpu_queue_destroy q{};
-		q.queue_id = id;
-		return do_ioctl(fd, DRM_IOCTL_VNPU_QUEUE_DESTROY, &q);
-	}
-	int submit_jobs(const std::vector<JobSpec> &jobs, uint64_t *first, uint32_t queue = 0, uint32_t flags = 0) const
-	{
-		std::vector<drm_vnpu_job> raw;
-		for (const auto &j : jobs)
-			raw.push_back(j.raw());
-		drm_vnpu_submit s{};
-		s.jobs = reinterpret_cast<uintptr_t>(raw.data());
-		s.job_count = uint32_t(raw.size());
-		s.queue_id = queue;
-		s.flags = flags;
-		int ret = do_ioctl(fd, DRM_IOCTL_VNPU_SUBMIT, &s);
-		if (!ret && first)
-			*first = s.first_seqno;
-		return ret;
-	}
-	int submit(const std::vector<drm_vnpu_cmd> &cmds, uint64_t *seqno, uint32_t queue = 0) const
-	{
-		JobSpec j;
-		j.cmds = cmds;
-		return submit_jobs({j}, seqno, queue);
-	}
-	int wait(uint64_t seqno, int64_t timeout_ns, drm_vnpu_wait *out = nullptr, uint32_t queue = 0) const
-	{
-		drm_vnpu_wait w{};
-		w.seqno = seqno;
-		w.timeout_ns = timeout_ns;
-		w.queue_id = queue;
-		int ret = do_ioctl(fd, DRM_IOCTL_VNPU_WAIT, &w);
-		if (out)
-			*out = w;
-		return ret;
-	}
-	/// Waits for a job and returns its job_status, or the WAIT error.
-	int wait_status(uint64_t seqno, uint32_t queue = 0) const
-	{
-		drm_vnpu_wait w{};
-		int ret = wait(seqno, deadline_ms(kLongWaitMs), &w, queue);
-		return ret ? ret : w.job_status;
-	}
+  int get_param(uint32_t param, uint64_t* value) const {
+    drm_vnpu_get_param p{};
+    p.param = param;
+    int ret = do_ioctl(fd, DRM_IOCTL_VNPU_GET_PARAM, &p);
+    if (!ret)
+      *value = p.value;
+    return ret;
+  }
+  uint64_t param(uint32_t param) const {
+    uint64_t v = 0;
+    EXPECT_EQ(get_param(param, &v), 0) << "param " << param;
+    return v;
+  }
+  int bo_create(uint64_t size, uint32_t* handle, uint64_t* offset = nullptr, uint32_t flags = 0) const {
+    drm_vnpu_bo_create a{};
+    a.size = size;
+    a.flags = flags;
+    int ret = do_ioctl(fd, DRM_IOCTL_VNPU_BO_CREATE, &a);
+    if (!ret) {
+      *handle = a.handle;
+      if (offset)
+        *offset = a.mmap_offset;
+    }
+    return ret;
+  }
+  int mem_alloc(uint64_t size, uint32_t* handle, uint64_t* dev_addr = nullptr) const {
+    drm_vnpu_mem_alloc a{};
+    a.size = size;
+    int ret = do_ioctl(fd, DRM_IOCTL_VNPU_MEM_ALLOC, &a);
+    if (!ret) {
+      *handle = a.handle;
+      if (dev_addr)
+        *dev_addr = a.dev_addr;
+    }
+    return ret;
+  }
+  int bo_info(uint32_t handle, drm_vnpu_bo_info* out) const {
+    *out = {};
+    out->handle = handle;
+    return do_ioctl(fd, DRM_IOCTL_VNPU_BO_INFO, out);
+  }
+  int gem_close(uint32_t handle) const {
+    drm_gem_close c{};
+    c.handle = handle;
+    return do_ioctl(fd, DRM_IOCTL_GEM_CLOSE, &c);
+  }
+  int queue_create(uint32_t priority, uint32_t* id) const {
+    drm_vnpu_queue_create q{};
+    q.priority = priority;
+    int ret = do_ioctl(fd, DRM_IOCTL_VNPU_QUEUE_CREATE, &q);
+    if (!ret)
+      *id = q.queue_id;
+    return ret;
+  }
+  int queue_destroy(uint32_t id) const {
+    drm_vnpu_queue_destroy q{};
+    q.queue_id = id;
+    return do_ioctl(fd, DRM_IOCTL_VNPU_QUEUE_DESTROY, &q);
+  }
+  int submit_jobs(const std::vector<JobSpec>& jobs, uint64_t* first, uint32_t queue = 0, uint32_t flags = 0) const {
+    std::vector<drm_vnpu_job> raw;
+    for (const auto& j : jobs)
+      raw.push_back(j.raw());
+    drm_vnpu_submit s{};
+    s.jobs = reinterpret_cast<uintptr_t>(raw.data());
+    s.job_count = uint32_t(raw.size());
+    s.queue_id = queue;
+    s.flags = flags;
+    int ret = do_ioctl(fd, DRM_IOCTL_VNPU_SUBMIT, &s);
+    if (!ret && first)
+      *first = s.first_seqno;
+    return ret;
+  }
+  int submit(const std::vector<drm_vnpu_cmd>& cmds, uint64_t* seqno, uint32_t queue = 0) const {
+    JobSpec j;
+    j.cmds = cmds;
+    return submit_jobs({j}, seqno, queue);
+  }
+  int wait(uint64_t seqno, int64_t timeout_ns, drm_vnpu_wait* out = nullptr, uint32_t queue = 0) const {
+    drm_vnpu_wait w{};
+    w.seqno = seqno;
+    w.timeout_ns = timeout_ns;
+    w.queue_id = queue;
+    int ret = do_ioctl(fd, DRM_IOCTL_VNPU_WAIT, &w);
+    if (out)
+      *out = w;
+    return ret;
+  }
+  /// Waits for a job and returns its job_status, or the WAIT error.
+  int wait_status(uint64_t seqno, uint32_t queue = 0) const {
+    drm_vnpu_wait w{};
+    int ret = wait(seqno, deadline_ms(kLongWaitMs), &w, queue);
+    return ret ? ret : w.job_status;
+  }
 };
 
 /// A mapping of a BO, unmapped on destruction.
 class Mapping {
-public:
-	Mapping(int fd, uint64_t offset, size_t size) : size_(size)
-	{
-		ptr_ = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(offset));
-	}
-	Mapping(const Mapping &) = delete;
-	Mapping &operator=(const Mapping &) = delete;
-	~Mapping()
-	{
-		if (ok())
-			munmap(ptr_, size_);
-	}
-	bool ok() const { return ptr_ != MAP_FAILED; }
-	template <typename T> T *as() const { return static_cast<T *>(ptr_); }
+ public:
+  Mapping(int fd, uint64_t offset, size_t size) : size_(size) {
+    ptr_ = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(offset));
+  }
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() {
+    if (ok())
+      munmap(ptr_, size_);
+  }
+  bool ok() const { return ptr_ != MAP_FAILED; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
 
-private:
-	void *ptr_;
-	size_t size_;
+ private:
+  void* ptr_;
+  size_t size_;
 };
 
 /// Polls DEVMEM_FREE until it equals `want` (jobs of closed files drain asynchronously).
-uint64_t wait_devmem_free(const Api &api, uint64_t want)
-{
-	uint64_t now = 0;
-	for (int i = 0; i < 600; i++) {
-		now = api.param(DRM_VNPU_PARAM_DEVMEM_FREE);
-		if (now == want)
-			break;
-		usleep(100000);
-	}
-	return now;
+uint64_t wait_devmem_free(const Api& api, uint64_t want) {
+  uint64_t now = 0;
+  for (int i = 0; i < 600; i++) {
+    now = api.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+    if (now == want)
+      break;
+    usleep(100000);
+  }
+  return now;
 }
 
 /// Every test gets an open device (or is skipped) and a BO and device memory object for valid commands.
 class DeviceTest : public ::testing::Test {
-protected:
-	static constexpr uint64_t kBoSize = 4 * kPage;
-	static constexpr uint64_t kMemSize = 16 * kPage;
+ protected:
+  static constexpr uint64_t kBoSize = 4 * kPage;
+  static constexpr uint64_t kMemSize = 16 * kPage;
 
-	void SetUp() override
-	{
-		if (!device_present())
-			GTEST_SKIP() << kDevicePath << " not present (run inside the VM: ./vnpu vm -- driver_test)";
-		fd_ = open_device();
-		ASSERT_GE(fd_, 0) << "open " << kDevicePath << ": " << strerror(errno);
-		api_ = Api{fd_};
-		ASSERT_EQ(api_.bo_create(kBoSize, &bo_, &bo_offset_), 0);
-		ASSERT_EQ(api_.mem_alloc(kMemSize, &mem_, &mem_addr_), 0);
-	}
-	void TearDown() override
-	{
-		if (fd_ >= 0)
-			close(fd_);
-	}
+  void SetUp() override {
+    if (!device_present())
+      GTEST_SKIP() << kDevicePath << " not present (run inside the VM: ./vnpu vm -- driver_test)";
+    fd_ = open_device();
+    ASSERT_GE(fd_, 0) << "open " << kDevicePath << ": " << strerror(errno);
+    api_ = Api{fd_};
+    ASSERT_EQ(api_.bo_create(kBoSize, &bo_, &bo_offset_), 0);
+    ASSERT_EQ(api_.mem_alloc(kMemSize, &mem_, &mem_addr_), 0);
+  }
+  void TearDown() override {
+    if (fd_ >= 0)
+      close(fd_);
+  }
 
-	drm_vnpu_cmd valid_copy() const { return copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, kBoSize); }
-	drm_vnpu_cmd valid_matmul() const
-	{
-		// 16x16 by 16x16 f32 = 1 KiB per matrix, all inside mem_.
-		return matmul_cmd(mem_, 0, mem_, 1024, mem_, 2048, 16, 16, 16);
-	}
-	JobSpec valid_job() const
-	{
-		JobSpec j;
-		j.cmds = {valid_copy()};
-		return j;
-	}
-	/// Submits one raw job on queue 0 and returns 0 or -errno; an accepted job is waited for.
-	int submit_job(const drm_vnpu_job &job, uint32_t flags = 0, uint32_t queue = 0) const
-	{
-		drm_vnpu_submit s{};
-		s.jobs = reinterpret_cast<uintptr_t>(&job);
-		s.job_count = 1;
-		s.queue_id = queue;
-		s.flags = flags;
-		int ret = do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s);
-		if (!ret && !(flags & DRM_VNPU_SUBMIT_F_EVENT)) {
-			EXPECT_EQ(api_.wait_status(s.first_seqno, queue), 0);
-		}
-		return ret;
-	}
-	/// Submits one command as a job and returns 0 or -errno; an accepted job is waited for.
-	int submit_one(const drm_vnpu_cmd &cmd) const
-	{
-		JobSpec j;
-		j.cmds = {cmd};
-		return submit_job(j.raw());
-	}
+  drm_vnpu_cmd valid_copy() const { return copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, kBoSize); }
+  drm_vnpu_cmd valid_matmul() const {
+    // 16x16 by 16x16 f32 = 1 KiB per matrix, all inside mem_.
+    return matmul_cmd(mem_, 0, mem_, 1024, mem_, 2048, 16, 16, 16);
+  }
+  JobSpec valid_job() const {
+    JobSpec j;
+    j.cmds = {valid_copy()};
+    return j;
+  }
+  /// Submits one raw job on queue 0 and returns 0 or -errno; an accepted job is waited for.
+  int submit_job(const drm_vnpu_job& job, uint32_t flags = 0, uint32_t queue = 0) const {
+    drm_vnpu_submit s{};
+    s.jobs = reinterpret_cast<uintptr_t>(&job);
+    s.job_count = 1;
+    s.queue_id = queue;
+    s.flags = flags;
+    int ret = do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s);
+    if (!ret && !(flags & DRM_VNPU_SUBMIT_F_EVENT)) {
+      EXPECT_EQ(api_.wait_status(s.first_seqno, queue), 0);
+    }
+    return ret;
+  }
+  /// Submits one command as a job and returns 0 or -errno; an accepted job is waited for.
+  int submit_one(const drm_vnpu_cmd& cmd) const {
+    JobSpec j;
+    j.cmds = {cmd};
+    return submit_job(j.raw());
+  }
 
-	int fd_ = -1;
-	Api api_{-1};
-	uint32_t bo_ = 0;
-	uint64_t bo_offset_ = 0;
-	uint32_t mem_ = 0;
-	uint64_t mem_addr_ = 0;
+  int fd_ = -1;
+  Api api_{-1};
+  uint32_t bo_ = 0;
+  uint64_t bo_offset_ = 0;
+  uint32_t mem_ = 0;
+  uint64_t mem_addr_ = 0;
 };
 
 // ---- GET_PARAM -----------------------------------------------------------------------------------------------
 
 class GetParam : public DeviceTest {};
 
-TEST_F(GetParam, ReportsDeviceIdentity)
-{
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVICE_ID), (uint64_t(VNPU_PCI_VENDOR_ID) << 16) | VNPU_PCI_DEVICE_ID);
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVICE_VERSION) >> 16, uint64_t(VNPU_VERSION_MAJOR));
-	uint64_t caps = api_.param(DRM_VNPU_PARAM_CAPS);
-	EXPECT_TRUE(caps & VNPU_CAP_DMA_SG);
-	EXPECT_TRUE(caps & VNPU_CAP_MMU);
-	EXPECT_TRUE(caps & VNPU_CAP_EXEC);
-	EXPECT_GE(api_.param(DRM_VNPU_PARAM_NUM_QUEUES), 1u);
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_URING_CMD), 2u);
+TEST_F(GetParam, ReportsDeviceIdentity) {
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVICE_ID), (uint64_t(VNPU_PCI_VENDOR_ID) << 16) | VNPU_PCI_DEVICE_ID);
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVICE_VERSION) >> 16, uint64_t(VNPU_VERSION_MAJOR));
+  uint64_t caps = api_.param(DRM_VNPU_PARAM_CAPS);
+  EXPECT_TRUE(caps & VNPU_CAP_DMA_SG);
+  EXPECT_TRUE(caps & VNPU_CAP_MMU);
+  EXPECT_TRUE(caps & VNPU_CAP_EXEC);
+  EXPECT_GE(api_.param(DRM_VNPU_PARAM_NUM_QUEUES), 1u);
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_URING_CMD), 2u);
 }
 
-TEST_F(GetParam, ReportsLimits)
-{
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_MAX_JOBS), uint64_t(DRM_VNPU_MAX_JOBS));
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_MAX_DEPS), uint64_t(DRM_VNPU_MAX_DEPS));
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_MAX_PRIORITY), uint64_t(VNPU_PRIORITY_MAX));
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_MMU_PAGE_SIZE), kMmuPage);
-	EXPECT_GE(api_.param(DRM_VNPU_PARAM_MAX_CMDS), 3u);
-	EXPECT_LE(api_.param(DRM_VNPU_PARAM_MAX_CMDS), uint64_t(DRM_VNPU_MAX_CMDS));
-	EXPECT_GE(api_.param(DRM_VNPU_PARAM_COMPUTE_CORES), 1u);
-	EXPECT_LE(api_.param(DRM_VNPU_PARAM_TIMING_ONLY), 1u);
+TEST_F(GetParam, ReportsLimits) {
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_MAX_JOBS), uint64_t(DRM_VNPU_MAX_JOBS));
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_MAX_DEPS), uint64_t(DRM_VNPU_MAX_DEPS));
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_MAX_PRIORITY), uint64_t(VNPU_PRIORITY_MAX));
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_MMU_PAGE_SIZE), kMmuPage);
+  EXPECT_GE(api_.param(DRM_VNPU_PARAM_MAX_CMDS), 3u);
+  EXPECT_LE(api_.param(DRM_VNPU_PARAM_MAX_CMDS), uint64_t(DRM_VNPU_MAX_CMDS));
+  EXPECT_GE(api_.param(DRM_VNPU_PARAM_COMPUTE_CORES), 1u);
+  EXPECT_LE(api_.param(DRM_VNPU_PARAM_TIMING_ONLY), 1u);
 }
 
-TEST_F(GetParam, ReportsMemoryAndTimingModel)
-{
-	uint64_t size = api_.param(DRM_VNPU_PARAM_DEVMEM_SIZE);
-	EXPECT_GT(size, 0u);
-	EXPECT_LE(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), size);
-	EXPECT_GT(api_.param(DRM_VNPU_PARAM_H2D_MBPS), 0u);
-	EXPECT_GT(api_.param(DRM_VNPU_PARAM_D2H_MBPS), 0u);
-	EXPECT_GT(api_.param(DRM_VNPU_PARAM_COMPUTE_GFLOPS), 0u);
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_USED), kMmuPage); // the fixture's one allocation
+TEST_F(GetParam, ReportsMemoryAndTimingModel) {
+  uint64_t size = api_.param(DRM_VNPU_PARAM_DEVMEM_SIZE);
+  EXPECT_GT(size, 0u);
+  EXPECT_LE(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), size);
+  EXPECT_GT(api_.param(DRM_VNPU_PARAM_H2D_MBPS), 0u);
+  EXPECT_GT(api_.param(DRM_VNPU_PARAM_D2H_MBPS), 0u);
+  EXPECT_GT(api_.param(DRM_VNPU_PARAM_COMPUTE_GFLOPS), 0u);
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_USED), kMmuPage);  // the fixture's one allocation
 }
 
-TEST_F(GetParam, EachFileHasItsOwnContext)
-{
-	Fd other(open_device());
-	ASSERT_GE(other.get(), 0);
-	uint64_t mine = api_.param(DRM_VNPU_PARAM_CONTEXT_ID);
-	uint64_t theirs = Api{other.get()}.param(DRM_VNPU_PARAM_CONTEXT_ID);
-	EXPECT_GE(mine, 1u);
-	EXPECT_GE(theirs, 1u);
-	EXPECT_NE(mine, theirs);
+TEST_F(GetParam, EachFileHasItsOwnContext) {
+  Fd other(open_device());
+  ASSERT_GE(other.get(), 0);
+  uint64_t mine = api_.param(DRM_VNPU_PARAM_CONTEXT_ID);
+  uint64_t theirs = Api{other.get()}.param(DRM_VNPU_PARAM_CONTEXT_ID);
+  EXPECT_GE(mine, 1u);
+  EXPECT_GE(theirs, 1u);
+  EXPECT_NE(mine, theirs);
 }
 
-TEST_F(GetParam, DeviceClockAdvances)
-{
-	uint64_t a = api_.param(DRM_VNPU_PARAM_DEVICE_CLOCK_NS);
-	usleep(2000);
-	EXPECT_GT(api_.param(DRM_VNPU_PARAM_DEVICE_CLOCK_NS), a);
+TEST_F(GetParam, DeviceClockAdvances) {
+  uint64_t a = api_.param(DRM_VNPU_PARAM_DEVICE_CLOCK_NS);
+  usleep(2000);
+  EXPECT_GT(api_.param(DRM_VNPU_PARAM_DEVICE_CLOCK_NS), a);
 }
 
-TEST_F(GetParam, RejectsUnknownParam)
-{
-	uint64_t v = 0;
-	EXPECT_EQ(api_.get_param(1000, &v), -EINVAL);
+TEST_F(GetParam, RejectsUnknownParam) {
+  uint64_t v = 0;
+  EXPECT_EQ(api_.get_param(1000, &v), -EINVAL);
 }
 
-TEST_F(GetParam, RejectsNonZeroPad)
-{
-	drm_vnpu_get_param p{};
-	p.param = DRM_VNPU_PARAM_DEVICE_ID;
-	p.pad = 1;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_GET_PARAM, &p), -EINVAL);
+TEST_F(GetParam, RejectsNonZeroPad) {
+  drm_vnpu_get_param p{};
+  p.param = DRM_VNPU_PARAM_DEVICE_ID;
+  p.pad = 1;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_GET_PARAM, &p), -EINVAL);
 }
-
 
 // ---- BO_CREATE / BO_INFO --------------------------------------------------------------------------------------
 
 class BoCreate : public DeviceTest {
-protected:
-	int create_raw(drm_vnpu_bo_create *a) { return do_ioctl(fd_, DRM_IOCTL_VNPU_BO_CREATE, a); }
-	drm_vnpu_bo_create valid() const
-	{
-		drm_vnpu_bo_create a{};
-		a.size = kPage;
-		return a;
-	}
+ protected:
+  int create_raw(drm_vnpu_bo_create* a) { return do_ioctl(fd_, DRM_IOCTL_VNPU_BO_CREATE, a); }
+  drm_vnpu_bo_create valid() const {
+    drm_vnpu_bo_create a{};
+    a.size = kPage;
+    return a;
+  }
 };
 
-TEST_F(BoCreate, MapsReadWrite)
-{
-	Mapping m(fd_, bo_offset_, kBoSize);
-	ASSERT_TRUE(m.ok());
-	for (size_t i = 0; i < kBoSize; i++)
-		m.as<uint8_t>()[i] = uint8_t(i);
-	Mapping again(fd_, bo_offset_, kBoSize);
-	ASSERT_TRUE(again.ok());
-	EXPECT_EQ(memcmp(m.as<void>(), again.as<void>(), kBoSize), 0);
+TEST_F(BoCreate, MapsReadWrite) {
+  Mapping m(fd_, bo_offset_, kBoSize);
+  ASSERT_TRUE(m.ok());
+  for (size_t i = 0; i < kBoSize; i++)
+    m.as<uint8_t>()[i] = uint8_t(i);
+  Mapping again(fd_, bo_offset_, kBoSize);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(memcmp(m.as<void>(), again.as<void>(), kBoSize), 0);
 }
 
-TEST_F(BoCreate, WriteCombinedBoMapsAndReportsFlag)
-{
-	uint32_t h = 0;
-	uint64_t off = 0;
-	ASSERT_EQ(api_.bo_create(kPage, &h, &off, DRM_VNPU_BO_WC), 0);
-	Mapping m(fd_, off, kPage);
-	ASSERT_TRUE(m.ok());
-	m.as<uint32_t>()[0] = 0x12345678;
-	EXPECT_EQ(m.as<uint32_t>()[0], 0x12345678u);
-	drm_vnpu_bo_info info{};
-	ASSERT_EQ(api_.bo_info(h, &info), 0);
-	EXPECT_EQ(info.flags, uint32_t(DRM_VNPU_BO_WC));
+TEST_F(BoCreate, WriteCombinedBoMapsAndReportsFlag) {
+  uint32_t h = 0;
+  uint64_t off = 0;
+  ASSERT_EQ(api_.bo_create(kPage, &h, &off, DRM_VNPU_BO_WC), 0);
+  Mapping m(fd_, off, kPage);
+  ASSERT_TRUE(m.ok());
+  m.as<uint32_t>()[0] = 0x12345678;
+  EXPECT_EQ(m.as<uint32_t>()[0], 0x12345678u);
+  drm_vnpu_bo_info info{};
+  ASSERT_EQ(api_.bo_info(h, &info), 0);
+  EXPECT_EQ(info.flags, uint32_t(DRM_VNPU_BO_WC));
 }
 
-TEST_F(BoCreate, DistinctBosHaveDistinctOffsets)
-{
-	uint32_t h = 0;
-	uint64_t off = 0;
-	ASSERT_EQ(api_.bo_create(kPage, &h, &off), 0);
-	EXPECT_NE(off, bo_offset_);
-	EXPECT_NE(h, bo_);
+TEST_F(BoCreate, DistinctBosHaveDistinctOffsets) {
+  uint32_t h = 0;
+  uint64_t off = 0;
+  ASSERT_EQ(api_.bo_create(kPage, &h, &off), 0);
+  EXPECT_NE(off, bo_offset_);
+  EXPECT_NE(h, bo_);
 }
 
-TEST_F(BoCreate, RejectsZeroSize)
-{
-	auto a = valid();
-	a.size = 0;
-	EXPECT_EQ(create_raw(&a), -EINVAL);
+TEST_F(BoCreate, RejectsZeroSize) {
+  auto a = valid();
+  a.size = 0;
+  EXPECT_EQ(create_raw(&a), -EINVAL);
 }
 
-TEST_F(BoCreate, RejectsSizeAboveTwoGiB)
-{
-	auto a = valid();
-	a.size = (2ull << 30) + 1;
-	EXPECT_EQ(create_raw(&a), -EINVAL);
+TEST_F(BoCreate, RejectsSizeAboveTwoGiB) {
+  auto a = valid();
+  a.size = (2ull << 30) + 1;
+  EXPECT_EQ(create_raw(&a), -EINVAL);
 }
 
-TEST_F(BoCreate, RejectsUnknownFlags)
-{
-	auto a = valid();
-	a.flags = 2;
-	EXPECT_EQ(create_raw(&a), -EINVAL);
+TEST_F(BoCreate, RejectsUnknownFlags) {
+  auto a = valid();
+  a.flags = 2;
+  EXPECT_EQ(create_raw(&a), -EINVAL);
 }
 
-TEST_F(BoCreate, RejectsNonZeroPad)
-{
-	auto a = valid();
-	a.pad = 1;
-	EXPECT_EQ(create_raw(&a), -EINVAL);
+TEST_F(BoCreate, RejectsNonZeroPad) {
+  auto a = valid();
+  a.pad = 1;
+  EXPECT_EQ(create_raw(&a), -EINVAL);
 }
 
-TEST_F(BoCreate, RejectsNonZeroPad2)
-{
-	auto a = valid();
-	a.pad2 = 1;
-	EXPECT_EQ(create_raw(&a), -EINVAL);
+TEST_F(BoCreate, RejectsNonZeroPad2) {
+  auto a = valid();
+  a.pad2 = 1;
+  EXPECT_EQ(create_raw(&a), -EINVAL);
 }
 
-
-TEST_F(BoCreate, DeviceMemoryIsNotMappable)
-{
-	drm_vnpu_bo_info info{};
-	ASSERT_EQ(api_.bo_info(mem_, &info), 0);
-	EXPECT_EQ(info.mmap_offset, 0u);
-	void *p = mmap(nullptr, kPage, PROT_READ, MAP_SHARED, fd_, 0);
-	EXPECT_EQ(p, MAP_FAILED);
+TEST_F(BoCreate, DeviceMemoryIsNotMappable) {
+  drm_vnpu_bo_info info{};
+  ASSERT_EQ(api_.bo_info(mem_, &info), 0);
+  EXPECT_EQ(info.mmap_offset, 0u);
+  void* p = mmap(nullptr, kPage, PROT_READ, MAP_SHARED, fd_, 0);
+  EXPECT_EQ(p, MAP_FAILED);
 }
 
 class BoInfo : public DeviceTest {};
 
-TEST_F(BoInfo, DescribesHostBo)
-{
-	drm_vnpu_bo_info info{};
-	ASSERT_EQ(api_.bo_info(bo_, &info), 0);
-	EXPECT_EQ(info.kind, uint32_t(DRM_VNPU_BO_KIND_HOST));
-	EXPECT_EQ(info.size, kBoSize);
-	EXPECT_EQ(info.mmap_offset, bo_offset_);
-	EXPECT_EQ(info.dev_addr, 0u);
+TEST_F(BoInfo, DescribesHostBo) {
+  drm_vnpu_bo_info info{};
+  ASSERT_EQ(api_.bo_info(bo_, &info), 0);
+  EXPECT_EQ(info.kind, uint32_t(DRM_VNPU_BO_KIND_HOST));
+  EXPECT_EQ(info.size, kBoSize);
+  EXPECT_EQ(info.mmap_offset, bo_offset_);
+  EXPECT_EQ(info.dev_addr, 0u);
 }
 
-TEST_F(BoInfo, DescribesDeviceMemory)
-{
-	drm_vnpu_bo_info info{};
-	ASSERT_EQ(api_.bo_info(mem_, &info), 0);
-	EXPECT_EQ(info.kind, uint32_t(DRM_VNPU_BO_KIND_DEVICE));
-	EXPECT_EQ(info.size, kMmuPage); // rounded up to the MMU page
-	EXPECT_EQ(info.dev_addr, mem_addr_);
+TEST_F(BoInfo, DescribesDeviceMemory) {
+  drm_vnpu_bo_info info{};
+  ASSERT_EQ(api_.bo_info(mem_, &info), 0);
+  EXPECT_EQ(info.kind, uint32_t(DRM_VNPU_BO_KIND_DEVICE));
+  EXPECT_EQ(info.size, kMmuPage);  // rounded up to the MMU page
+  EXPECT_EQ(info.dev_addr, mem_addr_);
 }
 
-TEST_F(BoInfo, UnknownHandleReturnsEnoent)
-{
-	drm_vnpu_bo_info info{};
-	EXPECT_EQ(api_.bo_info(9999, &info), -ENOENT);
+TEST_F(BoInfo, UnknownHandleReturnsEnoent) {
+  drm_vnpu_bo_info info{};
+  EXPECT_EQ(api_.bo_info(9999, &info), -ENOENT);
 }
 
-TEST_F(BoInfo, RejectsNonZeroPad)
-{
-	drm_vnpu_bo_info info{};
-	info.handle = bo_;
-	info.pad = 1;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_BO_INFO, &info), -EINVAL);
+TEST_F(BoInfo, RejectsNonZeroPad) {
+  drm_vnpu_bo_info info{};
+  info.handle = bo_;
+  info.pad = 1;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_BO_INFO, &info), -EINVAL);
 }
-
 
 // ---- MEM_ALLOC ---------------------------------------------------------------------------------------------------
 
 class MemAlloc : public DeviceTest {};
 
-TEST_F(MemAlloc, AccountsFreeMemoryInMmuPages)
-{
-	uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
-	uint32_t h = 0;
-	uint64_t addr = 0;
-	ASSERT_EQ(api_.mem_alloc(100, &h, &addr), 0);
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), before - kMmuPage);
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_USED), 2 * kMmuPage);
-	EXPECT_EQ(addr % kMmuPage, 0u);
-	EXPECT_NE(addr, 0u);
-	EXPECT_NE(addr, mem_addr_);
-	ASSERT_EQ(api_.gem_close(h), 0);
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), before);
+TEST_F(MemAlloc, AccountsFreeMemoryInMmuPages) {
+  uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+  uint32_t h = 0;
+  uint64_t addr = 0;
+  ASSERT_EQ(api_.mem_alloc(100, &h, &addr), 0);
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), before - kMmuPage);
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_USED), 2 * kMmuPage);
+  EXPECT_EQ(addr % kMmuPage, 0u);
+  EXPECT_NE(addr, 0u);
+  EXPECT_NE(addr, mem_addr_);
+  ASSERT_EQ(api_.gem_close(h), 0);
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), before);
 }
 
-TEST_F(MemAlloc, RejectsZeroSize)
-{
-	uint32_t h = 0;
-	EXPECT_EQ(api_.mem_alloc(0, &h), -EINVAL);
+TEST_F(MemAlloc, RejectsZeroSize) {
+  uint32_t h = 0;
+  EXPECT_EQ(api_.mem_alloc(0, &h), -EINVAL);
 }
 
-TEST_F(MemAlloc, RejectsNonZeroFlags)
-{
-	drm_vnpu_mem_alloc a{};
-	a.size = kPage;
-	a.flags = 1;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_MEM_ALLOC, &a), -EINVAL);
+TEST_F(MemAlloc, RejectsNonZeroFlags) {
+  drm_vnpu_mem_alloc a{};
+  a.size = kPage;
+  a.flags = 1;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_MEM_ALLOC, &a), -EINVAL);
 }
 
-
-TEST_F(MemAlloc, LargerThanDeviceReturnsEnospc)
-{
-	uint32_t h = 0;
-	EXPECT_EQ(api_.mem_alloc(api_.param(DRM_VNPU_PARAM_DEVMEM_SIZE) + 1, &h), -ENOSPC);
-	EXPECT_EQ(api_.mem_alloc(~0ull, &h), -ENOSPC);
+TEST_F(MemAlloc, LargerThanDeviceReturnsEnospc) {
+  uint32_t h = 0;
+  EXPECT_EQ(api_.mem_alloc(api_.param(DRM_VNPU_PARAM_DEVMEM_SIZE) + 1, &h), -ENOSPC);
+  EXPECT_EQ(api_.mem_alloc(~0ull, &h), -ENOSPC);
 }
 
-TEST_F(MemAlloc, ExhaustionReturnsEnospcAndRecovers)
-{
-	uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
-	std::vector<uint32_t> handles;
-	const uint64_t chunk = 16ull << 20;
-	for (;;) {
-		uint32_t h = 0;
-		int ret = api_.mem_alloc(chunk, &h);
-		if (ret) {
-			EXPECT_EQ(ret, -ENOSPC);
-			break;
-		}
-		handles.push_back(h);
-		ASSERT_LT(handles.size(), 100000u);
-	}
-	for (uint32_t h : handles)
-		EXPECT_EQ(api_.gem_close(h), 0);
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), before);
-	uint32_t h = 0;
-	EXPECT_EQ(api_.mem_alloc(chunk, &h), 0);
+TEST_F(MemAlloc, ExhaustionReturnsEnospcAndRecovers) {
+  uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+  std::vector<uint32_t> handles;
+  const uint64_t chunk = 16ull << 20;
+  for (;;) {
+    uint32_t h = 0;
+    int ret = api_.mem_alloc(chunk, &h);
+    if (ret) {
+      EXPECT_EQ(ret, -ENOSPC);
+      break;
+    }
+    handles.push_back(h);
+    ASSERT_LT(handles.size(), 100000u);
+  }
+  for (uint32_t h : handles)
+    EXPECT_EQ(api_.gem_close(h), 0);
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), before);
+  uint32_t h = 0;
+  EXPECT_EQ(api_.mem_alloc(chunk, &h), 0);
 }
 
 // ---- QUEUE_CREATE / QUEUE_DESTROY -------------------------------------------------------------------------------
 
 class Queue : public DeviceTest {};
 
-TEST_F(Queue, CreatesQueuesAtEveryPriorityAndRunsJobsOnThem)
-{
-	for (uint32_t prio = 0; prio <= VNPU_PRIORITY_MAX; prio++) {
-		uint32_t q = 0;
-		ASSERT_EQ(api_.queue_create(prio, &q), 0);
-		EXPECT_NE(q, 0u);
-		uint64_t s = 0;
-		ASSERT_EQ(api_.submit({valid_copy()}, &s, q), 0);
-		EXPECT_EQ(s, 1u); // seqnos are per queue
-		EXPECT_EQ(api_.wait_status(s, q), 0);
-		EXPECT_EQ(api_.queue_destroy(q), 0);
-	}
+TEST_F(Queue, CreatesQueuesAtEveryPriorityAndRunsJobsOnThem) {
+  for (uint32_t prio = 0; prio <= VNPU_PRIORITY_MAX; prio++) {
+    uint32_t q = 0;
+    ASSERT_EQ(api_.queue_create(prio, &q), 0);
+    EXPECT_NE(q, 0u);
+    uint64_t s = 0;
+    ASSERT_EQ(api_.submit({valid_copy()}, &s, q), 0);
+    EXPECT_EQ(s, 1u);  // seqnos are per queue
+    EXPECT_EQ(api_.wait_status(s, q), 0);
+    EXPECT_EQ(api_.queue_destroy(q), 0);
+  }
 }
 
-TEST_F(Queue, RejectsPriorityAboveMax)
-{
-	uint32_t q = 0;
-	EXPECT_EQ(api_.queue_create(VNPU_PRIORITY_MAX + 1, &q), -EINVAL);
+TEST_F(Queue, RejectsPriorityAboveMax) {
+  uint32_t q = 0;
+  EXPECT_EQ(api_.queue_create(VNPU_PRIORITY_MAX + 1, &q), -EINVAL);
 }
 
-TEST_F(Queue, RejectsNonZeroFlags)
-{
-	drm_vnpu_queue_create c{};
-	c.flags = 1;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_QUEUE_CREATE, &c), -EINVAL);
+TEST_F(Queue, RejectsNonZeroFlags) {
+  drm_vnpu_queue_create c{};
+  c.flags = 1;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_QUEUE_CREATE, &c), -EINVAL);
 }
 
-TEST_F(Queue, RejectsNonZeroPad)
-{
-	drm_vnpu_queue_create c{};
-	c.pad = 1;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_QUEUE_CREATE, &c), -EINVAL);
+TEST_F(Queue, RejectsNonZeroPad) {
+  drm_vnpu_queue_create c{};
+  c.pad = 1;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_QUEUE_CREATE, &c), -EINVAL);
 }
 
-
-TEST_F(Queue, LimitsQueuesPerFile)
-{
-	int created = 0;
-	for (;;) {
-		uint32_t q = 0;
-		int ret = api_.queue_create(0, &q);
-		if (ret) {
-			EXPECT_EQ(ret, -ENOSPC);
-			break;
-		}
-		ASSERT_LT(++created, 1000);
-	}
-	EXPECT_EQ(created, 63);
+TEST_F(Queue, LimitsQueuesPerFile) {
+  int created = 0;
+  for (;;) {
+    uint32_t q = 0;
+    int ret = api_.queue_create(0, &q);
+    if (ret) {
+      EXPECT_EQ(ret, -ENOSPC);
+      break;
+    }
+    ASSERT_LT(++created, 1000);
+  }
+  EXPECT_EQ(created, 63);
 }
 
-TEST_F(Queue, DestroyRejectsQueueZero)
-{
-	EXPECT_EQ(api_.queue_destroy(0), -EINVAL);
+TEST_F(Queue, DestroyRejectsQueueZero) {
+  EXPECT_EQ(api_.queue_destroy(0), -EINVAL);
 }
 
-TEST_F(Queue, DestroyRejectsUnknownQueue)
-{
-	EXPECT_EQ(api_.queue_destroy(42), -ENOENT);
+TEST_F(Queue, DestroyRejectsUnknownQueue) {
+  EXPECT_EQ(api_.queue_destroy(42), -ENOENT);
 }
 
-TEST_F(Queue, DestroyRejectsNonZeroPad)
-{
-	uint32_t q = 0;
-	ASSERT_EQ(api_.queue_create(1, &q), 0);
-	drm_vnpu_queue_destroy d{};
-	d.queue_id = q;
-	d.pad = 1;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_QUEUE_DESTROY, &d), -EINVAL);
+TEST_F(Queue, DestroyRejectsNonZeroPad) {
+  uint32_t q = 0;
+  ASSERT_EQ(api_.queue_create(1, &q), 0);
+  drm_vnpu_queue_destroy d{};
+  d.queue_id = q;
+  d.pad = 1;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_QUEUE_DESTROY, &d), -EINVAL);
 }
 
-TEST_F(Queue, OtherFilesQueueIsUnknown)
-{
-	Fd other(open_device());
-	ASSERT_GE(other.get(), 0);
-	uint32_t q = 0;
-	ASSERT_EQ(Api{other.get()}.queue_create(2, &q), 0);
-	uint64_t s = 0;
-	EXPECT_EQ(api_.submit({valid_copy()}, &s, q), -ENOENT);
+TEST_F(Queue, OtherFilesQueueIsUnknown) {
+  Fd other(open_device());
+  ASSERT_GE(other.get(), 0);
+  uint32_t q = 0;
+  ASSERT_EQ(Api{other.get()}.queue_create(2, &q), 0);
+  uint64_t s = 0;
+  EXPECT_EQ(api_.submit({valid_copy()}, &s, q), -ENOENT);
 }
 
-TEST_F(Queue, JobsOfADestroyedQueueStillComplete)
-{
-	uint32_t q = 0, rep = 0;
-	uint64_t rep_off = 0;
-	ASSERT_EQ(api_.queue_create(1, &q), 0);
-	ASSERT_EQ(api_.bo_create(kPage, &rep, &rep_off), 0);
-	Mapping m(fd_, rep_off, kPage);
-	ASSERT_TRUE(m.ok());
-	memset(m.as<void>(), 0, kPage);
-	JobSpec j;
-	j.cmds = {synth_cmd(20000000)};
-	j.report_handle = rep;
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit_jobs({j}, &s, q), 0);
-	ASSERT_EQ(api_.queue_destroy(q), 0);
-	EXPECT_EQ(api_.submit({valid_copy()}, &s, q), -ENOENT);
-	auto *r = m.as<volatile drm_vnpu_job_report>();
-	for (int i = 0; i < 1200 && !(r->flags & DRM_VNPU_REPORT_F_VALID); i++)
-		usleep(100000);
-	EXPECT_TRUE(r->flags & DRM_VNPU_REPORT_F_VALID);
-	EXPECT_EQ(r->status, 0);
+TEST_F(Queue, JobsOfADestroyedQueueStillComplete) {
+  uint32_t q = 0, rep = 0;
+  uint64_t rep_off = 0;
+  ASSERT_EQ(api_.queue_create(1, &q), 0);
+  ASSERT_EQ(api_.bo_create(kPage, &rep, &rep_off), 0);
+  Mapping m(fd_, rep_off, kPage);
+  ASSERT_TRUE(m.ok());
+  memset(m.as<void>(), 0, kPage);
+  JobSpec j;
+  j.cmds = {synth_cmd(20000000)};
+  j.report_handle = rep;
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit_jobs({j}, &s, q), 0);
+  ASSERT_EQ(api_.queue_destroy(q), 0);
+  EXPECT_EQ(api_.submit({valid_copy()}, &s, q), -ENOENT);
+  auto* r = m.as<volatile drm_vnpu_job_report>();
+  for (int i = 0; i < 1200 && !(r->flags & DRM_VNPU_REPORT_F_VALID); i++)
+    usleep(100000);
+  EXPECT_TRUE(r->flags & DRM_VNPU_REPORT_F_VALID);
+  EXPECT_EQ(r->status, 0);
 }
 
 // ---- SUBMIT validation -------------------------------------------------------------------------------------------
 
 class Submit : public DeviceTest {
-protected:
-	/// Submits `job` as the only job of a batch and expects `err`.
-	void expect_job_rejected(const drm_vnpu_job &job, int err)
-	{
-		EXPECT_EQ(submit_job(job), err);
-	}
-	void expect_cmd_rejected(const drm_vnpu_cmd &cmd, int err)
-	{
-		JobSpec j;
-		j.cmds = {cmd};
-		expect_job_rejected(j.raw(), err);
-	}
-	drm_vnpu_submit valid_submit(const drm_vnpu_job *job)
-	{
-		drm_vnpu_submit s{};
-		s.jobs = reinterpret_cast<uintptr_t>(job);
-		s.job_count = 1;
-		return s;
-	}
+ protected:
+  /// Submits `job` as the only job of a batch and expects `err`.
+  void expect_job_rejected(const drm_vnpu_job& job, int err) { EXPECT_EQ(submit_job(job), err); }
+  void expect_cmd_rejected(const drm_vnpu_cmd& cmd, int err) {
+    JobSpec j;
+    j.cmds = {cmd};
+    expect_job_rejected(j.raw(), err);
+  }
+  drm_vnpu_submit valid_submit(const drm_vnpu_job* job) {
+    drm_vnpu_submit s{};
+    s.jobs = reinterpret_cast<uintptr_t>(job);
+    s.job_count = 1;
+    return s;
+  }
 };
 
-TEST_F(Submit, AcceptsValidCopy)
-{
-	EXPECT_EQ(submit_one(valid_copy()), 0);
+TEST_F(Submit, AcceptsValidCopy) {
+  EXPECT_EQ(submit_one(valid_copy()), 0);
 }
 
-TEST_F(Submit, AcceptsValidMatmul)
-{
-	EXPECT_EQ(submit_one(valid_matmul()), 0);
+TEST_F(Submit, AcceptsValidMatmul) {
+  EXPECT_EQ(submit_one(valid_matmul()), 0);
 }
 
-TEST_F(Submit, AcceptsNopAndSynth)
-{
-	EXPECT_EQ(submit_one(nop_cmd()), 0);
-	EXPECT_EQ(submit_one(synth_cmd(1000)), 0);
+TEST_F(Submit, AcceptsNopAndSynth) {
+  EXPECT_EQ(submit_one(nop_cmd()), 0);
+  EXPECT_EQ(submit_one(synth_cmd(1000)), 0);
 }
 
-TEST_F(Submit, RejectsUnknownFlags)
-{
-	auto j = valid_job().raw();
-	auto s = valid_submit(&j);
-	s.flags = 2;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EINVAL);
+TEST_F(Submit, RejectsUnknownFlags) {
+  auto j = valid_job().raw();
+  auto s = valid_submit(&j);
+  s.flags = 2;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EINVAL);
 }
 
-TEST_F(Submit, RejectsNonZeroPad)
-{
-	auto j = valid_job().raw();
-	auto s = valid_submit(&j);
-	s.pad = 1;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EINVAL);
+TEST_F(Submit, RejectsNonZeroPad) {
+  auto j = valid_job().raw();
+  auto s = valid_submit(&j);
+  s.pad = 1;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EINVAL);
 }
 
-TEST_F(Submit, RejectsNonZeroFirstSeqnoOnInput)
-{
-	auto j = valid_job().raw();
-	auto s = valid_submit(&j);
-	s.first_seqno = 5;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EINVAL);
+TEST_F(Submit, RejectsNonZeroFirstSeqnoOnInput) {
+  auto j = valid_job().raw();
+  auto s = valid_submit(&j);
+  s.first_seqno = 5;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EINVAL);
 }
 
-TEST_F(Submit, RejectsZeroJobCount)
-{
-	auto j = valid_job().raw();
-	auto s = valid_submit(&j);
-	s.job_count = 0;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EINVAL);
+TEST_F(Submit, RejectsZeroJobCount) {
+  auto j = valid_job().raw();
+  auto s = valid_submit(&j);
+  s.job_count = 0;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EINVAL);
 }
 
-TEST_F(Submit, RejectsTooManyJobs)
-{
-	std::vector<drm_vnpu_job> jobs(DRM_VNPU_MAX_JOBS + 1, valid_job().raw());
-	auto s = valid_submit(jobs.data());
-	s.job_count = uint32_t(jobs.size());
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EINVAL);
+TEST_F(Submit, RejectsTooManyJobs) {
+  std::vector<drm_vnpu_job> jobs(DRM_VNPU_MAX_JOBS + 1, valid_job().raw());
+  auto s = valid_submit(jobs.data());
+  s.job_count = uint32_t(jobs.size());
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EINVAL);
 }
 
-TEST_F(Submit, RejectsBadJobsPointer)
-{
-	drm_vnpu_submit s{};
-	s.jobs = 8;
-	s.job_count = 1;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EFAULT);
+TEST_F(Submit, RejectsBadJobsPointer) {
+  drm_vnpu_submit s{};
+  s.jobs = 8;
+  s.job_count = 1;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -EFAULT);
 }
 
-TEST_F(Submit, RejectsUnknownQueue)
-{
-	auto j = valid_job().raw();
-	auto s = valid_submit(&j);
-	s.queue_id = 17;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -ENOENT);
+TEST_F(Submit, RejectsUnknownQueue) {
+  auto j = valid_job().raw();
+  auto s = valid_submit(&j);
+  s.queue_id = 17;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_SUBMIT, &s), -ENOENT);
 }
 
-TEST_F(Submit, BatchGetsConsecutiveSeqnos)
-{
-	std::vector<JobSpec> jobs(5, valid_job());
-	uint64_t first = 0;
-	ASSERT_EQ(api_.submit_jobs(jobs, &first), 0);
-	for (uint64_t s = first; s < first + 5; s++)
-		EXPECT_EQ(api_.wait_status(s), 0);
-}
-
-TEST_F(Submit, BadJobInBatchQueuesNothing)
-{
-	std::vector<JobSpec> jobs(3, valid_job());
-	jobs[2].cmds[0].flags = 1;
-	uint64_t first = 0;
-	EXPECT_EQ(api_.submit_jobs(jobs, &first), -EINVAL);
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
-	EXPECT_EQ(s, 1u); // the rejected batch consumed no seqno
-	EXPECT_EQ(api_.wait_status(s), 0);
+TEST_F(Submit, BatchGetsConsecutiveSeqnos) {
+  std::vector<JobSpec> jobs(5, valid_job());
+  uint64_t first = 0;
+  ASSERT_EQ(api_.submit_jobs(jobs, &first), 0);
+  for (uint64_t s = first; s < first + 5; s++)
+    EXPECT_EQ(api_.wait_status(s), 0);
 }
 
-TEST_F(Submit, RejectsZeroCmdCount)
-{
-	auto j = valid_job().raw();
-	j.cmd_count = 0;
-	expect_job_rejected(j, -EINVAL);
+TEST_F(Submit, BadJobInBatchQueuesNothing) {
+  std::vector<JobSpec> jobs(3, valid_job());
+  jobs[2].cmds[0].flags = 1;
+  uint64_t first = 0;
+  EXPECT_EQ(api_.submit_jobs(jobs, &first), -EINVAL);
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
+  EXPECT_EQ(s, 1u);  // the rejected batch consumed no seqno
+  EXPECT_EQ(api_.wait_status(s), 0);
 }
 
-TEST_F(Submit, RejectsTooManyCmds)
-{
-	uint64_t max = api_.param(DRM_VNPU_PARAM_MAX_CMDS);
-	JobSpec j;
-	j.cmds.assign(max + 1, valid_copy());
-	expect_job_rejected(j.raw(), -EINVAL);
-}
-
-TEST_F(Submit, AcceptsMaxCmds)
-{
-	JobSpec j;
-	j.cmds.assign(api_.param(DRM_VNPU_PARAM_MAX_CMDS), valid_copy());
-	EXPECT_EQ(submit_job(j.raw()), 0);
-}
-
-TEST_F(Submit, RejectsNonZeroJobFlags)
-{
-	auto spec = valid_job();
-	auto j = spec.raw();
-	j.flags = 1;
-	expect_job_rejected(j, -EINVAL);
-}
-
-TEST_F(Submit, RejectsBadCmdsPointer)
-{
-	auto j = valid_job().raw();
-	j.cmds = 8;
-	expect_job_rejected(j, -EFAULT);
+TEST_F(Submit, RejectsZeroCmdCount) {
+  auto j = valid_job().raw();
+  j.cmd_count = 0;
+  expect_job_rejected(j, -EINVAL);
 }
-
-TEST_F(Submit, RejectsTooManyDeps)
-{
-	auto spec = valid_job();
-	spec.deps.assign(DRM_VNPU_MAX_DEPS + 1, drm_vnpu_dep{});
-	expect_job_rejected(spec.raw(), -EINVAL);
+
+TEST_F(Submit, RejectsTooManyCmds) {
+  uint64_t max = api_.param(DRM_VNPU_PARAM_MAX_CMDS);
+  JobSpec j;
+  j.cmds.assign(max + 1, valid_copy());
+  expect_job_rejected(j.raw(), -EINVAL);
+}
+
+TEST_F(Submit, AcceptsMaxCmds) {
+  JobSpec j;
+  j.cmds.assign(api_.param(DRM_VNPU_PARAM_MAX_CMDS), valid_copy());
+  EXPECT_EQ(submit_job(j.raw()), 0);
+}
+
+TEST_F(Submit, RejectsNonZeroJobFlags) {
+  auto spec = valid_job();
+  auto j = spec.raw();
+  j.flags = 1;
+  expect_job_rejected(j, -EINVAL);
+}
+
+TEST_F(Submit, RejectsBadCmdsPointer) {
+  auto j = valid_job().raw();
+  j.cmds = 8;
+  expect_job_rejected(j, -EFAULT);
+}
+
+TEST_F(Submit, RejectsTooManyDeps) {
+  auto spec = valid_job();
+  spec.deps.assign(DRM_VNPU_MAX_DEPS + 1, drm_vnpu_dep{});
+  expect_job_rejected(spec.raw(), -EINVAL);
 }
 
-TEST_F(Submit, RejectsBadDepsPointer)
-{
-	auto spec = valid_job();
-	auto j = spec.raw();
-	j.deps = 8;
-	j.dep_count = 1;
-	expect_job_rejected(j, -EFAULT);
+TEST_F(Submit, RejectsBadDepsPointer) {
+  auto spec = valid_job();
+  auto j = spec.raw();
+  j.deps = 8;
+  j.dep_count = 1;
+  expect_job_rejected(j, -EFAULT);
 }
 
-TEST_F(Submit, RejectsDepNonZeroPad)
-{
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
-	auto spec = valid_job();
-	spec.deps = {drm_vnpu_dep{0, 1, s}};
-	expect_job_rejected(spec.raw(), -EINVAL);
+TEST_F(Submit, RejectsDepNonZeroPad) {
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
+  auto spec = valid_job();
+  spec.deps = {drm_vnpu_dep{0, 1, s}};
+  expect_job_rejected(spec.raw(), -EINVAL);
 }
 
-TEST_F(Submit, RejectsDepOnUnknownQueue)
-{
-	auto spec = valid_job();
-	spec.deps = {drm_vnpu_dep{9, 0, 1}};
-	expect_job_rejected(spec.raw(), -ENOENT);
+TEST_F(Submit, RejectsDepOnUnknownQueue) {
+  auto spec = valid_job();
+  spec.deps = {drm_vnpu_dep{9, 0, 1}};
+  expect_job_rejected(spec.raw(), -ENOENT);
 }
 
-TEST_F(Submit, RejectsDepOnSeqnoNotIssued)
-{
-	uint32_t q = 0;
-	ASSERT_EQ(api_.queue_create(1, &q), 0);
-	auto spec = valid_job();
-	spec.deps = {drm_vnpu_dep{q, 0, 1}};
-	expect_job_rejected(spec.raw(), -EINVAL);
+TEST_F(Submit, RejectsDepOnSeqnoNotIssued) {
+  uint32_t q = 0;
+  ASSERT_EQ(api_.queue_create(1, &q), 0);
+  auto spec = valid_job();
+  spec.deps = {drm_vnpu_dep{q, 0, 1}};
+  expect_job_rejected(spec.raw(), -EINVAL);
 }
 
-TEST_F(Submit, RejectsDepOnSeqnoZero)
-{
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
-	uint32_t q = 0;
-	ASSERT_EQ(api_.queue_create(1, &q), 0);
-	auto spec = valid_job();
-	spec.deps = {drm_vnpu_dep{0, 0, 0}};
-	EXPECT_EQ(api_.submit_jobs({spec}, &s, q), -EINVAL);
+TEST_F(Submit, RejectsDepOnSeqnoZero) {
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
+  uint32_t q = 0;
+  ASSERT_EQ(api_.queue_create(1, &q), 0);
+  auto spec = valid_job();
+  spec.deps = {drm_vnpu_dep{0, 0, 0}};
+  EXPECT_EQ(api_.submit_jobs({spec}, &s, q), -EINVAL);
 }
 
-TEST_F(Submit, RejectsDepOnLaterJobOfBatch)
-{
-	std::vector<JobSpec> jobs(2, valid_job());
-	jobs[0].deps = {drm_vnpu_dep{0, 0, 2}}; // the batch gets seqnos 1 and 2
-	uint64_t first = 0;
-	EXPECT_EQ(api_.submit_jobs(jobs, &first), -EINVAL);
+TEST_F(Submit, RejectsDepOnLaterJobOfBatch) {
+  std::vector<JobSpec> jobs(2, valid_job());
+  jobs[0].deps = {drm_vnpu_dep{0, 0, 2}};  // the batch gets seqnos 1 and 2
+  uint64_t first = 0;
+  EXPECT_EQ(api_.submit_jobs(jobs, &first), -EINVAL);
 }
 
-TEST_F(Submit, RejectsReportHandleUnknown)
-{
-	auto spec = valid_job();
-	spec.report_handle = 999;
-	expect_job_rejected(spec.raw(), -ENOENT);
+TEST_F(Submit, RejectsReportHandleUnknown) {
+  auto spec = valid_job();
+  spec.report_handle = 999;
+  expect_job_rejected(spec.raw(), -ENOENT);
 }
 
-TEST_F(Submit, RejectsReportInDeviceMemory)
-{
-	auto spec = valid_job();
-	spec.report_handle = mem_;
-	expect_job_rejected(spec.raw(), -EINVAL);
+TEST_F(Submit, RejectsReportInDeviceMemory) {
+  auto spec = valid_job();
+  spec.report_handle = mem_;
+  expect_job_rejected(spec.raw(), -EINVAL);
 }
 
-TEST_F(Submit, RejectsReportOffsetUnaligned)
-{
-	auto spec = valid_job();
-	spec.report_handle = bo_;
-	spec.report_offset = 4;
-	expect_job_rejected(spec.raw(), -EINVAL);
+TEST_F(Submit, RejectsReportOffsetUnaligned) {
+  auto spec = valid_job();
+  spec.report_handle = bo_;
+  spec.report_offset = 4;
+  expect_job_rejected(spec.raw(), -EINVAL);
 }
 
-TEST_F(Submit, RejectsReportPastBoEnd)
-{
-	auto spec = valid_job();
-	spec.report_handle = bo_;
-	spec.report_offset = kBoSize - 8;
-	expect_job_rejected(spec.raw(), -EINVAL);
+TEST_F(Submit, RejectsReportPastBoEnd) {
+  auto spec = valid_job();
+  spec.report_handle = bo_;
+  spec.report_offset = kBoSize - 8;
+  expect_job_rejected(spec.raw(), -EINVAL);
 }
 
-TEST_F(Submit, RejectsReportOffsetWithoutHandle)
-{
-	auto spec = valid_job();
-	spec.report_offset = 8;
-	expect_job_rejected(spec.raw(), -EINVAL);
+TEST_F(Submit, RejectsReportOffsetWithoutHandle) {
+  auto spec = valid_job();
+  spec.report_offset = 8;
+  expect_job_rejected(spec.raw(), -EINVAL);
 }
 
-TEST_F(Submit, RejectsInvalidOp)
-{
-	expect_cmd_rejected(drm_vnpu_cmd{}, -EINVAL);
+TEST_F(Submit, RejectsInvalidOp) {
+  expect_cmd_rejected(drm_vnpu_cmd{}, -EINVAL);
 }
 
-TEST_F(Submit, RejectsUnknownOp)
-{
-	auto c = valid_copy();
-	c.op = 99;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsUnknownOp) {
+  auto c = valid_copy();
+  c.op = 99;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsNonZeroCmdFlags)
-{
-	auto c = valid_copy();
-	c.flags = 1;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsNonZeroCmdFlags) {
+  auto c = valid_copy();
+  c.flags = 1;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsCopyNonZeroReserved)
-{
-	auto c = valid_copy();
-	c.copy.reserved[2] = 1;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsCopyNonZeroReserved) {
+  auto c = valid_copy();
+  c.copy.reserved[2] = 1;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsCopyZeroSize)
-{
-	auto c = valid_copy();
-	c.copy.size = 0;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsCopyZeroSize) {
+  auto c = valid_copy();
+  c.copy.size = 0;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsCopyUnknownBoHandle)
-{
-	auto c = valid_copy();
-	c.copy.bo_handle = 999;
-	expect_cmd_rejected(c, -ENOENT);
+TEST_F(Submit, RejectsCopyUnknownBoHandle) {
+  auto c = valid_copy();
+  c.copy.bo_handle = 999;
+  expect_cmd_rejected(c, -ENOENT);
 }
 
-TEST_F(Submit, RejectsCopyUnknownMemHandle)
-{
-	auto c = valid_copy();
-	c.copy.mem_handle = 999;
-	expect_cmd_rejected(c, -ENOENT);
+TEST_F(Submit, RejectsCopyUnknownMemHandle) {
+  auto c = valid_copy();
+  c.copy.mem_handle = 999;
+  expect_cmd_rejected(c, -ENOENT);
 }
 
-TEST_F(Submit, RejectsCopyDeviceMemoryAsBo)
-{
-	auto c = valid_copy();
-	c.copy.bo_handle = mem_;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsCopyDeviceMemoryAsBo) {
+  auto c = valid_copy();
+  c.copy.bo_handle = mem_;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsCopyBoAsDeviceMemory)
-{
-	auto c = valid_copy();
-	c.copy.mem_handle = bo_;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsCopyBoAsDeviceMemory) {
+  auto c = valid_copy();
+  c.copy.mem_handle = bo_;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsCopyPastBoEnd)
-{
-	auto c = valid_copy();
-	c.copy.bo_offset = 1;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsCopyPastBoEnd) {
+  auto c = valid_copy();
+  c.copy.bo_offset = 1;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsCopyPastMemEnd)
-{
-	auto c = copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, kMmuPage - 1, 2);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsCopyPastMemEnd) {
+  auto c = copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, kMmuPage - 1, 2);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsCopyOffsetOverflow)
-{
-	auto c = copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, ~0ull - 1, 0, 4);
-	expect_cmd_rejected(c, -EINVAL);
-	c = copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, ~0ull - 1, 4);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsCopyOffsetOverflow) {
+  auto c = copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, ~0ull - 1, 0, 4);
+  expect_cmd_rejected(c, -EINVAL);
+  c = copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, ~0ull - 1, 4);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsCopySizeLargerThanObjects)
-{
-	auto c = copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, ~0ull);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsCopySizeLargerThanObjects) {
+  auto c = copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, ~0ull);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, AcceptsCopyEndingExactlyAtObjectEnd)
-{
-	EXPECT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 1, kMmuPage - kBoSize + 1, kBoSize - 1)),
-		  0);
+TEST_F(Submit, AcceptsCopyEndingExactlyAtObjectEnd) {
+  EXPECT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 1, kMmuPage - kBoSize + 1, kBoSize - 1)), 0);
 }
 
-TEST_F(Submit, RejectsMatmulNonZeroPad)
-{
-	auto c = valid_matmul();
-	c.matmul.pad = 1;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsMatmulNonZeroPad) {
+  auto c = valid_matmul();
+  c.matmul.pad = 1;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsMatmulUnknownDtype)
-{
-	auto c = valid_matmul();
-	c.matmul.dtype = 1;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsMatmulUnknownDtype) {
+  auto c = valid_matmul();
+  c.matmul.dtype = 1;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsMatmulZeroDimension)
-{
-	auto c = valid_matmul();
-	c.matmul.k = 0;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsMatmulZeroDimension) {
+  auto c = valid_matmul();
+  c.matmul.k = 0;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsMatmulDimensionAboveMax)
-{
-	auto c = valid_matmul();
-	c.matmul.m = VNPU_MATMUL_DIM_MAX + 1;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsMatmulDimensionAboveMax) {
+  auto c = valid_matmul();
+  c.matmul.m = VNPU_MATMUL_DIM_MAX + 1;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsMatmulUnalignedOffset)
-{
-	auto c = valid_matmul();
-	c.matmul.b_offset = 1026;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsMatmulUnalignedOffset) {
+  auto c = valid_matmul();
+  c.matmul.b_offset = 1026;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsMatmulOperandOutsideObject)
-{
-	auto c = valid_matmul();
-	c.matmul.c_offset = kMmuPage - 512;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsMatmulOperandOutsideObject) {
+  auto c = valid_matmul();
+  c.matmul.c_offset = kMmuPage - 512;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsMatmulOutputOverlappingInput)
-{
-	auto c = valid_matmul();
-	c.matmul.c_offset = 1024 + 512;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsMatmulOutputOverlappingInput) {
+  auto c = valid_matmul();
+  c.matmul.c_offset = 1024 + 512;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsMatmulBoOperand)
-{
-	auto c = valid_matmul();
-	c.matmul.a_handle = bo_;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsMatmulBoOperand) {
+  auto c = valid_matmul();
+  c.matmul.a_handle = bo_;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsMatmulUnknownHandle)
-{
-	auto c = valid_matmul();
-	c.matmul.b_handle = 999;
-	expect_cmd_rejected(c, -ENOENT);
+TEST_F(Submit, RejectsMatmulUnknownHandle) {
+  auto c = valid_matmul();
+  c.matmul.b_handle = 999;
+  expect_cmd_rejected(c, -ENOENT);
 }
 
-TEST_F(Submit, RejectsExecZeroProgramSize)
-{
-	auto c = exec_cmd(mem_, 0, 0, mem_, 1024, 1);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsExecZeroProgramSize) {
+  auto c = exec_cmd(mem_, 0, 0, mem_, 1024, 1);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsExecProgramAboveMax)
-{
-	auto c = exec_cmd(mem_, 0, VNPU_PROG_MAX_LEN + 1, mem_, 1024, 1);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsExecProgramAboveMax) {
+  auto c = exec_cmd(mem_, 0, VNPU_PROG_MAX_LEN + 1, mem_, 1024, 1);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsExecProgramOutsideObject)
-{
-	auto c = exec_cmd(mem_, 8, kMmuPage, mem_, 1024, 1);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsExecProgramOutsideObject) {
+  auto c = exec_cmd(mem_, 8, kMmuPage, mem_, 1024, 1);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsExecUnalignedProgramOffset)
-{
-	auto c = exec_cmd(mem_, 4, 64, mem_, 1024, 1);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsExecUnalignedProgramOffset) {
+  auto c = exec_cmd(mem_, 4, 64, mem_, 1024, 1);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsExecUnalignedBindingsOffset)
-{
-	auto c = exec_cmd(mem_, 0, 64, mem_, 1028, 1);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsExecUnalignedBindingsOffset) {
+  auto c = exec_cmd(mem_, 0, 64, mem_, 1028, 1);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsExecZeroBindings)
-{
-	auto c = exec_cmd(mem_, 0, 64, mem_, 1024, 0);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsExecZeroBindings) {
+  auto c = exec_cmd(mem_, 0, 64, mem_, 1024, 0);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsExecTooManyBindings)
-{
-	auto c = exec_cmd(mem_, 0, 64, mem_, 1024, VNPU_EXEC_MAX_BINDINGS + 1);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsExecTooManyBindings) {
+  auto c = exec_cmd(mem_, 0, 64, mem_, 1024, VNPU_EXEC_MAX_BINDINGS + 1);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsExecBindingsOutsideObject)
-{
-	auto c = exec_cmd(mem_, 0, 64, mem_, kMmuPage - 8, 2);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsExecBindingsOutsideObject) {
+  auto c = exec_cmd(mem_, 0, 64, mem_, kMmuPage - 8, 2);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsExecBoAsProgram)
-{
-	auto c = exec_cmd(bo_, 0, 64, mem_, 1024, 1);
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsExecBoAsProgram) {
+  auto c = exec_cmd(bo_, 0, 64, mem_, 1024, 1);
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsExecNonZeroReserved)
-{
-	auto c = exec_cmd(mem_, 0, 64, mem_, 1024, 1);
-	c.exec.reserved[1] = 1;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsExecNonZeroReserved) {
+  auto c = exec_cmd(mem_, 0, 64, mem_, 1024, 1);
+  c.exec.reserved[1] = 1;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsExecNonZeroPad)
-{
-	auto c = exec_cmd(mem_, 0, 64, mem_, 1024, 1);
-	c.exec.pad = 1;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsExecNonZeroPad) {
+  auto c = exec_cmd(mem_, 0, 64, mem_, 1024, 1);
+  c.exec.pad = 1;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsSynthZeroNs)
-{
-	expect_cmd_rejected(synth_cmd(0), -EINVAL);
+TEST_F(Submit, RejectsSynthZeroNs) {
+  expect_cmd_rejected(synth_cmd(0), -EINVAL);
 }
 
-TEST_F(Submit, RejectsSynthAboveMax)
-{
-	expect_cmd_rejected(synth_cmd(VNPU_SYNTH_MAX_NS + 1), -EINVAL);
+TEST_F(Submit, RejectsSynthAboveMax) {
+  expect_cmd_rejected(synth_cmd(VNPU_SYNTH_MAX_NS + 1), -EINVAL);
 }
 
-TEST_F(Submit, RejectsSynthNonZeroReserved)
-{
-	auto c = synth_cmd(1000);
-	c.synth.reserved[5] = 1;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsSynthNonZeroReserved) {
+  auto c = synth_cmd(1000);
+  c.synth.reserved[5] = 1;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsNopNonZeroPayload)
-{
-	auto c = nop_cmd();
-	c.raw[55] = 1;
-	expect_cmd_rejected(c, -EINVAL);
+TEST_F(Submit, RejectsNopNonZeroPayload) {
+  auto c = nop_cmd();
+  c.raw[55] = 1;
+  expect_cmd_rejected(c, -EINVAL);
 }
 
-TEST_F(Submit, RejectsJobWhoseLastCommandIsInvalid)
-{
-	JobSpec j;
-	j.cmds = {valid_copy(), valid_copy(), valid_copy()};
-	j.cmds[2].copy.size = 0;
-	expect_job_rejected(j.raw(), -EINVAL);
+TEST_F(Submit, RejectsJobWhoseLastCommandIsInvalid) {
+  JobSpec j;
+  j.cmds = {valid_copy(), valid_copy(), valid_copy()};
+  j.cmds[2].copy.size = 0;
+  expect_job_rejected(j.raw(), -EINVAL);
 }
 
-TEST_F(Submit, InFlightLimitReturnsEbusy)
-{
-	std::string param = "/sys/module/vnpu/parameters/max_inflight";
-	std::string old = read_file(param);
-	if (old.empty() || !write_file(param, "4"))
-		GTEST_SKIP() << "cannot set " << param;
-	std::vector<JobSpec> jobs(4, JobSpec{{synth_cmd(300000000)}, {}, 0, 0, 0});
-	uint64_t first = 0;
-	int ret = api_.submit_jobs(jobs, &first);
-	uint64_t s = 0;
-	int busy = api_.submit({nop_cmd()}, &s);
-	write_file(param, old);
-	ASSERT_EQ(ret, 0);
-	EXPECT_EQ(busy, -EBUSY);
-	for (uint64_t i = first; i < first + 4; i++)
-		EXPECT_EQ(api_.wait_status(i), 0);
-	EXPECT_EQ(api_.submit({nop_cmd()}, &s), 0);
+TEST_F(Submit, InFlightLimitReturnsEbusy) {
+  std::string param = "/sys/module/vnpu/parameters/max_inflight";
+  std::string old = read_file(param);
+  if (old.empty() || !write_file(param, "4"))
+    GTEST_SKIP() << "cannot set " << param;
+  std::vector<JobSpec> jobs(4, JobSpec{{synth_cmd(300000000)}, {}, 0, 0, 0});
+  uint64_t first = 0;
+  int ret = api_.submit_jobs(jobs, &first);
+  uint64_t s = 0;
+  int busy = api_.submit({nop_cmd()}, &s);
+  write_file(param, old);
+  ASSERT_EQ(ret, 0);
+  EXPECT_EQ(busy, -EBUSY);
+  for (uint64_t i = first; i < first + 4; i++)
+    EXPECT_EQ(api_.wait_status(i), 0);
+  EXPECT_EQ(api_.submit({nop_cmd()}, &s), 0);
 }
 
 // ---- jobs ----------------------------------------------------------------------------------------------------------
 
-std::vector<float> make_matrix(uint32_t rows, uint32_t cols, uint32_t seed)
-{
-	std::mt19937 rng(seed);
-	std::uniform_int_distribution<int> d(-8, 8);
-	std::vector<float> v(size_t(rows) * cols);
-	for (auto &x : v)
-		x = float(d(rng)) / 4.0f; // exact in f32, so sums are exact and order-independent
-	return v;
+std::vector<float> make_matrix(uint32_t rows, uint32_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(-8, 8);
+  std::vector<float> v(size_t(rows) * cols);
+  for (auto& x : v)
+    x = float(d(rng)) / 4.0f;  // exact in f32, so sums are exact and order-independent
+  return v;
 }
 
-std::vector<float> reference_matmul(const std::vector<float> &a, const std::vector<float> &b, uint32_t m,
-				    uint32_t n, uint32_t k)
-{
-	std::vector<float> c(size_t(m) * n, 0.0f);
-	for (uint32_t i = 0; i < m; i++)
-		for (uint32_t j = 0; j < n; j++) {
-			float s = 0;
-			for (uint32_t p = 0; p < k; p++)
-				s += a[size_t(i) * k + p] * b[size_t(p) * n + j];
-			c[size_t(i) * n + j] = s;
-		}
-	return c;
+std::vector<float> reference_matmul(const std::vector<float>& a, const std::vector<float>& b, uint32_t m, uint32_t n,
+                                    uint32_t k) {
+  std::vector<float> c(size_t(m) * n, 0.0f);
+  for (uint32_t i = 0; i < m; i++)
+    for (uint32_t j = 0; j < n; j++) {
+      float s = 0;
+      for (uint32_t p = 0; p < k; p++)
+        s += a[size_t(i) * k + p] * b[size_t(p) * n + j];
+      c[size_t(i) * n + j] = s;
+    }
+  return c;
 }
 
 struct MatmulJob {
-	uint32_t m = 0, n = 0, k = 0;
-	std::vector<float> a, b, expect;
-	uint32_t in_bo = 0, out_bo = 0, dev = 0;
-	uint64_t in_off = 0, out_off = 0;
-	uint64_t a_bytes = 0, b_bytes = 0, c_bytes = 0;
+  uint32_t m = 0, n = 0, k = 0;
+  std::vector<float> a, b, expect;
+  uint32_t in_bo = 0, out_bo = 0, dev = 0;
+  uint64_t in_off = 0, out_off = 0;
+  uint64_t a_bytes = 0, b_bytes = 0, c_bytes = 0;
 
-	MatmulJob(const Api &api, uint32_t m_, uint32_t n_, uint32_t k_, uint32_t seed) : m(m_), n(n_), k(k_)
-	{
-		a = make_matrix(m, k, seed);
-		b = make_matrix(k, n, seed + 1);
-		expect = reference_matmul(a, b, m, n, k);
-		a_bytes = a.size() * 4;
-		b_bytes = b.size() * 4;
-		c_bytes = expect.size() * 4;
-		EXPECT_EQ(api.bo_create(a_bytes + b_bytes, &in_bo, &in_off), 0);
-		EXPECT_EQ(api.bo_create(c_bytes, &out_bo, &out_off), 0);
-		EXPECT_EQ(api.mem_alloc(a_bytes + b_bytes + c_bytes, &dev), 0);
-		Mapping in(api.fd, in_off, a_bytes + b_bytes);
-		EXPECT_TRUE(in.ok());
-		if (in.ok()) {
-			memcpy(in.as<uint8_t>(), a.data(), a_bytes);
-			memcpy(in.as<uint8_t>() + a_bytes, b.data(), b_bytes);
-		}
-		Mapping out(api.fd, out_off, c_bytes);
-		if (out.ok())
-			memset(out.as<void>(), 0xff, c_bytes);
-	}
-	/// COPY_TO_DEVICE (A and B) -> MATMUL -> COPY_FROM_DEVICE (C), as one job.
-	std::vector<drm_vnpu_cmd> cmds() const
-	{
-		return {
-			copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, in_bo, dev, 0, 0, a_bytes + b_bytes),
-			matmul_cmd(dev, 0, dev, a_bytes, dev, a_bytes + b_bytes, m, n, k),
-			copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, out_bo, dev, 0, a_bytes + b_bytes, c_bytes),
-		};
-	}
-	/// Compares the output BO with the CPU reference bit for bit (unless the device only models time).
-	void check(int fd) const
-	{
-		if (Api{fd}.param(DRM_VNPU_PARAM_TIMING_ONLY))
-			return;
-		Mapping out(fd, out_off, c_bytes);
-		ASSERT_TRUE(out.ok());
-		EXPECT_EQ(memcmp(out.as<void>(), expect.data(), c_bytes), 0) << "C differs from the CPU reference";
-	}
+  MatmulJob(const Api& api, uint32_t m_, uint32_t n_, uint32_t k_, uint32_t seed) : m(m_), n(n_), k(k_) {
+    a = make_matrix(m, k, seed);
+    b = make_matrix(k, n, seed + 1);
+    expect = reference_matmul(a, b, m, n, k);
+    a_bytes = a.size() * 4;
+    b_bytes = b.size() * 4;
+    c_bytes = expect.size() * 4;
+    EXPECT_EQ(api.bo_create(a_bytes + b_bytes, &in_bo, &in_off), 0);
+    EXPECT_EQ(api.bo_create(c_bytes, &out_bo, &out_off), 0);
+    EXPECT_EQ(api.mem_alloc(a_bytes + b_bytes + c_bytes, &dev), 0);
+    Mapping in(api.fd, in_off, a_bytes + b_bytes);
+    EXPECT_TRUE(in.ok());
+    if (in.ok()) {
+      memcpy(in.as<uint8_t>(), a.data(), a_bytes);
+      memcpy(in.as<uint8_t>() + a_bytes, b.data(), b_bytes);
+    }
+    Mapping out(api.fd, out_off, c_bytes);
+    if (out.ok())
+      memset(out.as<void>(), 0xff, c_bytes);
+  }
+  /// COPY_TO_DEVICE (A and B) -> MATMUL -> COPY_FROM_DEVICE (C), as one job.
+  std::vector<drm_vnpu_cmd> cmds() const {
+    return {
+        copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, in_bo, dev, 0, 0, a_bytes + b_bytes),
+        matmul_cmd(dev, 0, dev, a_bytes, dev, a_bytes + b_bytes, m, n, k),
+        copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, out_bo, dev, 0, a_bytes + b_bytes, c_bytes),
+    };
+  }
+  /// Compares the output BO with the CPU reference bit for bit (unless the device only models time).
+  void check(int fd) const {
+    if (Api{fd}.param(DRM_VNPU_PARAM_TIMING_ONLY))
+      return;
+    Mapping out(fd, out_off, c_bytes);
+    ASSERT_TRUE(out.ok());
+    EXPECT_EQ(memcmp(out.as<void>(), expect.data(), c_bytes), 0) << "C differs from the CPU reference";
+  }
 };
 
 /// A host BO holding job reports, mapped.
 struct Reports {
-	uint32_t handle = 0;
-	uint64_t offset = 0;
-	std::unique_ptr<Mapping> map;
-	size_t count;
+  uint32_t handle = 0;
+  uint64_t offset = 0;
+  std::unique_ptr<Mapping> map;
+  size_t count;
 
-	Reports(const Api &api, size_t n) : count(n)
-	{
-		size_t bytes = (n * sizeof(drm_vnpu_job_report) + kPage - 1) / kPage * kPage;
-		EXPECT_EQ(api.bo_create(bytes, &handle, &offset), 0);
-		map = std::make_unique<Mapping>(api.fd, offset, bytes);
-		EXPECT_TRUE(map->ok());
-		memset(map->as<void>(), 0, bytes);
-	}
-	const volatile drm_vnpu_job_report &at(size_t i) const { return map->as<volatile drm_vnpu_job_report>()[i]; }
-	void attach(JobSpec &j, size_t i) const
-	{
-		j.report_handle = handle;
-		j.report_offset = i * sizeof(drm_vnpu_job_report);
-	}
+  Reports(const Api& api, size_t n) : count(n) {
+    size_t bytes = (n * sizeof(drm_vnpu_job_report) + kPage - 1) / kPage * kPage;
+    EXPECT_EQ(api.bo_create(bytes, &handle, &offset), 0);
+    map = std::make_unique<Mapping>(api.fd, offset, bytes);
+    EXPECT_TRUE(map->ok());
+    memset(map->as<void>(), 0, bytes);
+  }
+  const volatile drm_vnpu_job_report& at(size_t i) const { return map->as<volatile drm_vnpu_job_report>()[i]; }
+  void attach(JobSpec& j, size_t i) const {
+    j.report_handle = handle;
+    j.report_offset = i * sizeof(drm_vnpu_job_report);
+  }
 };
 
 class Job : public DeviceTest {};
 
-TEST_F(Job, CopyRoundTripsThroughDeviceMemory)
-{
-	Mapping in(fd_, bo_offset_, kBoSize);
-	ASSERT_TRUE(in.ok());
-	for (size_t i = 0; i < kBoSize; i++)
-		in.as<uint8_t>()[i] = uint8_t(i * 7 + 3);
-	uint32_t out_bo = 0;
-	uint64_t out_off = 0;
-	ASSERT_EQ(api_.bo_create(kBoSize, &out_bo, &out_off), 0);
-	Mapping out(fd_, out_off, kBoSize);
-	ASSERT_TRUE(out.ok());
-	memset(out.as<void>(), 0, kBoSize);
+TEST_F(Job, CopyRoundTripsThroughDeviceMemory) {
+  Mapping in(fd_, bo_offset_, kBoSize);
+  ASSERT_TRUE(in.ok());
+  for (size_t i = 0; i < kBoSize; i++)
+    in.as<uint8_t>()[i] = uint8_t(i * 7 + 3);
+  uint32_t out_bo = 0;
+  uint64_t out_off = 0;
+  ASSERT_EQ(api_.bo_create(kBoSize, &out_bo, &out_off), 0);
+  Mapping out(fd_, out_off, kBoSize);
+  ASSERT_TRUE(out.ok());
+  memset(out.as<void>(), 0, kBoSize);
 
-	// Unaligned offsets and sizes on both sides.
-	std::vector<drm_vnpu_cmd> cmds = {
-		copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 5, 4099, kBoSize - 5),
-		copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, out_bo, mem_, 1, 4099, kBoSize - 5),
-	};
-	uint64_t seqno = 0;
-	ASSERT_EQ(api_.submit(cmds, &seqno), 0);
-	drm_vnpu_wait w{};
-	ASSERT_EQ(api_.wait(seqno, deadline_ms(kLongWaitMs), &w), 0);
-	EXPECT_EQ(w.job_status, 0);
-	EXPECT_EQ(w.hw_status, uint32_t(VNPU_CPL_OK));
-	EXPECT_LE(w.t_start, w.t_end);
-	EXPECT_EQ(out.as<uint8_t>()[0], 0);
-	for (size_t i = 0; i < kBoSize - 5; i++)
-		ASSERT_EQ(out.as<uint8_t>()[1 + i], in.as<uint8_t>()[5 + i]) << "byte " << i;
+  // Unaligned offsets and sizes on both sides.
+  std::vector<drm_vnpu_cmd> cmds = {
+      copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 5, 4099, kBoSize - 5),
+      copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, out_bo, mem_, 1, 4099, kBoSize - 5),
+  };
+  uint64_t seqno = 0;
+  ASSERT_EQ(api_.submit(cmds, &seqno), 0);
+  drm_vnpu_wait w{};
+  ASSERT_EQ(api_.wait(seqno, deadline_ms(kLongWaitMs), &w), 0);
+  EXPECT_EQ(w.job_status, 0);
+  EXPECT_EQ(w.hw_status, uint32_t(VNPU_CPL_OK));
+  EXPECT_LE(w.t_start, w.t_end);
+  EXPECT_EQ(out.as<uint8_t>()[0], 0);
+  for (size_t i = 0; i < kBoSize - 5; i++)
+    ASSERT_EQ(out.as<uint8_t>()[1 + i], in.as<uint8_t>()[5 + i]) << "byte " << i;
 }
 
-TEST_F(Job, MatmulPipelineMatchesCpuReference)
-{
-	MatmulJob job(api_, 33, 17, 65, 1);
-	uint64_t seqno = 0;
-	ASSERT_EQ(api_.submit(job.cmds(), &seqno), 0);
-	ASSERT_EQ(api_.wait_status(seqno), 0);
-	job.check(fd_);
+TEST_F(Job, MatmulPipelineMatchesCpuReference) {
+  MatmulJob job(api_, 33, 17, 65, 1);
+  uint64_t seqno = 0;
+  ASSERT_EQ(api_.submit(job.cmds(), &seqno), 0);
+  ASSERT_EQ(api_.wait_status(seqno), 0);
+  job.check(fd_);
 }
 
-TEST_F(Job, ReportIsWrittenBeforeWaitReturns)
-{
-	Reports rep(api_, 1);
-	JobSpec j;
-	j.cmds = {synth_cmd(1000000)};
-	j.user_data = 0xfeedf00d;
-	rep.attach(j, 0);
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit_jobs({j}, &s), 0);
-	ASSERT_EQ(api_.wait_status(s), 0);
-	const auto &r = rep.at(0);
-	EXPECT_EQ(r.flags, uint32_t(DRM_VNPU_REPORT_F_VALID));
-	EXPECT_EQ(r.seqno, s);
-	EXPECT_EQ(r.user_data, 0xfeedf00dull);
-	EXPECT_EQ(r.status, 0);
-	EXPECT_EQ(r.hw_status, uint32_t(VNPU_CPL_OK));
-	EXPECT_GT(r.t_submit, 0u);
-	EXPECT_LT(r.t_start, r.t_end);
-	EXPECT_GE(r.compute_ns, 1000000u);
+TEST_F(Job, ReportIsWrittenBeforeWaitReturns) {
+  Reports rep(api_, 1);
+  JobSpec j;
+  j.cmds = {synth_cmd(1000000)};
+  j.user_data = 0xfeedf00d;
+  rep.attach(j, 0);
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit_jobs({j}, &s), 0);
+  ASSERT_EQ(api_.wait_status(s), 0);
+  const auto& r = rep.at(0);
+  EXPECT_EQ(r.flags, uint32_t(DRM_VNPU_REPORT_F_VALID));
+  EXPECT_EQ(r.seqno, s);
+  EXPECT_EQ(r.user_data, 0xfeedf00dull);
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.hw_status, uint32_t(VNPU_CPL_OK));
+  EXPECT_GT(r.t_submit, 0u);
+  EXPECT_LT(r.t_start, r.t_end);
+  EXPECT_GE(r.compute_ns, 1000000u);
 }
 
-TEST_F(Job, ManyJobsInFlightBeyondRingSize)
-{
-	MatmulJob mj(api_, 8, 8, 8, 7);
-	std::vector<uint64_t> seqnos;
-	for (int i = 0; i < 1500; i++) {
-		uint64_t s = 0;
-		ASSERT_EQ(api_.submit(mj.cmds(), &s), 0) << "job " << i;
-		seqnos.push_back(s);
-	}
-	for (uint64_t s : seqnos)
-		ASSERT_EQ(api_.wait_status(s), 0) << "seqno " << s;
-	mj.check(fd_);
+TEST_F(Job, ManyJobsInFlightBeyondRingSize) {
+  MatmulJob mj(api_, 8, 8, 8, 7);
+  std::vector<uint64_t> seqnos;
+  for (int i = 0; i < 1500; i++) {
+    uint64_t s = 0;
+    ASSERT_EQ(api_.submit(mj.cmds(), &s), 0) << "job " << i;
+    seqnos.push_back(s);
+  }
+  for (uint64_t s : seqnos)
+    ASSERT_EQ(api_.wait_status(s), 0) << "seqno " << s;
+  mj.check(fd_);
 }
 
-TEST_F(Job, JobsOfAQueueCompleteInOrder)
-{
-	// A long job followed by short ones: the short ones finish first on the device but complete after it.
-	Reports rep(api_, 4);
-	std::vector<JobSpec> jobs(4);
-	jobs[0].cmds = {synth_cmd(50000000)};
-	for (int i = 1; i < 4; i++)
-		jobs[i].cmds = {copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, bo_, mem_, 0, 0, 64)};
-	for (int i = 0; i < 4; i++)
-		rep.attach(jobs[i], i);
-	uint64_t first = 0;
-	ASSERT_EQ(api_.submit_jobs(jobs, &first), 0);
-	// Waiting for the last job means all earlier ones completed too.
-	ASSERT_EQ(api_.wait_status(first + 3), 0);
-	for (int i = 0; i < 4; i++)
-		EXPECT_EQ(rep.at(i).flags, uint32_t(DRM_VNPU_REPORT_F_VALID)) << "job " << i;
+TEST_F(Job, JobsOfAQueueCompleteInOrder) {
+  // A long job followed by short ones: the short ones finish first on the device but complete after it.
+  Reports rep(api_, 4);
+  std::vector<JobSpec> jobs(4);
+  jobs[0].cmds = {synth_cmd(50000000)};
+  for (int i = 1; i < 4; i++)
+    jobs[i].cmds = {copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, bo_, mem_, 0, 0, 64)};
+  for (int i = 0; i < 4; i++)
+    rep.attach(jobs[i], i);
+  uint64_t first = 0;
+  ASSERT_EQ(api_.submit_jobs(jobs, &first), 0);
+  // Waiting for the last job means all earlier ones completed too.
+  ASSERT_EQ(api_.wait_status(first + 3), 0);
+  for (int i = 0; i < 4; i++)
+    EXPECT_EQ(rep.at(i).flags, uint32_t(DRM_VNPU_REPORT_F_VALID)) << "job " << i;
 }
 
-TEST_F(Job, DependencyAcrossQueuesOrdersExecution)
-{
-	uint32_t q1 = 0;
-	ASSERT_EQ(api_.queue_create(3, &q1), 0);
-	Reports rep(api_, 2);
-	JobSpec a, b;
-	a.cmds = {synth_cmd(30000000)};
-	rep.attach(a, 0);
-	uint64_t sa = 0, sb = 0;
-	ASSERT_EQ(api_.submit_jobs({a}, &sa, 0), 0);
-	b.cmds = {synth_cmd(1000)};
-	b.deps = {drm_vnpu_dep{0, 0, sa}};
-	rep.attach(b, 1);
-	ASSERT_EQ(api_.submit_jobs({b}, &sb, q1), 0);
-	ASSERT_EQ(api_.wait_status(sb, q1), 0);
-	EXPECT_EQ(rep.at(0).flags, uint32_t(DRM_VNPU_REPORT_F_VALID));
-	EXPECT_GE(rep.at(1).t_start, rep.at(0).t_end);
-	EXPECT_EQ(api_.wait_status(sa, 0), 0);
+TEST_F(Job, DependencyAcrossQueuesOrdersExecution) {
+  uint32_t q1 = 0;
+  ASSERT_EQ(api_.queue_create(3, &q1), 0);
+  Reports rep(api_, 2);
+  JobSpec a, b;
+  a.cmds = {synth_cmd(30000000)};
+  rep.attach(a, 0);
+  uint64_t sa = 0, sb = 0;
+  ASSERT_EQ(api_.submit_jobs({a}, &sa, 0), 0);
+  b.cmds = {synth_cmd(1000)};
+  b.deps = {drm_vnpu_dep{0, 0, sa}};
+  rep.attach(b, 1);
+  ASSERT_EQ(api_.submit_jobs({b}, &sb, q1), 0);
+  ASSERT_EQ(api_.wait_status(sb, q1), 0);
+  EXPECT_EQ(rep.at(0).flags, uint32_t(DRM_VNPU_REPORT_F_VALID));
+  EXPECT_GE(rep.at(1).t_start, rep.at(0).t_end);
+  EXPECT_EQ(api_.wait_status(sa, 0), 0);
 }
 
-TEST_F(Job, DependencyOnEarlierJobOfSameBatch)
-{
-	Reports rep(api_, 2);
-	std::vector<JobSpec> jobs(2);
-	jobs[0].cmds = {synth_cmd(10000000)};
-	jobs[1].cmds = {synth_cmd(1000)};
-	jobs[1].deps = {drm_vnpu_dep{0, 0, 1}};
-	rep.attach(jobs[0], 0);
-	rep.attach(jobs[1], 1);
-	uint64_t first = 0;
-	ASSERT_EQ(api_.submit_jobs(jobs, &first), 0);
-	ASSERT_EQ(first, 1u);
-	ASSERT_EQ(api_.wait_status(2), 0);
-	EXPECT_GE(rep.at(1).t_start, rep.at(0).t_end);
+TEST_F(Job, DependencyOnEarlierJobOfSameBatch) {
+  Reports rep(api_, 2);
+  std::vector<JobSpec> jobs(2);
+  jobs[0].cmds = {synth_cmd(10000000)};
+  jobs[1].cmds = {synth_cmd(1000)};
+  jobs[1].deps = {drm_vnpu_dep{0, 0, 1}};
+  rep.attach(jobs[0], 0);
+  rep.attach(jobs[1], 1);
+  uint64_t first = 0;
+  ASSERT_EQ(api_.submit_jobs(jobs, &first), 0);
+  ASSERT_EQ(first, 1u);
+  ASSERT_EQ(api_.wait_status(2), 0);
+  EXPECT_GE(rep.at(1).t_start, rep.at(0).t_end);
 }
 
 /// Device memory holding a program the device rejects (all zeros: bad magic).
-JobSpec bad_program_job(uint32_t mem)
-{
-	JobSpec j;
-	j.cmds = {exec_cmd(mem, 0, 256, mem, 1024, 1)};
-	return j;
+JobSpec bad_program_job(uint32_t mem) {
+  JobSpec j;
+  j.cmds = {exec_cmd(mem, 0, 256, mem, 1024, 1)};
+  return j;
 }
 
-TEST_F(Job, FailedDependencyCancelsDependent)
-{
-	uint32_t q1 = 0;
-	ASSERT_EQ(api_.queue_create(1, &q1), 0);
-	uint64_t sa = 0, sb = 0;
-	ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0); // zero the program
-	ASSERT_EQ(api_.submit_jobs({bad_program_job(mem_)}, &sa), 0);
-	JobSpec b;
-	b.cmds = {nop_cmd()};
-	b.deps = {drm_vnpu_dep{0, 0, sa}};
-	ASSERT_EQ(api_.submit_jobs({b}, &sb, q1), 0);
-	EXPECT_EQ(api_.wait_status(sb, q1), -ECANCELED);
-	EXPECT_EQ(api_.wait_status(sa), -EIO);
-	// A dependency that already failed before SUBMIT cancels too.
-	ASSERT_EQ(api_.submit_jobs({b}, &sb, q1), 0);
-	EXPECT_EQ(api_.wait_status(sb, q1), -ECANCELED);
+TEST_F(Job, FailedDependencyCancelsDependent) {
+  uint32_t q1 = 0;
+  ASSERT_EQ(api_.queue_create(1, &q1), 0);
+  uint64_t sa = 0, sb = 0;
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0);  // zero the program
+  ASSERT_EQ(api_.submit_jobs({bad_program_job(mem_)}, &sa), 0);
+  JobSpec b;
+  b.cmds = {nop_cmd()};
+  b.deps = {drm_vnpu_dep{0, 0, sa}};
+  ASSERT_EQ(api_.submit_jobs({b}, &sb, q1), 0);
+  EXPECT_EQ(api_.wait_status(sb, q1), -ECANCELED);
+  EXPECT_EQ(api_.wait_status(sa), -EIO);
+  // A dependency that already failed before SUBMIT cancels too.
+  ASSERT_EQ(api_.submit_jobs({b}, &sb, q1), 0);
+  EXPECT_EQ(api_.wait_status(sb, q1), -ECANCELED);
 }
 
-TEST_F(Job, DependencyOnCompletedJobSeesItsOutcome)
-{
-	// Guards the failure slots reserved at SUBMIT (they read as empty): a completed job is success, a failed one not.
-	uint32_t q1 = 0;
-	ASSERT_EQ(api_.queue_create(1, &q1), 0);
-	uint64_t ok = 0, bad = 0, s = 0;
-	ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0); // zero the program
-	ASSERT_EQ(api_.submit({nop_cmd()}, &ok), 0);
-	ASSERT_EQ(api_.submit_jobs({bad_program_job(mem_)}, &bad), 0);
-	ASSERT_EQ(api_.wait_status(ok), 0);
-	ASSERT_EQ(api_.wait_status(bad), -EIO);
-	JobSpec j;
-	j.cmds = {nop_cmd()};
-	j.deps = {drm_vnpu_dep{0, 0, ok}};
-	ASSERT_EQ(api_.submit_jobs({j}, &s, q1), 0);
-	EXPECT_EQ(api_.wait_status(s, q1), 0);
-	j.deps = {drm_vnpu_dep{0, 0, bad}};
-	ASSERT_EQ(api_.submit_jobs({j}, &s, q1), 0);
-	EXPECT_EQ(api_.wait_status(s, q1), -ECANCELED);
+TEST_F(Job, DependencyOnCompletedJobSeesItsOutcome) {
+  // Guards the failure slots reserved at SUBMIT (they read as empty): a completed job is success, a failed one not.
+  uint32_t q1 = 0;
+  ASSERT_EQ(api_.queue_create(1, &q1), 0);
+  uint64_t ok = 0, bad = 0, s = 0;
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0);  // zero the program
+  ASSERT_EQ(api_.submit({nop_cmd()}, &ok), 0);
+  ASSERT_EQ(api_.submit_jobs({bad_program_job(mem_)}, &bad), 0);
+  ASSERT_EQ(api_.wait_status(ok), 0);
+  ASSERT_EQ(api_.wait_status(bad), -EIO);
+  JobSpec j;
+  j.cmds = {nop_cmd()};
+  j.deps = {drm_vnpu_dep{0, 0, ok}};
+  ASSERT_EQ(api_.submit_jobs({j}, &s, q1), 0);
+  EXPECT_EQ(api_.wait_status(s, q1), 0);
+  j.deps = {drm_vnpu_dep{0, 0, bad}};
+  ASSERT_EQ(api_.submit_jobs({j}, &s, q1), 0);
+  EXPECT_EQ(api_.wait_status(s, q1), -ECANCELED);
 }
 
 /// Runs @count NOP jobs on @queue in batches, waiting for each batch (the driver's history window is 4096 seqnos).
-void run_nops(const Api &api, uint32_t count, uint32_t queue = 0)
-{
-	JobSpec nop;
-	nop.cmds = {nop_cmd()};
-	while (count) {
-		uint32_t n = std::min<uint32_t>(count, DRM_VNPU_MAX_JOBS);
-		uint64_t first = 0;
-		ASSERT_EQ(api.submit_jobs(std::vector<JobSpec>(n, nop), &first, queue), 0);
-		ASSERT_EQ(api.wait_status(first + n - 1, queue), 0);
-		count -= n;
-	}
+void run_nops(const Api& api, uint32_t count, uint32_t queue = 0) {
+  JobSpec nop;
+  nop.cmds = {nop_cmd()};
+  while (count) {
+    uint32_t n = std::min<uint32_t>(count, DRM_VNPU_MAX_JOBS);
+    uint64_t first = 0;
+    ASSERT_EQ(api.submit_jobs(std::vector<JobSpec>(n, nop), &first, queue), 0);
+    ASSERT_EQ(api.wait_status(first + n - 1, queue), 0);
+    count -= n;
+  }
 }
 
-TEST_F(Job, DependencyOutsideHistoryWindowIsRejected)
-{
-	// Used to go wrong: every failed seqno was kept until the queue died (unbounded kernel memory per queue).
-	uint32_t q1 = 0;
-	ASSERT_EQ(api_.queue_create(1, &q1), 0);
-	uint64_t sa = 0, sb = 0;
-	ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0); // zero the program
-	ASSERT_EQ(api_.submit_jobs({bad_program_job(mem_)}, &sa), 0);
-	EXPECT_EQ(api_.wait_status(sa), -EIO);
-	JobSpec b;
-	b.cmds = {nop_cmd()};
-	b.deps = {drm_vnpu_dep{0, 0, sa}};
-	// Inside the window the failure is still known.
-	run_nops(api_, 4096 - 1);
-	ASSERT_EQ(api_.submit_jobs({b}, &sb, q1), 0);
-	EXPECT_EQ(api_.wait_status(sb, q1), -ECANCELED);
-	// Beyond it the outcome is forgotten, and the dependency is refused rather than guessed.
-	run_nops(api_, 1);
-	EXPECT_EQ(api_.submit_jobs({b}, &sb, q1), -EINVAL);
+TEST_F(Job, DependencyOutsideHistoryWindowIsRejected) {
+  // Used to go wrong: every failed seqno was kept until the queue died (unbounded kernel memory per queue).
+  uint32_t q1 = 0;
+  ASSERT_EQ(api_.queue_create(1, &q1), 0);
+  uint64_t sa = 0, sb = 0;
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0);  // zero the program
+  ASSERT_EQ(api_.submit_jobs({bad_program_job(mem_)}, &sa), 0);
+  EXPECT_EQ(api_.wait_status(sa), -EIO);
+  JobSpec b;
+  b.cmds = {nop_cmd()};
+  b.deps = {drm_vnpu_dep{0, 0, sa}};
+  // Inside the window the failure is still known.
+  run_nops(api_, 4096 - 1);
+  ASSERT_EQ(api_.submit_jobs({b}, &sb, q1), 0);
+  EXPECT_EQ(api_.wait_status(sb, q1), -ECANCELED);
+  // Beyond it the outcome is forgotten, and the dependency is refused rather than guessed.
+  run_nops(api_, 1);
+  EXPECT_EQ(api_.submit_jobs({b}, &sb, q1), -EINVAL);
 }
 
-TEST_F(Job, HandlesClosedWhileJobInFlightStayValid)
-{
-	uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
-	MatmulJob mj(api_, 64, 64, 64, 3);
-	Mapping out(fd_, mj.out_off, mj.c_bytes); // keeps the output pages visible after the handle goes
-	ASSERT_TRUE(out.ok());
-	uint64_t seqno = 0;
-	ASSERT_EQ(api_.submit(mj.cmds(), &seqno), 0);
-	EXPECT_EQ(api_.gem_close(mj.in_bo), 0);
-	EXPECT_EQ(api_.gem_close(mj.out_bo), 0);
-	EXPECT_EQ(api_.gem_close(mj.dev), 0);
-	ASSERT_EQ(api_.wait_status(seqno), 0);
-	if (!api_.param(DRM_VNPU_PARAM_TIMING_ONLY)) {
-		EXPECT_EQ(memcmp(out.as<void>(), mj.expect.data(), mj.c_bytes), 0);
-	}
-	EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), before);
+TEST_F(Job, HandlesClosedWhileJobInFlightStayValid) {
+  uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+  MatmulJob mj(api_, 64, 64, 64, 3);
+  Mapping out(fd_, mj.out_off, mj.c_bytes);  // keeps the output pages visible after the handle goes
+  ASSERT_TRUE(out.ok());
+  uint64_t seqno = 0;
+  ASSERT_EQ(api_.submit(mj.cmds(), &seqno), 0);
+  EXPECT_EQ(api_.gem_close(mj.in_bo), 0);
+  EXPECT_EQ(api_.gem_close(mj.out_bo), 0);
+  EXPECT_EQ(api_.gem_close(mj.dev), 0);
+  ASSERT_EQ(api_.wait_status(seqno), 0);
+  if (!api_.param(DRM_VNPU_PARAM_TIMING_ONLY)) {
+    EXPECT_EQ(memcmp(out.as<void>(), mj.expect.data(), mj.c_bytes), 0);
+  }
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), before);
 }
 
-TEST_F(Job, ClosingFdWithJobsInFlightIsSafe)
-{
-	uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
-	{
-		Fd other(open_device());
-		ASSERT_GE(other.get(), 0);
-		Api api{other.get()};
-		MatmulJob mj(api, 32, 32, 32, 5);
-		for (int i = 0; i < 300; i++) {
-			uint64_t s = 0;
-			ASSERT_EQ(api.submit(mj.cmds(), &s), 0);
-		}
-	}
-	ASSERT_EQ(submit_one(valid_copy()), 0);
-	EXPECT_EQ(wait_devmem_free(api_, before), before);
+TEST_F(Job, ClosingFdWithJobsInFlightIsSafe) {
+  uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+  {
+    Fd other(open_device());
+    ASSERT_GE(other.get(), 0);
+    Api api{other.get()};
+    MatmulJob mj(api, 32, 32, 32, 5);
+    for (int i = 0; i < 300; i++) {
+      uint64_t s = 0;
+      ASSERT_EQ(api.submit(mj.cmds(), &s), 0);
+    }
+  }
+  ASSERT_EQ(submit_one(valid_copy()), 0);
+  EXPECT_EQ(wait_devmem_free(api_, before), before);
 }
 
 // ---- DRM events ------------------------------------------------------------------------------------------------
 
 class Event : public DeviceTest {
-protected:
-	bool read_event(drm_vnpu_event_job *ev, int timeout_ms = 60000)
-	{
-		pollfd p{fd_, POLLIN, 0};
-		if (poll(&p, 1, timeout_ms) != 1)
-			return false;
-		return read(fd_, ev, sizeof(*ev)) == ssize_t(sizeof(*ev));
-	}
+ protected:
+  bool read_event(drm_vnpu_event_job* ev, int timeout_ms = 60000) {
+    pollfd p{fd_, POLLIN, 0};
+    if (poll(&p, 1, timeout_ms) != 1)
+      return false;
+    return read(fd_, ev, sizeof(*ev)) == ssize_t(sizeof(*ev));
+  }
 };
 
-TEST_F(Event, DeliversOneEventPerJob)
-{
-	std::vector<JobSpec> jobs(3, valid_job());
-	for (int i = 0; i < 3; i++)
-		jobs[i].user_data = 100 + i;
-	uint64_t first = 0;
-	ASSERT_EQ(api_.submit_jobs(jobs, &first, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
-	for (int i = 0; i < 3; i++) {
-		drm_vnpu_event_job ev{};
-		ASSERT_TRUE(read_event(&ev)) << "event " << i;
-		EXPECT_EQ(ev.base.type, uint32_t(DRM_VNPU_EVENT_JOB));
-		EXPECT_EQ(ev.base.length, sizeof(ev));
-		EXPECT_EQ(ev.user_data, uint64_t(100 + i));
-		EXPECT_EQ(ev.seqno, first + i);
-		EXPECT_EQ(ev.status, 0);
-		EXPECT_EQ(ev.queue_id, 0u);
-	}
-	// Event jobs are reported by their event only.
-	EXPECT_EQ(api_.wait(first, 0), -ENOENT);
+TEST_F(Event, DeliversOneEventPerJob) {
+  std::vector<JobSpec> jobs(3, valid_job());
+  for (int i = 0; i < 3; i++)
+    jobs[i].user_data = 100 + i;
+  uint64_t first = 0;
+  ASSERT_EQ(api_.submit_jobs(jobs, &first, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
+  for (int i = 0; i < 3; i++) {
+    drm_vnpu_event_job ev{};
+    ASSERT_TRUE(read_event(&ev)) << "event " << i;
+    EXPECT_EQ(ev.base.type, uint32_t(DRM_VNPU_EVENT_JOB));
+    EXPECT_EQ(ev.base.length, sizeof(ev));
+    EXPECT_EQ(ev.user_data, uint64_t(100 + i));
+    EXPECT_EQ(ev.seqno, first + i);
+    EXPECT_EQ(ev.status, 0);
+    EXPECT_EQ(ev.queue_id, 0u);
+  }
+  // Event jobs are reported by their event only.
+  EXPECT_EQ(api_.wait(first, 0), -ENOENT);
 }
 
-TEST_F(Event, CarriesFailureStatus)
-{
-	ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0);
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit_jobs({bad_program_job(mem_)}, &s, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
-	drm_vnpu_event_job ev{};
-	ASSERT_TRUE(read_event(&ev));
-	EXPECT_EQ(ev.status, -EIO);
+TEST_F(Event, CarriesFailureStatus) {
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0);
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit_jobs({bad_program_job(mem_)}, &s, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
+  drm_vnpu_event_job ev{};
+  ASSERT_TRUE(read_event(&ev));
+  EXPECT_EQ(ev.status, -EIO);
 }
 
-TEST_F(Event, ThousandsOfEventsWithoutReadingInBetween)
-{
-	std::vector<JobSpec> jobs(256, JobSpec{{nop_cmd()}, {}, 0, 0, 0});
-	for (int b = 0; b < 8; b++) {
-		uint64_t first = 0;
-		ASSERT_EQ(api_.submit_jobs(jobs, &first, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
-	}
-	for (int i = 0; i < 2048; i++) {
-		drm_vnpu_event_job ev{};
-		ASSERT_TRUE(read_event(&ev)) << "event " << i;
-		ASSERT_EQ(ev.seqno, uint64_t(i + 1));
-	}
+TEST_F(Event, ThousandsOfEventsWithoutReadingInBetween) {
+  std::vector<JobSpec> jobs(256, JobSpec{{nop_cmd()}, {}, 0, 0, 0});
+  for (int b = 0; b < 8; b++) {
+    uint64_t first = 0;
+    ASSERT_EQ(api_.submit_jobs(jobs, &first, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
+  }
+  for (int i = 0; i < 2048; i++) {
+    drm_vnpu_event_job ev{};
+    ASSERT_TRUE(read_event(&ev)) << "event " << i;
+    ASSERT_EQ(ev.seqno, uint64_t(i + 1));
+  }
 }
 
 // ---- WAIT ----------------------------------------------------------------------------------------------------------
 
 class Wait : public DeviceTest {
-protected:
-	uint64_t submit_slow_job(uint64_t ns = 2000000000)
-	{
-		uint64_t s = 0;
-		EXPECT_EQ(api_.submit({synth_cmd(ns)}, &s), 0);
-		return s;
-	}
+ protected:
+  uint64_t submit_slow_job(uint64_t ns = 2000000000) {
+    uint64_t s = 0;
+    EXPECT_EQ(api_.submit({synth_cmd(ns)}, &s), 0);
+    return s;
+  }
 };
 
-TEST_F(Wait, ReturnsJobResultOnce)
-{
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
-	EXPECT_EQ(api_.wait(s, deadline_ms(kLongWaitMs)), 0);
-	EXPECT_EQ(api_.wait(s, deadline_ms(kLongWaitMs)), -ENOENT);
+TEST_F(Wait, ReturnsJobResultOnce) {
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
+  EXPECT_EQ(api_.wait(s, deadline_ms(kLongWaitMs)), 0);
+  EXPECT_EQ(api_.wait(s, deadline_ms(kLongWaitMs)), -ENOENT);
 }
 
-TEST_F(Wait, UnknownSeqnoReturnsEnoent)
-{
-	EXPECT_EQ(api_.wait(12345, deadline_ms(10)), -ENOENT);
+TEST_F(Wait, UnknownSeqnoReturnsEnoent) {
+  EXPECT_EQ(api_.wait(12345, deadline_ms(10)), -ENOENT);
 }
 
-TEST_F(Wait, UnknownQueueReturnsEnoent)
-{
-	EXPECT_EQ(api_.wait(1, deadline_ms(10), nullptr, 33), -ENOENT);
+TEST_F(Wait, UnknownQueueReturnsEnoent) {
+  EXPECT_EQ(api_.wait(1, deadline_ms(10), nullptr, 33), -ENOENT);
 }
 
-TEST_F(Wait, OtherFilesJobReturnsEnoent)
-{
-	Fd other(open_device());
-	ASSERT_GE(other.get(), 0);
-	Api api{other.get()};
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
-	EXPECT_EQ(api.wait(s, deadline_ms(kLongWaitMs)), -ENOENT);
-	EXPECT_EQ(api_.wait_status(s), 0);
+TEST_F(Wait, OtherFilesJobReturnsEnoent) {
+  Fd other(open_device());
+  ASSERT_GE(other.get(), 0);
+  Api api{other.get()};
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
+  EXPECT_EQ(api.wait(s, deadline_ms(kLongWaitMs)), -ENOENT);
+  EXPECT_EQ(api_.wait_status(s), 0);
 }
 
-TEST_F(Wait, TimesOutOnUnfinishedJobAndKeepsIt)
-{
-	uint64_t s = submit_slow_job();
-	EXPECT_EQ(api_.wait(s, 0), -ETIME);
-	EXPECT_EQ(api_.wait(s, deadline_ms(50)), -ETIME);
-	EXPECT_EQ(api_.wait_status(s), 0);
+TEST_F(Wait, TimesOutOnUnfinishedJobAndKeepsIt) {
+  uint64_t s = submit_slow_job();
+  EXPECT_EQ(api_.wait(s, 0), -ETIME);
+  EXPECT_EQ(api_.wait(s, deadline_ms(50)), -ETIME);
+  EXPECT_EQ(api_.wait_status(s), 0);
 }
 
-TEST_F(Wait, UncollectedResultsOutsideHistoryWindowAreDropped)
-{
-	// Used to go wrong: results never WAITed for were kept (a job each) until the queue died: unbounded memory.
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({nop_cmd()}, &s), 0);
-	run_nops(api_, 4096 - 1);
-	uint64_t kept = 0;
-	ASSERT_EQ(api_.submit({nop_cmd()}, &kept), 0);
-	EXPECT_EQ(api_.wait(s, deadline_ms(kLongWaitMs)), -ENOENT);
-	EXPECT_EQ(api_.wait_status(s + 1), 0);
-	EXPECT_EQ(api_.wait_status(kept), 0);
+TEST_F(Wait, UncollectedResultsOutsideHistoryWindowAreDropped) {
+  // Used to go wrong: results never WAITed for were kept (a job each) until the queue died: unbounded memory.
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({nop_cmd()}, &s), 0);
+  run_nops(api_, 4096 - 1);
+  uint64_t kept = 0;
+  ASSERT_EQ(api_.submit({nop_cmd()}, &kept), 0);
+  EXPECT_EQ(api_.wait(s, deadline_ms(kLongWaitMs)), -ENOENT);
+  EXPECT_EQ(api_.wait_status(s + 1), 0);
+  EXPECT_EQ(api_.wait_status(kept), 0);
 }
 
-TEST_F(Wait, RejectsNonZeroFlags)
-{
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
-	drm_vnpu_wait w{};
-	w.seqno = s;
-	w.timeout_ns = deadline_ms(kLongWaitMs);
-	w.flags = 1;
-	EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_WAIT, &w), -EINVAL);
-	EXPECT_EQ(api_.wait_status(s), 0);
+TEST_F(Wait, RejectsNonZeroFlags) {
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
+  drm_vnpu_wait w{};
+  w.seqno = s;
+  w.timeout_ns = deadline_ms(kLongWaitMs);
+  w.flags = 1;
+  EXPECT_EQ(do_ioctl(fd_, DRM_IOCTL_VNPU_WAIT, &w), -EINVAL);
+  EXPECT_EQ(api_.wait_status(s), 0);
 }
-
 
 // ---- io_uring --------------------------------------------------------------------------------------------------
 
 /// An io_uring instance, torn down on destruction.
 class Ring {
-public:
-	explicit Ring(unsigned flags, unsigned entries = 256)
-	{
-		io_uring_params p{};
-		p.flags = flags;
-		ret_ = io_uring_queue_init_params(entries, &ring_, &p);
-	}
-	Ring(const Ring &) = delete;
-	Ring &operator=(const Ring &) = delete;
-	~Ring() { exit(); }
-	void exit()
-	{
-		if (ret_ == 0)
-			io_uring_queue_exit(&ring_);
-		ret_ = -1;
-	}
-	int init_result() const { return ret_; }
-	io_uring *get() { return &ring_; }
+ public:
+  explicit Ring(unsigned flags, unsigned entries = 256) {
+    io_uring_params p{};
+    p.flags = flags;
+    ret_ = io_uring_queue_init_params(entries, &ring_, &p);
+  }
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+  ~Ring() { exit(); }
+  void exit() {
+    if (ret_ == 0)
+      io_uring_queue_exit(&ring_);
+    ret_ = -1;
+  }
+  int init_result() const { return ret_; }
+  io_uring* get() { return &ring_; }
 
-	/// Queues one DRM_VNPU_URING_CMD_SUBMIT; `extra` is written at the end of the command area.
-	bool prep_submit(int fd, const drm_vnpu_uring_submit &s, uint64_t user_data,
-			 uint32_t cmd_op = DRM_VNPU_URING_CMD_SUBMIT, uint8_t extra = 0)
-	{
-		io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-		if (!sqe)
-			return false;
-		io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd, nullptr, 0, 0);
-		sqe->cmd_op = cmd_op; // after prep_rw: it shares storage with sqe->off
-		size_t area = (ring_.flags & IORING_SETUP_SQE128 ? 128 : 64) - offsetof(io_uring_sqe, cmd);
-		memset(sqe->cmd, 0, area);
-		memcpy(sqe->cmd, &s, std::min(area, sizeof(s)));
-		if (extra && area > sizeof(s))
-			sqe->cmd[area - 1] = extra;
-		io_uring_sqe_set_data64(sqe, user_data);
-		return true;
-	}
+  /// Queues one DRM_VNPU_URING_CMD_SUBMIT; `extra` is written at the end of the command area.
+  bool prep_submit(int fd, const drm_vnpu_uring_submit& s, uint64_t user_data,
+                   uint32_t cmd_op = DRM_VNPU_URING_CMD_SUBMIT, uint8_t extra = 0) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (!sqe)
+      return false;
+    io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd, nullptr, 0, 0);
+    sqe->cmd_op = cmd_op;  // after prep_rw: it shares storage with sqe->off
+    size_t area = (ring_.flags & IORING_SETUP_SQE128 ? 128 : 64) - offsetof(io_uring_sqe, cmd);
+    memset(sqe->cmd, 0, area);
+    memcpy(sqe->cmd, &s, std::min(area, sizeof(s)));
+    if (extra && area > sizeof(s))
+      sqe->cmd[area - 1] = extra;
+    io_uring_sqe_set_data64(sqe, user_data);
+    return true;
+  }
 
-private:
-	io_uring ring_{};
-	int ret_ = -1;
+ private:
+  io_uring ring_{};
+  int ret_ = -1;
 };
 
 struct Cqe {
-	uint64_t user_data = 0;
-	int32_t res = 1;
-	uint64_t extra0 = 0, extra1 = 0;
+  uint64_t user_data = 0;
+  int32_t res = 1;
+  uint64_t extra0 = 0, extra1 = 0;
 };
 
 /// Reaps exactly `n` CQEs (waiting up to the long timeout for each).
-std::vector<Cqe> reap(Ring &ring, size_t n)
-{
-	std::vector<Cqe> out;
-	bool cqe32 = ring.get()->flags & IORING_SETUP_CQE32;
-	while (out.size() < n) {
-		io_uring_cqe *cqe = nullptr;
-		__kernel_timespec ts{kLongWaitMs / 1000, 0};
-		int ret = io_uring_wait_cqe_timeout(ring.get(), &cqe, &ts);
-		if (ret) {
-			ADD_FAILURE() << "waiting for CQE " << out.size() << " of " << n << ": " << strerror(-ret);
-			break;
-		}
-		out.push_back({cqe->user_data, cqe->res, cqe32 ? cqe->big_cqe[0] : 0, cqe32 ? cqe->big_cqe[1] : 0});
-		io_uring_cqe_seen(ring.get(), cqe);
-	}
-	return out;
+std::vector<Cqe> reap(Ring& ring, size_t n) {
+  std::vector<Cqe> out;
+  bool cqe32 = ring.get()->flags & IORING_SETUP_CQE32;
+  while (out.size() < n) {
+    io_uring_cqe* cqe = nullptr;
+    __kernel_timespec ts{kLongWaitMs / 1000, 0};
+    int ret = io_uring_wait_cqe_timeout(ring.get(), &cqe, &ts);
+    if (ret) {
+      ADD_FAILURE() << "waiting for CQE " << out.size() << " of " << n << ": " << strerror(-ret);
+      break;
+    }
+    out.push_back({cqe->user_data, cqe->res, cqe32 ? cqe->big_cqe[0] : 0, cqe32 ? cqe->big_cqe[1] : 0});
+    io_uring_cqe_seen(ring.get(), cqe);
+  }
+  return out;
 }
 
 /// True if another CQE shows up within `ms`.
-bool extra_cqe(Ring &ring, int ms)
-{
-	io_uring_cqe *cqe = nullptr;
-	__kernel_timespec ts{0, ms * 1000000LL};
-	return io_uring_wait_cqe_timeout(ring.get(), &cqe, &ts) == 0;
+bool extra_cqe(Ring& ring, int ms) {
+  io_uring_cqe* cqe = nullptr;
+  __kernel_timespec ts{0, ms * 1000000LL};
+  return io_uring_wait_cqe_timeout(ring.get(), &cqe, &ts) == 0;
 }
 
 class Uring : public DeviceTest {
-protected:
-	static constexpr unsigned kBigRing = IORING_SETUP_SQE128 | IORING_SETUP_CQE32;
+ protected:
+  static constexpr unsigned kBigRing = IORING_SETUP_SQE128 | IORING_SETUP_CQE32;
 
-	drm_vnpu_uring_submit submit_of(const JobSpec &j, uint32_t queue = 0)
-	{
-		drm_vnpu_uring_submit s{};
-		s.queue_id = queue;
-		s.job = j.raw();
-		return s;
-	}
-	/// Submits one SQE and returns its single CQE.
-	Cqe run_one(Ring &ring, const drm_vnpu_uring_submit &s, uint32_t cmd_op = DRM_VNPU_URING_CMD_SUBMIT,
-		    uint8_t extra = 0)
-	{
-		EXPECT_TRUE(ring.prep_submit(fd_, s, 42, cmd_op, extra));
-		EXPECT_EQ(io_uring_submit(ring.get()), 1);
-		auto cqes = reap(ring, 1);
-		EXPECT_EQ(cqes.size(), 1u);
-		EXPECT_FALSE(extra_cqe(ring, 50));
-		return cqes.empty() ? Cqe{} : cqes[0];
-	}
+  drm_vnpu_uring_submit submit_of(const JobSpec& j, uint32_t queue = 0) {
+    drm_vnpu_uring_submit s{};
+    s.queue_id = queue;
+    s.job = j.raw();
+    return s;
+  }
+  /// Submits one SQE and returns its single CQE.
+  Cqe run_one(Ring& ring, const drm_vnpu_uring_submit& s, uint32_t cmd_op = DRM_VNPU_URING_CMD_SUBMIT,
+              uint8_t extra = 0) {
+    EXPECT_TRUE(ring.prep_submit(fd_, s, 42, cmd_op, extra));
+    EXPECT_EQ(io_uring_submit(ring.get()), 1);
+    auto cqes = reap(ring, 1);
+    EXPECT_EQ(cqes.size(), 1u);
+    EXPECT_FALSE(extra_cqe(ring, 50));
+    return cqes.empty() ? Cqe{} : cqes[0];
+  }
 };
 
-TEST_F(Uring, MatmulPipelineMatchesCpuReference)
-{
-	Ring ring(kBigRing);
-	ASSERT_EQ(ring.init_result(), 0);
-	MatmulJob mj(api_, 20, 30, 40, 11);
-	JobSpec j;
-	j.cmds = mj.cmds();
-	Cqe c = run_one(ring, submit_of(j));
-	EXPECT_EQ(c.res, 0);
-	EXPECT_EQ(c.user_data, 42u);
-	EXPECT_EQ(c.extra0, 1u); // seqno
-	EXPECT_EQ(c.extra1, 0u);
-	mj.check(fd_);
+TEST_F(Uring, MatmulPipelineMatchesCpuReference) {
+  Ring ring(kBigRing);
+  ASSERT_EQ(ring.init_result(), 0);
+  MatmulJob mj(api_, 20, 30, 40, 11);
+  JobSpec j;
+  j.cmds = mj.cmds();
+  Cqe c = run_one(ring, submit_of(j));
+  EXPECT_EQ(c.res, 0);
+  EXPECT_EQ(c.user_data, 42u);
+  EXPECT_EQ(c.extra0, 1u);  // seqno
+  EXPECT_EQ(c.extra1, 0u);
+  mj.check(fd_);
 }
 
-TEST_F(Uring, ThousandsOfJobsInFlightOverSeveralQueues)
-{
-	Ring ring(kBigRing, 4096);
-	ASSERT_EQ(ring.init_result(), 0);
-	std::vector<uint32_t> queues = {0};
-	for (uint32_t p = 0; p <= VNPU_PRIORITY_MAX; p++) {
-		uint32_t q = 0;
-		ASSERT_EQ(api_.queue_create(p, &q), 0);
-		queues.push_back(q);
-	}
-	MatmulJob mj(api_, 8, 8, 8, 13);
-	JobSpec j;
-	j.cmds = mj.cmds();
-	const int kJobs = 4000;
-	for (int i = 0; i < kJobs; i++)
-		ASSERT_TRUE(ring.prep_submit(fd_, submit_of(j, queues[i % queues.size()]), i));
-	ASSERT_EQ(io_uring_submit(ring.get()), kJobs);
-	auto cqes = reap(ring, kJobs);
-	ASSERT_EQ(cqes.size(), size_t(kJobs));
-	std::map<uint32_t, uint64_t> last_seqno;
-	std::set<uint64_t> seen;
-	for (const auto &c : cqes) {
-		EXPECT_EQ(c.res, 0) << "job " << c.user_data;
-		EXPECT_TRUE(seen.insert(c.user_data).second) << "two CQEs for job " << c.user_data;
-		uint32_t q = queues[c.user_data % queues.size()];
-		// CQEs of one queue arrive in seqno order.
-		EXPECT_GT(c.extra0, last_seqno[q]);
-		last_seqno[q] = c.extra0;
-	}
-	EXPECT_FALSE(extra_cqe(ring, 100));
-	mj.check(fd_);
+TEST_F(Uring, ThousandsOfJobsInFlightOverSeveralQueues) {
+  Ring ring(kBigRing, 4096);
+  ASSERT_EQ(ring.init_result(), 0);
+  std::vector<uint32_t> queues = {0};
+  for (uint32_t p = 0; p <= VNPU_PRIORITY_MAX; p++) {
+    uint32_t q = 0;
+    ASSERT_EQ(api_.queue_create(p, &q), 0);
+    queues.push_back(q);
+  }
+  MatmulJob mj(api_, 8, 8, 8, 13);
+  JobSpec j;
+  j.cmds = mj.cmds();
+  const int kJobs = 4000;
+  for (int i = 0; i < kJobs; i++)
+    ASSERT_TRUE(ring.prep_submit(fd_, submit_of(j, queues[i % queues.size()]), i));
+  ASSERT_EQ(io_uring_submit(ring.get()), kJobs);
+  auto cqes = reap(ring, kJobs);
+  ASSERT_EQ(cqes.size(), size_t(kJobs));
+  std::map<uint32_t, uint64_t> last_seqno;
+  std::set<uint64_t> seen;
+  for (const auto& c : cqes) {
+    EXPECT_EQ(c.res, 0) << "job " << c.user_data;
+    EXPECT_TRUE(seen.insert(c.user_data).second) << "two CQEs for job " << c.user_data;
+    uint32_t q = queues[c.user_data % queues.size()];
+    // CQEs of one queue arrive in seqno order.
+    EXPECT_GT(c.extra0, last_seqno[q]);
+    last_seqno[q] = c.extra0;
+  }
+  EXPECT_FALSE(extra_cqe(ring, 100));
+  mj.check(fd_);
 }
 
-TEST_F(Uring, WorksWithoutCqe32)
-{
-	Ring ring(IORING_SETUP_SQE128);
-	ASSERT_EQ(ring.init_result(), 0);
-	EXPECT_EQ(run_one(ring, submit_of(valid_job())).res, 0);
+TEST_F(Uring, WorksWithoutCqe32) {
+  Ring ring(IORING_SETUP_SQE128);
+  ASSERT_EQ(ring.init_result(), 0);
+  EXPECT_EQ(run_one(ring, submit_of(valid_job())).res, 0);
 }
 
-TEST_F(Uring, RejectsRingWithoutSqe128)
-{
-	Ring ring(0);
-	ASSERT_EQ(ring.init_result(), 0);
-	EXPECT_EQ(run_one(ring, submit_of(valid_job())).res, -EINVAL);
+TEST_F(Uring, RejectsRingWithoutSqe128) {
+  Ring ring(0);
+  ASSERT_EQ(ring.init_result(), 0);
+  EXPECT_EQ(run_one(ring, submit_of(valid_job())).res, -EINVAL);
 }
 
-TEST_F(Uring, RejectsUnknownCmdOp)
-{
-	Ring ring(kBigRing);
-	ASSERT_EQ(ring.init_result(), 0);
-	EXPECT_EQ(run_one(ring, submit_of(valid_job()), 7).res, -EINVAL);
+TEST_F(Uring, RejectsUnknownCmdOp) {
+  Ring ring(kBigRing);
+  ASSERT_EQ(ring.init_result(), 0);
+  EXPECT_EQ(run_one(ring, submit_of(valid_job()), 7).res, -EINVAL);
 }
 
-TEST_F(Uring, RejectsNonZeroTrailingCommandBytes)
-{
-	Ring ring(kBigRing);
-	ASSERT_EQ(ring.init_result(), 0);
-	EXPECT_EQ(run_one(ring, submit_of(valid_job()), DRM_VNPU_URING_CMD_SUBMIT, 1).res, -EINVAL);
+TEST_F(Uring, RejectsNonZeroTrailingCommandBytes) {
+  Ring ring(kBigRing);
+  ASSERT_EQ(ring.init_result(), 0);
+  EXPECT_EQ(run_one(ring, submit_of(valid_job()), DRM_VNPU_URING_CMD_SUBMIT, 1).res, -EINVAL);
 }
 
-TEST_F(Uring, RejectsNonZeroFlags)
-{
-	Ring ring(kBigRing);
-	ASSERT_EQ(ring.init_result(), 0);
-	auto s = submit_of(valid_job());
-	s.flags = 1;
-	EXPECT_EQ(run_one(ring, s).res, -EINVAL);
+TEST_F(Uring, RejectsNonZeroFlags) {
+  Ring ring(kBigRing);
+  ASSERT_EQ(ring.init_result(), 0);
+  auto s = submit_of(valid_job());
+  s.flags = 1;
+  EXPECT_EQ(run_one(ring, s).res, -EINVAL);
 }
 
-TEST_F(Uring, RejectsUnknownQueue)
-{
-	Ring ring(kBigRing);
-	ASSERT_EQ(ring.init_result(), 0);
-	EXPECT_EQ(run_one(ring, submit_of(valid_job(), 50)).res, -ENOENT);
+TEST_F(Uring, RejectsUnknownQueue) {
+  Ring ring(kBigRing);
+  ASSERT_EQ(ring.init_result(), 0);
+  EXPECT_EQ(run_one(ring, submit_of(valid_job(), 50)).res, -ENOENT);
 }
 
-TEST_F(Uring, ValidationErrorsCompleteAtOnce)
-{
-	Ring ring(kBigRing);
-	ASSERT_EQ(ring.init_result(), 0);
-	JobSpec j = valid_job();
-	j.cmds[0].copy.size = 0;
-	EXPECT_EQ(run_one(ring, submit_of(j)).res, -EINVAL);
-	j = valid_job();
-	j.cmds[0].copy.bo_handle = 4242;
-	EXPECT_EQ(run_one(ring, submit_of(j)).res, -ENOENT);
+TEST_F(Uring, ValidationErrorsCompleteAtOnce) {
+  Ring ring(kBigRing);
+  ASSERT_EQ(ring.init_result(), 0);
+  JobSpec j = valid_job();
+  j.cmds[0].copy.size = 0;
+  EXPECT_EQ(run_one(ring, submit_of(j)).res, -EINVAL);
+  j = valid_job();
+  j.cmds[0].copy.bo_handle = 4242;
+  EXPECT_EQ(run_one(ring, submit_of(j)).res, -ENOENT);
 }
 
-TEST_F(Uring, DeviceErrorArrivesInCqe)
-{
-	ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0);
-	Ring ring(kBigRing);
-	ASSERT_EQ(ring.init_result(), 0);
-	EXPECT_EQ(run_one(ring, submit_of(bad_program_job(mem_))).res, -EIO);
+TEST_F(Uring, DeviceErrorArrivesInCqe) {
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0);
+  Ring ring(kBigRing);
+  ASSERT_EQ(ring.init_result(), 0);
+  EXPECT_EQ(run_one(ring, submit_of(bad_program_job(mem_))).res, -EIO);
 }
 
-TEST_F(Uring, UringJobsAreNotVisibleToWait)
-{
-	Ring ring(kBigRing);
-	ASSERT_EQ(ring.init_result(), 0);
-	Cqe c = run_one(ring, submit_of(valid_job()));
-	ASSERT_EQ(c.res, 0);
-	EXPECT_EQ(api_.wait(c.extra0, 0), -ENOENT);
+TEST_F(Uring, UringJobsAreNotVisibleToWait) {
+  Ring ring(kBigRing);
+  ASSERT_EQ(ring.init_result(), 0);
+  Cqe c = run_one(ring, submit_of(valid_job()));
+  ASSERT_EQ(c.res, 0);
+  EXPECT_EQ(api_.wait(c.extra0, 0), -ENOENT);
 }
 
-TEST_F(Uring, RingTeardownWithJobsInFlightIsSafe)
-{
-	uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
-	{
-		MatmulJob job(api_, 32, 32, 32, 17);
-		JobSpec j;
-		j.cmds = job.cmds();
-		Ring ring(kBigRing, 512);
-		ASSERT_EQ(ring.init_result(), 0);
-		for (int i = 0; i < 400; i++)
-			ASSERT_TRUE(ring.prep_submit(fd_, submit_of(j), i));
-		ASSERT_EQ(io_uring_submit(ring.get()), 400);
-		ring.exit(); // pending commands are cancelled; the jobs still run
-		EXPECT_EQ(api_.gem_close(job.in_bo), 0);
-		EXPECT_EQ(api_.gem_close(job.out_bo), 0);
-		EXPECT_EQ(api_.gem_close(job.dev), 0);
-	}
-	ASSERT_EQ(submit_one(valid_copy()), 0);
-	EXPECT_EQ(wait_devmem_free(api_, before), before);
+TEST_F(Uring, RingTeardownWithJobsInFlightIsSafe) {
+  uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+  {
+    MatmulJob job(api_, 32, 32, 32, 17);
+    JobSpec j;
+    j.cmds = job.cmds();
+    Ring ring(kBigRing, 512);
+    ASSERT_EQ(ring.init_result(), 0);
+    for (int i = 0; i < 400; i++)
+      ASSERT_TRUE(ring.prep_submit(fd_, submit_of(j), i));
+    ASSERT_EQ(io_uring_submit(ring.get()), 400);
+    ring.exit();  // pending commands are cancelled; the jobs still run
+    EXPECT_EQ(api_.gem_close(job.in_bo), 0);
+    EXPECT_EQ(api_.gem_close(job.out_bo), 0);
+    EXPECT_EQ(api_.gem_close(job.dev), 0);
+  }
+  ASSERT_EQ(submit_one(valid_copy()), 0);
+  EXPECT_EQ(wait_devmem_free(api_, before), before);
 }
 
-TEST_F(Uring, ClosingFdAndRingWithJobsInFlightIsSafe)
-{
-	uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
-	{
-		Fd other(open_device());
-		ASSERT_GE(other.get(), 0);
-		Api api{other.get()};
-		MatmulJob job(api, 32, 32, 32, 19);
-		JobSpec j;
-		j.cmds = job.cmds();
-		Ring ring(kBigRing, 512);
-		ASSERT_EQ(ring.init_result(), 0);
-		drm_vnpu_uring_submit s{};
-		s.job = j.raw();
-		for (int i = 0; i < 300; i++) {
-			io_uring_sqe *sqe = io_uring_get_sqe(ring.get());
-			ASSERT_NE(sqe, nullptr);
-			io_uring_prep_rw(IORING_OP_URING_CMD, sqe, other.get(), nullptr, 0, 0);
-			sqe->cmd_op = DRM_VNPU_URING_CMD_SUBMIT;
-			memset(sqe->cmd, 0, 80);
-			memcpy(sqe->cmd, &s, sizeof(s));
-		}
-		ASSERT_EQ(io_uring_submit(ring.get()), 300);
-		other.reset(); // the ring still holds the file
-	}
-	ASSERT_EQ(submit_one(valid_copy()), 0);
-	EXPECT_EQ(wait_devmem_free(api_, before), before);
+TEST_F(Uring, ClosingFdAndRingWithJobsInFlightIsSafe) {
+  uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+  {
+    Fd other(open_device());
+    ASSERT_GE(other.get(), 0);
+    Api api{other.get()};
+    MatmulJob job(api, 32, 32, 32, 19);
+    JobSpec j;
+    j.cmds = job.cmds();
+    Ring ring(kBigRing, 512);
+    ASSERT_EQ(ring.init_result(), 0);
+    drm_vnpu_uring_submit s{};
+    s.job = j.raw();
+    for (int i = 0; i < 300; i++) {
+      io_uring_sqe* sqe = io_uring_get_sqe(ring.get());
+      ASSERT_NE(sqe, nullptr);
+      io_uring_prep_rw(IORING_OP_URING_CMD, sqe, other.get(), nullptr, 0, 0);
+      sqe->cmd_op = DRM_VNPU_URING_CMD_SUBMIT;
+      memset(sqe->cmd, 0, 80);
+      memcpy(sqe->cmd, &s, sizeof(s));
+    }
+    ASSERT_EQ(io_uring_submit(ring.get()), 300);
+    other.reset();  // the ring still holds the file
+  }
+  ASSERT_EQ(submit_one(valid_copy()), 0);
+  EXPECT_EQ(wait_devmem_free(api_, before), before);
 }
 
 // ---- isolation between files ---------------------------------------------------------------------------------
 
 /// A program (vnpu_isa.h, docs/program-format.md) that copies `n` floats from binding 1 (INPUT) to binding 2
 /// (OUTPUT). Binding 0 is the WEIGHTS slot every program has; this one reads nothing from it.
-std::vector<uint8_t> copy_program(uint32_t n)
-{
-	constexpr uint32_t kBindings = 3, kTensors = 2;
-	const uint64_t hdr = sizeof(vnpu_isa_program), binds = hdr;
-	const uint64_t tensors = binds + kBindings * sizeof(vnpu_isa_binding);
-	const uint64_t ops = tensors + kTensors * sizeof(vnpu_isa_tensor);
-	const uint64_t op_size = sizeof(vnpu_isa_op) + 8; // two u32 operand indices, no attributes
-	std::vector<uint8_t> p(ops + op_size, 0);
-	vnpu_isa_program h{};
-	h.magic = VNPU_ISA_PROGRAM_MAGIC;
-	h.version_major = VNPU_ISA_VERSION_MAJOR;
-	h.version_minor = VNPU_ISA_VERSION_MINOR;
-	h.header_size = sizeof(h);
-	h.num_bindings = kBindings;
-	h.num_tensors = kTensors;
-	h.num_ops = 1;
-	h.bindings_offset = binds;
-	h.tensors_offset = tensors;
-	h.ops_offset = ops;
-	h.ops_size = op_size;
-	h.total_size = p.size();
-	memcpy(p.data(), &h, sizeof(h));
-	const vnpu_isa_binding b[kBindings] = {
-		{VNPU_ISA_BIND_WEIGHTS, 0, 64},
-		{VNPU_ISA_BIND_INPUT, 0, n * 4ull},
-		{VNPU_ISA_BIND_OUTPUT, 0, n * 4ull},
-	};
-	memcpy(p.data() + binds, b, sizeof(b));
-	for (uint32_t i = 0; i < kTensors; i++) {
-		vnpu_isa_tensor t{};
-		t.binding = 1 + i;
-		t.dtype = VNPU_DTYPE_F32;
-		t.rank = 1;
-		t.dims[0] = n;
-		memcpy(p.data() + tensors + i * sizeof(t), &t, sizeof(t));
-	}
-	vnpu_isa_op op{};
-	op.opcode = VNPU_ISA_OP_COPY;
-	op.num_inputs = 1;
-	op.num_outputs = 1;
-	op.size = uint32_t(op_size);
-	const uint32_t idx[2] = {0, 1};
-	memcpy(p.data() + ops, &op, sizeof(op));
-	memcpy(p.data() + ops + sizeof(op), idx, sizeof(idx));
-	return p;
+std::vector<uint8_t> copy_program(uint32_t n) {
+  constexpr uint32_t kBindings = 3, kTensors = 2;
+  const uint64_t hdr = sizeof(vnpu_isa_program), binds = hdr;
+  const uint64_t tensors = binds + kBindings * sizeof(vnpu_isa_binding);
+  const uint64_t ops = tensors + kTensors * sizeof(vnpu_isa_tensor);
+  const uint64_t op_size = sizeof(vnpu_isa_op) + 8;  // two u32 operand indices, no attributes
+  std::vector<uint8_t> p(ops + op_size, 0);
+  vnpu_isa_program h{};
+  h.magic = VNPU_ISA_PROGRAM_MAGIC;
+  h.version_major = VNPU_ISA_VERSION_MAJOR;
+  h.version_minor = VNPU_ISA_VERSION_MINOR;
+  h.header_size = sizeof(h);
+  h.num_bindings = kBindings;
+  h.num_tensors = kTensors;
+  h.num_ops = 1;
+  h.bindings_offset = binds;
+  h.tensors_offset = tensors;
+  h.ops_offset = ops;
+  h.ops_size = op_size;
+  h.total_size = p.size();
+  memcpy(p.data(), &h, sizeof(h));
+  const vnpu_isa_binding b[kBindings] = {
+      {VNPU_ISA_BIND_WEIGHTS, 0, 64},
+      {VNPU_ISA_BIND_INPUT, 0, n * 4ull},
+      {VNPU_ISA_BIND_OUTPUT, 0, n * 4ull},
+  };
+  memcpy(p.data() + binds, b, sizeof(b));
+  for (uint32_t i = 0; i < kTensors; i++) {
+    vnpu_isa_tensor t{};
+    t.binding = 1 + i;
+    t.dtype = VNPU_DTYPE_F32;
+    t.rank = 1;
+    t.dims[0] = n;
+    memcpy(p.data() + tensors + i * sizeof(t), &t, sizeof(t));
+  }
+  vnpu_isa_op op{};
+  op.opcode = VNPU_ISA_OP_COPY;
+  op.num_inputs = 1;
+  op.num_outputs = 1;
+  op.size = uint32_t(op_size);
+  const uint32_t idx[2] = {0, 1};
+  memcpy(p.data() + ops, &op, sizeof(op));
+  memcpy(p.data() + ops + sizeof(op), idx, sizeof(idx));
+  return p;
 }
 
 class Isolation : public DeviceTest {
-protected:
-	/// Runs copy_program(n) as one EXEC job. mem_ holds the program at 0, the binding table at 4096 and the
-	/// input (bytes 0x11, n floats) at 8192; the output binding is `out_addr`. Returns the wait status; `rep`
-	/// receives the job report. A program the device rejects is a failure of this test's program builder.
-	int exec_copy(uint32_t n, uint64_t out_addr, const Reports &rep)
-	{
-		auto prog = copy_program(n);
-		Mapping in(fd_, bo_offset_, kBoSize);
-		EXPECT_TRUE(in.ok());
-		if (!in.ok())
-			return -ENOMEM;
-		memset(in.as<void>(), 0, kBoSize);
-		memcpy(in.as<void>(), prog.data(), prog.size());
-		const uint64_t table[3] = {mem_addr_, mem_addr_ + 8192, out_addr};
-		memcpy(in.as<uint8_t>() + 4096, table, sizeof(table));
-		memset(in.as<uint8_t>() + 8192, 0x11, n * 4);
-		EXPECT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, kBoSize)), 0);
-		JobSpec j;
-		j.cmds = {exec_cmd(mem_, 0, prog.size(), mem_, 4096, 3)};
-		rep.attach(j, 0);
-		uint64_t s = 0;
-		int ret = api_.submit_jobs({j}, &s);
-		EXPECT_EQ(ret, 0);
-		if (ret)
-			return ret;
-		ret = api_.wait_status(s);
-		EXPECT_NE(rep.at(0).hw_status, uint32_t(VNPU_CPL_PROGRAM_INVALID))
-			<< "the device rejects the test's COPY program: fix copy_program()";
-		return ret;
-	}
+ protected:
+  /// Runs copy_program(n) as one EXEC job. mem_ holds the program at 0, the binding table at 4096 and the
+  /// input (bytes 0x11, n floats) at 8192; the output binding is `out_addr`. Returns the wait status; `rep`
+  /// receives the job report. A program the device rejects is a failure of this test's program builder.
+  int exec_copy(uint32_t n, uint64_t out_addr, const Reports& rep) {
+    auto prog = copy_program(n);
+    Mapping in(fd_, bo_offset_, kBoSize);
+    EXPECT_TRUE(in.ok());
+    if (!in.ok())
+      return -ENOMEM;
+    memset(in.as<void>(), 0, kBoSize);
+    memcpy(in.as<void>(), prog.data(), prog.size());
+    const uint64_t table[3] = {mem_addr_, mem_addr_ + 8192, out_addr};
+    memcpy(in.as<uint8_t>() + 4096, table, sizeof(table));
+    memset(in.as<uint8_t>() + 8192, 0x11, n * 4);
+    EXPECT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, kBoSize)), 0);
+    JobSpec j;
+    j.cmds = {exec_cmd(mem_, 0, prog.size(), mem_, 4096, 3)};
+    rep.attach(j, 0);
+    uint64_t s = 0;
+    int ret = api_.submit_jobs({j}, &s);
+    EXPECT_EQ(ret, 0);
+    if (ret)
+      return ret;
+    ret = api_.wait_status(s);
+    EXPECT_NE(rep.at(0).hw_status, uint32_t(VNPU_CPL_PROGRAM_INVALID))
+        << "the device rejects the test's COPY program: fix copy_program()";
+    return ret;
+  }
 };
 
-TEST_F(Isolation, OtherFilesHandlesAreUnknown)
-{
-	Fd other(open_device());
-	ASSERT_GE(other.get(), 0);
-	Api api{other.get()};
-	// The other file's handle numbers are reused by this file's own objects or unknown; none is the other's.
-	uint32_t their_mem = 0;
-	for (int i = 0; i < 5; i++)
-		ASSERT_EQ(api.mem_alloc(kMmuPage, &their_mem), 0);
-	ASSERT_GT(their_mem, std::max(bo_, mem_)); // a handle number this file does not have
-	drm_vnpu_bo_info info{};
-	EXPECT_EQ(api_.bo_info(their_mem, &info), -ENOENT);
-	auto c = valid_copy();
-	c.copy.mem_handle = their_mem;
-	JobSpec j;
-	j.cmds = {c};
-	EXPECT_EQ(submit_job(j.raw()), -ENOENT);
+TEST_F(Isolation, OtherFilesHandlesAreUnknown) {
+  Fd other(open_device());
+  ASSERT_GE(other.get(), 0);
+  Api api{other.get()};
+  // The other file's handle numbers are reused by this file's own objects or unknown; none is the other's.
+  uint32_t their_mem = 0;
+  for (int i = 0; i < 5; i++)
+    ASSERT_EQ(api.mem_alloc(kMmuPage, &their_mem), 0);
+  ASSERT_GT(their_mem, std::max(bo_, mem_));  // a handle number this file does not have
+  drm_vnpu_bo_info info{};
+  EXPECT_EQ(api_.bo_info(their_mem, &info), -ENOENT);
+  auto c = valid_copy();
+  c.copy.mem_handle = their_mem;
+  JobSpec j;
+  j.cmds = {c};
+  EXPECT_EQ(submit_job(j.raw()), -ENOENT);
 }
 
 // The control for the two tests below: the same program with an output in this file's memory runs and copies.
-TEST_F(Isolation, CopyProgramRunsWithinOwnMemory)
-{
-	Reports rep(api_, 1);
-	ASSERT_EQ(exec_copy(256, mem_addr_ + 12288, rep), 0);
-	EXPECT_EQ(rep.at(0).hw_status, uint32_t(VNPU_CPL_OK));
-	uint32_t out_bo = 0;
-	uint64_t out_off = 0;
-	ASSERT_EQ(api_.bo_create(kPage, &out_bo, &out_off), 0);
-	ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, out_bo, mem_, 0, 12288, 1024)), 0);
-	Mapping out(fd_, out_off, kPage);
-	ASSERT_TRUE(out.ok());
-	for (size_t i = 0; i < 1024; i++)
-		ASSERT_EQ(out.as<uint8_t>()[i], 0x11) << "byte " << i;
+TEST_F(Isolation, CopyProgramRunsWithinOwnMemory) {
+  Reports rep(api_, 1);
+  ASSERT_EQ(exec_copy(256, mem_addr_ + 12288, rep), 0);
+  EXPECT_EQ(rep.at(0).hw_status, uint32_t(VNPU_CPL_OK));
+  uint32_t out_bo = 0;
+  uint64_t out_off = 0;
+  ASSERT_EQ(api_.bo_create(kPage, &out_bo, &out_off), 0);
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, out_bo, mem_, 0, 12288, 1024)), 0);
+  Mapping out(fd_, out_off, kPage);
+  ASSERT_TRUE(out.ok());
+  for (size_t i = 0; i < 1024; i++)
+    ASSERT_EQ(out.as<uint8_t>()[i], 0x11) << "byte " << i;
 }
 
-TEST_F(Isolation, OtherFilesDeviceAddressFaultsAndLeavesItsDataAlone)
-{
-	Fd other(open_device());
-	ASSERT_GE(other.get(), 0);
-	Api them{other.get()};
-	// Their second allocation lies at an address this file never mapped.
-	uint32_t t0 = 0, t1 = 0, tbo = 0;
-	uint64_t taddr = 0, tbo_off = 0;
-	ASSERT_EQ(them.mem_alloc(kMmuPage, &t0), 0);
-	ASSERT_EQ(them.mem_alloc(kMmuPage, &t1, &taddr), 0);
-	ASSERT_EQ(them.bo_create(kPage, &tbo, &tbo_off), 0);
-	{
-		Mapping m(other.get(), tbo_off, kPage);
-		ASSERT_TRUE(m.ok());
-		memset(m.as<void>(), 0x5a, kPage);
-	}
-	uint64_t s = 0;
-	ASSERT_EQ(them.submit({copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, tbo, t1, 0, 0, kPage)}, &s), 0);
-	ASSERT_EQ(them.wait_status(s), 0);
+TEST_F(Isolation, OtherFilesDeviceAddressFaultsAndLeavesItsDataAlone) {
+  Fd other(open_device());
+  ASSERT_GE(other.get(), 0);
+  Api them{other.get()};
+  // Their second allocation lies at an address this file never mapped.
+  uint32_t t0 = 0, t1 = 0, tbo = 0;
+  uint64_t taddr = 0, tbo_off = 0;
+  ASSERT_EQ(them.mem_alloc(kMmuPage, &t0), 0);
+  ASSERT_EQ(them.mem_alloc(kMmuPage, &t1, &taddr), 0);
+  ASSERT_EQ(them.bo_create(kPage, &tbo, &tbo_off), 0);
+  {
+    Mapping m(other.get(), tbo_off, kPage);
+    ASSERT_TRUE(m.ok());
+    memset(m.as<void>(), 0x5a, kPage);
+  }
+  uint64_t s = 0;
+  ASSERT_EQ(them.submit({copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, tbo, t1, 0, 0, kPage)}, &s), 0);
+  ASSERT_EQ(them.wait_status(s), 0);
 
-	// This file's program writes its output to their address.
-	Reports rep(api_, 1);
-	EXPECT_EQ(exec_copy(256, taddr, rep), -EFAULT);
-	EXPECT_EQ(rep.at(0).hw_status, uint32_t(VNPU_CPL_MMU_FAULT));
-	EXPECT_GE(rep.at(0).fault_addr, taddr);
-	EXPECT_LT(rep.at(0).fault_addr, taddr + kMmuPage);
+  // This file's program writes its output to their address.
+  Reports rep(api_, 1);
+  EXPECT_EQ(exec_copy(256, taddr, rep), -EFAULT);
+  EXPECT_EQ(rep.at(0).hw_status, uint32_t(VNPU_CPL_MMU_FAULT));
+  EXPECT_GE(rep.at(0).fault_addr, taddr);
+  EXPECT_LT(rep.at(0).fault_addr, taddr + kMmuPage);
 
-	// Their data is untouched.
-	{
-		Mapping m(other.get(), tbo_off, kPage);
-		memset(m.as<void>(), 0, kPage);
-	}
-	ASSERT_EQ(them.submit({copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, tbo, t1, 0, 0, kPage)}, &s), 0);
-	ASSERT_EQ(them.wait_status(s), 0);
-	Mapping m(other.get(), tbo_off, kPage);
-	ASSERT_TRUE(m.ok());
-	for (size_t i = 0; i < kPage; i++)
-		ASSERT_EQ(m.as<uint8_t>()[i], 0x5a) << "byte " << i;
+  // Their data is untouched.
+  {
+    Mapping m(other.get(), tbo_off, kPage);
+    memset(m.as<void>(), 0, kPage);
+  }
+  ASSERT_EQ(them.submit({copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, tbo, t1, 0, 0, kPage)}, &s), 0);
+  ASSERT_EQ(them.wait_status(s), 0);
+  Mapping m(other.get(), tbo_off, kPage);
+  ASSERT_TRUE(m.ok());
+  for (size_t i = 0; i < kPage; i++)
+    ASSERT_EQ(m.as<uint8_t>()[i], 0x5a) << "byte " << i;
 }
 
-TEST_F(Isolation, AddressOutsideAnyAllocationFaults)
-{
-	Reports rep(api_, 1);
-	EXPECT_EQ(exec_copy(16, 1ull << 40, rep), -EFAULT);
-	EXPECT_EQ(rep.at(0).hw_status, uint32_t(VNPU_CPL_MMU_FAULT));
-	EXPECT_EQ(rep.at(0).fault_addr, 1ull << 40);
+TEST_F(Isolation, AddressOutsideAnyAllocationFaults) {
+  Reports rep(api_, 1);
+  EXPECT_EQ(exec_copy(16, 1ull << 40, rep), -EFAULT);
+  EXPECT_EQ(rep.at(0).hw_status, uint32_t(VNPU_CPL_MMU_FAULT));
+  EXPECT_EQ(rep.at(0).fault_addr, 1ull << 40);
 }
 
 // ---- device faults and recovery ------------------------------------------------------------------------------
 
 /// The driver's fault-injection file of accel0 (debugfs): "KIND QUEUE AFTER [RATE [SEED]]".
-std::string fault_inject_path()
-{
-	return "/sys/kernel/debug/accel/" + pci_address() + "/fault_inject";
+std::string fault_inject_path() {
+  return "/sys/kernel/debug/accel/" + pci_address() + "/fault_inject";
 }
 
 class Fault : public DeviceTest {
-protected:
-	void SetUp() override
-	{
-		DeviceTest::SetUp();
-		if (IsSkipped() || HasFatalFailure())
-			return;
-		if (!(api_.param(DRM_VNPU_PARAM_CAPS) & VNPU_CAP_FAULT_INJECT))
-			GTEST_SKIP() << "device has no fault injection";
-		if (access(fault_inject_path().c_str(), W_OK) != 0)
-			GTEST_SKIP() << fault_inject_path() << " not available";
-		old_timeout_ = read_file(kTimeoutParam);
-	}
-	void TearDown() override
-	{
-		if (!old_timeout_.empty())
-			write_file(kTimeoutParam, old_timeout_);
-		if (!IsSkipped())
-			write_file(fault_inject_path(), "0 -1 0");
-		DeviceTest::TearDown();
-	}
-	/// Arms a one-shot fault on the next job fetched on any queue.
-	void arm(vnpu_fi_kind kind)
-	{
-		ASSERT_TRUE(write_file(fault_inject_path(), std::to_string(kind) + " -1 1"));
-	}
-	static constexpr const char *kTimeoutParam = "/sys/module/vnpu/parameters/job_timeout_ms";
-	std::string old_timeout_;
+ protected:
+  void SetUp() override {
+    DeviceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure())
+      return;
+    if (!(api_.param(DRM_VNPU_PARAM_CAPS) & VNPU_CAP_FAULT_INJECT))
+      GTEST_SKIP() << "device has no fault injection";
+    if (access(fault_inject_path().c_str(), W_OK) != 0)
+      GTEST_SKIP() << fault_inject_path() << " not available";
+    old_timeout_ = read_file(kTimeoutParam);
+  }
+  void TearDown() override {
+    if (!old_timeout_.empty())
+      write_file(kTimeoutParam, old_timeout_);
+    if (!IsSkipped())
+      write_file(fault_inject_path(), "0 -1 0");
+    DeviceTest::TearDown();
+  }
+  /// Arms a one-shot fault on the next job fetched on any queue.
+  void arm(vnpu_fi_kind kind) { ASSERT_TRUE(write_file(fault_inject_path(), std::to_string(kind) + " -1 1")); }
+  static constexpr const char* kTimeoutParam = "/sys/module/vnpu/parameters/job_timeout_ms";
+  std::string old_timeout_;
 };
 
-TEST_F(Fault, DmaErrorFailsJobWithEio)
-{
-	arm(VNPU_FI_DMA_ERROR);
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
-	drm_vnpu_wait w{};
-	ASSERT_EQ(api_.wait(s, deadline_ms(kLongWaitMs), &w), 0);
-	EXPECT_EQ(w.job_status, -EIO);
-	EXPECT_EQ(w.hw_status, uint32_t(VNPU_CPL_DMA_FAULT));
-	EXPECT_EQ(submit_one(valid_copy()), 0);
+TEST_F(Fault, DmaErrorFailsJobWithEio) {
+  arm(VNPU_FI_DMA_ERROR);
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
+  drm_vnpu_wait w{};
+  ASSERT_EQ(api_.wait(s, deadline_ms(kLongWaitMs), &w), 0);
+  EXPECT_EQ(w.job_status, -EIO);
+  EXPECT_EQ(w.hw_status, uint32_t(VNPU_CPL_DMA_FAULT));
+  EXPECT_EQ(submit_one(valid_copy()), 0);
 }
 
-TEST_F(Fault, ComputeHangTimesOutResetsQueueAndOthersKeepRunning)
-{
-	ASSERT_TRUE(write_file(kTimeoutParam, "1500"));
-	// Another file on a queue of a different priority runs while this one hangs.
-	Fd other(open_device());
-	ASSERT_GE(other.get(), 0);
-	Api them{other.get()};
-	uint32_t tq = 0;
-	ASSERT_EQ(them.queue_create(3, &tq), 0);
+TEST_F(Fault, ComputeHangTimesOutResetsQueueAndOthersKeepRunning) {
+  ASSERT_TRUE(write_file(kTimeoutParam, "1500"));
+  // Another file on a queue of a different priority runs while this one hangs.
+  Fd other(open_device());
+  ASSERT_GE(other.get(), 0);
+  Api them{other.get()};
+  uint32_t tq = 0;
+  ASSERT_EQ(them.queue_create(3, &tq), 0);
 
-	arm(VNPU_FI_COMPUTE_HANG);
-	uint64_t hung = 0, behind = 0;
-	ASSERT_EQ(api_.submit({synth_cmd(1000)}, &hung), 0);
-	ASSERT_EQ(api_.submit({synth_cmd(1000)}, &behind), 0);
-	int64_t t0 = monotonic_ns();
-	for (int i = 0; i < 20; i++) {
-		uint64_t s = 0;
-		ASSERT_EQ(them.submit({nop_cmd()}, &s, tq), 0);
-		ASSERT_EQ(them.wait_status(s, tq), 0) << "other context blocked by the hang";
-	}
-	drm_vnpu_wait w{};
-	ASSERT_EQ(api_.wait(hung, deadline_ms(kLongWaitMs), &w), 0);
-	EXPECT_EQ(w.job_status, -ETIMEDOUT);
-	EXPECT_GE(monotonic_ns() - t0, 1000000000); // not before the timeout
-	// The job behind the hung one is re-run after the reset and succeeds.
-	EXPECT_EQ(api_.wait_status(behind), 0);
-	EXPECT_EQ(submit_one(valid_matmul()), 0);
+  arm(VNPU_FI_COMPUTE_HANG);
+  uint64_t hung = 0, behind = 0;
+  ASSERT_EQ(api_.submit({synth_cmd(1000)}, &hung), 0);
+  ASSERT_EQ(api_.submit({synth_cmd(1000)}, &behind), 0);
+  int64_t t0 = monotonic_ns();
+  for (int i = 0; i < 20; i++) {
+    uint64_t s = 0;
+    ASSERT_EQ(them.submit({nop_cmd()}, &s, tq), 0);
+    ASSERT_EQ(them.wait_status(s, tq), 0) << "other context blocked by the hang";
+  }
+  drm_vnpu_wait w{};
+  ASSERT_EQ(api_.wait(hung, deadline_ms(kLongWaitMs), &w), 0);
+  EXPECT_EQ(w.job_status, -ETIMEDOUT);
+  EXPECT_GE(monotonic_ns() - t0, 1000000000);  // not before the timeout
+  // The job behind the hung one is re-run after the reset and succeeds.
+  EXPECT_EQ(api_.wait_status(behind), 0);
+  EXPECT_EQ(submit_one(valid_matmul()), 0);
 }
 
-TEST_F(Fault, LostInterruptIsRecoveredByWatchdog)
-{
-	arm(VNPU_FI_LOST_IRQ);
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
-	EXPECT_EQ(api_.wait_status(s), 0);
-	EXPECT_EQ(submit_one(valid_copy()), 0);
+TEST_F(Fault, LostInterruptIsRecoveredByWatchdog) {
+  arm(VNPU_FI_LOST_IRQ);
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
+  EXPECT_EQ(api_.wait_status(s), 0);
+  EXPECT_EQ(submit_one(valid_copy()), 0);
 }
 
-TEST_F(Fault, CorruptedCompletionFailsJobWithEioAndQueueRecovers)
-{
-	arm(VNPU_FI_CORRUPT_CPL);
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
-	EXPECT_EQ(api_.wait_status(s), -EIO);
-	MatmulJob mj(api_, 16, 16, 16, 23);
-	ASSERT_EQ(api_.submit(mj.cmds(), &s), 0);
-	EXPECT_EQ(api_.wait_status(s), 0);
-	mj.check(fd_);
+TEST_F(Fault, CorruptedCompletionFailsJobWithEioAndQueueRecovers) {
+  arm(VNPU_FI_CORRUPT_CPL);
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
+  EXPECT_EQ(api_.wait_status(s), -EIO);
+  MatmulJob mj(api_, 16, 16, 16, 23);
+  ASSERT_EQ(api_.submit(mj.cmds(), &s), 0);
+  EXPECT_EQ(api_.wait_status(s), 0);
+  mj.check(fd_);
 }
 
-TEST_F(Fault, RandomFaultsNeverLoseOrDuplicateCompletions)
-{
-	ASSERT_TRUE(write_file(kTimeoutParam, "1000"));
-	Ring ring(IORING_SETUP_SQE128 | IORING_SETUP_CQE32, 1024);
-	ASSERT_EQ(ring.init_result(), 0);
-	// 2% of jobs hit a DMA error, lose their interrupt, or get a corrupted completion.
-	const vnpu_fi_kind kinds[] = {VNPU_FI_DMA_ERROR, VNPU_FI_LOST_IRQ, VNPU_FI_CORRUPT_CPL};
-	std::set<uint64_t> seen;
-	int failed = 0;
-	for (auto kind : kinds) {
-		ASSERT_TRUE(write_file(fault_inject_path(), std::to_string(kind) + " -1 0 20000 7"));
-		drm_vnpu_uring_submit s{};
-		JobSpec j = valid_job();
-		s.job = j.raw();
-		for (int i = 0; i < 300; i++) {
-			io_uring_sqe *sqe = io_uring_get_sqe(ring.get());
-			ASSERT_NE(sqe, nullptr);
-			io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd_, nullptr, 0, 0);
-			sqe->cmd_op = DRM_VNPU_URING_CMD_SUBMIT;
-			memset(sqe->cmd, 0, 80);
-			memcpy(sqe->cmd, &s, sizeof(s));
-			io_uring_sqe_set_data64(sqe, uint64_t(kind) << 32 | i);
-		}
-		ASSERT_EQ(io_uring_submit(ring.get()), 300);
-		for (const auto &c : reap(ring, 300)) {
-			EXPECT_TRUE(seen.insert(c.user_data).second);
-			EXPECT_TRUE(c.res == 0 || c.res == -EIO) << c.res;
-			failed += c.res != 0;
-		}
-	}
-	EXPECT_EQ(seen.size(), 900u);
-	EXPECT_FALSE(extra_cqe(ring, 100));
-	write_file(fault_inject_path(), "0 -1 0");
-	EXPECT_EQ(submit_one(valid_copy()), 0);
-	RecordProperty("failed_jobs", failed);
+TEST_F(Fault, RandomFaultsNeverLoseOrDuplicateCompletions) {
+  ASSERT_TRUE(write_file(kTimeoutParam, "1000"));
+  Ring ring(IORING_SETUP_SQE128 | IORING_SETUP_CQE32, 1024);
+  ASSERT_EQ(ring.init_result(), 0);
+  // 2% of jobs hit a DMA error, lose their interrupt, or get a corrupted completion.
+  const vnpu_fi_kind kinds[] = {VNPU_FI_DMA_ERROR, VNPU_FI_LOST_IRQ, VNPU_FI_CORRUPT_CPL};
+  std::set<uint64_t> seen;
+  int failed = 0;
+  for (auto kind : kinds) {
+    ASSERT_TRUE(write_file(fault_inject_path(), std::to_string(kind) + " -1 0 20000 7"));
+    drm_vnpu_uring_submit s{};
+    JobSpec j = valid_job();
+    s.job = j.raw();
+    for (int i = 0; i < 300; i++) {
+      io_uring_sqe* sqe = io_uring_get_sqe(ring.get());
+      ASSERT_NE(sqe, nullptr);
+      io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd_, nullptr, 0, 0);
+      sqe->cmd_op = DRM_VNPU_URING_CMD_SUBMIT;
+      memset(sqe->cmd, 0, 80);
+      memcpy(sqe->cmd, &s, sizeof(s));
+      io_uring_sqe_set_data64(sqe, uint64_t(kind) << 32 | i);
+    }
+    ASSERT_EQ(io_uring_submit(ring.get()), 300);
+    for (const auto& c : reap(ring, 300)) {
+      EXPECT_TRUE(seen.insert(c.user_data).second);
+      EXPECT_TRUE(c.res == 0 || c.res == -EIO) << c.res;
+      failed += c.res != 0;
+    }
+  }
+  EXPECT_EQ(seen.size(), 900u);
+  EXPECT_FALSE(extra_cqe(ring, 100));
+  write_file(fault_inject_path(), "0 -1 0");
+  EXPECT_EQ(submit_one(valid_copy()), 0);
+  RecordProperty("failed_jobs", failed);
 }
 
 // ---- process lifetime ------------------------------------------------------------------------------------------
 
 class Lifetime : public DeviceTest {};
 
-TEST_F(Lifetime, KilledProcessWithJobsInFlightLeaksNothing)
-{
-	uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
-	int pipefd[2];
-	ASSERT_EQ(pipe(pipefd), 0);
-	pid_t pid = fork();
-	ASSERT_GE(pid, 0);
-	if (pid == 0) {
-		close(pipefd[0]);
-		int fd = open_device();
-		Api api{fd};
-		uint32_t mem = 0, bo = 0;
-		if (fd < 0 || api.mem_alloc(32ull << 20, &mem) || api.bo_create(1 << 20, &bo))
-			_exit(1);
-		uint32_t q = 0;
-		api.queue_create(2, &q);
-		JobSpec j;
-		j.cmds = {copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo, mem, 0, 0, 1 << 20), synth_cmd(200000)};
-		std::vector<JobSpec> batch(64, j);
-		uint64_t first = 0;
-		for (int i = 0; i < 16; i++)
-			api.submit_jobs(batch, &first, i % 2 ? q : 0);
-		Ring ring(IORING_SETUP_SQE128 | IORING_SETUP_CQE32, 512);
-		drm_vnpu_uring_submit s{};
-		s.job = j.raw();
-		for (int i = 0; i < 500; i++)
-			ring.prep_submit(fd, s, i);
-		io_uring_submit(ring.get());
-		char c = 1;
-		if (write(pipefd[1], &c, 1) != 1)
-			_exit(1);
-		for (;;)
-			pause();
-	}
-	close(pipefd[1]);
-	char c = 0;
-	ASSERT_EQ(read(pipefd[0], &c, 1), 1);
-	close(pipefd[0]);
-	EXPECT_LT(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), before);
-	kill(pid, SIGKILL);
-	int status = 0;
-	ASSERT_EQ(waitpid(pid, &status, 0), pid);
-	EXPECT_TRUE(WIFSIGNALED(status));
-	EXPECT_EQ(wait_devmem_free(api_, before), before);
-	// The device keeps working.
-	EXPECT_EQ(submit_one(valid_copy()), 0);
+TEST_F(Lifetime, KilledProcessWithJobsInFlightLeaksNothing) {
+  uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+  int pipefd[2];
+  ASSERT_EQ(pipe(pipefd), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(pipefd[0]);
+    int fd = open_device();
+    Api api{fd};
+    uint32_t mem = 0, bo = 0;
+    if (fd < 0 || api.mem_alloc(32ull << 20, &mem) || api.bo_create(1 << 20, &bo))
+      _exit(1);
+    uint32_t q = 0;
+    api.queue_create(2, &q);
+    JobSpec j;
+    j.cmds = {copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo, mem, 0, 0, 1 << 20), synth_cmd(200000)};
+    std::vector<JobSpec> batch(64, j);
+    uint64_t first = 0;
+    for (int i = 0; i < 16; i++)
+      api.submit_jobs(batch, &first, i % 2 ? q : 0);
+    Ring ring(IORING_SETUP_SQE128 | IORING_SETUP_CQE32, 512);
+    drm_vnpu_uring_submit s{};
+    s.job = j.raw();
+    for (int i = 0; i < 500; i++)
+      ring.prep_submit(fd, s, i);
+    io_uring_submit(ring.get());
+    char c = 1;
+    if (write(pipefd[1], &c, 1) != 1)
+      _exit(1);
+    for (;;)
+      pause();
+  }
+  close(pipefd[1]);
+  char c = 0;
+  ASSERT_EQ(read(pipefd[0], &c, 1), 1);
+  close(pipefd[0]);
+  EXPECT_LT(api_.param(DRM_VNPU_PARAM_DEVMEM_FREE), before);
+  kill(pid, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFSIGNALED(status));
+  EXPECT_EQ(wait_devmem_free(api_, before), before);
+  // The device keeps working.
+  EXPECT_EQ(submit_one(valid_copy()), 0);
 }
 
-TEST_F(Lifetime, ContextsAreReleasedWithTheirFiles)
-{
-	std::string ctx_path = "/sys/bus/pci/devices/" + pci_address() + "/vnpu/contexts";
-	int before = std::stoi(read_file(ctx_path));
-	{
-		Fd a(open_device()), b(open_device());
-		uint32_t h = 0;
-		ASSERT_EQ(Api{a.get()}.mem_alloc(1, &h), 0);
-		ASSERT_EQ(Api{b.get()}.mem_alloc(1, &h), 0);
-		EXPECT_EQ(std::stoi(read_file(ctx_path)), before + 2);
-	}
-	EXPECT_EQ(std::stoi(read_file(ctx_path)), before);
+TEST_F(Lifetime, ContextsAreReleasedWithTheirFiles) {
+  std::string ctx_path = "/sys/bus/pci/devices/" + pci_address() + "/vnpu/contexts";
+  int before = std::stoi(read_file(ctx_path));
+  {
+    Fd a(open_device()), b(open_device());
+    uint32_t h = 0;
+    ASSERT_EQ(Api{a.get()}.mem_alloc(1, &h), 0);
+    ASSERT_EQ(Api{b.get()}.mem_alloc(1, &h), 0);
+    EXPECT_EQ(std::stoi(read_file(ctx_path)), before + 2);
+  }
+  EXPECT_EQ(std::stoi(read_file(ctx_path)), before);
 }
 
 // ---- observability ---------------------------------------------------------------------------------------------
 
-std::map<std::string, std::string> fdinfo(int fd)
-{
-	std::map<std::string, std::string> kv;
-	std::istringstream in(read_file("/proc/self/fdinfo/" + std::to_string(fd)));
-	std::string line;
-	while (std::getline(in, line)) {
-		auto colon = line.find(':');
-		if (colon == std::string::npos)
-			continue;
-		std::string v = line.substr(colon + 1);
-		v.erase(0, v.find_first_not_of(" \t"));
-		kv[line.substr(0, colon)] = v;
-	}
-	return kv;
+std::map<std::string, std::string> fdinfo(int fd) {
+  std::map<std::string, std::string> kv;
+  std::istringstream in(read_file("/proc/self/fdinfo/" + std::to_string(fd)));
+  std::string line;
+  while (std::getline(in, line)) {
+    auto colon = line.find(':');
+    if (colon == std::string::npos)
+      continue;
+    std::string v = line.substr(colon + 1);
+    v.erase(0, v.find_first_not_of(" \t"));
+    kv[line.substr(0, colon)] = v;
+  }
+  return kv;
 }
 
 class Observability : public DeviceTest {};
 
-TEST_F(Observability, FdinfoHasDrmStandardKeys)
-{
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({synth_cmd(5000000)}, &s), 0);
-	ASSERT_EQ(api_.wait_status(s), 0);
-	auto kv = fdinfo(fd_);
-	EXPECT_EQ(kv["drm-driver"], "vnpu");
-	EXPECT_FALSE(kv["drm-client-id"].empty());
-	EXPECT_EQ(kv["drm-pdev"], pci_address());
-	for (const char *e : {"drm-engine-h2d", "drm-engine-compute", "drm-engine-d2h"})
-		EXPECT_NE(kv[e].find(" ns"), std::string::npos) << e << ": " << kv[e];
-	EXPECT_GE(std::stoull(kv["drm-engine-compute"]), 5000000u);
-	EXPECT_EQ(kv["drm-total-device"], "64 KiB");
-	EXPECT_EQ(kv["drm-resident-device"], "64 KiB");
-	EXPECT_EQ(kv["drm-total-host"], "16 KiB");
+TEST_F(Observability, FdinfoHasDrmStandardKeys) {
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({synth_cmd(5000000)}, &s), 0);
+  ASSERT_EQ(api_.wait_status(s), 0);
+  auto kv = fdinfo(fd_);
+  EXPECT_EQ(kv["drm-driver"], "vnpu");
+  EXPECT_FALSE(kv["drm-client-id"].empty());
+  EXPECT_EQ(kv["drm-pdev"], pci_address());
+  for (const char* e : {"drm-engine-h2d", "drm-engine-compute", "drm-engine-d2h"})
+    EXPECT_NE(kv[e].find(" ns"), std::string::npos) << e << ": " << kv[e];
+  EXPECT_GE(std::stoull(kv["drm-engine-compute"]), 5000000u);
+  EXPECT_EQ(kv["drm-total-device"], "64 KiB");
+  EXPECT_EQ(kv["drm-resident-device"], "64 KiB");
+  EXPECT_EQ(kv["drm-total-host"], "16 KiB");
 }
 
-TEST_F(Observability, SysfsAttributesDescribeTheDevice)
-{
-	std::string dir = "/sys/bus/pci/devices/" + pci_address() + "/vnpu/";
-	uint64_t s = 0;
-	ASSERT_EQ(api_.submit({synth_cmd(1000000)}, &s), 0);
-	ASSERT_EQ(api_.wait_status(s), 0);
-	for (const char *f : {"device_clock_ns", "busy_ns_h2d", "busy_ns_compute", "busy_ns_d2h", "jobs_completed",
-			      "jobs_failed", "devmem_size", "devmem_used", "contexts"})
-		EXPECT_FALSE(read_file(dir + f).empty()) << f;
-	EXPECT_EQ(std::stoull(read_file(dir + "devmem_size")), api_.param(DRM_VNPU_PARAM_DEVMEM_SIZE));
-	EXPECT_GE(std::stoull(read_file(dir + "busy_ns_compute")), 1000000u);
-	EXPECT_GE(std::stoull(read_file(dir + "jobs_completed")), 1u);
-	std::istringstream q(read_file(dir + "queues"));
-	std::string line;
-	uint64_t lines = 0;
-	while (std::getline(q, line)) {
-		unsigned idx, prio, head, tail, inflight;
-		EXPECT_EQ(sscanf(line.c_str(), "%u %u %u %u %u", &idx, &prio, &head, &tail, &inflight), 5) << line;
-		EXPECT_EQ(idx, lines);
-		EXPECT_LE(prio, unsigned(VNPU_PRIORITY_MAX));
-		lines++;
-	}
-	EXPECT_EQ(lines, api_.param(DRM_VNPU_PARAM_NUM_QUEUES));
+TEST_F(Observability, SysfsAttributesDescribeTheDevice) {
+  std::string dir = "/sys/bus/pci/devices/" + pci_address() + "/vnpu/";
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({synth_cmd(1000000)}, &s), 0);
+  ASSERT_EQ(api_.wait_status(s), 0);
+  for (const char* f : {"device_clock_ns", "busy_ns_h2d", "busy_ns_compute", "busy_ns_d2h", "jobs_completed",
+                        "jobs_failed", "devmem_size", "devmem_used", "contexts"})
+    EXPECT_FALSE(read_file(dir + f).empty()) << f;
+  EXPECT_EQ(std::stoull(read_file(dir + "devmem_size")), api_.param(DRM_VNPU_PARAM_DEVMEM_SIZE));
+  EXPECT_GE(std::stoull(read_file(dir + "busy_ns_compute")), 1000000u);
+  EXPECT_GE(std::stoull(read_file(dir + "jobs_completed")), 1u);
+  std::istringstream q(read_file(dir + "queues"));
+  std::string line;
+  uint64_t lines = 0;
+  while (std::getline(q, line)) {
+    unsigned idx, prio, head, tail, inflight;
+    EXPECT_EQ(sscanf(line.c_str(), "%u %u %u %u %u", &idx, &prio, &head, &tail, &inflight), 5) << line;
+    EXPECT_EQ(idx, lines);
+    EXPECT_LE(prio, unsigned(VNPU_PRIORITY_MAX));
+    lines++;
+  }
+  EXPECT_EQ(lines, api_.param(DRM_VNPU_PARAM_NUM_QUEUES));
 }
 
-TEST_F(Observability, TracepointsExist)
-{
-	const char *base = "/sys/kernel/tracing/events/vnpu/";
-	if (access("/sys/kernel/tracing/events", F_OK) != 0)
-		GTEST_SKIP() << "tracefs not mounted";
-	EXPECT_EQ(access((std::string(base) + "vnpu_job_submit").c_str(), F_OK), 0);
-	EXPECT_EQ(access((std::string(base) + "vnpu_job_complete").c_str(), F_OK), 0);
+TEST_F(Observability, TracepointsExist) {
+  const char* base = "/sys/kernel/tracing/events/vnpu/";
+  if (access("/sys/kernel/tracing/events", F_OK) != 0)
+    GTEST_SKIP() << "tracefs not mounted";
+  EXPECT_EQ(access((std::string(base) + "vnpu_job_submit").c_str(), F_OK), 0);
+  EXPECT_EQ(access((std::string(base) + "vnpu_job_complete").c_str(), F_OK), 0);
 }
 
 // ---- several devices -------------------------------------------------------------------------------------------
 
-TEST(MultiDevice, DevicesWorkIndependently)
-{
-	if (!device_present("/dev/accel/accel1"))
-		GTEST_SKIP() << "only one vnpu device (./vnpu test runs this in its two-device boot, "
-				"./vnpu vm --devices 2)";
-	Fd a(open_device("/dev/accel/accel0")), b(open_device("/dev/accel/accel1"));
-	ASSERT_GE(a.get(), 0);
-	ASSERT_GE(b.get(), 0);
-	Api aa{a.get()}, bb{b.get()};
-	uint64_t free_b = bb.param(DRM_VNPU_PARAM_DEVMEM_FREE);
-	MatmulJob ja(aa, 16, 16, 16, 31), jb(bb, 16, 16, 16, 37);
-	EXPECT_EQ(bb.param(DRM_VNPU_PARAM_DEVMEM_FREE), free_b - kMmuPage);
-	uint64_t sa = 0, sb = 0;
-	ASSERT_EQ(aa.submit(ja.cmds(), &sa), 0);
-	ASSERT_EQ(bb.submit(jb.cmds(), &sb), 0);
-	EXPECT_EQ(aa.wait_status(sa), 0);
-	EXPECT_EQ(bb.wait_status(sb), 0);
-	ja.check(a.get());
-	jb.check(b.get());
-	// Handles of one device mean nothing on the other.
-	auto c = copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, ja.in_bo, ja.dev, 0, 0, 4);
-	uint64_t s = 0;
-	int ret = bb.submit({c}, &s);
-	EXPECT_TRUE(ret == -ENOENT || ret == -EINVAL || ret == 0);
-	if (!ret)
-		bb.wait_status(s);
+TEST(MultiDevice, DevicesWorkIndependently) {
+  if (!device_present("/dev/accel/accel1"))
+    GTEST_SKIP() << "only one vnpu device (./vnpu test runs this in its two-device boot, "
+                    "./vnpu vm --devices 2)";
+  Fd a(open_device("/dev/accel/accel0")), b(open_device("/dev/accel/accel1"));
+  ASSERT_GE(a.get(), 0);
+  ASSERT_GE(b.get(), 0);
+  Api aa{a.get()}, bb{b.get()};
+  uint64_t free_b = bb.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+  MatmulJob ja(aa, 16, 16, 16, 31), jb(bb, 16, 16, 16, 37);
+  EXPECT_EQ(bb.param(DRM_VNPU_PARAM_DEVMEM_FREE), free_b - kMmuPage);
+  uint64_t sa = 0, sb = 0;
+  ASSERT_EQ(aa.submit(ja.cmds(), &sa), 0);
+  ASSERT_EQ(bb.submit(jb.cmds(), &sb), 0);
+  EXPECT_EQ(aa.wait_status(sa), 0);
+  EXPECT_EQ(bb.wait_status(sb), 0);
+  ja.check(a.get());
+  jb.check(b.get());
+  // Handles of one device mean nothing on the other.
+  auto c = copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, ja.in_bo, ja.dev, 0, 0, 4);
+  uint64_t s = 0;
+  int ret = bb.submit({c}, &s);
+  EXPECT_TRUE(ret == -ENOENT || ret == -EINVAL || ret == 0);
+  if (!ret)
+    bb.wait_status(s);
 }
 
 /// The accel device node of the PCI device at `pci`, once its driver has bound it ("" after `timeout_ms`).
-std::string accel_node_of(const std::string &pci, int timeout_ms = 10000)
-{
-	const std::string dir = "/sys/bus/pci/devices/" + pci + "/accel";
-	for (int waited = 0; waited < timeout_ms; waited += 10) {
-		if (DIR *d = opendir(dir.c_str())) {
-			std::string name;
-			while (dirent *e = readdir(d)) {
-				if (!strncmp(e->d_name, "accel", 5))
-					name = e->d_name;
-			}
-			closedir(d);
-			if (!name.empty() && device_present(("/dev/accel/" + name).c_str()))
-				return "/dev/accel/" + name;
-		}
-		usleep(10000);
-	}
-	return {};
+std::string accel_node_of(const std::string& pci, int timeout_ms = 10000) {
+  const std::string dir = "/sys/bus/pci/devices/" + pci + "/accel";
+  for (int waited = 0; waited < timeout_ms; waited += 10) {
+    if (DIR* d = opendir(dir.c_str())) {
+      std::string name;
+      while (dirent* e = readdir(d)) {
+        if (!strncmp(e->d_name, "accel", 5))
+          name = e->d_name;
+      }
+      closedir(d);
+      if (!name.empty() && device_present(("/dev/accel/" + name).c_str()))
+        return "/dev/accel/" + name;
+    }
+    usleep(10000);
+  }
+  return {};
 }
 
-TEST(MultiDevice, UnbindWithDependencyChainInFlightThenRebindWorks)
-{
-	// Used to go wrong: remove flushed the dependency work once, but each level of a dependency chain queues it
-	// again from inside itself, so driver code could still run after remove returned (and after rmmod).
-	if (!device_present("/dev/accel/accel1"))
-		GTEST_SKIP() << "only one vnpu device (./vnpu vm --devices 2); unbinding the only one would disturb "
-				"other tests";
-	const std::string pci = pci_address(1);
-	ASSERT_FALSE(pci.empty());
-	{
-		Fd f(open_device("/dev/accel/accel1"));
-		ASSERT_GE(f.get(), 0);
-		Api api{f.get()};
-		// A long job on queue 0, then three more levels, each on its own queue, waiting for the previous one.
-		uint32_t queue = 0;
-		uint64_t seqno = 0;
-		JobSpec head;
-		head.cmds = {synth_cmd(2000000000)};
-		ASSERT_EQ(api.submit_jobs({head}, &seqno, queue), 0);
-		for (int level = 0; level < 3; level++) {
-			uint32_t next = 0;
-			ASSERT_EQ(api.queue_create(1, &next), 0);
-			JobSpec j;
-			j.cmds = {nop_cmd()};
-			j.deps = {drm_vnpu_dep{queue, 0, seqno}};
-			ASSERT_EQ(api.submit_jobs({j}, &seqno, next), 0);
-			queue = next;
-		}
-		ASSERT_TRUE(write_file("/sys/bus/pci/devices/" + pci + "/driver/unbind", pci));
-		uint64_t v = 0;
-		EXPECT_EQ(api.get_param(DRM_VNPU_PARAM_DEVMEM_FREE, &v), -ENODEV);
-	}
-	// The driver binds the device again and it works (its minor may have changed: look it up by PCI address).
-	ASSERT_TRUE(write_file("/sys/bus/pci/drivers/vnpu/bind", pci));
-	const std::string node = accel_node_of(pci);
-	ASSERT_FALSE(node.empty()) << "device " << pci << " did not come back";
-	Fd f(open_device(node.c_str()));
-	ASSERT_GE(f.get(), 0);
-	Api api{f.get()};
-	uint64_t seqno = 0;
-	ASSERT_EQ(api.submit({nop_cmd()}, &seqno), 0);
-	EXPECT_EQ(api.wait_status(seqno), 0);
+TEST(MultiDevice, UnbindWithDependencyChainInFlightThenRebindWorks) {
+  // Used to go wrong: remove flushed the dependency work once, but each level of a dependency chain queues it
+  // again from inside itself, so driver code could still run after remove returned (and after rmmod).
+  if (!device_present("/dev/accel/accel1"))
+    GTEST_SKIP() << "only one vnpu device (./vnpu vm --devices 2); unbinding the only one would disturb "
+                    "other tests";
+  const std::string pci = pci_address(1);
+  ASSERT_FALSE(pci.empty());
+  {
+    Fd f(open_device("/dev/accel/accel1"));
+    ASSERT_GE(f.get(), 0);
+    Api api{f.get()};
+    // A long job on queue 0, then three more levels, each on its own queue, waiting for the previous one.
+    uint32_t queue = 0;
+    uint64_t seqno = 0;
+    JobSpec head;
+    head.cmds = {synth_cmd(2000000000)};
+    ASSERT_EQ(api.submit_jobs({head}, &seqno, queue), 0);
+    for (int level = 0; level < 3; level++) {
+      uint32_t next = 0;
+      ASSERT_EQ(api.queue_create(1, &next), 0);
+      JobSpec j;
+      j.cmds = {nop_cmd()};
+      j.deps = {drm_vnpu_dep{queue, 0, seqno}};
+      ASSERT_EQ(api.submit_jobs({j}, &seqno, next), 0);
+      queue = next;
+    }
+    ASSERT_TRUE(write_file("/sys/bus/pci/devices/" + pci + "/driver/unbind", pci));
+    uint64_t v = 0;
+    EXPECT_EQ(api.get_param(DRM_VNPU_PARAM_DEVMEM_FREE, &v), -ENODEV);
+  }
+  // The driver binds the device again and it works (its minor may have changed: look it up by PCI address).
+  ASSERT_TRUE(write_file("/sys/bus/pci/drivers/vnpu/bind", pci));
+  const std::string node = accel_node_of(pci);
+  ASSERT_FALSE(node.empty()) << "device " << pci << " did not come back";
+  Fd f(open_device(node.c_str()));
+  ASSERT_GE(f.get(), 0);
+  Api api{f.get()};
+  uint64_t seqno = 0;
+  ASSERT_EQ(api.submit({nop_cmd()}, &seqno), 0);
+  EXPECT_EQ(api.wait_status(seqno), 0);
 }
 
-} // namespace
+}  // namespace

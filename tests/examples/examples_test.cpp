@@ -7,8 +7,8 @@
 #include <fstream>
 
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <vnpu/error.h>
+#include <nlohmann/json.hpp>
 
 #include "bench.h"
 #include "coco.h"
@@ -31,7 +31,9 @@ ex::Detection det(float x1, float y1, float x2, float y2, float score, int cls) 
   return {{x1, y1, x2, y2}, score, cls};
 }
 
-fs::path temp_file(const std::string& name) { return fs::temp_directory_path() / ("vnpu-examples-test-" + name); }
+fs::path temp_file(const std::string& name) {
+  return fs::temp_directory_path() / ("vnpu-examples-test-" + name);
+}
 
 }  // namespace
 
@@ -77,7 +79,8 @@ TEST(Nms, SuppressesOverlapsWithinAClassOnly) {
 
 TEST(Nms, KeepsAtMostMaxDetectionsByScore) {
   std::vector<ex::Detection> in;
-  for (int i = 0; i < 10; ++i) in.push_back(det(20.0f * i, 0, 20.0f * i + 10, 10, 0.1f * i, 0));
+  for (int i = 0; i < 10; ++i)
+    in.push_back(det(20.0f * i, 0, 20.0f * i + 10, 10, 0.1f * i, 0));
   auto out = ex::nms_per_class(in, 0.45f, 3);
   ASSERT_EQ(out.size(), 3u);
   EXPECT_FLOAT_EQ(out[0].score, 0.9f);
@@ -87,10 +90,10 @@ TEST(Nms, KeepsAtMostMaxDetectionsByScore) {
 TEST(DecodeYolov8, FiltersByConfidenceAndUndoesTheLetterbox) {
   // 2 classes, 3 anchors: rows cx, cy, w, h, p(class0), p(class1).
   // Anchor 0: box centred (100, 120), 40x20, class 1 at 0.8. Anchor 1: below threshold. Anchor 2: NaN score.
-  std::vector<float> v = {100, 50, 10,  //
-                          120, 50, 10,  //
-                          40,  10, 10,  //
-                          20,  10, 10,  //
+  std::vector<float> v = {100,  50,   10,   //
+                          120,  50,   10,   //
+                          40,   10,   10,   //
+                          20,   10,   10,   //
                           0.1f, 0.2f, NAN,  //
                           0.8f, 0.1f, 0.3f};
   vnpu::Tensor out({1, 6, 3}, v);
@@ -150,8 +153,8 @@ TEST(Letterbox, CentresTheImageOnGrey) {
   EXPECT_FLOAT_EQ(lb.scale, 2.0f);
   EXPECT_FLOAT_EQ(lb.pad_x, 0);
   EXPECT_FLOAT_EQ(lb.pad_y, 2);
-  EXPECT_FLOAT_EQ(t.data()[0], 114.0f / 255.0f);   // top padding row
-  EXPECT_FLOAT_EQ(t.data()[2 * 8 + 3], 1.0f);       // image row 2
+  EXPECT_FLOAT_EQ(t.data()[0], 114.0f / 255.0f);          // top padding row
+  EXPECT_FLOAT_EQ(t.data()[2 * 8 + 3], 1.0f);             // image row 2
   EXPECT_FLOAT_EQ(t.data()[6 * 8 + 3], 114.0f / 255.0f);  // bottom padding
 }
 
@@ -179,7 +182,8 @@ TEST(Npy, RoundTripsAndRejectsOtherDtypes) {
 }
 
 TEST(NyuLoader, ReadsTheFixtureFiles) {
-  if (fixtures().empty()) GTEST_SKIP() << "VNPU_EXAMPLE_FIXTURES not set";
+  if (fixtures().empty())
+    GTEST_SKIP() << "VNPU_EXAMPLE_FIXTURES not set";
   auto files = ex::list_nyu_files(fixtures() + "/nyu_depth_v2");
   ASSERT_GE(files.size(), 1u);
   ex::NyuSample s = ex::load_nyu_h5(files[0]);
@@ -187,7 +191,8 @@ TEST(NyuLoader, ReadsTheFixtureFiles) {
   EXPECT_EQ(s.rgb.height, 480);
   EXPECT_EQ(s.depth.size(), size_t(640 * 480));
   float lo = 1e9f, hi = -1e9f;
-  for (float d : s.depth) lo = std::min(lo, d), hi = std::max(hi, d);
+  for (float d : s.depth)
+    lo = std::min(lo, d), hi = std::max(hi, d);
   EXPECT_EQ(lo, 0.0f);  // the fixture has missing readings
   EXPECT_GT(hi, 1.0f);
   EXPECT_LE(hi, 10.0f);
@@ -206,7 +211,8 @@ TEST(NyuLoader, RejectsFilesThatAreNotNyuSamples) {
 }
 
 TEST(CocoLoader, ReadsAnnotationsAndImages) {
-  if (fixtures().empty()) GTEST_SKIP() << "VNPU_EXAMPLE_FIXTURES not set";
+  if (fixtures().empty())
+    GTEST_SKIP() << "VNPU_EXAMPLE_FIXTURES not set";
   ex::CocoDataset coco(fixtures() + "/coco");
   ASSERT_GE(coco.images().size(), 1u);
   EXPECT_EQ(coco.category_name(1), "person");

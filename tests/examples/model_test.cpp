@@ -36,7 +36,8 @@ TEST_P(ModelMatchesPytorch, WithinTolerance) {
   const vnpu::Tensor& y = out[0];
   ASSERT_EQ(y.shape(), ref.shape());
   double rms = 0;
-  for (float r : ref.data()) rms += double(r) * r;
+  for (float r : ref.data())
+    rms += double(r) * r;
   rms = std::sqrt(rms / double(ref.size()));
   const double atol = kAbs * std::max(1.0, rms);
   size_t bad = 0, worst = 0;
@@ -45,12 +46,14 @@ TEST_P(ModelMatchesPytorch, WithinTolerance) {
     const double r = ref.data()[i], v = y.data()[i], err = std::abs(v - r);
     max_abs = std::max(max_abs, std::isfinite(err) ? err : INFINITY);
     const double excess = std::isfinite(err) ? err - (atol + kRel * std::abs(r)) : INFINITY;
-    if (excess > 0) ++bad;
-    if (excess > worst_excess) worst_excess = excess, worst = i;
+    if (excess > 0)
+      ++bad;
+    if (excess > worst_excess)
+      worst_excess = excess, worst = i;
   }
   RecordProperty("max_abs_error", std::to_string(max_abs));
-  std::cout << program << ": max |y - ref| = " << max_abs << " (atol " << atol << ", rtol " << kRel << ", "
-            << y.size() << " elements)\n";
+  std::cout << program << ": max |y - ref| = " << max_abs << " (atol " << atol << ", rtol " << kRel << ", " << y.size()
+            << " elements)\n";
   EXPECT_EQ(bad, 0u) << bad << " of " << y.size() << " elements out of tolerance; worst at " << worst << ": got "
                      << y.data()[worst] << ", PyTorch " << ref.data()[worst];
 }
@@ -61,7 +64,8 @@ INSTANTIATE_TEST_SUITE_P(Examples, ModelMatchesPytorch, testing::Range<size_t>(0
 
 int main(int argc, char** argv) {
   testing::InitGoogleTest(&argc, argv);
-  for (int i = 1; i + 1 < argc; i += 2) g_models.emplace_back(argv[i], argv[i + 1]);
+  for (int i = 1; i + 1 < argc; i += 2)
+    g_models.emplace_back(argv[i], argv[i + 1]);
   if (g_models.size() != 2) {
     std::cerr << "usage: model_test MODEL1.vnpu MODEL1.input.npy MODEL2.vnpu MODEL2.input.npy\n";
     return 2;

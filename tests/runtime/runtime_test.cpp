@@ -36,7 +36,8 @@ vnpu::Tensor random_tensor(std::vector<int64_t> shape, uint32_t seed) {
   vnpu::Tensor t(std::move(shape));
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  for (float& v : t.data()) v = dist(rng);
+  for (float& v : t.data())
+    v = dist(rng);
   return t;
 }
 
@@ -46,11 +47,12 @@ vnpu::MatmulModel make_model(int64_t m, int64_t k, int64_t n, uint32_t seed = 1)
 
 // Bit-for-bit comparison (EXPECT_EQ on floats would accept -0 == +0 and print less).
 ::testing::AssertionResult bit_exact(const vnpu::Tensor& got, const vnpu::Tensor& want) {
-  if (got.shape() != want.shape()) return ::testing::AssertionFailure() << "shape differs";
+  if (got.shape() != want.shape())
+    return ::testing::AssertionFailure() << "shape differs";
   for (size_t i = 0; i < got.size(); ++i)
     if (std::memcmp(&got.data()[i], &want.data()[i], sizeof(float)) != 0)
-      return ::testing::AssertionFailure() << "element " << i << ": got " << got.data()[i] << ", want "
-                                           << want.data()[i];
+      return ::testing::AssertionFailure()
+             << "element " << i << ": got " << got.data()[i] << ", want " << want.data()[i];
   return ::testing::AssertionSuccess();
 }
 
@@ -59,8 +61,9 @@ class Conformance : public ::testing::Test {
   void SetUp() override {
     backend_ = backend_under_test();
     if (backend_ == "kernel") {
-      struct stat st{};
-      if (::stat("/dev/accel/accel0", &st) != 0) GTEST_SKIP() << "/dev/accel/accel0 absent: kernel backend needs the VM";
+      struct stat st {};
+      if (::stat("/dev/accel/accel0", &st) != 0)
+        GTEST_SKIP() << "/dev/accel/accel0 absent: kernel backend needs the VM";
     }
   }
   vnpu::RuntimeOptions options(int parallel = 1, int max_in_flight = 0) const {
@@ -114,9 +117,10 @@ TEST_F(Device, CopiesHostToDeviceAndBack) {
   auto src = dev->alloc_host(bytes).value();
   auto dst = dev->alloc_host(bytes).value();
   auto mem = dev->alloc_device(bytes).value();
-  for (size_t i = 0; i < bytes; ++i) static_cast<uint8_t*>(src.data())[i] = static_cast<uint8_t>(i * 7 + 1);
-  vnpu::Job job{{vnpu::Command::copy_to_device(src, 0, mem, 0, bytes),
-                 vnpu::Command::copy_from_device(mem, 0, dst, 0, bytes)}};
+  for (size_t i = 0; i < bytes; ++i)
+    static_cast<uint8_t*>(src.data())[i] = static_cast<uint8_t>(i * 7 + 1);
+  vnpu::Job job{
+      {vnpu::Command::copy_to_device(src, 0, mem, 0, bytes), vnpu::Command::copy_from_device(mem, 0, dst, 0, bytes)}};
   auto r = dev->run(std::move(job)).value();
   ASSERT_TRUE(r.status.ok()) << r.status.error().what();
   EXPECT_EQ(std::memcmp(src.data(), dst.data(), bytes), 0);
@@ -284,7 +288,9 @@ TEST(Task, CoAwaitResumesWhenResolvedOnAnotherThread) {
   resolver.join();
 }
 
-vnpu::Async<int> await_failure(vnpu::Task<int> t) { co_return co_await std::move(t); }
+vnpu::Async<int> await_failure(vnpu::Task<int> t) {
+  co_return co_await std::move(t);
+}
 
 TEST(Task, CoAwaitRethrowsTheStoredError) {
   auto s = std::make_shared<vnpu::detail::TaskState<int>>();
@@ -325,9 +331,11 @@ TEST_P(Runtime, ManyConcurrentRunsAllCorrect) {
         tasks.emplace_back(rt.run(std::move(x)), std::move(want));
       }
       for (auto& [task, want] : tasks)
-        if (!bit_exact(task.wait()[0], want)) ++wrong;
+        if (!bit_exact(task.wait()[0], want))
+          ++wrong;
     });
-  for (auto& th : threads) th.join();
+  for (auto& th : threads)
+    th.join();
   EXPECT_EQ(wrong.load(), 0);
 }
 
@@ -392,7 +400,8 @@ vnpu::Async<vnpu::Outputs> infer_twice(vnpu::AsyncRuntime& rt, vnpu::Tensor x1, 
   vnpu::Outputs a = co_await rt.async_run(std::move(x1));
   vnpu::Outputs b = co_await rt.async_run(std::move(x2));
   // Add the second result into the first so the test sees both.
-  for (size_t i = 0; i < a[0].size(); ++i) a[0].data()[i] += b[0].data()[i];
+  for (size_t i = 0; i < a[0].size(); ++i)
+    a[0].data()[i] += b[0].data()[i];
   co_return a;
 }
 
@@ -402,7 +411,8 @@ TEST_P(Runtime, CoAwaitAsyncRunYieldsTheResult) {
   auto x1 = random_tensor({8, 32}, 11), x2 = random_tensor({8, 32}, 12);
   auto want = model.reference(x1);
   auto want2 = model.reference(x2);
-  for (size_t i = 0; i < want.size(); ++i) want.data()[i] += want2.data()[i];
+  for (size_t i = 0; i < want.size(); ++i)
+    want.data()[i] += want2.data()[i];
   auto got = vnpu::sync_wait(infer_twice(rt, x1, x2));
   EXPECT_TRUE(bit_exact(got[0], want));
 }
@@ -421,7 +431,8 @@ TEST_P(Runtime, DestructionWithWorkInFlightDrainsOrCancelsIt) {
     }
     if (GetParam() == 2) {
       // And some whose tasks are dropped at once: detached work must not block or crash the shutdown.
-      for (int i = 0; i < 8; ++i) (void)rt.run(random_tensor({32, 64}, 500 + i));
+      for (int i = 0; i < 8; ++i)
+        (void)rt.run(random_tensor({32, 64}, 500 + i));
     }
   }  // destroyed here with most requests still queued or on the device
   int done = 0, cancelled = 0;

@@ -32,8 +32,9 @@ std::string backend() {
 }
 
 bool have_device(int i) {
-  if (backend() != "kernel") return true;
-  struct stat st{};
+  if (backend() != "kernel")
+    return true;
+  struct stat st {};
   return ::stat(("/dev/accel/accel" + std::to_string(i)).c_str(), &st) == 0;
 }
 
@@ -46,7 +47,8 @@ std::string thread_name() {
 class Semantics : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!have_device(0)) GTEST_SKIP() << "no /dev/accel/accel0: the kernel backend needs the VM";
+    if (!have_device(0))
+      GTEST_SKIP() << "no /dev/accel/accel0: the kernel backend needs the VM";
   }
   static vnpu::RuntimeOptions opts(int parallel = 1, int depth = 0) {
     vnpu::RuntimeOptions o;
@@ -54,7 +56,8 @@ class Semantics : public ::testing::Test {
     o.parallel = parallel;
     o.max_in_flight = depth;
     const char* s = std::getenv("VNPU_SUBMIT");
-    if (s && std::string(s) == "ioctl") o.submit_mode = vnpu::SubmitMode::kIoctl;
+    if (s && std::string(s) == "ioctl")
+      o.submit_mode = vnpu::SubmitMode::kIoctl;
     return o;
   }
   static vnpu::CompiledModel synth(std::chrono::nanoseconds compute, uint64_t bytes = 4096) {
@@ -67,14 +70,16 @@ class Semantics : public ::testing::Test {
   static vnpu::Tensor input_for(const vnpu::CompiledModel& m, float base = 0.0f) {
     vnpu::Tensor t(m.inputs()[0].shape);
     auto d = t.data();
-    for (size_t i = 0; i < d.size(); ++i) d[i] = base + static_cast<float>(i);
+    for (size_t i = 0; i < d.size(); ++i)
+      d[i] = base + static_cast<float>(i);
     return t;
   }
 };
 
 vnpu::MatmulModel identity_model(int64_t n) {
   vnpu::Tensor w({n, n});
-  for (int64_t i = 0; i < n; ++i) w.data()[static_cast<size_t>(i * n + i)] = 1.0f;
+  for (int64_t i = 0; i < n; ++i)
+    w.data()[static_cast<size_t>(i * n + i)] = 1.0f;
   return vnpu::MatmulModel(n, std::move(w));
 }
 
@@ -119,7 +124,8 @@ TEST_F(Semantics, CoroutinesResumeOnTheCallbackThread) {
 vnpu::Task<float> chained(vnpu::AsyncRuntime& rt, float v) {
   const std::vector<int64_t> shape{4, 4};
   vnpu::Tensor x(shape);
-  for (float& e : x.data()) e = v;
+  for (float& e : x.data())
+    e = v;
   auto a = co_await rt.async_run(std::move(x));
   auto b = co_await rt.async_run(a[0]);  // identity twice, from the callback thread
   co_return b[0].data()[0];
@@ -128,10 +134,12 @@ vnpu::Task<float> chained(vnpu::AsyncRuntime& rt, float v) {
 TEST_F(Semantics, WhenAllGathersResultsInOrder) {
   vnpu::AsyncRuntime rt(identity_model(4), opts(2));
   std::vector<vnpu::Task<float>> tasks;
-  for (int i = 0; i < 12; ++i) tasks.push_back(chained(rt, static_cast<float>(i)));
+  for (int i = 0; i < 12; ++i)
+    tasks.push_back(chained(rt, static_cast<float>(i)));
   auto all = vnpu::sync_wait(vnpu::when_all(std::move(tasks)));
   ASSERT_EQ(all.size(), 12u);
-  for (int i = 0; i < 12; ++i) EXPECT_EQ(all[static_cast<size_t>(i)], static_cast<float>(i));
+  for (int i = 0; i < 12; ++i)
+    EXPECT_EQ(all[static_cast<size_t>(i)], static_cast<float>(i));
 }
 
 TEST_F(Semantics, WhenAllOfDifferentTypesMakesATuple) {
@@ -160,7 +168,8 @@ TEST_F(Semantics, EveryRequestResolvesOnceWithItsOwnResult) {
   std::vector<vnpu::Task<vnpu::Outputs>> tasks;
   for (int i = 0; i < 40; ++i) {
     vnpu::Tensor x({8, 8});
-    for (float& e : x.data()) e = static_cast<float>(i);
+    for (float& e : x.data())
+      e = static_cast<float>(i);
     tasks.push_back(rt.run(std::move(x)));
   }
   for (int i = 0; i < 40; ++i) {
@@ -257,7 +266,8 @@ std::vector<uint8_t> copy_program(uint32_t n_in, uint32_t n_out) {
   h.ops_size = 24;
   h.total_size = p.size();
   std::memcpy(p.data(), &h, sizeof h);
-  vnpu_isa_binding b[3] = {{VNPU_ISA_BIND_WEIGHTS, 0, 64}, {VNPU_ISA_BIND_INPUT, 0, n_in * 4ull}, {VNPU_ISA_BIND_OUTPUT, 0, n_out * 4ull}};
+  vnpu_isa_binding b[3] = {
+      {VNPU_ISA_BIND_WEIGHTS, 0, 64}, {VNPU_ISA_BIND_INPUT, 0, n_in * 4ull}, {VNPU_ISA_BIND_OUTPUT, 0, n_out * 4ull}};
   std::memcpy(p.data() + 80, b, sizeof b);
   vnpu_isa_tensor t[2]{};
   t[0].binding = 1;
@@ -295,7 +305,8 @@ TEST_F(Semantics, ExecRunsACompiledProgram) {
   EXPECT_EQ(model.kind(), "exec");
   vnpu::AsyncRuntime rt(model, opts(2));
   std::vector<vnpu::Task<vnpu::Outputs>> tasks;
-  for (int i = 0; i < 8; ++i) tasks.push_back(rt.run(input_for(model, static_cast<float>(i * 1000))));
+  for (int i = 0; i < 8; ++i)
+    tasks.push_back(rt.run(input_for(model, static_cast<float>(i * 1000))));
   for (int i = 0; i < 8; ++i) {
     auto out = tasks[static_cast<size_t>(i)].wait();
     EXPECT_TRUE(out.at("y") == input_for(model, static_cast<float>(i * 1000)));
@@ -352,7 +363,8 @@ TEST_F(Semantics, LoadRejectsDamagedFiles) {
 TEST_F(Semantics, BorrowedInputsAndOutputsUseCallerMemory) {
   vnpu::AsyncRuntime rt(identity_model(8), opts());
   std::vector<float> in(64), out(64, -1.0f);
-  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<float>(i) * 0.5f;
+  for (size_t i = 0; i < in.size(); ++i)
+    in[i] = static_cast<float>(i) * 0.5f;
   auto x = vnpu::Tensor::borrow({8, 8}, std::span<const float>(in));
   auto y = vnpu::Tensor::borrow({8, 8}, std::span<float>(out));
   std::vector<vnpu::Tensor> outs;
@@ -405,15 +417,18 @@ TEST_F(Semantics, BackPressureBoundsWhatIsHeld) {
   vnpu::AsyncRuntime rt(synth(std::chrono::microseconds(200), 64 << 10), opts(2, 2));
   const uint64_t held = rt.host_dma_bytes();
   std::vector<vnpu::Task<vnpu::Outputs>> tasks;
-  for (int i = 0; i < 200; ++i) tasks.push_back(rt.run(input_for(rt.model())));
+  for (int i = 0; i < 200; ++i)
+    tasks.push_back(rt.run(input_for(rt.model())));
   EXPECT_EQ(rt.host_dma_bytes(), held) << "DMA memory must not grow with the number of queued requests";
-  for (auto& t : tasks) EXPECT_NO_THROW((void)t.wait());
+  for (auto& t : tasks)
+    EXPECT_NO_THROW((void)t.wait());
 }
 
 TEST_F(Semantics, SyntheticModelReportsItsModelledStages) {
   vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(3), 1 << 20), opts());
   auto t = rt.run(input_for(rt.model())).wait().timings;
-  if (!rt.device_info().timestamps) GTEST_SKIP() << "backend without device timestamps";
+  if (!rt.device_info().timestamps)
+    GTEST_SKIP() << "backend without device timestamps";
   EXPECT_GE(t.compute_ns, 3'000'000u);
   EXPECT_GT(t.h2d_ns, 0u);
   EXPECT_GT(t.d2h_ns, 0u);
@@ -434,7 +449,8 @@ TEST_F(Semantics, RequestsSpreadOverSeveralDevices) {
   std::vector<vnpu::Task<vnpu::Outputs>> tasks;
   for (int i = 0; i < 16; ++i) {
     vnpu::Tensor x({8, 8});
-    for (float& e : x.data()) e = static_cast<float>(i);
+    for (float& e : x.data())
+      e = static_cast<float>(i);
     tasks.push_back(rt.run(std::move(x)));
   }
   int used[2] = {0, 0};

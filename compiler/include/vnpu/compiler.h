@@ -42,12 +42,12 @@ struct CompileOptions {
 
 /// What the compiler did, for --info style reporting.
 struct CompileStats {
-  uint32_t onnx_nodes = 0;       ///< nodes in the source graph
-  uint32_t folded_nodes = 0;     ///< nodes evaluated at compile time (constants, shape arithmetic)
-  uint32_t fused_nodes = 0;      ///< nodes merged into another op (BatchNorm, activations, Reshape aliases)
-  uint32_t program_ops = 0;      ///< ops in the emitted program
+  uint32_t onnx_nodes = 0;    ///< nodes in the source graph
+  uint32_t folded_nodes = 0;  ///< nodes evaluated at compile time (constants, shape arithmetic)
+  uint32_t fused_nodes = 0;   ///< nodes merged into another op (BatchNorm, activations, Reshape aliases)
+  uint32_t program_ops = 0;   ///< ops in the emitted program
   uint64_t weights_bytes = 0;
-  uint64_t scratch_bytes = 0;    ///< scratch binding size after planning
+  uint64_t scratch_bytes = 0;      ///< scratch binding size after planning
   uint64_t scratch_unplanned = 0;  ///< scratch if every intermediate had its own range (planning gain)
 };
 

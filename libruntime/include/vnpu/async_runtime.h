@@ -86,7 +86,8 @@ struct RequestTimings {
   [[nodiscard]] Clock::duration total() const { return resolved - enqueued; }
   /// Device time from the start of its H2D to the end of its D2H, if timestamps are available.
   [[nodiscard]] std::optional<std::chrono::nanoseconds> device() const {
-    if (!device_start_ns || !device_end_ns) return std::nullopt;
+    if (!device_start_ns || !device_end_ns)
+      return std::nullopt;
     return std::chrono::nanoseconds(*device_end_ns - *device_start_ns);
   }
 };

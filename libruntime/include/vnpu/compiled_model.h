@@ -26,18 +26,18 @@ struct ModelData;
 
 /// A model input or output as the caller sees it.
 struct TensorInfo {
-  std::string name;             ///< the source model's name for it
-  DType dtype = DType::kF32;    ///< element type
-  std::vector<int64_t> shape;   ///< static shape; {} is a scalar
-  uint64_t size_bytes = 0;      ///< product(shape) * element size
+  std::string name;            ///< the source model's name for it
+  DType dtype = DType::kF32;   ///< element type
+  std::vector<int64_t> shape;  ///< static shape; {} is a scalar
+  uint64_t size_bytes = 0;     ///< product(shape) * element size
 };
 
 /// A synthetic model (vnpu-bench --synthetic): no real computation, but known time in every stage.
 struct SyntheticSpec {
-  std::chrono::nanoseconds host_prep{0};  ///< CPU time spent per request on the prep thread (busy loop + copy)
-  uint64_t input_bytes = 4;               ///< bytes moved host→device per request
-  std::chrono::nanoseconds compute{1000}; ///< modelled compute time (a SYNTH command), > 0
-  uint64_t output_bytes = 4;              ///< bytes moved device→host per request
+  std::chrono::nanoseconds host_prep{0};   ///< CPU time spent per request on the prep thread (busy loop + copy)
+  uint64_t input_bytes = 4;                ///< bytes moved host→device per request
+  std::chrono::nanoseconds compute{1000};  ///< modelled compute time (a SYNTH command), > 0
+  uint64_t output_bytes = 4;               ///< bytes moved device→host per request
 };
 
 /// Immutable after construction; copies share the data. Safe to use from any thread.
@@ -52,8 +52,8 @@ class VNPU_API CompiledModel {
   /// command.
   [[nodiscard]] static CompiledModel from_matmul(const MatmulModel& model);
   /// A synthetic model with input "x" and output "y", each f32[1]; its H2D moves input_bytes and its D2H
-  /// output_bytes (rounded up to whole f32) of a device binding, so the host pays only host_prep. Throws Error(kInvalidArgument) for zero sizes or compute outside
-  /// 1 ns..10 s.
+  /// output_bytes (rounded up to whole f32) of a device binding, so the host pays only host_prep. Throws
+  /// Error(kInvalidArgument) for zero sizes or compute outside 1 ns..10 s.
   [[nodiscard]] static CompiledModel synthetic(const SyntheticSpec& spec);
 
   /// Inputs, in the order run() takes them.

@@ -10,8 +10,8 @@
 #include <exception>
 #include <mutex>
 #include <optional>
-#include <type_traits>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -72,7 +72,8 @@ class [[nodiscard]] Async {
   Async(Async&& o) noexcept : h_(std::exchange(o.h_, {})) {}
   Async& operator=(Async&& o) noexcept {
     if (this != &o) {
-      if (h_) h_.destroy();
+      if (h_)
+        h_.destroy();
       h_ = std::exchange(o.h_, {});
     }
     return *this;
@@ -80,7 +81,8 @@ class [[nodiscard]] Async {
   Async(const Async&) = delete;
   Async& operator=(const Async&) = delete;
   ~Async() {
-    if (h_) h_.destroy();
+    if (h_)
+      h_.destroy();
   }
 
   auto operator co_await() && noexcept {
@@ -92,7 +94,8 @@ class [[nodiscard]] Async {
         return h;
       }
       T await_resume() {
-        if (h.promise().error) std::rethrow_exception(h.promise().error);
+        if (h.promise().error)
+          std::rethrow_exception(h.promise().error);
         return h.promise().get();
       }
     };
@@ -183,8 +186,10 @@ detail::AwaitResult<A&&> sync_wait(A&& awaitable) {
   driver.h.resume();
   event.wait();
   driver.h.destroy();
-  if (error) std::rethrow_exception(error);
-  if constexpr (!std::is_void_v<R>) return std::move(*result);
+  if (error)
+    std::rethrow_exception(error);
+  if constexpr (!std::is_void_v<R>)
+    return std::move(*result);
 }
 
 /// Await every task in order and return their results in the same order (like asyncio.gather). The tasks
@@ -195,19 +200,20 @@ template <class T>
 Task<std::vector<T>> when_all(std::vector<Task<T>> tasks) {
   std::vector<T> out;
   out.reserve(tasks.size());
-  for (auto& t : tasks) out.push_back(co_await std::move(t));
+  for (auto& t : tasks)
+    out.push_back(co_await std::move(t));
   co_return out;
 }
 
 /// when_all for tasks without a result.
 inline Task<void> when_all(std::vector<Task<void>> tasks) {
-  for (auto& t : tasks) co_await std::move(t);
+  for (auto& t : tasks)
+    co_await std::move(t);
 }
 
 /// when_all over tasks of different types: a tuple of their results.
 template <class... Ts>
-  requires(sizeof...(Ts) >= 2 && (!std::is_void_v<Ts> && ...))
-Task<std::tuple<Ts...>> when_all(Task<Ts>... tasks) {
+requires(sizeof...(Ts) >= 2 && (!std::is_void_v<Ts> && ...)) Task<std::tuple<Ts...>> when_all(Task<Ts>... tasks) {
   co_return std::tuple<Ts...>{co_await std::move(tasks)...};
 }
 

@@ -53,21 +53,21 @@ struct DeviceOptions {
 
 /// What an opened device is and can do.
 struct DeviceInfo {
-  std::string backend;           ///< "kernel" or "sim"
-  std::string name;              ///< e.g. "/dev/accel/accel0" or "sim0 (in-process engine)"
-  uint32_t device_version = 0;   ///< interface version, major << 16 | minor
-  uint32_t caps = 0;             ///< VNPU_CAP_* bits
-  uint64_t devmem_size = 0;      ///< device memory, bytes
-  uint32_t max_cmds_per_job = 0; ///< longest job submit() accepts
-  bool timestamps = false;       ///< JobResult carries device t_start/t_end
-  std::string submit_path;       ///< "uring", "ioctl" or "mmio" (sim)
+  std::string backend;                                      ///< "kernel" or "sim"
+  std::string name;                                         ///< e.g. "/dev/accel/accel0" or "sim0 (in-process engine)"
+  uint32_t device_version = 0;                              ///< interface version, major << 16 | minor
+  uint32_t caps = 0;                                        ///< VNPU_CAP_* bits
+  uint64_t devmem_size = 0;                                 ///< device memory, bytes
+  uint32_t max_cmds_per_job = 0;                            ///< longest job submit() accepts
+  bool timestamps = false;                                  ///< JobResult carries device t_start/t_end
+  std::string submit_path;                                  ///< "uring", "ioctl" or "mmio" (sim)
   uint32_t h2d_mbps = 0, d2h_mbps = 0, compute_gflops = 0;  ///< timing model, if known (0 otherwise)
   uint32_t compute_cores = 1;    ///< compute commands of different jobs run concurrently on this many cores
   uint32_t cmd_overhead_ns = 0;  ///< timing model: fixed cost per command, if known
   uint32_t h2d_latency_ns = 0, d2h_latency_ns = 0;  ///< timing model: fixed cost per transfer, if known
-  uint64_t mmu_page_size = 0;    ///< device MMU page size; device allocations round up to it
-  uint32_t context_id = 0;       ///< this open device's address-space context on the device
-  bool timing_only = false;      ///< compute is modelled but not executed: outputs are undefined
+  uint64_t mmu_page_size = 0;                       ///< device MMU page size; device allocations round up to it
+  uint32_t context_id = 0;                          ///< this open device's address-space context on the device
+  bool timing_only = false;                         ///< compute is modelled but not executed: outputs are undefined
 };
 
 /// Host memory the device reaches by DMA, mapped into this process. Move-only handle; the memory stays alive
@@ -88,9 +88,7 @@ class VNPU_API HostBuffer {
   [[nodiscard]] void* data() const noexcept;
   /// Usable size in bytes (as requested).
   [[nodiscard]] size_t size() const noexcept;
-  [[nodiscard]] std::span<std::byte> bytes() const noexcept {
-    return {static_cast<std::byte*>(data()), size()};
-  }
+  [[nodiscard]] std::span<std::byte> bytes() const noexcept { return {static_cast<std::byte*>(data()), size()}; }
   explicit operator bool() const noexcept { return obj_ != nullptr; }
   /// The shared object jobs hold on to (library use).
   [[nodiscard]] const std::shared_ptr<detail::HostBufferObject>& object() const noexcept { return obj_; }
@@ -137,8 +135,8 @@ struct VNPU_API Command {
 
   /// Run the program prog[prog_offset, +prog_size) (vnpu_isa.h) with the binding table
   /// bindings[bindings_offset, +8*num_bindings) (little-endian u64 device addresses). Offsets 8-byte aligned.
-  static Command exec(const DeviceBuffer& prog, uint64_t prog_offset, uint64_t prog_size,
-                      const DeviceBuffer& bindings, uint64_t bindings_offset, uint32_t num_bindings);
+  static Command exec(const DeviceBuffer& prog, uint64_t prog_offset, uint64_t prog_size, const DeviceBuffer& bindings,
+                      uint64_t bindings_offset, uint32_t num_bindings);
   /// Occupy a compute core for `ns` (1..10^10) of modelled time, without functional work.
   static Command synth(uint64_t ns);
   /// Do nothing (for measuring submission overhead).
@@ -149,7 +147,7 @@ struct VNPU_API Command {
   std::shared_ptr<detail::DeviceBufferObject> dev[3];  ///< copies: dev[0]; matmul: A, B, C
   uint64_t host_offset = 0;
   uint64_t dev_offset[3] = {0, 0, 0};
-  uint64_t bytes = 0;  ///< copies only
+  uint64_t bytes = 0;            ///< copies only
   uint32_t m = 0, n = 0, k = 0;  ///< matmul only
   uint64_t size2 = 0;            ///< exec: program bytes
   uint32_t count = 0;            ///< exec: bindings

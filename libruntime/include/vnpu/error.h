@@ -13,17 +13,17 @@ namespace vnpu {
 
 /// What kind of failure an Error reports. Stable: tools map these to exit codes and JSON.
 enum class ErrorCode {
-  kInvalidArgument,  ///< the caller passed something the runtime or device cannot accept (shape, size, range)
-  kNotFound,         ///< a named backend, device, file or tensor does not exist
-  kPermissionDenied, ///< the device node exists but cannot be opened (permissions)
-  kOutOfMemory,      ///< host or device memory exhausted
-  kUnsupported,      ///< the device lacks a capability or interface version the runtime needs
-  kDeviceFault,      ///< the device or driver reported a failure while running a job (bad program, MMU fault)
-  kAborted,          ///< the job was aborted (device reset, device closed, runtime shutdown)
-  kIo,               ///< a system call failed unexpectedly
-  kInternal,         ///< a broken invariant inside the runtime (a bug: please report it)
-  kTimeout,          ///< the request did not finish within the runtime's timeout
-  kCancelled,        ///< the request was cancelled (Task::cancel, or the runtime was destroyed first)
+  kInvalidArgument,   ///< the caller passed something the runtime or device cannot accept (shape, size, range)
+  kNotFound,          ///< a named backend, device, file or tensor does not exist
+  kPermissionDenied,  ///< the device node exists but cannot be opened (permissions)
+  kOutOfMemory,       ///< host or device memory exhausted
+  kUnsupported,       ///< the device lacks a capability or interface version the runtime needs
+  kDeviceFault,       ///< the device or driver reported a failure while running a job (bad program, MMU fault)
+  kAborted,           ///< the job was aborted (device reset, device closed, runtime shutdown)
+  kIo,                ///< a system call failed unexpectedly
+  kInternal,          ///< a broken invariant inside the runtime (a bug: please report it)
+  kTimeout,           ///< the request did not finish within the runtime's timeout
+  kCancelled,         ///< the request was cancelled (Task::cancel, or the runtime was destroyed first)
 };
 
 /// Short stable name of a code, e.g. "invalid-argument". Never null.

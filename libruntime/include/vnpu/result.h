@@ -51,7 +51,8 @@ class [[nodiscard]] Result {
 
  private:
   void throw_if_error() const {
-    if (v_.index() != 0) throw std::get<1>(v_);
+    if (v_.index() != 0)
+      throw std::get<1>(v_);
   }
   std::variant<T, Error> v_;
 };
@@ -69,7 +70,8 @@ class [[nodiscard]] Result<void> {
   explicit operator bool() const noexcept { return ok(); }
   /// Throws the stored Error on failure; does nothing on success.
   void value() const {
-    if (error_) throw *error_;
+    if (error_)
+      throw *error_;
   }
   /// The error. Precondition: !ok().
   [[nodiscard]] const Error& error() const& { return *error_; }

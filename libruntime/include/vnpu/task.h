@@ -38,9 +38,13 @@ class TaskState {
 
   /// Resolve with a value. Resumes an awaiting coroutine or runs the callback on the calling thread.
   /// Returns false if the state was already resolved (the value is dropped).
-  bool set_value(Stored<T> value) { return resolve([&] { value_.emplace(std::move(value)); }); }
+  bool set_value(Stored<T> value) {
+    return resolve([&] { value_.emplace(std::move(value)); });
+  }
   /// Resolve with an error.
-  bool set_error(std::exception_ptr error) { return resolve([&] { error_ = std::move(error); }); }
+  bool set_error(std::exception_ptr error) {
+    return resolve([&] { error_ = std::move(error); });
+  }
 
   /// Producer side: what Task::cancel() does. Must be set before the Task is handed out.
   void set_cancel_hook(std::function<bool()> hook) { cancel_hook_ = std::move(hook); }
@@ -62,7 +66,8 @@ class TaskState {
   /// Register `h` to be resumed at resolution. False (do not suspend) if already resolved.
   bool suspend(std::coroutine_handle<> h) {
     std::lock_guard lock(mu_);
-    if (done_) return false;
+    if (done_)
+      return false;
     waiter_ = h;
     return true;
   }
@@ -80,8 +85,10 @@ class TaskState {
   /// Move the result out, or rethrow the error. Precondition: resolved; called at most once.
   T take() {
     std::lock_guard lock(mu_);
-    if (error_) std::rethrow_exception(error_);
-    if constexpr (!std::is_void_v<T>) return std::move(*value_);
+    if (error_)
+      std::rethrow_exception(error_);
+    if constexpr (!std::is_void_v<T>)
+      return std::move(*value_);
   }
 
  private:
@@ -110,15 +117,18 @@ class TaskState {
     Callback cb;
     {
       std::lock_guard lock(mu_);
-      if (done_) return false;
+      if (done_)
+        return false;
       store();
       done_ = true;
       waiter = std::exchange(waiter_, {});
       cb = std::move(callback_);
       cv_.notify_all();  // under the lock: a waiter may destroy the Task (not this state) as soon as it wakes
     }
-    if (waiter) waiter.resume();
-    if (cb) cb(take_result());
+    if (waiter)
+      waiter.resume();
+    if (cb)
+      cb(take_result());
     return true;
   }
 
@@ -257,8 +267,9 @@ class [[nodiscard]] Task {
  private:
   detail::TaskState<T>& checked() const {
     if (!state_)
-      throw Error(ErrorCode::kInvalidArgument,
-                  "vnpu::Task has no result: it is empty, moved-from or already consumed by wait()/co_await/on_complete");
+      throw Error(
+          ErrorCode::kInvalidArgument,
+          "vnpu::Task has no result: it is empty, moved-from or already consumed by wait()/co_await/on_complete");
     return *state_;
   }
   std::shared_ptr<detail::TaskState<T>> state_;
@@ -268,6 +279,8 @@ template <class T>
 Task<T> detail::TaskPromise<T>::get_return_object() noexcept {
   return Task<T>(this->state);
 }
-inline Task<void> detail::TaskPromise<void>::get_return_object() noexcept { return Task<void>(this->state); }
+inline Task<void> detail::TaskPromise<void>::get_return_object() noexcept {
+  return Task<void>(this->state);
+}
 
 }  // namespace vnpu
