@@ -115,8 +115,12 @@ mkdir -p "$root/lib64"
 [ -e "$root/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
 # Uncompressed on purpose: inflating tens of MB of libraries (oneDNN alone is 40 MB) in the emulated guest
 # costs seconds per boot; the kernel accepts a compressed and an uncompressed segment one after the other.
+# (Regression: an unaligned base made the guest panic with "invalid magic at start of compressed archive".)
 (cd "$root" && find . | cpio -o -H newc --quiet) >"$work/proj.cpio"
-cat "$base" "$work/proj.cpio" >"$work/initramfs.cpio.gz"
+# The kernel takes an uncompressed segment only at a 4-byte aligned offset (zero bytes in between are
+# skipped), so pad the compressed base up to the next multiple of 4.
+pad=$(((4 - $(stat -c %s "$base") % 4) % 4))
+{ cat "$base"; head -c "$pad" /dev/zero; cat "$work/proj.cpio"; } >"$work/initramfs.cpio.gz"
 
 # ---- boot ----------------------------------------------------------------------------------------------------
 args=(-M q35 -m "$mem" -smp "$smp" -nodefaults -display none -no-reboot
