@@ -7,8 +7,9 @@
 // scatter-gather lists and the device's page tables need). No interrupts: completions are polled by phase bit.
 // If vnpu.ko is bound to the device it is unbound first.
 //
-// VNPU_EXPECT_EXACT_TIMING=1 (set when the guest runs under -icount shift=N,sleep=off) turns the timing report
-// into an exact check: device-reported job time == modelled time.
+// VNPU_EXPECT_EXACT_TIMING=1 (set when the guest runs on one vCPU under -icount shift=3,sleep=off) turns the timing
+// report into an exact check: device-reported job time == modelled time (rounded up to an instruction), and the
+// guest-observed time is the same on every repetition and exceeds it by a constant (JobTimesMatchTheModel).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
@@ -263,6 +264,44 @@ class Device : public ::testing::Test {
       if (clock() - t0 > timeout_ns)
         return false;
     }
+  }
+  // Submits one job and measures it in guest virtual time: *g0 is CLOCK read just before the doorbell write, *g1 is
+  // CLOCK read just after the first poll of the completion record that sees it. The poll is two x86-64
+  // instructions (cmpb + loopnz), so under -icount shift=N the guest notices a completion at most one poll, i.e.
+  // 2 << N ns, after it became visible; the rest of g1 - g0 - model is the fixed cost of the instructions between
+  // the two CLOCK reads and the doorbell write (see docs/device.md, Timing model). Returns false on a timeout
+  // (2^32 polls).
+  bool timed_run(unsigned q, Q& r, const std::vector<vnpu_hw_cmd>& cmds, vnpu_hw_cpl* out, uint64_t* g0, uint64_t* g1) {
+    static_assert(VNPU_CPL_F_PHASE == 1, "the poll compares the low byte of flags with the phase");
+    for (const auto& c : cmds) {
+      std::memcpy(r.sq.va + r.tail * sizeof(c), &c, sizeof(c));
+      r.tail = (r.tail + 1) % r.size;
+    }
+    __sync_synchronize();
+    auto* c = reinterpret_cast<volatile vnpu_hw_cpl*>(r.cq.va) + r.head;
+    volatile uint8_t* flag = reinterpret_cast<volatile uint8_t*>(&c->flags);  // little endian: the phase bit
+    volatile uint32_t* db = &bar_[VNPU_REG_QUEUE(q, VNPU_QREG_SQ_TAIL) / 4];
+    const uint32_t tail = r.tail;
+    const uint8_t phase = uint8_t(r.phase);
+    uint64_t n = 1ull << 32;
+    *g0 = clock();
+    *db = tail;
+#if defined(__x86_64__)
+    asm volatile("1: cmpb %b[p], (%[f])\n\tloopnz 1b" : "+c"(n) : [f] "r"(flag), [p] "q"(phase) : "cc", "memory");
+#else
+    while (*flag != phase && --n) {
+    }
+#endif
+    *g1 = clock();
+    if (*flag != phase)
+      return false;
+    __sync_synchronize();
+    std::memcpy(out, const_cast<vnpu_hw_cpl*>(c), sizeof(*out));
+    r.head = (r.head + 1) % r.size;
+    if (!r.head)
+      r.phase ^= 1;
+    qwr(q, VNPU_QREG_CQ_HEAD, r.head);
+    return true;
   }
   vnpu_hw_cpl run(unsigned q, Q& r, const std::vector<vnpu_hw_cmd>& cmds) {
     submit(q, r, cmds);
@@ -578,8 +617,32 @@ uint64_t div_ceil(uint64_t a, uint64_t b) {
   return (a + b - 1) / b;
 }
 
+// Interrupts the guest has taken so far (first number of /proc/stat's "intr" line), or 0.
+uint64_t guest_interrupts() {
+  FILE* f = std::fopen("/proc/stat", "r");
+  if (!f)
+    return 0;
+  char line[256];
+  uint64_t n = 0;
+  while (std::fgets(line, sizeof(line), f))
+    if (std::sscanf(line, "intr %" SCNu64, &n) == 1)
+      break;
+  std::fclose(f);
+  return n;
+}
+
+// Device-reported and guest-observed job times against the model. Guest-observed = CLOCK read just before the
+// doorbell to CLOCK read just after the first poll that sees the completion (timed_run). Under icount with one
+// vCPU (VNPU_EXPECT_EXACT_TIMING=1, ./vnpu vm --smp 1 --icount), the guest's instruction stream between the two
+// reads is fixed, so host speed cannot show: device time == model exactly, every repetition of a job observes
+// the same time, and observed - model is the same small overhead for every job size, up to one poll (2
+// instructions) of phase. A guest interrupt that lands exactly when the completion appears delays its
+// observation; such a repetition (interrupt counter moved during it) is reported, not held to the constant.
 TEST_F(Device, JobTimesMatchTheModel) {
   const bool exact = std::getenv("VNPU_EXPECT_EXACT_TIMING") != nullptr;
+  // Bounds at -icount shift=3 (8 ns per instruction): the fixed cost is kMaxOverheadNs at most; across jobs the
+  // overhead varies by less than one poll (2 instructions) plus the rounding of a deadline to an instruction.
+  constexpr uint64_t kMaxOverheadNs = 400, kPollNs = 16, kInsnNs = 8;
   Q r = open_queue(0);
   const uint64_t ovh = rd(VNPU_REG_CMD_OVERHEAD_NS);
   const uint64_t h2d_bw = rd(VNPU_REG_H2D_MBPS), h2d_lat = rd(VNPU_REG_H2D_LATENCY_NS);
@@ -595,27 +658,54 @@ TEST_F(Device, JobTimesMatchTheModel) {
       {"nop", {cmd(VNPU_OPC_NOP, 1)}, ovh},
       {"synth 10us", {synth(10'000, 2)}, ovh + 10'000},
       {"synth 1ms", {synth(1'000'000, 3)}, ovh + 1'000'000},
+      {"synth 1001ns", {synth(1001, 5)}, ovh + 1001},  // ends between two instructions at shift=3
+      {"synth 1016ns", {synth(1016, 6)}, ovh + 1016},  // ends an even number of instructions after the doorbell
       {"h2d 1MiB", {dma(VNPU_OPC_DMA_H2D, b, 0, 0, mib)}, ovh + h2d_lat + div_ceil(mib * 1000, h2d_bw)},
       {"h2d+synth+d2h",
        {dma(VNPU_OPC_DMA_H2D, b, 0, 0, mib, false), synth(50'000, 4, false), dma(VNPU_OPC_DMA_D2H, b, 0, 0, mib)},
        3 * ovh + h2d_lat + div_ceil(mib * 1000, h2d_bw) + 50'000 + d2h_lat + div_ceil(mib * 1000, d2h_bw)},
   };
+  constexpr int kReps = 5;
+  uint64_t lo = UINT64_MAX, hi = 0;  // overhead over undisturbed repetitions of every job
+  std::printf("VNPU_TIMING %-14s %9s %9s %9s %9s  %s\n", "job", "model ns", "device ns", "guest ns", "overh ns",
+              "(guest ns = CLOCK before doorbell .. CLOCK after the poll that sees the completion)");
   for (auto& k : cases) {
-    for (int rep = 0; rep < 3; rep++) {
-      const uint64_t g0 = clock();
-      auto c = run(0, r, k.cmds);
-      const uint64_t g1 = clock();
+    uint64_t first = 0;  // guest-observed time of the first undisturbed repetition
+    for (int rep = 0; rep < kReps; rep++) {
+      vnpu_hw_cpl c{};
+      uint64_t g0 = 0, g1 = 0;
+      const uint64_t irq0 = guest_interrupts();
+      ASSERT_TRUE(timed_run(0, r, k.cmds, &c, &g0, &g1)) << k.what << ": no completion";
+      const bool disturbed = guest_interrupts() != irq0;
       ASSERT_EQ(c.status, VNPU_CPL_OK) << k.what;
-      const uint64_t dev = c.t_end - c.t_start;
-      std::printf("VNPU_TIMING %-14s model %9" PRIu64 " ns  device %9" PRIu64 " ns (err %+7" PRId64
-                  " ns)  guest-observed %9" PRIu64 " ns (err %+8" PRId64 " ns)\n",
-                  k.what, k.model, dev, int64_t(dev - k.model), g1 - g0, int64_t(g1 - g0 - k.model));
+      const uint64_t dev = c.t_end - c.t_start, seen = g1 - g0;
+      const int64_t over = int64_t(seen - k.model);
+      std::printf("VNPU_TIMING %-14s %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %+9" PRId64 "%s\n", k.what, k.model, dev,
+                  seen, over, disturbed ? "  (guest interrupt during the job)" : "");
       EXPECT_GE(dev, k.model) << k.what;  // never earlier than modelled
-      if (exact) {
-        EXPECT_EQ(dev, k.model) << k.what;
-      }
       EXPECT_GE(c.t_start, g0) << k.what;
+      EXPECT_LE(c.t_end, g1) << k.what;
+      if (!exact)
+        continue;
+      // A completion becomes visible at the first instruction boundary at or after its modelled end.
+      EXPECT_LT(dev - k.model, kInsnNs) << k.what;
+      EXPECT_GT(over, 0) << k.what;
+      if (disturbed)
+        continue;
+      if (!first)
+        first = seen;
+      EXPECT_EQ(seen, first) << k.what << " rep " << rep << ": same job, different guest-observed time";
+      lo = std::min(lo, seen - dev);
+      hi = std::max(hi, seen - dev);
     }
+    if (exact) {
+      EXPECT_NE(first, 0u) << k.what << ": every repetition was disturbed by a guest interrupt";
+    }
+  }
+  if (exact && lo <= hi) {
+    std::printf("VNPU_TIMING guest-observed - device-reported: %" PRIu64 "..%" PRIu64 " ns over all jobs\n", lo, hi);
+    EXPECT_LE(hi + kInsnNs, kMaxOverheadNs);
+    EXPECT_LT(hi - lo, kPollNs) << "the overhead depends on the job beyond the poll's granularity";
   }
 }
 
