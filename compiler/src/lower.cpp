@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <map>
 #include <numeric>
 
 namespace vnpu::detail {
@@ -1519,74 +1520,97 @@ int emit_op(Graph& g, uint32_t opcode, const std::vector<int>& in, const std::ve
   return ids[0];
 }
 
+void lower_unary_node(Graph& g, const Node& n) {
+  ActInfo act;
+  unary_act(n, &act);
+  lower_unary(g, n, act);
+}
+
+// HardSwish(x) = x * HardSigmoid(x; 1/6, 1/2).
+void lower_hardswish(Graph& g, const Node& n) {
+  int x = n.need(0);
+  VnpuOpAttr a = zero_attr();
+  a.unary.act = VNPU_ISA_ACT_HARD_SIGMOID;
+  a.unary.act_alpha = 1.0f / 6.0f;
+  a.unary.act_beta = 0.5f;
+  int hs = emit1(g, VNPU_ISA_OP_UNARY, {x}, n.shape(x), a, n);
+  VnpuOpAttr m = zero_attr();
+  m.binary.kind = VNPU_ISA_BIN_MUL;
+  n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {x, hs}, n.shape(x), m, n));
+}
+
+void lower_identity(Graph& g, const Node& n) {
+  const std::string& t = n.type();
+  if (t == "Dropout" && n.out_used(1))
+    n.error("the mask output is not supported");
+  if (t == "Dropout" && n.in(2) >= 0 && n.cst(2, "training_mode").int_at(0) != 0 &&
+      (n.in(1) < 0 || n.cst(1, "ratio").at(0) != 0.0))
+    n.error("training-mode Dropout (random) is not supported; export the model in eval mode");
+  int x = n.need(0);
+  n.bind(0, n.val(x).is_const ? x : make_alias(g, x, n.shape(x), n.where()));
+}
+
+// Ops that exported models use for shape arithmetic: folded at compile time, never run on the device.
+void lower_compile_time(Graph& g, const Node& n) {
+  const std::string& t = n.type();
+  if (t != "Constant" && t != "Shape" && t != "Size" && t != "ConstantOfShape" && !n.all_const())
+    n.error("only supported on compile-time constants (its input is computed at run time)");
+  lower_const_only(g, n);
+}
+
+using Lowering = std::function<void(Graph&, const Node&)>;
+
+// Every ONNX op vnpuc accepts and how it is lowered: the one list behind both lower_node and `vnpuc --ops`.
+const std::map<std::string, Lowering, std::less<>>& lowerings() {
+  static const std::map<std::string, Lowering, std::less<>> table = [] {
+    std::map<std::string, Lowering, std::less<>> m;
+    for (const char* t : {"Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Neg", "Abs", "Reciprocal", "LeakyRelu",
+                          "HardSigmoid", "Elu", "Floor", "Ceil", "Round"})
+      m[t] = lower_unary_node;
+    for (const char* t : {"Add", "Sub", "Mul", "Div", "Pow"}) m[t] = lower_binary;
+    for (const char* t : {"Max", "Min", "Sum", "Mean"}) m[t] = lower_variadic;
+    for (const char* t : {"Identity", "Dropout"}) m[t] = lower_identity;
+    for (const char* t : {"Constant", "Shape", "Size", "ConstantOfShape", "Range", "Where", "Equal", "Less",
+                          "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not"})
+      m[t] = lower_compile_time;
+    m["Mod"] = [](Graph& g, const Node& n) { n.all_const() ? lower_compile_time(g, n) : lower_binary(g, n); };
+    m["Clip"] = lower_clip;
+    m["HardSwish"] = lower_hardswish;
+    m["Reshape"] = lower_reshape;
+    m["Flatten"] = lower_flatten;
+    m["Squeeze"] = lower_squeeze;
+    m["Unsqueeze"] = lower_unsqueeze;
+    m["Transpose"] = lower_transpose;
+    m["Slice"] = lower_slice;
+    m["Split"] = lower_split;
+    m["Concat"] = lower_concat;
+    m["Gather"] = lower_gather;
+    m["Conv"] = [](Graph& g, const Node& n) { lower_conv(g, n, false); };
+    m["ConvTranspose"] = [](Graph& g, const Node& n) { lower_conv(g, n, true); };
+    m["MaxPool"] = [](Graph& g, const Node& n) { lower_pool(g, n, true, false); };
+    m["AveragePool"] = [](Graph& g, const Node& n) { lower_pool(g, n, false, false); };
+    m["GlobalAveragePool"] = [](Graph& g, const Node& n) { lower_pool(g, n, false, true); };
+    m["GlobalMaxPool"] = [](Graph& g, const Node& n) { lower_pool(g, n, true, true); };
+    m["BatchNormalization"] = lower_batchnorm;
+    m["MatMul"] = lower_matmul;
+    m["Gemm"] = lower_gemm;
+    m["Softmax"] = [](Graph& g, const Node& n) { lower_softmax(g, n, false); };
+    m["LogSoftmax"] = [](Graph& g, const Node& n) { lower_softmax(g, n, true); };
+    m["Resize"] = [](Graph& g, const Node& n) { lower_resize(g, n, false); };
+    m["Upsample"] = [](Graph& g, const Node& n) { lower_resize(g, n, true); };
+    m["Cast"] = lower_cast;
+    m["Expand"] = lower_expand;
+    return m;
+  }();
+  return table;
+}
+
 const std::vector<std::string>& lowered_ops() {
-  static const std::vector<std::string> ops = {"Abs",
-                                               "Add",
-                                               "And",
-                                               "AveragePool",
-                                               "BatchNormalization",
-                                               "Cast",
-                                               "Ceil",
-                                               "Clip",
-                                               "Concat",
-                                               "Constant",
-                                               "ConstantOfShape",
-                                               "Conv",
-                                               "ConvTranspose",
-                                               "Div",
-                                               "Dropout",
-                                               "Elu",
-                                               "Equal",
-                                               "Exp",
-                                               "Expand",
-                                               "Flatten",
-                                               "Floor",
-                                               "Gather",
-                                               "Gemm",
-                                               "GlobalAveragePool",
-                                               "GlobalMaxPool",
-                                               "Greater",
-                                               "GreaterOrEqual",
-                                               "HardSigmoid",
-                                               "HardSwish",
-                                               "Identity",
-                                               "LeakyRelu",
-                                               "Less",
-                                               "LessOrEqual",
-                                               "Log",
-                                               "LogSoftmax",
-                                               "MatMul",
-                                               "Max",
-                                               "MaxPool",
-                                               "Mean",
-                                               "Min",
-                                               "Mod",
-                                               "Mul",
-                                               "Neg",
-                                               "Not",
-                                               "Or",
-                                               "Pow",
-                                               "Range",
-                                               "Reciprocal",
-                                               "Relu",
-                                               "Reshape",
-                                               "Resize",
-                                               "Round",
-                                               "Shape",
-                                               "Sigmoid",
-                                               "Size",
-                                               "Slice",
-                                               "Softmax",
-                                               "Split",
-                                               "Sqrt",
-                                               "Squeeze",
-                                               "Sub",
-                                               "Sum",
-                                               "Tanh",
-                                               "Transpose",
-                                               "Unsqueeze",
-                                               "Upsample",
-                                               "Where"};
+  static const std::vector<std::string> ops = [] {
+    std::vector<std::string> v;
+    for (const auto& [name, fn] : lowerings()) v.push_back(name);
+    return v;
+  }();
   return ops;
 }
 
@@ -1598,95 +1622,10 @@ void lower_node(Graph& g, const onnx::NodeProto& p, int64_t opset) {
   for (const auto& a : p.attribute())
     if (a.type() == onnx::AttributeProto::GRAPH || a.type() == onnx::AttributeProto::GRAPHS)
       n.error("subgraph attributes are not supported");
-  ActInfo act;
-  if (unary_act(n, &act))
-    return lower_unary(g, n, act);
-  if (t == "Clip")
-    return lower_clip(g, n);
-  if (t == "HardSwish") {
-    int x = n.need(0);
-    VnpuOpAttr a = zero_attr();
-    a.unary.act = VNPU_ISA_ACT_HARD_SIGMOID;
-    a.unary.act_alpha = 1.0f / 6.0f;
-    a.unary.act_beta = 0.5f;
-    int hs = emit1(g, VNPU_ISA_OP_UNARY, {x}, n.shape(x), a, n);
-    VnpuOpAttr m = zero_attr();
-    m.binary.kind = VNPU_ISA_BIN_MUL;
-    n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {x, hs}, n.shape(x), m, n));
-    return;
-  }
-  if (t == "Add" || t == "Sub" || t == "Mul" || t == "Div" || t == "Pow")
-    return lower_binary(g, n);
-  if (t == "Mod" && !n.all_const())
-    return lower_binary(g, n);
-  if (t == "Max" || t == "Min" || t == "Sum" || t == "Mean")
-    return lower_variadic(g, n);
-  if (t == "Reshape")
-    return lower_reshape(g, n);
-  if (t == "Flatten")
-    return lower_flatten(g, n);
-  if (t == "Squeeze")
-    return lower_squeeze(g, n);
-  if (t == "Unsqueeze")
-    return lower_unsqueeze(g, n);
-  if (t == "Identity" || t == "Dropout") {
-    if (t == "Dropout" && n.out_used(1))
-      n.error("the mask output is not supported");
-    if (t == "Dropout" && n.in(2) >= 0 && n.cst(2, "training_mode").int_at(0) != 0 &&
-        (n.in(1) < 0 || n.cst(1, "ratio").at(0) != 0.0))
-      n.error("training-mode Dropout (random) is not supported; export the model in eval mode");
-    int x = n.need(0);
-    n.bind(0, n.val(x).is_const ? x : make_alias(g, x, n.shape(x), n.where()));
-    return;
-  }
-  if (t == "Transpose")
-    return lower_transpose(g, n);
-  if (t == "Slice")
-    return lower_slice(g, n);
-  if (t == "Split")
-    return lower_split(g, n);
-  if (t == "Concat")
-    return lower_concat(g, n);
-  if (t == "Gather")
-    return lower_gather(g, n);
-  if (t == "Conv")
-    return lower_conv(g, n, false);
-  if (t == "ConvTranspose")
-    return lower_conv(g, n, true);
-  if (t == "MaxPool")
-    return lower_pool(g, n, true, false);
-  if (t == "AveragePool")
-    return lower_pool(g, n, false, false);
-  if (t == "GlobalAveragePool")
-    return lower_pool(g, n, false, true);
-  if (t == "GlobalMaxPool")
-    return lower_pool(g, n, true, true);
-  if (t == "BatchNormalization")
-    return lower_batchnorm(g, n);
-  if (t == "MatMul")
-    return lower_matmul(g, n);
-  if (t == "Gemm")
-    return lower_gemm(g, n);
-  if (t == "Softmax")
-    return lower_softmax(g, n, false);
-  if (t == "LogSoftmax")
-    return lower_softmax(g, n, true);
-  if (t == "Resize")
-    return lower_resize(g, n, false);
-  if (t == "Upsample")
-    return lower_resize(g, n, true);
-  if (t == "Cast")
-    return lower_cast(g, n);
-  if (t == "Expand")
-    return lower_expand(g, n);
-  if (t == "Constant" || t == "Shape" || t == "Size" || t == "ConstantOfShape" || t == "Range" || t == "Where" ||
-      t == "Equal" || t == "Less" || t == "Greater" || t == "LessOrEqual" || t == "GreaterOrEqual" || t == "And" ||
-      t == "Or" || t == "Not" || t == "Mod") {
-    if (t != "Constant" && t != "Shape" && t != "Size" && t != "ConstantOfShape" && !n.all_const())
-      n.error("only supported on compile-time constants (its input is computed at run time)");
-    return lower_const_only(g, n);
-  }
-  n.error("unsupported op '" + t + "' (vnpuc supports: see `vnpuc --ops`)");
+  auto it = lowerings().find(t);
+  if (it == lowerings().end())
+    n.error("unsupported op '" + t + "' (vnpuc supports: see `vnpuc --ops`)");
+  it->second(g, n);
 }
 
 }  // namespace vnpu::detail
