@@ -74,6 +74,15 @@ struct BenchResult {
 
 /// Input of request i (a fresh tensor: the session takes it).
 using InputSource = std::function<Tensor(int)>;
+
+/// Request i gets a read-only view of samples[i % samples.size()]: the runtime's prep threads copy it straight
+/// into the DMA staging buffer, with no copy on the calling thread. `samples` must outlive every request.
+[[nodiscard]] inline InputSource borrow_cycling(const std::vector<Tensor>& samples) {
+  return [&samples](int i) {
+    const Tensor& x = samples[static_cast<size_t>(i) % samples.size()];
+    return Tensor::borrow(x.shape(), x.data());
+  };
+}
 /// Called with request i's outputs, in request order, on the thread that consumes results (the caller's
 /// thread for kSync/kAsync, the runtime's completion thread for kCoro).
 using OutputSink = std::function<void(int, Outputs&)>;

@@ -73,18 +73,10 @@ int main(int argc, char** argv) try {
   };
   ex::run_app(
       opt, "DeepLabV3+ ResNet-50 1x512x512x3 (unet_depth)",
-      [&](int i) {
-        // A read-only view: the runtime's prep threads copy it straight into the DMA staging
-        // buffer, with no copy on this thread (the samples outlive every request).
-        const vnpu::Tensor& x = inputs[size_t(i) % n];
-        return vnpu::Tensor::borrow(x.shape(), x.data());
-      },
+      ex::borrow_cycling(inputs),
       hooks);
   return 0;
-} catch (const vnpu::Error& e) {
-  std::cerr << "unet_depth: " << e.what() << "\n";
-  return 1;
-} catch (const std::exception& e) {
+} catch (const std::exception& e) {  // vnpu::Error included
   std::cerr << "unet_depth: " << e.what() << "\n";
   return 1;
 }

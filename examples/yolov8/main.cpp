@@ -75,18 +75,10 @@ int main(int argc, char** argv) try {
   };
   ex::run_app(
       opt, "YOLOv8n 1x3x640x640 (yolov8)",
-      [&](int i) {
-        // A read-only view: the runtime's prep threads copy it straight into the DMA staging
-        // buffer, with no copy on this thread (the samples outlive every request).
-        const vnpu::Tensor& x = inputs[size_t(i) % n];
-        return vnpu::Tensor::borrow(x.shape(), x.data());
-      },
+      ex::borrow_cycling(inputs),
       hooks);
   return 0;
-} catch (const vnpu::Error& e) {
-  std::cerr << "yolov8: " << e.what() << "\n";
-  return 1;
-} catch (const std::exception& e) {
+} catch (const std::exception& e) {  // vnpu::Error included
   std::cerr << "yolov8: " << e.what() << "\n";
   return 1;
 }
