@@ -173,42 +173,37 @@ struct ActInfo {
   float alpha, beta;
 };
 
-bool unary_act(const Node& n, ActInfo* a) {
-  const std::string& t = n.type();
-  *a = {VNPU_ISA_ACT_NONE, 0.0f, 0.0f};
-  if (t == "Relu")
-    a->act = VNPU_ISA_ACT_RELU;
-  else if (t == "Sigmoid")
-    a->act = VNPU_ISA_ACT_SIGMOID;
-  else if (t == "Tanh")
-    a->act = VNPU_ISA_ACT_TANH;
-  else if (t == "Exp")
-    a->act = VNPU_ISA_ACT_EXP;
-  else if (t == "Log")
-    a->act = VNPU_ISA_ACT_LOG;
-  else if (t == "Sqrt")
-    a->act = VNPU_ISA_ACT_SQRT;
-  else if (t == "Neg")
-    a->act = VNPU_ISA_ACT_NEG;
-  else if (t == "Abs")
-    a->act = VNPU_ISA_ACT_ABS;
-  else if (t == "Reciprocal")
-    a->act = VNPU_ISA_ACT_RECIPROCAL;
-  else if (t == "LeakyRelu")
-    *a = {VNPU_ISA_ACT_LEAKY_RELU, n.f("alpha", 0.01f), 0.0f};
-  else if (t == "HardSigmoid")
-    *a = {VNPU_ISA_ACT_HARD_SIGMOID, n.f("alpha", 0.2f), n.f("beta", 0.5f)};
-  else if (t == "Elu")
-    *a = {VNPU_ISA_ACT_ELU, n.f("alpha", 1.0f), 0.0f};
-  else if (t == "Floor")
-    a->act = VNPU_ISA_ACT_FLOOR;
-  else if (t == "Ceil")
-    a->act = VNPU_ISA_ACT_CEIL;
-  else if (t == "Round")
-    a->act = VNPU_ISA_ACT_ROUND;
-  else
-    return false;
-  return true;
+// The elementwise ONNX ops that are one device activation: name, activation, and the defaults of the
+// alpha/beta attributes where the op has them (attribute names are "alpha" and "beta").
+struct UnaryOp {
+  const char* name;
+  uint32_t act;
+  bool has_alpha, has_beta;
+  float alpha, beta;
+};
+constexpr UnaryOp kUnaryOps[] = {
+    {"Relu", VNPU_ISA_ACT_RELU, false, false, 0.0f, 0.0f},
+    {"Sigmoid", VNPU_ISA_ACT_SIGMOID, false, false, 0.0f, 0.0f},
+    {"Tanh", VNPU_ISA_ACT_TANH, false, false, 0.0f, 0.0f},
+    {"Exp", VNPU_ISA_ACT_EXP, false, false, 0.0f, 0.0f},
+    {"Log", VNPU_ISA_ACT_LOG, false, false, 0.0f, 0.0f},
+    {"Sqrt", VNPU_ISA_ACT_SQRT, false, false, 0.0f, 0.0f},
+    {"Neg", VNPU_ISA_ACT_NEG, false, false, 0.0f, 0.0f},
+    {"Abs", VNPU_ISA_ACT_ABS, false, false, 0.0f, 0.0f},
+    {"Reciprocal", VNPU_ISA_ACT_RECIPROCAL, false, false, 0.0f, 0.0f},
+    {"LeakyRelu", VNPU_ISA_ACT_LEAKY_RELU, true, false, 0.01f, 0.0f},
+    {"HardSigmoid", VNPU_ISA_ACT_HARD_SIGMOID, true, true, 0.2f, 0.5f},
+    {"Elu", VNPU_ISA_ACT_ELU, true, false, 1.0f, 0.0f},
+    {"Floor", VNPU_ISA_ACT_FLOOR, false, false, 0.0f, 0.0f},
+    {"Ceil", VNPU_ISA_ACT_CEIL, false, false, 0.0f, 0.0f},
+    {"Round", VNPU_ISA_ACT_ROUND, false, false, 0.0f, 0.0f},
+};
+
+ActInfo unary_act(const Node& n) {
+  for (const UnaryOp& u : kUnaryOps)
+    if (n.type() == u.name)
+      return {u.act, u.has_alpha ? n.f("alpha", u.alpha) : 0.0f, u.has_beta ? n.f("beta", u.beta) : 0.0f};
+  n.error("not an elementwise activation op");
 }
 
 void lower_unary(Graph& g, const Node& n, ActInfo act) {
@@ -1521,9 +1516,7 @@ int emit_op(Graph& g, uint32_t opcode, const std::vector<int>& in, const std::ve
 }
 
 void lower_unary_node(Graph& g, const Node& n) {
-  ActInfo act;
-  unary_act(n, &act);
-  lower_unary(g, n, act);
+  lower_unary(g, n, unary_act(n));
 }
 
 // HardSwish(x) = x * HardSigmoid(x; 1/6, 1/2).
@@ -1564,9 +1557,7 @@ using Lowering = std::function<void(Graph&, const Node&)>;
 const std::map<std::string, Lowering, std::less<>>& lowerings() {
   static const std::map<std::string, Lowering, std::less<>> table = [] {
     std::map<std::string, Lowering, std::less<>> m;
-    for (const char* t : {"Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Neg", "Abs", "Reciprocal", "LeakyRelu",
-                          "HardSigmoid", "Elu", "Floor", "Ceil", "Round"})
-      m[t] = lower_unary_node;
+    for (const UnaryOp& u : kUnaryOps) m[u.name] = lower_unary_node;
     for (const char* t : {"Add", "Sub", "Mul", "Div", "Pow"}) m[t] = lower_binary;
     for (const char* t : {"Max", "Min", "Sum", "Mean"}) m[t] = lower_variadic;
     for (const char* t : {"Identity", "Dropout"}) m[t] = lower_identity;
