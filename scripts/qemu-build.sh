@@ -90,18 +90,27 @@ KC
 	return 0
 }
 
+# Reconfigured (a cold build) only when these change: the build dir remembers the arguments it was made with.
+QEMU_CONFIGURE_ARGS=(--python=/usr/bin/python3 --target-list=x86_64-softmmu
+	--without-default-features --without-default-devices --with-devices-x86_64=vnpu
+	--disable-download --disable-fdt --enable-tcg --disable-docs --disable-tools
+	--disable-guest-agent --disable-install-blobs --disable-werror
+	# virtio-9p: the guest mounts the host's root read-only (the Python suites run the host's interpreter).
+	--enable-virtfs --enable-attr
+	--firmwarepath=/usr/share/seabios:/usr/share/qemu:/usr/lib/ipxe/qemu)
+
 configure() {
-	[ -f "$QEMU_BUILD/build.ninja" ] && return 0
+	local want
+	want=$(printf '%s\n' "${QEMU_CONFIGURE_ARGS[@]}")
+	[ -f "$QEMU_BUILD/build.ninja" ] && [ "$(cat "$QEMU_BUILD/.vnpu-configure-args" 2>/dev/null)" = "$want" ] &&
+		return 0
 	log "configuring QEMU (minimal x86_64, ~30 s)"
 	rm -rf "$QEMU_BUILD"
 	mkdir -p "$QEMU_BUILD"
 	cd "$QEMU_BUILD"
-	../configure --python=/usr/bin/python3 --target-list=x86_64-softmmu \
-		--without-default-features --without-default-devices --with-devices-x86_64=vnpu \
-		--disable-download --disable-fdt --enable-tcg --disable-docs --disable-tools \
-		--disable-guest-agent --disable-install-blobs --disable-werror \
-		--firmwarepath=/usr/share/seabios:/usr/share/qemu:/usr/lib/ipxe/qemu >configure.log 2>&1 ||
+	../configure "${QEMU_CONFIGURE_ARGS[@]}" >configure.log 2>&1 ||
 		{ tail -n 40 configure.log; die "QEMU configure failed (log: $QEMU_BUILD/configure.log)"; }
+	printf '%s\n' "$want" >.vnpu-configure-args
 }
 
 build() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ./vnpu vm [--devices N] [--icount[=SHIFT]] [--timeout S] [--mem M] [--smp N] [--out DIR] [--share PATH]...
-#           [--build-dir D] [--device-props P] -- CMD...
+#           [--build-dir D] [--device-props P] [--kernel stock|debug] [--host-root] -- CMD...
 #
 # Boot the Debian 6.12 kernel under the vnpu QEMU with N vnpu devices and an initramfs holding busybox, the
 # kernel modules vnpu.ko needs, vnpu.ko and every executable of the meson build dir (in /opt/vnpu/bin, with
@@ -9,12 +9,18 @@
 # sanitizer report, or if the guest does not finish within the timeout. Files CMD writes under /out are
 # copied to DIR (--out). Each --share PATH (file or directory, e.g. compiled models, data) is copied into the
 # guest as /opt/vnpu/share/<basename of PATH>. --device-props adds QEMU properties to every vnpu device
-# (e.g. "compute-gflops=100,fi-kind=1").
+# (e.g. "compute-gflops=100,fi-kind=1"). --kernel debug boots the debug kernel of scripts/kernel-debug.sh (KASAN,
+# lockdep, DMA-API debugging, kmemleak, fault injection; built or updated first) with vnpu.ko built against it;
+# after CMD the guest unloads vnpu.ko and runs a kmemleak scan, and a reported leak fails the run.
+# --host-root shares the host's / read-only over virtio-9p (as virtme-ng does) at /host in the guest, with the
+# guest's /proc, /sys, /dev and /tmp mounted inside; `host-run CMD...` runs CMD there (chroot), so that the
+# host's /usr/bin/python3, its Debian packages and the build tree (same paths as on the host) run on the guest's
+# kernel and vnpu devices.
 set -euo pipefail
 . "$VNPU_ROOT/scripts/lib.sh"
 
 devices=1 icount= timeout=600 mem=1G smp=2 outdir= build_dir=$VNPU_BUILD module=$VNPU_ROOT/kernel/vnpu.ko
-qemu_extra=() vnpu_params= shares=() device_props=
+qemu_extra=() vnpu_params= shares=() device_props= kernel=stock module_set= host_root=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--devices) devices=$2; shift 2 ;;
@@ -26,8 +32,11 @@ while [ $# -gt 0 ]; do
 	--smp) smp=$2; shift 2 ;;
 	--out) outdir=$2; shift 2 ;;
 	--build-dir) build_dir=$2; shift 2 ;;
-	--module) module=$2; shift 2 ;;
-	--no-module) module=; shift ;;
+	--module) module=$2; module_set=1; shift 2 ;;
+	--no-module) module=; module_set=1; shift ;;
+	--kernel) kernel=$2; shift 2 ;;
+	--host-root) host_root=1; shift ;;
+	--kernel=*) kernel=${1#*=}; shift ;;
 	--module-params) vnpu_params=$2; shift 2 ;;
 	--qemu-arg) qemu_extra+=("$2"); shift 2 ;;
 	--share) shares+=("$2"); shift 2 ;;
@@ -39,21 +48,34 @@ done
 [ $# -gt 0 ] || die "vm: no command given (usage: ./vnpu vm [--devices N] [--icount] -- CMD...)"
 [[ $devices =~ ^[0-9]+$ ]] && [ "$devices" -le 16 ] || die "vm: --devices takes 0..16"
 [ -x "$QEMU_BIN" ] || die "vm: QEMU not built ($QEMU_BIN); run ./vnpu setup"
+case $kernel in
+stock)
+	kver=$(guest_kver)
+	kimage=/boot/vmlinuz-$kver
+	;;
+debug)
+	# Incremental: seconds when nothing changed, a cold kernel build the first time.
+	kver=$("$VNPU_ROOT/scripts/kernel-debug.sh" | tail -n 1)
+	kimage=$VNPU_CACHE/linux-debug/out/arch/x86/boot/bzImage
+	[ -n "$module_set" ] || module=$VNPU_CACHE/linux-debug/vnpu/kernel/vnpu.ko
+	;;
+*) die "vm: --kernel takes stock or debug" ;;
+esac
 [ -z "$module" ] || [ -f "$module" ] || die "vm: $module not built; run ./vnpu build"
-kver=$(guest_kver)
 
 work=$(mktemp -d /tmp/vnpu-vm.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
 # ---- initramfs, part 1 (cached per kernel): busybox and the kernel modules vnpu.ko depends on -----------------
 base=$VNPU_CACHE/initramfs/base-$kver.cpio.gz
-if [ ! -f "$base" ] || [ "$base" -ot "$VNPU_ROOT/scripts/vm.sh" ]; then
+if [ ! -f "$base" ] || [ "$base" -ot "$VNPU_ROOT/scripts/vm.sh" ] || [ "$base" -ot "$kimage" ]; then
 	log "building initramfs base for $kver"
 	root=$work/base
 	mkdir -p "$root"/{bin,sbin,etc/vnpu,proc,sys,dev,tmp,lib/modules}
 	cp /bin/busybox "$root/bin/busybox"
 	: >"$root/etc/vnpu/modules"
-	for m in drm_shmem_helper gpu-sched; do
+	# The debug kernel has everything vnpu.ko needs built in.
+	[ "$kernel" = debug ] || for m in drm_shmem_helper gpu-sched 9p 9pnet_virtio; do
 		modprobe -S "$kver" --show-depends "$m" | awk '$1 == "insmod" { print $2 }'
 	done | awk '!seen[$0]++' | while read -r ko; do
 		name=$(basename "$ko"); name=${name%.xz}; name=${name%.zst}
@@ -76,6 +98,8 @@ cp "$VNPU_ROOT/scripts/guest-init" "$root/init"
 chmod 755 "$root/init"
 echo "$devices" >"$root/etc/vnpu/devices"
 echo "$vnpu_params" >"$root/etc/vnpu/vnpu-params"
+[ "$kernel" = debug ] && : >"$root/etc/vnpu/kmemleak"
+[ -n "$host_root" ] && : >"$root/etc/vnpu/host-root"
 [ -n "$module" ] && cp "$module" "$root/lib/modules/vnpu.ko"
 # The command, quoted so that the guest's shell sees exactly the host's argv.
 {
@@ -124,7 +148,7 @@ pad=$(((4 - $(stat -c %s "$base") % 4) % 4))
 
 # ---- boot ----------------------------------------------------------------------------------------------------
 args=(-M q35 -m "$mem" -smp "$smp" -nodefaults -display none -no-reboot
-	-kernel "/boot/vmlinuz-$kver" -initrd "$work/initramfs.cpio.gz"
+	-kernel "$kimage" -initrd "$work/initramfs.cpio.gz"
 	-append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic rdinit=/init"
 	-serial stdio -serial "file:$work/report" -serial "file:$work/out.b64")
 # shellcheck disable=SC2207
@@ -135,6 +159,8 @@ else
 	args+=(-accel tcg,thread=multi)
 fi
 for _ in $(seq 1 "$devices"); do args+=(-device "vnpu${device_props:+,$device_props}"); done
+[ -n "$host_root" ] &&
+	args+=(-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap)
 args+=("${qemu_extra[@]}")
 
 t0=$(date +%s.%N)
@@ -154,7 +180,7 @@ fail() {
 [ "$qemu_rc" -eq 0 ] || fail "QEMU exited with status $qemu_rc"
 status=$(sed -n 's/^VNPU_EXIT_STATUS=\([0-9]*\).*/\1/p' "$work/report" | tail -n 1)
 [ -n "$status" ] || fail "guest stopped without reporting an exit status (kernel panic?)"
-if grep -Eq 'WARNING:|BUG:|Oops|general protection fault|Kernel panic|INFO: task .* blocked for more than|possible circular locking|possible recursive locking|inconsistent lock state|UBSAN:|KASAN:|refcount_t: |list_(add|del) corruption|RCU detected stall|hung_task' "$work/report"; then
+if grep -Eq 'WARNING:|BUG:|Oops|general protection fault|Kernel panic|INFO: task .* blocked for more than|possible circular locking|possible recursive locking|inconsistent lock state|UBSAN:|KASAN:|refcount_t: |list_(add|del) corruption|RCU detected stall|hung_task|unreferenced object 0x|DMA-API: ' "$work/report"; then
 	fail "guest kernel log has a warning, bug or hang report (CMD exit status $status)"
 fi
 if [ -n "$outdir" ] && [ -s "$work/out.b64" ]; then
