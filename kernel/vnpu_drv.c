@@ -240,9 +240,72 @@ static const struct drm_ioctl_desc vnpu_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(VNPU_QUEUE_DESTROY, vnpu_queue_destroy_ioctl, 0),
 };
 
+/*
+ * The DRM core ioctls an accel file may use: the ones DRM allows on render
+ * nodes (DRM_RENDER_ALLOW) that vnpu supports. Accel files have no master,
+ * no authentication and no mode setting, and some core handlers assume a
+ * master (6.12's drm_getunique() and drm_getmagic() dereference a NULL
+ * file_priv->master), so every other core ioctl fails with -ENOTTY before
+ * it reaches drm_ioctl().
+ */
+static bool vnpu_core_ioctl_allowed(unsigned int nr)
+{
+	switch (nr) {
+	case DRM_IOCTL_NR(DRM_IOCTL_VERSION):
+	case DRM_IOCTL_NR(DRM_IOCTL_GET_CAP):
+	case DRM_IOCTL_NR(DRM_IOCTL_GEM_CLOSE):
+	case DRM_IOCTL_NR(DRM_IOCTL_PRIME_HANDLE_TO_FD):
+	case DRM_IOCTL_NR(DRM_IOCTL_PRIME_FD_TO_HANDLE):
+		return true;
+	default:
+		return false;
+	}
+}
+
+static bool vnpu_ioctl_allowed(unsigned int cmd)
+{
+	unsigned int nr = DRM_IOCTL_NR(cmd);
+
+	if (_IOC_TYPE(cmd) != DRM_IOCTL_BASE)
+		return false;
+	/* Driver ioctls: drm_ioctl() checks them against vnpu_ioctls. */
+	if (nr >= DRM_COMMAND_BASE && nr < DRM_COMMAND_END)
+		return true;
+	return vnpu_core_ioctl_allowed(nr);
+}
+
+static long vnpu_unlocked_ioctl(struct file *filp, unsigned int cmd,
+				unsigned long arg)
+{
+	if (!vnpu_ioctl_allowed(cmd))
+		return -ENOTTY;
+	return drm_ioctl(filp, cmd, arg);
+}
+
+#ifdef CONFIG_COMPAT
+static long vnpu_compat_ioctl(struct file *filp, unsigned int cmd,
+			      unsigned long arg)
+{
+	if (!vnpu_ioctl_allowed(cmd))
+		return -ENOTTY;
+	return drm_compat_ioctl(filp, cmd, arg);
+}
+#else
+#define vnpu_compat_ioctl NULL
+#endif
+
+/* DRM_ACCEL_FOPS open-coded: own ioctl entry points, io_uring, fdinfo. */
 static const struct file_operations vnpu_fops = {
 	.owner = THIS_MODULE,
-	DRM_ACCEL_FOPS,
+	.open = accel_open,
+	.release = drm_release,
+	.unlocked_ioctl = vnpu_unlocked_ioctl,
+	.compat_ioctl = vnpu_compat_ioctl,
+	.poll = drm_poll,
+	.read = drm_read,
+	.llseek = noop_llseek,
+	.mmap = drm_gem_mmap,
+	.fop_flags = FOP_UNSIGNED_OFFSET,
 	.uring_cmd = vnpu_uring_cmd,
 	.show_fdinfo = drm_show_fdinfo,
 };

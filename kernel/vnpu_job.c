@@ -18,6 +18,7 @@
  * A watchdog per hardware queue polls for completions whose interrupt went
  * missing and resets a queue that made no progress for job_timeout_ms.
  */
+#include <linux/capability.h>
 #include <linux/dma-mapping.h>
 #include <linux/highmem.h>
 #include <linux/iopoll.h>
@@ -1699,6 +1700,12 @@ int vnpu_queue_create_ioctl(struct drm_device *drm, void *data,
 		drm_dbg(drm, "queue_create: priority %u\n", args->priority);
 		return -EINVAL;
 	}
+	/* As amdgpu_ctx_priority_permit(): above normal takes CAP_SYS_NICE. */
+	if (args->priority > VNPU_DEFAULT_PRIORITY && !capable(CAP_SYS_NICE)) {
+		drm_dbg(drm, "queue_create: priority %u needs CAP_SYS_NICE\n",
+			args->priority);
+		return -EACCES;
+	}
 	if (!drm_dev_enter(drm, &idx))
 		return -ENODEV;
 	sq = vnpu_squeue_create(to_vnpu_device(drm), 0, args->priority);
@@ -1757,9 +1764,17 @@ static void vnpu_uring_cancel(struct io_uring_cmd *cmd,
 {
 	struct vnpu_uring_pdu *pdu = io_uring_cmd_to_pdu(cmd,
 							 struct vnpu_uring_pdu);
-	struct vnpu_job *job = pdu->job;
+	/* Pairs with the release in vnpu_uring_submit(): job->ucmd is set. */
+	struct vnpu_job *job = smp_load_acquire(&pdu->job);
 	unsigned long flags;
 	bool mine;
+
+	/*
+	 * Still being issued (no job yet): the issuer completes it or hands
+	 * it to a job; io_uring calls again until the command is done.
+	 */
+	if (!job)
+		return;
 
 	spin_lock_irqsave(&job->fence_lock, flags);
 	mine = job->ucmd == cmd;
@@ -1781,6 +1796,44 @@ static void vnpu_uring_cancel(struct io_uring_cmd *cmd,
 #define VNPU_URING_CMD_BYTES \
 	(2 * sizeof(struct io_uring_sqe) - offsetof(struct io_uring_sqe, cmd))
 
+/* Submit the job of an io_uring SUBMIT; 0 or a negative errno. */
+static int vnpu_uring_submit(struct io_uring_cmd *cmd, struct drm_file *file,
+			     struct drm_vnpu_uring_submit *args)
+{
+	struct vnpu_uring_pdu *pdu = io_uring_cmd_to_pdu(cmd,
+							 struct vnpu_uring_pdu);
+	struct drm_device *drm = file->minor->dev;
+	struct vnpu_batch b;
+	struct vnpu_job *job;
+	int idx, ret;
+
+	if (!drm_dev_enter(drm, &idx))
+		return -ENODEV;
+	ret = vnpu_batch_begin(&b, file, args->queue_id, 1);
+	if (ret)
+		goto out_exit;
+	ret = vnpu_submit_prepare(&b, &args->job, 0);
+	if (ret)
+		goto out_end;
+
+	/*
+	 * The command's reference, dropped when its CQE is posted. The job
+	 * owns the command before it can complete, so that CQEs of a queue
+	 * are posted in seqno order; cancellation may take it from here on.
+	 */
+	job = b.jobs[0];
+	vnpu_job_get(job);
+	job->ucmd = cmd;
+	/* Publish the job to vnpu_uring_cancel() after job->ucmd. */
+	smp_store_release(&pdu->job, job);
+	vnpu_submit_commit(&b);
+out_end:
+	vnpu_batch_end(&b);
+out_exit:
+	drm_dev_exit(idx);
+	return ret;
+}
+
 int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 {
 	struct vnpu_uring_pdu *pdu = io_uring_cmd_to_pdu(cmd,
@@ -1789,9 +1842,7 @@ int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 	u8 payload[VNPU_URING_CMD_BYTES];
 	struct drm_vnpu_uring_submit args;
 	struct drm_device *drm;
-	struct vnpu_batch b;
-	struct vnpu_job *job;
-	int idx, ret;
+	int ret;
 
 	if (issue_flags & IO_URING_F_CANCEL) {
 		vnpu_uring_cancel(cmd, issue_flags);
@@ -1821,29 +1872,18 @@ int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 		return -EINVAL;
 	}
 
-	if (!drm_dev_enter(drm, &idx))
-		return -ENODEV;
-	ret = vnpu_batch_begin(&b, file, args.queue_id, 1);
-	if (ret)
-		goto out_exit;
-	ret = vnpu_submit_prepare(&b, &args.job, 0);
-	if (ret)
-		goto out_end;
-
 	/*
-	 * Nothing can fail from here on: a cancelable command must be
-	 * completed through io_uring_cmd_done(), never by a return value.
+	 * Mark the command cancelable before taking any driver lock, never
+	 * under one: issued from io-wq (IO_URING_F_UNLOCKED) this takes the
+	 * ring's uring_lock, which the submitting task holds while it issues
+	 * other commands inline - and those take the queue's submit_lock.
+	 * From here on the command completes through io_uring_cmd_done()
+	 * only, never by a return value.
 	 */
-	job = b.jobs[0];
-	vnpu_job_get(job);
-	pdu->job = job;
-	job->ucmd = cmd;
+	pdu->job = NULL;
 	io_uring_cmd_mark_cancelable(cmd, issue_flags);
-	vnpu_submit_commit(&b);
-	ret = -EIOCBQUEUED;
-out_end:
-	vnpu_batch_end(&b);
-out_exit:
-	drm_dev_exit(idx);
-	return ret;
+	ret = vnpu_uring_submit(cmd, file, &args);
+	if (ret)
+		io_uring_cmd_done(cmd, ret, 0, issue_flags);
+	return -EIOCBQUEUED;
 }

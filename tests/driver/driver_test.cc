@@ -4,11 +4,13 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <liburing.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1625,7 +1627,7 @@ class Ring {
 
   /// Queues one DRM_VNPU_URING_CMD_SUBMIT; `extra` is written at the end of the command area.
   bool prep_submit(int fd, const drm_vnpu_uring_submit& s, uint64_t user_data,
-                   uint32_t cmd_op = DRM_VNPU_URING_CMD_SUBMIT, uint8_t extra = 0) {
+                   uint32_t cmd_op = DRM_VNPU_URING_CMD_SUBMIT, uint8_t extra = 0, uint8_t sqe_flags = 0) {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     if (!sqe)
       return false;
@@ -1637,6 +1639,7 @@ class Ring {
     if (extra && area > sizeof(s))
       sqe->cmd[area - 1] = extra;
     io_uring_sqe_set_data64(sqe, user_data);
+    io_uring_sqe_set_flags(sqe, sqe_flags);
     return true;
   }
 
@@ -2141,6 +2144,240 @@ TEST_F(Fault, RandomFaultsNeverLoseOrDuplicateCompletions) {
   write_file(fault_inject_path(), "0 -1 0");
   EXPECT_EQ(submit_one(valid_copy()), 0);
   RecordProperty("failed_jobs", failed);
+}
+
+// ---- DRM core ioctls on the accel fd -----------------------------------------------------------------------
+
+/// Every DRM core ioctl libdrm's drm.h defines (the encoded request carries the argument's size and direction).
+const unsigned long kCoreIoctls[] = {
+    DRM_IOCTL_VERSION, DRM_IOCTL_GET_UNIQUE, DRM_IOCTL_GET_MAGIC, DRM_IOCTL_IRQ_BUSID, DRM_IOCTL_GET_MAP,
+    DRM_IOCTL_GET_CLIENT, DRM_IOCTL_GET_STATS, DRM_IOCTL_SET_VERSION, DRM_IOCTL_MODESET_CTL, DRM_IOCTL_GEM_CLOSE,
+    DRM_IOCTL_GEM_FLINK, DRM_IOCTL_GEM_OPEN, DRM_IOCTL_GET_CAP, DRM_IOCTL_SET_CLIENT_CAP, DRM_IOCTL_SET_UNIQUE,
+    DRM_IOCTL_AUTH_MAGIC, DRM_IOCTL_BLOCK, DRM_IOCTL_UNBLOCK, DRM_IOCTL_CONTROL, DRM_IOCTL_ADD_MAP,
+    DRM_IOCTL_ADD_BUFS, DRM_IOCTL_MARK_BUFS, DRM_IOCTL_INFO_BUFS, DRM_IOCTL_MAP_BUFS, DRM_IOCTL_FREE_BUFS,
+    DRM_IOCTL_RM_MAP, DRM_IOCTL_SET_SAREA_CTX, DRM_IOCTL_GET_SAREA_CTX, DRM_IOCTL_SET_MASTER, DRM_IOCTL_DROP_MASTER,
+    DRM_IOCTL_ADD_CTX, DRM_IOCTL_RM_CTX, DRM_IOCTL_MOD_CTX, DRM_IOCTL_GET_CTX, DRM_IOCTL_SWITCH_CTX,
+    DRM_IOCTL_NEW_CTX, DRM_IOCTL_RES_CTX, DRM_IOCTL_ADD_DRAW, DRM_IOCTL_RM_DRAW, DRM_IOCTL_DMA, DRM_IOCTL_LOCK,
+    DRM_IOCTL_UNLOCK, DRM_IOCTL_FINISH, DRM_IOCTL_PRIME_HANDLE_TO_FD, DRM_IOCTL_PRIME_FD_TO_HANDLE,
+    DRM_IOCTL_AGP_ACQUIRE, DRM_IOCTL_AGP_RELEASE, DRM_IOCTL_AGP_ENABLE, DRM_IOCTL_AGP_INFO, DRM_IOCTL_AGP_ALLOC,
+    DRM_IOCTL_AGP_FREE, DRM_IOCTL_AGP_BIND, DRM_IOCTL_AGP_UNBIND, DRM_IOCTL_SG_ALLOC, DRM_IOCTL_SG_FREE,
+    DRM_IOCTL_WAIT_VBLANK, DRM_IOCTL_CRTC_GET_SEQUENCE, DRM_IOCTL_CRTC_QUEUE_SEQUENCE, DRM_IOCTL_UPDATE_DRAW,
+    DRM_IOCTL_MODE_GETRESOURCES, DRM_IOCTL_MODE_GETCRTC, DRM_IOCTL_MODE_SETCRTC, DRM_IOCTL_MODE_CURSOR,
+    DRM_IOCTL_MODE_GETGAMMA, DRM_IOCTL_MODE_SETGAMMA, DRM_IOCTL_MODE_GETENCODER, DRM_IOCTL_MODE_GETCONNECTOR,
+    DRM_IOCTL_MODE_ATTACHMODE, DRM_IOCTL_MODE_DETACHMODE, DRM_IOCTL_MODE_GETPROPERTY, DRM_IOCTL_MODE_SETPROPERTY,
+    DRM_IOCTL_MODE_GETPROPBLOB, DRM_IOCTL_MODE_GETFB, DRM_IOCTL_MODE_ADDFB, DRM_IOCTL_MODE_RMFB,
+    DRM_IOCTL_MODE_PAGE_FLIP, DRM_IOCTL_MODE_DIRTYFB, DRM_IOCTL_MODE_CREATE_DUMB, DRM_IOCTL_MODE_MAP_DUMB,
+    DRM_IOCTL_MODE_DESTROY_DUMB, DRM_IOCTL_MODE_GETPLANERESOURCES, DRM_IOCTL_MODE_GETPLANE, DRM_IOCTL_MODE_SETPLANE,
+    DRM_IOCTL_MODE_ADDFB2, DRM_IOCTL_MODE_OBJ_GETPROPERTIES, DRM_IOCTL_MODE_OBJ_SETPROPERTY, DRM_IOCTL_MODE_CURSOR2,
+    DRM_IOCTL_MODE_ATOMIC, DRM_IOCTL_MODE_CREATEPROPBLOB, DRM_IOCTL_MODE_DESTROYPROPBLOB, DRM_IOCTL_SYNCOBJ_CREATE,
+    DRM_IOCTL_SYNCOBJ_DESTROY, DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD, DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE, DRM_IOCTL_SYNCOBJ_WAIT,
+    DRM_IOCTL_SYNCOBJ_RESET, DRM_IOCTL_SYNCOBJ_SIGNAL, DRM_IOCTL_MODE_CREATE_LEASE, DRM_IOCTL_MODE_LIST_LESSEES,
+    DRM_IOCTL_MODE_GET_LEASE, DRM_IOCTL_MODE_REVOKE_LEASE, DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT, DRM_IOCTL_SYNCOBJ_QUERY,
+    DRM_IOCTL_SYNCOBJ_TRANSFER, DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL, DRM_IOCTL_MODE_GETFB2,
+};
+
+/// The core ioctls an accel file may use (docs/uapi.md); every other core number gives -ENOTTY.
+const std::set<unsigned> kAllowedCoreIoctls = {
+    DRM_IOCTL_NR(DRM_IOCTL_VERSION),          DRM_IOCTL_NR(DRM_IOCTL_GET_CAP),
+    DRM_IOCTL_NR(DRM_IOCTL_GEM_CLOSE),        DRM_IOCTL_NR(DRM_IOCTL_PRIME_HANDLE_TO_FD),
+    DRM_IOCTL_NR(DRM_IOCTL_PRIME_FD_TO_HANDLE),
+};
+
+class CoreIoctl : public DeviceTest {};
+
+TEST_F(CoreIoctl, EveryCoreIoctlNumberFailsCleanlyOrWorks) {
+  // Used to go wrong: GET_UNIQUE and GET_MAGIC reached DRM core handlers that dereference the master an accel
+  // file does not have, and oopsed the guest kernel.
+  std::map<unsigned, unsigned long> request;
+  for (unsigned long r : kCoreIoctls)
+    request.emplace(DRM_IOCTL_NR(r), r);
+  std::vector<unsigned> numbers;
+  for (unsigned nr = 0; nr < DRM_COMMAND_BASE; nr++)
+    numbers.push_back(nr);
+  for (unsigned nr = DRM_COMMAND_END; nr <= 0xff; nr++)
+    numbers.push_back(nr);
+  for (unsigned nr : numbers) {
+    auto it = request.find(nr);
+    // A number drm.h does not name: a 256-byte read-write argument.
+    unsigned long req = it != request.end() ? it->second : (unsigned long)DRM_IOWR(nr, char[256]);
+    alignas(8) uint8_t arg[4096] = {};
+    int ret = ioctl(fd_, req, arg) == 0 ? 0 : -errno;
+    if (kAllowedCoreIoctls.count(nr))
+      EXPECT_NE(ret, -ENOTTY) << "core ioctl 0x" << std::hex << nr << " is allowed";
+    else
+      EXPECT_EQ(ret, -ENOTTY) << "core ioctl 0x" << std::hex << nr;
+  }
+  // The file still works.
+  EXPECT_GE(api_.param(DRM_VNPU_PARAM_NUM_QUEUES), 1u);
+  EXPECT_EQ(submit_one(valid_copy()), 0);
+  EXPECT_EQ(api_.gem_close(bo_), 0);
+}
+
+TEST_F(CoreIoctl, AllowedCoreIoctlsWork) {
+  char name[32] = {};
+  drm_version v{};
+  v.name = name;
+  v.name_len = sizeof(name) - 1;
+  ASSERT_EQ(do_ioctl(fd_, DRM_IOCTL_VERSION, &v), 0);
+  EXPECT_STREQ(name, "vnpu");
+  drm_prime_handle p{};
+  p.handle = bo_;
+  p.flags = DRM_CLOEXEC;
+  ASSERT_EQ(do_ioctl(fd_, DRM_IOCTL_PRIME_HANDLE_TO_FD, &p), 0);
+  Fd dmabuf(p.fd);
+  drm_prime_handle back{};
+  back.fd = dmabuf.get();
+  ASSERT_EQ(do_ioctl(fd_, DRM_IOCTL_PRIME_FD_TO_HANDLE, &back), 0);
+  EXPECT_EQ(back.handle, bo_);
+}
+
+TEST_F(CoreIoctl, DriverNumbersOfAnotherIoctlTypeAreRejected) {
+  drm_vnpu_get_param p{};
+  p.param = DRM_VNPU_PARAM_NUM_QUEUES;
+  int ret = ioctl(fd_, _IOWR('x', DRM_COMMAND_BASE + DRM_VNPU_GET_PARAM, drm_vnpu_get_param), &p);
+  EXPECT_EQ(ret == 0 ? 0 : -errno, -ENOTTY);
+}
+
+// ---- io_uring commands issued from io_uring's worker threads ----------------------------------------------
+
+/// Waits up to `ms` for `pid` to exit; returns its wait status, or -1 if it is still running.
+int wait_exit(pid_t pid, int ms) {
+  for (int i = 0; i < ms / 10; i++) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid)
+      return status;
+    usleep(10000);
+  }
+  return -1;
+}
+
+/// Child process body: submits `total` (with 0: endless) copy jobs to queue 0 through io_uring, `per_submit`
+/// SQEs per io_uring_enter, every other one with IOSQE_ASYNC, so that io-wq workers and the submitting task
+/// issue commands of the same queue at once. With a small ring, completions overflow the CQ ring. Returns the
+/// exit code: 0 when every CQE had res 0.
+int async_uring_child(unsigned ring_entries, int total, int per_submit) {
+  int fd = open_device();
+  Api api{fd};
+  uint32_t bo = 0, mem = 0;
+  if (fd < 0 || api.bo_create(kPage, &bo) || api.mem_alloc(kMmuPage, &mem))
+    return 2;
+  Ring ring(IORING_SETUP_SQE128 | IORING_SETUP_CQE32, ring_entries);
+  if (ring.init_result())
+    return 3;
+  JobSpec j;
+  j.cmds = {copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo, mem, 0, 0, kPage)};
+  drm_vnpu_uring_submit s{};
+  s.job = j.raw();
+  long submitted = 0, reaped = 0;
+  while (total == 0 || reaped < total) {
+    int n = 0;
+    while (n < per_submit && (total == 0 || submitted < total) &&
+           ring.prep_submit(fd, s, submitted, DRM_VNPU_URING_CMD_SUBMIT, 0, submitted % 2 ? IOSQE_ASYNC : 0)) {
+      submitted++;
+      n++;
+    }
+    if (n && io_uring_submit(ring.get()) != n)
+      return 4;
+    // Reap everything submitted so far.
+    while (reaped < submitted) {
+      io_uring_cqe* cqe = nullptr;
+      __kernel_timespec ts{60, 0};
+      if (io_uring_wait_cqe_timeout(ring.get(), &cqe, &ts))
+        return 5;
+      int res = cqe->res;
+      io_uring_cqe_seen(ring.get(), cqe);
+      reaped++;
+      if (res)
+        return 6;
+    }
+  }
+  return 0;
+}
+
+/// Runs async_uring_child() in a child process and checks that it exits with 0 within 2 minutes.
+void expect_async_child_succeeds(unsigned ring_entries, int total, int per_submit) {
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0)
+    _exit(async_uring_child(ring_entries, total, per_submit));
+  int status = wait_exit(pid, 120000);
+  if (status == -1) {
+    kill(pid, SIGKILL);
+    status = wait_exit(pid, 10000);
+    FAIL() << "io_uring submitter hung" << (status == -1 ? " and survives kill -9" : "");
+  }
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+class UringAsync : public DeviceTest {};
+
+TEST_F(UringAsync, CommandsPuntedToIoWqAllComplete) {
+  // Used to go wrong: an io-wq worker holding the queue's submit lock waited in io_uring_cmd_mark_cancelable()
+  // for the ring's uring_lock, which the submitting task held while it waited for that submit lock: both hung
+  // in D state for good.
+  expect_async_child_succeeds(256, 4096, 256);
+}
+
+TEST_F(UringAsync, CompletionsOverflowingASmallRingAllArrive) {
+  // Used to go wrong: the same deadlock, with more commands in flight than an 8-entry ring's CQ holds.
+  expect_async_child_succeeds(8, 2048, 64);
+}
+
+TEST_F(UringAsync, KillNineOfAnAsyncSubmitterEndsIt) {
+  // Used to go wrong: the deadlocked submitter above could not be killed; the hung-task detector fired.
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0)
+    _exit(async_uring_child(256, 0, 256));
+  usleep(1500000);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  int status = wait_exit(pid, 30000);
+  ASSERT_NE(status, -1) << "kill -9 did not end the io_uring submitter within 30 s";
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  // The device keeps working.
+  EXPECT_EQ(submit_one(valid_copy()), 0);
+}
+
+// ---- privilege -------------------------------------------------------------------------------------------------
+
+/// Drops CAP_SYS_NICE from the calling process's effective and permitted sets; false on failure.
+bool drop_cap_sys_nice() {
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2] = {};
+  if (syscall(SYS_capget, &hdr, data))
+    return false;
+  data[CAP_SYS_NICE / 32].effective &= ~(1u << (CAP_SYS_NICE % 32));
+  data[CAP_SYS_NICE / 32].permitted &= ~(1u << (CAP_SYS_NICE % 32));
+  return syscall(SYS_capset, &hdr, data) == 0;
+}
+
+class Privilege : public DeviceTest {};
+
+TEST_F(Privilege, HighPrioritiesNeedCapSysNice) {
+  // Used to go wrong: any process could create priority-3 queues and starve everyone else's work.
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (!drop_cap_sys_nice())
+      _exit(10);
+    Fd fd(open_device());
+    Api api{fd.get()};
+    uint32_t q = 0;
+    for (uint32_t p = 0; p <= VNPU_PRIORITY_MAX; p++) {
+      int want = p > 1 ? -EACCES : 0;
+      if (api.queue_create(p, &q) != want)
+        _exit(20 + p);
+    }
+    _exit(0);
+  }
+  int status = wait_exit(pid, 60000);
+  ASSERT_NE(status, -1);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "10: capset failed; 20 + p: unexpected result for priority p";
+  // With the capability (root), every priority is fine.
+  uint32_t q = 0;
+  EXPECT_EQ(api_.queue_create(VNPU_PRIORITY_MAX, &q), 0);
 }
 
 // ---- process lifetime ------------------------------------------------------------------------------------------

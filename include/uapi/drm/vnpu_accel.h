@@ -6,6 +6,8 @@
  * Conventions (Documentation/process/botching-up-ioctls.rst): fixed-width fields, explicit padding, no holes,
  * every struct a multiple of 8 bytes. Every flags, pad and reserved field must be zero on input; unknown bits
  * give -EINVAL. Handles are GEM handles of the calling file; free any of them with DRM_IOCTL_GEM_CLOSE.
+ * Of the DRM core ioctls only VERSION, GET_CAP, GEM_CLOSE, PRIME_HANDLE_TO_FD and PRIME_FD_TO_HANDLE work on
+ * the accel fd; every other core ioctl number gives -ENOTTY.
  *
  * Each open file is one device context: its own device virtual address space (device MMU), its device memory
  * allocations mapped into it, its queues and its jobs. Nothing of one file is reachable from another file.
@@ -139,7 +141,8 @@ struct drm_vnpu_bo_info {
 /* ---- QUEUE_CREATE / QUEUE_DESTROY ---------------------------------------------------------------------- */
 /**
  * struct drm_vnpu_queue_create - create a submission queue of this file
- * @priority: in, 0 (lowest) .. DRM_VNPU_PARAM_MAX_PRIORITY; the device serves higher priorities first
+ * @priority: in, 0 (lowest) .. DRM_VNPU_PARAM_MAX_PRIORITY; the device serves higher priorities first.
+ *            Above 1 (the default, queue 0's) needs CAP_SYS_NICE, else -EACCES.
  * @flags: in, must be 0
  * @queue_id: out, queue id for SUBMIT/WAIT (ids are per file; queue 0 exists implicitly at priority 1)
  * @pad: must be 0
