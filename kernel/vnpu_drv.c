@@ -487,6 +487,9 @@ static int vnpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 			goto err_queues;
 	}
 
+	ret = vnpu_kernel_queue_init(vdev);
+	if (ret)
+		goto err_queues;
 	ret = vnpu_sysfs_init(vdev);
 	if (ret)
 		goto err_queues;
@@ -502,6 +505,8 @@ static int vnpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 
 err_queues:
 	vnpu_hwq_fini_all(vdev, i);
+	if (vdev->kq)
+		vnpu_squeue_put(vdev->kq);
 	vnpu_wr(vdev, VNPU_REG_RESET, VNPU_RESET_MAGIC);
 	return ret;
 }
@@ -515,6 +520,7 @@ static void vnpu_remove(struct pci_dev *pdev)
 
 	/* Jobs still in flight fail with -ENODEV; their waiters wake. */
 	vnpu_hwq_fini_all(vdev, vdev->num_hwq);
+	vnpu_squeue_put(vdev->kq);
 
 	vnpu_wr(vdev, VNPU_REG_RESET, VNPU_RESET_MAGIC);
 	pci_clear_master(pdev);

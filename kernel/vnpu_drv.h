@@ -65,6 +65,14 @@
  * entries are pruned, so neither table grows with the queue's lifetime.
  */
 #define VNPU_SEQNO_HISTORY 4096
+/*
+ * New device memory is cleared by H2D DMA from a zeroed buffer of
+ * VNPU_ZERO_BUF_SIZE bytes that a list of VNPU_ZERO_SGL_ENTRIES elements
+ * repeats: one command clears up to VNPU_ZERO_CHUNK bytes.
+ */
+#define VNPU_ZERO_BUF_SIZE SZ_64K
+#define VNPU_ZERO_SGL_ENTRIES 4096u
+#define VNPU_ZERO_CHUNK ((u64)VNPU_ZERO_BUF_SIZE * VNPU_ZERO_SGL_ENTRIES)
 
 struct vnpu_device;
 struct vnpu_job;
@@ -212,6 +220,11 @@ struct vnpu_hwq {
  * @ready_work: moves @ready jobs on in process context, on @ready_wq
  * @ready_wq: the device's own workqueue for @ready_work, drained and
  *            destroyed on remove so no work runs after it
+ * @kq: the driver's own software queue (clearing new device memory)
+ * @zero_buf: VNPU_ZERO_BUF_SIZE zero bytes in coherent DMA memory
+ * @zero_dma: its DMA address
+ * @zero_sgl: VNPU_ZERO_SGL_ENTRIES list elements, each @zero_buf
+ * @zero_sgl_dma: its DMA address
  * @hwq: hardware queues
  */
 struct vnpu_device {
@@ -242,6 +255,12 @@ struct vnpu_device {
 	struct llist_head ready;
 	struct work_struct ready_work;
 	struct workqueue_struct *ready_wq;
+
+	struct vnpu_squeue *kq;
+	void *zero_buf;
+	dma_addr_t zero_dma;
+	struct vnpu_hw_sge *zero_sgl;
+	dma_addr_t zero_sgl_dma;
 
 	struct vnpu_hwq hwq[VNPU_MAX_HWQ];
 };
@@ -510,6 +529,8 @@ int vnpu_submit_ioctl(struct drm_device *drm, void *data,
 		      struct drm_file *file);
 int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file);
 int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags);
+int vnpu_kernel_queue_init(struct vnpu_device *vdev);
+int vnpu_mem_clear(struct vnpu_device *vdev, struct vnpu_mem *mem);
 
 /* vnpu_sysfs.c */
 int vnpu_sysfs_init(struct vnpu_device *vdev);

@@ -310,6 +310,11 @@ int vnpu_mem_alloc_ioctl(struct drm_device *drm, void *data,
 	mem->ctx = ctx;
 	atomic64_add(size, &ctx->devmem_bytes);
 
+	/* Another context's old data never reaches this one. */
+	ret = vnpu_mem_clear(vdev, mem);
+	if (ret)
+		goto out_put;
+
 	ret = drm_gem_handle_create(file, &mem->base, &handle);
 	if (ret)
 		goto out_put;

@@ -1388,12 +1388,14 @@ static void vnpu_batch_free(struct vnpu_batch *b)
  * and make their seqnos visible to dependency lookups. On error nothing is
  * left behind. sq->submit_lock held.
  */
+static int vnpu_submit_reserve(struct vnpu_batch *b, u32 flags);
+
 static int vnpu_submit_prepare(struct vnpu_batch *b,
 			       const struct drm_vnpu_job *ujobs, u32 flags)
 {
 	struct vnpu_device *vdev = b->sq->vdev;
 	struct drm_device *drm = &vdev->drm;
-	u32 i, stored = 0;
+	u32 i;
 	int ret;
 
 	b->first_seqno = b->sq->last_seqno + 1;
@@ -1412,6 +1414,21 @@ static int vnpu_submit_prepare(struct vnpu_batch *b,
 			vnpu_max_inflight);
 		return -EBUSY;
 	}
+	return vnpu_submit_reserve(b, flags);
+}
+
+/*
+ * Reserve events and failure slots of the built jobs of @b, already counted
+ * in vdev->inflight, and make their seqnos visible to dependency lookups.
+ * On error the jobs are no longer counted. sq->submit_lock held.
+ */
+static int vnpu_submit_reserve(struct vnpu_batch *b, u32 flags)
+{
+	struct vnpu_device *vdev = b->sq->vdev;
+	struct drm_device *drm = &vdev->drm;
+	u32 i, stored = 0;
+	int ret;
+
 	atomic_add(b->count, &b->ctx->inflight);
 	for (i = 0; i < b->count; i++)
 		b->jobs[i]->accounted = true;
@@ -1553,6 +1570,144 @@ static void vnpu_batch_end(struct vnpu_batch *b)
 	vnpu_batch_free(b);
 	kfree(b->jobs);
 	vnpu_squeue_put(b->sq);
+}
+
+/* Zero @len bytes at device virtual address @va; one job's commands. */
+static u32 vnpu_clear_cmds(struct vnpu_device *vdev, struct vnpu_hw_cmd *cmds,
+			   u32 max, u64 *va, u64 *len)
+{
+	u32 n = 0;
+
+	while (*len && n < max) {
+		u64 chunk = min_t(u64, *len, VNPU_ZERO_CHUNK);
+		struct vnpu_hw_cmd *hc = &cmds[n++];
+
+		hc->opcode = VNPU_OPC_DMA_H2D;
+		hc->dma.sgl_addr = cpu_to_le64(vdev->zero_sgl_dma);
+		hc->dma.sgl_count = cpu_to_le32(VNPU_ZERO_SGL_ENTRIES);
+		hc->dma.sgl_offset = 0;
+		hc->dma.dev_addr = cpu_to_le64(*va);
+		hc->dma.length = cpu_to_le64(chunk);
+		*va += chunk;
+		*len -= chunk;
+	}
+	return n;
+}
+
+/* Submit one kernel job clearing the next part of [*va, *va + *len). */
+static struct vnpu_job *vnpu_clear_submit(struct vnpu_device *vdev,
+					  struct vnpu_mem *mem, u64 *va,
+					  u64 *len)
+{
+	struct vnpu_job *job = NULL;
+	struct vnpu_batch b = {
+		.sq = vdev->kq,
+		.ctx = mem->ctx,
+		.jobs = &job,
+		.count = 1,
+	};
+	int ret;
+
+	mutex_lock(&b.sq->submit_lock);
+	b.first_seqno = b.sq->last_seqno + 1;
+	job = vnpu_job_alloc(&b, b.first_seqno);
+	if (!job) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	job->cmds = kcalloc(vdev->max_cmds, sizeof(*job->cmds),
+			    GFP_KERNEL_ACCOUNT);
+	job->objs = kcalloc(1, sizeof(*job->objs), GFP_KERNEL_ACCOUNT);
+	if (!job->cmds || !job->objs) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	job->ncmds = vnpu_clear_cmds(vdev, job->cmds, vdev->max_cmds, va, len);
+	/* The memory stays allocated until the clear is done with it. */
+	drm_gem_object_get(&mem->base);
+	job->objs[job->nobjs++] = &mem->base;
+
+	/* Not limited by max_inflight: MEM_ALLOC does not fail with -EBUSY. */
+	atomic_add(1, &vdev->inflight);
+	ret = vnpu_submit_reserve(&b, 0);
+	if (ret)
+		goto out;
+	vnpu_submit_commit(&b);
+	vnpu_job_get(job);
+out:
+	mutex_unlock(&b.sq->submit_lock);
+	vnpu_batch_free(&b);
+	return ret ? ERR_PTR(ret) : job;
+}
+
+/**
+ * vnpu_mem_clear - zero a new device memory object before its owner can
+ * reach it: H2D DMA from the device's zero buffer, in kernel jobs on the
+ * device's own queue, in the object's context
+ * @vdev: device
+ * @mem: the object, mapped at mem->va in mem->ctx
+ *
+ * Return: 0; -EIO when a clear job failed; -ERESTARTSYS when a signal came
+ * first (the jobs still run and hold the object until they are done).
+ */
+int vnpu_mem_clear(struct vnpu_device *vdev, struct vnpu_mem *mem)
+{
+	u64 va = mem->va.start, len = mem->base.size;
+	struct vnpu_job *job;
+	long ret = 0;
+
+	while (len && !ret) {
+		job = vnpu_clear_submit(vdev, mem, &va, &len);
+		if (IS_ERR(job))
+			return PTR_ERR(job);
+		/* Bounded: a hung clear times out like any job. */
+		ret = dma_fence_wait(&job->fence, true);
+		if (!ret && job->status) {
+			drm_err_ratelimited(&vdev->drm,
+					    "clearing device memory failed: %d\n",
+					    job->status);
+			ret = -EIO;
+		}
+		vnpu_job_put(job);
+	}
+	return ret;
+}
+
+/**
+ * vnpu_kernel_queue_init - the device's own software queue, for the jobs
+ * the driver submits itself (clearing device memory)
+ * @vdev: device, its hardware queues initialised
+ *
+ * Return: 0 or -ENOMEM.
+ */
+int vnpu_kernel_queue_init(struct vnpu_device *vdev)
+{
+	struct device *dev = vdev->drm.dev;
+	unsigned int i;
+
+	vdev->zero_buf = dmam_alloc_coherent(dev, VNPU_ZERO_BUF_SIZE,
+					     &vdev->zero_dma, GFP_KERNEL);
+	vdev->zero_sgl = dmam_alloc_coherent(dev, VNPU_ZERO_SGL_ENTRIES *
+					     sizeof(*vdev->zero_sgl),
+					     &vdev->zero_sgl_dma, GFP_KERNEL);
+	if (!vdev->zero_buf || !vdev->zero_sgl)
+		return -ENOMEM;
+	/* Coherent memory comes zeroed; say so rather than rely on it. */
+	memset(vdev->zero_buf, 0, VNPU_ZERO_BUF_SIZE);
+	for (i = 0; i < VNPU_ZERO_SGL_ENTRIES; i++) {
+		vdev->zero_sgl[i].addr = cpu_to_le64(vdev->zero_dma);
+		vdev->zero_sgl[i].len = cpu_to_le32(VNPU_ZERO_BUF_SIZE);
+		vdev->zero_sgl[i].rsvd = 0;
+	}
+
+	vdev->kq = vnpu_squeue_create(vdev, 0, VNPU_DEFAULT_PRIORITY);
+	if (IS_ERR(vdev->kq)) {
+		int ret = PTR_ERR(vdev->kq);
+
+		vdev->kq = NULL;
+		return ret;
+	}
+	return 0;
 }
 
 int vnpu_submit_ioctl(struct drm_device *drm, void *data,

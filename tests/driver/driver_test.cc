@@ -2380,6 +2380,144 @@ TEST_F(Privilege, HighPrioritiesNeedCapSysNice) {
   EXPECT_EQ(api_.queue_create(VNPU_PRIORITY_MAX, &q), 0);
 }
 
+// ---- no data crosses files ------------------------------------------------------------------------------------
+
+/// Child process: allocates `count` device memory objects of `bytes`, fills them with 0xa5 by H2D DMA, and exits
+/// (its file closes; the memory returns to the pool). Returns the exit code, 0 on success.
+int fill_device_memory_child(uint64_t bytes, int count) {
+  int fd = open_device();
+  Api api{fd};
+  uint32_t bo = 0;
+  uint64_t off = 0;
+  if (fd < 0 || api.bo_create(bytes, &bo, &off))
+    return 2;
+  Mapping m(fd, off, bytes);
+  if (!m.ok())
+    return 3;
+  memset(m.as<void>(), 0xa5, bytes);
+  for (int i = 0; i < count; i++) {
+    uint32_t mem = 0;
+    uint64_t s = 0;
+    if (api.mem_alloc(bytes, &mem) || api.submit({copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo, mem, 0, 0, bytes)}, &s))
+      return 4;
+    if (api.wait_status(s))
+      return 5;
+  }
+  return 0;
+}
+
+class NoStaleData : public DeviceTest {};
+
+TEST_F(NoStaleData, NewDeviceMemoryReadsZeroAfterAnotherProcessFreedItsData) {
+  // Used to go wrong: MEM_ALLOC handed out device memory as the previous owner left it, so a process could read
+  // another process's old tensors with MEM_ALLOC and a D2H copy.
+  constexpr uint64_t kBytes = 4ull << 20;
+  constexpr int kCount = 4;
+  uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0)
+    _exit(fill_device_memory_child(kBytes, kCount));
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_EQ(wait_devmem_free(api_, before), before);
+
+  // The same sizes again: the allocator hands out the ranges the child just released.
+  uint32_t bo = 0;
+  uint64_t off = 0;
+  ASSERT_EQ(api_.bo_create(kBytes, &bo, &off), 0);
+  Mapping m(fd_, off, kBytes);
+  ASSERT_TRUE(m.ok());
+  std::vector<uint8_t> zeros(kBytes, 0);
+  for (int i = 0; i < kCount; i++) {
+    uint32_t mem = 0;
+    ASSERT_EQ(api_.mem_alloc(kBytes, &mem), 0);
+    memset(m.as<void>(), 0x5a, kBytes);
+    ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, bo, mem, 0, 0, kBytes)), 0);
+    EXPECT_EQ(memcmp(m.as<void>(), zeros.data(), kBytes), 0) << "object " << i << " holds stale data";
+  }
+}
+
+TEST_F(NoStaleData, NewDeviceMemoryInTheSameFileReadsZero) {
+  // Used to go wrong: as above, within one file: a closed object's data reappeared in the next allocation.
+  constexpr uint64_t kBytes = 1ull << 20;
+  uint32_t bo = 0, mem = 0;
+  uint64_t off = 0;
+  ASSERT_EQ(api_.bo_create(kBytes, &bo, &off), 0);
+  Mapping m(fd_, off, kBytes);
+  ASSERT_TRUE(m.ok());
+  memset(m.as<void>(), 0xa5, kBytes);
+  ASSERT_EQ(api_.mem_alloc(kBytes, &mem), 0);
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo, mem, 0, 0, kBytes)), 0);
+  ASSERT_EQ(api_.gem_close(mem), 0);
+  // The context is idle, so the range is free again at once.
+  ASSERT_EQ(api_.mem_alloc(kBytes, &mem), 0);
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, bo, mem, 0, 0, kBytes)), 0);
+  std::vector<uint8_t> zeros(kBytes, 0);
+  EXPECT_EQ(memcmp(m.as<void>(), zeros.data(), kBytes), 0);
+}
+
+TEST_F(NoStaleData, NewHostBoReadsZeroAfterAnotherProcessFreedItsData) {
+  constexpr uint64_t kBytes = 8ull << 20;
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    Fd fd(open_device());
+    Api api{fd.get()};
+    uint32_t bo = 0;
+    uint64_t off = 0;
+    if (api.bo_create(kBytes, &bo, &off))
+      _exit(2);
+    Mapping m(fd.get(), off, kBytes);
+    if (!m.ok())
+      _exit(3);
+    memset(m.as<void>(), 0xa5, kBytes);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  uint32_t bo = 0;
+  uint64_t off = 0;
+  ASSERT_EQ(api_.bo_create(kBytes, &bo, &off), 0);
+  Mapping m(fd_, off, kBytes);
+  ASSERT_TRUE(m.ok());
+  std::vector<uint8_t> zeros(kBytes, 0);
+  EXPECT_EQ(memcmp(m.as<void>(), zeros.data(), kBytes), 0);
+}
+
+TEST_F(NoStaleData, EventsAndReportsCarryNoUninitialisedBytes) {
+  // Every byte of an event and a job report is a defined field: fill the report slot with garbage first.
+  Reports r(api_, 1);
+  memset(r.map->as<void>(), 0xcc, kPage);
+  JobSpec j = valid_job();
+  j.user_data = 7;
+  r.attach(j, 0);
+  uint64_t first = 0;
+  ASSERT_EQ(api_.submit_jobs({j}, &first, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
+  pollfd p{fd_, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, int(kLongWaitMs)), 1);
+  drm_vnpu_event_job ev;
+  memset(&ev, 0xcc, sizeof(ev));
+  ASSERT_EQ(read(fd_, &ev, sizeof(ev)), ssize_t(sizeof(ev)));
+  drm_vnpu_event_job want{};
+  want.base.type = DRM_VNPU_EVENT_JOB;
+  want.base.length = sizeof(ev);
+  want.user_data = 7;
+  want.seqno = first;
+  EXPECT_EQ(memcmp(&ev, &want, sizeof(ev)), 0);
+  const auto* rep = r.map->as<const drm_vnpu_job_report>();
+  EXPECT_EQ(rep->flags, DRM_VNPU_REPORT_F_VALID);
+  EXPECT_EQ(rep->seqno, first);
+  EXPECT_EQ(rep->user_data, 7u);
+  EXPECT_EQ(rep->status, 0);
+  EXPECT_EQ(rep->fault_addr, 0u);
+  // The bytes after the report are the caller's, untouched.
+  EXPECT_EQ(r.map->as<uint8_t>()[sizeof(drm_vnpu_job_report)], 0xcc);
+}
+
 // ---- process lifetime ------------------------------------------------------------------------------------------
 
 class Lifetime : public DeviceTest {};

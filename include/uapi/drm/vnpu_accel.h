@@ -99,7 +99,8 @@ struct drm_vnpu_bo_create {
 /* ---- MEM_ALLOC: device-local memory, mapped into this file's device address space ------------------------ */
 /**
  * struct drm_vnpu_mem_alloc - allocate device memory
- * @size: in, bytes, > 0; rounded up to the MMU page size. -ENOSPC when device memory is exhausted.
+ * @size: in, bytes, > 0; rounded up to the MMU page size. -ENOSPC when device memory is exhausted. The memory
+ *        reads as zeros: the driver clears it by DMA before it returns (-EIO if that fails).
  * @flags: in, must be 0
  * @handle: out, GEM handle (not mmap-able; reach it with DMA commands)
  * @dev_addr: out, device virtual address of the allocation in this file's context. Commands name memory by
