@@ -33,7 +33,7 @@ static int vnpu_open(struct drm_device *drm, struct drm_file *file)
 	struct vnpu_file *vfile;
 	int ret;
 
-	vfile = kzalloc(sizeof(*vfile), GFP_KERNEL);
+	vfile = kzalloc(sizeof(*vfile), GFP_KERNEL_ACCOUNT);
 	if (!vfile)
 		return -ENOMEM;
 	vfile->vdev = vdev;
@@ -73,7 +73,7 @@ static void vnpu_postclose(struct drm_device *drm, struct drm_file *file)
 	 */
 	xa_for_each(&vfile->queues, id, sq) {
 		xa_erase(&vfile->queues, id);
-		vnpu_squeue_detach(sq);
+		vnpu_squeue_detach(sq, vfile);
 		vnpu_squeue_put(sq);
 	}
 	xa_destroy(&vfile->queues);

@@ -66,6 +66,12 @@
  */
 #define VNPU_SEQNO_HISTORY 4096
 /*
+ * Results of ioctl SUBMITs (without DRM_VNPU_SUBMIT_F_EVENT) one file may
+ * hold, pending or completed, before SUBMIT fails with -ENOSPC: each is a
+ * struct vnpu_result once its job completed (the job itself is freed).
+ */
+#define VNPU_MAX_RESULTS_PER_FILE 16384
+/*
  * New device memory is cleared by H2D DMA from a zeroed buffer of
  * VNPU_ZERO_BUF_SIZE bytes that a list of VNPU_ZERO_SGL_ENTRIES elements
  * repeats: one command clears up to VNPU_ZERO_CHUNK bytes.
@@ -284,9 +290,10 @@ struct vnpu_device {
  *          the latest VNPU_SEQNO_HISTORY seqnos (@lock); the slot of every
  *          job is reserved at SUBMIT (reads as NULL) and released when the
  *          job completes successfully
- * @waits: seqno -> job (a reference) submitted by ioctl without an event,
- *         until WAIT collects it or it falls out of the latest
- *         VNPU_SEQNO_HISTORY seqnos
+ * @waits: seqno -> result of a job submitted by ioctl without an event:
+ *         the job (a reference) until it completes, then its struct
+ *         vnpu_result (tagged 1); until WAIT collects it or it falls out of
+ *         the latest VNPU_SEQNO_HISTORY seqnos
  * @detached: the queue was destroyed or its file closed (@submit_lock)
  */
 struct vnpu_squeue {
@@ -308,17 +315,34 @@ struct vnpu_squeue {
 };
 
 /**
+ * struct vnpu_result - what WAIT returns about a completed job
+ * @status: 0 or negative errno
+ * @hw_status: enum vnpu_cpl_status
+ * @t_start: device clock at start
+ * @t_end: device clock at completion
+ */
+struct vnpu_result {
+	s32 status;
+	u32 hw_status;
+	u64 t_start;
+	u64 t_end;
+};
+
+/**
  * struct vnpu_file - per-open-file state
  * @vdev: device
  * @lock: protects @ctx creation
  * @ctx: device context, created on first use (NULL before)
  * @queues: queue id -> struct vnpu_squeue (a reference)
+ * @results: entries in the @waits of its queues, at most
+ *           VNPU_MAX_RESULTS_PER_FILE
  */
 struct vnpu_file {
 	struct vnpu_device *vdev;
 	struct mutex lock; /* see @lock above */
 	struct vnpu_ctx *ctx;
 	struct xarray queues;
+	atomic_t results;
 };
 
 /**
@@ -391,6 +415,8 @@ enum vnpu_job_state {
  * @ready_node: entry in vdev->ready
  * @event: DRM event to send at completion, or NULL
  * @ucmd: io_uring command to complete, or NULL (@fence_lock)
+ * @result: for a job in sq->waits, its result record, stored there in
+ *          place of the job when it completes
  * @requeues: times the job was put back after a queue reset
  * @aborted: recovery saw an ABORTED completion for it
  * @accounted: counted in vdev->inflight and ctx->inflight
@@ -433,6 +459,7 @@ struct vnpu_job {
 
 	struct vnpu_event *event;
 	struct io_uring_cmd *ucmd;
+	struct vnpu_result *result;
 	u32 requeues;
 	bool aborted;
 	bool accounted;
@@ -520,7 +547,7 @@ void vnpu_ready_work(struct work_struct *work);
 struct vnpu_squeue *vnpu_squeue_create(struct vnpu_device *vdev, u32 id,
 				       u32 priority);
 void vnpu_squeue_put(struct vnpu_squeue *sq);
-void vnpu_squeue_detach(struct vnpu_squeue *sq);
+void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile);
 int vnpu_queue_create_ioctl(struct drm_device *drm, void *data,
 			    struct drm_file *file);
 int vnpu_queue_destroy_ioctl(struct drm_device *drm, void *data,

@@ -54,6 +54,12 @@ module_param_named(watchdog_ms, vnpu_watchdog_ms, uint, 0644);
 MODULE_PARM_DESC(watchdog_ms,
 		 "Period of the per-queue watchdog that collects completions whose interrupt was lost (default 100)");
 
+/* Tag of a struct vnpu_result in sq->waits (a job pointer has tag 0). */
+#define VNPU_WAIT_RESULT 1
+
+/* Internal vnpu_submit_prepare() flag: the jobs' results go to sq->waits. */
+#define VNPU_SUBMIT_F_RESULT (1u << 31)
+
 /* Per-command state of an io_uring SUBMIT: the job, holding a reference. */
 struct vnpu_uring_pdu {
 	struct vnpu_job *job;
@@ -105,6 +111,7 @@ static void vnpu_fence_release(struct dma_fence *f)
 		vnpu_ctx_put(job->ctx);
 	if (job->sq)
 		vnpu_squeue_put(job->sq);
+	kfree(job->result);
 	kfree(job->objs);
 	kfree(job->cmds);
 	dma_fence_free(f);
@@ -226,6 +233,27 @@ static void vnpu_job_complete(struct vnpu_job *job)
 		job->accounted = false;
 		atomic_dec(&vdev->inflight);
 		vnpu_ctx_job_done(ctx);
+	}
+
+	/*
+	 * A result WAIT may collect: keep only the record, let the job go.
+	 * Replacing an entry allocates nothing. Before the fence, so that a
+	 * waiter woken by it finds the record.
+	 */
+	if (job->result) {
+		struct vnpu_result *r = job->result;
+
+		r->status = job->status;
+		r->hw_status = job->hw_status;
+		r->t_start = job->t_start;
+		r->t_end = job->t_end;
+		if (xa_cmpxchg(&job->sq->waits, job->seqno, job,
+			       xa_tag_pointer(r, VNPU_WAIT_RESULT),
+			       GFP_NOWAIT) == job) {
+			job->result = NULL;
+			/* The table's reference; the queue's is still held. */
+			vnpu_job_put(job);
+		}
 	}
 
 	if (job->status)
@@ -367,7 +395,7 @@ struct vnpu_squeue *vnpu_squeue_create(struct vnpu_device *vdev, u32 id,
 {
 	struct vnpu_squeue *sq;
 
-	sq = kzalloc(sizeof(*sq), GFP_KERNEL);
+	sq = kzalloc(sizeof(*sq), GFP_KERNEL_ACCOUNT);
 	if (!sq)
 		return ERR_PTR(-ENOMEM);
 	kref_init(&sq->ref);
@@ -412,16 +440,35 @@ void vnpu_squeue_put(struct vnpu_squeue *sq)
 	kref_put(&sq->ref, vnpu_squeue_release);
 }
 
-/* Drop uncollected WAIT results of seqnos up to @last; process context. */
-static void vnpu_squeue_drop_waits(struct vnpu_squeue *sq, u64 last)
+/* Free an entry taken out of sq->waits: a result, or a job's reference. */
+static void vnpu_wait_entry_free(void *entry)
 {
-	struct vnpu_job *job;
-	unsigned long seqno;
+	if (xa_pointer_tag(entry) == VNPU_WAIT_RESULT)
+		kfree(xa_untag_pointer(entry));
+	else
+		vnpu_job_put(entry);
+}
 
-	/* A concurrent WAIT may collect one first: only one side puts it. */
-	xa_for_each_range(&sq->waits, seqno, job, 0, last) {
-		if (xa_cmpxchg(&sq->waits, seqno, job, NULL, 0) == job)
-			vnpu_job_put(job);
+/*
+ * Drop uncollected WAIT results of seqnos up to @last, uncounting them in
+ * @vfile. Process context.
+ */
+static void vnpu_squeue_drop_waits(struct vnpu_squeue *sq,
+				   struct vnpu_file *vfile, u64 last)
+{
+	unsigned long seqno;
+	void *entry;
+
+	/*
+	 * A concurrent WAIT may take one, and completion may replace a job by
+	 * its record, meanwhile: whoever erases an entry frees what it erased.
+	 */
+	xa_for_each_range(&sq->waits, seqno, entry, 0, last) {
+		entry = xa_erase(&sq->waits, seqno);
+		if (!entry)
+			continue;
+		vnpu_wait_entry_free(entry);
+		atomic_dec(&vfile->results);
 	}
 }
 
@@ -429,13 +476,14 @@ static void vnpu_squeue_drop_waits(struct vnpu_squeue *sq, u64 last)
  * vnpu_squeue_detach - the queue leaves its file: no more submissions, and
  * results nobody will collect are dropped (jobs still run to completion)
  * @sq: queue
+ * @vfile: its file
  */
-void vnpu_squeue_detach(struct vnpu_squeue *sq)
+void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile)
 {
 	mutex_lock(&sq->submit_lock);
 	sq->detached = true;
 	mutex_unlock(&sq->submit_lock);
-	vnpu_squeue_drop_waits(sq, ULONG_MAX);
+	vnpu_squeue_drop_waits(sq, vfile, ULONG_MAX);
 }
 
 static struct vnpu_squeue *vnpu_file_squeue_get(struct vnpu_file *vfile,
@@ -815,6 +863,7 @@ struct vnpu_batch {
 	struct vnpu_job **jobs;
 	u32 count;
 	u64 first_seqno;
+	bool want_results;
 };
 
 /* Resolve one dependency to a fence (or a known failure) of this file. */
@@ -907,12 +956,16 @@ static int vnpu_job_build(struct vnpu_job *job, struct vnpu_batch *b,
 
 	job->user_data = uj->user_data;
 	job->ncmds = uj->cmd_count;
-	job->cmds = kcalloc(job->ncmds, sizeof(*job->cmds), GFP_KERNEL);
+	job->cmds = kcalloc(job->ncmds, sizeof(*job->cmds),
+			    GFP_KERNEL_ACCOUNT);
 	/* Up to three objects per command, plus the report BO. */
 	max_objs = job->ncmds * 3 + 1;
-	job->objs = kcalloc(max_objs, sizeof(*job->objs), GFP_KERNEL);
+	job->objs = kcalloc(max_objs, sizeof(*job->objs), GFP_KERNEL_ACCOUNT);
 	ucmds = kvmalloc_array(job->ncmds, sizeof(*ucmds), GFP_KERNEL);
-	if (!job->cmds || !job->objs || !ucmds) {
+	if (b->want_results)
+		job->result = kzalloc(sizeof(*job->result), GFP_KERNEL_ACCOUNT);
+	if (!job->cmds || !job->objs || !ucmds ||
+	    (b->want_results && !job->result)) {
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -967,7 +1020,7 @@ static struct vnpu_job *vnpu_job_alloc(struct vnpu_batch *b, u64 seqno)
 	struct vnpu_device *vdev = b->sq->vdev;
 	struct vnpu_job *job;
 
-	job = kzalloc(sizeof(*job), GFP_KERNEL);
+	job = kzalloc(sizeof(*job), GFP_KERNEL_ACCOUNT);
 	if (!job)
 		return NULL;
 	spin_lock_init(&job->fence_lock);
@@ -1435,7 +1488,8 @@ static int vnpu_submit_reserve(struct vnpu_batch *b, u32 flags)
 
 	if (flags & DRM_VNPU_SUBMIT_F_EVENT) {
 		for (i = 0; i < b->count; i++) {
-			struct vnpu_event *e = kzalloc(sizeof(*e), GFP_KERNEL);
+			struct vnpu_event *e = kzalloc(sizeof(*e),
+						       GFP_KERNEL_ACCOUNT);
 
 			if (!e) {
 				ret = -ENOMEM;
@@ -1461,11 +1515,12 @@ static int vnpu_submit_reserve(struct vnpu_batch *b, u32 flags)
 	for (stored = 0; stored < b->count; stored++) {
 		struct vnpu_job *job = b->jobs[stored];
 
-		ret = xa_reserve(&b->sq->failed, job->seqno, GFP_KERNEL);
+		ret = xa_reserve(&b->sq->failed, job->seqno,
+				 GFP_KERNEL_ACCOUNT);
 		if (ret)
 			goto err_active;
 		ret = xa_err(xa_store(&b->sq->active, job->seqno, job,
-				      GFP_KERNEL));
+				      GFP_KERNEL_ACCOUNT));
 		if (ret) {
 			xa_release(&b->sq->failed, job->seqno);
 			goto err_active;
@@ -1710,6 +1765,50 @@ int vnpu_kernel_queue_init(struct vnpu_device *vdev)
 	return 0;
 }
 
+/* Give back @n result slots of @b reserved by vnpu_results_reserve(). */
+static void vnpu_results_unreserve(struct vnpu_batch *b, u32 n)
+{
+	u64 first = b->sq->last_seqno + 1;
+	u32 i;
+
+	if (!b->want_results)
+		return;
+	for (i = 0; i < n; i++)
+		xa_release(&b->sq->waits, first + i);
+	atomic_sub(b->count, &b->vfile->results);
+	b->want_results = false;
+}
+
+/*
+ * Count the batch's results against the file's cap and reserve their slots
+ * in sq->waits, so that storing them later cannot fail. sq->submit_lock
+ * held.
+ */
+static int vnpu_results_reserve(struct vnpu_batch *b)
+{
+	u64 first = b->sq->last_seqno + 1;
+	u32 i;
+	int ret;
+
+	if (atomic_add_return(b->count, &b->vfile->results) >
+	    VNPU_MAX_RESULTS_PER_FILE) {
+		atomic_sub(b->count, &b->vfile->results);
+		drm_dbg(b->file->minor->dev,
+			"submit: %u uncollected results in this file\n",
+			VNPU_MAX_RESULTS_PER_FILE);
+		return -ENOSPC;
+	}
+	b->want_results = true;
+	for (i = 0; i < b->count; i++) {
+		ret = xa_reserve(&b->sq->waits, first + i, GFP_KERNEL_ACCOUNT);
+		if (ret) {
+			vnpu_results_unreserve(b, i);
+			return ret;
+		}
+	}
+	return 0;
+}
+
 int vnpu_submit_ioctl(struct drm_device *drm, void *data,
 		      struct drm_file *file)
 {
@@ -1747,29 +1846,37 @@ int vnpu_submit_ioctl(struct drm_device *drm, void *data,
 	ret = vnpu_batch_begin(&b, file, args->queue_id, args->job_count);
 	if (ret)
 		goto out_exit;
+	if (!(args->flags & DRM_VNPU_SUBMIT_F_EVENT)) {
+		ret = vnpu_results_reserve(&b);
+		if (ret)
+			goto out_end;
+	}
 	ret = vnpu_submit_prepare(&b, ujobs, args->flags);
 	if (ret)
-		goto out_end;
+		goto out_unreserve;
 
-	if (!(args->flags & DRM_VNPU_SUBMIT_F_EVENT)) {
-		/* WAIT's reference, dropped when WAIT collects the result. */
+	if (b.want_results) {
+		/* WAIT's reference, until the job's record replaces it. */
 		for (i = 0; i < b.count; i++) {
+			void *old;
+
 			vnpu_job_get(b.jobs[i]);
-			ret = xa_err(xa_store(&b.sq->waits, b.jobs[i]->seqno,
-					      b.jobs[i], GFP_KERNEL));
-			if (ret) {
-				/* Still runs; its result just cannot be waited for. */
-				vnpu_job_put(b.jobs[i]);
-				ret = 0;
-			}
+			/* Into the slot reserved above: allocates nothing. */
+			old = xa_store(&b.sq->waits, b.jobs[i]->seqno,
+				       b.jobs[i], GFP_NOWAIT);
+			WARN_ON_ONCE(xa_is_err(old));
 		}
 	}
 	vnpu_submit_commit(&b);
 	args->first_seqno = b.first_seqno;
 	/* Results nobody collected within the history window are dropped. */
 	if (b.sq->last_seqno > VNPU_SEQNO_HISTORY)
-		vnpu_squeue_drop_waits(b.sq,
+		vnpu_squeue_drop_waits(b.sq, b.vfile,
 				       b.sq->last_seqno - VNPU_SEQNO_HISTORY);
+	goto out_end;
+
+out_unreserve:
+	vnpu_results_unreserve(&b, b.count);
 out_end:
 	vnpu_batch_end(&b);
 out_exit:
@@ -1779,6 +1886,43 @@ out_free:
 	return ret;
 }
 
+/*
+ * Collect the result of @seqno if its job completed: 0 (copied to @args),
+ * -ENOENT when there is none, or -EINPROGRESS with *@jobp the still running
+ * job (a reference).
+ */
+static int vnpu_wait_collect(struct vnpu_squeue *sq, struct vnpu_file *vfile,
+			     struct drm_vnpu_wait *args,
+			     struct vnpu_job **jobp)
+{
+	struct vnpu_result *r;
+	void *entry;
+
+	xa_lock(&sq->waits);
+	entry = xa_load(&sq->waits, args->seqno);
+	if (!entry) {
+		xa_unlock(&sq->waits);
+		return -ENOENT;
+	}
+	if (xa_pointer_tag(entry) != VNPU_WAIT_RESULT) {
+		*jobp = entry;
+		vnpu_job_get(*jobp);
+		xa_unlock(&sq->waits);
+		return -EINPROGRESS;
+	}
+	/* Only one waiter collects it: the one that erases it. */
+	r = xa_untag_pointer(entry);
+	__xa_erase(&sq->waits, args->seqno);
+	xa_unlock(&sq->waits);
+	args->job_status = r->status;
+	args->hw_status = r->hw_status;
+	args->t_start = r->t_start;
+	args->t_end = r->t_end;
+	kfree(r);
+	atomic_dec(&vfile->results);
+	return 0;
+}
+
 int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file)
 {
 	struct vnpu_file *vfile = file->driver_priv;
@@ -1786,7 +1930,7 @@ int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file)
 	struct vnpu_squeue *sq;
 	struct vnpu_job *job;
 	long timeout;
-	int ret = 0;
+	int ret;
 
 	if (args->flags) {
 		drm_dbg(drm, "wait: flags not zero\n");
@@ -1796,41 +1940,30 @@ int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file)
 	if (!sq)
 		return -ENOENT;
 
-	xa_lock(&sq->waits);
-	job = xa_load(&sq->waits, args->seqno);
-	if (job)
-		vnpu_job_get(job);
-	xa_unlock(&sq->waits);
-	if (!job) {
-		ret = -ENOENT;
+	ret = vnpu_wait_collect(sq, vfile, args, &job);
+	if (ret != -EINPROGRESS)
 		goto out_sq;
-	}
 
-	if (!dma_fence_is_signaled(&job->fence)) {
-		timeout = drm_timeout_abs_to_jiffies(args->timeout_ns);
-		if (!timeout) {
+	ret = 0;
+	timeout = drm_timeout_abs_to_jiffies(args->timeout_ns);
+	if (!timeout) {
+		ret = -ETIME;
+	} else {
+		timeout = dma_fence_wait_timeout(&job->fence, true, timeout);
+		if (timeout < 0)
+			ret = timeout;
+		else if (!timeout)
 			ret = -ETIME;
-		} else {
-			timeout = dma_fence_wait_timeout(&job->fence, true,
-							 timeout);
-			if (timeout < 0)
-				ret = timeout;
-			else if (!timeout)
-				ret = -ETIME;
-		}
 	}
-
-	/* Only one waiter collects the result. */
-	if (!ret) {
-		if (xa_cmpxchg(&sq->waits, args->seqno, job, NULL, 0) == job) {
-			args->job_status = job->status;
-			args->hw_status = job->hw_status;
-			args->t_start = job->t_start;
-			args->t_end = job->t_end;
+	/* A job whose fence is signalled left its record in its place. */
+	if (!ret && dma_fence_is_signaled(&job->fence)) {
+		ret = vnpu_wait_collect(sq, vfile, args, &job);
+		if (WARN_ON_ONCE(ret == -EINPROGRESS)) {
 			vnpu_job_put(job);
-		} else {
 			ret = -ENOENT;
 		}
+	} else if (!ret) {
+		ret = -ETIME;
 	}
 	vnpu_job_put(job);
 out_sq:
@@ -1907,7 +2040,7 @@ int vnpu_queue_destroy_ioctl(struct drm_device *drm, void *data,
 	sq = xa_erase(&vfile->queues, args->queue_id);
 	if (!sq)
 		return -ENOENT;
-	vnpu_squeue_detach(sq);
+	vnpu_squeue_detach(sq, vfile);
 	vnpu_squeue_put(sq);
 	return 0;
 }

@@ -2518,6 +2518,112 @@ TEST_F(NoStaleData, EventsAndReportsCarryNoUninitialisedBytes) {
   EXPECT_EQ(r.map->as<uint8_t>()[sizeof(drm_vnpu_job_report)], 0xcc);
 }
 
+// ---- bounded kernel memory per file ----------------------------------------------------------------------------
+
+/// Unreclaimable slab memory of the guest, KiB (/proc/meminfo SUnreclaim).
+long slab_unreclaimable_kib() {
+  std::istringstream in(read_file("/proc/meminfo"));
+  std::string key;
+  long value = -1;
+  std::string unit;
+  while (in >> key >> value >> unit)
+    if (key == "SUnreclaim:")
+      return value;
+  return -1;
+}
+
+class Bounded : public DeviceTest {};
+
+TEST_F(Bounded, UncollectedResultsAreCappedPerFileAndSmall) {
+  // Used to go wrong: every result nobody WAITed for kept its whole job alive (about 7 KB of slab), up to 4096
+  // per queue and 64 queues per file, and SUBMIT never refused: a process could grow the slab by gigabytes.
+  std::vector<uint32_t> queues = {0};
+  for (int i = 0; i < 7; i++) {
+    uint32_t q = 0;
+    ASSERT_EQ(api_.queue_create(i % 2, &q), 0);
+    queues.push_back(q);
+  }
+  std::vector<JobSpec> batch(256);
+  for (auto& j : batch)
+    j.cmds = {nop_cmd()};
+  std::map<uint32_t, uint64_t> last;
+  long before = slab_unreclaimable_kib();
+  ASSERT_GT(before, 0);
+  int accepted = 0, err = 0, busy = 0;
+  for (int i = 0; i < 400 && busy < 100000;) {
+    uint64_t first = 0;
+    uint32_t q = queues[i % queues.size()];
+    int ret = api_.submit_jobs(batch, &first, q);
+    if (ret == -EBUSY) {  // the device-wide in-flight limit: let jobs complete
+      busy++;
+      usleep(1000);
+      continue;
+    }
+    if (ret) {
+      err = ret;
+      break;
+    }
+    accepted += int(batch.size());
+    last[q] = first + batch.size() - 1;
+    i++;
+  }
+  EXPECT_EQ(err, -ENOSPC);
+  EXPECT_EQ(accepted, 16384);
+  // Every job completed: only the small records remain.
+  for (auto [q, s] : last)
+    EXPECT_EQ(api_.wait_status(s, q), 0);
+  long growth = slab_unreclaimable_kib() - before;
+  printf("unreclaimable slab growth for %d uncollected results: %ld KiB\n", accepted, growth);
+  EXPECT_LT(growth, 8192) << "KiB of slab for " << accepted << " uncollected results";
+  // Collecting results makes room for exactly as many new ones.
+  uint64_t s = 0;
+  EXPECT_EQ(api_.wait_status(last[0] - 1), 0);
+  for (size_t i = 0; i < last.size() + 1; i++)
+    EXPECT_EQ(api_.submit({nop_cmd()}, &s), 0) << "after collecting " << last.size() + 1 << " results";
+  EXPECT_EQ(api_.submit({nop_cmd()}, &s), -ENOSPC);
+  // Jobs reported by events are not results: they are not capped by it.
+  JobSpec j;
+  j.cmds = {nop_cmd()};
+  EXPECT_EQ(api_.submit_jobs({j}, &s, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
+}
+
+TEST_F(Bounded, ResultsOfAClosedFileAreFreed) {
+  // A file holding the maximum number of uncollected results gives them all back when it closes.
+  long before = slab_unreclaimable_kib();
+  for (int round = 0; round < 3; round++) {
+    Fd other(open_device());
+    ASSERT_GE(other.get(), 0);
+    Api api{other.get()};
+    std::vector<uint32_t> queues = {0};
+    for (int i = 0; i < 3; i++) {
+      uint32_t q = 0;
+      ASSERT_EQ(api.queue_create(1, &q), 0);
+      queues.push_back(q);
+    }
+    std::vector<JobSpec> batch(256);
+    for (auto& j : batch)
+      j.cmds = {nop_cmd()};
+    for (int i = 0; i < 64;) {
+      uint64_t first = 0;
+      int ret = api.submit_jobs(batch, &first, queues[i % 4]);
+      if (ret == -EBUSY) {
+        usleep(1000);
+        continue;
+      }
+      ASSERT_EQ(ret, 0) << "batch " << i;
+      i++;
+    }
+    uint64_t first = 0;
+    EXPECT_EQ(api.submit_jobs(batch, &first, 0), -ENOSPC);
+  }
+  // Let the closed files' jobs drain.
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({nop_cmd()}, &s), 0);
+  EXPECT_EQ(api_.wait_status(s), 0);
+  usleep(200000);
+  EXPECT_LT(slab_unreclaimable_kib() - before, 4096);
+}
+
 // ---- process lifetime ------------------------------------------------------------------------------------------
 
 class Lifetime : public DeviceTest {};

@@ -336,8 +336,10 @@ struct drm_vnpu_job {
  * @first_seqno: out, job i of the batch gets seqno first_seqno + i on @queue_id. Must be 0 on input.
  *
  * All jobs of the batch are validated before any is queued: on error nothing is queued and the ioctl fails
- * with -EINVAL (bad field, range, op), -ENOENT (unknown handle or queue), -EFAULT (bad user pointer) or -EBUSY
- * (the per-device in-flight limit, a module parameter, is reached; retry after jobs complete). A full hardware
+ * with -EINVAL (bad field, range, op), -ENOENT (unknown handle or queue), -EFAULT (bad user pointer), -EBUSY
+ * (the per-device in-flight limit, a module parameter, is reached; retry after jobs complete) or -ENOSPC (without
+ * DRM_VNPU_SUBMIT_F_EVENT: the file already holds 16384 results not yet collected by WAIT, pending or completed;
+ * WAIT for some first). A full hardware
  * ring never fails a submission: jobs wait in a software queue. Referenced objects stay alive until the job
  * completes, even if their handles are closed.
  */
