@@ -353,6 +353,9 @@ struct vnpu_file {
  * @sgl_dma: its DMA address
  * @sgl_count: entries in @sgl
  * @flags: DRM_VNPU_BO_* it was created with
+ * @user: the user its pinned pages are charged to (RLIMIT_MEMLOCK), or
+ *        NULL (created with CAP_IPC_LOCK)
+ * @locked_pages: pages charged to @user
  */
 struct vnpu_bo {
 	struct drm_gem_shmem_object base;
@@ -360,6 +363,8 @@ struct vnpu_bo {
 	dma_addr_t sgl_dma;
 	u32 sgl_count;
 	u32 flags;
+	struct user_struct *user;
+	unsigned long locked_pages;
 };
 
 /**

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -2341,14 +2342,14 @@ TEST_F(UringAsync, KillNineOfAnAsyncSubmitterEndsIt) {
 
 // ---- privilege -------------------------------------------------------------------------------------------------
 
-/// Drops CAP_SYS_NICE from the calling process's effective and permitted sets; false on failure.
-bool drop_cap_sys_nice() {
+/// Drops capability `cap` from the calling process's effective and permitted sets; false on failure.
+bool drop_cap(int cap) {
   __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
   __user_cap_data_struct data[2] = {};
   if (syscall(SYS_capget, &hdr, data))
     return false;
-  data[CAP_SYS_NICE / 32].effective &= ~(1u << (CAP_SYS_NICE % 32));
-  data[CAP_SYS_NICE / 32].permitted &= ~(1u << (CAP_SYS_NICE % 32));
+  data[cap / 32].effective &= ~(1u << (cap % 32));
+  data[cap / 32].permitted &= ~(1u << (cap % 32));
   return syscall(SYS_capset, &hdr, data) == 0;
 }
 
@@ -2359,7 +2360,7 @@ TEST_F(Privilege, HighPrioritiesNeedCapSysNice) {
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    if (!drop_cap_sys_nice())
+    if (!drop_cap(CAP_SYS_NICE))
       _exit(10);
     Fd fd(open_device());
     Api api{fd.get()};
@@ -2622,6 +2623,43 @@ TEST_F(Bounded, ResultsOfAClosedFileAreFreed) {
   EXPECT_EQ(api_.wait_status(s), 0);
   usleep(200000);
   EXPECT_LT(slab_unreclaimable_kib() - before, 4096);
+}
+
+TEST_F(Bounded, PinnedHostBosAreChargedToRlimitMemlock) {
+  // Used to go wrong: BO_CREATE pinned any amount of memory, charged to nobody: a process with a few MB of RSS
+  // pinned hundreds of MiB and the OOM killer then killed a bystander instead.
+  constexpr uint64_t kMiB = 1 << 20;
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    Fd fd(open_device());
+    Api api{fd.get()};
+    rlimit lim{16 * kMiB, 16 * kMiB};
+    if (fd.get() < 0 || setrlimit(RLIMIT_MEMLOCK, &lim) || !drop_cap(CAP_IPC_LOCK))
+      _exit(10);
+    uint32_t a = 0, b = 0, c = 0;
+    if (api.bo_create(8 * kMiB, &a))
+      _exit(11);
+    if (api.bo_create(16 * kMiB, &b) != -ENOMEM)  // 24 MiB > 16 MiB
+      _exit(12);
+    if (api.bo_create(8 * kMiB - 100, &b))  // exactly 16 MiB after rounding to pages
+      _exit(13);
+    if (api.bo_create(1, &c) != -ENOMEM)
+      _exit(14);
+    if (api.gem_close(a) || api.bo_create(8 * kMiB, &a))  // closing gives the charge back
+      _exit(15);
+    _exit(0);
+  }
+  int status = wait_exit(pid, 60000);
+  ASSERT_NE(status, -1);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "10: setup; 11..15: the numbered step in the child";
+  // With CAP_IPC_LOCK (root) the limit does not apply.
+  uint32_t h = 0;
+  rlimit lim{};
+  ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &lim), 0);
+  if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < (64 << 20))
+    EXPECT_EQ(api_.bo_create(64 << 20, &h), 0);
 }
 
 // ---- process lifetime ------------------------------------------------------------------------------------------

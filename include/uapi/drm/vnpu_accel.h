@@ -80,7 +80,9 @@ struct drm_vnpu_get_param {
 
 /**
  * struct drm_vnpu_bo_create - create a host buffer object
- * @size: in, bytes, 1..2 GiB; rounded up to pages
+ * @size: in, bytes, 1..2 GiB; rounded up to pages. The pages stay pinned while the BO exists and are charged to
+ *        the creating user's RLIMIT_MEMLOCK (as io_uring's registered buffers are) unless the caller has
+ *        CAP_IPC_LOCK: -ENOMEM beyond the limit. Closing the last handle gives the charge back.
  * @flags: in, DRM_VNPU_BO_*
  * @handle: out, GEM handle
  * @pad: must be 0
