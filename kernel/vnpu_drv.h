@@ -478,6 +478,18 @@ struct vnpu_job {
 	u32 busy_ns[3];
 };
 
+/*
+ * vnpu_hw.h, shared with the device model and user space, declares the
+ * little-endian fields of rings, lists and tables as plain __u16/__u32/
+ * __u64. These convert to and from them and tell sparse that they do.
+ */
+#define vnpu_hw16(v) ((__force __u16)cpu_to_le16(v))
+#define vnpu_hw32(v) ((__force __u32)cpu_to_le32(v))
+#define vnpu_hw64(v) ((__force __u64)cpu_to_le64(v))
+#define vnpu_cpu16(v) le16_to_cpu((__force __le16)(v))
+#define vnpu_cpu32(v) le32_to_cpu((__force __le32)(v))
+#define vnpu_cpu64(v) le64_to_cpu((__force __le64)(v))
+
 static inline struct vnpu_device *to_vnpu_device(struct drm_device *drm)
 {
 	return container_of(drm, struct vnpu_device, drm);

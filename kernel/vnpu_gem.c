@@ -168,8 +168,8 @@ static int vnpu_bo_build_sgl(struct vnpu_bo *bo)
 	bo->sgl_count = sgt->nents;
 
 	for_each_sgtable_dma_sg(sgt, sg, i) {
-		bo->sgl[i].addr = cpu_to_le64(sg_dma_address(sg));
-		bo->sgl[i].len = cpu_to_le32(sg_dma_len(sg));
+		bo->sgl[i].addr = vnpu_hw64(sg_dma_address(sg));
+		bo->sgl[i].len = vnpu_hw32(sg_dma_len(sg));
 		bo->sgl[i].rsvd = 0;
 	}
 	return 0;

@@ -57,9 +57,6 @@ MODULE_PARM_DESC(watchdog_ms,
 /* Tag of a struct vnpu_result in sq->waits (a job pointer has tag 0). */
 #define VNPU_WAIT_RESULT 1
 
-/* Internal vnpu_submit_prepare() flag: the jobs' results go to sq->waits. */
-#define VNPU_SUBMIT_F_RESULT (1u << 31)
-
 /* Per-command state of an io_uring SUBMIT: the job, holding a reference. */
 struct vnpu_uring_pdu {
 	struct vnpu_job *job;
@@ -673,17 +670,17 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 	}
 
 	hc->opcode = to_device ? VNPU_OPC_DMA_H2D : VNPU_OPC_DMA_D2H;
-	hc->dma.sgl_addr = cpu_to_le64(bo->sgl_dma);
-	hc->dma.sgl_count = cpu_to_le32(bo->sgl_count);
-	hc->dma.sgl_offset = cpu_to_le64(c->bo_offset);
-	hc->dma.dev_addr = cpu_to_le64(mem->va.start + c->mem_offset);
-	hc->dma.length = cpu_to_le64(c->size);
+	hc->dma.sgl_addr = vnpu_hw64(bo->sgl_dma);
+	hc->dma.sgl_count = vnpu_hw32(bo->sgl_count);
+	hc->dma.sgl_offset = vnpu_hw64(c->bo_offset);
+	hc->dma.dev_addr = vnpu_hw64(mem->va.start + c->mem_offset);
+	hc->dma.length = vnpu_hw64(c->size);
 	return 0;
 }
 
 static int vnpu_matmul_operand(struct vnpu_job *job, struct drm_file *file,
 			       u32 handle, u64 offset, u64 rows, u64 cols,
-			       struct vnpu_mem **memp, __le64 *addr)
+			       struct vnpu_mem **memp, __u64 *addr)
 {
 	struct vnpu_mem *mem;
 
@@ -697,7 +694,7 @@ static int vnpu_matmul_operand(struct vnpu_job *job, struct drm_file *file,
 		return -EINVAL;
 	}
 	*memp = mem;
-	*addr = cpu_to_le64(mem->va.start + offset);
+	*addr = vnpu_hw64(mem->va.start + offset);
 	return 0;
 }
 
@@ -761,10 +758,10 @@ static int vnpu_build_matmul(struct vnpu_job *job, struct drm_file *file,
 	}
 
 	hc->opcode = VNPU_OPC_MATMUL;
-	hc->matmul.m = cpu_to_le32(m->m);
-	hc->matmul.n = cpu_to_le32(m->n);
-	hc->matmul.k = cpu_to_le32(m->k);
-	hc->matmul.dtype = cpu_to_le32(VNPU_DTYPE_F32);
+	hc->matmul.m = vnpu_hw32(m->m);
+	hc->matmul.n = vnpu_hw32(m->n);
+	hc->matmul.k = vnpu_hw32(m->k);
+	hc->matmul.dtype = vnpu_hw32(VNPU_DTYPE_F32);
 	return 0;
 }
 
@@ -806,10 +803,10 @@ static int vnpu_build_exec(struct vnpu_job *job, struct drm_file *file,
 	}
 
 	hc->opcode = VNPU_OPC_EXEC;
-	hc->exec.prog_addr = cpu_to_le64(prog->va.start + e->prog_offset);
-	hc->exec.prog_len = cpu_to_le32(e->prog_size);
-	hc->exec.num_bindings = cpu_to_le32(e->num_bindings);
-	hc->exec.bindings_addr = cpu_to_le64(bind->va.start +
+	hc->exec.prog_addr = vnpu_hw64(prog->va.start + e->prog_offset);
+	hc->exec.prog_len = vnpu_hw32(e->prog_size);
+	hc->exec.num_bindings = vnpu_hw32(e->num_bindings);
+	hc->exec.bindings_addr = vnpu_hw64(bind->va.start +
 					     e->bindings_offset);
 	return 0;
 }
@@ -839,7 +836,7 @@ static int vnpu_build_cmd(struct vnpu_job *job, struct drm_file *file,
 			return -EINVAL;
 		}
 		hc->opcode = VNPU_OPC_SYNTH;
-		hc->synth.ns = cpu_to_le64(uc->synth.ns);
+		hc->synth.ns = vnpu_hw64(uc->synth.ns);
 		return 0;
 	case DRM_VNPU_OP_NOP:
 		if (!vnpu_zero(uc->raw, sizeof(uc->raw))) {
@@ -1068,8 +1065,8 @@ static void vnpu_hwq_feed(struct vnpu_hwq *q)
 
 			memcpy(e, &job->cmds[i], sizeof(*e));
 			/* Written by the kernel only: the context is trusted. */
-			e->ctx_id = cpu_to_le16(job->ctx->id);
-			e->tag = cpu_to_le64(job->tag);
+			e->ctx_id = vnpu_hw16(job->ctx->id);
+			e->tag = vnpu_hw64(job->tag);
 			e->flags = i == job->ncmds - 1 ? VNPU_CMD_F_LAST : 0;
 		}
 		if (list_empty(&q->hw))
@@ -1115,17 +1112,17 @@ static void vnpu_hwq_reap(struct vnpu_hwq *q, struct list_head *done,
 
 	for (;;) {
 		cpl = &q->cq[q->cq_head];
-		if ((le16_to_cpu(READ_ONCE(cpl->flags)) & VNPU_CPL_F_PHASE) !=
+		if ((vnpu_cpu16(READ_ONCE(cpl->flags)) & VNPU_CPL_F_PHASE) !=
 		    q->cq_phase)
 			break;
 		/* Read the record only after seeing its phase bit. */
 		dma_rmb();
-		hw_status = le16_to_cpu(cpl->status);
-		job = vnpu_hwq_find(q, le64_to_cpu(cpl->tag));
-		if (!job || le16_to_cpu(cpl->ctx_id) != job->ctx->id) {
+		hw_status = vnpu_cpu16(cpl->status);
+		job = vnpu_hwq_find(q, vnpu_cpu64(cpl->tag));
+		if (!job || vnpu_cpu16(cpl->ctx_id) != job->ctx->id) {
 			drm_err_ratelimited(drm,
 					    "queue %u: completion with unknown tag 0x%llx (status %u)\n",
-					    q->index, le64_to_cpu(cpl->tag),
+					    q->index, vnpu_cpu64(cpl->tag),
 					    hw_status);
 			q->corrupt = true;
 		} else if (recovering && hw_status == VNPU_CPL_ABORTED) {
@@ -1133,13 +1130,13 @@ static void vnpu_hwq_reap(struct vnpu_hwq *q, struct list_head *done,
 		} else {
 			job->hw_status = hw_status;
 			job->status = vnpu_cpl_errno(hw_status);
-			job->t_start = le64_to_cpu(cpl->t_start);
-			job->t_end = le64_to_cpu(cpl->t_end);
-			job->fault_addr = le64_to_cpu(cpl->fault_addr);
-			job->busy_ns[VNPU_ENG_H2D] = le32_to_cpu(cpl->h2d_ns);
+			job->t_start = vnpu_cpu64(cpl->t_start);
+			job->t_end = vnpu_cpu64(cpl->t_end);
+			job->fault_addr = vnpu_cpu64(cpl->fault_addr);
+			job->busy_ns[VNPU_ENG_H2D] = vnpu_cpu32(cpl->h2d_ns);
 			job->busy_ns[VNPU_ENG_COMPUTE] =
-				le32_to_cpu(cpl->compute_ns);
-			job->busy_ns[VNPU_ENG_D2H] = le32_to_cpu(cpl->d2h_ns);
+				vnpu_cpu32(cpl->compute_ns);
+			job->busy_ns[VNPU_ENG_D2H] = vnpu_cpu32(cpl->d2h_ns);
 			list_move_tail(&job->link, done);
 			q->njobs--;
 		}
@@ -1638,11 +1635,11 @@ static u32 vnpu_clear_cmds(struct vnpu_device *vdev, struct vnpu_hw_cmd *cmds,
 		struct vnpu_hw_cmd *hc = &cmds[n++];
 
 		hc->opcode = VNPU_OPC_DMA_H2D;
-		hc->dma.sgl_addr = cpu_to_le64(vdev->zero_sgl_dma);
-		hc->dma.sgl_count = cpu_to_le32(VNPU_ZERO_SGL_ENTRIES);
+		hc->dma.sgl_addr = vnpu_hw64(vdev->zero_sgl_dma);
+		hc->dma.sgl_count = vnpu_hw32(VNPU_ZERO_SGL_ENTRIES);
 		hc->dma.sgl_offset = 0;
-		hc->dma.dev_addr = cpu_to_le64(*va);
-		hc->dma.length = cpu_to_le64(chunk);
+		hc->dma.dev_addr = vnpu_hw64(*va);
+		hc->dma.length = vnpu_hw64(chunk);
 		*va += chunk;
 		*len -= chunk;
 	}
@@ -1750,8 +1747,8 @@ int vnpu_kernel_queue_init(struct vnpu_device *vdev)
 	/* Coherent memory comes zeroed; say so rather than rely on it. */
 	memset(vdev->zero_buf, 0, VNPU_ZERO_BUF_SIZE);
 	for (i = 0; i < VNPU_ZERO_SGL_ENTRIES; i++) {
-		vdev->zero_sgl[i].addr = cpu_to_le64(vdev->zero_dma);
-		vdev->zero_sgl[i].len = cpu_to_le32(VNPU_ZERO_BUF_SIZE);
+		vdev->zero_sgl[i].addr = vnpu_hw64(vdev->zero_dma);
+		vdev->zero_sgl[i].len = vnpu_hw32(VNPU_ZERO_BUF_SIZE);
 		vdev->zero_sgl[i].rsvd = 0;
 	}
 

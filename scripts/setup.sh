@@ -8,6 +8,8 @@ set -euo pipefail
 PKGS_HOST=(build-essential pkg-config ninja-build g++ libgtest-dev libgmock-dev googletest libbenchmark-dev
 	liburing-dev libdrm-dev)
 PKGS_KERNEL=(linux-image-6.12-amd64 linux-headers-6.12-amd64 kmod)
+# checkpatch.pl (from the kernel source tarball) and sparse for scripts/kernel-lint.sh.
+PKGS_KERNEL_LINT=(linux-source-6.12 sparse)
 PKGS_VM=(busybox-static cpio xz-utils zstd)
 PKGS_QEMU=(libglib2.0-dev libpixman-1-dev flex bison libslirp-dev python3-venv bzip2 dpkg-dev)
 # Compiler, op kernels and examples: ONNX import, oneDNN kernels, data formats (HDF5, JPEG, JSON), and Debian's
@@ -48,7 +50,8 @@ missing_pkgs() {
 
 ensure_packages() {
 	local missing missing_bpo
-	missing=$(missing_pkgs "${PKGS_HOST[@]}" "${PKGS_KERNEL[@]}" "${PKGS_VM[@]}" "${PKGS_QEMU[@]}" "${PKGS_MODEL[@]}")
+	missing=$(missing_pkgs "${PKGS_HOST[@]}" "${PKGS_KERNEL[@]}" "${PKGS_KERNEL_LINT[@]}" "${PKGS_VM[@]}" \
+		"${PKGS_QEMU[@]}" "${PKGS_MODEL[@]}")
 	missing_bpo=$(missing_pkgs "${PKGS_BPO[@]}")
 	# bookworm's meson (1.0) and SeaBIOS (1.16.2) are installed but too old: require the backports versions.
 	if ! dpkg --compare-versions "$(dpkg-query -W -f='${Version}' meson 2>/dev/null || echo 0)" ge 1.5; then
@@ -76,6 +79,7 @@ ensure_packages() {
 
 ensure_apt_sources
 ensure_packages
+"$VNPU_ROOT/scripts/kernel-lint.sh" --prepare
 "$VNPU_ROOT/scripts/qemu-build.sh"
 "$VNPU_ROOT/scripts/build.sh"
 log "setup done: QEMU $QEMU_BIN, guest kernel $(guest_kver)"
