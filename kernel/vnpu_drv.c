@@ -20,6 +20,28 @@
 #define CREATE_TRACE_POINTS
 #include "vnpu_trace.h"
 
+/* The uAPI header repeats the device's values that callers compare with. */
+static_assert(DRM_VNPU_MAX_PRIORITY == VNPU_PRIORITY_MAX);
+static_assert(DRM_VNPU_CAP_DMA_SG == VNPU_CAP_DMA_SG);
+static_assert(DRM_VNPU_CAP_OP_MATMUL == VNPU_CAP_OP_MATMUL);
+static_assert(DRM_VNPU_CAP_MMU == VNPU_CAP_MMU);
+static_assert(DRM_VNPU_CAP_EXEC == VNPU_CAP_EXEC);
+static_assert(DRM_VNPU_CAP_SYNTH == VNPU_CAP_SYNTH);
+static_assert(DRM_VNPU_CAP_FAULT_INJECT == VNPU_CAP_FAULT_INJECT);
+static_assert(DRM_VNPU_CAP_TIMING_ONLY == VNPU_CAP_TIMING_ONLY);
+static_assert(DRM_VNPU_CAP_TELEMETRY == VNPU_CAP_TELEMETRY);
+static_assert((int)DRM_VNPU_HW_OK == (int)VNPU_CPL_OK);
+static_assert((int)DRM_VNPU_HW_BAD_OPCODE == (int)VNPU_CPL_BAD_OPCODE);
+static_assert((int)DRM_VNPU_HW_BAD_FIELD == (int)VNPU_CPL_BAD_FIELD);
+static_assert((int)DRM_VNPU_HW_DEVMEM_RANGE == (int)VNPU_CPL_DEVMEM_RANGE);
+static_assert((int)DRM_VNPU_HW_SGL_INVALID == (int)VNPU_CPL_SGL_INVALID);
+static_assert((int)DRM_VNPU_HW_DMA_FAULT == (int)VNPU_CPL_DMA_FAULT);
+static_assert((int)DRM_VNPU_HW_ABORTED == (int)VNPU_CPL_ABORTED);
+static_assert((int)DRM_VNPU_HW_JOB_TOO_LONG == (int)VNPU_CPL_JOB_TOO_LONG);
+static_assert((int)DRM_VNPU_HW_MMU_FAULT == (int)VNPU_CPL_MMU_FAULT);
+static_assert((int)DRM_VNPU_HW_PROGRAM_INVALID == (int)VNPU_CPL_PROGRAM_INVALID);
+static_assert((int)DRM_VNPU_HW_BAD_CONTEXT == (int)VNPU_CPL_BAD_CONTEXT);
+
 /*
  * DRM's default event space (4 KiB) holds 128 job events; allow one unread
  * event per job the device may have in flight.
@@ -174,7 +196,7 @@ static int vnpu_get_param_ioctl(struct drm_device *drm, void *data,
 		args->value = DRM_VNPU_MAX_DEPS;
 		break;
 	case DRM_VNPU_PARAM_MAX_PRIORITY:
-		args->value = VNPU_PRIORITY_MAX;
+		args->value = DRM_VNPU_MAX_PRIORITY;
 		break;
 	case DRM_VNPU_PARAM_MMU_PAGE_SIZE:
 		args->value = VNPU_MMU_PAGE_SIZE;

@@ -52,25 +52,25 @@
 /* io_uring command ABI version reported by DRM_VNPU_PARAM_URING_CMD. */
 #define VNPU_URING_CMD_ABI 2
 /* Software queues one file may have (ids 0..VNPU_MAX_SQ_PER_FILE-1). */
-#define VNPU_MAX_SQ_PER_FILE 64
+#define VNPU_MAX_SQ_PER_FILE DRM_VNPU_MAX_QUEUES
 /* Lowest device virtual address handed out: address 0 and its page never map. */
 #define VNPU_VA_BASE VNPU_MMU_PAGE_SIZE
 /* A job caught in this many queue resets without being at fault is failed. */
 #define VNPU_MAX_REQUEUES 3
 /* Priority of the implicit queue 0. */
-#define VNPU_DEFAULT_PRIORITY 1
+#define VNPU_DEFAULT_PRIORITY DRM_VNPU_DEFAULT_PRIORITY
 /*
  * A queue remembers the outcome of its latest this many seqnos only: failures
  * (for dependencies named later) and results WAIT has not collected. Older
  * entries are pruned, so neither table grows with the queue's lifetime.
  */
-#define VNPU_SEQNO_HISTORY 4096
+#define VNPU_SEQNO_HISTORY DRM_VNPU_SEQNO_HISTORY
 /*
  * Results of ioctl SUBMITs (without DRM_VNPU_SUBMIT_F_EVENT) one file may
  * hold, pending or completed, before SUBMIT fails with -ENOSPC: each is a
  * struct vnpu_result once its job completed (the job itself is freed).
  */
-#define VNPU_MAX_RESULTS_PER_FILE 16384
+#define VNPU_MAX_RESULTS_PER_FILE DRM_VNPU_MAX_RESULTS
 /*
  * New device memory is cleared by H2D DMA from a zeroed buffer of
  * VNPU_ZERO_BUF_SIZE bytes that a list of VNPU_ZERO_SGL_ENTRIES elements

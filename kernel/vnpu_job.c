@@ -1981,7 +1981,7 @@ int vnpu_queue_create_ioctl(struct drm_device *drm, void *data,
 		drm_dbg(drm, "queue_create: flags or pad not zero\n");
 		return -EINVAL;
 	}
-	if (args->priority > VNPU_PRIORITY_MAX) {
+	if (args->priority > DRM_VNPU_MAX_PRIORITY) {
 		drm_dbg(drm, "queue_create: priority %u\n", args->priority);
 		return -EINVAL;
 	}

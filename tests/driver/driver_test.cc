@@ -2658,8 +2658,9 @@ TEST_F(Bounded, PinnedHostBosAreChargedToRlimitMemlock) {
   uint32_t h = 0;
   rlimit lim{};
   ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &lim), 0);
-  if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < (64 << 20))
+  if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < (64 << 20)) {
     EXPECT_EQ(api_.bo_create(64 << 20, &h), 0);
+  }
 }
 
 // ---- process lifetime ------------------------------------------------------------------------------------------
