@@ -20,6 +20,28 @@
 #define CREATE_TRACE_POINTS
 #include "vnpu_trace.h"
 
+/* The uAPI header repeats the device's values that callers compare with. */
+static_assert(DRM_VNPU_MAX_PRIORITY == VNPU_PRIORITY_MAX);
+static_assert(DRM_VNPU_CAP_DMA_SG == VNPU_CAP_DMA_SG);
+static_assert(DRM_VNPU_CAP_OP_MATMUL == VNPU_CAP_OP_MATMUL);
+static_assert(DRM_VNPU_CAP_MMU == VNPU_CAP_MMU);
+static_assert(DRM_VNPU_CAP_EXEC == VNPU_CAP_EXEC);
+static_assert(DRM_VNPU_CAP_SYNTH == VNPU_CAP_SYNTH);
+static_assert(DRM_VNPU_CAP_FAULT_INJECT == VNPU_CAP_FAULT_INJECT);
+static_assert(DRM_VNPU_CAP_TIMING_ONLY == VNPU_CAP_TIMING_ONLY);
+static_assert(DRM_VNPU_CAP_TELEMETRY == VNPU_CAP_TELEMETRY);
+static_assert((int)DRM_VNPU_HW_OK == (int)VNPU_CPL_OK);
+static_assert((int)DRM_VNPU_HW_BAD_OPCODE == (int)VNPU_CPL_BAD_OPCODE);
+static_assert((int)DRM_VNPU_HW_BAD_FIELD == (int)VNPU_CPL_BAD_FIELD);
+static_assert((int)DRM_VNPU_HW_DEVMEM_RANGE == (int)VNPU_CPL_DEVMEM_RANGE);
+static_assert((int)DRM_VNPU_HW_SGL_INVALID == (int)VNPU_CPL_SGL_INVALID);
+static_assert((int)DRM_VNPU_HW_DMA_FAULT == (int)VNPU_CPL_DMA_FAULT);
+static_assert((int)DRM_VNPU_HW_ABORTED == (int)VNPU_CPL_ABORTED);
+static_assert((int)DRM_VNPU_HW_JOB_TOO_LONG == (int)VNPU_CPL_JOB_TOO_LONG);
+static_assert((int)DRM_VNPU_HW_MMU_FAULT == (int)VNPU_CPL_MMU_FAULT);
+static_assert((int)DRM_VNPU_HW_PROGRAM_INVALID == (int)VNPU_CPL_PROGRAM_INVALID);
+static_assert((int)DRM_VNPU_HW_BAD_CONTEXT == (int)VNPU_CPL_BAD_CONTEXT);
+
 /*
  * DRM's default event space (4 KiB) holds 128 job events; allow one unread
  * event per job the device may have in flight.
@@ -33,7 +55,7 @@ static int vnpu_open(struct drm_device *drm, struct drm_file *file)
 	struct vnpu_file *vfile;
 	int ret;
 
-	vfile = kzalloc(sizeof(*vfile), GFP_KERNEL);
+	vfile = kzalloc(sizeof(*vfile), GFP_KERNEL_ACCOUNT);
 	if (!vfile)
 		return -ENOMEM;
 	vfile->vdev = vdev;
@@ -73,7 +95,7 @@ static void vnpu_postclose(struct drm_device *drm, struct drm_file *file)
 	 */
 	xa_for_each(&vfile->queues, id, sq) {
 		xa_erase(&vfile->queues, id);
-		vnpu_squeue_detach(sq);
+		vnpu_squeue_detach(sq, vfile);
 		vnpu_squeue_put(sq);
 	}
 	xa_destroy(&vfile->queues);
@@ -174,7 +196,7 @@ static int vnpu_get_param_ioctl(struct drm_device *drm, void *data,
 		args->value = DRM_VNPU_MAX_DEPS;
 		break;
 	case DRM_VNPU_PARAM_MAX_PRIORITY:
-		args->value = VNPU_PRIORITY_MAX;
+		args->value = DRM_VNPU_MAX_PRIORITY;
 		break;
 	case DRM_VNPU_PARAM_MMU_PAGE_SIZE:
 		args->value = VNPU_MMU_PAGE_SIZE;
@@ -240,9 +262,72 @@ static const struct drm_ioctl_desc vnpu_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(VNPU_QUEUE_DESTROY, vnpu_queue_destroy_ioctl, 0),
 };
 
+/*
+ * The DRM core ioctls an accel file may use: the ones DRM allows on render
+ * nodes (DRM_RENDER_ALLOW) that vnpu supports. Accel files have no master,
+ * no authentication and no mode setting, and some core handlers assume a
+ * master (6.12's drm_getunique() and drm_getmagic() dereference a NULL
+ * file_priv->master), so every other core ioctl fails with -ENOTTY before
+ * it reaches drm_ioctl().
+ */
+static bool vnpu_core_ioctl_allowed(unsigned int nr)
+{
+	switch (nr) {
+	case DRM_IOCTL_NR(DRM_IOCTL_VERSION):
+	case DRM_IOCTL_NR(DRM_IOCTL_GET_CAP):
+	case DRM_IOCTL_NR(DRM_IOCTL_GEM_CLOSE):
+	case DRM_IOCTL_NR(DRM_IOCTL_PRIME_HANDLE_TO_FD):
+	case DRM_IOCTL_NR(DRM_IOCTL_PRIME_FD_TO_HANDLE):
+		return true;
+	default:
+		return false;
+	}
+}
+
+static bool vnpu_ioctl_allowed(unsigned int cmd)
+{
+	unsigned int nr = DRM_IOCTL_NR(cmd);
+
+	if (_IOC_TYPE(cmd) != DRM_IOCTL_BASE)
+		return false;
+	/* Driver ioctls: drm_ioctl() checks them against vnpu_ioctls. */
+	if (nr >= DRM_COMMAND_BASE && nr < DRM_COMMAND_END)
+		return true;
+	return vnpu_core_ioctl_allowed(nr);
+}
+
+static long vnpu_unlocked_ioctl(struct file *filp, unsigned int cmd,
+				unsigned long arg)
+{
+	if (!vnpu_ioctl_allowed(cmd))
+		return -ENOTTY;
+	return drm_ioctl(filp, cmd, arg);
+}
+
+#ifdef CONFIG_COMPAT
+static long vnpu_compat_ioctl(struct file *filp, unsigned int cmd,
+			      unsigned long arg)
+{
+	if (!vnpu_ioctl_allowed(cmd))
+		return -ENOTTY;
+	return drm_compat_ioctl(filp, cmd, arg);
+}
+#else
+#define vnpu_compat_ioctl NULL
+#endif
+
+/* DRM_ACCEL_FOPS open-coded: own ioctl entry points, io_uring, fdinfo. */
 static const struct file_operations vnpu_fops = {
 	.owner = THIS_MODULE,
-	DRM_ACCEL_FOPS,
+	.open = accel_open,
+	.release = drm_release,
+	.unlocked_ioctl = vnpu_unlocked_ioctl,
+	.compat_ioctl = vnpu_compat_ioctl,
+	.poll = drm_poll,
+	.read = drm_read,
+	.llseek = noop_llseek,
+	.mmap = drm_gem_mmap,
+	.fop_flags = FOP_UNSIGNED_OFFSET,
 	.uring_cmd = vnpu_uring_cmd,
 	.show_fdinfo = drm_show_fdinfo,
 };
@@ -424,6 +509,9 @@ static int vnpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 			goto err_queues;
 	}
 
+	ret = vnpu_kernel_queue_init(vdev);
+	if (ret)
+		goto err_queues;
 	ret = vnpu_sysfs_init(vdev);
 	if (ret)
 		goto err_queues;
@@ -439,6 +527,8 @@ static int vnpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 
 err_queues:
 	vnpu_hwq_fini_all(vdev, i);
+	if (vdev->kq)
+		vnpu_squeue_put(vdev->kq);
 	vnpu_wr(vdev, VNPU_REG_RESET, VNPU_RESET_MAGIC);
 	return ret;
 }
@@ -452,6 +542,7 @@ static void vnpu_remove(struct pci_dev *pdev)
 
 	/* Jobs still in flight fail with -ENODEV; their waiters wake. */
 	vnpu_hwq_fini_all(vdev, vdev->num_hwq);
+	vnpu_squeue_put(vdev->kq);
 
 	vnpu_wr(vdev, VNPU_REG_RESET, VNPU_RESET_MAGIC);
 	pci_clear_master(pdev);

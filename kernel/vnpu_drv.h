@@ -52,19 +52,33 @@
 /* io_uring command ABI version reported by DRM_VNPU_PARAM_URING_CMD. */
 #define VNPU_URING_CMD_ABI 2
 /* Software queues one file may have (ids 0..VNPU_MAX_SQ_PER_FILE-1). */
-#define VNPU_MAX_SQ_PER_FILE 64
+#define VNPU_MAX_SQ_PER_FILE DRM_VNPU_MAX_QUEUES
 /* Lowest device virtual address handed out: address 0 and its page never map. */
 #define VNPU_VA_BASE VNPU_MMU_PAGE_SIZE
 /* A job caught in this many queue resets without being at fault is failed. */
 #define VNPU_MAX_REQUEUES 3
 /* Priority of the implicit queue 0. */
-#define VNPU_DEFAULT_PRIORITY 1
+#define VNPU_DEFAULT_PRIORITY DRM_VNPU_DEFAULT_PRIORITY
 /*
  * A queue remembers the outcome of its latest this many seqnos only: failures
  * (for dependencies named later) and results WAIT has not collected. Older
  * entries are pruned, so neither table grows with the queue's lifetime.
  */
-#define VNPU_SEQNO_HISTORY 4096
+#define VNPU_SEQNO_HISTORY DRM_VNPU_SEQNO_HISTORY
+/*
+ * Results of ioctl SUBMITs (without DRM_VNPU_SUBMIT_F_EVENT) one file may
+ * hold, pending or completed, before SUBMIT fails with -ENOSPC: each is a
+ * struct vnpu_result once its job completed (the job itself is freed).
+ */
+#define VNPU_MAX_RESULTS_PER_FILE DRM_VNPU_MAX_RESULTS
+/*
+ * New device memory is cleared by H2D DMA from a zeroed buffer of
+ * VNPU_ZERO_BUF_SIZE bytes that a list of VNPU_ZERO_SGL_ENTRIES elements
+ * repeats: one command clears up to VNPU_ZERO_CHUNK bytes.
+ */
+#define VNPU_ZERO_BUF_SIZE SZ_64K
+#define VNPU_ZERO_SGL_ENTRIES 4096u
+#define VNPU_ZERO_CHUNK ((u64)VNPU_ZERO_BUF_SIZE * VNPU_ZERO_SGL_ENTRIES)
 
 struct vnpu_device;
 struct vnpu_job;
@@ -212,6 +226,11 @@ struct vnpu_hwq {
  * @ready_work: moves @ready jobs on in process context, on @ready_wq
  * @ready_wq: the device's own workqueue for @ready_work, drained and
  *            destroyed on remove so no work runs after it
+ * @kq: the driver's own software queue (clearing new device memory)
+ * @zero_buf: VNPU_ZERO_BUF_SIZE zero bytes in coherent DMA memory
+ * @zero_dma: its DMA address
+ * @zero_sgl: VNPU_ZERO_SGL_ENTRIES list elements, each @zero_buf
+ * @zero_sgl_dma: its DMA address
  * @hwq: hardware queues
  */
 struct vnpu_device {
@@ -243,6 +262,12 @@ struct vnpu_device {
 	struct work_struct ready_work;
 	struct workqueue_struct *ready_wq;
 
+	struct vnpu_squeue *kq;
+	void *zero_buf;
+	dma_addr_t zero_dma;
+	struct vnpu_hw_sge *zero_sgl;
+	dma_addr_t zero_sgl_dma;
+
 	struct vnpu_hwq hwq[VNPU_MAX_HWQ];
 };
 
@@ -265,9 +290,10 @@ struct vnpu_device {
  *          the latest VNPU_SEQNO_HISTORY seqnos (@lock); the slot of every
  *          job is reserved at SUBMIT (reads as NULL) and released when the
  *          job completes successfully
- * @waits: seqno -> job (a reference) submitted by ioctl without an event,
- *         until WAIT collects it or it falls out of the latest
- *         VNPU_SEQNO_HISTORY seqnos
+ * @waits: seqno -> result of a job submitted by ioctl without an event:
+ *         the job (a reference) until it completes, then its struct
+ *         vnpu_result (tagged 1); until WAIT collects it or it falls out of
+ *         the latest VNPU_SEQNO_HISTORY seqnos
  * @detached: the queue was destroyed or its file closed (@submit_lock)
  */
 struct vnpu_squeue {
@@ -289,17 +315,34 @@ struct vnpu_squeue {
 };
 
 /**
+ * struct vnpu_result - what WAIT returns about a completed job
+ * @status: 0 or negative errno
+ * @hw_status: enum vnpu_cpl_status
+ * @t_start: device clock at start
+ * @t_end: device clock at completion
+ */
+struct vnpu_result {
+	s32 status;
+	u32 hw_status;
+	u64 t_start;
+	u64 t_end;
+};
+
+/**
  * struct vnpu_file - per-open-file state
  * @vdev: device
  * @lock: protects @ctx creation
  * @ctx: device context, created on first use (NULL before)
  * @queues: queue id -> struct vnpu_squeue (a reference)
+ * @results: entries in the @waits of its queues, at most
+ *           VNPU_MAX_RESULTS_PER_FILE
  */
 struct vnpu_file {
 	struct vnpu_device *vdev;
 	struct mutex lock; /* see @lock above */
 	struct vnpu_ctx *ctx;
 	struct xarray queues;
+	atomic_t results;
 };
 
 /**
@@ -310,6 +353,9 @@ struct vnpu_file {
  * @sgl_dma: its DMA address
  * @sgl_count: entries in @sgl
  * @flags: DRM_VNPU_BO_* it was created with
+ * @user: the user its pinned pages are charged to (RLIMIT_MEMLOCK), or
+ *        NULL (created with CAP_IPC_LOCK)
+ * @locked_pages: pages charged to @user
  */
 struct vnpu_bo {
 	struct drm_gem_shmem_object base;
@@ -317,6 +363,8 @@ struct vnpu_bo {
 	dma_addr_t sgl_dma;
 	u32 sgl_count;
 	u32 flags;
+	struct user_struct *user;
+	unsigned long locked_pages;
 };
 
 /**
@@ -372,6 +420,8 @@ enum vnpu_job_state {
  * @ready_node: entry in vdev->ready
  * @event: DRM event to send at completion, or NULL
  * @ucmd: io_uring command to complete, or NULL (@fence_lock)
+ * @result: for a job in sq->waits, its result record, stored there in
+ *          place of the job when it completes
  * @requeues: times the job was put back after a queue reset
  * @aborted: recovery saw an ABORTED completion for it
  * @accounted: counted in vdev->inflight and ctx->inflight
@@ -414,6 +464,7 @@ struct vnpu_job {
 
 	struct vnpu_event *event;
 	struct io_uring_cmd *ucmd;
+	struct vnpu_result *result;
 	u32 requeues;
 	bool aborted;
 	bool accounted;
@@ -426,6 +477,18 @@ struct vnpu_job {
 	u64 fault_addr;
 	u32 busy_ns[3];
 };
+
+/*
+ * vnpu_hw.h, shared with the device model and user space, declares the
+ * little-endian fields of rings, lists and tables as plain __u16/__u32/
+ * __u64. These convert to and from them and tell sparse that they do.
+ */
+#define vnpu_hw16(v) ((__force __u16)cpu_to_le16(v))
+#define vnpu_hw32(v) ((__force __u32)cpu_to_le32(v))
+#define vnpu_hw64(v) ((__force __u64)cpu_to_le64(v))
+#define vnpu_cpu16(v) le16_to_cpu((__force __le16)(v))
+#define vnpu_cpu32(v) le32_to_cpu((__force __le32)(v))
+#define vnpu_cpu64(v) le64_to_cpu((__force __le64)(v))
 
 static inline struct vnpu_device *to_vnpu_device(struct drm_device *drm)
 {
@@ -501,7 +564,7 @@ void vnpu_ready_work(struct work_struct *work);
 struct vnpu_squeue *vnpu_squeue_create(struct vnpu_device *vdev, u32 id,
 				       u32 priority);
 void vnpu_squeue_put(struct vnpu_squeue *sq);
-void vnpu_squeue_detach(struct vnpu_squeue *sq);
+void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile);
 int vnpu_queue_create_ioctl(struct drm_device *drm, void *data,
 			    struct drm_file *file);
 int vnpu_queue_destroy_ioctl(struct drm_device *drm, void *data,
@@ -510,6 +573,8 @@ int vnpu_submit_ioctl(struct drm_device *drm, void *data,
 		      struct drm_file *file);
 int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file);
 int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags);
+int vnpu_kernel_queue_init(struct vnpu_device *vdev);
+int vnpu_mem_clear(struct vnpu_device *vdev, struct vnpu_mem *mem);
 
 /* vnpu_sysfs.c */
 int vnpu_sysfs_init(struct vnpu_device *vdev);

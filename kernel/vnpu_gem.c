@@ -13,7 +13,11 @@
  * and every job using it), the range is unmapped and invalidated; the
  * physical pages are reused only once the context has no job in flight.
  */
+#include <linux/capability.h>
+#include <linux/cred.h>
 #include <linux/dma-mapping.h>
+#include <linux/sched/signal.h>
+#include <linux/sched/user.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 
@@ -24,9 +28,36 @@
 
 #include "vnpu_drv.h"
 
+/*
+ * Charge @npages pinned pages to @user against RLIMIT_MEMLOCK, as io_uring
+ * does for registered buffers. Return: 0 or -ENOMEM.
+ */
+static int vnpu_charge_locked(struct user_struct *user, unsigned long npages)
+{
+	unsigned long limit = rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
+	unsigned long cur = atomic_long_read(&user->locked_vm);
+
+	do {
+		if (npages > limit || cur > limit - npages)
+			return -ENOMEM;
+	} while (!atomic_long_try_cmpxchg(&user->locked_vm, &cur,
+					  cur + npages));
+	return 0;
+}
+
+static void vnpu_uncharge_locked(struct user_struct *user,
+				 unsigned long npages)
+{
+	atomic_long_sub(npages, &user->locked_vm);
+	free_uid(user);
+}
+
 static void vnpu_bo_free(struct drm_gem_object *obj)
 {
 	struct vnpu_bo *bo = container_of(obj, struct vnpu_bo, base.base);
+
+	if (bo->user)
+		vnpu_uncharge_locked(bo->user, bo->locked_pages);
 
 	if (bo->sgl)
 		dma_free_coherent(obj->dev->dev,
@@ -109,7 +140,7 @@ struct drm_gem_object *vnpu_gem_create_object(struct drm_device *drm,
 {
 	struct vnpu_bo *bo;
 
-	bo = kzalloc(sizeof(*bo), GFP_KERNEL);
+	bo = kzalloc(sizeof(*bo), GFP_KERNEL_ACCOUNT);
 	if (!bo)
 		return ERR_PTR(-ENOMEM);
 	bo->base.base.funcs = &vnpu_bo_funcs;
@@ -137,8 +168,8 @@ static int vnpu_bo_build_sgl(struct vnpu_bo *bo)
 	bo->sgl_count = sgt->nents;
 
 	for_each_sgtable_dma_sg(sgt, sg, i) {
-		bo->sgl[i].addr = cpu_to_le64(sg_dma_address(sg));
-		bo->sgl[i].len = cpu_to_le32(sg_dma_len(sg));
+		bo->sgl[i].addr = vnpu_hw64(sg_dma_address(sg));
+		bo->sgl[i].len = vnpu_hw32(sg_dma_len(sg));
 		bo->sgl[i].rsvd = 0;
 	}
 	return 0;
@@ -149,7 +180,9 @@ int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
 {
 	struct drm_vnpu_bo_create *args = data;
 	struct drm_gem_shmem_object *shmem;
+	struct user_struct *user = NULL;
 	struct drm_gem_object *obj;
+	unsigned long npages;
 	struct vnpu_bo *bo;
 	u32 handle;
 	int idx, ret;
@@ -169,13 +202,35 @@ int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
 	if (!drm_dev_enter(drm, &idx))
 		return -ENODEV;
 
+	/*
+	 * The pages stay pinned as long as the BO exists: charge them to the
+	 * creator's RLIMIT_MEMLOCK unless it may lock memory at will, so
+	 * that a pinner is refused instead of the OOM killer picking a
+	 * bystander (the pages are in nobody's RSS).
+	 */
+	npages = PAGE_ALIGN(args->size) >> PAGE_SHIFT;
+	if (!capable(CAP_IPC_LOCK)) {
+		user = get_uid(current_user());
+		ret = vnpu_charge_locked(user, npages);
+		if (ret) {
+			free_uid(user);
+			drm_dbg(drm, "bo_create: RLIMIT_MEMLOCK reached\n");
+			goto out_exit;
+		}
+	}
+
 	shmem = drm_gem_shmem_create(drm, PAGE_ALIGN(args->size));
 	if (IS_ERR(shmem)) {
 		ret = PTR_ERR(shmem);
+		if (user)
+			vnpu_uncharge_locked(user, npages);
 		goto out_exit;
 	}
 	obj = &shmem->base;
 	bo = container_of(shmem, struct vnpu_bo, base);
+	/* From here the BO's free path uncharges. */
+	bo->user = user;
+	bo->locked_pages = npages;
 	bo->flags = args->flags;
 	shmem->map_wc = !!(args->flags & DRM_VNPU_BO_WC);
 
@@ -270,7 +325,7 @@ int vnpu_mem_alloc_ioctl(struct drm_device *drm, void *data,
 		goto out_exit;
 	}
 
-	mem = kzalloc(sizeof(*mem), GFP_KERNEL);
+	mem = kzalloc(sizeof(*mem), GFP_KERNEL_ACCOUNT);
 	if (!mem) {
 		ret = -ENOMEM;
 		goto out_exit;
@@ -309,6 +364,11 @@ int vnpu_mem_alloc_ioctl(struct drm_device *drm, void *data,
 	kref_get(&ctx->ref);
 	mem->ctx = ctx;
 	atomic64_add(size, &ctx->devmem_bytes);
+
+	/* Another context's old data never reaches this one. */
+	ret = vnpu_mem_clear(vdev, mem);
+	if (ret)
+		goto out_put;
 
 	ret = drm_gem_handle_create(file, &mem->base, &handle);
 	if (ret)

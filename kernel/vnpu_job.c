@@ -18,6 +18,7 @@
  * A watchdog per hardware queue polls for completions whose interrupt went
  * missing and resets a queue that made no progress for job_timeout_ms.
  */
+#include <linux/capability.h>
 #include <linux/dma-mapping.h>
 #include <linux/highmem.h>
 #include <linux/iopoll.h>
@@ -52,6 +53,9 @@ static unsigned int vnpu_watchdog_ms = 100;
 module_param_named(watchdog_ms, vnpu_watchdog_ms, uint, 0644);
 MODULE_PARM_DESC(watchdog_ms,
 		 "Period of the per-queue watchdog that collects completions whose interrupt was lost (default 100)");
+
+/* Tag of a struct vnpu_result in sq->waits (a job pointer has tag 0). */
+#define VNPU_WAIT_RESULT 1
 
 /* Per-command state of an io_uring SUBMIT: the job, holding a reference. */
 struct vnpu_uring_pdu {
@@ -104,6 +108,7 @@ static void vnpu_fence_release(struct dma_fence *f)
 		vnpu_ctx_put(job->ctx);
 	if (job->sq)
 		vnpu_squeue_put(job->sq);
+	kfree(job->result);
 	kfree(job->objs);
 	kfree(job->cmds);
 	dma_fence_free(f);
@@ -225,6 +230,27 @@ static void vnpu_job_complete(struct vnpu_job *job)
 		job->accounted = false;
 		atomic_dec(&vdev->inflight);
 		vnpu_ctx_job_done(ctx);
+	}
+
+	/*
+	 * A result WAIT may collect: keep only the record, let the job go.
+	 * Replacing an entry allocates nothing. Before the fence, so that a
+	 * waiter woken by it finds the record.
+	 */
+	if (job->result) {
+		struct vnpu_result *r = job->result;
+
+		r->status = job->status;
+		r->hw_status = job->hw_status;
+		r->t_start = job->t_start;
+		r->t_end = job->t_end;
+		if (xa_cmpxchg(&job->sq->waits, job->seqno, job,
+			       xa_tag_pointer(r, VNPU_WAIT_RESULT),
+			       GFP_NOWAIT) == job) {
+			job->result = NULL;
+			/* The table's reference; the queue's is still held. */
+			vnpu_job_put(job);
+		}
 	}
 
 	if (job->status)
@@ -366,7 +392,7 @@ struct vnpu_squeue *vnpu_squeue_create(struct vnpu_device *vdev, u32 id,
 {
 	struct vnpu_squeue *sq;
 
-	sq = kzalloc(sizeof(*sq), GFP_KERNEL);
+	sq = kzalloc(sizeof(*sq), GFP_KERNEL_ACCOUNT);
 	if (!sq)
 		return ERR_PTR(-ENOMEM);
 	kref_init(&sq->ref);
@@ -411,16 +437,35 @@ void vnpu_squeue_put(struct vnpu_squeue *sq)
 	kref_put(&sq->ref, vnpu_squeue_release);
 }
 
-/* Drop uncollected WAIT results of seqnos up to @last; process context. */
-static void vnpu_squeue_drop_waits(struct vnpu_squeue *sq, u64 last)
+/* Free an entry taken out of sq->waits: a result, or a job's reference. */
+static void vnpu_wait_entry_free(void *entry)
 {
-	struct vnpu_job *job;
-	unsigned long seqno;
+	if (xa_pointer_tag(entry) == VNPU_WAIT_RESULT)
+		kfree(xa_untag_pointer(entry));
+	else
+		vnpu_job_put(entry);
+}
 
-	/* A concurrent WAIT may collect one first: only one side puts it. */
-	xa_for_each_range(&sq->waits, seqno, job, 0, last) {
-		if (xa_cmpxchg(&sq->waits, seqno, job, NULL, 0) == job)
-			vnpu_job_put(job);
+/*
+ * Drop uncollected WAIT results of seqnos up to @last, uncounting them in
+ * @vfile. Process context.
+ */
+static void vnpu_squeue_drop_waits(struct vnpu_squeue *sq,
+				   struct vnpu_file *vfile, u64 last)
+{
+	unsigned long seqno;
+	void *entry;
+
+	/*
+	 * A concurrent WAIT may take one, and completion may replace a job by
+	 * its record, meanwhile: whoever erases an entry frees what it erased.
+	 */
+	xa_for_each_range(&sq->waits, seqno, entry, 0, last) {
+		entry = xa_erase(&sq->waits, seqno);
+		if (!entry)
+			continue;
+		vnpu_wait_entry_free(entry);
+		atomic_dec(&vfile->results);
 	}
 }
 
@@ -428,13 +473,14 @@ static void vnpu_squeue_drop_waits(struct vnpu_squeue *sq, u64 last)
  * vnpu_squeue_detach - the queue leaves its file: no more submissions, and
  * results nobody will collect are dropped (jobs still run to completion)
  * @sq: queue
+ * @vfile: its file
  */
-void vnpu_squeue_detach(struct vnpu_squeue *sq)
+void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile)
 {
 	mutex_lock(&sq->submit_lock);
 	sq->detached = true;
 	mutex_unlock(&sq->submit_lock);
-	vnpu_squeue_drop_waits(sq, ULONG_MAX);
+	vnpu_squeue_drop_waits(sq, vfile, ULONG_MAX);
 }
 
 static struct vnpu_squeue *vnpu_file_squeue_get(struct vnpu_file *vfile,
@@ -624,17 +670,17 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 	}
 
 	hc->opcode = to_device ? VNPU_OPC_DMA_H2D : VNPU_OPC_DMA_D2H;
-	hc->dma.sgl_addr = cpu_to_le64(bo->sgl_dma);
-	hc->dma.sgl_count = cpu_to_le32(bo->sgl_count);
-	hc->dma.sgl_offset = cpu_to_le64(c->bo_offset);
-	hc->dma.dev_addr = cpu_to_le64(mem->va.start + c->mem_offset);
-	hc->dma.length = cpu_to_le64(c->size);
+	hc->dma.sgl_addr = vnpu_hw64(bo->sgl_dma);
+	hc->dma.sgl_count = vnpu_hw32(bo->sgl_count);
+	hc->dma.sgl_offset = vnpu_hw64(c->bo_offset);
+	hc->dma.dev_addr = vnpu_hw64(mem->va.start + c->mem_offset);
+	hc->dma.length = vnpu_hw64(c->size);
 	return 0;
 }
 
 static int vnpu_matmul_operand(struct vnpu_job *job, struct drm_file *file,
 			       u32 handle, u64 offset, u64 rows, u64 cols,
-			       struct vnpu_mem **memp, __le64 *addr)
+			       struct vnpu_mem **memp, __u64 *addr)
 {
 	struct vnpu_mem *mem;
 
@@ -648,7 +694,7 @@ static int vnpu_matmul_operand(struct vnpu_job *job, struct drm_file *file,
 		return -EINVAL;
 	}
 	*memp = mem;
-	*addr = cpu_to_le64(mem->va.start + offset);
+	*addr = vnpu_hw64(mem->va.start + offset);
 	return 0;
 }
 
@@ -712,10 +758,10 @@ static int vnpu_build_matmul(struct vnpu_job *job, struct drm_file *file,
 	}
 
 	hc->opcode = VNPU_OPC_MATMUL;
-	hc->matmul.m = cpu_to_le32(m->m);
-	hc->matmul.n = cpu_to_le32(m->n);
-	hc->matmul.k = cpu_to_le32(m->k);
-	hc->matmul.dtype = cpu_to_le32(VNPU_DTYPE_F32);
+	hc->matmul.m = vnpu_hw32(m->m);
+	hc->matmul.n = vnpu_hw32(m->n);
+	hc->matmul.k = vnpu_hw32(m->k);
+	hc->matmul.dtype = vnpu_hw32(VNPU_DTYPE_F32);
 	return 0;
 }
 
@@ -757,10 +803,10 @@ static int vnpu_build_exec(struct vnpu_job *job, struct drm_file *file,
 	}
 
 	hc->opcode = VNPU_OPC_EXEC;
-	hc->exec.prog_addr = cpu_to_le64(prog->va.start + e->prog_offset);
-	hc->exec.prog_len = cpu_to_le32(e->prog_size);
-	hc->exec.num_bindings = cpu_to_le32(e->num_bindings);
-	hc->exec.bindings_addr = cpu_to_le64(bind->va.start +
+	hc->exec.prog_addr = vnpu_hw64(prog->va.start + e->prog_offset);
+	hc->exec.prog_len = vnpu_hw32(e->prog_size);
+	hc->exec.num_bindings = vnpu_hw32(e->num_bindings);
+	hc->exec.bindings_addr = vnpu_hw64(bind->va.start +
 					     e->bindings_offset);
 	return 0;
 }
@@ -790,7 +836,7 @@ static int vnpu_build_cmd(struct vnpu_job *job, struct drm_file *file,
 			return -EINVAL;
 		}
 		hc->opcode = VNPU_OPC_SYNTH;
-		hc->synth.ns = cpu_to_le64(uc->synth.ns);
+		hc->synth.ns = vnpu_hw64(uc->synth.ns);
 		return 0;
 	case DRM_VNPU_OP_NOP:
 		if (!vnpu_zero(uc->raw, sizeof(uc->raw))) {
@@ -814,6 +860,7 @@ struct vnpu_batch {
 	struct vnpu_job **jobs;
 	u32 count;
 	u64 first_seqno;
+	bool want_results;
 };
 
 /* Resolve one dependency to a fence (or a known failure) of this file. */
@@ -906,12 +953,16 @@ static int vnpu_job_build(struct vnpu_job *job, struct vnpu_batch *b,
 
 	job->user_data = uj->user_data;
 	job->ncmds = uj->cmd_count;
-	job->cmds = kcalloc(job->ncmds, sizeof(*job->cmds), GFP_KERNEL);
+	job->cmds = kcalloc(job->ncmds, sizeof(*job->cmds),
+			    GFP_KERNEL_ACCOUNT);
 	/* Up to three objects per command, plus the report BO. */
 	max_objs = job->ncmds * 3 + 1;
-	job->objs = kcalloc(max_objs, sizeof(*job->objs), GFP_KERNEL);
+	job->objs = kcalloc(max_objs, sizeof(*job->objs), GFP_KERNEL_ACCOUNT);
 	ucmds = kvmalloc_array(job->ncmds, sizeof(*ucmds), GFP_KERNEL);
-	if (!job->cmds || !job->objs || !ucmds) {
+	if (b->want_results)
+		job->result = kzalloc(sizeof(*job->result), GFP_KERNEL_ACCOUNT);
+	if (!job->cmds || !job->objs || !ucmds ||
+	    (b->want_results && !job->result)) {
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -966,7 +1017,7 @@ static struct vnpu_job *vnpu_job_alloc(struct vnpu_batch *b, u64 seqno)
 	struct vnpu_device *vdev = b->sq->vdev;
 	struct vnpu_job *job;
 
-	job = kzalloc(sizeof(*job), GFP_KERNEL);
+	job = kzalloc(sizeof(*job), GFP_KERNEL_ACCOUNT);
 	if (!job)
 		return NULL;
 	spin_lock_init(&job->fence_lock);
@@ -1014,8 +1065,8 @@ static void vnpu_hwq_feed(struct vnpu_hwq *q)
 
 			memcpy(e, &job->cmds[i], sizeof(*e));
 			/* Written by the kernel only: the context is trusted. */
-			e->ctx_id = cpu_to_le16(job->ctx->id);
-			e->tag = cpu_to_le64(job->tag);
+			e->ctx_id = vnpu_hw16(job->ctx->id);
+			e->tag = vnpu_hw64(job->tag);
 			e->flags = i == job->ncmds - 1 ? VNPU_CMD_F_LAST : 0;
 		}
 		if (list_empty(&q->hw))
@@ -1061,17 +1112,17 @@ static void vnpu_hwq_reap(struct vnpu_hwq *q, struct list_head *done,
 
 	for (;;) {
 		cpl = &q->cq[q->cq_head];
-		if ((le16_to_cpu(READ_ONCE(cpl->flags)) & VNPU_CPL_F_PHASE) !=
+		if ((vnpu_cpu16(READ_ONCE(cpl->flags)) & VNPU_CPL_F_PHASE) !=
 		    q->cq_phase)
 			break;
 		/* Read the record only after seeing its phase bit. */
 		dma_rmb();
-		hw_status = le16_to_cpu(cpl->status);
-		job = vnpu_hwq_find(q, le64_to_cpu(cpl->tag));
-		if (!job || le16_to_cpu(cpl->ctx_id) != job->ctx->id) {
+		hw_status = vnpu_cpu16(cpl->status);
+		job = vnpu_hwq_find(q, vnpu_cpu64(cpl->tag));
+		if (!job || vnpu_cpu16(cpl->ctx_id) != job->ctx->id) {
 			drm_err_ratelimited(drm,
 					    "queue %u: completion with unknown tag 0x%llx (status %u)\n",
-					    q->index, le64_to_cpu(cpl->tag),
+					    q->index, vnpu_cpu64(cpl->tag),
 					    hw_status);
 			q->corrupt = true;
 		} else if (recovering && hw_status == VNPU_CPL_ABORTED) {
@@ -1079,13 +1130,13 @@ static void vnpu_hwq_reap(struct vnpu_hwq *q, struct list_head *done,
 		} else {
 			job->hw_status = hw_status;
 			job->status = vnpu_cpl_errno(hw_status);
-			job->t_start = le64_to_cpu(cpl->t_start);
-			job->t_end = le64_to_cpu(cpl->t_end);
-			job->fault_addr = le64_to_cpu(cpl->fault_addr);
-			job->busy_ns[VNPU_ENG_H2D] = le32_to_cpu(cpl->h2d_ns);
+			job->t_start = vnpu_cpu64(cpl->t_start);
+			job->t_end = vnpu_cpu64(cpl->t_end);
+			job->fault_addr = vnpu_cpu64(cpl->fault_addr);
+			job->busy_ns[VNPU_ENG_H2D] = vnpu_cpu32(cpl->h2d_ns);
 			job->busy_ns[VNPU_ENG_COMPUTE] =
-				le32_to_cpu(cpl->compute_ns);
-			job->busy_ns[VNPU_ENG_D2H] = le32_to_cpu(cpl->d2h_ns);
+				vnpu_cpu32(cpl->compute_ns);
+			job->busy_ns[VNPU_ENG_D2H] = vnpu_cpu32(cpl->d2h_ns);
 			list_move_tail(&job->link, done);
 			q->njobs--;
 		}
@@ -1387,12 +1438,14 @@ static void vnpu_batch_free(struct vnpu_batch *b)
  * and make their seqnos visible to dependency lookups. On error nothing is
  * left behind. sq->submit_lock held.
  */
+static int vnpu_submit_reserve(struct vnpu_batch *b, u32 flags);
+
 static int vnpu_submit_prepare(struct vnpu_batch *b,
 			       const struct drm_vnpu_job *ujobs, u32 flags)
 {
 	struct vnpu_device *vdev = b->sq->vdev;
 	struct drm_device *drm = &vdev->drm;
-	u32 i, stored = 0;
+	u32 i;
 	int ret;
 
 	b->first_seqno = b->sq->last_seqno + 1;
@@ -1411,13 +1464,29 @@ static int vnpu_submit_prepare(struct vnpu_batch *b,
 			vnpu_max_inflight);
 		return -EBUSY;
 	}
+	return vnpu_submit_reserve(b, flags);
+}
+
+/*
+ * Reserve events and failure slots of the built jobs of @b, already counted
+ * in vdev->inflight, and make their seqnos visible to dependency lookups.
+ * On error the jobs are no longer counted. sq->submit_lock held.
+ */
+static int vnpu_submit_reserve(struct vnpu_batch *b, u32 flags)
+{
+	struct vnpu_device *vdev = b->sq->vdev;
+	struct drm_device *drm = &vdev->drm;
+	u32 i, stored = 0;
+	int ret;
+
 	atomic_add(b->count, &b->ctx->inflight);
 	for (i = 0; i < b->count; i++)
 		b->jobs[i]->accounted = true;
 
 	if (flags & DRM_VNPU_SUBMIT_F_EVENT) {
 		for (i = 0; i < b->count; i++) {
-			struct vnpu_event *e = kzalloc(sizeof(*e), GFP_KERNEL);
+			struct vnpu_event *e = kzalloc(sizeof(*e),
+						       GFP_KERNEL_ACCOUNT);
 
 			if (!e) {
 				ret = -ENOMEM;
@@ -1443,11 +1512,12 @@ static int vnpu_submit_prepare(struct vnpu_batch *b,
 	for (stored = 0; stored < b->count; stored++) {
 		struct vnpu_job *job = b->jobs[stored];
 
-		ret = xa_reserve(&b->sq->failed, job->seqno, GFP_KERNEL);
+		ret = xa_reserve(&b->sq->failed, job->seqno,
+				 GFP_KERNEL_ACCOUNT);
 		if (ret)
 			goto err_active;
 		ret = xa_err(xa_store(&b->sq->active, job->seqno, job,
-				      GFP_KERNEL));
+				      GFP_KERNEL_ACCOUNT));
 		if (ret) {
 			xa_release(&b->sq->failed, job->seqno);
 			goto err_active;
@@ -1554,6 +1624,188 @@ static void vnpu_batch_end(struct vnpu_batch *b)
 	vnpu_squeue_put(b->sq);
 }
 
+/* Zero @len bytes at device virtual address @va; one job's commands. */
+static u32 vnpu_clear_cmds(struct vnpu_device *vdev, struct vnpu_hw_cmd *cmds,
+			   u32 max, u64 *va, u64 *len)
+{
+	u32 n = 0;
+
+	while (*len && n < max) {
+		u64 chunk = min_t(u64, *len, VNPU_ZERO_CHUNK);
+		struct vnpu_hw_cmd *hc = &cmds[n++];
+
+		hc->opcode = VNPU_OPC_DMA_H2D;
+		hc->dma.sgl_addr = vnpu_hw64(vdev->zero_sgl_dma);
+		hc->dma.sgl_count = vnpu_hw32(VNPU_ZERO_SGL_ENTRIES);
+		hc->dma.sgl_offset = 0;
+		hc->dma.dev_addr = vnpu_hw64(*va);
+		hc->dma.length = vnpu_hw64(chunk);
+		*va += chunk;
+		*len -= chunk;
+	}
+	return n;
+}
+
+/* Submit one kernel job clearing the next part of [*va, *va + *len). */
+static struct vnpu_job *vnpu_clear_submit(struct vnpu_device *vdev,
+					  struct vnpu_mem *mem, u64 *va,
+					  u64 *len)
+{
+	struct vnpu_job *job = NULL;
+	struct vnpu_batch b = {
+		.sq = vdev->kq,
+		.ctx = mem->ctx,
+		.jobs = &job,
+		.count = 1,
+	};
+	int ret;
+
+	mutex_lock(&b.sq->submit_lock);
+	b.first_seqno = b.sq->last_seqno + 1;
+	job = vnpu_job_alloc(&b, b.first_seqno);
+	if (!job) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	job->cmds = kcalloc(vdev->max_cmds, sizeof(*job->cmds),
+			    GFP_KERNEL_ACCOUNT);
+	job->objs = kcalloc(1, sizeof(*job->objs), GFP_KERNEL_ACCOUNT);
+	if (!job->cmds || !job->objs) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	job->ncmds = vnpu_clear_cmds(vdev, job->cmds, vdev->max_cmds, va, len);
+	/* The memory stays allocated until the clear is done with it. */
+	drm_gem_object_get(&mem->base);
+	job->objs[job->nobjs++] = &mem->base;
+
+	/* Not limited by max_inflight: MEM_ALLOC does not fail with -EBUSY. */
+	atomic_add(1, &vdev->inflight);
+	ret = vnpu_submit_reserve(&b, 0);
+	if (ret)
+		goto out;
+	vnpu_submit_commit(&b);
+	vnpu_job_get(job);
+out:
+	mutex_unlock(&b.sq->submit_lock);
+	vnpu_batch_free(&b);
+	return ret ? ERR_PTR(ret) : job;
+}
+
+/**
+ * vnpu_mem_clear - zero a new device memory object before its owner can
+ * reach it: H2D DMA from the device's zero buffer, in kernel jobs on the
+ * device's own queue, in the object's context
+ * @vdev: device
+ * @mem: the object, mapped at mem->va in mem->ctx
+ *
+ * Return: 0; -EIO when a clear job failed; -ERESTARTSYS when a signal came
+ * first (the jobs still run and hold the object until they are done).
+ */
+int vnpu_mem_clear(struct vnpu_device *vdev, struct vnpu_mem *mem)
+{
+	u64 va = mem->va.start, len = mem->base.size;
+	struct vnpu_job *job;
+	long ret = 0;
+
+	while (len && !ret) {
+		job = vnpu_clear_submit(vdev, mem, &va, &len);
+		if (IS_ERR(job))
+			return PTR_ERR(job);
+		/* Bounded: a hung clear times out like any job. */
+		ret = dma_fence_wait(&job->fence, true);
+		if (!ret && job->status) {
+			drm_err_ratelimited(&vdev->drm,
+					    "clearing device memory failed: %d\n",
+					    job->status);
+			ret = -EIO;
+		}
+		vnpu_job_put(job);
+	}
+	return ret;
+}
+
+/**
+ * vnpu_kernel_queue_init - the device's own software queue, for the jobs
+ * the driver submits itself (clearing device memory)
+ * @vdev: device, its hardware queues initialised
+ *
+ * Return: 0 or -ENOMEM.
+ */
+int vnpu_kernel_queue_init(struct vnpu_device *vdev)
+{
+	struct device *dev = vdev->drm.dev;
+	unsigned int i;
+
+	vdev->zero_buf = dmam_alloc_coherent(dev, VNPU_ZERO_BUF_SIZE,
+					     &vdev->zero_dma, GFP_KERNEL);
+	vdev->zero_sgl = dmam_alloc_coherent(dev, VNPU_ZERO_SGL_ENTRIES *
+					     sizeof(*vdev->zero_sgl),
+					     &vdev->zero_sgl_dma, GFP_KERNEL);
+	if (!vdev->zero_buf || !vdev->zero_sgl)
+		return -ENOMEM;
+	/* Coherent memory comes zeroed; say so rather than rely on it. */
+	memset(vdev->zero_buf, 0, VNPU_ZERO_BUF_SIZE);
+	for (i = 0; i < VNPU_ZERO_SGL_ENTRIES; i++) {
+		vdev->zero_sgl[i].addr = vnpu_hw64(vdev->zero_dma);
+		vdev->zero_sgl[i].len = vnpu_hw32(VNPU_ZERO_BUF_SIZE);
+		vdev->zero_sgl[i].rsvd = 0;
+	}
+
+	vdev->kq = vnpu_squeue_create(vdev, 0, VNPU_DEFAULT_PRIORITY);
+	if (IS_ERR(vdev->kq)) {
+		int ret = PTR_ERR(vdev->kq);
+
+		vdev->kq = NULL;
+		return ret;
+	}
+	return 0;
+}
+
+/* Give back @n result slots of @b reserved by vnpu_results_reserve(). */
+static void vnpu_results_unreserve(struct vnpu_batch *b, u32 n)
+{
+	u64 first = b->sq->last_seqno + 1;
+	u32 i;
+
+	if (!b->want_results)
+		return;
+	for (i = 0; i < n; i++)
+		xa_release(&b->sq->waits, first + i);
+	atomic_sub(b->count, &b->vfile->results);
+	b->want_results = false;
+}
+
+/*
+ * Count the batch's results against the file's cap and reserve their slots
+ * in sq->waits, so that storing them later cannot fail. sq->submit_lock
+ * held.
+ */
+static int vnpu_results_reserve(struct vnpu_batch *b)
+{
+	u64 first = b->sq->last_seqno + 1;
+	u32 i;
+	int ret;
+
+	if (atomic_add_return(b->count, &b->vfile->results) >
+	    VNPU_MAX_RESULTS_PER_FILE) {
+		atomic_sub(b->count, &b->vfile->results);
+		drm_dbg(b->file->minor->dev,
+			"submit: %u uncollected results in this file\n",
+			VNPU_MAX_RESULTS_PER_FILE);
+		return -ENOSPC;
+	}
+	b->want_results = true;
+	for (i = 0; i < b->count; i++) {
+		ret = xa_reserve(&b->sq->waits, first + i, GFP_KERNEL_ACCOUNT);
+		if (ret) {
+			vnpu_results_unreserve(b, i);
+			return ret;
+		}
+	}
+	return 0;
+}
+
 int vnpu_submit_ioctl(struct drm_device *drm, void *data,
 		      struct drm_file *file)
 {
@@ -1591,29 +1843,37 @@ int vnpu_submit_ioctl(struct drm_device *drm, void *data,
 	ret = vnpu_batch_begin(&b, file, args->queue_id, args->job_count);
 	if (ret)
 		goto out_exit;
+	if (!(args->flags & DRM_VNPU_SUBMIT_F_EVENT)) {
+		ret = vnpu_results_reserve(&b);
+		if (ret)
+			goto out_end;
+	}
 	ret = vnpu_submit_prepare(&b, ujobs, args->flags);
 	if (ret)
-		goto out_end;
+		goto out_unreserve;
 
-	if (!(args->flags & DRM_VNPU_SUBMIT_F_EVENT)) {
-		/* WAIT's reference, dropped when WAIT collects the result. */
+	if (b.want_results) {
+		/* WAIT's reference, until the job's record replaces it. */
 		for (i = 0; i < b.count; i++) {
+			void *old;
+
 			vnpu_job_get(b.jobs[i]);
-			ret = xa_err(xa_store(&b.sq->waits, b.jobs[i]->seqno,
-					      b.jobs[i], GFP_KERNEL));
-			if (ret) {
-				/* Still runs; its result just cannot be waited for. */
-				vnpu_job_put(b.jobs[i]);
-				ret = 0;
-			}
+			/* Into the slot reserved above: allocates nothing. */
+			old = xa_store(&b.sq->waits, b.jobs[i]->seqno,
+				       b.jobs[i], GFP_NOWAIT);
+			WARN_ON_ONCE(xa_is_err(old));
 		}
 	}
 	vnpu_submit_commit(&b);
 	args->first_seqno = b.first_seqno;
 	/* Results nobody collected within the history window are dropped. */
 	if (b.sq->last_seqno > VNPU_SEQNO_HISTORY)
-		vnpu_squeue_drop_waits(b.sq,
+		vnpu_squeue_drop_waits(b.sq, b.vfile,
 				       b.sq->last_seqno - VNPU_SEQNO_HISTORY);
+	goto out_end;
+
+out_unreserve:
+	vnpu_results_unreserve(&b, b.count);
 out_end:
 	vnpu_batch_end(&b);
 out_exit:
@@ -1623,6 +1883,43 @@ out_free:
 	return ret;
 }
 
+/*
+ * Collect the result of @seqno if its job completed: 0 (copied to @args),
+ * -ENOENT when there is none, or -EINPROGRESS with *@jobp the still running
+ * job (a reference).
+ */
+static int vnpu_wait_collect(struct vnpu_squeue *sq, struct vnpu_file *vfile,
+			     struct drm_vnpu_wait *args,
+			     struct vnpu_job **jobp)
+{
+	struct vnpu_result *r;
+	void *entry;
+
+	xa_lock(&sq->waits);
+	entry = xa_load(&sq->waits, args->seqno);
+	if (!entry) {
+		xa_unlock(&sq->waits);
+		return -ENOENT;
+	}
+	if (xa_pointer_tag(entry) != VNPU_WAIT_RESULT) {
+		*jobp = entry;
+		vnpu_job_get(*jobp);
+		xa_unlock(&sq->waits);
+		return -EINPROGRESS;
+	}
+	/* Only one waiter collects it: the one that erases it. */
+	r = xa_untag_pointer(entry);
+	__xa_erase(&sq->waits, args->seqno);
+	xa_unlock(&sq->waits);
+	args->job_status = r->status;
+	args->hw_status = r->hw_status;
+	args->t_start = r->t_start;
+	args->t_end = r->t_end;
+	kfree(r);
+	atomic_dec(&vfile->results);
+	return 0;
+}
+
 int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file)
 {
 	struct vnpu_file *vfile = file->driver_priv;
@@ -1630,7 +1927,7 @@ int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file)
 	struct vnpu_squeue *sq;
 	struct vnpu_job *job;
 	long timeout;
-	int ret = 0;
+	int ret;
 
 	if (args->flags) {
 		drm_dbg(drm, "wait: flags not zero\n");
@@ -1640,41 +1937,30 @@ int vnpu_wait_ioctl(struct drm_device *drm, void *data, struct drm_file *file)
 	if (!sq)
 		return -ENOENT;
 
-	xa_lock(&sq->waits);
-	job = xa_load(&sq->waits, args->seqno);
-	if (job)
-		vnpu_job_get(job);
-	xa_unlock(&sq->waits);
-	if (!job) {
-		ret = -ENOENT;
+	ret = vnpu_wait_collect(sq, vfile, args, &job);
+	if (ret != -EINPROGRESS)
 		goto out_sq;
-	}
 
-	if (!dma_fence_is_signaled(&job->fence)) {
-		timeout = drm_timeout_abs_to_jiffies(args->timeout_ns);
-		if (!timeout) {
+	ret = 0;
+	timeout = drm_timeout_abs_to_jiffies(args->timeout_ns);
+	if (!timeout) {
+		ret = -ETIME;
+	} else {
+		timeout = dma_fence_wait_timeout(&job->fence, true, timeout);
+		if (timeout < 0)
+			ret = timeout;
+		else if (!timeout)
 			ret = -ETIME;
-		} else {
-			timeout = dma_fence_wait_timeout(&job->fence, true,
-							 timeout);
-			if (timeout < 0)
-				ret = timeout;
-			else if (!timeout)
-				ret = -ETIME;
-		}
 	}
-
-	/* Only one waiter collects the result. */
-	if (!ret) {
-		if (xa_cmpxchg(&sq->waits, args->seqno, job, NULL, 0) == job) {
-			args->job_status = job->status;
-			args->hw_status = job->hw_status;
-			args->t_start = job->t_start;
-			args->t_end = job->t_end;
+	/* A job whose fence is signalled left its record in its place. */
+	if (!ret && dma_fence_is_signaled(&job->fence)) {
+		ret = vnpu_wait_collect(sq, vfile, args, &job);
+		if (WARN_ON_ONCE(ret == -EINPROGRESS)) {
 			vnpu_job_put(job);
-		} else {
 			ret = -ENOENT;
 		}
+	} else if (!ret) {
+		ret = -ETIME;
 	}
 	vnpu_job_put(job);
 out_sq:
@@ -1695,9 +1981,15 @@ int vnpu_queue_create_ioctl(struct drm_device *drm, void *data,
 		drm_dbg(drm, "queue_create: flags or pad not zero\n");
 		return -EINVAL;
 	}
-	if (args->priority > VNPU_PRIORITY_MAX) {
+	if (args->priority > DRM_VNPU_MAX_PRIORITY) {
 		drm_dbg(drm, "queue_create: priority %u\n", args->priority);
 		return -EINVAL;
+	}
+	/* As amdgpu_ctx_priority_permit(): above normal takes CAP_SYS_NICE. */
+	if (args->priority > VNPU_DEFAULT_PRIORITY && !capable(CAP_SYS_NICE)) {
+		drm_dbg(drm, "queue_create: priority %u needs CAP_SYS_NICE\n",
+			args->priority);
+		return -EACCES;
 	}
 	if (!drm_dev_enter(drm, &idx))
 		return -ENODEV;
@@ -1745,7 +2037,7 @@ int vnpu_queue_destroy_ioctl(struct drm_device *drm, void *data,
 	sq = xa_erase(&vfile->queues, args->queue_id);
 	if (!sq)
 		return -ENOENT;
-	vnpu_squeue_detach(sq);
+	vnpu_squeue_detach(sq, vfile);
 	vnpu_squeue_put(sq);
 	return 0;
 }
@@ -1757,9 +2049,17 @@ static void vnpu_uring_cancel(struct io_uring_cmd *cmd,
 {
 	struct vnpu_uring_pdu *pdu = io_uring_cmd_to_pdu(cmd,
 							 struct vnpu_uring_pdu);
-	struct vnpu_job *job = pdu->job;
+	/* Pairs with the release in vnpu_uring_submit(): job->ucmd is set. */
+	struct vnpu_job *job = smp_load_acquire(&pdu->job);
 	unsigned long flags;
 	bool mine;
+
+	/*
+	 * Still being issued (no job yet): the issuer completes it or hands
+	 * it to a job; io_uring calls again until the command is done.
+	 */
+	if (!job)
+		return;
 
 	spin_lock_irqsave(&job->fence_lock, flags);
 	mine = job->ucmd == cmd;
@@ -1781,6 +2081,44 @@ static void vnpu_uring_cancel(struct io_uring_cmd *cmd,
 #define VNPU_URING_CMD_BYTES \
 	(2 * sizeof(struct io_uring_sqe) - offsetof(struct io_uring_sqe, cmd))
 
+/* Submit the job of an io_uring SUBMIT; 0 or a negative errno. */
+static int vnpu_uring_submit(struct io_uring_cmd *cmd, struct drm_file *file,
+			     struct drm_vnpu_uring_submit *args)
+{
+	struct vnpu_uring_pdu *pdu = io_uring_cmd_to_pdu(cmd,
+							 struct vnpu_uring_pdu);
+	struct drm_device *drm = file->minor->dev;
+	struct vnpu_batch b;
+	struct vnpu_job *job;
+	int idx, ret;
+
+	if (!drm_dev_enter(drm, &idx))
+		return -ENODEV;
+	ret = vnpu_batch_begin(&b, file, args->queue_id, 1);
+	if (ret)
+		goto out_exit;
+	ret = vnpu_submit_prepare(&b, &args->job, 0);
+	if (ret)
+		goto out_end;
+
+	/*
+	 * The command's reference, dropped when its CQE is posted. The job
+	 * owns the command before it can complete, so that CQEs of a queue
+	 * are posted in seqno order; cancellation may take it from here on.
+	 */
+	job = b.jobs[0];
+	vnpu_job_get(job);
+	job->ucmd = cmd;
+	/* Publish the job to vnpu_uring_cancel() after job->ucmd. */
+	smp_store_release(&pdu->job, job);
+	vnpu_submit_commit(&b);
+out_end:
+	vnpu_batch_end(&b);
+out_exit:
+	drm_dev_exit(idx);
+	return ret;
+}
+
 int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 {
 	struct vnpu_uring_pdu *pdu = io_uring_cmd_to_pdu(cmd,
@@ -1789,9 +2127,7 @@ int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 	u8 payload[VNPU_URING_CMD_BYTES];
 	struct drm_vnpu_uring_submit args;
 	struct drm_device *drm;
-	struct vnpu_batch b;
-	struct vnpu_job *job;
-	int idx, ret;
+	int ret;
 
 	if (issue_flags & IO_URING_F_CANCEL) {
 		vnpu_uring_cancel(cmd, issue_flags);
@@ -1821,29 +2157,18 @@ int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 		return -EINVAL;
 	}
 
-	if (!drm_dev_enter(drm, &idx))
-		return -ENODEV;
-	ret = vnpu_batch_begin(&b, file, args.queue_id, 1);
-	if (ret)
-		goto out_exit;
-	ret = vnpu_submit_prepare(&b, &args.job, 0);
-	if (ret)
-		goto out_end;
-
 	/*
-	 * Nothing can fail from here on: a cancelable command must be
-	 * completed through io_uring_cmd_done(), never by a return value.
+	 * Mark the command cancelable before taking any driver lock, never
+	 * under one: issued from io-wq (IO_URING_F_UNLOCKED) this takes the
+	 * ring's uring_lock, which the submitting task holds while it issues
+	 * other commands inline - and those take the queue's submit_lock.
+	 * From here on the command completes through io_uring_cmd_done()
+	 * only, never by a return value.
 	 */
-	job = b.jobs[0];
-	vnpu_job_get(job);
-	pdu->job = job;
-	job->ucmd = cmd;
+	pdu->job = NULL;
 	io_uring_cmd_mark_cancelable(cmd, issue_flags);
-	vnpu_submit_commit(&b);
-	ret = -EIOCBQUEUED;
-out_end:
-	vnpu_batch_end(&b);
-out_exit:
-	drm_dev_exit(idx);
-	return ret;
+	ret = vnpu_uring_submit(cmd, file, &args);
+	if (ret)
+		io_uring_cmd_done(cmd, ret, 0, issue_flags);
+	return -EIOCBQUEUED;
 }

@@ -196,11 +196,11 @@ struct vnpu_ctx *vnpu_ctx_create(struct vnpu_device *vdev)
 		    (1ull << VNPU_MMU_VA_BITS) - VNPU_VA_BASE);
 
 	mutex_lock(&vdev->ctx_lock);
-	vdev->ctx_table[id].pt_root = cpu_to_le64(ctx->root.dma);
+	vdev->ctx_table[id].pt_root = vnpu_hw64(ctx->root.dma);
 	vdev->ctx_table[id].rsvd = 0;
 	/* The root must be visible before the entry turns valid. */
 	dma_wmb();
-	vdev->ctx_table[id].flags = cpu_to_le32(VNPU_CTX_F_VALID);
+	vdev->ctx_table[id].flags = vnpu_hw32(VNPU_CTX_F_VALID);
 	vnpu_mmu_invalidate_locked(vdev, id);
 	mutex_unlock(&vdev->ctx_lock);
 

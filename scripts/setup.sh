@@ -8,8 +8,9 @@ set -euo pipefail
 PKGS_HOST=(build-essential pkg-config ninja-build g++ libgtest-dev libgmock-dev googletest libbenchmark-dev
 	liburing-dev libdrm-dev)
 PKGS_KERNEL=(linux-image-6.12-amd64 linux-headers-6.12-amd64 kmod)
-# The debug guest kernel (scripts/kernel-debug.sh) is built from Debian's source package.
-PKGS_KERNEL_DEBUG=(linux-source-6.12 bc libelf-dev libssl-dev flex bison)
+# checkpatch.pl (from the kernel source tarball) and sparse for scripts/kernel-lint.sh; the debug guest kernel
+# (scripts/kernel-debug.sh) is built from the same source package.
+PKGS_KERNEL_LINT=(linux-source-6.12 sparse bc libelf-dev libssl-dev flex bison)
 PKGS_VM=(busybox-static cpio xz-utils zstd)
 PKGS_QEMU=(libglib2.0-dev libpixman-1-dev flex bison libslirp-dev python3-venv bzip2 dpkg-dev)
 # Compiler, op kernels and examples: ONNX import, oneDNN kernels, data formats (HDF5, JPEG, JSON), and Debian's
@@ -50,7 +51,8 @@ missing_pkgs() {
 
 ensure_packages() {
 	local missing missing_bpo
-	missing=$(missing_pkgs "${PKGS_HOST[@]}" "${PKGS_KERNEL[@]}" "${PKGS_KERNEL_DEBUG[@]}" "${PKGS_VM[@]}" "${PKGS_QEMU[@]}" "${PKGS_MODEL[@]}")
+	missing=$(missing_pkgs "${PKGS_HOST[@]}" "${PKGS_KERNEL[@]}" "${PKGS_KERNEL_LINT[@]}" "${PKGS_VM[@]}" \
+		"${PKGS_QEMU[@]}" "${PKGS_MODEL[@]}")
 	missing_bpo=$(missing_pkgs "${PKGS_BPO[@]}")
 	# bookworm's meson (1.0) and SeaBIOS (1.16.2) are installed but too old: require the backports versions.
 	if ! dpkg --compare-versions "$(dpkg-query -W -f='${Version}' meson 2>/dev/null || echo 0)" ge 1.5; then
@@ -78,6 +80,7 @@ ensure_packages() {
 
 ensure_apt_sources
 ensure_packages
+"$VNPU_ROOT/scripts/kernel-lint.sh" --prepare
 "$VNPU_ROOT/scripts/qemu-build.sh"
 "$VNPU_ROOT/scripts/build.sh"
 log "setup done: QEMU $QEMU_BIN, guest kernel $(guest_kver)"

@@ -8,7 +8,10 @@
 //   - the io_uring floor: IORING_OP_NOP round trips and throughput on the same ring setup.
 // Each figure is also given as a ratio to the IORING_OP_NOP figure of the same run.
 //
-// Usage: vnpu-driver-bench [--device /dev/accel/accel0] [--jobs N] [--depth D] [--json]
+// With --mem-alloc it measures instead the median latency of MEM_ALLOC (which clears the memory it hands out)
+// followed by GEM_CLOSE, for 1 MiB and 64 MiB.
+//
+// Usage: vnpu-driver-bench [--device /dev/accel/accel0] [--jobs N] [--depth D] [--json] [--mem-alloc]
 
 #include <fcntl.h>
 #include <liburing.h>
@@ -159,12 +162,31 @@ Result run_ioctl(int fd, const drm_vnpu_job& job, int jobs, int depth) {
   return r;
 }
 
+/// Median of `reps` MEM_ALLOC + GEM_CLOSE round trips of `bytes`, in µs.
+double mem_alloc_us(int fd, uint64_t bytes, int reps) {
+  std::vector<int64_t> t;
+  for (int i = 0; i < reps; i++) {
+    drm_vnpu_mem_alloc a{};
+    a.size = bytes;
+    int64_t t0 = now_ns();
+    if (drmIoctl(fd, DRM_IOCTL_VNPU_MEM_ALLOC, &a))
+      die("MEM_ALLOC", errno);
+    drm_gem_close c{};
+    c.handle = a.handle;
+    if (drmIoctl(fd, DRM_IOCTL_GEM_CLOSE, &c))
+      die("GEM_CLOSE", errno);
+    t.push_back(now_ns() - t0);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2] / 1e3;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const char* dev = "/dev/accel/accel0";
   int jobs = 2000, depth = 64;
-  bool json = false;
+  bool json = false, mem_alloc = false;
   for (int i = 1; i < argc; i++) {
     std::string a = argv[i];
     if (a == "--device" && i + 1 < argc)
@@ -175,14 +197,24 @@ int main(int argc, char** argv) {
       depth = std::clamp(atoi(argv[++i]), 1, 4096);
     else if (a == "--json")
       json = true;
+    else if (a == "--mem-alloc")
+      mem_alloc = true;
     else {
-      fprintf(stderr, "usage: %s [--device PATH] [--jobs N] [--depth D] [--json]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--device PATH] [--jobs N] [--depth D] [--json] [--mem-alloc]\n", argv[0]);
       return 2;
     }
   }
   int fd = open(dev, O_RDWR | O_CLOEXEC);
   if (fd < 0)
     die(dev, errno);
+  if (mem_alloc) {
+    mem_alloc_us(fd, 1 << 20, 3);  // warm-up (creates the context)
+    for (uint64_t mib : {1, 64})
+      printf("MEM_ALLOC + GEM_CLOSE %3llu MiB: median %.1f us\n", (unsigned long long)mib,
+             mem_alloc_us(fd, mib << 20, 21));
+    close(fd);
+    return 0;
+  }
 
   io_uring ring;
   io_uring_params p{};

@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: ((GPL-2.0 WITH Linux-syscall-note) OR MIT) */
 /*
  * vnpu accel driver uAPI, version 2. Included by the driver (kernel/), libruntime and the tests;
- * docs/uapi.md describes it.
+ * docs/uapi.md describes it. Self-contained: it needs only DRM's drm.h (libdrm's include directory in user
+ * space); every value a caller compares with (capability bits, hardware status, limits) is defined here.
  *
  * Conventions (Documentation/process/botching-up-ioctls.rst): fixed-width fields, explicit padding, no holes,
  * every struct a multiple of 8 bytes. Every flags, pad and reserved field must be zero on input; unknown bits
  * give -EINVAL. Handles are GEM handles of the calling file; free any of them with DRM_IOCTL_GEM_CLOSE.
+ * Of the DRM core ioctls only VERSION, GET_CAP, GEM_CLOSE, PRIME_HANDLE_TO_FD and PRIME_FD_TO_HANDLE work on
+ * the accel fd; every other core ioctl number gives -ENOTTY.
  *
  * Each open file is one device context: its own device virtual address space (device MMU), its device memory
  * allocations mapped into it, its queues and its jobs. Nothing of one file is reachable from another file.
@@ -37,11 +40,43 @@ extern "C" {
 #define DRM_IOCTL_VNPU_QUEUE_CREATE DRM_IOWR(DRM_COMMAND_BASE + DRM_VNPU_QUEUE_CREATE, struct drm_vnpu_queue_create)
 #define DRM_IOCTL_VNPU_QUEUE_DESTROY DRM_IOW(DRM_COMMAND_BASE + DRM_VNPU_QUEUE_DESTROY, struct drm_vnpu_queue_destroy)
 
+/* ---- limits --------------------------------------------------------------------------------------------- */
+#define DRM_VNPU_MAX_PRIORITY 3 /* highest queue priority (DRM_VNPU_PARAM_MAX_PRIORITY) */
+#define DRM_VNPU_DEFAULT_PRIORITY 1 /* queue 0's priority; higher ones need CAP_SYS_NICE */
+#define DRM_VNPU_MAX_QUEUES 64 /* queues per file, queue 0 included */
+#define DRM_VNPU_SEQNO_HISTORY 4096 /* a queue remembers the outcome of its latest this many seqnos */
+#define DRM_VNPU_MAX_RESULTS 16384 /* uncollected WAIT results per file before SUBMIT gives -ENOSPC */
+
+/* ---- device capability bits (DRM_VNPU_PARAM_CAPS; docs/device.md, CAPS register) ------------------------ */
+#define DRM_VNPU_CAP_DMA_SG (1u << 0) /* scatter-gather DMA engine (COPY_TO/FROM_DEVICE) */
+#define DRM_VNPU_CAP_OP_MATMUL (1u << 1) /* DRM_VNPU_OP_MATMUL */
+#define DRM_VNPU_CAP_MMU (1u << 2) /* per-context device MMU */
+#define DRM_VNPU_CAP_EXEC (1u << 3) /* DRM_VNPU_OP_EXEC */
+#define DRM_VNPU_CAP_SYNTH (1u << 4) /* DRM_VNPU_OP_SYNTH */
+#define DRM_VNPU_CAP_FAULT_INJECT (1u << 5) /* fault injection (debugfs fault_inject) */
+#define DRM_VNPU_CAP_TIMING_ONLY (1u << 6) /* timing-only mode (DRM_VNPU_PARAM_TIMING_ONLY) */
+#define DRM_VNPU_CAP_TELEMETRY (1u << 7) /* telemetry counters (sysfs busy_ns_*) */
+
+/* ---- hardware completion status (hw_status of WAIT and the job report; docs/device.md) ------------------- */
+enum drm_vnpu_hw_status {
+	DRM_VNPU_HW_OK = 0,
+	DRM_VNPU_HW_BAD_OPCODE = 1, /* unknown opcode */
+	DRM_VNPU_HW_BAD_FIELD = 2, /* reserved field non-zero, dimension or dtype out of range */
+	DRM_VNPU_HW_DEVMEM_RANGE = 3, /* device memory access outside device memory */
+	DRM_VNPU_HW_SGL_INVALID = 4, /* scatter-gather list malformed */
+	DRM_VNPU_HW_DMA_FAULT = 5, /* host memory access failed */
+	DRM_VNPU_HW_ABORTED = 6, /* not run to completion: queue reset, device removed, failed dependency */
+	DRM_VNPU_HW_JOB_TOO_LONG = 7, /* too many commands in one job */
+	DRM_VNPU_HW_MMU_FAULT = 8, /* translation fault; fault_addr in the job report */
+	DRM_VNPU_HW_PROGRAM_INVALID = 9, /* EXEC program malformed */
+	DRM_VNPU_HW_BAD_CONTEXT = 10, /* bad device context id */
+};
+
 /* ---- GET_PARAM ------------------------------------------------------------------------------------------ */
 enum drm_vnpu_param {
 	DRM_VNPU_PARAM_DEVICE_ID = 0, /* PCI vendor << 16 | device */
 	DRM_VNPU_PARAM_DEVICE_VERSION = 1, /* device interface version, major << 16 | minor */
-	DRM_VNPU_PARAM_CAPS = 2, /* device capability bits (VNPU_CAP_* of the device spec) */
+	DRM_VNPU_PARAM_CAPS = 2, /* device capability bits, DRM_VNPU_CAP_* */
 	DRM_VNPU_PARAM_NUM_QUEUES = 3, /* hardware queues of the device */
 	DRM_VNPU_PARAM_DEVMEM_SIZE = 4, /* device memory, bytes */
 	DRM_VNPU_PARAM_DEVMEM_FREE = 5, /* device memory not allocated by anyone, bytes (a snapshot) */
@@ -78,7 +113,9 @@ struct drm_vnpu_get_param {
 
 /**
  * struct drm_vnpu_bo_create - create a host buffer object
- * @size: in, bytes, 1..2 GiB; rounded up to pages
+ * @size: in, bytes, 1..2 GiB; rounded up to pages. The pages stay pinned while the BO exists and are charged to
+ *        the creating user's RLIMIT_MEMLOCK (as io_uring's registered buffers are) unless the caller has
+ *        CAP_IPC_LOCK: -ENOMEM beyond the limit. Closing the last handle gives the charge back.
  * @flags: in, DRM_VNPU_BO_*
  * @handle: out, GEM handle
  * @pad: must be 0
@@ -97,7 +134,8 @@ struct drm_vnpu_bo_create {
 /* ---- MEM_ALLOC: device-local memory, mapped into this file's device address space ------------------------ */
 /**
  * struct drm_vnpu_mem_alloc - allocate device memory
- * @size: in, bytes, > 0; rounded up to the MMU page size. -ENOSPC when device memory is exhausted.
+ * @size: in, bytes, > 0; rounded up to the MMU page size. -ENOSPC when device memory is exhausted. The memory
+ *        reads as zeros: the driver clears it by DMA before it returns (-EIO if that fails).
  * @flags: in, must be 0
  * @handle: out, GEM handle (not mmap-able; reach it with DMA commands)
  * @dev_addr: out, device virtual address of the allocation in this file's context. Commands name memory by
@@ -139,9 +177,11 @@ struct drm_vnpu_bo_info {
 /* ---- QUEUE_CREATE / QUEUE_DESTROY ---------------------------------------------------------------------- */
 /**
  * struct drm_vnpu_queue_create - create a submission queue of this file
- * @priority: in, 0 (lowest) .. DRM_VNPU_PARAM_MAX_PRIORITY; the device serves higher priorities first
+ * @priority: in, 0 (lowest) .. DRM_VNPU_MAX_PRIORITY; the device serves higher priorities first.
+ *            Above DRM_VNPU_DEFAULT_PRIORITY (queue 0's) needs CAP_SYS_NICE, else -EACCES.
  * @flags: in, must be 0
- * @queue_id: out, queue id for SUBMIT/WAIT (ids are per file; queue 0 exists implicitly at priority 1)
+ * @queue_id: out, queue id for SUBMIT/WAIT (ids are per file, below DRM_VNPU_MAX_QUEUES; queue 0 exists
+ *            implicitly at DRM_VNPU_DEFAULT_PRIORITY)
  * @pad: must be 0
  *
  * Jobs of one queue complete in submission order. Queues of all files are multiplexed onto the device's
@@ -195,10 +235,16 @@ struct drm_vnpu_cmd_copy {
 
 /**
  * struct drm_vnpu_cmd_matmul - C[m,n] = A[m,k] x B[k,n] in device memory
- * @a_handle, @b_handle, @c_handle: device memory handles (may be the same object; C must not overlap A or B)
+ * @a_handle: device memory handle of A (A, B and C may be the same object; C must not overlap A or B)
+ * @b_handle: device memory handle of B
+ * @c_handle: device memory handle of C
  * @dtype: 0 = f32 (the only type)
- * @a_offset, @b_offset, @c_offset: byte offsets, 4-byte aligned; each matrix must fit inside its object
- * @m, @n, @k: dimensions, each 1..16384
+ * @a_offset: byte offset of A, 4-byte aligned; the matrix must fit inside its object
+ * @b_offset: byte offset of B, likewise
+ * @c_offset: byte offset of C, likewise
+ * @m: rows of A and C, 1..16384
+ * @n: columns of B and C, 1..16384
+ * @k: columns of A and rows of B, 1..16384
  * @pad: must be 0
  */
 struct drm_vnpu_cmd_matmul {
@@ -332,8 +378,10 @@ struct drm_vnpu_job {
  * @first_seqno: out, job i of the batch gets seqno first_seqno + i on @queue_id. Must be 0 on input.
  *
  * All jobs of the batch are validated before any is queued: on error nothing is queued and the ioctl fails
- * with -EINVAL (bad field, range, op), -ENOENT (unknown handle or queue), -EFAULT (bad user pointer) or -EBUSY
- * (the per-device in-flight limit, a module parameter, is reached; retry after jobs complete). A full hardware
+ * with -EINVAL (bad field, range, op), -ENOENT (unknown handle or queue), -EFAULT (bad user pointer), -EBUSY
+ * (the per-device in-flight limit, a module parameter, is reached; retry after jobs complete) or -ENOSPC (without
+ * DRM_VNPU_SUBMIT_F_EVENT: the file already holds 16384 results not yet collected by WAIT, pending or completed;
+ * WAIT for some first). A full hardware
  * ring never fails a submission: jobs wait in a software queue. Referenced objects stay alive until the job
  * completes, even if their handles are closed.
  */
@@ -351,12 +399,14 @@ struct drm_vnpu_submit {
  * @seqno: the job's seqno
  * @user_data: the job's user_data
  * @status: 0, or the job's negative errno (-EIO device error, -EFAULT MMU fault, -ETIMEDOUT, -ECANCELED)
- * @hw_status: the device's completion status (enum vnpu_cpl_status of the device spec)
+ * @hw_status: the device's completion status, enum drm_vnpu_hw_status
  * @t_submit: CLOCK_MONOTONIC ns when the driver accepted the job
  * @t_start: device clock ns when the job started executing (0 if it never ran)
  * @t_end: device clock ns when the job completed
  * @fault_addr: the faulting device virtual address for -EFAULT, else 0
- * @h2d_ns, @compute_ns, @d2h_ns: modelled busy time of the job on each engine
+ * @h2d_ns: modelled busy time of the job on the H2D DMA engine, ns
+ * @compute_ns: modelled busy time of the job on compute cores, ns
+ * @d2h_ns: modelled busy time of the job on the D2H DMA engine, ns
  * @flags: DRM_VNPU_REPORT_F_VALID (set last, after every other field)
  */
 struct drm_vnpu_job_report {
@@ -403,7 +453,7 @@ struct drm_vnpu_event_job {
  * @queue_id: in, the queue the job was submitted to
  * @flags: in, must be 0
  * @job_status: out, 0 if the job succeeded, else its negative errno (as in struct drm_vnpu_job_report)
- * @hw_status: out, the device's completion status (enum vnpu_cpl_status of the device spec)
+ * @hw_status: out, the device's completion status, enum drm_vnpu_hw_status
  * @t_start: out, device clock (ns) when the job started executing
  * @t_end: out, device clock (ns) when the job completed
  *
