@@ -32,7 +32,7 @@
 #define VNPU_REG_STATUS 0x020 /* RO: VNPU_STATUS_* */
 #define VNPU_REG_RESET 0x024 /* WO: write VNPU_RESET_MAGIC to reset the whole device */
 #define VNPU_REG_SCRATCH 0x028 /* RW: no effect; for bring-up */
-#define VNPU_REG_CLOCK_LO 0x030 /* RO: device clock, ns; reading LO latches HI */
+#define VNPU_REG_CLOCK_LO 0x030 /* RO: device clock, ns; reading LO latches HI for the reading CPU */
 #define VNPU_REG_CLOCK_HI 0x034
 #define VNPU_REG_H2D_MBPS 0x040 /* RO: timing model, host-to-device DMA bandwidth, MB/s (10^6 B/s) */
 #define VNPU_REG_D2H_MBPS 0x044 /* RO: timing model, device-to-host DMA bandwidth, MB/s */
@@ -84,7 +84,10 @@
 #define VNPU_STATUS_READY (1u << 0) /* device initialised and accepting queue setup */
 
 /*
- * Telemetry (RO, 64-bit counters as LO/HI pairs; reading LO latches HI). Counted since device reset.
+ * Telemetry (RO, 64-bit counters as LO/HI pairs). Counted since device reset.
+ * 64-bit registers (CLOCK, MMU_LAST_FAULT, telemetry): reading LO latches HI in a latch private to the reading
+ * CPU and to that pair; that CPU's next HI read returns it (with nothing latched, HI reads live). Read LO then HI
+ * on one CPU, with preemption disabled in between.
  * Busy times are modelled device time, so utilisation = busy delta / CLOCK delta.
  */
 #define VNPU_REG_TELEMETRY_BASE 0x200

@@ -22,6 +22,7 @@
 #include "qemu/rcu.h"
 #include "qemu/timer.h"
 #include "qemu/units.h"
+#include "hw/core/cpu.h"
 #include "hw/pci/msix.h"
 #include "hw/pci/pci_bus.h"
 #include "hw/pci/pci_device.h"
@@ -161,7 +162,9 @@ static void vnpu_timer_cb(void *opaque)
 static uint64_t vnpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
 {
     VnpuState *s = opaque;
-    uint64_t val = vnpu_engine_mmio_read(s->engine, addr, size);
+    /* 64-bit registers latch their high half per reader: the vCPU (docs/device.md, "64-bit registers"). */
+    unsigned reader = current_cpu ? current_cpu->cpu_index + 1 : 0;
+    uint64_t val = vnpu_engine_mmio_read_as(s->engine, addr, size, reader);
 
     trace_vnpu_mmio_read(addr, size, val);
     return val;

@@ -475,7 +475,10 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
     bool last, too_long, ok = false;
     int rc;
 
-    q->sq_head = (index + 1) & (q->sq_entries - 1);
+    /*
+     * SQ_HEAD moves past the slot only once the command has been copied out: until then the driver must not
+     * reuse it (docs/device.md, Rings). Only this thread fetches, so the slot stays ours while unlocked.
+     */
     e->cp_busy = true;
     pthread_mutex_unlock(&e->lock);
     rc = e->host.dma_read(e->host.opaque, addr, &cmd, sizeof(cmd));
@@ -490,6 +493,7 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
         vnpu_queue_set_error(e, q, VNPU_QERR_SQ_FETCH);
         return false;
     }
+    q->sq_head = (index + 1) & (q->sq_entries - 1);
     j = q->open;
     if (!j) {
         j = q->open = job_new(q);

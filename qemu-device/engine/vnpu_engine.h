@@ -134,6 +134,14 @@ void vnpu_engine_destroy(VnpuEngine *e);
 
 /* BAR0 register access. Only 4-byte aligned 32-bit accesses have effect; others read 0 / are ignored. */
 uint64_t vnpu_engine_mmio_read(VnpuEngine *e, uint64_t offset, unsigned size);
+/*
+ * The same, naming the reader (QEMU: vCPU index + 1; 0 for everything else). Reading the LO half of a 64-bit
+ * register latches its HI half for that reader only, so concurrent readers on different CPUs never tear each
+ * other's values (docs/device.md, "64-bit registers"). vnpu_engine_mmio_read() is reader 0. Readers at or
+ * above VNPU_ENGINE_MAX_READERS share reader 0's latches.
+ */
+uint64_t vnpu_engine_mmio_read_as(VnpuEngine *e, uint64_t offset, unsigned size, unsigned reader);
+#define VNPU_ENGINE_MAX_READERS 4097u
 void vnpu_engine_mmio_write(VnpuEngine *e, uint64_t offset, uint64_t value, unsigned size);
 
 /* Post every completion whose modelled time has come, raise interrupts, re-arm host->schedule if needed. */

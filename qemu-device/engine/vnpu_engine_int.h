@@ -127,6 +127,13 @@ typedef struct VnpuTlbEntry {
     uint64_t pte;
 } VnpuTlbEntry;
 
+/* One reader's high-half latches of the 64-bit register pairs (engine.c). */
+#define VNPU_LATCH_PAIRS 16u
+typedef struct VnpuLatch {
+    uint32_t hi[VNPU_LATCH_PAIRS];
+    uint32_t armed;     /* bit p: hi[p] was latched by a LO read and not yet returned */
+} VnpuLatch;
+
 typedef struct VnpuCtxCache {
     bool entry_valid;   /* `entry` holds the context-table entry */
     struct vnpu_hw_ctx entry;
@@ -157,7 +164,8 @@ struct VnpuEngine {
     uint64_t core_busy_until[VNPU_ENGINE_MAX_CORES];
 
     uint32_t scratch, control;
-    uint32_t clock_hi_latch, tel_hi_latch;
+    VnpuLatch *latch;           /* [latch_readers], per reader of 64-bit registers */
+    unsigned latch_readers;
     uint64_t armed;             /* deadline last passed to host->schedule, VNPU_NO_DEADLINE if none */
     VnpuEngineStats stats;
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <ostream>
@@ -334,6 +335,41 @@ TEST_F(Engine, ClockLoLatchesHi) {
   EXPECT_EQ(rd(VNPU_REG_CLOCK_LO), 0x3456'789au);
   host_.set_clock(0x0000'0099'0000'0000ull);
   EXPECT_EQ(rd(VNPU_REG_CLOCK_HI), 0x12u);
+}
+
+// Regression: all readers shared one CLOCK latch, so a second CPU's CLOCK_LO between our LO and HI tore our value.
+TEST_F(Engine, ClockLatchIsPerReader) {
+  VnpuEngine* e = engine_.get();
+  host_.set_clock(0x0000'0001'0000'0010ull);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_LO, 4, 1), 0x10u);
+  host_.set_clock(0x0000'0002'0000'0020ull);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_LO, 4, 2), 0x20u);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_HI, 4, 1), 1u);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_HI, 4, 2), 2u);
+  // A latch is consumed by its HI read; a HI without a pending LO reads the live high half.
+  host_.set_clock(0x0000'0003'0000'0030ull);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_HI, 4, 1), 3u);
+  // Reader ids far beyond the vCPUs seen so far get their own latch too.
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_LO, 4, 4000), 0x30u);
+  host_.set_clock(0x0000'0004'0000'0000ull);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_LO, 4, 7), 0u);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_HI, 4, 4000), 3u);
+}
+
+// Regression: all telemetry counters shared one HI latch, so reading another counter's LO between a counter's
+// LO and HI returned the other counter's high half.
+TEST_F(Engine, TelemetryLatchIsPerCounter) {
+  enable();
+  vnpu_hw_cmd s{};
+  s.opcode = VNPU_OPC_SYNTH;
+  s.flags = VNPU_CMD_F_LAST;
+  s.synth.ns = VNPU_SYNTH_MAX_NS;  // 10 s: the busy counter's high half becomes 2
+  ASSERT_EQ(run_one({s}).status, VNPU_CPL_OK);
+  uint64_t busy = VNPU_SYNTH_MAX_NS + kOverhead;
+  EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_COMPUTE_BUSY_NS)), uint32_t(busy));
+  EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_JOBS_COMPLETED)), 1u);
+  EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_COMPUTE_BUSY_NS) + 4), uint32_t(busy >> 32));
+  EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_JOBS_COMPLETED) + 4), 0u);
 }
 
 TEST(EngineConfig, FinalizeFillsDefaultsAndRejectsBadValues) {
@@ -822,6 +858,57 @@ TEST_F(Engine, CompletionPhaseTogglesOnEveryWrap) {
   EXPECT_EQ(phases, (std::vector<int>{1, 1, 1, 1, 0, 0, 0, 0, 1, 1}));
   EXPECT_EQ(qrd(VNPU_QREG_JOBS_DONE), 10u);
   EXPECT_EQ(host_.irqs().size(), 10u);
+}
+
+// Regression: the record went out in one 64-byte copy, so an SMP guest polling the phase could see the new
+// phase before the rest of the record (tag, status) had landed.
+TEST_F(Engine, CompletionPhaseIsWrittenLastAfterThePayload) {
+  enable(4, 2);
+  host_.log_writes(true);
+  for (uint64_t tag = 1; tag <= 3; tag++) {  // the third record wraps: its new phase is 0
+    submit({nop(tag)});
+    run();
+    vnpu_hw_cpl c{};
+    ASSERT_TRUE(pop(&c));
+    EXPECT_EQ(c.tag, tag);
+  }
+  auto w = host_.writes();
+  ASSERT_EQ(w.size(), 6u);
+  constexpr size_t kFlags = offsetof(vnpu_hw_cpl, flags);
+  for (size_t i = 0; i < w.size(); i += 2) {
+    const uint64_t slot = kCq + (i / 2 % 2) * sizeof(vnpu_hw_cpl);
+    const uint16_t phase = i / 2 < 2 ? 1 : 0;
+    vnpu_hw_cpl body{};
+    ASSERT_EQ(w[i].addr, slot);
+    ASSERT_EQ(w[i].data.size(), sizeof(body));
+    std::memcpy(&body, w[i].data.data(), sizeof(body));
+    EXPECT_EQ(body.tag, i / 2 + 1);
+    EXPECT_NE(body.flags & VNPU_CPL_F_PHASE, phase) << "payload write already carries the new phase";
+    ASSERT_EQ(w[i + 1].addr, slot + kFlags);
+    ASSERT_EQ(w[i + 1].data.size(), sizeof(uint16_t));
+    uint16_t flags;
+    std::memcpy(&flags, w[i + 1].data.data(), sizeof(flags));
+    EXPECT_EQ(flags, phase);
+  }
+}
+
+// Regression: SQ_HEAD passed a slot before its command was read, so a driver could refill the slot while the
+// device was still copying it.
+TEST_F(Engine, SqHeadPassesASlotOnlyAfterItsCommandWasCopied) {
+  enable();
+  std::vector<uint32_t> head_during_fetch;
+  host_.on_read([&](uint64_t addr, size_t) {
+    if (addr >= kSq && addr < kSq + 16 * sizeof(vnpu_hw_cmd))
+      head_during_fetch.push_back(qrd(VNPU_QREG_SQ_HEAD));
+  });
+  submit({nop(1, false), nop(2)});
+  run();
+  host_.on_read(nullptr);
+  EXPECT_EQ(head_during_fetch, (std::vector<uint32_t>{0, 1}));
+  EXPECT_EQ(qrd(VNPU_QREG_SQ_HEAD), 2u);
+  vnpu_hw_cpl c{};
+  ASSERT_TRUE(pop(&c));
+  EXPECT_EQ(c.tag, 2u);
 }
 
 TEST_F(Engine, FullCompletionRingHoldsBackCompletionsUntilCqHeadFreesSpace) {
