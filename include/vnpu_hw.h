@@ -12,8 +12,13 @@
 #include <linux/types.h>
 
 /* ---- PCI identity ---------------------------------------------------------------------------------------- */
-#define VNPU_PCI_VENDOR_ID 0x1b36 /* Red Hat, Inc. (QEMU) */
-#define VNPU_PCI_DEVICE_ID 0x10f5
+/*
+ * 1af4:10f0..10ff is the range QEMU's docs/specs/pci-ids.rst sets aside for experimental devices without
+ * registration (Red Hat donates it to QEMU; an official ID is needed before such a device ships or goes
+ * upstream). 1b36:10f5, used before, lies outside every range QEMU documents.
+ */
+#define VNPU_PCI_VENDOR_ID 0x1af4 /* Red Hat, Inc. (ex-Qumranet), QEMU virtual devices */
+#define VNPU_PCI_DEVICE_ID 0x10f5 /* experimental range 1af4:10f0..10ff */
 #define VNPU_PCI_CLASS 0x1200 /* processing accelerator */
 #define VNPU_PCI_REVISION 0x01
 

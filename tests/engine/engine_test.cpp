@@ -372,6 +372,14 @@ TEST_F(Engine, TelemetryLatchIsPerCounter) {
   EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_JOBS_COMPLETED) + 4), 0u);
 }
 
+// Regression: the device used 1b36:10f5, outside every range QEMU documents (docs/specs/pci-ids.rst), i.e. an ID
+// that may be someone else's; QEMU leaves 1af4:10f0..10ff to experimental devices.
+TEST(PciIdentity, IsInQemusRangeForExperimentalDevices) {
+  EXPECT_EQ(VNPU_PCI_VENDOR_ID, 0x1af4);
+  EXPECT_GE(VNPU_PCI_DEVICE_ID, 0x10f0);
+  EXPECT_LE(VNPU_PCI_DEVICE_ID, 0x10ff);
+}
+
 TEST(EngineConfig, FinalizeFillsDefaultsAndRejectsBadValues) {
   VnpuEngineConfig cfg{};
   ASSERT_EQ(vnpu_engine_config_finalize(&cfg), 0);
