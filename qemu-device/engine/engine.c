@@ -36,6 +36,54 @@ void vnpu_guest_error(VnpuEngine *e, const char *fmt, ...)
     e->host.guest_error(e->host.opaque, msg);
 }
 
+uint32_t vnpu_epoch(VnpuEngine *e)
+{
+    return __atomic_load_n(&e->epoch, __ATOMIC_ACQUIRE);
+}
+
+int vnpu_host_dma(VnpuEngine *e, uint32_t epoch, uint64_t addr, void *buf, size_t len, bool write)
+{
+    int rc;
+
+    pthread_mutex_lock(&e->gate_lock);
+    while (e->paused && epoch == e->epoch) {
+        pthread_cond_wait(&e->gate_cond, &e->gate_lock); /* the VM is stopped: no DMA until it runs */
+    }
+    if (epoch != e->epoch) {
+        pthread_mutex_unlock(&e->gate_lock);
+        return -1; /* work from before a device reset: it must not touch host memory any more */
+    }
+    e->dma_inflight++;
+    pthread_mutex_unlock(&e->gate_lock);
+    rc = write ? e->host.dma_write(e->host.opaque, addr, buf, len) : e->host.dma_read(e->host.opaque, addr, buf, len);
+    pthread_mutex_lock(&e->gate_lock);
+    if (!--e->dma_inflight) {
+        pthread_cond_broadcast(&e->gate_cond);
+    }
+    pthread_mutex_unlock(&e->gate_lock);
+    return rc;
+}
+
+/* Close the gate on every access begun before now and wait for those in progress (one chunk at most). */
+static void gate_new_epoch(VnpuEngine *e)
+{
+    pthread_mutex_lock(&e->gate_lock);
+    __atomic_store_n(&e->epoch, e->epoch + 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&e->gate_cond); /* paused accesses wake up and fail */
+    while (e->dma_inflight) {
+        pthread_cond_wait(&e->gate_cond, &e->gate_lock);
+    }
+    pthread_mutex_unlock(&e->gate_lock);
+}
+
+bool vnpu_reset_settled(VnpuEngine *e)
+{
+    if (e->resetting && !e->running && !e->cp_busy && !e->compute_dispatching) {
+        e->resetting = false;
+    }
+    return !e->resetting;
+}
+
 bool vnpu_exec_cancelled(const VnpuExec *x)
 {
     return __atomic_load_n(&x->j->cancel, __ATOMIC_RELAXED) || __atomic_load_n(&x->e->stopping, __ATOMIC_RELAXED);
@@ -511,7 +559,7 @@ static uint32_t global_read(VnpuEngine *e, uint64_t offset, unsigned reader)
     case VNPU_REG_DEVMEM_SIZE_LO: return (uint32_t)e->cfg.devmem_size;
     case VNPU_REG_DEVMEM_SIZE_HI: return (uint32_t)(e->cfg.devmem_size >> 32);
     case VNPU_REG_RING_MAX: return e->cfg.ring_max;
-    case VNPU_REG_STATUS: return VNPU_STATUS_READY;
+    case VNPU_REG_STATUS: return vnpu_reset_settled(e) ? VNPU_STATUS_READY : 0;
     case VNPU_REG_SCRATCH: return e->scratch;
     case VNPU_REG_CLOCK_LO: return read_lo(e, reader, LATCH_CLOCK, e->host.clock_ns(e->host.opaque));
     case VNPU_REG_CLOCK_HI: return read_hi(e, reader, LATCH_CLOCK, e->host.clock_ns(e->host.opaque));
@@ -543,21 +591,21 @@ static uint32_t global_read(VnpuEngine *e, uint64_t offset, unsigned reader)
     }
 }
 
-/* Drop every job and return registers to power-on values. Waits (bounded) for workers to let go. */
+/*
+ * Drop every job and return registers to power-on values. When it returns, no engine can issue another host
+ * memory access for the dropped work: the gate refuses their epoch and the accesses in progress have ended
+ * (each is at most one 1 MiB chunk; transports never make them wait for the transport's lock, see
+ * VnpuEngineHost). Workers still computing on dropped jobs (device memory only) keep STATUS.READY at 0 and
+ * new fetches waiting until they let go, which they do at their next cancellation check.
+ */
 static void engine_reset_locked(VnpuEngine *e)
 {
-    struct timespec until;
-
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
         queue_reset_regs(e, &e->queues[i]);
     }
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 5;
-    while (e->running || e->cp_busy || e->compute_dispatching) {
-        if (pthread_cond_timedwait(&e->idle_cond, &e->lock, &until) == ETIMEDOUT) {
-            break;
-        }
-    }
+    gate_new_epoch(e);
+    e->resetting = true;
+    vnpu_reset_settled(e);
     e->scratch = 0;
     e->control = e->cfg.timing_only ? VNPU_CONTROL_TIMING_ONLY : 0;
     memset(e->latch, 0, e->latch_readers * sizeof(*e->latch));
@@ -928,6 +976,12 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
     if (pthread_cond_init(&e->idle_cond, NULL)) {
         goto err_destroy_work_cond;
     }
+    if (pthread_mutex_init(&e->gate_lock, NULL)) {
+        goto err_destroy_idle_cond;
+    }
+    if (pthread_cond_init(&e->gate_cond, NULL)) {
+        goto err_destroy_gate_lock;
+    }
     pthread_mutex_lock(&e->lock);
     engine_reset_locked(e);
     pthread_mutex_unlock(&e->lock);
@@ -955,6 +1009,10 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
 
 err_stop_threads:
     stop_threads(e);
+    pthread_cond_destroy(&e->gate_cond);
+err_destroy_gate_lock:
+    pthread_mutex_destroy(&e->gate_lock);
+err_destroy_idle_cond:
     pthread_cond_destroy(&e->idle_cond);
 err_destroy_work_cond:
     pthread_cond_destroy(&e->work_cond);
@@ -986,8 +1044,14 @@ void vnpu_engine_destroy(VnpuEngine *e)
         }
     }
     pthread_mutex_unlock(&e->lock);
+    pthread_mutex_lock(&e->gate_lock);
+    e->paused = false; /* workers held at the gate must get out to see `stopping` */
+    pthread_cond_broadcast(&e->gate_cond);
+    pthread_mutex_unlock(&e->gate_lock);
     stop_threads(e);
     free_all(e);
+    pthread_cond_destroy(&e->gate_cond);
+    pthread_mutex_destroy(&e->gate_lock);
     pthread_cond_destroy(&e->idle_cond);
     pthread_cond_destroy(&e->work_cond);
     pthread_mutex_destroy(&e->lock);
@@ -1011,6 +1075,20 @@ void vnpu_engine_wait_idle(VnpuEngine *e)
         pthread_cond_wait(&e->idle_cond, &e->lock);
     }
     pthread_mutex_unlock(&e->lock);
+}
+
+void vnpu_engine_set_paused(VnpuEngine *e, int paused)
+{
+    pthread_mutex_lock(&e->gate_lock);
+    e->paused = paused != 0;
+    if (e->paused) {
+        while (e->dma_inflight) {
+            pthread_cond_wait(&e->gate_cond, &e->gate_lock);
+        }
+    } else {
+        pthread_cond_broadcast(&e->gate_cond);
+    }
+    pthread_mutex_unlock(&e->gate_lock);
 }
 
 void vnpu_engine_set_lockstep(VnpuEngine *e, int on)

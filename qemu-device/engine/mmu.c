@@ -62,12 +62,12 @@ void vnpu_mmu_note_fault(VnpuEngine *e, uint16_t ctx, uint64_t va)
     e->last_fault_ctx = ctx;
 }
 
-static bool read_u64(VnpuEngine *e, uint64_t addr, uint64_t *v)
+static bool read_u64(VnpuEngine *e, uint32_t epoch, uint64_t addr, uint64_t *v)
 {
-    return e->host.dma_read(e->host.opaque, addr, v, sizeof(*v)) == 0;
+    return vnpu_host_dma(e, epoch, addr, v, sizeof(*v), false) == 0;
 }
 
-bool vnpu_mmu_ctx(VnpuEngine *e, uint16_t ctx_id, uint64_t *pt_root)
+bool vnpu_mmu_ctx(VnpuEngine *e, uint32_t epoch, uint16_t ctx_id, uint64_t *pt_root)
 {
     VnpuCtxCache *c = &e->ctx[ctx_id];
     struct vnpu_hw_ctx ent;
@@ -84,7 +84,7 @@ bool vnpu_mmu_ctx(VnpuEngine *e, uint16_t ctx_id, uint64_t *pt_root)
     table = e->ctx_table_mmu;
     pthread_mutex_unlock(&e->mmu_lock);
 
-    if (!table || e->host.dma_read(e->host.opaque, table + (uint64_t)ctx_id * sizeof(ent), &ent, sizeof(ent))) {
+    if (!table || vnpu_host_dma(e, epoch, table + (uint64_t)ctx_id * sizeof(ent), &ent, sizeof(ent), false)) {
         return false; /* no table, or unreadable: not cached, the next job retries */
     }
     pthread_mutex_lock(&e->mmu_lock);
@@ -124,7 +124,7 @@ static bool leaf(const VnpuExec *x, uint64_t va, bool write, uint64_t *pte_out)
     pthread_mutex_unlock(&e->mmu_lock);
 
     for (int level = 1; level <= VNPU_MMU_LEVELS; level++) {
-        if (!read_u64(e, table + VNPU_MMU_INDEX(va, level) * 8, &pte) || !(pte & VNPU_PTE_VALID)) {
+        if (!read_u64(e, x->j->epoch, table + VNPU_MMU_INDEX(va, level) * 8, &pte) || !(pte & VNPU_PTE_VALID)) {
             return false;
         }
         table = pte & VNPU_PTE_ADDR_MASK;
@@ -212,7 +212,7 @@ bool vnpu_mmu_copy(const VnpuExec *x, uint64_t va, void *buf, uint64_t len, bool
 }
 
 /* Bytes mapped by valid leaf entries pointing into device memory (telemetry; unreadable tables count 0). */
-uint64_t vnpu_mmu_count_mapped(VnpuEngine *e, uint64_t pt_root)
+uint64_t vnpu_mmu_count_mapped(VnpuEngine *e, uint32_t epoch, uint64_t pt_root)
 {
     uint64_t *l1 = malloc(3 * 4096), *l2 = l1 + 512, *l3 = l2 + 512;
     uint64_t total = 0;
@@ -220,17 +220,17 @@ uint64_t vnpu_mmu_count_mapped(VnpuEngine *e, uint64_t pt_root)
     if (!l1) {
         return 0;
     }
-    if (e->host.dma_read(e->host.opaque, pt_root, l1, 4096)) {
+    if (vnpu_host_dma(e, epoch, pt_root, l1, 4096, false)) {
         goto out;
     }
     for (unsigned i = 0; i < 512; i++) {
         if (!(l1[i] & VNPU_PTE_VALID) ||
-            e->host.dma_read(e->host.opaque, l1[i] & VNPU_PTE_ADDR_MASK, l2, 4096)) {
+            vnpu_host_dma(e, epoch, l1[i] & VNPU_PTE_ADDR_MASK, l2, 4096, false)) {
             continue;
         }
         for (unsigned k = 0; k < 512; k++) {
             if (!(l2[k] & VNPU_PTE_VALID) ||
-                e->host.dma_read(e->host.opaque, l2[k] & VNPU_PTE_ADDR_MASK, l3, 4096)) {
+                vnpu_host_dma(e, epoch, l2[k] & VNPU_PTE_ADDR_MASK, l3, 4096, false)) {
                 continue;
             }
             for (unsigned m = 0; m < 512; m++) {

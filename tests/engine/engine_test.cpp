@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
 #include <cstddef>
 #include <cstring>
 #include <memory>
@@ -1079,6 +1082,53 @@ TEST_F(Engine, DestroyWithWorkInFlightIsClean) {
   submit({matmul(0, 0x400000, 0x800000, 1024, 1024, 1024, true, 1), nop(2), nop(3)});
   engine_.reset();
   SUCCEED();
+}
+
+// Regression: device reset waited at most 5 s for the workers and then reset anyway, so a DMA still in progress
+// (here a D2H chunk whose write takes 6 s) landed in guest memory after the reset had completed.
+TEST_F(Engine, ResetReturnsOnlyAfterTheLastHostAccessOfDroppedWork) {
+  enable();
+  std::atomic<bool> in_dma{false};
+  host_.on_write([&](uint64_t addr, size_t) {
+    if (addr >= kData && !in_dma.exchange(true))
+      std::this_thread::sleep_for(std::chrono::seconds(6));
+  });
+  uint64_t s = sgl1(0, kData, 2 << 20);
+  submit({dma(VNPU_OPC_DMA_D2H, s, 1, 0, 0, 2 << 20, true)});  // two 1 MiB chunks
+  while (!in_dma.load())
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  wr(VNPU_REG_RESET, VNPU_RESET_MAGIC);
+  uint64_t writes_at_reset = host_.dma_writes();
+  vnpu_engine_wait_idle(engine_.get());
+  host_.on_write(nullptr);
+  EXPECT_EQ(host_.dma_writes(), writes_at_reset) << "a DMA write landed after the reset completed";
+  EXPECT_EQ(writes_at_reset, 1u) << "the second chunk must not be written at all";
+  EXPECT_EQ(rd(VNPU_REG_STATUS), VNPU_STATUS_READY);
+}
+
+// Regression: nothing held the workers while the VM was stopped; they kept fetching and moving guest memory.
+TEST_F(Engine, PausedEngineTouchesNoHostMemoryUntilResumed) {
+  enable();
+  vnpu_engine_set_paused(engine_.get(), 1);
+  uint64_t reads = host_.dma_reads(), writes = host_.dma_writes();
+  submit({nop(1)});
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(host_.dma_reads(), reads);
+  EXPECT_EQ(host_.dma_writes(), writes);
+  EXPECT_EQ(qrd(VNPU_QREG_SQ_HEAD), 0u);
+  vnpu_engine_set_paused(engine_.get(), 0);
+  vnpu_hw_cpl c{};
+  run();
+  ASSERT_TRUE(pop(&c));
+  EXPECT_EQ(c.tag, 1u);
+  // A device reset releases accesses held by a pause (they fail: their work is dropped).
+  vnpu_engine_set_paused(engine_.get(), 1);
+  submit({nop(2)});
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  wr(VNPU_REG_RESET, VNPU_RESET_MAGIC);
+  vnpu_engine_set_paused(engine_.get(), 0);
+  enable();
+  EXPECT_EQ(run_one({nop(3)}).tag, 3u);
 }
 
 TEST_F(Engine, ResetDuringALongCommandAbandonsIt) {
