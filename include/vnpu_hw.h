@@ -296,6 +296,9 @@ struct vnpu_hw_sge {
 #define VNPU_PTE_VALID (1ull << 0)
 #define VNPU_PTE_WRITE (1ull << 1) /* level 3 only: writes allowed */
 #define VNPU_PTE_ADDR_MASK 0xfffffffffffff000ull /* table address (4 KiB aligned) or page address (64 KiB aligned) */
+/* Reserved bits (must be 0, else a translation fault): level 1/2 bits 11:1, level 3 bits 15:2. */
+#define VNPU_PTE_TABLE_RSVD_MASK 0x0000000000000ffeull
+#define VNPU_PTE_LEAF_RSVD_MASK 0x000000000000fffcull
 
 /* Context table entry (16 bytes). */
 struct vnpu_hw_ctx {
@@ -305,6 +308,7 @@ struct vnpu_hw_ctx {
 };
 
 #define VNPU_CTX_F_VALID (1u << 0) /* jobs of an invalid context fail with VNPU_CPL_MMU_FAULT at fault_addr 0 */
+/* Other flags, rsvd and pt_root bits 11:0 are reserved: an entry with any of them set is an invalid context. */
 
 /* ---- Completion ring entry (64 bytes) -------------------------------------------------------------------- */
 enum vnpu_cpl_status {

@@ -473,6 +473,7 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
     struct vnpu_hw_cmd cmd;
     VnpuJob *j;
     uint64_t root = 0;
+    uint32_t ctx_gen = 0;
     bool last, too_long, ok = false;
     int rc;
 
@@ -528,7 +529,7 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
     if (j->cmds[0].cmd.ctx_id < e->cfg.num_contexts) {
         e->cp_busy = true;
         pthread_mutex_unlock(&e->lock);
-        ok = vnpu_mmu_ctx(e, j->epoch, j->cmds[0].cmd.ctx_id, &root);
+        ok = vnpu_mmu_ctx(e, j->epoch, j->cmds[0].cmd.ctx_id, &root, &ctx_gen);
         pthread_mutex_lock(&e->lock);
         e->cp_busy = false;
         if (q->gen != gen || q->open != j) {
@@ -538,6 +539,7 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
     q->open = NULL;
     j->ctx_ok = ok;
     j->pt_root = root;
+    j->ctx_gen = ctx_gen;
     job_decode(e, j, too_long);
     job_inject(e, j);
     job_dispatch(e, q, j);
@@ -558,7 +560,7 @@ static void recount(VnpuEngine *e)
         e->ctx_recount[i] = false;
         e->cp_busy = true;
         pthread_mutex_unlock(&e->lock);
-        if (vnpu_mmu_ctx(e, epoch, (uint16_t)i, &root)) {
+        if (vnpu_mmu_ctx(e, epoch, (uint16_t)i, &root, NULL)) {
             n = vnpu_mmu_count_mapped(e, epoch, root);
         }
         pthread_mutex_lock(&e->lock);

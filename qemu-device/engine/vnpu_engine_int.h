@@ -72,6 +72,7 @@ struct VnpuJob {
     uint16_t ctx_id;
     bool ctx_ok;
     uint64_t pt_root;           /* snapshot of the context's level-1 table at dispatch */
+    uint32_t ctx_gen;           /* the context's invalidation generation when that snapshot was taken */
     uint64_t visible;           /* doorbell time of the job's last command */
 
     bool running;               /* a worker executes cmds[next_cmd] */
@@ -123,9 +124,16 @@ typedef struct VnpuFifo {
     VnpuSlot *head, *tail;
 } VnpuFifo;
 
+/*
+ * A cached leaf entry, tagged with the level-1 table it was walked from and the context's invalidation
+ * generation the walking job was fetched in: it serves only jobs with the same root and generation, so a job
+ * fetched before an MMU_INVALIDATE never serves (or plants) stale translations for jobs fetched after it.
+ */
 typedef struct VnpuTlbEntry {
     uint64_t vpn1;      /* virtual page number + 1; 0 = empty */
     uint64_t pte;
+    uint64_t root;
+    uint32_t gen;
 } VnpuTlbEntry;
 
 /* One reader's high-half latches of the 64-bit register pairs (engine.c). */
@@ -275,7 +283,7 @@ int vnpu_mmu_init(VnpuEngine *e);
 void vnpu_mmu_fini(VnpuEngine *e);
 void vnpu_mmu_flush(VnpuEngine *e, uint32_t ctx); /* UINT32_MAX: all; caller holds e->lock */
 /* Read (cached) context entry; false if the context is invalid or unreadable. No lock held. */
-bool vnpu_mmu_ctx(VnpuEngine *e, uint32_t epoch, uint16_t ctx_id, uint64_t *pt_root);
+bool vnpu_mmu_ctx(VnpuEngine *e, uint32_t epoch, uint16_t ctx_id, uint64_t *pt_root, uint32_t *gen);
 /*
  * Translate [va, va + len) of the job's space: on success *pa is the device-physical address of va and *run the
  * length (<= len, > 0) of the physically contiguous run starting there. On a fault returns false and *fault the

@@ -1508,6 +1508,62 @@ TEST_F(Mmu, InvalidateMakesChangedMappingsVisible) {
   EXPECT_EQ(run_one({in_ctx(dma(VNPU_OPC_DMA_D2H, out, 1, 0, 0, 4, true), 1)}).status, VNPU_CPL_MMU_FAULT);
 }
 
+// Regression: TLB entries were keyed by page number only, so a job fetched before an MMU_INVALIDATE walked its
+// old root after the invalidation and planted the stale translation, which the next job (new root) then used.
+TEST_F(Mmu, AJobFetchedBeforeAnInvalidateCannotPlantStaleTranslations) {
+  uint64_t r1b = pt_alloc();
+  map(r1b, 0, 0x300000);  // context 1's new tables: VA 0 -> PA 3 MiB
+  std::atomic<bool> switched{false};
+  host_.on_read([&](uint64_t addr, size_t) {
+    // Job A has been fetched (old root) and is reading its SGL, right before it walks VA 0: the driver now
+    // points context 1 at its new tables and invalidates.
+    if (addr == kSgl && !switched.exchange(true)) {
+      set_ctx(1, r1b);
+      wr(VNPU_REG_MMU_INVALIDATE, 1);
+    }
+  });
+  host_.put(kData, uint32_t(0xaaaaaaaa));
+  host_.put(kData + 0x1000, uint32_t(0xbbbbbbbb));
+  ASSERT_EQ(run_one({in_ctx(dma(VNPU_OPC_DMA_H2D, sgl1(0, kData, 4), 1, 0, 0, 4, true), 1)}).status, VNPU_CPL_OK);
+  host_.on_read(nullptr);
+  ASSERT_TRUE(switched.load());
+  ASSERT_EQ(run_one({in_ctx(dma(VNPU_OPC_DMA_H2D, sgl1(1, kData + 0x1000, 4), 1, 0, 0, 4, true), 1)}).status,
+            VNPU_CPL_OK);
+  // Context 0 maps device memory 1:1: job A wrote the old page, job B must have written the new one.
+  auto old_page = copy_out(0x100000, 4), new_page = copy_out(0x300000, 4);
+  uint32_t o, n;
+  std::memcpy(&o, old_page.data(), 4);
+  std::memcpy(&n, new_page.data(), 4);
+  EXPECT_EQ(o, 0xaaaaaaaau);
+  EXPECT_EQ(n, 0xbbbbbbbbu) << "job B used job A's stale translation";
+}
+
+// Regression: reserved bits of context entries and page-table entries were ignored instead of faulting.
+TEST_F(Mmu, ReservedBitsInContextEntriesAndPtesFault) {
+  auto status = [&](unsigned ctx) {
+    wr(VNPU_REG_MMU_INVALIDATE, ctx);
+    return run_one({in_ctx(dma(VNPU_OPC_DMA_H2D, sgl1(0, kData, 4), 1, 0, 0, 4, true), ctx)}).status;
+  };
+  ASSERT_EQ(status(1), VNPU_CPL_OK);
+  host_.put(kCtxTable + 16 + 8, uint32_t(VNPU_CTX_F_VALID | 0x100));  // reserved flag
+  EXPECT_EQ(status(1), VNPU_CPL_MMU_FAULT);
+  host_.put(kCtxTable + 16 + 8, uint32_t(VNPU_CTX_F_VALID));
+  host_.put(kCtxTable + 16 + 12, uint32_t(1));  // rsvd
+  EXPECT_EQ(status(1), VNPU_CPL_MMU_FAULT);
+  host_.put(kCtxTable + 16 + 12, uint32_t(0));
+  ASSERT_EQ(status(1), VNPU_CPL_OK);
+  uint64_t l1e = host_.get<uint64_t>(r1_);  // level-1 entry of VA 0
+  host_.put(r1_, l1e | 0x10);
+  EXPECT_EQ(status(1), VNPU_CPL_MMU_FAULT);
+  host_.put(r1_, l1e);
+  uint64_t l2 = l1e & VNPU_PTE_ADDR_MASK, l3 = host_.get<uint64_t>(l2) & VNPU_PTE_ADDR_MASK;
+  uint64_t leaf = host_.get<uint64_t>(l3);
+  host_.put(l3, leaf | 0x4);  // bit 2 of a leaf
+  EXPECT_EQ(status(1), VNPU_CPL_MMU_FAULT);
+  host_.put(l3, leaf);
+  EXPECT_EQ(status(1), VNPU_CPL_OK);
+}
+
 TEST_F(Mmu, PhysicallyScatteredOperandsComputeCorrectly) {
   // Context 1: three virtually contiguous pages backed by out-of-order physical pages.
   map(r1_, 0x10000, 0x500000);
