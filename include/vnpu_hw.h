@@ -12,8 +12,13 @@
 #include <linux/types.h>
 
 /* ---- PCI identity ---------------------------------------------------------------------------------------- */
-#define VNPU_PCI_VENDOR_ID 0x1b36 /* Red Hat, Inc. (QEMU) */
-#define VNPU_PCI_DEVICE_ID 0x10f5
+/*
+ * 1af4:10f0..10ff is the range QEMU's docs/specs/pci-ids.rst sets aside for experimental devices without
+ * registration (Red Hat donates it to QEMU; an official ID is needed before such a device ships or goes
+ * upstream). 1b36:10f5, used before, lies outside every range QEMU documents.
+ */
+#define VNPU_PCI_VENDOR_ID 0x1af4 /* Red Hat, Inc. (ex-Qumranet), QEMU virtual devices */
+#define VNPU_PCI_DEVICE_ID 0x10f5 /* experimental range 1af4:10f0..10ff */
 #define VNPU_PCI_CLASS 0x1200 /* processing accelerator */
 #define VNPU_PCI_REVISION 0x01
 
@@ -32,7 +37,7 @@
 #define VNPU_REG_STATUS 0x020 /* RO: VNPU_STATUS_* */
 #define VNPU_REG_RESET 0x024 /* WO: write VNPU_RESET_MAGIC to reset the whole device */
 #define VNPU_REG_SCRATCH 0x028 /* RW: no effect; for bring-up */
-#define VNPU_REG_CLOCK_LO 0x030 /* RO: device clock, ns; reading LO latches HI */
+#define VNPU_REG_CLOCK_LO 0x030 /* RO: device clock, ns; reading LO latches HI for the reading CPU */
 #define VNPU_REG_CLOCK_HI 0x034
 #define VNPU_REG_H2D_MBPS 0x040 /* RO: timing model, host-to-device DMA bandwidth, MB/s (10^6 B/s) */
 #define VNPU_REG_D2H_MBPS 0x044 /* RO: timing model, device-to-host DMA bandwidth, MB/s */
@@ -84,7 +89,10 @@
 #define VNPU_STATUS_READY (1u << 0) /* device initialised and accepting queue setup */
 
 /*
- * Telemetry (RO, 64-bit counters as LO/HI pairs; reading LO latches HI). Counted since device reset.
+ * Telemetry (RO, 64-bit counters as LO/HI pairs). Counted since device reset.
+ * 64-bit registers (CLOCK, MMU_LAST_FAULT, telemetry): reading LO latches HI in a latch private to the reading
+ * CPU and to that pair; that CPU's next HI read returns it (with nothing latched, HI reads live). Read LO then HI
+ * on one CPU, with preemption disabled in between.
  * Busy times are modelled device time, so utilisation = busy delta / CLOCK delta.
  */
 #define VNPU_REG_TELEMETRY_BASE 0x200
@@ -288,6 +296,9 @@ struct vnpu_hw_sge {
 #define VNPU_PTE_VALID (1ull << 0)
 #define VNPU_PTE_WRITE (1ull << 1) /* level 3 only: writes allowed */
 #define VNPU_PTE_ADDR_MASK 0xfffffffffffff000ull /* table address (4 KiB aligned) or page address (64 KiB aligned) */
+/* Reserved bits (must be 0, else a translation fault): level 1/2 bits 11:1, level 3 bits 15:2. */
+#define VNPU_PTE_TABLE_RSVD_MASK 0x0000000000000ffeull
+#define VNPU_PTE_LEAF_RSVD_MASK 0x000000000000fffcull
 
 /* Context table entry (16 bytes). */
 struct vnpu_hw_ctx {
@@ -297,6 +308,7 @@ struct vnpu_hw_ctx {
 };
 
 #define VNPU_CTX_F_VALID (1u << 0) /* jobs of an invalid context fail with VNPU_CPL_MMU_FAULT at fault_addr 0 */
+/* Other flags, rsvd and pt_root bits 11:0 are reserved: an entry with any of them set is an invalid context. */
 
 /* ---- Completion ring entry (64 bytes) -------------------------------------------------------------------- */
 enum vnpu_cpl_status {

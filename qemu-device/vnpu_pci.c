@@ -22,12 +22,17 @@
 #include "qemu/rcu.h"
 #include "qemu/timer.h"
 #include "qemu/units.h"
+#include "hw/core/cpu.h"
 #include "hw/pci/msix.h"
 #include "hw/pci/pci_bus.h"
 #include "hw/pci/pci_device.h"
 #include "hw/pci/pcie.h"
 #include "hw/qdev-properties.h"
+#include "hw/resettable.h"
+#include "migration/vmstate.h"
 #include "system/cpu-timers.h"
+#include "system/dma.h"
+#include "system/runstate.h"
 #include "trace.h"
 #include "vnpu/vnpu_engine.h"
 #include "vnpu/vnpu_hw.h"
@@ -64,6 +69,7 @@ struct VnpuState {
     MemoryRegion regs;
     QEMUTimer *timer;       /* QEMU_CLOCK_VIRTUAL; fires vnpu_engine_tick() */
     VnpuEngine *engine;
+    VMChangeStateEntry *vmstate_entry; /* pauses the engine's DMA while the VM is stopped */
     VnpuParams params;
 };
 
@@ -74,11 +80,40 @@ struct VnpuClass {
 
 /* ---- engine host callbacks ------------------------------------------------------------------------------- */
 
+/*
+ * The engine's DMA goes to guest RAM only. An access to MMIO (or unassigned space) would take the BQL inside the
+ * worker, while a device reset or a VM stop holds the BQL and waits for the worker's access to end: refusing
+ * such targets up front keeps every wait under the BQL bounded by one memcpy. A DMA the device cannot do
+ * fails the command with DMA_FAULT (docs/device.md).
+ */
+static bool vnpu_dma_target_is_ram(PCIDevice *pdev, uint64_t addr, size_t len, bool is_write)
+{
+    AddressSpace *as = pci_get_address_space(pdev);
+
+    RCU_READ_LOCK_GUARD();
+    while (len) {
+        hwaddr xlat, l = len;
+        MemoryRegion *mr = address_space_translate(as, addr, &xlat, &l, is_write, MEMTXATTRS_UNSPECIFIED);
+
+        if (!l || !memory_region_is_ram(mr) || (is_write && mr->readonly)) {
+            return false;
+        }
+        addr += l;
+        len -= l;
+    }
+    return true;
+}
+
 /* Worker thread (data, command fetch) or timer callback (completion records); no engine lock held. */
 static int vnpu_host_dma_read(void *opaque, uint64_t addr, void *buf, size_t len)
 {
     VnpuState *s = opaque;
 
+    if (!vnpu_dma_target_is_ram(PCI_DEVICE(s), addr, len, false)) {
+        qemu_log_mask(LOG_GUEST_ERROR, "vnpu: DMA read of %zu bytes at 0x%" PRIx64 " is not to RAM\n", len, addr);
+        trace_vnpu_err_dma_not_ram("read", addr, len);
+        return -1;
+    }
     if (pci_dma_read(PCI_DEVICE(s), addr, buf, len) != MEMTX_OK) {
         qemu_log_mask(LOG_GUEST_ERROR, "vnpu: DMA read of %zu bytes at 0x%" PRIx64 " failed\n", len, addr);
         trace_vnpu_err_dma("read", addr, len);
@@ -91,6 +126,12 @@ static int vnpu_host_dma_write(void *opaque, uint64_t addr, const void *buf, siz
 {
     VnpuState *s = opaque;
 
+    if (!vnpu_dma_target_is_ram(PCI_DEVICE(s), addr, len, true)) {
+        qemu_log_mask(LOG_GUEST_ERROR, "vnpu: DMA write of %zu bytes at 0x%" PRIx64 " is not to RAM\n", len, addr);
+        trace_vnpu_err_dma_not_ram("write", addr, len);
+        return -1;
+    }
+    /* pci_dma_write -> dma_memory_rw issues smp_mb() first: writes land in the order the engine makes them. */
     if (pci_dma_write(PCI_DEVICE(s), addr, buf, len) != MEMTX_OK) {
         qemu_log_mask(LOG_GUEST_ERROR, "vnpu: DMA write of %zu bytes at 0x%" PRIx64 " failed\n", len, addr);
         trace_vnpu_err_dma("write", addr, len);
@@ -148,6 +189,15 @@ static void vnpu_host_worker_stop(void *opaque)
     rcu_unregister_thread();
 }
 
+/* Main loop, BQL held. While the VM is stopped the engine's workers touch no guest memory. */
+static void vnpu_vm_state_change(void *opaque, bool running, RunState state)
+{
+    VnpuState *s = opaque;
+
+    trace_vnpu_vm_state(running, state);
+    vnpu_engine_set_paused(s->engine, !running);
+}
+
 static void vnpu_timer_cb(void *opaque)
 {
     VnpuState *s = opaque;
@@ -161,7 +211,9 @@ static void vnpu_timer_cb(void *opaque)
 static uint64_t vnpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
 {
     VnpuState *s = opaque;
-    uint64_t val = vnpu_engine_mmio_read(s->engine, addr, size);
+    /* 64-bit registers latch their high half per reader: the vCPU (docs/device.md, "64-bit registers"). */
+    unsigned reader = current_cpu ? current_cpu->cpu_index + 1 : 0;
+    uint64_t val = vnpu_engine_mmio_read_as(s->engine, addr, size, reader);
 
     trace_vnpu_mmio_read(addr, size, val);
     return val;
@@ -258,6 +310,8 @@ static void vnpu_realize(PCIDevice *pdev, Error **errp)
 
     /* Under icount, make completions appear at exactly the modelled virtual time (see vnpu_engine.h). */
     vnpu_engine_set_lockstep(s->engine, icount_enabled());
+    vnpu_engine_set_paused(s->engine, !runstate_is_running());
+    s->vmstate_entry = qemu_add_vm_change_state_handler(vnpu_vm_state_change, s);
 
     memory_region_init_io(&s->regs, OBJECT(s), &vnpu_mmio_ops, s, "vnpu-regs", VNPU_BAR_REGS_SIZE);
     pci_register_bar(pdev, VNPU_BAR_REGS, PCI_BASE_ADDRESS_SPACE_MEMORY, &s->regs);
@@ -272,6 +326,8 @@ static void vnpu_realize(PCIDevice *pdev, Error **errp)
     return;
 
 err_destroy_engine:
+    qemu_del_vm_change_state_handler(s->vmstate_entry);
+    s->vmstate_entry = NULL;
     vnpu_engine_destroy(s->engine);
     s->engine = NULL;
 err_free_timer:
@@ -286,6 +342,8 @@ static void vnpu_exit(PCIDevice *pdev)
 {
     VnpuState *s = VNPU(pdev);
 
+    qemu_del_vm_change_state_handler(s->vmstate_entry);
+    s->vmstate_entry = NULL;
     msix_unuse_all_vectors(pdev);
     msix_uninit_exclusive_bar(pdev);
     /* Joins the worker: after this nothing calls schedule(), so the timer can go. */
@@ -298,13 +356,24 @@ static void vnpu_exit(PCIDevice *pdev)
     }
 }
 
-static void vnpu_reset(DeviceState *dev)
+/*
+ * Resettable hold phase (device, bus and system reset). When vnpu_engine_reset() returns no engine can issue
+ * another DMA for the work dropped by the reset; STATUS.READY tells the driver when the workers have also let
+ * go of it (docs/device.md, Reset).
+ */
+static void vnpu_reset_hold(Object *obj, ResetType type)
 {
-    VnpuState *s = VNPU(dev);
+    VnpuState *s = VNPU(obj);
 
-    trace_vnpu_reset();
+    trace_vnpu_reset(type);
     vnpu_engine_reset(s->engine);
 }
+
+/* The engine's state (jobs in flight on host threads, device memory) is not migrated. */
+static const VMStateDescription vnpu_vmstate = {
+    .name = TYPE_VNPU,
+    .unmigratable = 1,
+};
 
 /*
  * A hybrid device: PCI Express behind a PCIe port (the q35 layout a driver sees on real hardware), conventional
@@ -348,6 +417,7 @@ static const Property vnpu_properties[] = {
 static void vnpu_class_init(ObjectClass *klass, void *data)
 {
     DeviceClass *dc = DEVICE_CLASS(klass);
+    ResettableClass *rc = RESETTABLE_CLASS(klass);
     PCIDeviceClass *k = PCI_DEVICE_CLASS(klass);
     VnpuClass *vc = VNPU_CLASS(klass);
 
@@ -358,7 +428,8 @@ static void vnpu_class_init(ObjectClass *klass, void *data)
     k->revision = VNPU_PCI_REVISION;
     k->class_id = VNPU_PCI_CLASS;
     device_class_set_parent_realize(dc, vnpu_dc_realize, &vc->parent_dc_realize);
-    device_class_set_legacy_reset(dc, vnpu_reset);
+    rc->phases.hold = vnpu_reset_hold;
+    dc->vmsd = &vnpu_vmstate;
     device_class_set_props(dc, vnpu_properties);
     dc->desc = "vnpu simulated NPU (queues, device MMU, DMA and compute engines with a timing model)";
     set_bit(DEVICE_CATEGORY_MISC, dc->categories);

@@ -70,11 +70,18 @@ graft_device() {
 		case $rel in vnpu_hw.h | vnpu_isa.h) continue ;; esac
 		[ -e "$DEV/engine/$rel" ] || { rm -f "$MISC/vnpu/$rel"; changed+=changed; }
 	done < <(cd "$MISC/vnpu" && find . -name '*.[ch]' | sed 's|^\./||')
+	# The engine is a library of its own so that it gets -ffp-contract=off as in the host build (the bit-exact
+	# MATMUL contract: no fused multiply-add); vnpu_pci.c is compiled with QEMU's flags only.
 	changed+=$(set_block "$MISC/meson.build" <<MB
-vnpu_engine_inc = declare_dependency(include_directories: include_directories('vnpu'))
 vnpu_dnnl = cc.find_library('dnnl', has_headers: ['dnnl.h'], required: true)
-system_ss.add(when: 'CONFIG_VNPU', if_true: [files('vnpu_pci.c', $(IFS=,; echo "${srcs[*]}" | sed "s/,/, /g")),
-                                             threads, vnpu_engine_inc, vnpu_dnnl])
+vnpu_engine_lib = static_library('vnpu-engine', files($(IFS=,; echo "${srcs[*]}" | sed "s/,/, /g")),
+                                 include_directories: include_directories('vnpu'),
+                                 c_args: ['-ffp-contract=off'],
+                                 dependencies: [threads, vnpu_dnnl],
+                                 build_by_default: false)
+vnpu_engine_inc = declare_dependency(include_directories: include_directories('vnpu'),
+                                     link_with: vnpu_engine_lib, dependencies: [threads, vnpu_dnnl])
+system_ss.add(when: 'CONFIG_VNPU', if_true: [files('vnpu_pci.c'), vnpu_engine_inc])
 MB
 )
 	changed+=$(set_block "$MISC/Kconfig" <<'KC'

@@ -44,6 +44,7 @@ if [ "$host" = 1 ]; then
 	run "host suites (meson test --suite unit)" meson test -C "$VNPU_BUILD" --suite unit --print-errorlogs
 	run "install: out-of-tree program via pkg-config vnpu-runtime" meson test -C "$VNPU_BUILD" --suite install --print-errorlogs
 	run "kernel: checkpatch --strict and sparse clean" "$VNPU_ROOT/scripts/kernel-lint.sh"
+	run "engine suite + .vnpu mutation fuzzer under ASan/UBSan (build-asan-engine)" "$VNPU_ROOT/scripts/test-engine-asan.sh"
 fi
 if [ "$vm" = 1 ]; then
 	run "vm runner: 'true' exits 0" quiet "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- true

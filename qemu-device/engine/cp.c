@@ -48,7 +48,7 @@ static uint64_t max_u64(uint64_t a, uint64_t b)
 
 /* ---- jobs -------------------------------------------------------------------------------------------------- */
 
-static VnpuJob *job_new(VnpuQueue *q)
+static VnpuJob *job_new(VnpuEngine *e, VnpuQueue *q)
 {
     VnpuJob *j = calloc(1, sizeof(*j));
 
@@ -56,6 +56,7 @@ static VnpuJob *job_new(VnpuQueue *q)
         j->q = q;
         j->refs = 1;
         j->hang_at = -1;
+        j->epoch = vnpu_epoch(e);
     }
     return j;
 }
@@ -331,8 +332,8 @@ static VnpuQueue *pick_queue(VnpuEngine *e)
 {
     VnpuQueue *best = NULL;
 
-    if (e->control & VNPU_CONTROL_FETCH_PAUSE) {
-        return NULL;
+    if ((e->control & VNPU_CONTROL_FETCH_PAUSE) || !vnpu_reset_settled(e)) {
+        return NULL; /* after a device reset, nothing new until the old jobs are let go */
     }
     for (unsigned n = 0; n < e->cfg.num_queues; n++) {
         VnpuQueue *q = &e->queues[(e->rr_next + n) % e->cfg.num_queues];
@@ -466,19 +467,23 @@ static void job_dispatch(VnpuEngine *e, VnpuQueue *q, VnpuJob *j)
 /* Fetch one command of q; dispatch the job when it is complete. Lock held (dropped around host memory). */
 static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
 {
-    uint32_t index = q->sq_head, gen = q->gen;
+    uint32_t index = q->sq_head, gen = q->gen, epoch = vnpu_epoch(e);
     uint64_t addr = q->sq_base + (uint64_t)index * sizeof(struct vnpu_hw_cmd);
     uint64_t visible = q->db_time[index];
     struct vnpu_hw_cmd cmd;
     VnpuJob *j;
     uint64_t root = 0;
+    uint32_t ctx_gen = 0;
     bool last, too_long, ok = false;
     int rc;
 
-    q->sq_head = (index + 1) & (q->sq_entries - 1);
+    /*
+     * SQ_HEAD moves past the slot only once the command has been copied out: until then the driver must not
+     * reuse it (docs/device.md, Rings). Only this thread fetches, so the slot stays ours while unlocked.
+     */
     e->cp_busy = true;
     pthread_mutex_unlock(&e->lock);
-    rc = e->host.dma_read(e->host.opaque, addr, &cmd, sizeof(cmd));
+    rc = vnpu_host_dma(e, epoch, addr, &cmd, sizeof(cmd), false);
     pthread_mutex_lock(&e->lock);
     e->cp_busy = false;
     if (q->gen != gen) {
@@ -490,9 +495,10 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
         vnpu_queue_set_error(e, q, VNPU_QERR_SQ_FETCH);
         return false;
     }
+    q->sq_head = (index + 1) & (q->sq_entries - 1);
     j = q->open;
     if (!j) {
-        j = q->open = job_new(q);
+        j = q->open = job_new(e, q);
     }
     if (j && j->ncmds == j->cap) {
         uint32_t cap = j->cap ? j->cap * 2 : 4;
@@ -523,7 +529,7 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
     if (j->cmds[0].cmd.ctx_id < e->cfg.num_contexts) {
         e->cp_busy = true;
         pthread_mutex_unlock(&e->lock);
-        ok = vnpu_mmu_ctx(e, j->cmds[0].cmd.ctx_id, &root);
+        ok = vnpu_mmu_ctx(e, j->epoch, j->cmds[0].cmd.ctx_id, &root, &ctx_gen);
         pthread_mutex_lock(&e->lock);
         e->cp_busy = false;
         if (q->gen != gen || q->open != j) {
@@ -533,6 +539,7 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
     q->open = NULL;
     j->ctx_ok = ok;
     j->pt_root = root;
+    j->ctx_gen = ctx_gen;
     job_decode(e, j, too_long);
     job_inject(e, j);
     job_dispatch(e, q, j);
@@ -542,6 +549,8 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
 static void recount(VnpuEngine *e)
 {
     e->recount_pending = false;
+    uint32_t epoch = vnpu_epoch(e);
+
     for (uint32_t i = 0; i < e->cfg.num_contexts && !e->stopping; i++) {
         uint64_t root = 0, n = 0;
 
@@ -551,8 +560,8 @@ static void recount(VnpuEngine *e)
         e->ctx_recount[i] = false;
         e->cp_busy = true;
         pthread_mutex_unlock(&e->lock);
-        if (vnpu_mmu_ctx(e, (uint16_t)i, &root)) {
-            n = vnpu_mmu_count_mapped(e, root);
+        if (vnpu_mmu_ctx(e, epoch, (uint16_t)i, &root, NULL)) {
+            n = vnpu_mmu_count_mapped(e, epoch, root);
         }
         pthread_mutex_lock(&e->lock);
         e->cp_busy = false;

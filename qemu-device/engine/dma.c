@@ -34,8 +34,8 @@ static uint16_t sgl_next(SglWalk *w, struct vnpu_hw_sge *sge)
         if (n > SGE_CHUNK) {
             n = SGE_CHUNK;
         }
-        if (e->host.dma_read(e->host.opaque, w->d->sgl_addr + (uint64_t)w->next * sizeof(*sge), w->buf,
-                             n * sizeof(*sge))) {
+        if (vnpu_host_dma(e, w->x->j->epoch, w->d->sgl_addr + (uint64_t)w->next * sizeof(*sge), w->buf,
+                          n * sizeof(*sge), false)) {
             vnpu_guest_error(e, "SGL read at 0x%llx failed",
                              (unsigned long long)(w->d->sgl_addr + (uint64_t)w->next * sizeof(*sge)));
             return VNPU_CPL_DMA_FAULT;
@@ -101,8 +101,7 @@ static uint16_t move(const VnpuExec *x, uint64_t host_addr, uint64_t dev_va, uin
         }
         n = (size_t)run;
         dev = e->devmem + pa;
-        rc = to_device ? e->host.dma_read(e->host.opaque, host_addr, dev, n)
-                       : e->host.dma_write(e->host.opaque, host_addr, dev, n);
+        rc = vnpu_host_dma(e, x->j->epoch, host_addr, dev, n, !to_device);
         if (rc) {
             vnpu_guest_error(e, "%s DMA at host 0x%llx (%zu bytes) failed", to_device ? "H2D" : "D2H",
                              (unsigned long long)host_addr, n);

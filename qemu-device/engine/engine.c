@@ -7,6 +7,7 @@
  * briefly (lockstep ticks and device reset wait, bounded, for the workers).
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,54 @@ void vnpu_guest_error(VnpuEngine *e, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     e->host.guest_error(e->host.opaque, msg);
+}
+
+uint32_t vnpu_epoch(VnpuEngine *e)
+{
+    return __atomic_load_n(&e->epoch, __ATOMIC_ACQUIRE);
+}
+
+int vnpu_host_dma(VnpuEngine *e, uint32_t epoch, uint64_t addr, void *buf, size_t len, bool write)
+{
+    int rc;
+
+    pthread_mutex_lock(&e->gate_lock);
+    while (e->paused && epoch == e->epoch) {
+        pthread_cond_wait(&e->gate_cond, &e->gate_lock); /* the VM is stopped: no DMA until it runs */
+    }
+    if (epoch != e->epoch) {
+        pthread_mutex_unlock(&e->gate_lock);
+        return -1; /* work from before a device reset: it must not touch host memory any more */
+    }
+    e->dma_inflight++;
+    pthread_mutex_unlock(&e->gate_lock);
+    rc = write ? e->host.dma_write(e->host.opaque, addr, buf, len) : e->host.dma_read(e->host.opaque, addr, buf, len);
+    pthread_mutex_lock(&e->gate_lock);
+    if (!--e->dma_inflight) {
+        pthread_cond_broadcast(&e->gate_cond);
+    }
+    pthread_mutex_unlock(&e->gate_lock);
+    return rc;
+}
+
+/* Close the gate on every access begun before now and wait for those in progress (one chunk at most). */
+static void gate_new_epoch(VnpuEngine *e)
+{
+    pthread_mutex_lock(&e->gate_lock);
+    __atomic_store_n(&e->epoch, e->epoch + 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&e->gate_cond); /* paused accesses wake up and fail */
+    while (e->dma_inflight) {
+        pthread_cond_wait(&e->gate_cond, &e->gate_lock);
+    }
+    pthread_mutex_unlock(&e->gate_lock);
+}
+
+bool vnpu_reset_settled(VnpuEngine *e)
+{
+    if (e->resetting && !e->running && !e->cp_busy && !e->compute_dispatching) {
+        e->resetting = false;
+    }
+    return !e->resetting;
 }
 
 bool vnpu_exec_cancelled(const VnpuExec *x)
@@ -445,20 +494,62 @@ static uint64_t telemetry(const VnpuEngine *e, uint32_t counter)
     }
 }
 
-static uint32_t global_read(VnpuEngine *e, uint64_t offset)
-{
-    uint64_t now;
+/*
+ * 64-bit registers read as LO/HI pairs. Reading LO latches the high half in a latch private to the reader (QEMU:
+ * the vCPU) and to that register; the reader's next HI read of that register returns it and consumes it, so a
+ * LO-then-HI pair from one CPU is consistent whatever other CPUs or other counters read in between. A HI read
+ * with nothing latched returns the live high half (see docs/device.md, "64-bit registers").
+ */
+enum {
+    LATCH_CLOCK,
+    LATCH_LAST_FAULT,
+    LATCH_TELEMETRY, /* + counter offset / 8 */
+};
 
+static VnpuLatch *latch_of(VnpuEngine *e, unsigned reader)
+{
+    if (reader >= e->latch_readers && reader < VNPU_ENGINE_MAX_READERS) {
+        unsigned n = reader + 1 > 2 * e->latch_readers ? reader + 1 : 2 * e->latch_readers;
+        VnpuLatch *l = realloc(e->latch, n * sizeof(*l));
+
+        if (l) {
+            memset(l + e->latch_readers, 0, (n - e->latch_readers) * sizeof(*l));
+            e->latch = l;
+            e->latch_readers = n;
+        }
+    }
+    /* Out of memory or an absurd reader id: share slot 0 (still consistent for one reader at a time). */
+    return reader < e->latch_readers ? &e->latch[reader] : &e->latch[0];
+}
+
+static uint32_t read_lo(VnpuEngine *e, unsigned reader, unsigned pair, uint64_t v)
+{
+    VnpuLatch *l = latch_of(e, reader);
+
+    l->hi[pair] = (uint32_t)(v >> 32);
+    l->armed |= 1u << pair;
+    return (uint32_t)v;
+}
+
+static uint32_t read_hi(VnpuEngine *e, unsigned reader, unsigned pair, uint64_t live)
+{
+    VnpuLatch *l = latch_of(e, reader);
+
+    if (l->armed & (1u << pair)) {
+        l->armed &= ~(1u << pair);
+        return l->hi[pair];
+    }
+    return (uint32_t)(live >> 32);
+}
+
+static uint32_t global_read(VnpuEngine *e, uint64_t offset, unsigned reader)
+{
     if (offset >= VNPU_REG_TELEMETRY_BASE && offset <= VNPU_REG_TELEMETRY(VNPU_TEL_MAPPED_BYTES) + 4) {
         uint32_t rel = (uint32_t)(offset - VNPU_REG_TELEMETRY_BASE);
-        uint64_t v;
+        unsigned pair = LATCH_TELEMETRY + rel / 8;
+        uint64_t v = telemetry(e, rel & ~7u);
 
-        if (rel % 8) {
-            return e->tel_hi_latch;
-        }
-        v = telemetry(e, rel);
-        e->tel_hi_latch = (uint32_t)(v >> 32);
-        return (uint32_t)v;
+        return rel % 8 ? read_hi(e, reader, pair, v) : read_lo(e, reader, pair, v);
     }
     switch (offset) {
     case VNPU_REG_ID: return VNPU_ID_MAGIC;
@@ -468,13 +559,10 @@ static uint32_t global_read(VnpuEngine *e, uint64_t offset)
     case VNPU_REG_DEVMEM_SIZE_LO: return (uint32_t)e->cfg.devmem_size;
     case VNPU_REG_DEVMEM_SIZE_HI: return (uint32_t)(e->cfg.devmem_size >> 32);
     case VNPU_REG_RING_MAX: return e->cfg.ring_max;
-    case VNPU_REG_STATUS: return VNPU_STATUS_READY;
+    case VNPU_REG_STATUS: return vnpu_reset_settled(e) ? VNPU_STATUS_READY : 0;
     case VNPU_REG_SCRATCH: return e->scratch;
-    case VNPU_REG_CLOCK_LO:
-        now = e->host.clock_ns(e->host.opaque);
-        e->clock_hi_latch = (uint32_t)(now >> 32);
-        return (uint32_t)now;
-    case VNPU_REG_CLOCK_HI: return e->clock_hi_latch;
+    case VNPU_REG_CLOCK_LO: return read_lo(e, reader, LATCH_CLOCK, e->host.clock_ns(e->host.opaque));
+    case VNPU_REG_CLOCK_HI: return read_hi(e, reader, LATCH_CLOCK, e->host.clock_ns(e->host.opaque));
     case VNPU_REG_H2D_MBPS: return e->cfg.h2d_mbps;
     case VNPU_REG_D2H_MBPS: return e->cfg.d2h_mbps;
     case VNPU_REG_COMPUTE_GFLOPS: return e->cfg.compute_gflops;
@@ -489,8 +577,8 @@ static uint32_t global_read(VnpuEngine *e, uint64_t offset)
     case VNPU_REG_CTX_TABLE_LO: return (uint32_t)e->ctx_table;
     case VNPU_REG_CTX_TABLE_HI: return (uint32_t)(e->ctx_table >> 32);
     case VNPU_REG_MMU_FAULTS: return e->mmu_faults;
-    case VNPU_REG_MMU_LAST_FAULT_LO: return (uint32_t)e->last_fault;
-    case VNPU_REG_MMU_LAST_FAULT_HI: return (uint32_t)(e->last_fault >> 32);
+    case VNPU_REG_MMU_LAST_FAULT_LO: return read_lo(e, reader, LATCH_LAST_FAULT, e->last_fault);
+    case VNPU_REG_MMU_LAST_FAULT_HI: return read_hi(e, reader, LATCH_LAST_FAULT, e->last_fault);
     case VNPU_REG_MMU_LAST_FAULT_CTX: return e->last_fault_ctx;
     case VNPU_REG_FI_KIND: return e->fi_kind;
     case VNPU_REG_FI_QUEUE: return e->fi_queue;
@@ -503,24 +591,24 @@ static uint32_t global_read(VnpuEngine *e, uint64_t offset)
     }
 }
 
-/* Drop every job and return registers to power-on values. Waits (bounded) for workers to let go. */
+/*
+ * Drop every job and return registers to power-on values. When it returns, no engine can issue another host
+ * memory access for the dropped work: the gate refuses their epoch and the accesses in progress have ended
+ * (each is at most one 1 MiB chunk; transports never make them wait for the transport's lock, see
+ * VnpuEngineHost). Workers still computing on dropped jobs (device memory only) keep STATUS.READY at 0 and
+ * new fetches waiting until they let go, which they do at their next cancellation check.
+ */
 static void engine_reset_locked(VnpuEngine *e)
 {
-    struct timespec until;
-
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
         queue_reset_regs(e, &e->queues[i]);
     }
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 5;
-    while (e->running || e->cp_busy || e->compute_dispatching) {
-        if (pthread_cond_timedwait(&e->idle_cond, &e->lock, &until) == ETIMEDOUT) {
-            break;
-        }
-    }
+    gate_new_epoch(e);
+    e->resetting = true;
+    vnpu_reset_settled(e);
     e->scratch = 0;
     e->control = e->cfg.timing_only ? VNPU_CONTROL_TIMING_ONLY : 0;
-    e->clock_hi_latch = e->tel_hi_latch = 0;
+    memset(e->latch, 0, e->latch_readers * sizeof(*e->latch));
     memset(e->busy_until, 0, sizeof(e->busy_until));
     memset(e->core_busy_until, 0, sizeof(e->core_busy_until));
     /* A tick that still comes for the old deadline finds nothing to do; the next completion re-arms. */
@@ -619,7 +707,7 @@ static void global_write(VnpuEngine *e, uint64_t offset, uint32_t val)
     }
 }
 
-uint64_t vnpu_engine_mmio_read(VnpuEngine *e, uint64_t offset, unsigned size)
+uint64_t vnpu_engine_mmio_read_as(VnpuEngine *e, uint64_t offset, unsigned size, unsigned reader)
 {
     VnpuQueue *q;
     uint32_t reg, val;
@@ -629,9 +717,14 @@ uint64_t vnpu_engine_mmio_read(VnpuEngine *e, uint64_t offset, unsigned size)
     }
     pthread_mutex_lock(&e->lock);
     q = queue_of(e, offset, &reg);
-    val = q ? queue_read(e, q, reg) : global_read(e, offset);
+    val = q ? queue_read(e, q, reg) : global_read(e, offset, reader);
     pthread_mutex_unlock(&e->lock);
     return val;
+}
+
+uint64_t vnpu_engine_mmio_read(VnpuEngine *e, uint64_t offset, unsigned size)
+{
+    return vnpu_engine_mmio_read_as(e, offset, size, 0);
 }
 
 void vnpu_engine_mmio_write(VnpuEngine *e, uint64_t offset, uint64_t value, unsigned size)
@@ -660,6 +753,26 @@ void vnpu_engine_mmio_write(VnpuEngine *e, uint64_t offset, uint64_t value, unsi
 static uint32_t sat32(uint64_t v)
 {
     return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
+/*
+ * Write one completion record so that a driver polling the phase bit on another CPU never sees a new phase with
+ * an old payload: the whole record first with the phase the slot had before (the previous pass's, "not new"),
+ * then, ordered after it, the flags word with the new phase. The transport orders DMA writes in call order
+ * (QEMU: dma_memory_rw() issues smp_mb() before every access); the fence orders our own stores for transports
+ * that write with plain memcpy.
+ */
+static int post_record(VnpuEngine *e, uint64_t addr, const struct vnpu_hw_cpl *rec)
+{
+    struct vnpu_hw_cpl body = *rec;
+    uint16_t flags = rec->flags;
+
+    body.flags = flags ^ VNPU_CPL_F_PHASE;
+    if (e->host.dma_write(e->host.opaque, addr, &body, sizeof(body))) {
+        return -1;
+    }
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    return e->host.dma_write(e->host.opaque, addr + offsetof(struct vnpu_hw_cpl, flags), &flags, sizeof(flags));
 }
 
 void vnpu_engine_tick(VnpuEngine *e)
@@ -719,7 +832,7 @@ void vnpu_engine_tick(VnpuEngine *e)
 
             /* Never touch guest memory under the lock (see vnpu_engine_int.h). */
             pthread_mutex_unlock(&e->lock);
-            rc = e->host.dma_write(e->host.opaque, addr, &rec, sizeof(rec));
+            rc = post_record(e, addr, &rec);
             pthread_mutex_lock(&e->lock);
 
             if (q->gen != gen) {
@@ -837,8 +950,13 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
         goto err_free_engine;
     }
     e->devmem = mem;
-    if (vnpu_mmu_init(e)) {
+    e->latch = calloc(1, sizeof(*e->latch));
+    if (!e->latch) {
         goto err_unmap;
+    }
+    e->latch_readers = 1;
+    if (vnpu_mmu_init(e)) {
+        goto err_free_latch;
     }
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
         VnpuQueue *q = &e->queues[i];
@@ -857,6 +975,12 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
     }
     if (pthread_cond_init(&e->idle_cond, NULL)) {
         goto err_destroy_work_cond;
+    }
+    if (pthread_mutex_init(&e->gate_lock, NULL)) {
+        goto err_destroy_idle_cond;
+    }
+    if (pthread_cond_init(&e->gate_cond, NULL)) {
+        goto err_destroy_gate_lock;
     }
     pthread_mutex_lock(&e->lock);
     engine_reset_locked(e);
@@ -885,6 +1009,10 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
 
 err_stop_threads:
     stop_threads(e);
+    pthread_cond_destroy(&e->gate_cond);
+err_destroy_gate_lock:
+    pthread_mutex_destroy(&e->gate_lock);
+err_destroy_idle_cond:
     pthread_cond_destroy(&e->idle_cond);
 err_destroy_work_cond:
     pthread_cond_destroy(&e->work_cond);
@@ -895,6 +1023,8 @@ err_free_queues:
         free(e->queues[i].db_time);
     }
     vnpu_mmu_fini(e);
+err_free_latch:
+    free(e->latch);
 err_unmap:
     munmap(e->devmem, e->cfg.devmem_size);
 err_free_engine:
@@ -914,12 +1044,19 @@ void vnpu_engine_destroy(VnpuEngine *e)
         }
     }
     pthread_mutex_unlock(&e->lock);
+    pthread_mutex_lock(&e->gate_lock);
+    e->paused = false; /* workers held at the gate must get out to see `stopping` */
+    pthread_cond_broadcast(&e->gate_cond);
+    pthread_mutex_unlock(&e->gate_lock);
     stop_threads(e);
     free_all(e);
+    pthread_cond_destroy(&e->gate_cond);
+    pthread_mutex_destroy(&e->gate_lock);
     pthread_cond_destroy(&e->idle_cond);
     pthread_cond_destroy(&e->work_cond);
     pthread_mutex_destroy(&e->lock);
     vnpu_mmu_fini(e);
+    free(e->latch);
     munmap(e->devmem, e->cfg.devmem_size);
     free(e);
 }
@@ -938,6 +1075,20 @@ void vnpu_engine_wait_idle(VnpuEngine *e)
         pthread_cond_wait(&e->idle_cond, &e->lock);
     }
     pthread_mutex_unlock(&e->lock);
+}
+
+void vnpu_engine_set_paused(VnpuEngine *e, int paused)
+{
+    pthread_mutex_lock(&e->gate_lock);
+    e->paused = paused != 0;
+    if (e->paused) {
+        while (e->dma_inflight) {
+            pthread_cond_wait(&e->gate_cond, &e->gate_lock);
+        }
+    } else {
+        pthread_cond_broadcast(&e->gate_cond);
+    }
+    pthread_mutex_unlock(&e->gate_lock);
 }
 
 void vnpu_engine_set_lockstep(VnpuEngine *e, int on)

@@ -62,12 +62,12 @@ void vnpu_mmu_note_fault(VnpuEngine *e, uint16_t ctx, uint64_t va)
     e->last_fault_ctx = ctx;
 }
 
-static bool read_u64(VnpuEngine *e, uint64_t addr, uint64_t *v)
+static bool read_u64(VnpuEngine *e, uint32_t epoch, uint64_t addr, uint64_t *v)
 {
-    return e->host.dma_read(e->host.opaque, addr, v, sizeof(*v)) == 0;
+    return vnpu_host_dma(e, epoch, addr, v, sizeof(*v), false) == 0;
 }
 
-bool vnpu_mmu_ctx(VnpuEngine *e, uint16_t ctx_id, uint64_t *pt_root)
+bool vnpu_mmu_ctx(VnpuEngine *e, uint32_t epoch, uint16_t ctx_id, uint64_t *pt_root, uint32_t *gen_out)
 {
     VnpuCtxCache *c = &e->ctx[ctx_id];
     struct vnpu_hw_ctx ent;
@@ -75,16 +75,19 @@ bool vnpu_mmu_ctx(VnpuEngine *e, uint16_t ctx_id, uint64_t *pt_root)
     uint32_t gen;
 
     pthread_mutex_lock(&e->mmu_lock);
+    gen = c->gen;
+    if (gen_out) {
+        *gen_out = gen;
+    }
     if (c->entry_valid) {
         ent = c->entry;
         pthread_mutex_unlock(&e->mmu_lock);
         goto check;
     }
-    gen = c->gen;
     table = e->ctx_table_mmu;
     pthread_mutex_unlock(&e->mmu_lock);
 
-    if (!table || e->host.dma_read(e->host.opaque, table + (uint64_t)ctx_id * sizeof(ent), &ent, sizeof(ent))) {
+    if (!table || vnpu_host_dma(e, epoch, table + (uint64_t)ctx_id * sizeof(ent), &ent, sizeof(ent), false)) {
         return false; /* no table, or unreadable: not cached, the next job retries */
     }
     pthread_mutex_lock(&e->mmu_lock);
@@ -94,7 +97,8 @@ bool vnpu_mmu_ctx(VnpuEngine *e, uint16_t ctx_id, uint64_t *pt_root)
     }
     pthread_mutex_unlock(&e->mmu_lock);
 check:
-    if (!(ent.flags & VNPU_CTX_F_VALID) || ent.pt_root % 4096) {
+    /* Reserved flags, rsvd and low root bits must be zero: anything else is an invalid context. */
+    if (ent.flags != VNPU_CTX_F_VALID || ent.rsvd || ent.pt_root % 4096) {
         return false;
     }
     *pt_root = ent.pt_root;
@@ -108,35 +112,38 @@ static bool leaf(const VnpuExec *x, uint64_t va, bool write, uint64_t *pte_out)
     VnpuCtxCache *c = &e->ctx[x->j->ctx_id];
     uint64_t vpn = va >> VNPU_MMU_PAGE_SHIFT;
     VnpuTlbEntry *t = &c->tlb[vpn % VNPU_TLB_ENTRIES];
-    uint64_t table = x->j->pt_root, pte = 0;
-    uint32_t gen;
+    uint64_t root = x->j->pt_root, table = root, pte = 0;
+    uint32_t gen = x->j->ctx_gen;
 
     if (va >= VA_LIMIT) {
         return false;
     }
     pthread_mutex_lock(&e->mmu_lock);
-    if (t->vpn1 == vpn + 1) {
+    if (t->vpn1 == vpn + 1 && t->root == root && t->gen == gen) {
         pte = t->pte;
         pthread_mutex_unlock(&e->mmu_lock);
         goto check;
     }
-    gen = c->gen;
     pthread_mutex_unlock(&e->mmu_lock);
 
     for (int level = 1; level <= VNPU_MMU_LEVELS; level++) {
-        if (!read_u64(e, table + VNPU_MMU_INDEX(va, level) * 8, &pte) || !(pte & VNPU_PTE_VALID)) {
+        if (!read_u64(e, x->j->epoch, table + VNPU_MMU_INDEX(va, level) * 8, &pte) || !(pte & VNPU_PTE_VALID) ||
+            (level < VNPU_MMU_LEVELS && (pte & VNPU_PTE_TABLE_RSVD_MASK))) {
             return false;
         }
         table = pte & VNPU_PTE_ADDR_MASK;
     }
     pthread_mutex_lock(&e->mmu_lock);
+    /* Only a job fetched since the last invalidation may fill the cache (see VnpuTlbEntry). */
     if (c->gen == gen) {
         t->vpn1 = vpn + 1;
         t->pte = pte;
+        t->root = root;
+        t->gen = gen;
     }
     pthread_mutex_unlock(&e->mmu_lock);
 check:
-    if (!(pte & VNPU_PTE_VALID) || (write && !(pte & VNPU_PTE_WRITE))) {
+    if (!(pte & VNPU_PTE_VALID) || (pte & VNPU_PTE_LEAF_RSVD_MASK) || (write && !(pte & VNPU_PTE_WRITE))) {
         return false;
     }
     pte &= VNPU_PTE_ADDR_MASK;
@@ -212,7 +219,7 @@ bool vnpu_mmu_copy(const VnpuExec *x, uint64_t va, void *buf, uint64_t len, bool
 }
 
 /* Bytes mapped by valid leaf entries pointing into device memory (telemetry; unreadable tables count 0). */
-uint64_t vnpu_mmu_count_mapped(VnpuEngine *e, uint64_t pt_root)
+uint64_t vnpu_mmu_count_mapped(VnpuEngine *e, uint32_t epoch, uint64_t pt_root)
 {
     uint64_t *l1 = malloc(3 * 4096), *l2 = l1 + 512, *l3 = l2 + 512;
     uint64_t total = 0;
@@ -220,23 +227,23 @@ uint64_t vnpu_mmu_count_mapped(VnpuEngine *e, uint64_t pt_root)
     if (!l1) {
         return 0;
     }
-    if (e->host.dma_read(e->host.opaque, pt_root, l1, 4096)) {
+    if (vnpu_host_dma(e, epoch, pt_root, l1, 4096, false)) {
         goto out;
     }
     for (unsigned i = 0; i < 512; i++) {
-        if (!(l1[i] & VNPU_PTE_VALID) ||
-            e->host.dma_read(e->host.opaque, l1[i] & VNPU_PTE_ADDR_MASK, l2, 4096)) {
+        if (!(l1[i] & VNPU_PTE_VALID) || (l1[i] & VNPU_PTE_TABLE_RSVD_MASK) ||
+            vnpu_host_dma(e, epoch, l1[i] & VNPU_PTE_ADDR_MASK, l2, 4096, false)) {
             continue;
         }
         for (unsigned k = 0; k < 512; k++) {
-            if (!(l2[k] & VNPU_PTE_VALID) ||
-                e->host.dma_read(e->host.opaque, l2[k] & VNPU_PTE_ADDR_MASK, l3, 4096)) {
+            if (!(l2[k] & VNPU_PTE_VALID) || (l2[k] & VNPU_PTE_TABLE_RSVD_MASK) ||
+                vnpu_host_dma(e, epoch, l2[k] & VNPU_PTE_ADDR_MASK, l3, 4096, false)) {
                 continue;
             }
             for (unsigned m = 0; m < 512; m++) {
                 uint64_t pa = l3[m] & VNPU_PTE_ADDR_MASK;
 
-                if ((l3[m] & VNPU_PTE_VALID) && !(pa % PAGE) && vnpu_devmem_range_ok(e, pa, PAGE)) {
+                if ((l3[m] & VNPU_PTE_VALID) && !(l3[m] & VNPU_PTE_LEAF_RSVD_MASK) && vnpu_devmem_range_ok(e, pa, PAGE)) {
                     total += PAGE;
                 }
             }

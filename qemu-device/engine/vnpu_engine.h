@@ -89,7 +89,9 @@ typedef struct VnpuEngineHost {
      * Read/write host memory at a DMA address (QEMU: guest memory through pci_dma_*; sim: process memory).
      * Return 0, or -1 on a bus error (the engine turns that into an error status, never a crash).
      * Called from the worker threads (data, command fetch, page-table walks) and from vnpu_engine_tick
-     * (completion records), never with an engine lock held. Must be thread-safe.
+     * (completion records), never with an engine lock held. Must be thread-safe, and must never wait for the
+     * transport's own lock (reset and pause wait for accesses in progress while holding it; QEMU: the target
+     * is checked to be RAM, which needs no BQL). Writes become visible in call order.
      */
     int (*dma_read)(void *opaque, uint64_t addr, void *buf, size_t len);
     int (*dma_write)(void *opaque, uint64_t addr, const void *buf, size_t len);
@@ -134,6 +136,14 @@ void vnpu_engine_destroy(VnpuEngine *e);
 
 /* BAR0 register access. Only 4-byte aligned 32-bit accesses have effect; others read 0 / are ignored. */
 uint64_t vnpu_engine_mmio_read(VnpuEngine *e, uint64_t offset, unsigned size);
+/*
+ * The same, naming the reader (QEMU: vCPU index + 1; 0 for everything else). Reading the LO half of a 64-bit
+ * register latches its HI half for that reader only, so concurrent readers on different CPUs never tear each
+ * other's values (docs/device.md, "64-bit registers"). vnpu_engine_mmio_read() is reader 0. Readers at or
+ * above VNPU_ENGINE_MAX_READERS share reader 0's latches.
+ */
+uint64_t vnpu_engine_mmio_read_as(VnpuEngine *e, uint64_t offset, unsigned size, unsigned reader);
+#define VNPU_ENGINE_MAX_READERS 4097u
 void vnpu_engine_mmio_write(VnpuEngine *e, uint64_t offset, uint64_t value, unsigned size);
 
 /* Post every completion whose modelled time has come, raise interrupts, re-arm host->schedule if needed. */
@@ -141,9 +151,19 @@ void vnpu_engine_tick(VnpuEngine *e);
 
 /*
  * Device reset (as VNPU_REG_RESET): queues disabled, in-flight jobs dropped (no completion is written for
- * them), MMU state, telemetry and registers to power-on values. Returns after every worker let go of the jobs.
+ * them), MMU state, telemetry and registers to power-on values. Returns once no engine can issue another host
+ * memory access for the dropped jobs (accesses in progress, at most one chunk each, have ended). Workers still
+ * computing on dropped jobs hold STATUS.READY at 0 (and new fetches back) until they reach their next
+ * cancellation check.
  */
 void vnpu_engine_reset(VnpuEngine *e);
+
+/*
+ * Pause (non-zero) or resume the engine's host memory accesses (QEMU: while the VM is stopped). Pausing returns
+ * once no worker is inside a dma_read/dma_write; until resumed, every further access waits (a device reset
+ * still cancels them). Workers may keep computing on device memory. Transport context.
+ */
+void vnpu_engine_set_paused(VnpuEngine *e, int paused);
 
 /*
  * Block until the engine has nothing it can do right now: every doorbell-visible command has been fetched and

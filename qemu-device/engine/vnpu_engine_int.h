@@ -72,6 +72,7 @@ struct VnpuJob {
     uint16_t ctx_id;
     bool ctx_ok;
     uint64_t pt_root;           /* snapshot of the context's level-1 table at dispatch */
+    uint32_t ctx_gen;           /* the context's invalidation generation when that snapshot was taken */
     uint64_t visible;           /* doorbell time of the job's last command */
 
     bool running;               /* a worker executes cmds[next_cmd] */
@@ -79,6 +80,7 @@ struct VnpuJob {
     bool hung;                  /* fault injection: never finishes */
     bool dropped;               /* device reset / re-enable: no completion at all */
     int cancel;                 /* atomic: abort running work (queue disabled/reset, device reset) */
+    uint32_t epoch;             /* e->epoch when fetched: a device reset refuses its host memory accesses */
     bool barrier;
     uint32_t barrier_wait;      /* earlier jobs of the queue not finished yet */
     uint64_t barrier_ready;     /* max modelled end of earlier jobs of the queue */
@@ -122,10 +124,24 @@ typedef struct VnpuFifo {
     VnpuSlot *head, *tail;
 } VnpuFifo;
 
+/*
+ * A cached leaf entry, tagged with the level-1 table it was walked from and the context's invalidation
+ * generation the walking job was fetched in: it serves only jobs with the same root and generation, so a job
+ * fetched before an MMU_INVALIDATE never serves (or plants) stale translations for jobs fetched after it.
+ */
 typedef struct VnpuTlbEntry {
     uint64_t vpn1;      /* virtual page number + 1; 0 = empty */
     uint64_t pte;
+    uint64_t root;
+    uint32_t gen;
 } VnpuTlbEntry;
+
+/* One reader's high-half latches of the 64-bit register pairs (engine.c). */
+#define VNPU_LATCH_PAIRS 16u
+typedef struct VnpuLatch {
+    uint32_t hi[VNPU_LATCH_PAIRS];
+    uint32_t armed;     /* bit p: hi[p] was latched by a LO read and not yet returned */
+} VnpuLatch;
 
 typedef struct VnpuCtxCache {
     bool entry_valid;   /* `entry` holds the context-table entry */
@@ -145,6 +161,18 @@ struct VnpuEngine {
     pthread_t cp_thread, unit_thread[2], core_thread[VNPU_ENGINE_MAX_CORES];
     unsigned nthreads_started;
     bool stopping;              /* atomic */
+    bool resetting;             /* device reset: workers still hold dropped jobs; nothing is fetched (STATUS.READY 0) */
+
+    /*
+     * Host memory gate (gate_lock, a leaf lock like mmu_lock): every worker-side dma_read/dma_write goes through
+     * vnpu_host_dma(), which refuses accesses of an older epoch (bumped by device reset), holds them while the
+     * engine is paused (VM stopped), and counts those in progress so that reset and pause can wait for them.
+     */
+    pthread_mutex_t gate_lock;
+    pthread_cond_t gate_cond;
+    uint32_t epoch;             /* written under gate_lock, read atomically */
+    unsigned dma_inflight;
+    bool paused;
     bool lockstep;
     bool cp_busy;               /* CP is fetching outside the lock */
     bool compute_dispatching;   /* a core is preparing the compute FIFO head (keeps modelled order) */
@@ -157,7 +185,8 @@ struct VnpuEngine {
     uint64_t core_busy_until[VNPU_ENGINE_MAX_CORES];
 
     uint32_t scratch, control;
-    uint32_t clock_hi_latch, tel_hi_latch;
+    VnpuLatch *latch;           /* [latch_readers], per reader of 64-bit registers */
+    unsigned latch_readers;
     uint64_t armed;             /* deadline last passed to host->schedule, VNPU_NO_DEADLINE if none */
     VnpuEngineStats stats;
 
@@ -199,6 +228,14 @@ typedef struct VnpuCmdResult {
 } VnpuCmdResult;
 
 /* engine.c */
+/*
+ * A worker's access to host memory on behalf of work fetched in `epoch`: waits while the engine is paused,
+ * fails (-1, nothing accessed) once a device reset has moved past that epoch. No engine lock may be held.
+ */
+int vnpu_host_dma(VnpuEngine *e, uint32_t epoch, uint64_t addr, void *buf, size_t len, bool write);
+uint32_t vnpu_epoch(VnpuEngine *e);
+/* Whether a device reset is over (no worker holds a dropped job any more); clears `resetting`. Lock held. */
+bool vnpu_reset_settled(VnpuEngine *e);
 void vnpu_guest_error(VnpuEngine *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool vnpu_exec_cancelled(const VnpuExec *x);
 bool vnpu_devmem_range_ok(const VnpuEngine *e, uint64_t addr, uint64_t len);
@@ -246,7 +283,7 @@ int vnpu_mmu_init(VnpuEngine *e);
 void vnpu_mmu_fini(VnpuEngine *e);
 void vnpu_mmu_flush(VnpuEngine *e, uint32_t ctx); /* UINT32_MAX: all; caller holds e->lock */
 /* Read (cached) context entry; false if the context is invalid or unreadable. No lock held. */
-bool vnpu_mmu_ctx(VnpuEngine *e, uint16_t ctx_id, uint64_t *pt_root);
+bool vnpu_mmu_ctx(VnpuEngine *e, uint32_t epoch, uint16_t ctx_id, uint64_t *pt_root, uint32_t *gen);
 /*
  * Translate [va, va + len) of the job's space: on success *pa is the device-physical address of va and *run the
  * length (<= len, > 0) of the physically contiguous run starting there. On a fault returns false and *fault the
@@ -258,7 +295,7 @@ bool vnpu_mmu_translate(const VnpuExec *x, uint64_t va, uint64_t len, bool write
 bool vnpu_mmu_check(const VnpuExec *x, uint64_t va, uint64_t len, bool write, uint64_t *fault);
 /* Copy between device virtual memory and a host buffer (bounce path). */
 bool vnpu_mmu_copy(const VnpuExec *x, uint64_t va, void *buf, uint64_t len, bool to_device, uint64_t *fault);
-uint64_t vnpu_mmu_count_mapped(VnpuEngine *e, uint64_t pt_root);
+uint64_t vnpu_mmu_count_mapped(VnpuEngine *e, uint32_t epoch, uint64_t pt_root);
 void vnpu_mmu_note_fault(VnpuEngine *e, uint16_t ctx, uint64_t va); /* caller holds e->lock */
 
 /* timing.c */

@@ -11,6 +11,7 @@
 // report into an exact check: device-reported job time == modelled time (rounded up to an instruction), and the
 // guest-observed time is the same on every repetition and exceeds it by a constant (JobTimesMatchTheModel).
 #include <fcntl.h>
+#include <sched.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -119,6 +120,11 @@ class Device : public ::testing::Test {
     dir_ = find_device();
     if (dir_.empty())
       return;
+    // 64-bit registers latch their high half per CPU: keep every LO/HI pair of this harness on one CPU.
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu() < 0 ? 0 : sched_getcpu(), &one);
+    (void)sched_setaffinity(0, sizeof(one), &one);
     // Unbind a driver (vnpu.ko) so that the harness owns the device.
     std::string drv = dir_ + "/driver/unbind";
     if (access(drv.c_str(), W_OK) == 0) {

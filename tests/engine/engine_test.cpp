@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <ostream>
@@ -334,6 +338,49 @@ TEST_F(Engine, ClockLoLatchesHi) {
   EXPECT_EQ(rd(VNPU_REG_CLOCK_LO), 0x3456'789au);
   host_.set_clock(0x0000'0099'0000'0000ull);
   EXPECT_EQ(rd(VNPU_REG_CLOCK_HI), 0x12u);
+}
+
+// Regression: all readers shared one CLOCK latch, so a second CPU's CLOCK_LO between our LO and HI tore our value.
+TEST_F(Engine, ClockLatchIsPerReader) {
+  VnpuEngine* e = engine_.get();
+  host_.set_clock(0x0000'0001'0000'0010ull);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_LO, 4, 1), 0x10u);
+  host_.set_clock(0x0000'0002'0000'0020ull);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_LO, 4, 2), 0x20u);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_HI, 4, 1), 1u);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_HI, 4, 2), 2u);
+  // A latch is consumed by its HI read; a HI without a pending LO reads the live high half.
+  host_.set_clock(0x0000'0003'0000'0030ull);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_HI, 4, 1), 3u);
+  // Reader ids far beyond the vCPUs seen so far get their own latch too.
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_LO, 4, 4000), 0x30u);
+  host_.set_clock(0x0000'0004'0000'0000ull);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_LO, 4, 7), 0u);
+  EXPECT_EQ(vnpu_engine_mmio_read_as(e, VNPU_REG_CLOCK_HI, 4, 4000), 3u);
+}
+
+// Regression: all telemetry counters shared one HI latch, so reading another counter's LO between a counter's
+// LO and HI returned the other counter's high half.
+TEST_F(Engine, TelemetryLatchIsPerCounter) {
+  enable();
+  vnpu_hw_cmd s{};
+  s.opcode = VNPU_OPC_SYNTH;
+  s.flags = VNPU_CMD_F_LAST;
+  s.synth.ns = VNPU_SYNTH_MAX_NS;  // 10 s: the busy counter's high half becomes 2
+  ASSERT_EQ(run_one({s}).status, VNPU_CPL_OK);
+  uint64_t busy = VNPU_SYNTH_MAX_NS + kOverhead;
+  EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_COMPUTE_BUSY_NS)), uint32_t(busy));
+  EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_JOBS_COMPLETED)), 1u);
+  EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_COMPUTE_BUSY_NS) + 4), uint32_t(busy >> 32));
+  EXPECT_EQ(rd(VNPU_REG_TELEMETRY(VNPU_TEL_JOBS_COMPLETED) + 4), 0u);
+}
+
+// Regression: the device used 1b36:10f5, outside every range QEMU documents (docs/specs/pci-ids.rst), i.e. an ID
+// that may be someone else's; QEMU leaves 1af4:10f0..10ff to experimental devices.
+TEST(PciIdentity, IsInQemusRangeForExperimentalDevices) {
+  EXPECT_EQ(VNPU_PCI_VENDOR_ID, 0x1af4);
+  EXPECT_GE(VNPU_PCI_DEVICE_ID, 0x10f0);
+  EXPECT_LE(VNPU_PCI_DEVICE_ID, 0x10ff);
 }
 
 TEST(EngineConfig, FinalizeFillsDefaultsAndRejectsBadValues) {
@@ -824,6 +871,57 @@ TEST_F(Engine, CompletionPhaseTogglesOnEveryWrap) {
   EXPECT_EQ(host_.irqs().size(), 10u);
 }
 
+// Regression: the record went out in one 64-byte copy, so an SMP guest polling the phase could see the new
+// phase before the rest of the record (tag, status) had landed.
+TEST_F(Engine, CompletionPhaseIsWrittenLastAfterThePayload) {
+  enable(4, 2);
+  host_.log_writes(true);
+  for (uint64_t tag = 1; tag <= 3; tag++) {  // the third record wraps: its new phase is 0
+    submit({nop(tag)});
+    run();
+    vnpu_hw_cpl c{};
+    ASSERT_TRUE(pop(&c));
+    EXPECT_EQ(c.tag, tag);
+  }
+  auto w = host_.writes();
+  ASSERT_EQ(w.size(), 6u);
+  constexpr size_t kFlags = offsetof(vnpu_hw_cpl, flags);
+  for (size_t i = 0; i < w.size(); i += 2) {
+    const uint64_t slot = kCq + (i / 2 % 2) * sizeof(vnpu_hw_cpl);
+    const uint16_t phase = i / 2 < 2 ? 1 : 0;
+    vnpu_hw_cpl body{};
+    ASSERT_EQ(w[i].addr, slot);
+    ASSERT_EQ(w[i].data.size(), sizeof(body));
+    std::memcpy(&body, w[i].data.data(), sizeof(body));
+    EXPECT_EQ(body.tag, i / 2 + 1);
+    EXPECT_NE(body.flags & VNPU_CPL_F_PHASE, phase) << "payload write already carries the new phase";
+    ASSERT_EQ(w[i + 1].addr, slot + kFlags);
+    ASSERT_EQ(w[i + 1].data.size(), sizeof(uint16_t));
+    uint16_t flags;
+    std::memcpy(&flags, w[i + 1].data.data(), sizeof(flags));
+    EXPECT_EQ(flags, phase);
+  }
+}
+
+// Regression: SQ_HEAD passed a slot before its command was read, so a driver could refill the slot while the
+// device was still copying it.
+TEST_F(Engine, SqHeadPassesASlotOnlyAfterItsCommandWasCopied) {
+  enable();
+  std::vector<uint32_t> head_during_fetch;
+  host_.on_read([&](uint64_t addr, size_t) {
+    if (addr >= kSq && addr < kSq + 16 * sizeof(vnpu_hw_cmd))
+      head_during_fetch.push_back(qrd(VNPU_QREG_SQ_HEAD));
+  });
+  submit({nop(1, false), nop(2)});
+  run();
+  host_.on_read(nullptr);
+  EXPECT_EQ(head_during_fetch, (std::vector<uint32_t>{0, 1}));
+  EXPECT_EQ(qrd(VNPU_QREG_SQ_HEAD), 2u);
+  vnpu_hw_cpl c{};
+  ASSERT_TRUE(pop(&c));
+  EXPECT_EQ(c.tag, 2u);
+}
+
 TEST_F(Engine, FullCompletionRingHoldsBackCompletionsUntilCqHeadFreesSpace) {
   enable(16, 4);  // at most 3 completions in the ring
   std::vector<vnpu_hw_cmd> jobs;
@@ -984,6 +1082,53 @@ TEST_F(Engine, DestroyWithWorkInFlightIsClean) {
   submit({matmul(0, 0x400000, 0x800000, 1024, 1024, 1024, true, 1), nop(2), nop(3)});
   engine_.reset();
   SUCCEED();
+}
+
+// Regression: device reset waited at most 5 s for the workers and then reset anyway, so a DMA still in progress
+// (here a D2H chunk whose write takes 6 s) landed in guest memory after the reset had completed.
+TEST_F(Engine, ResetReturnsOnlyAfterTheLastHostAccessOfDroppedWork) {
+  enable();
+  std::atomic<bool> in_dma{false};
+  host_.on_write([&](uint64_t addr, size_t) {
+    if (addr >= kData && !in_dma.exchange(true))
+      std::this_thread::sleep_for(std::chrono::seconds(6));
+  });
+  uint64_t s = sgl1(0, kData, 2 << 20);
+  submit({dma(VNPU_OPC_DMA_D2H, s, 1, 0, 0, 2 << 20, true)});  // two 1 MiB chunks
+  while (!in_dma.load())
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  wr(VNPU_REG_RESET, VNPU_RESET_MAGIC);
+  uint64_t writes_at_reset = host_.dma_writes();
+  vnpu_engine_wait_idle(engine_.get());
+  host_.on_write(nullptr);
+  EXPECT_EQ(host_.dma_writes(), writes_at_reset) << "a DMA write landed after the reset completed";
+  EXPECT_EQ(writes_at_reset, 1u) << "the second chunk must not be written at all";
+  EXPECT_EQ(rd(VNPU_REG_STATUS), VNPU_STATUS_READY);
+}
+
+// Regression: nothing held the workers while the VM was stopped; they kept fetching and moving guest memory.
+TEST_F(Engine, PausedEngineTouchesNoHostMemoryUntilResumed) {
+  enable();
+  vnpu_engine_set_paused(engine_.get(), 1);
+  uint64_t reads = host_.dma_reads(), writes = host_.dma_writes();
+  submit({nop(1)});
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(host_.dma_reads(), reads);
+  EXPECT_EQ(host_.dma_writes(), writes);
+  EXPECT_EQ(qrd(VNPU_QREG_SQ_HEAD), 0u);
+  vnpu_engine_set_paused(engine_.get(), 0);
+  vnpu_hw_cpl c{};
+  run();
+  ASSERT_TRUE(pop(&c));
+  EXPECT_EQ(c.tag, 1u);
+  // A device reset releases accesses held by a pause (they fail: their work is dropped).
+  vnpu_engine_set_paused(engine_.get(), 1);
+  submit({nop(2)});
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  wr(VNPU_REG_RESET, VNPU_RESET_MAGIC);
+  vnpu_engine_set_paused(engine_.get(), 0);
+  enable();
+  EXPECT_EQ(run_one({nop(3)}).tag, 3u);
 }
 
 TEST_F(Engine, ResetDuringALongCommandAbandonsIt) {
@@ -1361,6 +1506,62 @@ TEST_F(Mmu, InvalidateMakesChangedMappingsVisible) {
   unmap(r1_, 0);
   wr(VNPU_REG_MMU_INVALIDATE, 1);
   EXPECT_EQ(run_one({in_ctx(dma(VNPU_OPC_DMA_D2H, out, 1, 0, 0, 4, true), 1)}).status, VNPU_CPL_MMU_FAULT);
+}
+
+// Regression: TLB entries were keyed by page number only, so a job fetched before an MMU_INVALIDATE walked its
+// old root after the invalidation and planted the stale translation, which the next job (new root) then used.
+TEST_F(Mmu, AJobFetchedBeforeAnInvalidateCannotPlantStaleTranslations) {
+  uint64_t r1b = pt_alloc();
+  map(r1b, 0, 0x300000);  // context 1's new tables: VA 0 -> PA 3 MiB
+  std::atomic<bool> switched{false};
+  host_.on_read([&](uint64_t addr, size_t) {
+    // Job A has been fetched (old root) and is reading its SGL, right before it walks VA 0: the driver now
+    // points context 1 at its new tables and invalidates.
+    if (addr == kSgl && !switched.exchange(true)) {
+      set_ctx(1, r1b);
+      wr(VNPU_REG_MMU_INVALIDATE, 1);
+    }
+  });
+  host_.put(kData, uint32_t(0xaaaaaaaa));
+  host_.put(kData + 0x1000, uint32_t(0xbbbbbbbb));
+  ASSERT_EQ(run_one({in_ctx(dma(VNPU_OPC_DMA_H2D, sgl1(0, kData, 4), 1, 0, 0, 4, true), 1)}).status, VNPU_CPL_OK);
+  host_.on_read(nullptr);
+  ASSERT_TRUE(switched.load());
+  ASSERT_EQ(run_one({in_ctx(dma(VNPU_OPC_DMA_H2D, sgl1(1, kData + 0x1000, 4), 1, 0, 0, 4, true), 1)}).status,
+            VNPU_CPL_OK);
+  // Context 0 maps device memory 1:1: job A wrote the old page, job B must have written the new one.
+  auto old_page = copy_out(0x100000, 4), new_page = copy_out(0x300000, 4);
+  uint32_t o, n;
+  std::memcpy(&o, old_page.data(), 4);
+  std::memcpy(&n, new_page.data(), 4);
+  EXPECT_EQ(o, 0xaaaaaaaau);
+  EXPECT_EQ(n, 0xbbbbbbbbu) << "job B used job A's stale translation";
+}
+
+// Regression: reserved bits of context entries and page-table entries were ignored instead of faulting.
+TEST_F(Mmu, ReservedBitsInContextEntriesAndPtesFault) {
+  auto status = [&](unsigned ctx) {
+    wr(VNPU_REG_MMU_INVALIDATE, ctx);
+    return run_one({in_ctx(dma(VNPU_OPC_DMA_H2D, sgl1(0, kData, 4), 1, 0, 0, 4, true), ctx)}).status;
+  };
+  ASSERT_EQ(status(1), VNPU_CPL_OK);
+  host_.put(kCtxTable + 16 + 8, uint32_t(VNPU_CTX_F_VALID | 0x100));  // reserved flag
+  EXPECT_EQ(status(1), VNPU_CPL_MMU_FAULT);
+  host_.put(kCtxTable + 16 + 8, uint32_t(VNPU_CTX_F_VALID));
+  host_.put(kCtxTable + 16 + 12, uint32_t(1));  // rsvd
+  EXPECT_EQ(status(1), VNPU_CPL_MMU_FAULT);
+  host_.put(kCtxTable + 16 + 12, uint32_t(0));
+  ASSERT_EQ(status(1), VNPU_CPL_OK);
+  uint64_t l1e = host_.get<uint64_t>(r1_);  // level-1 entry of VA 0
+  host_.put(r1_, l1e | 0x10);
+  EXPECT_EQ(status(1), VNPU_CPL_MMU_FAULT);
+  host_.put(r1_, l1e);
+  uint64_t l2 = l1e & VNPU_PTE_ADDR_MASK, l3 = host_.get<uint64_t>(l2) & VNPU_PTE_ADDR_MASK;
+  uint64_t leaf = host_.get<uint64_t>(l3);
+  host_.put(l3, leaf | 0x4);  // bit 2 of a leaf
+  EXPECT_EQ(status(1), VNPU_CPL_MMU_FAULT);
+  host_.put(l3, leaf);
+  EXPECT_EQ(status(1), VNPU_CPL_OK);
 }
 
 TEST_F(Mmu, PhysicallyScatteredOperandsComputeCorrectly) {

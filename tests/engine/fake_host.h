@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <string>
@@ -96,11 +97,35 @@ class FakeHost {
     return guest_errors_;
   }
   uint64_t dma_writes() const { return dma_writes_.load(); }
+
+  /// One DMA write as the device issued it (recorded while log_writes(true)).
+  struct Write {
+    uint64_t addr;
+    std::vector<uint8_t> data;
+  };
+  void log_writes(bool on) {
+    std::lock_guard lock(mu_);
+    log_writes_ = on;
+  }
+  std::vector<Write> writes() {
+    std::lock_guard lock(mu_);
+    return write_log_;
+  }
+  /// Called (no lock held, on the engine's thread) before every DMA read is served; set it before the device
+  /// runs. It may call back into the engine's MMIO API, as a guest CPU could at that moment.
+  void on_read(std::function<void(uint64_t addr, size_t len)> hook) { read_hook_ = std::move(hook); }
+  /// The same for DMA writes: called before the bytes land.
+  void on_write(std::function<void(uint64_t addr, size_t len)> hook) { write_hook_ = std::move(hook); }
+  uint64_t dma_reads() const { return dma_reads_.load(); }
   /// Make every DMA take a random 0..max_us of host time (to show modelled times ignore host speed).
   void set_jitter(unsigned max_us) { jitter_us_.store(max_us); }
 
  private:
   int access(uint64_t addr, void* buf, size_t len, bool write) {
+    if (!write && read_hook_)
+      read_hook_(addr, len);
+    if (write && write_hook_)
+      write_hook_(addr, len);
     if (unsigned j = jitter_us_.load()) {
       thread_local std::mt19937 rng(std::random_device{}());
       std::this_thread::sleep_for(std::chrono::microseconds(rng() % (j + 1)));
@@ -117,8 +142,14 @@ class FakeHost {
     if (write) {
       std::memcpy(mem_.data() + (addr - kBase), buf, len);
       dma_writes_++;
+      std::lock_guard lock(mu_);
+      if (log_writes_) {
+        auto* p = static_cast<const uint8_t*>(buf);
+        write_log_.push_back({addr, std::vector<uint8_t>(p, p + len)});
+      }
     } else {
       std::memcpy(buf, mem_.data() + (addr - kBase), len);
+      dma_reads_++;
     }
     return 0;
   }
@@ -126,6 +157,7 @@ class FakeHost {
   std::vector<uint8_t> mem_;
   std::atomic<uint64_t> clock_{1'000'000};
   std::atomic<uint64_t> dma_writes_{0};
+  std::atomic<uint64_t> dma_reads_{0};
   std::atomic<unsigned> jitter_us_{0};
   std::mutex mu_;
   std::vector<std::pair<uint64_t, uint64_t>> faults_;
@@ -133,6 +165,9 @@ class FakeHost {
   uint64_t schedule_calls_ = 0;
   std::vector<unsigned> irqs_;
   std::vector<std::string> guest_errors_;
+  bool log_writes_ = false;
+  std::vector<Write> write_log_;
+  std::function<void(uint64_t, size_t)> read_hook_, write_hook_;
 };
 
 }  // namespace vnpu::test

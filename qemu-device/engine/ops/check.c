@@ -329,13 +329,14 @@ int vnpu_ops_check(const VnpuOpArgs *a)
             return 0;
         }
         for (i = 0; i < y->rank; i++) {
-            int64_t last;
+            /* (dims - 1) * step reaches 2^64: computed in 128 bits (int64 would overflow, undefined). */
+            __int128 last;
 
             if (s->step[i] == 0 || s->start[i] < 0 || (uint64_t)s->start[i] >= x->dims[i] ||
                 s->step[i] > (int64_t)1 << 32 || s->step[i] < -((int64_t)1 << 32)) {
                 return -1;
             }
-            last = s->start[i] + (int64_t)(y->dims[i] - 1) * s->step[i];
+            last = (__int128)s->start[i] + (__int128)(y->dims[i] - 1) * s->step[i];
             if (last < 0 || (uint64_t)last >= x->dims[i]) {
                 return -1;
             }

@@ -470,7 +470,8 @@ int vnpu_ref_affine(const VnpuOpArgs *a)
 {
     const struct vnpu_isa_affine *af = &a->attr.affine;
     const VnpuTensor *x = IN(a, 0), *s = IN(a, 1), *t = IN(a, 2), *y = OUT(a, 0);
-    uint64_t C = x->dims[1], inner = C ? x->count / x->dims[0] / C : 0, n, c, i;
+    /* An empty batch (dims[0] == 0) is valid and does nothing: never divide by it. */
+    uint64_t C = x->dims[1], inner = C && x->dims[0] ? x->count / x->dims[0] / C : 0, n, c, i;
 
     for (n = 0; n < x->dims[0]; n++) {
         for (c = 0; c < C; c++) {
@@ -518,33 +519,37 @@ int vnpu_ref_slice(const VnpuOpArgs *a)
     const struct vnpu_isa_slice *s = &a->attr.slice;
     uint64_t xs[VNPU_ISA_MAX_RANK], idx[VNPU_ISA_MAX_RANK] = {0};
     unsigned r = y->rank, i;
-    int64_t off = 0, step_inner;
-    uint64_t inner, outer, o;
+    /*
+     * Offsets are walked in unsigned (modulo 2^64) arithmetic: a negative step is its two's complement, and a
+     * step of a dim of size 1 times a large stride may exceed int64 in the intermediate sums (signed overflow
+     * is undefined). Every offset actually used is inside x (vnpu_ops_check), so the modular sums are exact.
+     */
+    uint64_t off = 0, step_inner, inner, outer, o;
 
     if (copy_trivial(x, y)) {
         return VNPU_CPL_OK;
     }
     dense_strides(x, xs);
     for (i = 0; i < r; i++) {
-        off += s->start[i] * (int64_t)xs[i];
+        off += (uint64_t)s->start[i] * xs[i];
     }
     inner = y->dims[r - 1];
     outer = y->count / inner;
-    step_inner = s->step[r - 1] * (int64_t)xs[r - 1];
+    step_inner = (uint64_t)s->step[r - 1] * xs[r - 1];
     for (o = 0; o < outer; o++) {
         float *yp = y->data + o * inner;
         uint64_t j;
 
         for (j = 0; j < inner; j++) {
-            yp[j] = x->data[off + (int64_t)j * step_inner];
+            yp[j] = x->data[off + j * step_inner];
         }
         for (i = r - 1; i-- > 0;) {
             idx[i]++;
-            off += s->step[i] * (int64_t)xs[i];
+            off += (uint64_t)s->step[i] * xs[i];
             if (idx[i] < y->dims[i]) {
                 break;
             }
-            off -= s->step[i] * (int64_t)xs[i] * (int64_t)idx[i];
+            off -= (uint64_t)s->step[i] * xs[i] * idx[i];
             idx[i] = 0;
         }
     }
@@ -618,9 +623,13 @@ static double resize_coord(uint32_t mode, uint64_t o, uint64_t in, double scale)
     }
 }
 
-static int64_t clamp_index(int64_t i, uint64_t n)
+/*
+ * Clamp a sampling coordinate (already rounded to an integer value) into [0, n) before converting it: a tiny
+ * scale or a far coordinate gives doubles beyond int64, whose conversion is undefined. NaN clamps to 0.
+ */
+static int64_t clamp_index(double i, uint64_t n)
 {
-    return i < 0 ? 0 : (i >= (int64_t)n ? (int64_t)n - 1 : i);
+    return !(i >= 0.0) ? 0 : (i >= (double)(n - 1) ? (int64_t)(n - 1) : (int64_t)i);
 }
 
 /*
@@ -633,19 +642,20 @@ typedef struct ResizeDim {
     int interp; /* some output coordinate has a non-zero weight */
 } ResizeDim;
 
-static int64_t nearest_index(uint32_t mode, double c)
+/* The nearest input coordinate, as an integral double (clamp_index converts it). */
+static double nearest_index(uint32_t mode, double c)
 {
     double f = floor(c), frac = c - f;
 
     switch (mode) {
     case VNPU_ISA_NEAREST_FLOOR:
-        return (int64_t)f;
+        return f;
     case VNPU_ISA_NEAREST_CEIL:
-        return (int64_t)ceil(c);
+        return ceil(c);
     case VNPU_ISA_NEAREST_ROUND_PREFER_CEIL:
-        return frac >= 0.5 ? (int64_t)f + 1 : (int64_t)f;
+        return frac >= 0.5 ? f + 1.0 : f;
     default:
-        return frac > 0.5 ? (int64_t)f + 1 : (int64_t)f;
+        return frac > 0.5 ? f + 1.0 : f;
     }
 }
 
@@ -695,8 +705,8 @@ int vnpu_ref_resize(const VnpuOpArgs *a)
             } else {
                 double f = floor(c);
 
-                lo = clamp_index((int64_t)f, x->dims[i]);
-                hi = clamp_index((int64_t)f + 1, x->dims[i]);
+                lo = clamp_index(f, x->dims[i]);
+                hi = clamp_index(f + 1.0, x->dims[i]);
                 w = hi == lo ? 0.0 : c - f;
             }
             dim[i].lo[j] = (uint64_t)lo * xs[i];

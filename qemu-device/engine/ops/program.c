@@ -118,6 +118,44 @@ static int program_tensor(const VnpuProgram *p, uint32_t idx, VnpuTensor *t, uin
 }
 
 /*
+ * Whether an op may write an output whose bytes overlap input `in`'s. Kernels read their inputs while they write
+ * their output, so an output that partly overlaps an input, or aliases an input of an op that is not
+ * elementwise, would make the result depend on loop order and hand memcpy-based kernels (CONCAT) overlapping
+ * ranges (undefined). Allowed: COPY (a memmove) with any overlap, and the elementwise ops computing in place
+ * on their first input (exactly the same bytes). The compiler never emits anything else.
+ */
+static int operand_overlap_ok(uint32_t opcode, unsigned in, uint64_t out_lo, uint64_t out_len, uint64_t in_lo,
+                              uint64_t in_len)
+{
+    if (!out_len || !in_len || out_lo >= in_lo + in_len || in_lo >= out_lo + out_len || opcode == VNPU_ISA_OP_COPY) {
+        return 1;
+    }
+    return in == 0 && out_lo == in_lo && out_len == in_len &&
+           (opcode == VNPU_ISA_OP_UNARY || opcode == VNPU_ISA_OP_BINARY || opcode == VNPU_ISA_OP_CHANNEL_AFFINE);
+}
+
+/* Every output of `a` against every input, by (binding, byte offset) or, with binding NULL, by host pointer. */
+static int operands_overlap_ok(const VnpuOpArgs *a, const uint32_t *binding, const uint64_t *offset)
+{
+    unsigned o, i;
+
+    for (o = a->num_inputs; o < a->num_inputs + a->num_outputs; o++) {
+        for (i = 0; i < a->num_inputs; i++) {
+            uint64_t olo = binding ? offset[o] : (uint64_t)(uintptr_t)a->t[o].data;
+            uint64_t ilo = binding ? offset[i] : (uint64_t)(uintptr_t)a->t[i].data;
+
+            if (binding ? binding[o] != binding[i] : (!a->t[o].data || !a->t[i].data)) {
+                continue;
+            }
+            if (!operand_overlap_ok(a->opcode, i, olo, a->t[o].count * 4, ilo, a->t[i].count * 4)) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+/*
  * Decodes the op record at *pos into args (tensor data pointers NULL) and the tensors' binding locations.
  * Advances *pos. Returns 0 if the op is well formed (structure and semantics).
  */
@@ -165,6 +203,9 @@ static int program_op(const VnpuProgram *p, uint64_t *pos, VnpuOpArgs *args, uin
     }
     memcpy(&args->attr, p->code + *pos + sizeof(op) + operand_bytes, op.attr_size);
     *pos += op.size;
+    if (!operands_overlap_ok(args, binding, offset)) {
+        return -1;
+    }
     return vnpu_ops_check(args) ? -1 : 0;
 }
 
@@ -363,6 +404,13 @@ int vnpu_program_execute(const VnpuProgramRun *run, const VnpuProgramMem *mem, V
                 ret = VNPU_CPL_MMU_FAULT;
                 break;
             }
+        }
+        /*
+         * Bindings of the EXEC table, or page tables mapping two virtual pages to one physical page, can make
+         * operands alias in device memory although the program keeps them apart: check what the kernel gets.
+         */
+        if (ret == VNPU_CPL_OK && !operands_overlap_ok(args, NULL, NULL)) {
+            ret = VNPU_CPL_PROGRAM_INVALID;
         }
         if (ret == VNPU_CPL_OK) {
             int r = vnpu_ops_run(args, mode);
