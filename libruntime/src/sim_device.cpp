@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -44,29 +45,54 @@ constexpr auto kDrainTimeout = std::chrono::seconds(10);
 // The host memory the device may reach by DMA (rings, context table, page tables, SGL tables, host buffers):
 // the sim's IOMMU. An access outside every registered region is a bus error for the engine, never a stray
 // write into the process.
+//
+// The region's kind is the bus's access discipline for memory that the driver (this file) and the device
+// (the engine's threads) touch concurrently, as the PCI bus gives it to vnpu.ko and the QEMU device:
+// * kData: buffers handed over by a doorbell or a completion (plain copies; ordering comes from the locks
+//   around the doorbell and the interrupt);
+// * kTable: page tables and the context table, which the driver edits while the device walks them (a
+//   mapping made for one buffer while a job of another buffer runs): aligned 8-byte words are single-copy
+//   atomic, device reads are acquire loads that pair with the driver's release stores of entries (so a table
+//   published by a parent entry is seen initialised);
+// * kCompletions: the completion ring, which the driver polls while the device posts records: a record's
+//   word holding the phase bit is written last, with release, so a record whose phase the driver sees is
+//   complete (a 64-byte posted write lands whole on a real bus).
+enum class RegionKind { kData, kTable, kCompletions };
+
 class DmaRegions {
  public:
-  void add(const void* p, size_t len) {
+  void add(const void* p, size_t len, RegionKind kind = RegionKind::kData) {
     std::lock_guard lock(mu_);
-    regions_[reinterpret_cast<uintptr_t>(p)] = len;
+    regions_[reinterpret_cast<uintptr_t>(p)] = {len, kind};
   }
   void remove(const void* p) {
     std::lock_guard lock(mu_);
     regions_.erase(reinterpret_cast<uintptr_t>(p));
   }
-  bool contains(uint64_t addr, size_t len) const {
+  // The kind of the region holding [addr, addr + len), or nullopt if no region holds all of it.
+  std::optional<RegionKind> find(uint64_t addr, size_t len) const {
     std::lock_guard lock(mu_);
     auto it = regions_.upper_bound(addr);
     if (it == regions_.begin())
-      return false;
+      return std::nullopt;
     --it;
-    return addr >= it->first && range_fits(addr - it->first, len, it->second);
+    if (addr < it->first || !range_fits(addr - it->first, len, it->second.len))
+      return std::nullopt;
+    return it->second.kind;
   }
 
  private:
+  struct Region {
+    size_t len;
+    RegionKind kind;
+  };
   mutable std::mutex mu_;
-  std::map<uint64_t, size_t> regions_;
+  std::map<uint64_t, Region> regions_;
 };
+
+bool words_aligned(uint64_t addr, size_t len) {
+  return addr % 8 == 0 && len % 8 == 0;
+}
 
 // First-fit allocator over [base, base + size), `granule`-sized units, coalescing on free.
 class RangeAllocator {
@@ -146,8 +172,8 @@ struct SimShared {
     auto* t = static_cast<uint64_t*>(std::aligned_alloc(4096, 4096));
     if (!t)
       return nullptr;
-    std::memset(t, 0, 4096);
-    regions.add(t, 4096);
+    std::memset(t, 0, 4096);  // before the release store of the parent entry publishes it
+    regions.add(t, 4096, RegionKind::kTable);
     return t;
   }
 
@@ -191,7 +217,7 @@ struct SimShared {
       const uint64_t v = va + off;
       auto it = tables.find(3ull << 40 | VNPU_MMU_INDEX(v, 1) << 9 | VNPU_MMU_INDEX(v, 2));
       if (it != tables.end())
-        __atomic_store_n(&it->second[VNPU_MMU_INDEX(v, 3)], 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&it->second[VNPU_MMU_INDEX(v, 3)], uint64_t{0}, __ATOMIC_RELEASE);
     }
   }
   // Drop the device's cached translations of our context (mu held).
@@ -294,16 +320,52 @@ class SimDevice final : public Device {
 
 int SimDevice::host_dma_read(void* opaque, uint64_t addr, void* buf, size_t len) {
   auto* d = static_cast<SimDevice*>(opaque);
-  if (!d->shared_->regions.contains(addr, len))
+  const auto kind = d->shared_->regions.find(addr, len);
+  if (!kind)
     return -1;
+  if (*kind == RegionKind::kTable && words_aligned(addr, len)) {
+    const auto* src = reinterpret_cast<const uint64_t*>(addr);
+    auto* dst = static_cast<std::byte*>(buf);  // the engine's buffer need not be 8-byte aligned
+    for (size_t i = 0; i < len / 8; ++i) {
+      const uint64_t w = __atomic_load_n(&src[i], __ATOMIC_ACQUIRE);
+      std::memcpy(dst + i * 8, &w, 8);
+    }
+    return 0;
+  }
   std::memcpy(buf, reinterpret_cast<const void*>(addr), len);
   return 0;
 }
 
 int SimDevice::host_dma_write(void* opaque, uint64_t addr, const void* buf, size_t len) {
   auto* d = static_cast<SimDevice*>(opaque);
-  if (!d->shared_->regions.contains(addr, len))
+  const auto kind = d->shared_->regions.find(addr, len);
+  if (!kind)
     return -1;
+  constexpr size_t kRec = sizeof(vnpu_hw_cpl), kPhaseWord = offsetof(vnpu_hw_cpl, flags) / 8;
+  if (*kind == RegionKind::kCompletions && addr % kRec == 0 && len % kRec == 0) {
+    auto* dst = reinterpret_cast<uint64_t*>(addr);
+    const auto* src = static_cast<const std::byte*>(buf);
+    for (size_t r = 0; r < len / kRec; ++r) {
+      uint64_t w[kRec / 8];
+      std::memcpy(w, src + r * kRec, kRec);
+      uint64_t* rec = dst + r * (kRec / 8);
+      for (size_t i = 0; i < kRec / 8; ++i)
+        if (i != kPhaseWord)
+          __atomic_store_n(&rec[i], w[i], __ATOMIC_RELAXED);
+      __atomic_store_n(&rec[kPhaseWord], w[kPhaseWord], __ATOMIC_RELEASE);
+    }
+    return 0;
+  }
+  if (*kind == RegionKind::kTable && words_aligned(addr, len)) {
+    auto* dst = reinterpret_cast<uint64_t*>(addr);
+    const auto* src = static_cast<const std::byte*>(buf);
+    for (size_t i = 0; i < len / 8; ++i) {
+      uint64_t w;
+      std::memcpy(&w, src + i * 8, 8);
+      __atomic_store_n(&dst[i], w, __ATOMIC_RELEASE);
+    }
+    return 0;
+  }
   std::memcpy(reinterpret_cast<void*>(addr), buf, len);
   return 0;
 }
@@ -359,7 +421,8 @@ SimDevice::Finished SimDevice::reap_locked() {
   bool consumed = false;
   for (;;) {
     const vnpu_hw_cpl& c = cq_[cq_head_];
-    if ((c.flags & VNPU_CPL_F_PHASE) != cq_phase_)
+    // Acquire: pairs with the release store of the record's phase word (host_dma_write, kCompletions).
+    if ((__atomic_load_n(&c.flags, __ATOMIC_ACQUIRE) & VNPU_CPL_F_PHASE) != cq_phase_)
       break;
     const uint64_t tag = c.tag;
     JobResult r;
@@ -472,8 +535,8 @@ Status SimDevice::start(const DeviceOptions& options) {
   shared_->ctx_table[kContext].pt_root = reinterpret_cast<uint64_t>(shared_->l1);
   shared_->ctx_table[kContext].flags = VNPU_CTX_F_VALID;
   shared_->regions.add(sq_, sizeof(vnpu_hw_cmd) * kRingEntries);
-  shared_->regions.add(cq_, sizeof(vnpu_hw_cpl) * kRingEntries);
-  shared_->regions.add(shared_->ctx_table, ctx_bytes);
+  shared_->regions.add(cq_, sizeof(vnpu_hw_cpl) * kRingEntries, RegionKind::kCompletions);
+  shared_->regions.add(shared_->ctx_table, ctx_bytes, RegionKind::kTable);
 
   // The threads exist before the engine so that no schedule() or interrupt is ever missed.
   timer_ = std::thread([this] { timer_loop(); });
