@@ -17,10 +17,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <cstddef>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -35,6 +36,8 @@ namespace {
 
 constexpr uint32_t kQueue = 0;
 constexpr uint32_t kRingEntries = 1024;
+// Commands the ring holds at once: one entry stays free, since SQ_TAIL == SQ_HEAD means empty (docs/device.md).
+constexpr uint32_t kRingCapacity = kRingEntries - 1;
 constexpr uint16_t kContext = 1;  // not 0, so a command that forgot its context id fails loudly
 constexpr uint64_t kPage = VNPU_MMU_PAGE_SIZE;
 constexpr uint64_t kVaBase = 1ull << 32;  // device VAs start at 4 GiB: small numbers are never valid addresses
@@ -273,6 +276,7 @@ class SimDevice final : public Device {
     JobCallback done;
     uint32_t ncmds = 0;
   };
+  using PendingPtr = std::unique_ptr<Pending>;
   using Finished = std::vector<std::pair<std::unique_ptr<Pending>, JobResult>>;
 
   SimDevice() = default;
@@ -282,6 +286,9 @@ class SimDevice final : public Device {
   void timer_loop();
   void completion_loop();
   Finished reap_locked();  // shared_->mu held
+  bool ring_has_room_locked(uint32_t n) const { return ring_used_ + n <= kRingCapacity; }
+  void write_job_locked(PendingPtr p);  // encode into the command ring and ring the doorbell
+  void fail_all_locked(const Error& e, Finished& out);
 
   static int host_dma_read(void* opaque, uint64_t addr, void* buf, size_t len);
   static int host_dma_write(void* opaque, uint64_t addr, const void* buf, size_t len);
@@ -302,6 +309,10 @@ class SimDevice final : public Device {
   uint32_t ring_used_ = 0;  // commands of jobs not yet completed
   uint64_t next_tag_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
+  // Jobs accepted while the ring had no room for them, in submission order: what drm_sched's entity queue is
+  // to vnpu.ko. Only a JobCallback (the completion thread, the one thread that frees ring space) adds to it
+  // without waiting; it is written to the ring as completions make room.
+  std::deque<PendingPtr> backlog_;
   bool stopping_ = false;
   std::optional<Error> broken_;
 
@@ -454,17 +465,32 @@ SimDevice::Finished SimDevice::reap_locked() {
     const uint32_t qerr = rd(VNPU_REG_QUEUE(kQueue, VNPU_QREG_ERROR));
     broken_ = Error(ErrorCode::kDeviceFault,
                     "sim device queue stopped with error " + std::to_string(qerr) + "; open a new device");
-    for (auto& [tag, p] : pending_) {
-      JobResult r;
-      r.status = *broken_;
-      done.emplace_back(std::move(p), std::move(r));
-    }
-    pending_.clear();
-    ring_used_ = 0;
+    fail_all_locked(*broken_, done);
+  }
+  // Space freed: move waiting jobs onto the ring, oldest first (also while closing: they were accepted).
+  while (!broken_ && !backlog_.empty() && ring_has_room_locked(backlog_.front()->ncmds)) {
+    write_job_locked(std::move(backlog_.front()));
+    backlog_.pop_front();
   }
   if (!done.empty())
     space_.notify_all();
   return done;
+}
+
+void SimDevice::fail_all_locked(const Error& e, Finished& out) {
+  for (auto& [tag, p] : pending_) {
+    JobResult r;
+    r.status = e;
+    out.emplace_back(std::move(p), std::move(r));
+  }
+  pending_.clear();
+  for (auto& p : backlog_) {
+    JobResult r;
+    r.status = e;
+    out.emplace_back(std::move(p), std::move(r));
+  }
+  backlog_.clear();
+  ring_used_ = 0;
 }
 
 void SimDevice::completion_loop() {
@@ -619,9 +645,14 @@ SimDevice::~SimDevice() {
   if (shared_) {
     std::unique_lock lock(shared_->mu);
     stopping_ = true;
-    space_.wait_for(lock, kDrainTimeout, [&] { return pending_.empty(); });
+    space_.notify_all();  // submitters waiting for ring space give up (kAborted)
+    space_.wait_for(lock, kDrainTimeout, [&] { return pending_.empty() && backlog_.empty(); });
     if (!pending_.empty() && engine_) {
-      // Resetting the queue completes fetched jobs (hung ones too) with ABORTED; give those a moment.
+      // Resetting the queue completes fetched jobs (hung ones too) with ABORTED; give those a moment. Jobs
+      // still waiting for ring space are aborted below, never written to a ring being torn down.
+      for (auto& p : backlog_)
+        left.push_back(std::move(p));
+      backlog_.clear();
       wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_CTRL), VNPU_QCTRL_RESET);
       space_.wait_for(lock, std::chrono::seconds(1), [&] { return pending_.empty(); });
     }
@@ -649,6 +680,9 @@ SimDevice::~SimDevice() {
       for (auto& [tag, p] : pending_)
         left.push_back(std::move(p));
       pending_.clear();
+      for (auto& p : backlog_)
+        left.push_back(std::move(p));
+      backlog_.clear();
     }
     // After destroy nothing more is written to host memory, so the rings and buffers may go.
     if (engine)
@@ -727,16 +761,39 @@ Result<DeviceBuffer> SimDevice::alloc_device(size_t bytes) {
 
 Status SimDevice::do_submit(Job job, JobCallback done) {
   const auto n = static_cast<uint32_t>(job.commands.size());
-  if (n > kRingEntries)
+  if (n > kRingCapacity)
     return Error(ErrorCode::kInvalidArgument, "job longer than the command ring");
   auto p = std::make_unique<Pending>();
+  p->job = std::move(job);
+  p->done = std::move(done);
+  p->ncmds = n;
   std::unique_lock lock(shared_->mu);
-  space_.wait(lock, [&] { return stopping_ || broken_ || ring_used_ + n <= kRingEntries; });
+  if (std::this_thread::get_id() == completer_.get_id()) {
+    // A JobCallback submitting (AsyncRuntime chains compute after H2D this way). Only this thread frees ring
+    // space, so waiting here would wait forever once the ring is full: queue the job behind the ring instead.
+    if (stopping_)
+      return Error(ErrorCode::kAborted, "device is closing; job not submitted");
+    if (broken_)
+      return *broken_;
+    if (backlog_.empty() && ring_has_room_locked(n))
+      write_job_locked(std::move(p));
+    else
+      backlog_.push_back(std::move(p));
+    return {};
+  }
+  // Any other thread: back-pressure. Wait for room, behind the jobs already waiting (FIFO).
+  space_.wait(lock, [&] { return stopping_ || broken_ || (backlog_.empty() && ring_has_room_locked(n)); });
   if (stopping_)
     return Error(ErrorCode::kAborted, "device is closing; job not submitted");
   if (broken_)
     return *broken_;
+  write_job_locked(std::move(p));
+  return {};
+}
 
+void SimDevice::write_job_locked(PendingPtr p) {
+  const Job& job = p->job;
+  const uint32_t n = p->ncmds;
   const uint64_t tag = next_tag_++;
   for (uint32_t i = 0; i < n; ++i) {
     const Command& c = job.commands[i];
@@ -782,13 +839,9 @@ Status SimDevice::do_submit(Job job, JobCallback done) {
     sq_[sq_tail_] = e;
     sq_tail_ = (sq_tail_ + 1) % kRingEntries;
   }
-  p->job = std::move(job);
-  p->done = std::move(done);
-  p->ncmds = n;
   pending_.emplace(tag, std::move(p));
   ring_used_ += n;
   wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_SQ_TAIL), sq_tail_);
-  return {};
 }
 
 }  // namespace
