@@ -18,8 +18,10 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -34,6 +36,8 @@ namespace {
 
 constexpr uint32_t kQueue = 0;
 constexpr uint32_t kRingEntries = 1024;
+// Commands the ring holds at once: one entry stays free, since SQ_TAIL == SQ_HEAD means empty (docs/device.md).
+constexpr uint32_t kRingCapacity = kRingEntries - 1;
 constexpr uint16_t kContext = 1;  // not 0, so a command that forgot its context id fails loudly
 constexpr uint64_t kPage = VNPU_MMU_PAGE_SIZE;
 constexpr uint64_t kVaBase = 1ull << 32;  // device VAs start at 4 GiB: small numbers are never valid addresses
@@ -44,29 +48,54 @@ constexpr auto kDrainTimeout = std::chrono::seconds(10);
 // The host memory the device may reach by DMA (rings, context table, page tables, SGL tables, host buffers):
 // the sim's IOMMU. An access outside every registered region is a bus error for the engine, never a stray
 // write into the process.
+//
+// The region's kind is the bus's access discipline for memory that the driver (this file) and the device
+// (the engine's threads) touch concurrently, as the PCI bus gives it to vnpu.ko and the QEMU device:
+// * kData: buffers handed over by a doorbell or a completion (plain copies; ordering comes from the locks
+//   around the doorbell and the interrupt);
+// * kTable: page tables and the context table, which the driver edits while the device walks them (a
+//   mapping made for one buffer while a job of another buffer runs): aligned 8-byte words are single-copy
+//   atomic, device reads are acquire loads that pair with the driver's release stores of entries (so a table
+//   published by a parent entry is seen initialised);
+// * kCompletions: the completion ring, which the driver polls while the device posts records: a record's
+//   word holding the phase bit is written last, with release, so a record whose phase the driver sees is
+//   complete (a 64-byte posted write lands whole on a real bus).
+enum class RegionKind { kData, kTable, kCompletions };
+
 class DmaRegions {
  public:
-  void add(const void* p, size_t len) {
+  void add(const void* p, size_t len, RegionKind kind = RegionKind::kData) {
     std::lock_guard lock(mu_);
-    regions_[reinterpret_cast<uintptr_t>(p)] = len;
+    regions_[reinterpret_cast<uintptr_t>(p)] = {len, kind};
   }
   void remove(const void* p) {
     std::lock_guard lock(mu_);
     regions_.erase(reinterpret_cast<uintptr_t>(p));
   }
-  bool contains(uint64_t addr, size_t len) const {
+  // The kind of the region holding [addr, addr + len), or nullopt if no region holds all of it.
+  std::optional<RegionKind> find(uint64_t addr, size_t len) const {
     std::lock_guard lock(mu_);
     auto it = regions_.upper_bound(addr);
     if (it == regions_.begin())
-      return false;
+      return std::nullopt;
     --it;
-    return addr >= it->first && range_fits(addr - it->first, len, it->second);
+    if (addr < it->first || !range_fits(addr - it->first, len, it->second.len))
+      return std::nullopt;
+    return it->second.kind;
   }
 
  private:
+  struct Region {
+    size_t len;
+    RegionKind kind;
+  };
   mutable std::mutex mu_;
-  std::map<uint64_t, size_t> regions_;
+  std::map<uint64_t, Region> regions_;
 };
+
+bool words_aligned(uint64_t addr, size_t len) {
+  return addr % 8 == 0 && len % 8 == 0;
+}
 
 // First-fit allocator over [base, base + size), `granule`-sized units, coalescing on free.
 class RangeAllocator {
@@ -146,8 +175,8 @@ struct SimShared {
     auto* t = static_cast<uint64_t*>(std::aligned_alloc(4096, 4096));
     if (!t)
       return nullptr;
-    std::memset(t, 0, 4096);
-    regions.add(t, 4096);
+    std::memset(t, 0, 4096);  // before the release store of the parent entry publishes it
+    regions.add(t, 4096, RegionKind::kTable);
     return t;
   }
 
@@ -191,7 +220,7 @@ struct SimShared {
       const uint64_t v = va + off;
       auto it = tables.find(3ull << 40 | VNPU_MMU_INDEX(v, 1) << 9 | VNPU_MMU_INDEX(v, 2));
       if (it != tables.end())
-        __atomic_store_n(&it->second[VNPU_MMU_INDEX(v, 3)], 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&it->second[VNPU_MMU_INDEX(v, 3)], uint64_t{0}, __ATOMIC_RELEASE);
     }
   }
   // Drop the device's cached translations of our context (mu held).
@@ -247,6 +276,7 @@ class SimDevice final : public Device {
     JobCallback done;
     uint32_t ncmds = 0;
   };
+  using PendingPtr = std::unique_ptr<Pending>;
   using Finished = std::vector<std::pair<std::unique_ptr<Pending>, JobResult>>;
 
   SimDevice() = default;
@@ -256,6 +286,9 @@ class SimDevice final : public Device {
   void timer_loop();
   void completion_loop();
   Finished reap_locked();  // shared_->mu held
+  bool ring_has_room_locked(uint32_t n) const { return ring_used_ + n <= kRingCapacity; }
+  void write_job_locked(PendingPtr p);  // encode into the command ring and ring the doorbell
+  void fail_all_locked(const Error& e, Finished& out);
 
   static int host_dma_read(void* opaque, uint64_t addr, void* buf, size_t len);
   static int host_dma_write(void* opaque, uint64_t addr, const void* buf, size_t len);
@@ -276,6 +309,10 @@ class SimDevice final : public Device {
   uint32_t ring_used_ = 0;  // commands of jobs not yet completed
   uint64_t next_tag_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
+  // Jobs accepted while the ring had no room for them, in submission order: what drm_sched's entity queue is
+  // to vnpu.ko. Only a JobCallback (the completion thread, the one thread that frees ring space) adds to it
+  // without waiting; it is written to the ring as completions make room.
+  std::deque<PendingPtr> backlog_;
   bool stopping_ = false;
   std::optional<Error> broken_;
 
@@ -294,16 +331,52 @@ class SimDevice final : public Device {
 
 int SimDevice::host_dma_read(void* opaque, uint64_t addr, void* buf, size_t len) {
   auto* d = static_cast<SimDevice*>(opaque);
-  if (!d->shared_->regions.contains(addr, len))
+  const auto kind = d->shared_->regions.find(addr, len);
+  if (!kind)
     return -1;
+  if (*kind == RegionKind::kTable && words_aligned(addr, len)) {
+    const auto* src = reinterpret_cast<const uint64_t*>(addr);
+    auto* dst = static_cast<std::byte*>(buf);  // the engine's buffer need not be 8-byte aligned
+    for (size_t i = 0; i < len / 8; ++i) {
+      const uint64_t w = __atomic_load_n(&src[i], __ATOMIC_ACQUIRE);
+      std::memcpy(dst + i * 8, &w, 8);
+    }
+    return 0;
+  }
   std::memcpy(buf, reinterpret_cast<const void*>(addr), len);
   return 0;
 }
 
 int SimDevice::host_dma_write(void* opaque, uint64_t addr, const void* buf, size_t len) {
   auto* d = static_cast<SimDevice*>(opaque);
-  if (!d->shared_->regions.contains(addr, len))
+  const auto kind = d->shared_->regions.find(addr, len);
+  if (!kind)
     return -1;
+  constexpr size_t kRec = sizeof(vnpu_hw_cpl), kPhaseWord = offsetof(vnpu_hw_cpl, flags) / 8;
+  if (*kind == RegionKind::kCompletions && addr % kRec == 0 && len % kRec == 0) {
+    auto* dst = reinterpret_cast<uint64_t*>(addr);
+    const auto* src = static_cast<const std::byte*>(buf);
+    for (size_t r = 0; r < len / kRec; ++r) {
+      uint64_t w[kRec / 8];
+      std::memcpy(w, src + r * kRec, kRec);
+      uint64_t* rec = dst + r * (kRec / 8);
+      for (size_t i = 0; i < kRec / 8; ++i)
+        if (i != kPhaseWord)
+          __atomic_store_n(&rec[i], w[i], __ATOMIC_RELAXED);
+      __atomic_store_n(&rec[kPhaseWord], w[kPhaseWord], __ATOMIC_RELEASE);
+    }
+    return 0;
+  }
+  if (*kind == RegionKind::kTable && words_aligned(addr, len)) {
+    auto* dst = reinterpret_cast<uint64_t*>(addr);
+    const auto* src = static_cast<const std::byte*>(buf);
+    for (size_t i = 0; i < len / 8; ++i) {
+      uint64_t w;
+      std::memcpy(&w, src + i * 8, 8);
+      __atomic_store_n(&dst[i], w, __ATOMIC_RELEASE);
+    }
+    return 0;
+  }
   std::memcpy(reinterpret_cast<void*>(addr), buf, len);
   return 0;
 }
@@ -359,7 +432,8 @@ SimDevice::Finished SimDevice::reap_locked() {
   bool consumed = false;
   for (;;) {
     const vnpu_hw_cpl& c = cq_[cq_head_];
-    if ((c.flags & VNPU_CPL_F_PHASE) != cq_phase_)
+    // Acquire: pairs with the release store of the record's phase word (host_dma_write, kCompletions).
+    if ((__atomic_load_n(&c.flags, __ATOMIC_ACQUIRE) & VNPU_CPL_F_PHASE) != cq_phase_)
       break;
     const uint64_t tag = c.tag;
     JobResult r;
@@ -391,17 +465,32 @@ SimDevice::Finished SimDevice::reap_locked() {
     const uint32_t qerr = rd(VNPU_REG_QUEUE(kQueue, VNPU_QREG_ERROR));
     broken_ = Error(ErrorCode::kDeviceFault,
                     "sim device queue stopped with error " + std::to_string(qerr) + "; open a new device");
-    for (auto& [tag, p] : pending_) {
-      JobResult r;
-      r.status = *broken_;
-      done.emplace_back(std::move(p), std::move(r));
-    }
-    pending_.clear();
-    ring_used_ = 0;
+    fail_all_locked(*broken_, done);
+  }
+  // Space freed: move waiting jobs onto the ring, oldest first (also while closing: they were accepted).
+  while (!broken_ && !backlog_.empty() && ring_has_room_locked(backlog_.front()->ncmds)) {
+    write_job_locked(std::move(backlog_.front()));
+    backlog_.pop_front();
   }
   if (!done.empty())
     space_.notify_all();
   return done;
+}
+
+void SimDevice::fail_all_locked(const Error& e, Finished& out) {
+  for (auto& [tag, p] : pending_) {
+    JobResult r;
+    r.status = e;
+    out.emplace_back(std::move(p), std::move(r));
+  }
+  pending_.clear();
+  for (auto& p : backlog_) {
+    JobResult r;
+    r.status = e;
+    out.emplace_back(std::move(p), std::move(r));
+  }
+  backlog_.clear();
+  ring_used_ = 0;
 }
 
 void SimDevice::completion_loop() {
@@ -472,8 +561,8 @@ Status SimDevice::start(const DeviceOptions& options) {
   shared_->ctx_table[kContext].pt_root = reinterpret_cast<uint64_t>(shared_->l1);
   shared_->ctx_table[kContext].flags = VNPU_CTX_F_VALID;
   shared_->regions.add(sq_, sizeof(vnpu_hw_cmd) * kRingEntries);
-  shared_->regions.add(cq_, sizeof(vnpu_hw_cpl) * kRingEntries);
-  shared_->regions.add(shared_->ctx_table, ctx_bytes);
+  shared_->regions.add(cq_, sizeof(vnpu_hw_cpl) * kRingEntries, RegionKind::kCompletions);
+  shared_->regions.add(shared_->ctx_table, ctx_bytes, RegionKind::kTable);
 
   // The threads exist before the engine so that no schedule() or interrupt is ever missed.
   timer_ = std::thread([this] { timer_loop(); });
@@ -556,9 +645,14 @@ SimDevice::~SimDevice() {
   if (shared_) {
     std::unique_lock lock(shared_->mu);
     stopping_ = true;
-    space_.wait_for(lock, kDrainTimeout, [&] { return pending_.empty(); });
+    space_.notify_all();  // submitters waiting for ring space give up (kAborted)
+    space_.wait_for(lock, kDrainTimeout, [&] { return pending_.empty() && backlog_.empty(); });
     if (!pending_.empty() && engine_) {
-      // Resetting the queue completes fetched jobs (hung ones too) with ABORTED; give those a moment.
+      // Resetting the queue completes fetched jobs (hung ones too) with ABORTED; give those a moment. Jobs
+      // still waiting for ring space are aborted below, never written to a ring being torn down.
+      for (auto& p : backlog_)
+        left.push_back(std::move(p));
+      backlog_.clear();
       wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_CTRL), VNPU_QCTRL_RESET);
       space_.wait_for(lock, std::chrono::seconds(1), [&] { return pending_.empty(); });
     }
@@ -586,6 +680,9 @@ SimDevice::~SimDevice() {
       for (auto& [tag, p] : pending_)
         left.push_back(std::move(p));
       pending_.clear();
+      for (auto& p : backlog_)
+        left.push_back(std::move(p));
+      backlog_.clear();
     }
     // After destroy nothing more is written to host memory, so the rings and buffers may go.
     if (engine)
@@ -664,16 +761,39 @@ Result<DeviceBuffer> SimDevice::alloc_device(size_t bytes) {
 
 Status SimDevice::do_submit(Job job, JobCallback done) {
   const auto n = static_cast<uint32_t>(job.commands.size());
-  if (n > kRingEntries)
+  if (n > kRingCapacity)
     return Error(ErrorCode::kInvalidArgument, "job longer than the command ring");
   auto p = std::make_unique<Pending>();
+  p->job = std::move(job);
+  p->done = std::move(done);
+  p->ncmds = n;
   std::unique_lock lock(shared_->mu);
-  space_.wait(lock, [&] { return stopping_ || broken_ || ring_used_ + n <= kRingEntries; });
+  if (std::this_thread::get_id() == completer_.get_id()) {
+    // A JobCallback submitting (AsyncRuntime chains compute after H2D this way). Only this thread frees ring
+    // space, so waiting here would wait forever once the ring is full: queue the job behind the ring instead.
+    if (stopping_)
+      return Error(ErrorCode::kAborted, "device is closing; job not submitted");
+    if (broken_)
+      return *broken_;
+    if (backlog_.empty() && ring_has_room_locked(n))
+      write_job_locked(std::move(p));
+    else
+      backlog_.push_back(std::move(p));
+    return {};
+  }
+  // Any other thread: back-pressure. Wait for room, behind the jobs already waiting (FIFO).
+  space_.wait(lock, [&] { return stopping_ || broken_ || (backlog_.empty() && ring_has_room_locked(n)); });
   if (stopping_)
     return Error(ErrorCode::kAborted, "device is closing; job not submitted");
   if (broken_)
     return *broken_;
+  write_job_locked(std::move(p));
+  return {};
+}
 
+void SimDevice::write_job_locked(PendingPtr p) {
+  const Job& job = p->job;
+  const uint32_t n = p->ncmds;
   const uint64_t tag = next_tag_++;
   for (uint32_t i = 0; i < n; ++i) {
     const Command& c = job.commands[i];
@@ -719,13 +839,9 @@ Status SimDevice::do_submit(Job job, JobCallback done) {
     sq_[sq_tail_] = e;
     sq_tail_ = (sq_tail_ + 1) % kRingEntries;
   }
-  p->job = std::move(job);
-  p->done = std::move(done);
-  p->ncmds = n;
   pending_.emplace(tag, std::move(p));
   ring_used_ += n;
   wr(VNPU_REG_QUEUE(kQueue, VNPU_QREG_SQ_TAIL), sq_tail_);
-  return {};
 }
 
 }  // namespace

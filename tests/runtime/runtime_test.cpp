@@ -9,8 +9,10 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -221,6 +223,97 @@ TEST_F(Device, KeepsBuffersAliveUntilTheJobCompletes) {
   }
   dev.reset();
   EXPECT_EQ(done.load(), 16);
+}
+
+// The sim driver's page-table stores raced with the engine's page-table walks (ThreadSanitizer: SimShared::map
+// / unmap against vnpu_mmu_count_mapped -> host_dma_read): mappings change while jobs of other buffers run.
+TEST_F(Device, MapsAndUnmapsBuffersWhileJobsRun) {
+  auto dev = open_device();
+  constexpr size_t kBytes = 3 * 65536 + 100;
+  auto src = dev->alloc_host(kBytes).value();
+  auto dst = dev->alloc_host(kBytes).value();
+  auto mem = dev->alloc_device(kBytes).value();
+  for (size_t i = 0; i < kBytes; ++i)
+    static_cast<uint8_t*>(src.data())[i] = static_cast<uint8_t>(i * 13 + 5);
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    while (!stop) {  // each allocation and free rewrites page-table entries and invalidates the device's TLB
+      std::vector<vnpu::DeviceBuffer> bufs;
+      for (int i = 0; i < 8; ++i)
+        bufs.push_back(dev->alloc_device(65536 * (1 + i % 3)).value());
+    }
+  });
+  for (int i = 0; i < 40; ++i) {
+    std::memset(dst.data(), 0, kBytes);
+    auto r = dev->run({{vnpu::Command::copy_to_device(src, 0, mem, 0, kBytes),
+                        vnpu::Command::copy_from_device(mem, 0, dst, 0, kBytes)}})
+                 .value();
+    ASSERT_TRUE(r.status.ok()) << r.status.error().what();
+    ASSERT_EQ(std::memcmp(src.data(), dst.data(), kBytes), 0) << "round trip " << i;
+  }
+  stop = true;
+  churn.join();
+}
+
+// A JobCallback that submitted a bigger job than the one that completed blocked the sim's completion thread
+// on ring space that only that thread frees: the device deadlocked once its command ring filled, and ~Device
+// then hung. (AsyncRuntime chains compute+D2H after H2D exactly this way.) Also: the sim filled all 1024 ring
+// entries, which makes SQ_TAIL == SQ_HEAD, an empty ring to the device.
+TEST_F(Device, CallbacksMaySubmitMoreThanTheRingHolds) {
+  constexpr int kJobs = 1500;  // 1500 one-command jobs + 1500 two-command follow-ups: far beyond a 1024-entry ring
+  // Everything the device's threads touch lives on the heap: if they deadlock, the test leaks it and fails
+  // instead of hanging.
+  struct Shared {
+    std::unique_ptr<vnpu::Device> dev;
+    std::mutex mu;
+    std::condition_variable cv;
+    int followups_done = 0, failures = 0;
+    std::string submit_error;
+    void followup_done(const vnpu::JobResult& r) {
+      std::lock_guard lock(mu);
+      failures += !r.status.ok();
+      ++followups_done;
+      cv.notify_all();
+    }
+  };
+  auto sh = std::make_shared<Shared>();
+  sh->dev = open_device();
+  std::thread submitter([sh, raw = sh.get()] {
+    for (int i = 0; i < kJobs; ++i) {
+      auto s = raw->dev->submit({{vnpu::Command::synth(500'000)}}, [raw](vnpu::JobResult r) {
+        if (!r.status.ok())
+          return raw->followup_done(r);
+        auto s2 = raw->dev->submit({{vnpu::Command::nop(), vnpu::Command::nop()}},
+                                   [raw](vnpu::JobResult r2) { raw->followup_done(r2); });
+        if (!s2.ok()) {
+          vnpu::JobResult failed;
+          failed.status = s2;
+          raw->followup_done(failed);
+        }
+      });
+      if (!s.ok()) {
+        std::lock_guard lock(raw->mu);
+        raw->submit_error = s.error().what();
+        raw->cv.notify_all();
+        return;
+      }
+    }
+  });
+  std::unique_lock lock(sh->mu);
+  const bool done =
+      sh->cv.wait_for(lock, 120s, [&] { return sh->followups_done == kJobs || !sh->submit_error.empty(); });
+  if (!done) {
+    const int n = sh->followups_done;
+    lock.unlock();
+    submitter.detach();
+    new std::shared_ptr<Shared>(sh);  // deadlocked threads still point into it: leak it
+    FAIL() << "only " << n << " of " << kJobs << " follow-up jobs completed: the device deadlocked";
+  }
+  lock.unlock();
+  submitter.join();
+  EXPECT_EQ(sh->submit_error, "");
+  EXPECT_EQ(sh->failures, 0);
+  sh->dev.reset();
 }
 
 TEST(DeviceOpen, UnknownBackendIsNotFound) {

@@ -204,8 +204,10 @@ class VNPU_API Device {
   /// or device detect after queueing arrive there too. On failure of submit() itself (a command names a
   /// buffer of another device, a range is outside its buffer, a dimension is out of range, too many
   /// commands, the device is shutting down or broken) nothing was queued and `done` is not called.
-  /// May block while the device's command ring is full (until a job completes), so a JobCallback that
-  /// submits can deadlock a device whose ring is full; AsyncRuntime submits from its prep threads only.
+  /// May block while the device's command ring is full (until a job completes), except when called from a
+  /// JobCallback (the completion thread, which is what frees ring space): there it never waits for the ring;
+  /// the job is queued in the backend behind the ring, in order, and written to it as jobs complete.
+  /// AsyncRuntime submits H2D jobs from its prep threads and chains compute+D2H from the callback of the H2D.
   [[nodiscard]] Status submit(Job job, JobCallback done);
 
   /// submit() and wait for the result; `timeout` bounds the wait (kDeviceFault "timed out" after it; the job
