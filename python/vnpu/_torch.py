@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
 """The PyTorch front ends: export to ONNX in memory with torch.onnx.export, then compile in-process."""
 import io
+import warnings
 
 import numpy as np
 
@@ -59,7 +60,8 @@ def _export(module, dummy, names):
     import torch
     buf = io.BytesIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter chatter (TracerWarning, prim::Constant shape inference)
             torch.onnx.export(module, tuple(dummy), buf, opset_version=ONNX_OPSET, input_names=names,
                               do_constant_folding=True)
     except Exception as e:  # the exporter raises many types; say which step failed
