@@ -56,23 +56,38 @@ def normalize_input_info(input_info):
     return out
 
 
-def _export(module, dummy, names):
+def _count_outputs(result):
+    import torch
+    if isinstance(result, torch.Tensor):
+        return 1
+    if isinstance(result, (list, tuple)):
+        return sum(_count_outputs(r) for r in result)
+    if isinstance(result, dict):
+        return sum(_count_outputs(r) for r in result.values())
+    return 0
+
+
+def _export(module, dummy, names, output_names):
     import torch
     buf = io.BytesIO()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporter chatter (TracerWarning, prim::Constant shape inference)
+            if output_names is None:
+                # The exporter numbers unnamed outputs ("597"); name them as Ultralytics' export does.
+                output_names = [f"output{i}" for i in range(_count_outputs(module(*dummy)))]
             torch.onnx.export(module, tuple(dummy), buf, opset_version=ONNX_OPSET, input_names=names,
-                              do_constant_folding=True)
+                              output_names=list(output_names), do_constant_folding=True)
     except Exception as e:  # the exporter raises many types; say which step failed
         raise _error(f"torch.onnx.export failed: {type(e).__name__}: {e}", "UNSUPPORTED") from e
     return buf.getvalue()
 
 
-def compile_from_torch(module, input_info):
+def compile_from_torch(module, input_info, output_names=None):
     """Compile a torch.nn.Module: export it to ONNX in memory (torch.onnx.export, opset 13) with zero inputs
     of the input_info shapes, then compile in-process. input_info: [(name, shape, dtype)], one per forward()
-    argument, dtype float32. Returns a vnpu.CompiledModel; raises vnpu.Error."""
+    argument, dtype float32. output_names: default output0, output1, ... Returns a vnpu.CompiledModel;
+    raises vnpu.Error."""
     import torch
     from . import compile_from_onnx
     info = normalize_input_info(input_info)
@@ -81,7 +96,7 @@ def compile_from_torch(module, input_info):
     was_training = module.training
     module.eval()
     try:
-        onnx = _export(module, [torch.zeros(shape) for _, shape in info], [name for name, _ in info])
+        onnx = _export(module, [torch.zeros(shape) for _, shape in info], [name for name, _ in info], output_names)
     finally:
         module.train(was_training)
     return compile_from_onnx(onnx, input_info)
@@ -101,7 +116,7 @@ def _traced_input_info(scripted):
     return info
 
 
-def compile_from_torchscript(scripted, input_info=None):
+def compile_from_torchscript(scripted, input_info=None, output_names=None):
     """Compile a TorchScript module (torch.jit.trace or torch.jit.script). Without input_info the input
     names and shapes are taken from the traced graph, as the seed does for torch.jit.trace(model, x).
     Returns a vnpu.CompiledModel; raises vnpu.Error."""
@@ -113,5 +128,5 @@ def compile_from_torchscript(scripted, input_info=None):
     if input_info is None:
         input_info = _traced_input_info(scripted)
     info = normalize_input_info(input_info)
-    onnx = _export(scripted, [torch.zeros(shape) for _, shape in info], [name for name, _ in info])
+    onnx = _export(scripted, [torch.zeros(shape) for _, shape in info], [name for name, _ in info], output_names)
     return compile_from_onnx(onnx, input_info)

@@ -119,6 +119,7 @@ def test_compile_from_torch_exports_in_memory_and_matches_pytorch():
     compiled = vnpu.compile_from_torch(m, input_info=[("x", [1, 3, 16, 16], np.float32)])
     assert m.training
     assert [i.name for i in compiled.inputs] == ["x"]
+    assert [o.name for o in compiled.outputs] == ["output0"]  # not the exporter's number
     x = torch.rand(1, 3, 16, 16)
     assert close_to(run_once(compiled, x.numpy()), m.eval()(x).detach().numpy())
     with pytest.raises(vnpu.Error):
