@@ -43,6 +43,7 @@ quiet() {
 if [ "$host" = 1 ]; then
 	run "host suites (meson test --suite unit)" meson test -C "$VNPU_BUILD" --suite unit --print-errorlogs
 	run "install: out-of-tree program via pkg-config vnpu-runtime" meson test -C "$VNPU_BUILD" --suite install --print-errorlogs
+	run "python: pytest suite of the vnpu package on sim (meson test --suite python)" meson test -C "$VNPU_BUILD" --suite python --print-errorlogs
 fi
 if [ "$vm" = 1 ]; then
 	run "vm runner: 'true' exits 0" quiet "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- true
