@@ -724,6 +724,26 @@ py::object async_run(const py::object& self, const py::args& args) {
   return fut;
 }
 
+py::dict device_info_dict(const vnpu::DeviceInfo& d) {
+  py::dict r;
+  r["backend"] = d.backend;
+  r["name"] = d.name;
+  r["device_version"] = d.device_version;
+  r["caps"] = d.caps;
+  r["devmem_size"] = d.devmem_size;
+  r["submit_path"] = d.submit_path;
+  r["h2d_mbps"] = d.h2d_mbps;
+  r["d2h_mbps"] = d.d2h_mbps;
+  r["compute_gflops"] = d.compute_gflops;
+  r["compute_cores"] = d.compute_cores;
+  r["cmd_overhead_ns"] = d.cmd_overhead_ns;
+  r["h2d_latency_ns"] = d.h2d_latency_ns;
+  r["d2h_latency_ns"] = d.d2h_latency_ns;
+  r["timestamps"] = d.timestamps;
+  r["timing_only"] = d.timing_only;
+  return r;
+}
+
 py::object timings_or_none(const std::optional<vnpu::RequestTimings>& t) {
   if (!t)
     return py::none();
@@ -1012,6 +1032,8 @@ PYBIND11_MODULE(_vnpu, m) {
       .def_property_readonly("options", [](const PyAsyncRuntime& r) { return options_to_dict(r.get()->options(), r.torch); })
       .def_property_readonly("device_name", [](const PyAsyncRuntime& r) { return r.get()->device_info().name; })
       .def_property_readonly("backend", [](const PyAsyncRuntime& r) { return r.get()->device_info().backend; })
+      .def_property_readonly("device_info", [](const PyAsyncRuntime& r) { return device_info_dict(r.get()->device_info()); },
+                             "The first device: backend, name, timing model (vnpu::DeviceInfo) as a dict")
       .def("__enter__", [](const py::object& self) { return self; })
       .def("__exit__", [](PyAsyncRuntime& r, const py::args&) { r.close(); });
 
