@@ -65,7 +65,9 @@ py::object make_error(vnpu::ErrorCode code, const std::string& message, PyObject
   throw py::error_already_set();
 }
 
-[[noreturn]] void raise(vnpu::ErrorCode code, const std::string& message) { raise(make_error(code, message)); }
+[[noreturn]] void raise(vnpu::ErrorCode code, const std::string& message) {
+  raise(make_error(code, message));
+}
 
 // ---- the binding's callback thread ------------------------------------------------------------------------------
 
@@ -242,9 +244,7 @@ bool is_torch_tensor(const py::handle& o) {
 /// (zero-copy; the array is kept alive until the runtime no longer reads it); other numeric arrays are
 /// converted once; anything else is rejected.
 vnpu::Tensor to_tensor(py::handle obj, size_t index, const vnpu::TensorInfo* info) {
-  auto what = [&] {
-    return "input " + std::to_string(index) + (info ? " ('" + info->name + "')" : std::string());
-  };
+  auto what = [&] { return "input " + std::to_string(index) + (info ? " ('" + info->name + "')" : std::string()); };
   py::object o = py::reinterpret_borrow<py::object>(obj);
   if (is_torch_tensor(o)) {
     if (o.attr("is_cuda").cast<bool>())
@@ -273,7 +273,8 @@ vnpu::Tensor to_tensor(py::handle obj, size_t index, const vnpu::TensorInfo* inf
   std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
   const auto* data = static_cast<const float*>(a.data());
   PyObject* ref = a.inc_ref().ptr();
-  std::shared_ptr<const void> owner(ref, [](const void* p) { release_ref(static_cast<PyObject*>(const_cast<void*>(p))); });
+  std::shared_ptr<const void> owner(ref,
+                                    [](const void* p) { release_ref(static_cast<PyObject*>(const_cast<void*>(p))); });
   return vnpu::Tensor::borrow(std::move(shape), std::span<const float>(data, static_cast<size_t>(a.size())),
                               std::move(owner));
 }
@@ -281,8 +282,8 @@ vnpu::Tensor to_tensor(py::handle obj, size_t index, const vnpu::TensorInfo* inf
 vnpu::Inputs to_inputs(const py::args& args, const vnpu::CompiledModel& model) {
   const auto& infos = model.inputs();
   if (args.size() != infos.size())
-    raise(vnpu::ErrorCode::kInvalidArgument, "the model takes " + std::to_string(infos.size()) + " input(s), got " +
-                                                 std::to_string(args.size()));
+    raise(vnpu::ErrorCode::kInvalidArgument,
+          "the model takes " + std::to_string(infos.size()) + " input(s), got " + std::to_string(args.size()));
   vnpu::Inputs inputs;
   inputs.reserve(args.size());
   for (size_t i = 0; i < args.size(); ++i)
@@ -316,7 +317,9 @@ py::object outputs_to_python(vnpu::Outputs&& out, bool torch) {
 
 // ---- timings ----------------------------------------------------------------------------------------------------
 
-int64_t ns(Clock::duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); }
+int64_t ns(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
 
 // ---- models -----------------------------------------------------------------------------------------------------
 
@@ -346,7 +349,9 @@ PyModel model_from_bytes(std::vector<uint8_t> bytes, const std::string& what) {
   return PyModel{std::move(*m), std::move(shared)};
 }
 
-PyModel load_model(const std::string& path) { return model_from_bytes(read_file(path), path); }
+PyModel load_model(const std::string& path) {
+  return model_from_bytes(read_file(path), path);
+}
 
 PyModel model_arg(const py::object& o) {
   if (py::isinstance<PyModel>(o))
@@ -461,8 +466,8 @@ py::dict options_to_dict(const vnpu::RuntimeOptions& o, bool torch) {
 struct Core {
   std::mutex mu;
   std::condition_variable cv;
-  bool done = false;             // the C++ result is in
-  bool wants_dispatch = false;   // Python callbacks or a future wait for it: the callback thread resolves them
+  bool done = false;            // the C++ result is in
+  bool wants_dispatch = false;  // Python callbacks or a future wait for it: the callback thread resolves them
   std::optional<vnpu::Outputs> outputs;
   std::optional<vnpu::Error> error;
   std::function<bool()> cancel;
@@ -516,8 +521,7 @@ void resolve_python(Core& c) {
   convert(c);
   if (c.future) {
     const bool is_error = !c.result;
-    dispatcher().resolve_on_loop(std::move(c.loop), std::move(c.future), is_error ? c.exception : c.result,
-                                 is_error);
+    dispatcher().resolve_on_loop(std::move(c.loop), std::move(c.future), is_error ? c.exception : c.result, is_error);
     c.loop = py::object();
     c.future = py::object();
   }
@@ -848,7 +852,8 @@ PYBIND11_MODULE(_vnpu, m) {
            })
       .def("__repr__", [](const vnpu::RequestTimings& t) {
         char buf[160];
-        std::snprintf(buf, sizeof buf, "RequestTimings(total=%.3f ms, prep=%.3f ms, h2d=%.3f ms, compute=%.3f ms, d2h=%.3f ms)",
+        std::snprintf(buf, sizeof buf,
+                      "RequestTimings(total=%.3f ms, prep=%.3f ms, h2d=%.3f ms, compute=%.3f ms, d2h=%.3f ms)",
                       ns(t.total()) / 1e6, ns(t.prep()) / 1e6, t.h2d_ns / 1e6, t.compute_ns / 1e6, t.d2h_ns / 1e6);
         return std::string(buf);
       });
@@ -857,8 +862,9 @@ PYBIND11_MODULE(_vnpu, m) {
                       "A model ready to run: vnpu.CompiledModel(path) loads a .vnpu file; vnpu.compile_from_*() "
                       "make one. Immutable; shareable between runtimes and threads.")
       .def(py::init([](const py::object& path) { return model_arg(path); }), py::arg("path"))
-      .def_static("load", [](const py::object& path) { return model_arg(path); }, py::arg("path"),
-                  "Load a .vnpu file (vnpu.Error NOT_FOUND / INVALID_ARGUMENT)")
+      .def_static(
+          "load", [](const py::object& path) { return model_arg(path); }, py::arg("path"),
+          "Load a .vnpu file (vnpu.Error NOT_FOUND / INVALID_ARGUMENT)")
       .def_static(
           "from_bytes",
           [](const py::bytes& b) {
@@ -931,7 +937,8 @@ PYBIND11_MODULE(_vnpu, m) {
           for (int64_t d : shape)
             if (d < 1)
               raise(vnpu::ErrorCode::kInvalidArgument, "input_info: input '" + name + "' has shape " +
-                                                           vnpu::shape_string(shape) + "; every dimension must be >= 1");
+                                                           vnpu::shape_string(shape) +
+                                                           "; every dimension must be >= 1");
           opt.inputs.push_back({name, shape, 0});
         }
         std::vector<uint8_t> bytes;
@@ -1029,11 +1036,13 @@ PYBIND11_MODULE(_vnpu, m) {
            "released). Idempotent.")
       .def_property_readonly("closed", [](const PyAsyncRuntime& r) { return !r.rt; })
       .def_property_readonly("model", [](const PyAsyncRuntime& r) { return r.model; })
-      .def_property_readonly("options", [](const PyAsyncRuntime& r) { return options_to_dict(r.get()->options(), r.torch); })
+      .def_property_readonly("options",
+                             [](const PyAsyncRuntime& r) { return options_to_dict(r.get()->options(), r.torch); })
       .def_property_readonly("device_name", [](const PyAsyncRuntime& r) { return r.get()->device_info().name; })
       .def_property_readonly("backend", [](const PyAsyncRuntime& r) { return r.get()->device_info().backend; })
-      .def_property_readonly("device_info", [](const PyAsyncRuntime& r) { return device_info_dict(r.get()->device_info()); },
-                             "The first device: backend, name, timing model (vnpu::DeviceInfo) as a dict")
+      .def_property_readonly(
+          "device_info", [](const PyAsyncRuntime& r) { return device_info_dict(r.get()->device_info()); },
+          "The first device: backend, name, timing model (vnpu::DeviceInfo) as a dict")
       .def("__enter__", [](const py::object& self) { return self; })
       .def("__exit__", [](PyAsyncRuntime& r, const py::args&) { r.close(); });
 
