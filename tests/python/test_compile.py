@@ -86,7 +86,6 @@ def test_bad_input_info_raises_vnpu_error_naming_the_entry(info, words):
 
 
 def test_unsupported_op_names_node_and_op():
-    import onnx
     from onnx import TensorProto, helper
     node = helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["idx"], name="nms_7")
     graph = helper.make_graph([node], "g",
