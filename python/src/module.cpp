@@ -390,6 +390,14 @@ ParsedOptions parse_options(const py::kwargs& kwargs) {
       if (t != "np" && t != "pt")
         raise(vnpu::ErrorCode::kInvalidArgument, "tensor_type is \"np\" (numpy) or \"pt\" (torch), got \"" + t + "\"");
       p.torch = t == "pt";
+      if (p.torch) {
+        try {
+          py::module_::import("torch");  // outputs become torch tensors: make sure torch is there
+        } catch (py::error_already_set&) {
+          raise(vnpu::ErrorCode::kNotFound, "tensor_type=\"pt\" needs PyTorch (Debian: python3-torch)");
+        }
+        (void)is_torch_tensor(py::none());
+      }
       continue;
     }
     if (v.is_none())

@@ -251,3 +251,17 @@ def test_many_small_requests_do_not_leak_references(slow_model):
     with vnpu.AsyncRuntime(model, backend=BACKEND) as rt:
         rt.run(x1()).wait()
     assert sys.getrefcount(a) == before
+
+
+def test_close_with_callbacks_pending_runs_every_callback(slow_model):
+    # The runtime's destructor (GIL released) drains requests whose completions need the GIL for their
+    # Python callbacks: they must not wait for each other (the OpenVINO AsyncInferQueue destructor deadlock).
+    done = []
+    rt = vnpu.AsyncRuntime(vnpu.CompiledModel.synthetic(compute_ms=20), backend=BACKEND, max_in_flight=2)
+    for _ in range(6):
+        rt.run(x1()).add_done_callback(lambda t: done.append(t.exception() is None or t.cancelled()))
+    rt.close()
+    deadline = time.monotonic() + 30
+    while len(done) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert done == [True] * 6
