@@ -208,9 +208,11 @@ class Dispatcher {
   bool started_ = false, stop_requested_ = false, stopped_ = false;
 };
 
+// Never destroyed: runtime threads may still post at exit. Replaced (the old one leaked) in a forked child.
+Dispatcher* g_dispatcher = new Dispatcher;
+
 Dispatcher& dispatcher() {
-  static auto* d = new Dispatcher;  // never destroyed: runtime threads may still post at exit
-  return *d;
+  return *g_dispatcher;
 }
 
 /// Releases a Python reference from any thread: now if this thread holds the GIL, else deferred.
@@ -1116,8 +1118,22 @@ PYBIND11_MODULE(_vnpu, m) {
     dispatcher().stop();
   });
   m.def("_on_callback_thread", [] { return dispatcher().on_callback_thread(); });
+  m.def("_after_fork_in_child", [] {
+    // Only the forking thread survives fork(): the parent's runtimes have lost their threads (and their
+    // devices' state), so they are abandoned — leaked, never destroyed, reported as closed — and the callback
+    // thread is started afresh.
+    for (auto* r : g_async_runtimes)
+      new std::shared_ptr<vnpu::AsyncRuntime>(std::move(r->rt));  // NOLINT: intentional leak
+    for (auto* r : g_runtimes)
+      new std::shared_ptr<vnpu::Runtime>(std::move(r->rt));  // NOLINT: intentional leak
+    py::object resolve = g_dispatcher->resolve_batch_fn;
+    g_dispatcher = new Dispatcher;
+    g_dispatcher->resolve_batch_fn = resolve;
+    g_dispatcher->start();
+  });
 
   dispatcher().resolve_batch_fn = m.attr("_resolve_batch");
   dispatcher().start();
   py::module_::import("atexit").attr("register")(m.attr("_shutdown"));
+  py::module_::import("os").attr("register_at_fork")(py::arg("after_in_child") = m.attr("_after_fork_in_child"));
 }

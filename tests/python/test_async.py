@@ -265,3 +265,27 @@ def test_close_with_callbacks_pending_runs_every_callback(slow_model):
     while len(done) < 6 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert done == [True] * 6
+
+
+def test_a_forked_child_gets_a_working_binding(yolo, yolo_io):
+    # A forked child inherited a dead callback thread (its futures never resolved) and the parent's runtimes,
+    # whose threads it does not have.
+    import os
+    x, ref = yolo_io
+    parent_rt = vnpu.AsyncRuntime(yolo, backend=BACKEND)
+    parent_rt.run(x).wait()
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = parent_rt.closed
+            with vnpu.AsyncRuntime(yolo, backend=BACKEND) as rt:
+                async def main():
+                    return await asyncio.wait_for(asyncio.gather(*[rt.async_run(x) for _ in range(3)]), 60)
+                ok = ok and all(close_to(y, ref) for y in asyncio.run(main()))
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert close_to(parent_rt.run(x).wait(), ref)
+    parent_rt.close()
