@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ./vnpu demo [--backend kernel|sim] [--count N] [--functional] [--json FILE] [--out DIR] [--matmul]
+# ./vnpu demo [--backend kernel|sim] [--count N] [--functional] [--json FILE] [--out DIR] [--matmul] [--python]
 #
 # The seed's demonstration (docs/examples.md): DeepLabV3+/ResNet-50 depth (unet_depth, 1x512x512x3) and
 # YOLOv8n (1x3x640x640), each fed N requests (default 100, the seed's count) through vnpu::AsyncRuntime
@@ -13,17 +13,18 @@
 # timing model exactly as usual, but the arithmetic is skipped (DeepLabV3+ is ~130 GFLOP per inference:
 # computing 1000 of them costs ~10 minutes of this host's CPU, in the VM more). --functional computes every
 # output (depth metrics, COCO detections) — then throughput is bounded by the host CPU, not the model.
-# --matmul runs the v0 one-op matmul demo (tools/vnpu-demo) instead. On a fresh machine it first does all
-# set-up (./vnpu setup).
+# --matmul runs the v0 one-op matmul demo (tools/vnpu-demo) instead. --python runs the seed's two Python
+# scripts ported to the vnpu package (examples/python: compile_from_torch / compile_from_torchscript in-process,
+# AsyncRuntime + asyncio.gather) on the sim backend. On a fresh machine it first does all set-up (./vnpu setup).
 set -euo pipefail
 . "$VNPU_ROOT/scripts/lib.sh"
 
-usage='usage: ./vnpu demo [--backend kernel|sim] [--count N] [--functional] [--json FILE] [--out DIR] [--matmul]'
-backend=kernel count=100 json='' outdir='' functional=0 matmul=0
+usage='usage: ./vnpu demo [--backend kernel|sim] [--count N] [--functional] [--json FILE] [--out DIR] [--matmul] [--python]'
+backend=kernel count=100 json='' outdir='' functional=0 matmul=0 python=0 backend_given=0
 while [ $# -gt 0 ]; do
 	case $1 in
-	--backend) [ $# -ge 2 ] || die "demo: --backend needs a value"; backend=$2; shift 2 ;;
-	--backend=*) backend=${1#*=}; shift ;;
+	--backend) [ $# -ge 2 ] || die "demo: --backend needs a value"; backend=$2 backend_given=1; shift 2 ;;
+	--backend=*) backend=${1#*=} backend_given=1; shift ;;
 	--count) [ $# -ge 2 ] || die "demo: --count needs a value"; count=$2; shift 2 ;;
 	--count=*) count=${1#*=}; shift ;;
 	--json) [ $# -ge 2 ] || die "demo: --json needs a file"; json=$2; shift 2 ;;
@@ -33,11 +34,18 @@ while [ $# -gt 0 ]; do
 	--functional) functional=1; shift ;;
 	--timing-only) functional=0; shift ;;
 	--matmul) matmul=1; shift ;;
-	-h | --help) echo "$usage"; sed -n '2,17s/^# \{0,1\}//p' "$0"; exit 0 ;;
+	--python) python=1; shift ;;
+	-h | --help) echo "$usage"; sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 0 ;;
 	*) die "demo: unknown option '$1' ($usage)" ;;
 	esac
 done
 case $backend in sim | kernel) ;; *) die "demo: --backend is 'sim' or 'kernel'" ;; esac
+if [ "$python" = 1 ]; then
+	# The guest has no Python interpreter yet (docs/python.md: sharing the host's root over virtio-9p is the plan).
+	[ "$backend_given" = 0 ] || [ "$backend" = sim ] ||
+		die "demo: --python runs on the sim backend only (the VM has no Python yet); use --python --backend sim"
+	backend=sim
+fi
 if ! [[ $count =~ ^[0-9]+$ ]] || [ "$count" -lt 1 ] || [ "$count" -gt 100000 ]; then die "demo: --count takes 1..100000"; fi
 # Relative paths are the caller's, not the VM's or the build dir's.
 [ -z "$json" ] || json=$(realpath -m -- "$json")
@@ -59,6 +67,36 @@ if [ "$matmul" = 1 ]; then
 	if [ -n "$json" ]; then
 		[ -f "$tmp/demo.json" ] || die "demo: the guest wrote no JSON report"
 		cp "$tmp/demo.json" "$json"
+		log "JSON report: $json"
+	fi
+	exit 0
+fi
+
+# ---- the seed's two Python scripts on the vnpu package ---------------------------------------------------------
+if [ "$python" = 1 ]; then
+	[ -f "$VNPU_BUILD/python/vnpu/__init__.py" ] || die "demo: $VNPU_BUILD has no Python package (meson -Dpython)"
+	ninja -C "$VNPU_BUILD" examples/fixtures.stamp python/vnpu/__init__.py >/dev/null || die "demo: building failed"
+	mkdir -p "$outdir"
+	py_args=(--count "$count" --backend sim)
+	if [ "$functional" = 1 ]; then
+		mode_note="functional (every output computed)"
+	else
+		py_args+=(--timing-only)
+		mode_note="timing-only (the device times every op with its timing model and skips the arithmetic)"
+	fi
+	log "demo --python: examples/python on the sim backend, $count requests per run, device $mode_note"
+	for prog in unet_depth yolov8; do
+		log "demo --python: $prog.py (compiles the PyTorch model in-process first)"
+		extra=()
+		[ "$prog" = yolov8 ] && [ "$functional" = 1 ] && extra=(--out-dir "$outdir/python-yolov8")
+		PYTHONPATH="$VNPU_BUILD/python${PYTHONPATH:+:$PYTHONPATH}" VNPU_BUILD="$VNPU_BUILD" \
+			/usr/bin/python3 "$VNPU_ROOT/examples/python/$prog.py" "${py_args[@]}" "${extra[@]}" \
+			--json "$outdir/python-$prog.json" || die "demo: $prog.py failed"
+	done
+	if [ -n "$json" ]; then
+		/usr/bin/python3 -c 'import json, sys
+out = {n: json.load(open(f"{sys.argv[1]}/python-{n}.json")) for n in ("unet_depth", "yolov8")}
+json.dump(out, open(sys.argv[2], "w"), indent=1)' "$outdir" "$json"
 		log "JSON report: $json"
 	fi
 	exit 0

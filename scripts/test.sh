@@ -45,6 +45,7 @@ if [ "$host" = 1 ]; then
 	run "install: out-of-tree program via pkg-config vnpu-runtime" meson test -C "$VNPU_BUILD" --suite install --print-errorlogs
 	run "kernel: checkpatch --strict and sparse clean" "$VNPU_ROOT/scripts/kernel-lint.sh"
 	run "engine suite + .vnpu mutation fuzzer under ASan/UBSan (build-asan-engine)" "$VNPU_ROOT/scripts/test-engine-asan.sh"
+	run "python: pytest suite of the vnpu package on sim (meson test --suite python)" meson test -C "$VNPU_BUILD" --suite python --print-errorlogs
 fi
 if [ "$vm" = 1 ]; then
 	run "vm runner: 'true' exits 0" quiet "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- true

@@ -190,13 +190,20 @@ Tensor Tensor::borrow(std::vector<int64_t> shape, std::span<const float> data) {
   return t;
 }
 
+Tensor Tensor::borrow(std::vector<int64_t> shape, std::span<const float> data, std::shared_ptr<const void> owner) {
+  Tensor t = borrow(std::move(shape), data);
+  t.owner_ = std::move(owner);
+  return t;
+}
+
 Tensor::Tensor(const Tensor& o)
     : shape_(o.shape_),
       owned_(o.owned_),
       ptr_(o.borrowed_ ? o.ptr_ : owned_.data()),
       size_(o.size_),
       borrowed_(o.borrowed_),
-      read_only_(o.read_only_) {}
+      read_only_(o.read_only_),
+      owner_(o.owner_) {}
 
 Tensor& Tensor::operator=(const Tensor& o) {
   if (this != &o) {
@@ -212,7 +219,8 @@ Tensor::Tensor(Tensor&& o) noexcept
       ptr_(o.borrowed_ ? o.ptr_ : owned_.data()),
       size_(o.size_),
       borrowed_(o.borrowed_),
-      read_only_(o.read_only_) {
+      read_only_(o.read_only_),
+      owner_(std::move(o.owner_)) {
   o.ptr_ = nullptr;
   o.size_ = 0;
   o.borrowed_ = o.read_only_ = false;
@@ -224,6 +232,7 @@ Tensor& Tensor::operator=(Tensor&& o) noexcept {
     owned_ = std::move(o.owned_);
     borrowed_ = o.borrowed_;
     read_only_ = o.read_only_;
+    owner_ = std::move(o.owner_);
     ptr_ = borrowed_ ? o.ptr_ : owned_.data();
     size_ = o.size_;
     o.ptr_ = nullptr;

@@ -537,6 +537,14 @@ Status SimDevice::start(const DeviceOptions& options) {
   env_u32("VNPU_SIM_D2H_MBPS", cfg.d2h_mbps);
   env_u32("VNPU_SIM_COMPUTE_CORES", cfg.compute_cores);
   env_u32("VNPU_SIM_COMPUTE_GFLOPS", cfg.compute_gflops);
+  // Power-on fault injection, like the QEMU device's fi-* properties (docs/device.md): for tests of how
+  // device faults surface through the runtime and its language bindings.
+  cfg.fi_queue = 0xffffffffu;
+  env_u32("VNPU_SIM_FI_KIND", cfg.fi_kind);
+  env_u32("VNPU_SIM_FI_QUEUE", cfg.fi_queue);
+  env_u32("VNPU_SIM_FI_AFTER", cfg.fi_after);
+  env_u32("VNPU_SIM_FI_RATE_PPM", cfg.fi_rate_ppm);
+  env_u32("VNPU_SIM_FI_SEED", cfg.fi_seed);
   if (const char* v = std::getenv("VNPU_SIM_DEVMEM_MB"); v && *v)
     cfg.devmem_size = std::strtoull(v, nullptr, 10) << 20;
   cfg.timing_only = options.timing_only ? 1 : 0;

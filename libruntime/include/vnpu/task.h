@@ -250,6 +250,15 @@ class [[nodiscard]] Task {
   /// be dropped); false if it already resolved or cannot be cancelled (a coroutine). Does not consume.
   bool cancel() { return state_ ? state_->cancel() : false; }
 
+  /// A function that does what cancel() does, still usable after this Task was consumed (on_complete,
+  /// co_await) or destroyed — for a binding that hands the result to a callback but keeps a cancel button.
+  /// Returns a function that always returns false for an empty Task. Any thread.
+  [[nodiscard]] std::function<bool()> canceller() const {
+    if (!state_)
+      return [] { return false; };
+    return [s = state_] { return s->cancel(); };
+  }
+
   /// co_await task: suspends until the result is available and yields it (or rethrows the error).
   /// Where the coroutine resumes: inline if the result is already there, otherwise on the thread that
   /// resolves the task (AsyncRuntime: its callback thread "vnpu-callback"). Consumes the task.

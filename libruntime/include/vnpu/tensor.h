@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -47,6 +48,13 @@ class VNPU_API Tensor {
   /// A read-only view of `data` (for inputs). Calling the non-const data() on it throws
   /// Error(kInvalidArgument).
   [[nodiscard]] static Tensor borrow(std::vector<int64_t> shape, std::span<const float> data);
+  /// A read-only view of `data` that also holds `owner` (typically the object owning `data`, e.g. a
+  /// language binding's array) until the view and every copy of it are destroyed. The runtime destroys its
+  /// copies of an input as soon as it no longer reads it (staging copy done, or request dropped) — which can
+  /// be later than the Task's resolution when a request is cancelled or times out during its staging copy.
+  /// `owner`'s deleter may run on any runtime thread.
+  [[nodiscard]] static Tensor borrow(std::vector<int64_t> shape, std::span<const float> data,
+                                     std::shared_ptr<const void> owner);
 
   Tensor(const Tensor& o);
   Tensor& operator=(const Tensor& o);
@@ -78,6 +86,7 @@ class VNPU_API Tensor {
   size_t size_ = 0;
   bool borrowed_ = false;
   bool read_only_ = false;
+  std::shared_ptr<const void> owner_;  // borrow(..., owner): keeps the viewed memory alive
 };
 
 }  // namespace vnpu
