@@ -46,6 +46,18 @@ bool is_parameter_input(const std::string& op, int index) {
       {"ConstantOfShape", {0}},
       {"Range", {0, 1, 2}},
       {"Dropout", {1, 2}},
+      {"Pad", {1, 2, 3}},
+      {"ReduceSum", {1}},
+      {"ReduceMean", {1}},
+      {"ReduceMax", {1}},
+      {"ReduceMin", {1}},
+      {"ReduceProd", {1}},
+      {"ReduceL1", {1}},
+      {"ReduceL2", {1}},
+      {"ReduceSumSquare", {1}},
+      {"ReduceLogSum", {1}},
+      {"ReduceLogSumExp", {1}},
+      {"ScatterND", {1}},
   };
   auto it = kParams.find(op);
   return it != kParams.end() && it->second.count(index);

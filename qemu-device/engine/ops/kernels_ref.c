@@ -327,6 +327,8 @@ static float binary(uint32_t kind, float x, float y)
         return (x < y || isnan(x)) ? x : y;
     case VNPU_ISA_BIN_FMOD:
         return fmodf(x, y);
+    case VNPU_ISA_BIN_PRELU:
+        return x < 0.0f ? x * y : x;
     default:
         return powf(x, y);
     }
