@@ -116,8 +116,11 @@ class Node {
     return true;
   }
   std::string out_name(size_t k) const { return k < nout() ? p_.output(static_cast<int>(k)) : std::string(); }
-  /// Output k is consumed by someone (non-empty name). Used to reject optional outputs we do not compute.
-  bool out_used(size_t k) const { return k < nout() && !p_.output(static_cast<int>(k)).empty(); }
+  /// Output k is read by a compiled node or is a model output. Used to reject optional outputs we do not
+  /// compute (PyTorch names Dropout's mask even when nothing reads it).
+  bool out_used(size_t k) const {
+    return k < nout() && !p_.output(static_cast<int>(k)).empty() && g_.consumed.count(p_.output(static_cast<int>(k)));
+  }
   void bind(size_t k, int v) const {
     if (k >= nout() || p_.output(static_cast<int>(k)).empty())
       return;
@@ -1588,6 +1591,70 @@ void lower_scatternd(Graph& g, const Node& n) {
   n.bind(0, g.add_const(std::move(data)));
 }
 
+
+// Einsum of two operands that is a batched matrix product: "b..m k, b..k n -> b..m n" with any order of the
+// two matrix labels in each operand and the output (the transposes become MATMUL flags or an operand swap).
+void lower_einsum(Graph& g, const Node& n) {
+  std::string eq;
+  for (char ch : n.s("equation", ""))
+    if (ch != ' ')
+      eq += ch;
+  auto bad = [&](const std::string& why) {
+    n.error("equation '" + n.s("equation", "") + "': " + why + " (only batched matrix products are supported)");
+  };
+  size_t arrow = eq.find("->"), comma = eq.find(',');
+  if (n.nin() != 2 || arrow == std::string::npos || comma == std::string::npos || comma > arrow)
+    bad("needs two operands and an explicit output");
+  std::string la = eq.substr(0, comma), lb = eq.substr(comma + 1, arrow - comma - 1), lc = eq.substr(arrow + 2);
+  if (eq.find('.') != std::string::npos)
+    bad("ellipsis");
+  int a = n.need(0), b = n.need(1);
+  Shape as = n.shape(a), bs = n.shape(b);
+  if (la.size() != as.size() || lb.size() != bs.size())
+    bad("label count differs from the operand ranks");
+  if (la.size() < 2 || lb.size() < 2 || lc.size() < 2 || la.size() != lb.size() || la.size() != lc.size())
+    bad("operands and output must have the same rank >= 2");
+  size_t nb = la.size() - 2;
+  if (la.substr(0, nb) != lb.substr(0, nb) || la.substr(0, nb) != lc.substr(0, nb))
+    bad("batch labels must lead, in the same order, in every operand");
+  for (size_t k = 0; k < nb; k++)
+    if (as[k] != bs[k])
+      bad("batch dimension sizes differ");
+  std::string ma = la.substr(nb), mb = lb.substr(nb), mc = lc.substr(nb);
+  // The contraction label is in both operands and not in the output.
+  char kl = 0;
+  for (char ch : ma)
+    if (mb.find(ch) != std::string::npos && mc.find(ch) == std::string::npos)
+      kl = ch;
+  if (!kl)
+    bad("no contracted label");
+  char ml = ma[0] == kl ? ma[1] : ma[0], nl = mb[0] == kl ? mb[1] : mb[0];
+  if (ml == nl || mb.find(kl) == std::string::npos || la.find(nl) != std::string::npos ||
+      lb.find(ml) != std::string::npos || (mc != std::string{ml, nl} && mc != std::string{nl, ml}))
+    bad("not a matrix product");
+  bool swap = mc[0] == nl;  // output is (n, m): compute B^T A^T
+  int x = swap ? b : a, y = swap ? a : b;
+  char xm = swap ? nl : ml;
+  const std::string& mx = swap ? mb : ma;
+  const std::string& my = swap ? ma : mb;
+  VnpuOpAttr at = zero_attr();
+  at.matmul.alpha = at.matmul.beta = 1.0f;
+  if (mx[0] != xm)  // stored (k, m)
+    at.matmul.flags |= VNPU_ISA_MATMUL_F_TRANS_A;
+  if (my[0] != kl)  // stored (n, k)
+    at.matmul.flags |= VNPU_ISA_MATMUL_F_TRANS_B;
+  Shape xs = n.shape(x), ys = n.shape(y), out(xs.begin(), xs.begin() + static_cast<long>(nb));
+  int64_t m = (at.matmul.flags & VNPU_ISA_MATMUL_F_TRANS_A) ? xs[nb + 1] : xs[nb];
+  int64_t kx = (at.matmul.flags & VNPU_ISA_MATMUL_F_TRANS_A) ? xs[nb] : xs[nb + 1];
+  int64_t ky = (at.matmul.flags & VNPU_ISA_MATMUL_F_TRANS_B) ? ys[nb + 1] : ys[nb];
+  int64_t nn = (at.matmul.flags & VNPU_ISA_MATMUL_F_TRANS_B) ? ys[nb] : ys[nb + 1];
+  if (kx != ky)
+    bad("contracted dimensions differ");
+  out.push_back(m);
+  out.push_back(nn);
+  n.bind(0, emit1(g, VNPU_ISA_OP_MATMUL, {x, y}, out, at, n));
+}
+
 }  // namespace
 
 Const const_from_proto(const onnx::TensorProto& t, const std::string& where) {
@@ -1865,6 +1932,7 @@ const std::map<std::string, Lowering, std::less<>>& lowerings() {
     m["PRelu"] = lower_prelu;
     m["Selu"] = lower_selu;
     m["ScatterND"] = lower_scatternd;
+    m["Einsum"] = lower_einsum;
     m["Reshape"] = lower_reshape;
     m["Flatten"] = lower_flatten;
     m["Squeeze"] = lower_squeeze;

@@ -327,3 +327,158 @@ TEST(CompileOnnx, FoldsZeroPaddingIntoTheFollowingConvAndAveragePool) {
 }
 
 }  // namespace
+
+namespace {
+
+// Einsum as MaxViT exports attention: both the "q k^T" and the "attn v" products, against a plain loop.
+TEST(CompileOnnx, LowersBatchedMatrixProductEinsumsToMatmul) {
+  const int64_t B = 2, I = 3, J = 4, D = 5;
+  struct Case {
+    const char* eq;
+    std::vector<int64_t> a, b, y;
+  } cases[] = {
+      {"b i d, b j d -> b i j", {B, I, D}, {B, J, D}, {B, I, J}},
+      {"bij,bjd->bid", {B, I, J}, {B, J, D}, {B, I, D}},
+      {"bid,bjd->bji", {B, I, D}, {B, J, D}, {B, J, I}},
+  };
+  for (const auto& c : cases) {
+    OnnxBuilder m(14);
+    m.input("a", c.a).input("b", c.b).output("y");
+    OnnxBuilder::attr(m.node("Einsum", {"a", "b"}, {"y"}), "equation", std::string(c.eq));
+    auto model = compile_onnx(m.bytes());
+    EXPECT_EQ(model.op_count(), 1u) << c.eq;
+    auto av = vnpu::test::iota_data(static_cast<size_t>(c.a[0] * c.a[1] * c.a[2]));
+    auto bv = vnpu::test::iota_data(static_cast<size_t>(c.b[0] * c.b[1] * c.b[2]), 0.2f);
+    auto y = conf::flat_executor(true)(model, {{c.a, av}, {c.b, bv}}).at(0).data;
+    ASSERT_EQ(y.size(), static_cast<size_t>(c.y[0] * c.y[1] * c.y[2]));
+    // Generic einsum over labels b, p, q (output dims 1, 2) and the contracted one.
+    std::string eq;
+    for (char ch : std::string(c.eq))
+      if (ch != ' ')
+        eq += ch;
+    std::string la = eq.substr(0, 3), lb = eq.substr(4, 3), lc = eq.substr(9, 3);
+    char k = 0;
+    for (char ch : la)
+      if (lb.find(ch) != std::string::npos && lc.find(ch) == std::string::npos)
+        k = ch;
+    int64_t kd = c.a[la.find(k)];
+    for (int64_t i0 = 0; i0 < c.y[0]; i0++)
+      for (int64_t i1 = 0; i1 < c.y[1]; i1++)
+        for (int64_t i2 = 0; i2 < c.y[2]; i2++) {
+          double acc = 0;
+          for (int64_t kk = 0; kk < kd; kk++) {
+            auto idx = [&](const std::string& l, const std::vector<int64_t>& s) {
+              int64_t v[3];
+              for (int d = 0; d < 3; d++)
+                v[d] = l[d] == k ? kk : l[d] == lc[0] ? i0 : l[d] == lc[1] ? i1 : i2;
+              return static_cast<size_t>((v[0] * s[1] + v[1]) * s[2] + v[2]);
+            };
+            acc += static_cast<double>(av[idx(la, c.a)]) * bv[idx(lb, c.b)];
+          }
+          EXPECT_NEAR(y[static_cast<size_t>((i0 * c.y[1] + i1) * c.y[2] + i2)], acc, 1e-5) << c.eq;
+        }
+  }
+  OnnxBuilder bad(14);
+  bad.input("a", {2, 3}).input("b", {3, 2}).output("y");
+  OnnxBuilder::attr(bad.node("Einsum", {"a", "b"}, {"y"}), "equation", std::string("ij,jk->ikj"));
+  EXPECT_THROW((void)compile_onnx(bad.bytes()), vnpu::CompileError);
+}
+
+}  // namespace
+
+namespace {
+
+std::vector<uint8_t> model_with_unsupported_tail() {
+  OnnxBuilder m(14);
+  m.input("x", {1, 4}).output("idx");
+  m.node("Relu", {"x"}, {"a"}, "relu0");
+  m.node("Sigmoid", {"a"}, {"s"}, "sig0");
+  m.node("Relu", {"s"}, {"b"}, "relu1");
+  m.node("NonZero", {"b"}, {"idx"}, "nms_like");
+  return m.bytes();
+}
+
+TEST(Report, ListsEachOpTypeWithItsCountAndSupport) {
+  auto uses = vnpu::onnx_op_uses(model_with_unsupported_tail());
+  ASSERT_EQ(uses.size(), 3u);
+  EXPECT_EQ(uses[0].op, "Relu");
+  EXPECT_EQ(uses[0].count, 2u);
+  EXPECT_TRUE(uses[0].supported);
+  EXPECT_EQ(uses[0].first_node, "relu0");
+  EXPECT_EQ(uses[2].op, "NonZero");
+  EXPECT_FALSE(uses[2].supported);
+  std::vector<uint8_t> junk = {1, 2, 3};
+  EXPECT_THROW((void)vnpu::onnx_op_uses(junk), vnpu::CompileError);
+}
+
+TEST(CompileOnnx, OutputCutCompilesOnlyWhatTheNamedTensorsNeed) {
+  auto onnx = model_with_unsupported_tail();
+  EXPECT_THROW((void)compile_onnx(onnx), vnpu::CompileError);  // NonZero
+  vnpu::CompileOptions cut;
+  cut.outputs = {"b", "a"};
+  auto m = compile_onnx(onnx, cut);
+  ASSERT_EQ(m.outputs().size(), 2u);
+  EXPECT_EQ(m.outputs()[0].name, "b");
+  EXPECT_EQ(m.outputs()[1].name, "a");
+  std::vector<float> x = {-1.0f, 0.0f, 0.5f, 2.0f};
+  auto outs = conf::flat_executor(true)(m, {{{1, 4}, x}});
+  for (size_t i = 0; i < 4; i++) {
+    float a = std::max(x[i], 0.0f);
+    EXPECT_EQ(outs[1].data[i], a);
+    EXPECT_NEAR(outs[0].data[i], 1.0f / (1.0f + std::exp(-a)), 1e-6);
+  }
+  cut.outputs = {"no_such_tensor"};
+  try {
+    (void)compile_onnx(onnx, cut);
+    ADD_FAILURE() << "an unknown --output name compiled";
+  } catch (const vnpu::CompileError& e) {
+    EXPECT_NE(std::string(e.what()).find("no_such_tensor"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// Nearest Resize with a `sizes` input divided by the rounded scale out/in: for 14 -> 18 output 9 mapped to
+// 9 / (18/14) = 6.99999 and took pixel 6 where PyTorch and ONNX (9 * 14 / 18 = 7) take pixel 7.
+TEST(Resize, NearestWithSizesMapsLikePyTorchForNonIntegerRatios) {
+  struct Ratio {
+    int64_t in, out;
+  } ratios[] = {{14, 18}, {18, 14}, {7, 10}, {5, 13}, {30, 42}, {100, 127}};
+  for (const auto& r : ratios) {
+    for (const char* coord : {"asymmetric", "half_pixel"}) {
+      OnnxBuilder m(13);
+      m.input("x", {1, 1, 1, r.in}).output("y");
+      m.init("roi", {0}, {}).init("scales", {0}, {});
+      m.init_i64("sizes", {4}, {1, 1, 1, r.out});
+      auto& n = m.node("Resize", {"x", "roi", "scales", "sizes"}, {"y"});
+      OnnxBuilder::attr(n, "mode", std::string("nearest"));
+      OnnxBuilder::attr(n, "coordinate_transformation_mode", std::string(coord));
+      OnnxBuilder::attr(n, "nearest_mode", std::string(std::string(coord) == "asymmetric" ? "floor" : "round_prefer_floor"));
+      auto model = compile_onnx(m.bytes());
+      std::vector<float> x(static_cast<size_t>(r.in));
+      for (size_t i = 0; i < x.size(); i++)
+        x[i] = static_cast<float>(i);
+      auto y = conf::flat_executor(true)(model, {{{1, 1, 1, r.in}, x}}).at(0).data;
+      ASSERT_EQ(y.size(), static_cast<size_t>(r.out));
+      for (int64_t o = 0; o < r.out; o++) {
+        // exact rational source coordinate: floor(o * in / out), or round-half-down of (2o+1)*in/(2 out) - 1/2
+        int64_t want;
+        if (std::string(coord) == "asymmetric") {
+          want = o * r.in / r.out;
+        } else {
+          int64_t num = (2 * o + 1) * r.in - r.out, den = 2 * r.out;  // coordinate = num / den
+          int64_t fl = num >= 0 ? num / den : -((-num + den - 1) / den);
+          int64_t rem = num - fl * den;  // in [0, den)
+          want = 2 * rem > den ? fl + 1 : fl;
+          want = std::clamp<int64_t>(want, 0, r.in - 1);
+        }
+        EXPECT_EQ(y[static_cast<size_t>(o)], static_cast<float>(want)) << r.in << "->" << r.out << " " << coord
+                                                                       << " output " << o;
+      }
+    }
+  }
+}
+
+}  // namespace
