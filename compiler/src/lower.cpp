@@ -271,6 +271,31 @@ void lower_binary(Graph& g, const Node& n) {
   n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {a, b}, out, at, n));
 }
 
+// Mod: integer constants fold with the fmod attribute's semantics (C's truncated % for fmod = 1, the
+// divisor's sign for 0); float operands need fmod = 1 (ONNX) and become BINARY FMOD, which emit_op folds with
+// the device's own kernel when both are constants.
+void lower_mod(Graph& g, const Node& n) {
+  int a = n.need(0), b = n.need(1);
+  const Value &va = n.val(a), &vb = n.val(b);
+  bool ia = va.is_const && !va.c.is_float, ib = vb.is_const && !vb.c.is_float;
+  if (ia && ib) {
+    if (n.i("fmod", 0)) {
+      Const q = binary_const("Div", va.c, vb.c), m = binary_const("Mul", q, vb.c);
+      n.bind(0, g.add_const(binary_const("Sub", va.c, m)));  // x - trunc(x / y) * y: C's %
+    } else {
+      n.bind(0, g.add_const(binary_const("Mod", va.c, vb.c)));
+    }
+    return;
+  }
+  if (ia || ib)
+    n.error("integer tensors are not supported at run time (only f32)");
+  if (!n.i("fmod", 0))
+    n.error("floating-point Mod requires fmod=1 (ONNX spec)");
+  VnpuOpAttr at = zero_attr();
+  at.binary.kind = VNPU_ISA_BIN_FMOD;
+  n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {a, b}, broadcast_shapes(n.shape(a), n.shape(b), n.where()), at, n));
+}
+
 // Max/Min/Sum/Mean with any number of inputs: a left-to-right chain of binary ops (Mean divides at the end).
 void lower_variadic(Graph& g, const Node& n) {
   const std::string& t = n.type();
@@ -1924,7 +1949,7 @@ const std::map<std::string, Lowering, std::less<>>& lowerings() {
     for (const char* t : {"Constant", "Shape", "Size", "ConstantOfShape", "Range", "Where", "Equal", "Less",
                           "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not"})
       m[t] = lower_compile_time;
-    m["Mod"] = [](Graph& g, const Node& n) { n.all_const() ? lower_compile_time(g, n) : lower_binary(g, n); };
+    m["Mod"] = lower_mod;
     m["Clip"] = lower_clip;
     for (const ReduceOp& r : kReduceOps) m[r.name] = lower_reduce;
     m["LayerNormalization"] = lower_layernorm;

@@ -314,8 +314,15 @@ std::vector<CaseResult> run_all(const Executor& exec, const std::string& only) {
       r.outcome = Outcome::kOutOfScope;
       r.detail = std::string("backend limit: ") + e.what();
     } catch (const std::exception& e) {
-      r.outcome = Outcome::kFail;
-      r.detail = e.what();
+      // A listed "numerics:" case is a documented deviation from the test's expected data (vnpu follows
+      // PyTorch and ONNX Runtime there); any other mismatch fails.
+      if (listed != out_of_scope().end() && listed->second.rfind("numerics:", 0) == 0) {
+        r.outcome = Outcome::kOutOfScope;
+        r.detail = listed->second + " — " + e.what();
+      } else {
+        r.outcome = Outcome::kFail;
+        r.detail = e.what();
+      }
     }
     results.push_back(std::move(r));
   }

@@ -482,3 +482,65 @@ TEST(Resize, NearestWithSizesMapsLikePyTorchForNonIntegerRatios) {
 }
 
 }  // namespace
+
+namespace {
+
+// Mod of two float constants (fmod=1) failed to compile ("constant Mod is not supported"), and integer
+// constants ignored fmod=1 (C's truncated remainder) and used the divisor's sign.
+TEST(CompileOnnx, FoldsModOfConstantsWithTheFmodAttribute) {
+  OnnxBuilder m(13);
+  m.input("x", {4}).output("y");
+  m.init("a", {4}, {5.5f, -5.5f, 7.0f, -0.75f}).init("b", {4}, {2.0f, 2.0f, -3.0f, 0.5f});
+  OnnxBuilder::attr(m.node("Mod", {"a", "b"}, {"r"}), "fmod", int64_t{1});
+  m.node("Add", {"x", "r"}, {"y"});
+  auto model = compile_onnx(m.bytes());
+  EXPECT_EQ(model.op_count(), 1u);  // the Mod folded
+  auto y = conf::flat_executor(true)(model, {{{4}, {0, 0, 0, 0}}}).at(0).data;
+  EXPECT_EQ(y, (std::vector<float>{std::fmod(5.5f, 2.0f), std::fmod(-5.5f, 2.0f), std::fmod(7.0f, -3.0f),
+                                   std::fmod(-0.75f, 0.5f)}));
+  for (int64_t fm : {0, 1}) {
+    OnnxBuilder mi(13);
+    mi.input("x", {2}).output("y");
+    mi.init_i64("a", {2}, {-7, 7}).init_i64("b", {2}, {3, -3}).init_i64("shape", {1}, {2});
+    OnnxBuilder::attr(mi.node("Mod", {"a", "b"}, {"r"}), "fmod", fm);
+    OnnxBuilder::attr(mi.node("Cast", {"r"}, {"rf"}), "to", int64_t{1});
+    mi.node("Add", {"x", "rf"}, {"y"});
+    auto mm = compile_onnx(mi.bytes());
+    auto yi = conf::flat_executor(true)(mm, {{{2}, {0, 0}}}).at(0).data;
+    EXPECT_EQ(yi, fm ? (std::vector<float>{-1, 1}) : (std::vector<float>{2, -2})) << "fmod " << fm;
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// align_corners Resize with model scales divided by scale * in - 1 (ONNX's Python reference) instead of the
+// output length - 1: F.interpolate(scale_factor=1.5, align_corners=True) of 5 pixels sampled up to half a
+// pixel away from PyTorch's.
+TEST(Resize, AlignCornersWithScalesUsesTheIntegerOutputLength) {
+  for (float scale : {1.5f, 1.3f, 0.75f}) {
+    const int64_t in = scale < 1.0f ? 10 : 5;
+    OnnxBuilder m(13);
+    m.input("x", {1, 1, 1, in}).output("y");
+    m.init("roi", {0}, {}).init("scales", {4}, {1.0f, 1.0f, 1.0f, scale});
+    auto& n = m.node("Resize", {"x", "roi", "scales"}, {"y"});
+    OnnxBuilder::attr(n, "mode", std::string("linear"));
+    OnnxBuilder::attr(n, "coordinate_transformation_mode", std::string("align_corners"));
+    auto model = compile_onnx(m.bytes());
+    std::vector<float> x(static_cast<size_t>(in));
+    for (size_t i = 0; i < x.size(); i++)
+      x[i] = static_cast<float>(i * i);
+    auto y = conf::flat_executor(true)(model, {{{1, 1, 1, in}, x}}).at(0).data;
+    const int64_t out = static_cast<int64_t>(std::floor(in * static_cast<double>(scale)));
+    ASSERT_EQ(y.size(), static_cast<size_t>(out));
+    for (int64_t o = 0; o < out; o++) {
+      double c = static_cast<double>(o) * static_cast<double>(in - 1) / static_cast<double>(out - 1);
+      int64_t lo = static_cast<int64_t>(std::floor(c)), hi = std::min<int64_t>(lo + 1, in - 1);
+      double want = x[static_cast<size_t>(lo)] + (c - static_cast<double>(lo)) * (x[static_cast<size_t>(hi)] - x[static_cast<size_t>(lo)]);
+      EXPECT_NEAR(y[static_cast<size_t>(o)], want, 1e-4) << "scale " << scale << " output " << o;
+    }
+  }
+}
+
+}  // namespace
