@@ -31,7 +31,7 @@
 /* ---- Program ---------------------------------------------------------------------------------------------- */
 #define VNPU_ISA_PROGRAM_MAGIC 0x50504e56u /* "VNPP" in memory order */
 #define VNPU_ISA_VERSION_MAJOR 1 /* incompatible changes */
-#define VNPU_ISA_VERSION_MINOR 0 /* compatible additions (a reader accepts any minor of its major) */
+#define VNPU_ISA_VERSION_MINOR 1 /* compatible additions (a reader accepts any minor of its major) */
 
 #define VNPU_ISA_MAX_RANK 8
 #define VNPU_ISA_MAX_OPERANDS 64 /* inputs + outputs of one op */
@@ -94,6 +94,10 @@ enum vnpu_isa_opcode {
 	VNPU_ISA_OP_COPY = 11, /* in: X; out: Y with the same element count (reshape into another slot). no attr */
 	VNPU_ISA_OP_RESIZE = 12, /* in: X; out: Y. attr: vnpu_isa_resize */
 	VNPU_ISA_OP_SOFTMAX = 13, /* in: X; out: Y (same shape). attr: vnpu_isa_softmax */
+	/* ISA 1.1 */
+	VNPU_ISA_OP_REDUCE = 14, /* in: X; out: Y (X's rank, reduced dims 1). attr: vnpu_isa_reduce */
+	VNPU_ISA_OP_NORM = 15, /* in: X, S, B; out: Y = (X - mean) / sqrt(var + eps) * S + B. vnpu_isa_norm */
+	VNPU_ISA_OP_PAD = 16, /* in: X; out: Y (X padded per dim). attr: vnpu_isa_pad */
 	VNPU_ISA_OP_COUNT_, /* one past the last opcode */
 };
 
@@ -117,6 +121,13 @@ enum vnpu_isa_act {
 	VNPU_ISA_ACT_FLOOR = 15,
 	VNPU_ISA_ACT_CEIL = 16,
 	VNPU_ISA_ACT_ROUND = 17, /* to nearest, ties to even */
+	/* ISA 1.1 */
+	VNPU_ISA_ACT_ERF = 18,
+	VNPU_ISA_ACT_GELU = 19, /* x * (1 + erf(x / sqrt(2))) / 2 */
+	VNPU_ISA_ACT_SOFTPLUS = 20, /* log(1 + exp(x)) */
+	VNPU_ISA_ACT_SOFTSIGN = 21, /* x / (1 + |x|) */
+	VNPU_ISA_ACT_HARD_SWISH = 22, /* x * max(0, min(1, x / 6 + 1 / 2)) */
+	VNPU_ISA_ACT_SELU = 23, /* beta * (x <= 0 ? alpha * (exp(x) - 1) : x) */
 	VNPU_ISA_ACT_COUNT_,
 };
 
@@ -185,6 +196,7 @@ enum vnpu_isa_binary_kind {
 	VNPU_ISA_BIN_MIN = 5,
 	VNPU_ISA_BIN_POW = 6,
 	VNPU_ISA_BIN_FMOD = 7, /* C fmod: the result has the sign of the dividend */
+	VNPU_ISA_BIN_PRELU = 8, /* ISA 1.1: a < 0 ? a * b : a (b is the slope) */
 	VNPU_ISA_BIN_COUNT_,
 };
 
@@ -264,6 +276,51 @@ struct vnpu_isa_softmax {
 	__u32 flags; /* VNPU_ISA_SOFTMAX_F_* */
 };
 
+enum vnpu_isa_reduce_kind {
+	VNPU_ISA_REDUCE_SUM = 0, /* empty reduction: 0 */
+	VNPU_ISA_REDUCE_MEAN = 1, /* empty: NaN */
+	VNPU_ISA_REDUCE_MAX = 2, /* empty: -inf; NaN propagates */
+	VNPU_ISA_REDUCE_MIN = 3, /* empty: +inf; NaN propagates */
+	VNPU_ISA_REDUCE_PROD = 4, /* empty: 1 */
+	VNPU_ISA_REDUCE_L1 = 5, /* sum |x| */
+	VNPU_ISA_REDUCE_L2 = 6, /* sqrt(sum x^2) */
+	VNPU_ISA_REDUCE_SUM_SQUARE = 7, /* sum x^2 */
+	VNPU_ISA_REDUCE_LOG_SUM = 8, /* log(sum x) */
+	VNPU_ISA_REDUCE_LOG_SUM_EXP = 9, /* log(sum exp(x)), computed as max + log(sum exp(x - max)) */
+	VNPU_ISA_REDUCE_COUNT_,
+};
+
+/* REDUCE: Y has X's rank; Y.dims[d] is 1 where bit d of `axes` is set, X.dims[d] elsewhere. Sums in double. */
+struct vnpu_isa_reduce {
+	__u32 kind; /* enum vnpu_isa_reduce_kind */
+	__u32 axes; /* bit d: reduce over dim d (d < rank); 0 is allowed (an elementwise pass of the finaliser) */
+	__u32 rsvd0, rsvd1; /* must be 0 */
+};
+
+/* NORM (layer normalisation): over each group of the trailing dims >= axis (inner = their element count),
+ * Y = (X - mean) / sqrt(var + epsilon) * S[j] + B[j] with the biased variance; S and B hold `inner` elements. */
+struct vnpu_isa_norm {
+	__u32 axis; /* < rank of X (X.rank >= 1) */
+	float epsilon; /* >= 0, finite */
+	__u32 act; /* enum vnpu_isa_act applied to the result */
+	__u32 rsvd0; /* must be 0 */
+	float act_alpha, act_beta;
+};
+
+enum vnpu_isa_pad_mode {
+	VNPU_ISA_PAD_CONSTANT = 0, /* outside cells are `value` */
+	VNPU_ISA_PAD_REFLECT = 1, /* mirror without the edge: needs begin, end < X.dims[d] */
+	VNPU_ISA_PAD_EDGE = 2, /* repeat the edge: needs X.dims[d] >= 1 where padded */
+};
+
+/* PAD: Y.dims[d] = begin[d] + X.dims[d] + end[d]; Y[i] = X[i - begin] inside, else per mode. */
+struct vnpu_isa_pad {
+	__u32 mode; /* enum vnpu_isa_pad_mode */
+	float value; /* CONSTANT only */
+	__u32 begin[VNPU_ISA_MAX_RANK];
+	__u32 end[VNPU_ISA_MAX_RANK];
+};
+
 /* Attribute bytes an opcode expects; -1 for an unknown opcode. */
 static inline int vnpu_isa_attr_size(unsigned int opcode)
 {
@@ -293,6 +350,12 @@ static inline int vnpu_isa_attr_size(unsigned int opcode)
 		return sizeof(struct vnpu_isa_resize);
 	case VNPU_ISA_OP_SOFTMAX:
 		return sizeof(struct vnpu_isa_softmax);
+	case VNPU_ISA_OP_REDUCE:
+		return sizeof(struct vnpu_isa_reduce);
+	case VNPU_ISA_OP_NORM:
+		return sizeof(struct vnpu_isa_norm);
+	case VNPU_ISA_OP_PAD:
+		return sizeof(struct vnpu_isa_pad);
 	default:
 		return -1;
 	}
@@ -376,6 +439,9 @@ static_assert(sizeof(struct vnpu_isa_pool) == 48, "pool layout");
 static_assert(sizeof(struct vnpu_isa_matmul) == 24, "matmul layout");
 static_assert(sizeof(struct vnpu_isa_resize) == 48, "resize layout");
 static_assert(sizeof(struct vnpu_isa_slice) == 128, "slice layout");
+static_assert(sizeof(struct vnpu_isa_reduce) == 16, "reduce layout");
+static_assert(sizeof(struct vnpu_isa_norm) == 24, "norm layout");
+static_assert(sizeof(struct vnpu_isa_pad) == 72, "pad layout");
 static_assert(sizeof(struct vnpu_file_header) == 64, "file header layout");
 static_assert(sizeof(struct vnpu_file_section) == 24, "section layout");
 static_assert(sizeof(struct vnpu_file_tensor) == 96, "file tensor layout");
@@ -389,6 +455,9 @@ _Static_assert(sizeof(struct vnpu_isa_pool) == 48, "pool layout");
 _Static_assert(sizeof(struct vnpu_isa_matmul) == 24, "matmul layout");
 _Static_assert(sizeof(struct vnpu_isa_resize) == 48, "resize layout");
 _Static_assert(sizeof(struct vnpu_isa_slice) == 128, "slice layout");
+_Static_assert(sizeof(struct vnpu_isa_reduce) == 16, "reduce layout");
+_Static_assert(sizeof(struct vnpu_isa_norm) == 24, "norm layout");
+_Static_assert(sizeof(struct vnpu_isa_pad) == 72, "pad layout");
 _Static_assert(sizeof(struct vnpu_file_header) == 64, "file header layout");
 _Static_assert(sizeof(struct vnpu_file_section) == 24, "section layout");
 _Static_assert(sizeof(struct vnpu_file_tensor) == 96, "file tensor layout");

@@ -16,7 +16,7 @@ PKGS_QEMU=(libglib2.0-dev libpixman-1-dev flex bison libslirp-dev python3-venv b
 # Compiler, op kernels and examples: ONNX import, oneDNN kernels, data formats (HDF5, JPEG, JSON), and Debian's
 # PyTorch/ONNX for generating the example models and reference outputs (these belong to /usr/bin/python3).
 PKGS_MODEL=(libdnnl-dev libonnx-dev libonnx-testdata libprotobuf-dev protobuf-compiler libhdf5-dev libjpeg-dev
-	nlohmann-json3-dev python3-torch python3-onnx python3-numpy python3-h5py python3-pil)
+	nlohmann-json3-dev python3-torch python3-torchvision python3-onnx python3-numpy python3-h5py python3-pil)
 # The Python package `vnpu` (pybind11 extension for /usr/bin/python3), its pytest suite and the Python examples.
 PKGS_MODEL+=(pybind11-dev python3-dev python3-pytest python3-opencv)
 PKGS_BPO=(meson python3-pycotap seabios qemu-system-data)

@@ -99,6 +99,9 @@ const char* isa_op_name(uint32_t opcode) noexcept {
     case VNPU_ISA_OP_COPY: return "copy";
     case VNPU_ISA_OP_RESIZE: return "resize";
     case VNPU_ISA_OP_SOFTMAX: return "softmax";
+    case VNPU_ISA_OP_REDUCE: return "reduce";
+    case VNPU_ISA_OP_NORM: return "norm";
+    case VNPU_ISA_OP_PAD: return "pad";
     default: return "?";
   }
 }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,7 @@ struct Graph {
   std::map<std::string, int> by_name;  ///< ONNX tensor name -> value
   std::vector<int> inputs, outputs;    ///< graph inputs/outputs in ONNX order (value ids)
   std::vector<std::string> input_names, output_names;
+  std::set<std::string> consumed;  ///< ONNX tensor names some compiled node or an output reads
   CompileStats stats;
 
   int add_value(Value v) {

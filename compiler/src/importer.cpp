@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "lower.h"
@@ -59,12 +60,82 @@ std::vector<std::string> supported_onnx_ops() {
   return v;
 }
 
+namespace {
+
+onnx::ModelProto parse_model(std::span<const uint8_t> bytes) {
+  onnx::ModelProto model;
+  if (bytes.size() > static_cast<size_t>(INT32_MAX))
+    detail::fail("the model is " + std::to_string(bytes.size() >> 20) +
+                 " MiB; protobuf (and ONNX) cannot hold more than 2 GiB in one file: save the weights as external "
+                 "data, which vnpuc does not read yet");
+  if (!model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
+    detail::fail("not a valid ONNX model (protobuf parse failed; is the file complete?)");
+  return model;
+}
+
+// Nodes the requested outputs depend on (all nodes when there is no cut). Throws for unknown names.
+std::vector<bool> needed_nodes(const onnx::GraphProto& gp, const std::vector<std::string>& outs) {
+  std::vector<bool> need(static_cast<size_t>(gp.node_size()), outs.empty());
+  if (outs.empty())
+    return need;
+  std::map<std::string, int> producer;
+  for (int i = 0; i < gp.node_size(); i++)
+    for (const auto& o : gp.node(i).output())
+      if (!o.empty())
+        producer[o] = i;
+  std::set<std::string> known;
+  for (const auto& in : gp.input())
+    known.insert(in.name());
+  for (const auto& t : gp.initializer())
+    known.insert(t.name());
+  std::vector<std::string> todo;
+  for (const auto& o : outs) {
+    if (!producer.count(o) && !known.count(o))
+      detail::fail("--output '" + o + "': no node produces a tensor of that name");
+    todo.push_back(o);
+  }
+  std::set<std::string> seen;
+  while (!todo.empty()) {
+    std::string t = todo.back();
+    todo.pop_back();
+    if (!seen.insert(t).second)
+      continue;
+    auto it = producer.find(t);
+    if (it == producer.end() || need[static_cast<size_t>(it->second)])
+      continue;
+    need[static_cast<size_t>(it->second)] = true;
+    for (const auto& in : gp.node(it->second).input())
+      if (!in.empty())
+        todo.push_back(in);
+  }
+  return need;
+}
+
+}  // namespace
+
+std::vector<OpUse> onnx_op_uses(std::span<const uint8_t> bytes) {
+  onnx::ModelProto model = parse_model(bytes);
+  auto sup = detail::lowered_ops();
+  std::set<std::string> ok(sup.begin(), sup.end());
+  std::vector<OpUse> uses;
+  std::map<std::string, size_t> at;
+  for (const auto& n : model.graph().node()) {
+    bool def = n.domain().empty() || n.domain() == "ai.onnx";
+    std::string key = def ? n.op_type() : n.domain() + "::" + n.op_type();
+    auto it = at.find(key);
+    if (it == at.end()) {
+      at[key] = uses.size();
+      uses.push_back({key, 0, def && ok.count(n.op_type()) > 0, n.name()});
+      it = at.find(key);
+    }
+    uses[it->second].count++;
+  }
+  return uses;
+}
+
 ModelFile compile_onnx(std::span<const uint8_t> bytes, const CompileOptions& options, CompileStats* stats) {
   using namespace detail;
-  onnx::ModelProto model;
-  if (bytes.size() > static_cast<size_t>(INT32_MAX) ||
-      !model.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
-    fail("not a valid ONNX model (protobuf parse failed; is the file complete?)");
+  onnx::ModelProto model = parse_model(bytes);
   if (!model.has_graph())
     fail("the ONNX model has no graph");
   int64_t opset = -1;
@@ -143,7 +214,20 @@ ModelFile compile_onnx(std::span<const uint8_t> bytes, const CompileOptions& opt
     g.input_names.push_back(in.name());
   }
   g.stats.onnx_nodes = static_cast<uint32_t>(gp.node_size());
-  for (const auto& node : gp.node()) {
+  std::vector<bool> need = needed_nodes(gp, options.outputs);
+  for (int ni = 0; ni < gp.node_size(); ni++)
+    if (need[static_cast<size_t>(ni)])
+      for (const auto& in : gp.node(ni).input())
+        g.consumed.insert(in);
+  if (options.outputs.empty())
+    for (const auto& out : gp.output())
+      g.consumed.insert(out.name());
+  for (const auto& name : options.outputs)
+    g.consumed.insert(name);
+  for (int ni = 0; ni < gp.node_size(); ni++) {
+    const auto& node = gp.node(ni);
+    if (!need[static_cast<size_t>(ni)])
+      continue;  // after the --output cut
     try {
       lower_node(g, node, opset);
     } catch (const CompileError&) {
@@ -154,12 +238,18 @@ ModelFile compile_onnx(std::span<const uint8_t> bytes, const CompileOptions& opt
       fail("node '" + node.name() + "' (" + node.op_type() + "): malformed (" + e.what() + ")");
     }
   }
-  for (const auto& out : gp.output()) {
-    auto it = g.by_name.find(out.name());
+  std::vector<std::string> out_names = options.outputs;
+  if (out_names.empty())
+    for (const auto& out : gp.output())
+      out_names.push_back(out.name());
+  for (const auto& name : out_names) {
+    auto it = g.by_name.find(name);
     if (it == g.by_name.end())
-      fail("graph output '" + out.name() + "' is never produced");
+      fail("graph output '" + name + "' is never produced");
+    if (std::find(g.output_names.begin(), g.output_names.end(), name) != g.output_names.end())
+      fail("output '" + name + "' is named twice");
     g.outputs.push_back(it->second);
-    g.output_names.push_back(out.name());
+    g.output_names.push_back(name);
   }
   if (g.outputs.empty())
     fail("the graph has no outputs");

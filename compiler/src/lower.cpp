@@ -116,8 +116,11 @@ class Node {
     return true;
   }
   std::string out_name(size_t k) const { return k < nout() ? p_.output(static_cast<int>(k)) : std::string(); }
-  /// Output k is consumed by someone (non-empty name). Used to reject optional outputs we do not compute.
-  bool out_used(size_t k) const { return k < nout() && !p_.output(static_cast<int>(k)).empty(); }
+  /// Output k is read by a compiled node or is a model output. Used to reject optional outputs we do not
+  /// compute (PyTorch names Dropout's mask even when nothing reads it).
+  bool out_used(size_t k) const {
+    return k < nout() && !p_.output(static_cast<int>(k)).empty() && g_.consumed.count(p_.output(static_cast<int>(k)));
+  }
   void bind(size_t k, int v) const {
     if (k >= nout() || p_.output(static_cast<int>(k)).empty())
       return;
@@ -197,6 +200,10 @@ constexpr UnaryOp kUnaryOps[] = {
     {"Floor", VNPU_ISA_ACT_FLOOR, false, false, 0.0f, 0.0f},
     {"Ceil", VNPU_ISA_ACT_CEIL, false, false, 0.0f, 0.0f},
     {"Round", VNPU_ISA_ACT_ROUND, false, false, 0.0f, 0.0f},
+    {"Erf", VNPU_ISA_ACT_ERF, false, false, 0.0f, 0.0f},
+    {"Softplus", VNPU_ISA_ACT_SOFTPLUS, false, false, 0.0f, 0.0f},
+    {"Softsign", VNPU_ISA_ACT_SOFTSIGN, false, false, 0.0f, 0.0f},
+    {"HardSwish", VNPU_ISA_ACT_HARD_SWISH, false, false, 0.0f, 0.0f},
 };
 
 ActInfo unary_act(const Node& n) {
@@ -262,6 +269,31 @@ void lower_binary(Graph& g, const Node& n) {
   at.binary.kind = it->second;
   Shape out = broadcast_shapes(n.shape(a), n.shape(b), n.where());
   n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {a, b}, out, at, n));
+}
+
+// Mod: integer constants fold with the fmod attribute's semantics (C's truncated % for fmod = 1, the
+// divisor's sign for 0); float operands need fmod = 1 (ONNX) and become BINARY FMOD, which emit_op folds with
+// the device's own kernel when both are constants.
+void lower_mod(Graph& g, const Node& n) {
+  int a = n.need(0), b = n.need(1);
+  const Value &va = n.val(a), &vb = n.val(b);
+  bool ia = va.is_const && !va.c.is_float, ib = vb.is_const && !vb.c.is_float;
+  if (ia && ib) {
+    if (n.i("fmod", 0)) {
+      Const q = binary_const("Div", va.c, vb.c), m = binary_const("Mul", q, vb.c);
+      n.bind(0, g.add_const(binary_const("Sub", va.c, m)));  // x - trunc(x / y) * y: C's %
+    } else {
+      n.bind(0, g.add_const(binary_const("Mod", va.c, vb.c)));
+    }
+    return;
+  }
+  if (ia || ib)
+    n.error("integer tensors are not supported at run time (only f32)");
+  if (!n.i("fmod", 0))
+    n.error("floating-point Mod requires fmod=1 (ONNX spec)");
+  VnpuOpAttr at = zero_attr();
+  at.binary.kind = VNPU_ISA_BIN_FMOD;
+  n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {a, b}, broadcast_shapes(n.shape(a), n.shape(b), n.where()), at, n));
 }
 
 // Max/Min/Sum/Mean with any number of inputs: a left-to-right chain of binary ops (Mean divides at the end).
@@ -1282,6 +1314,372 @@ void lower_expand(Graph& g, const Node& n) {
   n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {x, g.add_const(std::move(one))}, out, a, n));
 }
 
+
+// ---- ISA 1.1: reductions, layer normalisation, padding, PRelu, ScatterND ----
+
+struct ReduceOp {
+  const char* name;
+  uint32_t kind;
+};
+constexpr ReduceOp kReduceOps[] = {
+    {"ReduceSum", VNPU_ISA_REDUCE_SUM},         {"ReduceMean", VNPU_ISA_REDUCE_MEAN},
+    {"ReduceMax", VNPU_ISA_REDUCE_MAX},         {"ReduceMin", VNPU_ISA_REDUCE_MIN},
+    {"ReduceProd", VNPU_ISA_REDUCE_PROD},       {"ReduceL1", VNPU_ISA_REDUCE_L1},
+    {"ReduceL2", VNPU_ISA_REDUCE_L2},           {"ReduceSumSquare", VNPU_ISA_REDUCE_SUM_SQUARE},
+    {"ReduceLogSum", VNPU_ISA_REDUCE_LOG_SUM},  {"ReduceLogSumExp", VNPU_ISA_REDUCE_LOG_SUM_EXP},
+};
+
+// Reduce*: axes from the attribute (opset < 13, and < 18 for all but ReduceSum) or the optional second input;
+// keepdims; noop_with_empty_axes. One REDUCE op (reduced dims kept as 1) and a view when keepdims = 0.
+void lower_reduce(Graph& g, const Node& n) {
+  uint32_t kind = 0;
+  for (const ReduceOp& r : kReduceOps)
+    if (n.type() == r.name)
+      kind = r.kind;
+  int x = n.need(0);
+  Shape xs = n.shape(x);
+  bool axes_input = n.opset() >= 18 || (n.type() == "ReduceSum" && n.opset() >= 13);
+  std::vector<int64_t> axes;
+  if (axes_input) {
+    if (n.has("axes"))
+      n.error("the axes attribute was replaced by an input in this opset");
+    if (n.in(1) >= 0)
+      axes = n.cst_ints(1, "axes");
+  } else {
+    axes = n.ints("axes");
+  }
+  if (axes.empty() && n.i("noop_with_empty_axes", 0)) {
+    n.bind(0, n.val(x).is_const ? x : make_alias(g, x, xs, n.where()));
+    return;
+  }
+  uint32_t mask = 0;
+  if (axes.empty())
+    mask = xs.empty() ? 0 : static_cast<uint32_t>((uint64_t{1} << xs.size()) - 1);
+  for (int64_t a : axes) {
+    int64_t k = n.axis(a, xs.size());
+    if (mask & (1u << k))
+      n.error("axis " + std::to_string(a) + " repeated");
+    mask |= 1u << k;
+  }
+  if (n.val(x).is_const && !n.val(x).c.is_float) {  // integer shape arithmetic: widen to f32 and fold
+    Const c = n.val(x).c;
+    c.is_float = true;
+    for (int64_t v : c.i)
+      c.f.push_back(static_cast<float>(v));
+    c.i.clear();
+    x = g.add_const(std::move(c));
+  }
+  Shape ys = xs, fin;
+  for (size_t d = 0; d < xs.size(); d++) {
+    if (mask & (1u << d))
+      ys[d] = 1;
+    if (!(mask & (1u << d)) || n.i("keepdims", 1))
+      fin.push_back(ys[d]);
+  }
+  VnpuOpAttr a = zero_attr();
+  a.reduce.kind = kind;
+  a.reduce.axes = mask;
+  int y = emit1(g, VNPU_ISA_OP_REDUCE, {x}, ys, a, n);
+  n.bind(0, fin == ys ? y : make_alias(g, y, fin, n.where()));
+}
+
+// A constant of `shape` whose elements are all v.
+int fill_const(Graph& g, const Shape& shape, float v) {
+  Const c;
+  c.shape = shape;
+  c.f.assign(static_cast<size_t>(numel(shape)), v);
+  return g.add_const(std::move(c));
+}
+
+// Scale/bias of a normalisation over xs[axis:]: a tensor with exactly those elements (any leading 1s), or a
+// constant that broadcasts to them (expanded here).
+int norm_param(Graph& g, const Node& n, int v, const Shape& inner, const char* what) {
+  Shape s = n.shape(v);
+  while (!s.empty() && s[0] == 1 && s.size() > inner.size())
+    s.erase(s.begin());
+  if (s == inner)
+    return make_alias(g, v, {numel(inner)}, n.where());
+  if (!n.val(v).is_const)
+    n.error(std::string(what) + " " + shape_str(n.shape(v)) + " does not match the normalised dims " +
+            shape_str(inner));
+  Shape b = broadcast_shapes(inner, n.shape(v), n.where());
+  if (b != inner)
+    n.error(std::string(what) + " " + shape_str(n.shape(v)) + " does not broadcast to " + shape_str(inner));
+  Const zero;
+  zero.shape = inner;
+  zero.f.assign(static_cast<size_t>(numel(inner)), 0.0f);
+  Const e = binary_const("Add", n.val(v).c, zero);
+  return g.add_const(reshape_const(e, {numel(inner)}));
+}
+
+// LayerNormalization's optional outputs Mean and InvStdDev (shape X.dims[:axis] + 1s), from REDUCE and
+// elementwise ops; only emitted when the graph reads them.
+void layernorm_stats(Graph& g, const Node& n, int x, int64_t ax, float eps) {
+  Shape xs = n.shape(x), rs = xs;
+  uint32_t mask = 0;
+  for (size_t d = static_cast<size_t>(ax); d < xs.size(); d++) {
+    mask |= 1u << d;
+    rs[d] = 1;
+  }
+  VnpuOpAttr r = zero_attr();
+  r.reduce.kind = VNPU_ISA_REDUCE_MEAN;
+  r.reduce.axes = mask;
+  int mean = emit1(g, VNPU_ISA_OP_REDUCE, {x}, rs, r, n);
+  n.bind(1, mean);
+  if (!n.out_used(2))
+    return;
+  VnpuOpAttr b = zero_attr();
+  b.binary.kind = VNPU_ISA_BIN_SUB;
+  int d = emit1(g, VNPU_ISA_OP_BINARY, {x, mean}, xs, b, n);
+  b.binary.kind = VNPU_ISA_BIN_MUL;
+  int sq = emit1(g, VNPU_ISA_OP_BINARY, {d, d}, xs, b, n);
+  int var = emit1(g, VNPU_ISA_OP_REDUCE, {sq}, rs, r, n);
+  Const e;
+  e.f = {eps};
+  b.binary.kind = VNPU_ISA_BIN_ADD;
+  b.binary.act = VNPU_ISA_ACT_SQRT;
+  int sd = emit1(g, VNPU_ISA_OP_BINARY, {var, g.add_const(std::move(e))}, rs, b, n);
+  VnpuOpAttr u = zero_attr();
+  u.unary.act = VNPU_ISA_ACT_RECIPROCAL;
+  n.bind(2, emit1(g, VNPU_ISA_OP_UNARY, {sd}, rs, u, n));
+}
+
+void lower_layernorm(Graph& g, const Node& n) {
+  if (n.i("stash_type", 1) != 1)
+    n.error("stash_type other than float is not supported");
+  int x = n.need(0);
+  Shape xs = n.shape(x);
+  if (xs.empty())
+    n.error("input must have rank >= 1");
+  int64_t ax = n.axis(n.i("axis", -1), xs.size());
+  Shape inner(xs.begin() + ax, xs.end());
+  int s = norm_param(g, n, n.need(1), inner, "Scale");
+  int b = n.in(2) >= 0 ? norm_param(g, n, n.in(2), inner, "B") : fill_const(g, {numel(inner)}, 0.0f);
+  VnpuOpAttr a = zero_attr();
+  a.norm.axis = static_cast<uint32_t>(ax);
+  a.norm.epsilon = n.f("epsilon", 1e-5f);
+  n.bind(0, emit1(g, VNPU_ISA_OP_NORM, {x, s, b}, xs, a, n));
+  if (n.out_used(1) || n.out_used(2))
+    layernorm_stats(g, n, x, ax, a.norm.epsilon);
+}
+
+void lower_pad(Graph& g, const Node& n) {
+  int x = n.need(0);
+  Shape xs = n.shape(x);
+  size_t r = xs.size();
+  std::string mode = n.s("mode", "constant");
+  std::vector<int64_t> pads;
+  float value = 0.0f;
+  std::vector<int64_t> axes;
+  if (n.opset() < 11) {
+    pads = n.ints(n.has("pads") ? "pads" : "paddings");
+    value = n.f("value", 0.0f);
+  } else {
+    pads = n.cst_ints(1, "pads");
+    if (n.in(2) >= 0) {
+      const Const& v = n.cst(2, "constant_value");
+      if (v.count())
+        value = static_cast<float>(v.at(0));
+    }
+    if (n.in(3) >= 0)
+      axes = n.cst_ints(3, "axes");
+  }
+  if (axes.empty())
+    for (size_t d = 0; d < r; d++)
+      axes.push_back(static_cast<int64_t>(d));
+  if (pads.size() != 2 * axes.size())
+    n.error("pads has " + std::to_string(pads.size()) + " entries for " + std::to_string(axes.size()) + " axes");
+  std::vector<int64_t> begin(r, 0), end(r, 0);
+  for (size_t k = 0; k < axes.size(); k++) {
+    int64_t d = n.axis(axes[k], r);
+    begin[d] = pads[k];
+    end[d] = pads[k + axes.size()];
+  }
+  VnpuOpAttr a = zero_attr();
+  if (mode == "constant") {
+    a.pad.mode = VNPU_ISA_PAD_CONSTANT;
+    a.pad.value = value;
+  } else if (mode == "reflect") {
+    a.pad.mode = VNPU_ISA_PAD_REFLECT;
+  } else if (mode == "edge") {
+    a.pad.mode = VNPU_ISA_PAD_EDGE;
+  } else {
+    n.error("mode '" + mode + "' is not supported (constant, reflect and edge are)");
+  }
+  // Negative pads crop: a slice first, then the (non-negative) padding.
+  std::vector<int64_t> st(r, 0), sp(r, 1);
+  Shape cropped = xs;
+  bool crop = false;
+  for (size_t d = 0; d < r; d++) {
+    if (begin[d] < 0) {
+      st[d] = -begin[d];
+      cropped[d] += begin[d];
+      begin[d] = 0;
+      crop = true;
+    }
+    if (end[d] < 0) {
+      cropped[d] += end[d];
+      end[d] = 0;
+      crop = true;
+    }
+    if (cropped[d] < 0)
+      n.error("negative pads remove more than the dimension");
+    if (begin[d] > (1 << 24) || end[d] > (1 << 24))
+      n.error("pads too large");
+  }
+  if (crop) {
+    for (size_t d = 0; d < r; d++)
+      if (cropped[d] == 0)
+        st[d] = 0;
+    x = slice_value(g, n, x, st, sp, cropped);
+  }
+  Shape out = cropped;
+  bool any = false;
+  for (size_t d = 0; d < r; d++) {
+    out[d] += begin[d] + end[d];
+    a.pad.begin[d] = static_cast<uint32_t>(begin[d]);
+    a.pad.end[d] = static_cast<uint32_t>(end[d]);
+    any = any || begin[d] || end[d];
+    if (a.pad.mode == VNPU_ISA_PAD_REFLECT && (begin[d] || end[d]) && (begin[d] >= cropped[d] || end[d] >= cropped[d]))
+      n.error("reflect padding of " + std::to_string(std::max(begin[d], end[d])) + " needs a dimension larger than " +
+              std::to_string(cropped[d]));
+    if (a.pad.mode == VNPU_ISA_PAD_EDGE && (begin[d] || end[d]) && cropped[d] == 0)
+      n.error("edge padding of an empty dimension");
+  }
+  if (!any) {
+    n.bind(0, n.val(x).is_const ? x : make_alias(g, x, out, n.where()));
+    return;
+  }
+  if (n.val(x).is_const && !n.val(x).c.is_float)
+    n.error("integer tensors are not supported");
+  n.bind(0, emit1(g, VNPU_ISA_OP_PAD, {x}, out, a, n));
+}
+
+void lower_prelu(Graph& g, const Node& n) {
+  int x = n.need(0), s = n.need(1);
+  Shape out = broadcast_shapes(n.shape(x), n.shape(s), n.where());
+  if (out != n.shape(x))
+    n.error("slope " + shape_str(n.shape(s)) + " does not broadcast to X " + shape_str(n.shape(x)));
+  VnpuOpAttr a = zero_attr();
+  a.binary.kind = VNPU_ISA_BIN_PRELU;
+  n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {x, s}, out, a, n));
+}
+
+void lower_selu(Graph& g, const Node& n) {
+  lower_unary(g, n, {VNPU_ISA_ACT_SELU, n.f("alpha", 1.67326319217681884765625f), n.f("gamma", 1.05070102214813232421875f)});
+}
+
+// ScatterND on compile-time data (exported models build masks and index tables with it).
+void lower_scatternd(Graph& g, const Node& n) {
+  if (!n.all_const())
+    n.error("only supported on compile-time constants (its input is computed at run time)");
+  std::string red = n.s("reduction", "none");
+  Const data = n.cst(0, "data");
+  const Const &idx = n.cst(1, "indices"), &upd = n.cst(2, "updates");
+  if (idx.shape.empty())
+    n.error("indices must have rank >= 1");
+  size_t q = static_cast<size_t>(idx.shape.back());
+  if (q > data.shape.size())
+    n.error("index tuples longer than the data rank");
+  auto st = strides_of(data.shape);
+  size_t tuples = static_cast<size_t>(idx.count() / std::max<size_t>(q, 1)), slice = 1;
+  for (size_t d = q; d < data.shape.size(); d++)
+    slice *= static_cast<size_t>(data.shape[d]);
+  if (q == 0)
+    tuples = static_cast<size_t>(numel(idx.shape));
+  if (upd.count() != tuples * slice)
+    n.error("updates has " + std::to_string(upd.count()) + " elements, expected " + std::to_string(tuples * slice));
+  if (data.is_float != upd.is_float) {
+    n.error("data and updates have different element types");
+  }
+  for (size_t t = 0; t < tuples; t++) {
+    size_t off = 0;
+    for (size_t k = 0; k < q; k++) {
+      int64_t v = idx.int_at(t * q + k), dim = data.shape[k];
+      if (v < -dim || v >= dim)
+        n.error("index " + std::to_string(v) + " out of range");
+      off += static_cast<size_t>(v < 0 ? v + dim : v) * st[k];
+    }
+    for (size_t j = 0; j < slice; j++) {
+      size_t o = off + j, u = t * slice + j;
+      if (data.is_float) {
+        float& d = data.f[o];
+        float v = upd.f[u];
+        d = red == "add" ? d + v : red == "mul" ? d * v : red == "max" ? std::max(d, v) : red == "min" ? std::min(d, v) : v;
+      } else {
+        int64_t& d = data.i[o];
+        int64_t v = upd.i[u];
+        d = red == "add" ? d + v : red == "mul" ? d * v : red == "max" ? std::max(d, v) : red == "min" ? std::min(d, v) : v;
+      }
+    }
+  }
+  n.bind(0, g.add_const(std::move(data)));
+}
+
+
+// Einsum of two operands that is a batched matrix product: "b..m k, b..k n -> b..m n" with any order of the
+// two matrix labels in each operand and the output (the transposes become MATMUL flags or an operand swap).
+void lower_einsum(Graph& g, const Node& n) {
+  std::string eq;
+  for (char ch : n.s("equation", ""))
+    if (ch != ' ')
+      eq += ch;
+  auto bad = [&](const std::string& why) {
+    n.error("equation '" + n.s("equation", "") + "': " + why + " (only batched matrix products are supported)");
+  };
+  size_t arrow = eq.find("->"), comma = eq.find(',');
+  if (n.nin() != 2 || arrow == std::string::npos || comma == std::string::npos || comma > arrow)
+    bad("needs two operands and an explicit output");
+  std::string la = eq.substr(0, comma), lb = eq.substr(comma + 1, arrow - comma - 1), lc = eq.substr(arrow + 2);
+  if (eq.find('.') != std::string::npos)
+    bad("ellipsis");
+  int a = n.need(0), b = n.need(1);
+  Shape as = n.shape(a), bs = n.shape(b);
+  if (la.size() != as.size() || lb.size() != bs.size())
+    bad("label count differs from the operand ranks");
+  if (la.size() < 2 || lb.size() < 2 || lc.size() < 2 || la.size() != lb.size() || la.size() != lc.size())
+    bad("operands and output must have the same rank >= 2");
+  size_t nb = la.size() - 2;
+  if (la.substr(0, nb) != lb.substr(0, nb) || la.substr(0, nb) != lc.substr(0, nb))
+    bad("batch labels must lead, in the same order, in every operand");
+  for (size_t k = 0; k < nb; k++)
+    if (as[k] != bs[k])
+      bad("batch dimension sizes differ");
+  std::string ma = la.substr(nb), mb = lb.substr(nb), mc = lc.substr(nb);
+  // The contraction label is in both operands and not in the output.
+  char kl = 0;
+  for (char ch : ma)
+    if (mb.find(ch) != std::string::npos && mc.find(ch) == std::string::npos)
+      kl = ch;
+  if (!kl)
+    bad("no contracted label");
+  char ml = ma[0] == kl ? ma[1] : ma[0], nl = mb[0] == kl ? mb[1] : mb[0];
+  if (ml == nl || mb.find(kl) == std::string::npos || la.find(nl) != std::string::npos ||
+      lb.find(ml) != std::string::npos || (mc != std::string{ml, nl} && mc != std::string{nl, ml}))
+    bad("not a matrix product");
+  bool swap = mc[0] == nl;  // output is (n, m): compute B^T A^T
+  int x = swap ? b : a, y = swap ? a : b;
+  char xm = swap ? nl : ml;
+  const std::string& mx = swap ? mb : ma;
+  const std::string& my = swap ? ma : mb;
+  VnpuOpAttr at = zero_attr();
+  at.matmul.alpha = at.matmul.beta = 1.0f;
+  if (mx[0] != xm)  // stored (k, m)
+    at.matmul.flags |= VNPU_ISA_MATMUL_F_TRANS_A;
+  if (my[0] != kl)  // stored (n, k)
+    at.matmul.flags |= VNPU_ISA_MATMUL_F_TRANS_B;
+  Shape xs = n.shape(x), ys = n.shape(y), out(xs.begin(), xs.begin() + static_cast<long>(nb));
+  int64_t m = (at.matmul.flags & VNPU_ISA_MATMUL_F_TRANS_A) ? xs[nb + 1] : xs[nb];
+  int64_t kx = (at.matmul.flags & VNPU_ISA_MATMUL_F_TRANS_A) ? xs[nb] : xs[nb + 1];
+  int64_t ky = (at.matmul.flags & VNPU_ISA_MATMUL_F_TRANS_B) ? ys[nb + 1] : ys[nb];
+  int64_t nn = (at.matmul.flags & VNPU_ISA_MATMUL_F_TRANS_B) ? ys[nb] : ys[nb + 1];
+  if (kx != ky)
+    bad("contracted dimensions differ");
+  out.push_back(m);
+  out.push_back(nn);
+  n.bind(0, emit1(g, VNPU_ISA_OP_MATMUL, {x, y}, out, at, n));
+}
+
 }  // namespace
 
 Const const_from_proto(const onnx::TensorProto& t, const std::string& where) {
@@ -1519,19 +1917,6 @@ void lower_unary_node(Graph& g, const Node& n) {
   lower_unary(g, n, unary_act(n));
 }
 
-// HardSwish(x) = x * HardSigmoid(x; 1/6, 1/2).
-void lower_hardswish(Graph& g, const Node& n) {
-  int x = n.need(0);
-  VnpuOpAttr a = zero_attr();
-  a.unary.act = VNPU_ISA_ACT_HARD_SIGMOID;
-  a.unary.act_alpha = 1.0f / 6.0f;
-  a.unary.act_beta = 0.5f;
-  int hs = emit1(g, VNPU_ISA_OP_UNARY, {x}, n.shape(x), a, n);
-  VnpuOpAttr m = zero_attr();
-  m.binary.kind = VNPU_ISA_BIN_MUL;
-  n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {x, hs}, n.shape(x), m, n));
-}
-
 void lower_identity(Graph& g, const Node& n) {
   const std::string& t = n.type();
   if (t == "Dropout" && n.out_used(1))
@@ -1564,9 +1949,15 @@ const std::map<std::string, Lowering, std::less<>>& lowerings() {
     for (const char* t : {"Constant", "Shape", "Size", "ConstantOfShape", "Range", "Where", "Equal", "Less",
                           "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Not"})
       m[t] = lower_compile_time;
-    m["Mod"] = [](Graph& g, const Node& n) { n.all_const() ? lower_compile_time(g, n) : lower_binary(g, n); };
+    m["Mod"] = lower_mod;
     m["Clip"] = lower_clip;
-    m["HardSwish"] = lower_hardswish;
+    for (const ReduceOp& r : kReduceOps) m[r.name] = lower_reduce;
+    m["LayerNormalization"] = lower_layernorm;
+    m["Pad"] = lower_pad;
+    m["PRelu"] = lower_prelu;
+    m["Selu"] = lower_selu;
+    m["ScatterND"] = lower_scatternd;
+    m["Einsum"] = lower_einsum;
     m["Reshape"] = lower_reshape;
     m["Flatten"] = lower_flatten;
     m["Squeeze"] = lower_squeeze;

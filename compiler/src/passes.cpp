@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
-// Graph rewrites on the ISA-level IR: SiLU recognition, BatchNorm and bias folding into convolutions,
-// activation fusion, dead-op elimination.
+// Graph rewrites on the ISA-level IR: SiLU, GELU and LayerNorm recognition, padding and BatchNorm/bias
+// folding into convolutions, activation fusion, dead-op elimination.
+#include <cmath>
 #include <cstring>
+#include <memory>
 
 #include "graph.h"
 
@@ -48,6 +50,10 @@ uint32_t* act_field(Op& op, float** alpha, float** beta) {
       *alpha = &op.attr.binary.act_alpha;
       *beta = &op.attr.binary.act_beta;
       return &op.attr.binary.act;
+    case VNPU_ISA_OP_NORM:
+      *alpha = &op.attr.norm.act_alpha;
+      *beta = &op.attr.norm.act_beta;
+      return &op.attr.norm.act;
     case VNPU_ISA_OP_CHANNEL_AFFINE:
       *alpha = &op.attr.affine.act_alpha;
       *beta = &op.attr.affine.act_beta;
@@ -186,6 +192,254 @@ void fuse_activations(Graph& g) {
   }
 }
 
+// The single value of a one-element constant, if v is one.
+bool scalar_of(const Graph& g, int v, float* out) {
+  const Value& val = g.values[v];
+  if (!val.is_const || !val.c.is_float || val.c.f.size() != 1)
+    return false;
+  *out = val.c.f[0];
+  return true;
+}
+
+bool is_binary(const Op& op, uint32_t kind) {
+  return !op.dead && op.opcode == VNPU_ISA_OP_BINARY && op.attr.binary.kind == kind && !op.attr.binary.act;
+}
+
+// The producer of v when v is an op's own (non-view) output used by exactly `want` readers, else null.
+Op* sole_producer(Graph& g, const std::vector<int>& prod, const std::vector<int>& uses, int v, int want = 1) {
+  if (g.values[v].alias_of >= 0 || prod[v] < 0 || uses[v] != want)
+    return nullptr;
+  Op* p = &g.ops[prod[v]];
+  return p->dead ? nullptr : p;
+}
+
+// The REDUCE MEAN over the trailing dims >= some axis of x; returns the axis or -1.
+int64_t mean_over_trailing(const Graph& g, const Op* r, int x) {
+  if (!r || r->opcode != VNPU_ISA_OP_REDUCE || r->attr.reduce.kind != VNPU_ISA_REDUCE_MEAN || r->in[0] != x)
+    return -1;
+  const Shape& xs = g.values[x].shape;
+  uint32_t mask = r->attr.reduce.axes;
+  if (!mask || xs.empty())
+    return -1;
+  int64_t ax = static_cast<int64_t>(xs.size());
+  while (ax > 0 && (mask & (1u << (ax - 1))))
+    ax--;
+  return mask == static_cast<uint32_t>(((uint64_t{1} << xs.size()) - 1) & ~((uint64_t{1} << ax) - 1)) ? ax : -1;
+}
+
+// LayerNorm as PyTorch < opset 17 exports it: d = x - ReduceMean(x); y = d / Sqrt(ReduceMean(Pow(d, 2)) + eps)
+// over the trailing dims -> one NORM op (scale 1, bias 0; a following Mul/Add by constants folds into them).
+void fuse_layernorm(Graph& g) {
+  auto uses = count_uses(g);
+  auto prod = producers(g);
+  for (size_t i = 0; i < g.ops.size(); i++) {
+    Op& div = g.ops[i];
+    if (!is_binary(div, VNPU_ISA_BIN_DIV))
+      continue;
+    int d = div.in[0];
+    Op* sq = sole_producer(g, prod, uses, div.in[1]);
+    Op* sub = sole_producer(g, prod, uses, d, uses[d] == 3 ? 3 : 2);  // 3 when the square is Mul(d, d)
+    if (!sq || !sub || sq->opcode != VNPU_ISA_OP_UNARY || sq->attr.unary.act != VNPU_ISA_ACT_SQRT ||
+        !is_binary(*sub, VNPU_ISA_BIN_SUB))
+      continue;
+    int x = sub->in[0];
+    if (g.values[x].shape != g.values[d].shape || g.values[d].shape != g.values[div.out[0]].shape)
+      continue;
+    Op* m1 = sole_producer(g, prod, uses, sub->in[1]);
+    int64_t ax = mean_over_trailing(g, m1, x);
+    if (ax < 0)
+      continue;
+    Op* add = sole_producer(g, prod, uses, sq->in[0]);
+    float eps;
+    if (!add || !is_binary(*add, VNPU_ISA_BIN_ADD) || !scalar_of(g, add->in[1], &eps) || !(eps >= 0.0f))
+      continue;
+    Op* m2 = sole_producer(g, prod, uses, add->in[0]);
+    if (!m2 || mean_over_trailing(g, m2, m2->in[0]) != ax)
+      continue;
+    Op* pw = sole_producer(g, prod, uses, m2->in[0]);
+    float two;
+    bool square = pw && ((is_binary(*pw, VNPU_ISA_BIN_POW) && pw->in[0] == d && scalar_of(g, pw->in[1], &two) &&
+                          two == 2.0f) ||
+                         (is_binary(*pw, VNPU_ISA_BIN_MUL) && pw->in[0] == d && pw->in[1] == d));
+    if (!square || g.values[m2->in[0]].shape != g.values[x].shape)
+      continue;
+    const Shape& xs = g.values[x].shape;
+    int64_t inner = 1;
+    for (size_t k = static_cast<size_t>(ax); k < xs.size(); k++)
+      inner *= xs[k];
+    Const one, zero;
+    one.shape = zero.shape = {inner};
+    one.f.assign(static_cast<size_t>(inner), 1.0f);
+    zero.f.assign(static_cast<size_t>(inner), 0.0f);
+    for (Op* o : {m1, sub, pw, m2, add, sq})
+      o->dead = true;
+    int s = g.add_const(std::move(one)), b = g.add_const(std::move(zero));
+    Op& nd = g.ops[i];  // the vector of ops does not grow here; values may have
+    nd.opcode = VNPU_ISA_OP_NORM;
+    std::memset(&nd.attr, 0, sizeof nd.attr);
+    nd.attr.norm.axis = static_cast<uint32_t>(ax);
+    nd.attr.norm.epsilon = eps;
+    nd.in = {x, s, b};
+    g.stats.fused_nodes += 6;
+    uses = count_uses(g);
+    prod = producers(g);
+  }
+}
+
+// NORM followed by Mul / Add with a constant over the normalised dims: fold into its scale and shift.
+void fold_norm_affine(Graph& g) {
+  auto uses = count_uses(g);
+  auto prod = producers(g);
+  for (Op& f : g.ops) {
+    bool mul = is_binary(f, VNPU_ISA_BIN_MUL), add = is_binary(f, VNPU_ISA_BIN_ADD);
+    if (!mul && !add)
+      continue;
+    for (int side = 0; side < 2; side++) {
+      int v = f.in[side], k = f.in[1 - side];
+      Op* nm = sole_producer(g, prod, uses, v);
+      if (!nm || nm->opcode != VNPU_ISA_OP_NORM || nm->attr.norm.act || !g.values[k].is_const ||
+          !g.values[k].c.is_float || !g.values[nm->in[1]].is_const || !g.values[nm->in[2]].is_const)
+        continue;
+      const Shape& ys = g.values[v].shape;
+      if (g.values[f.out[0]].shape != ys)
+        continue;
+      Shape inner(ys.begin() + nm->attr.norm.axis, ys.end()), ks = g.values[k].shape;
+      while (!ks.empty() && ks[0] == 1)
+        ks.erase(ks.begin());
+      if (ks.size() > inner.size())
+        continue;
+      bool fits = true;  // every constant dim is 1 or the normalised dim it lines up with
+      for (size_t j = 0; j < ks.size(); j++)
+        fits = fits && (ks[j] == 1 || ks[j] == inner[inner.size() - ks.size() + j]);
+      if (!fits)
+        continue;
+      Const kc = reshape_const(g.values[k].c, ks);
+      Const s = reshape_const(g.values[nm->in[1]].c, inner), b = reshape_const(g.values[nm->in[2]].c, inner);
+      int64_t cnt = numel(inner);
+      if (mul) {
+        s = binary_const("Mul", s, kc);
+        b = binary_const("Mul", b, kc);
+      } else {
+        b = binary_const("Add", b, kc);
+      }
+      if (numel(s.shape) != cnt || numel(b.shape) != cnt)
+        continue;
+      nm->in[1] = g.add_const(reshape_const(s, {cnt}));
+      nm->in[2] = g.add_const(reshape_const(b, {cnt}));
+      nm->out[0] = f.out[0];
+      f.dead = true;
+      g.stats.fused_nodes++;
+      uses = count_uses(g);
+      prod = producers(g);
+      break;
+    }
+  }
+}
+
+// GELU as PyTorch exports nn.GELU(): Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5) -> one GELU activation.
+void fuse_gelu(Graph& g) {
+  auto uses = count_uses(g);
+  auto prod = producers(g);
+  for (Op& half : g.ops) {
+    float c;
+    if (!is_binary(half, VNPU_ISA_BIN_MUL) || !scalar_of(g, half.in[1], &c) || c != 0.5f)
+      continue;
+    Op* m = sole_producer(g, prod, uses, half.in[0]);
+    if (!m || !is_binary(*m, VNPU_ISA_BIN_MUL))
+      continue;
+    for (int side = 0; side < 2; side++) {
+      int x = m->in[side];
+      Op* add = sole_producer(g, prod, uses, m->in[1 - side]);
+      if (!add || !is_binary(*add, VNPU_ISA_BIN_ADD) || !scalar_of(g, add->in[1], &c) || c != 1.0f)
+        continue;
+      Op* erf = sole_producer(g, prod, uses, add->in[0]);
+      if (!erf || erf->opcode != VNPU_ISA_OP_UNARY || erf->attr.unary.act != VNPU_ISA_ACT_ERF)
+        continue;
+      Op* sc = sole_producer(g, prod, uses, erf->in[0]);
+      bool scaled = sc && sc->in[0] == x &&
+                    ((is_binary(*sc, VNPU_ISA_BIN_DIV) && scalar_of(g, sc->in[1], &c) && std::fabs(c - 1.41421356f) < 1e-6f) ||
+                     (is_binary(*sc, VNPU_ISA_BIN_MUL) && scalar_of(g, sc->in[1], &c) && std::fabs(c - 0.70710678f) < 1e-6f));
+      if (!scaled || g.values[x].shape != g.values[half.out[0]].shape)
+        continue;
+      for (Op* o : {sc, erf, add, m})
+        o->dead = true;
+      half.opcode = VNPU_ISA_OP_UNARY;
+      std::memset(&half.attr, 0, sizeof half.attr);
+      half.attr.unary.act = VNPU_ISA_ACT_GELU;
+      half.in = {x};
+      g.stats.fused_nodes += 4;
+      uses = count_uses(g);
+      prod = producers(g);
+      break;
+    }
+  }
+}
+
+// Checks an op with the device's rules after a rewrite (shapes come from the values).
+bool device_accepts(const Graph& g, const Op& op) {
+  auto args = std::make_unique<VnpuOpArgs>();
+  std::memset(args.get(), 0, sizeof(VnpuOpArgs));
+  args->opcode = op.opcode;
+  args->num_inputs = static_cast<uint32_t>(op.in.size());
+  args->num_outputs = static_cast<uint32_t>(op.out.size());
+  args->attr = op.attr;
+  size_t k = 0;
+  for (const auto* list : {&op.in, &op.out})
+    for (int v : *list) {
+      VnpuTensor& t = args->t[k++];
+      const Shape& s = g.values[v].shape;
+      t.rank = static_cast<uint32_t>(s.size());
+      t.count = 1;
+      for (size_t d = 0; d < s.size(); d++) {
+        t.dims[d] = static_cast<uint64_t>(s[d]);
+        t.count *= t.dims[d];
+      }
+    }
+  return vnpu_ops_check(args.get()) == 0;
+}
+
+// Zero padding of H and W right before a convolution (or an average pooling that counts padding): becomes the
+// op's own padding, so the padded tensor is never materialised.
+void fold_pad(Graph& g) {
+  auto uses = count_uses(g);
+  auto prod = producers(g);
+  for (Op& c : g.ops) {
+    bool conv = !c.dead && c.opcode == VNPU_ISA_OP_CONV;
+    bool avg = !c.dead && c.opcode == VNPU_ISA_OP_POOL && c.attr.pool.kind == VNPU_ISA_POOL_AVG;
+    if (!conv && !avg)
+      continue;
+    Op* p = sole_producer(g, prod, uses, c.in[0]);
+    if (!p || p->opcode != VNPU_ISA_OP_PAD || p->attr.pad.mode != VNPU_ISA_PAD_CONSTANT || p->attr.pad.value != 0.0f)
+      continue;
+    const auto& pa = p->attr.pad;
+    if (g.values[p->in[0]].shape.size() != 4 || pa.begin[0] || pa.end[0] || pa.begin[1] || pa.end[1])
+      continue;
+    if (avg) {
+      bool own_pad = c.attr.pool.pad_begin[0] || c.attr.pool.pad_begin[1] || c.attr.pool.pad_end[0] ||
+                     c.attr.pool.pad_end[1];
+      if (own_pad && !(c.attr.pool.flags & VNPU_ISA_POOL_F_COUNT_PAD))
+        continue;  // its own padding is not counted, the explicit zeros are
+    }
+    Op trial = c;
+    trial.in[0] = p->in[0];
+    uint32_t* pb = conv ? trial.attr.conv.pad_begin : trial.attr.pool.pad_begin;
+    uint32_t* pe = conv ? trial.attr.conv.pad_end : trial.attr.pool.pad_end;
+    for (int d = 0; d < 2; d++) {
+      pb[d] += pa.begin[2 + d];
+      pe[d] += pa.end[2 + d];
+    }
+    if (avg)
+      trial.attr.pool.flags |= VNPU_ISA_POOL_F_COUNT_PAD;
+    if (!device_accepts(g, trial))
+      continue;
+    c = trial;
+    p->dead = true;
+    g.stats.fused_nodes++;
+    uses = count_uses(g);
+    prod = producers(g);
+  }
+}
+
 void eliminate_dead(Graph& g) {
   std::vector<bool> live(g.values.size(), false);
   for (int v : g.outputs)
@@ -211,6 +465,10 @@ void eliminate_dead(Graph& g) {
 void run_passes(Graph& g, const CompileOptions& opt) {
   eliminate_dead(g);
   fuse_silu(g);
+  fuse_gelu(g);
+  fuse_layernorm(g);
+  fold_norm_affine(g);
+  fold_pad(g);
   if (opt.fold_batchnorm)
     fold_into_conv(g);
   if (opt.fuse_activations)

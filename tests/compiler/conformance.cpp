@@ -46,6 +46,18 @@ bool is_parameter_input(const std::string& op, int index) {
       {"ConstantOfShape", {0}},
       {"Range", {0, 1, 2}},
       {"Dropout", {1, 2}},
+      {"Pad", {1, 2, 3}},
+      {"ReduceSum", {1}},
+      {"ReduceMean", {1}},
+      {"ReduceMax", {1}},
+      {"ReduceMin", {1}},
+      {"ReduceProd", {1}},
+      {"ReduceL1", {1}},
+      {"ReduceL2", {1}},
+      {"ReduceSumSquare", {1}},
+      {"ReduceLogSum", {1}},
+      {"ReduceLogSumExp", {1}},
+      {"ScatterND", {1}},
   };
   auto it = kParams.find(op);
   return it != kParams.end() && it->second.count(index);
@@ -302,8 +314,15 @@ std::vector<CaseResult> run_all(const Executor& exec, const std::string& only) {
       r.outcome = Outcome::kOutOfScope;
       r.detail = std::string("backend limit: ") + e.what();
     } catch (const std::exception& e) {
-      r.outcome = Outcome::kFail;
-      r.detail = e.what();
+      // A listed "numerics:" case is a documented deviation from the test's expected data (vnpu follows
+      // PyTorch and ONNX Runtime there); any other mismatch fails.
+      if (listed != out_of_scope().end() && listed->second.rfind("numerics:", 0) == 0) {
+        r.outcome = Outcome::kOutOfScope;
+        r.detail = listed->second + " — " + e.what();
+      } else {
+        r.outcome = Outcome::kFail;
+        r.detail = e.what();
+      }
     }
     results.push_back(std::move(r));
   }

@@ -38,6 +38,9 @@ struct CompileOptions {
   bool fold_batchnorm = true;         ///< fold BatchNormalization into a preceding Conv
   bool fuse_activations = true;       ///< fuse bias/activation (Relu, Sigmoid, SiLU, Clip, ...) into producers
   bool plan_memory = true;            ///< liveness-based reuse of scratch (false: every tensor its own range)
+  /// Cut the model: these tensors (by ONNX name) become the outputs instead of the graph's, and only the nodes
+  /// they depend on are compiled (e.g. a detector up to its data-dependent post-processing). Empty: the graph's.
+  std::vector<std::string> outputs;
 };
 
 /// What the compiler did, for --info style reporting.
@@ -59,6 +62,17 @@ struct CompileStats {
 /// Reads `path` and compiles it (CompileError also for I/O failures).
 [[nodiscard]] ModelFile compile_onnx_file(const std::string& path, const CompileOptions& options = {},
                                           CompileStats* stats = nullptr);
+
+/// One op type used by a model (`vnpuc --report`).
+struct OpUse {
+  std::string op;          ///< op type ("domain::op" outside the default domain)
+  uint32_t count = 0;      ///< nodes of this type
+  bool supported = false;  ///< vnpuc lowers this op type (some only with compile-time constant inputs)
+  std::string first_node;  ///< name of the first such node
+};
+
+/// The op types of a serialized ONNX model in order of first use. Throws CompileError if it does not parse.
+[[nodiscard]] std::vector<OpUse> onnx_op_uses(std::span<const uint8_t> onnx_bytes);
 
 /// ONNX op types the importer accepts (sorted), for reports and tests.
 [[nodiscard]] std::vector<std::string> supported_onnx_ops();

@@ -21,8 +21,12 @@ float vnpu_ops_act(float x, uint32_t act, float alpha, float beta)
         return 1.0f / (1.0f + expf(-x));
     case VNPU_ISA_ACT_SILU:
         return x / (1.0f + expf(-x));
-    case VNPU_ISA_ACT_CLIP:
-        return x < alpha ? alpha : (x > beta ? beta : x);
+    case VNPU_ISA_ACT_CLIP: {
+        /* ONNX's min(max(x, alpha), beta): beta wins when alpha > beta, as in oneDNN's clip_v2. */
+        float y = x < alpha ? alpha : x;
+
+        return y > beta ? beta : y;
+    }
     case VNPU_ISA_ACT_LEAKY_RELU:
         return x < 0.0f ? alpha * x : x;
     case VNPU_ISA_ACT_TANH:
@@ -52,6 +56,22 @@ float vnpu_ops_act(float x, uint32_t act, float alpha, float beta)
         return ceilf(x);
     case VNPU_ISA_ACT_ROUND:
         return rintf(x); /* default rounding mode: ties to even */
+    case VNPU_ISA_ACT_ERF:
+        return erff(x);
+    case VNPU_ISA_ACT_GELU:
+        return (float)(0.5 * (double)x * (1.0 + erf((double)x * 0.70710678118654752440)));
+    case VNPU_ISA_ACT_SOFTPLUS:
+        /* log1p(exp(x)) without overflow for large x */
+        return x > 0.0f ? x + log1pf(expf(-x)) : log1pf(expf(x));
+    case VNPU_ISA_ACT_SOFTSIGN:
+        return x / (1.0f + fabsf(x));
+    case VNPU_ISA_ACT_HARD_SWISH: {
+        float y = x / 6.0f + 0.5f;
+
+        return x * (y < 0.0f ? 0.0f : (y > 1.0f ? 1.0f : y));
+    }
+    case VNPU_ISA_ACT_SELU:
+        return beta * (x <= 0.0f ? alpha * (expf(x) - 1.0f) : x);
     default:
         return x;
     }
@@ -370,6 +390,12 @@ int vnpu_ops_check(const VnpuOpArgs *a)
         return (a->num_inputs != 1 || a->num_outputs != 1 || IN(a, 0)->count != OUT(a, 0)->count) ? -1 : 0;
     case VNPU_ISA_OP_RESIZE:
         return check_resize(a);
+    case VNPU_ISA_OP_REDUCE:
+        return vnpu_check_reduce(a);
+    case VNPU_ISA_OP_NORM:
+        return vnpu_check_norm(a);
+    case VNPU_ISA_OP_PAD:
+        return vnpu_check_pad(a);
     case VNPU_ISA_OP_SOFTMAX:
         return (a->num_inputs != 1 || a->num_outputs != 1 || !same_shape(IN(a, 0), OUT(a, 0)) ||
                 (a->attr.softmax.flags & ~3u) || (IN(a, 0)->rank && a->attr.softmax.axis >= IN(a, 0)->rank) ||
@@ -411,6 +437,10 @@ uint64_t vnpu_ops_flops(const VnpuOpArgs *a)
         return (a->attr.resize.mode == VNPU_ISA_RESIZE_LINEAR ? 8 : 1) * y->count;
     case VNPU_ISA_OP_SOFTMAX:
         return 5 * y->count;
+    case VNPU_ISA_OP_REDUCE:
+        return 2 * IN(a, 0)->count + y->count;
+    case VNPU_ISA_OP_NORM:
+        return 8 * y->count;
     default:
         return 0; /* pure data movement: memory-bound */
     }
@@ -474,6 +504,12 @@ int vnpu_ops_run(const VnpuOpArgs *a, VnpuKernelMode mode)
         return vnpu_ref_resize(a);
     case VNPU_ISA_OP_SOFTMAX:
         return vnpu_ref_softmax(a);
+    case VNPU_ISA_OP_REDUCE:
+        return vnpu_ref_reduce(a);
+    case VNPU_ISA_OP_NORM:
+        return vnpu_ref_norm(a);
+    case VNPU_ISA_OP_PAD:
+        return vnpu_ref_pad(a);
     default:
         return -1;
     }

@@ -65,6 +65,12 @@ static int act_post_op(uint32_t act, float alpha, float beta, dnnl_primitive_att
     case VNPU_ISA_ACT_TANH:
         alg = dnnl_eltwise_tanh;
         break;
+    case VNPU_ISA_ACT_GELU:
+        alg = dnnl_eltwise_gelu_erf;
+        break;
+    case VNPU_ISA_ACT_HARD_SWISH:
+        alg = dnnl_eltwise_hardswish;
+        break;
     default:
         return -1;
     }

@@ -327,6 +327,8 @@ static float binary(uint32_t kind, float x, float y)
         return (x < y || isnan(x)) ? x : y;
     case VNPU_ISA_BIN_FMOD:
         return fmodf(x, y);
+    case VNPU_ISA_BIN_PRELU:
+        return x < 0.0f ? x * y : x;
     default:
         return powf(x, y);
     }
@@ -601,21 +603,41 @@ int vnpu_ref_copy(const VnpuOpArgs *a)
 }
 
 /*
- * Input coordinate of output coordinate o along one dim (ONNX Resize coordinate_transformation_mode). Like
- * ONNX's reference, the "resized length" of align_corners and pytorch_half_pixel is scale * in (not the
- * integer output size), which differs when a scale does not divide evenly.
+ * Input coordinate of output coordinate o along one dim (ONNX Resize coordinate_transformation_mode).
+ *
+ * With output sizes (F_SIZES) the scale is exactly out / in, so the coordinate is computed from the integers
+ * (o * in / out, ...): a coordinate that is mathematically an integer or a half stays exact, and nearest
+ * rounding agrees with PyTorch and ONNX for every ratio (dividing by a rounded scale 18/14 put output 9 of a
+ * 14 -> 18 resize at 6.9999 instead of 7, one pixel off). With model scales, the other modes divide by the
+ * scale, and align_corners and pytorch_half_pixel use the integer output length, as PyTorch and ONNX Runtime
+ * do (ONNX's Python reference uses scale * in, which put align_corners samples up to half a pixel off
+ * PyTorch's whenever scale * in is not an integer).
  */
-static double resize_coord(uint32_t mode, uint64_t o, uint64_t in, double scale)
+static double resize_coord(uint32_t mode, uint64_t o, uint64_t in, uint64_t out, double scale, int sizes)
 {
-    double out_len = scale * (double)in;
+    if (sizes) {
+        double n = (double)in, d = (double)out, twice = 2.0 * (double)o + 1.0;
 
+        switch (mode) {
+        case VNPU_ISA_COORD_ASYMMETRIC:
+            return (double)o * n / d;
+        case VNPU_ISA_COORD_ALIGN_CORNERS:
+            return out == 1 ? 0.0 : (double)o * (double)(in - 1) / (double)(out - 1);
+        case VNPU_ISA_COORD_PYTORCH_HALF_PIXEL:
+            return out == 1 ? 0.0 : (twice * n - d) / (2.0 * d);
+        case VNPU_ISA_COORD_TF_HALF_PIXEL_FOR_NN:
+            return twice * n / (2.0 * d);
+        default:
+            return (twice * n - d) / (2.0 * d);
+        }
+    }
     switch (mode) {
     case VNPU_ISA_COORD_ASYMMETRIC:
         return (double)o / scale;
     case VNPU_ISA_COORD_ALIGN_CORNERS:
-        return out_len == 1.0 ? 0.0 : (double)o * (double)(in - 1) / (out_len - 1.0);
+        return out == 1 ? 0.0 : (double)o * (double)(in - 1) / (double)(out - 1);
     case VNPU_ISA_COORD_PYTORCH_HALF_PIXEL:
-        return out_len == 1.0 ? 0.0 : ((double)o + 0.5) / scale - 0.5;
+        return out == 1 ? 0.0 : ((double)o + 0.5) / scale - 0.5;
     case VNPU_ISA_COORD_TF_HALF_PIXEL_FOR_NN:
         return ((double)o + 0.5) / scale;
     default:
@@ -696,7 +718,8 @@ int vnpu_ref_resize(const VnpuOpArgs *a)
         dim[i].interp = 0;
         total += y->dims[i];
         for (j = 0; j < y->dims[i]; j++) {
-            double c = resize_coord(rz->coord, j, x->dims[i], scale);
+            double c = resize_coord(rz->coord, j, x->dims[i], y->dims[i], scale,
+                                    !!(rz->flags & VNPU_ISA_RESIZE_F_SIZES));
             int64_t lo, hi;
             double w = 0.0;
 

@@ -38,6 +38,9 @@ typedef union VnpuOpAttr {
     struct vnpu_isa_transpose transpose;
     struct vnpu_isa_resize resize;
     struct vnpu_isa_softmax softmax;
+    struct vnpu_isa_reduce reduce;
+    struct vnpu_isa_norm norm;
+    struct vnpu_isa_pad pad;
     uint64_t raw[16];
 } VnpuOpAttr;
 
@@ -97,6 +100,14 @@ int vnpu_ref_transpose(const VnpuOpArgs *a);
 int vnpu_ref_copy(const VnpuOpArgs *a);
 int vnpu_ref_resize(const VnpuOpArgs *a);
 int vnpu_ref_softmax(const VnpuOpArgs *a);
+
+/* ISA 1.1 ops (kernels_reduce.c): their checks (0 if valid) and reference kernels. */
+int vnpu_check_reduce(const VnpuOpArgs *a);
+int vnpu_check_norm(const VnpuOpArgs *a);
+int vnpu_check_pad(const VnpuOpArgs *a);
+int vnpu_ref_reduce(const VnpuOpArgs *a);
+int vnpu_ref_norm(const VnpuOpArgs *a);
+int vnpu_ref_pad(const VnpuOpArgs *a);
 
 /* oneDNN kernels (conv, pooling, matmul, and large broadcast arithmetic). Return VNPU_CPL_OK, or 1 if this op's parameters are outside the fast path, or -1 if oneDNN
  * failed (the caller falls back to the reference kernel). */
