@@ -35,11 +35,9 @@ fi
 
 mkdir -p "$OUT"
 if [ ! -f "$OUT/.config" ] || [ "$OUT/.config" -ot "$FRAG" ]; then
-	log "kernel-debug: configuring (x86_64_defconfig + kvm_guest.config + scripts/kernel-debug.config)"
-	make -s -C "$SRC" O="$OUT" x86_64_defconfig >/dev/null
-	(cd "$SRC" && scripts/kconfig/merge_config.sh -O "$OUT" -m "$OUT/.config" kernel/configs/kvm_guest.config \
-		"$FRAG") >"$OUT/merge.log" 2>&1
-	make -s -C "$SRC" O="$OUT" olddefconfig
+	log "kernel-debug: configuring (allnoconfig + scripts/kernel-debug.config)"
+	(cd "$SRC" && KCONFIG_ALLCONFIG="$FRAG" make -s O="$OUT" allnoconfig) >"$OUT/config.log" 2>&1 ||
+		{ cat "$OUT/config.log"; die "kernel-debug: allnoconfig failed"; }
 	# Every option the fragment sets must have survived dependency resolution.
 	# (An option left out may also vanish because what it depends on is out.)
 	bad=$(grep -E '^(CONFIG_[A-Z0-9_]+=|# CONFIG_[A-Z0-9_]+ is not set)' "$FRAG" | while read -r line; do
