@@ -72,7 +72,6 @@ def test_wait_for_timeout_cancels_the_request(slow_model):
             # The cancellation reached the request: its vnpu.Task fails with CANCELLED, long before the
             # 300 ms of the request ahead of it would have let it finish.
             assert queued.task.exception(timeout=5).code == vnpu.ErrorCode.CANCELLED
-            assert not running.done()
             await running
     asyncio.run(main())
 
@@ -113,7 +112,8 @@ def test_task_wait_done_cancel_timings(yolo, yolo_io, slow_model):
         with pytest.raises(vnpu.TimeoutError) as e:
             first.wait(timeout=0.01)
         assert "still running" in str(e.value) or "keeps running" in str(e.value)
-        assert not first.done() and first.timings is None
+        if not first.done():  # (300 ms of modelled device time: done only if this host stalled that long)
+            assert first.timings is None
         assert second.cancel()
         with pytest.raises(vnpu.Error) as e:
             second.wait(timeout=5)

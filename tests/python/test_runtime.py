@@ -255,3 +255,29 @@ def test_threads_calling_run_concurrently(yolo, yolo_io):
         assert not any(t.is_alive() for t in threads)
     assert not errors, errors
     assert len(results) == 32 and all(close_to(y, ref) for y in results)
+
+
+def test_the_gil_is_released_while_waiting_for_the_device(slow_model):
+    # Another Python thread must run while run() / wait() wait for a 300 ms request.
+    ticks = [0]
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            ticks[0] += 1
+    t = threading.Thread(target=count)
+    t.start()
+    try:
+        with vnpu.Runtime(slow_model, backend=BACKEND) as rt:
+            before = ticks[0]
+            rt.run(x1())
+            during_run = ticks[0] - before
+        with vnpu.AsyncRuntime(slow_model, backend=BACKEND) as art:
+            task = art.run(x1())
+            before = ticks[0]
+            task.wait()
+            during_wait = ticks[0] - before
+    finally:
+        stop.set()
+        t.join()
+    assert during_run > 10 and during_wait > 10, (during_run, during_wait)
