@@ -165,6 +165,8 @@ struct vnpu_ctx {
  * @last_progress: jiffies of the last completion or of the ring going busy
  * @watchdog: polls for lost interrupts and hung jobs while jobs are on it
  * @resets: queue resets done
+ * @bad_cpls: completion records rejected (unknown tag or context, ring
+ *            overrun); each one resets the queue
  */
 struct vnpu_hwq {
 	struct vnpu_device *vdev;
@@ -197,6 +199,7 @@ struct vnpu_hwq {
 	unsigned long last_progress;
 	struct delayed_work watchdog;
 	atomic64_t resets;
+	atomic64_t bad_cpls;
 };
 
 /**

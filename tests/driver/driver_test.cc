@@ -2100,11 +2100,31 @@ TEST_F(Fault, LostInterruptIsRecoveredByWatchdog) {
   EXPECT_EQ(submit_one(valid_copy()), 0);
 }
 
+/// Sums over the hardware queues of debugfs queue_resets: {resets, rejected completion records}.
+std::pair<long, long> queue_fault_counts() {
+  std::istringstream in(read_file("/sys/kernel/debug/accel/" + pci_address() + "/queue_resets"));
+  std::string line;
+  long resets = 0, bad = 0;
+  while (std::getline(in, line)) {
+    std::istringstream l(line);
+    long q = -1, r = -1, b = -1;
+    if (!(l >> q >> r >> b))
+      return {-1, -1};
+    resets += r;
+    bad += b;
+  }
+  return {resets, bad};
+}
+
 TEST_F(Fault, CorruptedCompletionFailsJobWithEioAndQueueRecovers) {
+  // Used to go wrong: a rejected completion record was not counted anywhere (only a rate-limited log line).
+  auto [resets, bad] = queue_fault_counts();
+  ASSERT_GE(bad, 0) << "debugfs queue_resets lacks the rejected-records column";
   arm(VNPU_FI_CORRUPT_CPL);
   uint64_t s = 0;
   ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
   EXPECT_EQ(api_.wait_status(s), -EIO);
+  EXPECT_EQ(queue_fault_counts(), std::make_pair(resets + 1, bad + 1));
   MatmulJob mj(api_, 16, 16, 16, 23);
   ASSERT_EQ(api_.submit(mj.cmds(), &s), 0);
   EXPECT_EQ(api_.wait_status(s), 0);
