@@ -298,6 +298,7 @@ struct vnpu_device {
  *         vnpu_result (tagged 1); until WAIT collects it or it falls out of
  *         the latest VNPU_SEQNO_HISTORY seqnos
  * @detached: the queue was destroyed or its file closed (@submit_lock)
+ * @retiring: a thread is completing the queue's done jobs in order (@lock)
  */
 struct vnpu_squeue {
 	struct kref ref;
@@ -315,6 +316,7 @@ struct vnpu_squeue {
 	struct xarray failed;
 	struct xarray waits;
 	bool detached;
+	bool retiring;
 };
 
 /**

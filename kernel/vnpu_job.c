@@ -311,34 +311,55 @@ static void vnpu_job_done(struct vnpu_job *job)
 
 	spin_lock(&sq->lock);
 	job->state = VNPU_JOB_DONE;
-	list_for_each_entry_safe(j, tmp, &sq->order, order_link) {
-		if (j->state != VNPU_JOB_DONE)
-			break;
-		list_move_tail(&j->order_link, &retire);
-		xa_erase(&sq->active, j->seqno);
-		/*
-		 * A failure is remembered for jobs that name it as a
-		 * dependency later, in the slot reserved at SUBMIT: storing
-		 * there allocates nothing and cannot fail. Success releases
-		 * the slot.
-		 */
-		if (j->status) {
-			void *old = xa_store(&sq->failed, j->seqno,
-					     xa_mk_value(-j->status),
-					     GFP_NOWAIT);
+	/*
+	 * One thread at a time retires a queue's jobs (IRQ threads, the
+	 * watchdog and ready work can all get here), so that fences, events
+	 * and CQEs of a queue follow seqno order. Another one busy retiring
+	 * picks this job up when it gets to it.
+	 */
+	if (sq->retiring) {
+		spin_unlock(&sq->lock);
+		return;
+	}
+	sq->retiring = true;
+	/* The last job's completion may drop the last other reference. */
+	kref_get(&sq->ref);
+	for (;;) {
+		list_for_each_entry_safe(j, tmp, &sq->order, order_link) {
+			if (j->state != VNPU_JOB_DONE)
+				break;
+			list_move_tail(&j->order_link, &retire);
+			xa_erase(&sq->active, j->seqno);
+			/*
+			 * A failure is remembered for jobs that name it as a
+			 * dependency later, in the slot reserved at SUBMIT:
+			 * storing there allocates nothing and cannot fail.
+			 * Success releases the slot.
+			 */
+			if (j->status) {
+				void *old = xa_store(&sq->failed, j->seqno,
+						     xa_mk_value(-j->status),
+						     GFP_NOWAIT);
 
-			WARN_ON_ONCE(xa_is_err(old));
-			vnpu_squeue_prune_failed(sq);
-		} else {
-			xa_release(&sq->failed, j->seqno);
+				WARN_ON_ONCE(xa_is_err(old));
+				vnpu_squeue_prune_failed(sq);
+			} else {
+				xa_release(&sq->failed, j->seqno);
+			}
 		}
-	}
-	spin_unlock(&sq->lock);
+		if (list_empty(&retire))
+			break;
+		spin_unlock(&sq->lock);
 
-	list_for_each_entry_safe(j, tmp, &retire, order_link) {
-		list_del_init(&j->order_link);
-		vnpu_job_complete(j);
+		list_for_each_entry_safe(j, tmp, &retire, order_link) {
+			list_del_init(&j->order_link);
+			vnpu_job_complete(j);
+		}
+		spin_lock(&sq->lock);
 	}
+	sq->retiring = false;
+	spin_unlock(&sq->lock);
+	vnpu_squeue_put(sq);
 }
 
 static void vnpu_jobs_done(struct list_head *jobs)

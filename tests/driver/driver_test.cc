@@ -1748,6 +1748,35 @@ TEST_F(Uring, ThousandsOfJobsInFlightOverSeveralQueues) {
   mj.check(fd_);
 }
 
+TEST_F(Uring, CqesOfAQueueArriveInOrderWhileTheWatchdogRacesTheIrqThread) {
+  // Used to go wrong: the IRQ thread and the watchdog each completed the done jobs they had collected outside the
+  // queue's lock, so a later job's fence and CQE could overtake an earlier one's (seen as seqno 389 before 386).
+  constexpr const char* kWatchdog = "/sys/module/vnpu/parameters/watchdog_ms";
+  std::string old = read_file(kWatchdog);
+  ASSERT_FALSE(old.empty());
+  ASSERT_TRUE(write_file(kWatchdog, "10"));
+  Ring ring(kBigRing, 4096);
+  ASSERT_EQ(ring.init_result(), 0);
+  // NOPs (no engine) finish on the device before the copies submitted ahead of them: the driver completes
+  // them out of device order, across interrupts and watchdog passes.
+  JobSpec nop, copy = valid_job();
+  nop.cmds = {nop_cmd()};
+  uint64_t last = 0;
+  int late = 0;
+  for (int round = 0; round < 10; round++) {
+    for (int i = 0; i < 4000; i++)
+      ASSERT_TRUE(ring.prep_submit(fd_, submit_of(i % 4 ? nop : copy), i));
+    ASSERT_EQ(io_uring_submit(ring.get()), 4000);
+    for (const auto& c : reap(ring, 4000)) {
+      EXPECT_EQ(c.res, 0);
+      late += c.extra0 <= last;
+      last = std::max(last, c.extra0);
+    }
+  }
+  write_file(kWatchdog, old);
+  EXPECT_EQ(late, 0) << "CQEs that arrived after a later seqno's";
+}
+
 TEST_F(Uring, WorksWithoutCqe32) {
   Ring ring(IORING_SETUP_SQE128);
   ASSERT_EQ(ring.init_result(), 0);
