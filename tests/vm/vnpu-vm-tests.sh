@@ -24,7 +24,7 @@ smi_sees_device_and_process() {
 	bench=$!
 	# Until the benchmark has started (it allocates and clears its memory first; seconds under load), or 20 s.
 	i=0
-	while [ $i -lt 20 ]; do
+	while [ "$i" -lt 20 ]; do
 		i=$((i + 1))
 		sleep 1
 		out=$(vnpu-smi --json)
