@@ -165,6 +165,8 @@ struct vnpu_ctx {
  * @last_progress: jiffies of the last completion or of the ring going busy
  * @watchdog: polls for lost interrupts and hung jobs while jobs are on it
  * @resets: queue resets done
+ * @bad_cpls: completion records rejected (unknown tag or context, ring
+ *            overrun); each one resets the queue
  */
 struct vnpu_hwq {
 	struct vnpu_device *vdev;
@@ -197,6 +199,7 @@ struct vnpu_hwq {
 	unsigned long last_progress;
 	struct delayed_work watchdog;
 	atomic64_t resets;
+	atomic64_t bad_cpls;
 };
 
 /**
@@ -295,6 +298,7 @@ struct vnpu_device {
  *         vnpu_result (tagged 1); until WAIT collects it or it falls out of
  *         the latest VNPU_SEQNO_HISTORY seqnos
  * @detached: the queue was destroyed or its file closed (@submit_lock)
+ * @retiring: a thread is completing the queue's done jobs in order (@lock)
  */
 struct vnpu_squeue {
 	struct kref ref;
@@ -312,6 +316,7 @@ struct vnpu_squeue {
 	struct xarray failed;
 	struct xarray waits;
 	bool detached;
+	bool retiring;
 };
 
 /**

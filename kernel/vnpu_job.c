@@ -311,34 +311,55 @@ static void vnpu_job_done(struct vnpu_job *job)
 
 	spin_lock(&sq->lock);
 	job->state = VNPU_JOB_DONE;
-	list_for_each_entry_safe(j, tmp, &sq->order, order_link) {
-		if (j->state != VNPU_JOB_DONE)
-			break;
-		list_move_tail(&j->order_link, &retire);
-		xa_erase(&sq->active, j->seqno);
-		/*
-		 * A failure is remembered for jobs that name it as a
-		 * dependency later, in the slot reserved at SUBMIT: storing
-		 * there allocates nothing and cannot fail. Success releases
-		 * the slot.
-		 */
-		if (j->status) {
-			void *old = xa_store(&sq->failed, j->seqno,
-					     xa_mk_value(-j->status),
-					     GFP_NOWAIT);
+	/*
+	 * One thread at a time retires a queue's jobs (IRQ threads, the
+	 * watchdog and ready work can all get here), so that fences, events
+	 * and CQEs of a queue follow seqno order. Another one busy retiring
+	 * picks this job up when it gets to it.
+	 */
+	if (sq->retiring) {
+		spin_unlock(&sq->lock);
+		return;
+	}
+	sq->retiring = true;
+	/* The last job's completion may drop the last other reference. */
+	kref_get(&sq->ref);
+	for (;;) {
+		list_for_each_entry_safe(j, tmp, &sq->order, order_link) {
+			if (j->state != VNPU_JOB_DONE)
+				break;
+			list_move_tail(&j->order_link, &retire);
+			xa_erase(&sq->active, j->seqno);
+			/*
+			 * A failure is remembered for jobs that name it as a
+			 * dependency later, in the slot reserved at SUBMIT:
+			 * storing there allocates nothing and cannot fail.
+			 * Success releases the slot.
+			 */
+			if (j->status) {
+				void *old = xa_store(&sq->failed, j->seqno,
+						     xa_mk_value(-j->status),
+						     GFP_NOWAIT);
 
-			WARN_ON_ONCE(xa_is_err(old));
-			vnpu_squeue_prune_failed(sq);
-		} else {
-			xa_release(&sq->failed, j->seqno);
+				WARN_ON_ONCE(xa_is_err(old));
+				vnpu_squeue_prune_failed(sq);
+			} else {
+				xa_release(&sq->failed, j->seqno);
+			}
 		}
-	}
-	spin_unlock(&sq->lock);
+		if (list_empty(&retire))
+			break;
+		spin_unlock(&sq->lock);
 
-	list_for_each_entry_safe(j, tmp, &retire, order_link) {
-		list_del_init(&j->order_link);
-		vnpu_job_complete(j);
+		list_for_each_entry_safe(j, tmp, &retire, order_link) {
+			list_del_init(&j->order_link);
+			vnpu_job_complete(j);
+		}
+		spin_lock(&sq->lock);
 	}
+	sq->retiring = false;
+	spin_unlock(&sq->lock);
+	vnpu_squeue_put(sq);
 }
 
 static void vnpu_jobs_done(struct list_head *jobs)
@@ -1096,25 +1117,44 @@ static struct vnpu_job *vnpu_hwq_find(struct vnpu_hwq *q, u64 tag)
 	return NULL;
 }
 
+/* Is the completion record at the ring's head valid in this pass? */
+static bool vnpu_cpl_valid(struct vnpu_hwq *q)
+{
+	struct vnpu_hw_cpl *cpl = &q->cq[q->cq_head];
+
+	return (vnpu_cpu16(READ_ONCE(cpl->flags)) & VNPU_CPL_F_PHASE) ==
+	       q->cq_phase;
+}
+
 /*
  * Consume valid completion records. Finished jobs move to @done; with
  * @recovering, ABORTED records only mark their job (recovery decides).
- * An unknown tag marks the queue corrupt. q->lock held.
+ * The device is not trusted: a record whose tag and context name no job on
+ * this queue's ring, or more records than the ring holds (the device wrote
+ * past the head the driver published), is counted in q->bad_cpls and marks
+ * the queue corrupt, which resets it; the loop is bounded by the ring size.
+ * q->lock held.
  */
 static void vnpu_hwq_reap(struct vnpu_hwq *q, struct list_head *done,
 			  bool recovering)
 {
 	struct drm_device *drm = &q->vdev->drm;
+	u32 budget = q->entries;
 	struct vnpu_hw_cpl *cpl;
 	struct vnpu_job *job;
 	bool any = false;
 	u32 hw_status;
 
-	for (;;) {
-		cpl = &q->cq[q->cq_head];
-		if ((vnpu_cpu16(READ_ONCE(cpl->flags)) & VNPU_CPL_F_PHASE) !=
-		    q->cq_phase)
+	while (vnpu_cpl_valid(q)) {
+		if (!budget--) {
+			drm_err_ratelimited(drm,
+					    "queue %u: more completions than ring entries\n",
+					    q->index);
+			atomic64_inc(&q->bad_cpls);
+			q->corrupt = true;
 			break;
+		}
+		cpl = &q->cq[q->cq_head];
 		/* Read the record only after seeing its phase bit. */
 		dma_rmb();
 		hw_status = vnpu_cpu16(cpl->status);
@@ -1124,6 +1164,7 @@ static void vnpu_hwq_reap(struct vnpu_hwq *q, struct list_head *done,
 					    "queue %u: completion with unknown tag 0x%llx (status %u)\n",
 					    q->index, vnpu_cpu64(cpl->tag),
 					    hw_status);
+			atomic64_inc(&q->bad_cpls);
 			q->corrupt = true;
 		} else if (recovering && hw_status == VNPU_CPL_ABORTED) {
 			job->aborted = true;
@@ -1381,6 +1422,7 @@ int vnpu_hwq_init(struct vnpu_device *vdev, struct vnpu_hwq *q, u32 index,
 	INIT_DELAYED_WORK(&q->watchdog, vnpu_watchdog);
 	q->cq_phase = VNPU_CPL_F_PHASE;
 	atomic64_set(&q->resets, 0);
+	atomic64_set(&q->bad_cpls, 0);
 
 	/* Device-managed: freed after remove, when no job points at them. */
 	q->sq = dmam_alloc_coherent(dev, q->entries * sizeof(*q->sq),

@@ -231,9 +231,11 @@ static int vnpu_resets_show(struct seq_file *m, void *unused)
 	struct vnpu_device *vdev = m->private;
 	unsigned int i;
 
+	/* index, resets, rejected completion records */
 	for (i = 0; i < vdev->num_hwq; i++)
-		seq_printf(m, "%u %lld\n", i,
-			   atomic64_read(&vdev->hwq[i].resets));
+		seq_printf(m, "%u %lld %lld\n", i,
+			   atomic64_read(&vdev->hwq[i].resets),
+			   atomic64_read(&vdev->hwq[i].bad_cpls));
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(vnpu_resets);

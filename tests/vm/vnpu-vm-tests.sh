@@ -22,8 +22,14 @@ smi_sees_device_and_process() {
 	vnpu-bench --backend kernel --synthetic prep_ms=0,h2d_ms=1,compute_ms=1,d2h_ms=1 --count 1000000 --quiet \
 		>/dev/null &
 	bench=$!
-	sleep 2
-	out=$(vnpu-smi --json)
+	# Until the benchmark has started (it allocates and clears its memory first; seconds under load), or 20 s.
+	i=0
+	while [ "$i" -lt 20 ]; do
+		i=$((i + 1))
+		sleep 1
+		out=$(vnpu-smi --json)
+		echo "$out" | grep -q '"util": {"h2d": 0\.[0-9]*[1-9]' && break
+	done
 	vnpu-smi
 	kill "$bench"
 	wait "$bench" 2>/dev/null

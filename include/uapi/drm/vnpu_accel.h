@@ -11,7 +11,10 @@
  * the accel fd; every other core ioctl number gives -ENOTTY.
  *
  * Each open file is one device context: its own device virtual address space (device MMU), its device memory
- * allocations mapped into it, its queues and its jobs. Nothing of one file is reachable from another file.
+ * allocations mapped into it, its queues and its jobs. Another file reaches none of them: its device memory,
+ * queues, jobs and results are unknown there, and new device memory is cleared. The one thing files can share
+ * is a host BO that one of them exports with DRM_IOCTL_PRIME_HANDLE_TO_FD (device memory cannot be exported);
+ * such a dma-buf carries no fences of vnpu jobs, so the sharers order their accesses themselves.
  */
 #ifndef _UAPI_VNPU_ACCEL_H_
 #define _UAPI_VNPU_ACCEL_H_
