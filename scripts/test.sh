@@ -81,6 +81,12 @@ if [ "$vm" = 1 ]; then
 		return $rc
 	}
 	run "in-VM vnpu-run of a compiled YOLOv8n on the kernel backend matches PyTorch" vm_model_run
+	# The Python package on the kernel backend: the guest runs the host's /usr/bin/python3 (numpy, pytest) from the
+	# host's root, shared read-only over virtio-9p, against the build tree at its host path.
+	run "in-VM Python suite on the kernel backend (host root over virtio-9p)" "$VNPU_ROOT/vnpu" vm --host-root \
+		--devices 1 --mem 2G --timeout 900 -- host-run env PYTHONPATH="$VNPU_BUILD/python" VNPU_BUILD="$VNPU_BUILD" \
+		VNPU_BACKEND=kernel /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+		"$VNPU_ROOT/tests/python/test_runtime.py" "$VNPU_ROOT/tests/python/test_async.py"
 	run "in-VM, two devices (independent accel0 and accel1)" "$VNPU_ROOT/vnpu" vm --devices 2 --timeout 600 -- \
 		sh -c "driver_test --gtest_brief=1 --gtest_filter='MultiDevice.*' && VNPU_BACKEND=kernel runtime_test --gtest_brief=1"
 fi
