@@ -874,21 +874,113 @@ void vnpu_engine_tick(VnpuEngine *e)
 
 /* ---- lifetime --------------------------------------------------------------------------------------------- */
 
-static void stop_threads(VnpuEngine *e)
+/* What an abandoned engine's stragglers may still call: nothing that reaches the (gone) transport. */
+static int abandoned_dma(void *opaque, uint64_t addr, void *buf, size_t len)
 {
+    (void)opaque, (void)addr, (void)buf, (void)len;
+    return -1;
+}
+
+static int abandoned_dma_write(void *opaque, uint64_t addr, const void *buf, size_t len)
+{
+    (void)opaque, (void)addr, (void)buf, (void)len;
+    return -1;
+}
+
+static uint64_t abandoned_clock(void *opaque)
+{
+    (void)opaque;
+    return 0;
+}
+
+static void abandoned_schedule(void *opaque, uint64_t deadline)
+{
+    (void)opaque, (void)deadline;
+}
+
+static void abandoned_interrupt(void *opaque, unsigned vector)
+{
+    (void)opaque, (void)vector;
+}
+
+static void engine_free(VnpuEngine *e);
+
+void vnpu_worker_exit(VnpuEngine *e)
+{
+    bool last;
+
+    pthread_mutex_lock(&e->lock);
+    last = !--e->threads_alive && e->abandoned;
+    pthread_cond_broadcast(&e->idle_cond);
+    pthread_mutex_unlock(&e->lock);
+    if (last) {
+        engine_free(e);
+    }
+}
+
+/*
+ * Stop the workers and wait at most bound_ms for them to exit; true if they all did (joined). A worker that is
+ * stuck (a host access that does not return, a kernel between two cancellation checks) must not hold up the
+ * transport (QEMU: hot-unplug under the BQL): the engine is then abandoned to its stragglers, which get host
+ * callbacks that do nothing, and the last of them frees it. The caller must not touch e after false.
+ */
+static bool stop_threads(VnpuEngine *e, unsigned bound_ms)
+{
+    pthread_t threads[3 + VNPU_ENGINE_MAX_CORES];
+    unsigned n = e->nthreads;
+    struct timespec until;
+    bool all;
+
+    memcpy(threads, e->threads, sizeof(threads));
     pthread_mutex_lock(&e->lock);
     __atomic_store_n(&e->stopping, true, __ATOMIC_RELAXED); /* long commands poll this and give up */
     pthread_cond_broadcast(&e->work_cond);
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += bound_ms / 1000;
+    until.tv_nsec += (long)(bound_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    while (e->threads_alive && pthread_cond_timedwait(&e->idle_cond, &e->lock, &until) != ETIMEDOUT) {
+    }
+    all = !e->threads_alive;
+    if (!all) {
+        e->abandoned = true;
+        e->host.dma_read = abandoned_dma;
+        e->host.dma_write = abandoned_dma_write;
+        e->host.clock_ns = abandoned_clock;
+        e->host.schedule = abandoned_schedule;
+        e->host.interrupt = abandoned_interrupt;
+        e->host.guest_error = NULL;
+    }
     pthread_mutex_unlock(&e->lock);
-    if (e->nthreads_started > 0) {
-        pthread_join(e->cp_thread, NULL);
+    for (unsigned i = 0; i < n; i++) {
+        if (all) {
+            pthread_join(threads[i], NULL);
+        } else {
+            pthread_detach(threads[i]);
+        }
     }
-    for (unsigned i = 1; i < e->nthreads_started && i < 3; i++) {
-        pthread_join(e->unit_thread[i - 1], NULL);
+    return all;
+}
+
+static int start_thread(VnpuEngine *e, void *(*fn)(void *))
+{
+    int rc;
+
+    pthread_mutex_lock(&e->lock);
+    e->threads_alive++; /* before the thread runs: it counts itself out in vnpu_worker_exit() */
+    pthread_mutex_unlock(&e->lock);
+    rc = pthread_create(&e->threads[e->nthreads], NULL, fn, e);
+    if (rc) {
+        pthread_mutex_lock(&e->lock);
+        e->threads_alive--;
+        pthread_mutex_unlock(&e->lock);
+        return -rc;
     }
-    for (unsigned i = 3; i < e->nthreads_started; i++) {
-        pthread_join(e->core_thread[i - 3], NULL);
-    }
+    e->nthreads++;
+    return 0;
 }
 
 static void free_all(VnpuEngine *e)
@@ -986,29 +1078,27 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
     engine_reset_locked(e);
     pthread_mutex_unlock(&e->lock);
 
-    rc = -pthread_create(&e->cp_thread, NULL, vnpu_cp_main, e);
+    rc = start_thread(e, vnpu_cp_main);
     if (!rc) {
-        e->nthreads_started++;
-        rc = -pthread_create(&e->unit_thread[0], NULL, vnpu_h2d_main, e);
+        rc = start_thread(e, vnpu_h2d_main);
     }
     if (!rc) {
-        e->nthreads_started++;
-        rc = -pthread_create(&e->unit_thread[1], NULL, vnpu_d2h_main, e);
+        rc = start_thread(e, vnpu_d2h_main);
     }
     for (unsigned c = 0; !rc && c < e->cfg.compute_cores; c++) {
-        e->nthreads_started++;
-        rc = -pthread_create(&e->core_thread[c], NULL, vnpu_core_main, e);
+        rc = start_thread(e, vnpu_core_main);
     }
-    if (!rc) {
-        e->nthreads_started++;
-    } else {
+    if (rc) {
         goto err_stop_threads;
     }
     *out = e;
     return 0;
 
 err_stop_threads:
-    stop_threads(e);
+    /* Fresh workers have nothing to be stuck on: they exit at once. */
+    if (!stop_threads(e, UINT32_MAX / 2)) {
+        return rc;
+    }
     pthread_cond_destroy(&e->gate_cond);
 err_destroy_gate_lock:
     pthread_mutex_destroy(&e->gate_lock);
@@ -1046,9 +1136,17 @@ void vnpu_engine_destroy(VnpuEngine *e)
     pthread_mutex_unlock(&e->lock);
     pthread_mutex_lock(&e->gate_lock);
     e->paused = false; /* workers held at the gate must get out to see `stopping` */
+    __atomic_store_n(&e->epoch, e->epoch + 1, __ATOMIC_RELEASE); /* and start no new host access */
     pthread_cond_broadcast(&e->gate_cond);
     pthread_mutex_unlock(&e->gate_lock);
-    stop_threads(e);
+    if (!stop_threads(e, VNPU_ENGINE_DESTROY_WAIT_MS)) {
+        return; /* abandoned: the last straggler frees it */
+    }
+    engine_free(e);
+}
+
+static void engine_free(VnpuEngine *e)
+{
     free_all(e);
     pthread_cond_destroy(&e->gate_cond);
     pthread_mutex_destroy(&e->gate_lock);

@@ -131,8 +131,15 @@ int vnpu_engine_config_finalize(VnpuEngineConfig *cfg);
  */
 int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, VnpuEngine **out);
 
-/* Stop the workers, drop pending work (nothing more is written to host memory) and free the engine. */
+/*
+ * Stop the workers, drop pending work (nothing more is written to host memory) and free the engine. Waits at
+ * most VNPU_ENGINE_DESTROY_WAIT_MS for the workers: a worker stuck in a host access that does not return or in
+ * a kernel between two cancellation checks is left behind with callbacks that reach nothing of the transport
+ * (no DMA, no schedule, no interrupt), and frees the engine when it gets out. Either way the transport's
+ * callbacks are never called again once this returns, except a host access that was already in progress.
+ */
 void vnpu_engine_destroy(VnpuEngine *e);
+#define VNPU_ENGINE_DESTROY_WAIT_MS 2000u
 
 /* BAR0 register access. Only 4-byte aligned 32-bit accesses have effect; others read 0 / are ignored. */
 uint64_t vnpu_engine_mmio_read(VnpuEngine *e, uint64_t offset, unsigned size);

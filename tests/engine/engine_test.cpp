@@ -1131,6 +1131,30 @@ TEST_F(Engine, PausedEngineTouchesNoHostMemoryUntilResumed) {
   EXPECT_EQ(run_one({nop(3)}).tag, 3u);
 }
 
+// Regression: destroy (QEMU: unrealize, hot-unplug, with the BQL held) joined the workers without a bound, so a
+// worker stuck in a host access (e.g. a DMA that needs the lock its caller holds) hung it forever.
+TEST_F(Engine, DestroyIsBoundedWhenAWorkerIsStuckInAHostAccess) {
+  enable();
+  std::atomic<bool> stuck{false}, release{false};
+  host_.on_read([&](uint64_t addr, size_t) {
+    if (addr >= kData && !stuck.exchange(true)) {
+      while (!release.load())
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  submit({dma(VNPU_OPC_DMA_H2D, sgl1(0, kData, 4096), 1, 0, 0, 4096, true)});
+  while (!stuck.load())
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  engine_.reset();  // returns although the H2D worker cannot get out of its read
+  uint64_t writes = host_.dma_writes();
+  release = true;
+  while (host_.accesses_in_progress())
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the straggler frees the engine
+  host_.on_read(nullptr);
+  EXPECT_EQ(host_.dma_writes(), writes) << "an abandoned engine reached the transport";
+}
+
 TEST_F(Engine, ResetDuringALongCommandAbandonsIt) {
   enable();
   submit({matmul(0, 0x400000, 0x800000, 1024, 1024, 1024, true, 1)});
