@@ -905,6 +905,39 @@ static void abandoned_interrupt(void *opaque, unsigned vector)
 
 static void engine_free(VnpuEngine *e);
 
+/* Default worker threads (no host->thread_create): pthreads, the handle a malloc'd pthread_t. */
+static int pthread_start(void *opaque, void **thread, const char *name, void *(*fn)(void *), void *arg)
+{
+    pthread_t *t = malloc(sizeof(*t));
+    int rc;
+
+    (void)opaque, (void)name;
+    if (!t) {
+        return -ENOMEM;
+    }
+    rc = pthread_create(t, NULL, fn, arg);
+    if (rc) {
+        free(t);
+        return -rc;
+    }
+    *thread = t;
+    return 0;
+}
+
+static void pthread_join_free(void *opaque, void *thread)
+{
+    (void)opaque;
+    pthread_join(*(pthread_t *)thread, NULL);
+    free(thread);
+}
+
+static void pthread_detach_free(void *opaque, void *thread)
+{
+    (void)opaque;
+    pthread_detach(*(pthread_t *)thread);
+    free(thread);
+}
+
 void vnpu_worker_exit(VnpuEngine *e)
 {
     bool last;
@@ -926,7 +959,9 @@ void vnpu_worker_exit(VnpuEngine *e)
  */
 static bool stop_threads(VnpuEngine *e, unsigned bound_ms)
 {
-    pthread_t threads[3 + VNPU_ENGINE_MAX_CORES];
+    void *threads[3 + VNPU_ENGINE_MAX_CORES];
+    void (*join)(void *, void *) = e->host.thread_join, (*detach)(void *, void *) = e->host.thread_detach;
+    void *opaque = e->host.opaque;
     unsigned n = e->nthreads;
     struct timespec until;
     bool all;
@@ -957,27 +992,27 @@ static bool stop_threads(VnpuEngine *e, unsigned bound_ms)
     pthread_mutex_unlock(&e->lock);
     for (unsigned i = 0; i < n; i++) {
         if (all) {
-            pthread_join(threads[i], NULL);
+            join(opaque, threads[i]);
         } else {
-            pthread_detach(threads[i]);
+            detach(opaque, threads[i]);
         }
     }
     return all;
 }
 
-static int start_thread(VnpuEngine *e, void *(*fn)(void *))
+static int start_thread(VnpuEngine *e, const char *name, void *(*fn)(void *))
 {
     int rc;
 
     pthread_mutex_lock(&e->lock);
     e->threads_alive++; /* before the thread runs: it counts itself out in vnpu_worker_exit() */
     pthread_mutex_unlock(&e->lock);
-    rc = pthread_create(&e->threads[e->nthreads], NULL, fn, e);
+    rc = e->host.thread_create(e->host.opaque, &e->threads[e->nthreads], name, fn, e);
     if (rc) {
         pthread_mutex_lock(&e->lock);
         e->threads_alive--;
         pthread_mutex_unlock(&e->lock);
-        return -rc;
+        return rc < 0 ? rc : -EAGAIN;
     }
     e->nthreads++;
     return 0;
@@ -1017,6 +1052,11 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
     }
     e->cfg = *cfg;
     e->host = *host;
+    if (!host->thread_create || !host->thread_join || !host->thread_detach) {
+        e->host.thread_create = pthread_start;
+        e->host.thread_join = pthread_join_free;
+        e->host.thread_detach = pthread_detach_free;
+    }
     rc = vnpu_engine_config_finalize(&e->cfg);
     if (rc) {
         goto err_free_engine;
@@ -1078,15 +1118,15 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
     engine_reset_locked(e);
     pthread_mutex_unlock(&e->lock);
 
-    rc = start_thread(e, vnpu_cp_main);
+    rc = start_thread(e, "vnpu-cp", vnpu_cp_main);
     if (!rc) {
-        rc = start_thread(e, vnpu_h2d_main);
+        rc = start_thread(e, "vnpu-h2d", vnpu_h2d_main);
     }
     if (!rc) {
-        rc = start_thread(e, vnpu_d2h_main);
+        rc = start_thread(e, "vnpu-d2h", vnpu_d2h_main);
     }
     for (unsigned c = 0; !rc && c < e->cfg.compute_cores; c++) {
-        rc = start_thread(e, vnpu_core_main);
+        rc = start_thread(e, "vnpu-core", vnpu_core_main);
     }
     if (rc) {
         goto err_stop_threads;

@@ -117,6 +117,16 @@ typedef struct VnpuEngineHost {
      */
     void (*worker_start)(void *opaque);
     void (*worker_stop)(void *opaque);
+    /*
+     * Optional, all three or none: the transport's threads for the engine's workers (QEMU: QemuThread, which
+     * names the thread and blocks signals in it). thread_create starts fn(arg) as a joinable thread named
+     * `name`, stores a handle in *thread and returns 0 or a negative errno; thread_join waits for it and frees
+     * the handle; thread_detach lets it run to its end on its own and frees the handle. None: pthreads.
+     * Called from vnpu_engine_create/destroy only.
+     */
+    int (*thread_create)(void *opaque, void **thread, const char *name, void *(*fn)(void *), void *arg);
+    void (*thread_join)(void *opaque, void *thread);
+    void (*thread_detach)(void *opaque, void *thread);
 } VnpuEngineHost;
 
 /*

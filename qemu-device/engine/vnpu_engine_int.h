@@ -158,7 +158,7 @@ struct VnpuEngine {
     pthread_mutex_t lock;
     pthread_cond_t work_cond;   /* workers: something may have changed */
     pthread_cond_t idle_cond;   /* a worker went to sleep */
-    pthread_t threads[3 + VNPU_ENGINE_MAX_CORES]; /* CP, H2D, D2H, cores */
+    void *threads[3 + VNPU_ENGINE_MAX_CORES]; /* CP, H2D, D2H, cores: host->thread_create handles */
     unsigned nthreads;
     unsigned threads_alive;     /* workers that have not passed vnpu_worker_exit() */
     bool abandoned;             /* destroy gave up waiting: the last worker out frees the engine */

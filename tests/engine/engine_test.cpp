@@ -1155,6 +1155,43 @@ TEST_F(Engine, DestroyIsBoundedWhenAWorkerIsStuckInAHostAccess) {
   EXPECT_EQ(host_.dma_writes(), writes) << "an abandoned engine reached the transport";
 }
 
+// Regression: the engine always created raw pthreads, so QEMU could not give its workers QemuThreads (named,
+// signals blocked) like every other QEMU thread.
+TEST(EngineThreads, WorkersAreTheTransportsThreadsWhenItProvidesThem) {
+  struct Threads {
+    std::atomic<int> created{0}, joined{0};
+    std::vector<std::string> names;
+  } th;
+  FakeHost fake;
+  VnpuEngineHost h = fake.host();
+  h.opaque = &th;  // only the thread callbacks run before the first doorbell
+  h.thread_create = [](void* o, void** t, const char* name, void* (*fn)(void*), void* arg) {
+    auto* self = static_cast<Threads*>(o);
+    self->names.emplace_back(name);
+    self->created++;
+    *t = new std::thread(fn, arg);
+    return 0;
+  };
+  h.thread_join = [](void* o, void* t) {
+    static_cast<Threads*>(o)->joined++;
+    static_cast<std::thread*>(t)->join();
+    delete static_cast<std::thread*>(t);
+  };
+  h.thread_detach = [](void*, void* t) {
+    static_cast<std::thread*>(t)->detach();
+    delete static_cast<std::thread*>(t);
+  };
+  VnpuEngineConfig cfg{};
+  cfg.devmem_size = 1 << 20;
+  cfg.compute_cores = 2;
+  VnpuEngine* e = nullptr;
+  ASSERT_EQ(vnpu_engine_create(&cfg, &h, &e), 0);
+  EXPECT_EQ(th.created.load(), 5);
+  EXPECT_EQ(th.names, (std::vector<std::string>{"vnpu-cp", "vnpu-h2d", "vnpu-d2h", "vnpu-core", "vnpu-core"}));
+  vnpu_engine_destroy(e);
+  EXPECT_EQ(th.joined.load(), 5);
+}
+
 TEST_F(Engine, ResetDuringALongCommandAbandonsIt) {
   enable();
   submit({matmul(0, 0x400000, 0x800000, 1024, 1024, 1024, true, 1)});
