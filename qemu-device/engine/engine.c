@@ -758,21 +758,23 @@ static uint32_t sat32(uint64_t v)
 /*
  * Write one completion record so that a driver polling the phase bit on another CPU never sees a new phase with
  * an old payload: the whole record first with the phase the slot had before (the previous pass's, "not new"),
- * then, ordered after it, the flags word with the new phase. The transport orders DMA writes in call order
+ * then, ordered after it, the record again with the new phase. The second write changes no byte but the
+ * phase, so however the transport splits it, a reader that sees the new phase sees the whole payload. It is a
+ * full record (not just the flags word) so that transports publishing records word by word (libruntime's sim:
+ * the phase word last, with release) handle both writes alike. The transport orders DMA writes in call order
  * (QEMU: dma_memory_rw() issues smp_mb() before every access); the fence orders our own stores for transports
  * that write with plain memcpy.
  */
 static int post_record(VnpuEngine *e, uint64_t addr, const struct vnpu_hw_cpl *rec)
 {
     struct vnpu_hw_cpl body = *rec;
-    uint16_t flags = rec->flags;
 
-    body.flags = flags ^ VNPU_CPL_F_PHASE;
+    body.flags ^= VNPU_CPL_F_PHASE;
     if (e->host.dma_write(e->host.opaque, addr, &body, sizeof(body))) {
         return -1;
     }
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    return e->host.dma_write(e->host.opaque, addr + offsetof(struct vnpu_hw_cpl, flags), &flags, sizeof(flags));
+    return e->host.dma_write(e->host.opaque, addr, rec, sizeof(*rec));
 }
 
 void vnpu_engine_tick(VnpuEngine *e)
