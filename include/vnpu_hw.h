@@ -86,7 +86,7 @@
  */
 #define VNPU_CONTROL_FETCH_PAUSE (1u << 1)
 
-#define VNPU_STATUS_READY (1u << 0) /* device initialised and accepting queue setup */
+#define VNPU_STATUS_READY (1u << 0) /* 0 after a device reset until no engine holds dropped work; nothing is fetched until 1 */
 
 /*
  * Telemetry (RO, 64-bit counters as LO/HI pairs). Counted since device reset.

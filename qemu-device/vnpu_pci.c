@@ -20,6 +20,7 @@
 #include "qemu/log.h"
 #include "qemu/module.h"
 #include "qemu/rcu.h"
+#include "qemu/thread.h"
 #include "qemu/timer.h"
 #include "qemu/units.h"
 #include "hw/core/cpu.h"
@@ -198,6 +199,30 @@ static void vnpu_vm_state_change(void *opaque, bool running, RunState state)
     vnpu_engine_set_paused(s->engine, !running);
 }
 
+/* Worker threads are QemuThreads: named (-name debug-threads=on) and with every signal blocked. */
+static int vnpu_host_thread_create(void *opaque, void **thread, const char *name, void *(*fn)(void *),
+                                   void *arg)
+{
+    QemuThread *t = g_new0(QemuThread, 1);
+
+    qemu_thread_create(t, name, fn, arg, QEMU_THREAD_JOINABLE);
+    *thread = t;
+    return 0;
+}
+
+static void vnpu_host_thread_join(void *opaque, void *thread)
+{
+    qemu_thread_join(thread);
+    g_free(thread);
+}
+
+/* A straggler the engine gave up waiting for (see vnpu_engine_destroy) ends on its own. */
+static void vnpu_host_thread_detach(void *opaque, void *thread)
+{
+    pthread_detach(((QemuThread *)thread)->thread);
+    g_free(thread);
+}
+
 static void vnpu_timer_cb(void *opaque)
 {
     VnpuState *s = opaque;
@@ -281,6 +306,9 @@ static void vnpu_realize(PCIDevice *pdev, Error **errp)
         .guest_error = vnpu_host_guest_error,
         .worker_start = vnpu_host_worker_start,
         .worker_stop = vnpu_host_worker_stop,
+        .thread_create = vnpu_host_thread_create,
+        .thread_join = vnpu_host_thread_join,
+        .thread_detach = vnpu_host_thread_detach,
     };
     unsigned nvec;
     int rc;

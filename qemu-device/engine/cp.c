@@ -600,6 +600,7 @@ void *vnpu_cp_main(void *opaque)
     wake_all(e);
     pthread_mutex_unlock(&e->lock);
     worker_stop(e);
+    vnpu_worker_exit(e);
     return NULL;
 }
 
@@ -724,6 +725,7 @@ static void *dma_main(VnpuEngine *e, VnpuUnit u)
     }
     pthread_mutex_unlock(&e->lock);
     worker_stop(e);
+    vnpu_worker_exit(e);
     return NULL;
 }
 
@@ -781,5 +783,6 @@ void *vnpu_core_main(void *opaque)
     }
     pthread_mutex_unlock(&e->lock);
     worker_stop(e);
+    vnpu_worker_exit(e);
     return NULL;
 }

@@ -758,21 +758,23 @@ static uint32_t sat32(uint64_t v)
 /*
  * Write one completion record so that a driver polling the phase bit on another CPU never sees a new phase with
  * an old payload: the whole record first with the phase the slot had before (the previous pass's, "not new"),
- * then, ordered after it, the flags word with the new phase. The transport orders DMA writes in call order
+ * then, ordered after it, the record again with the new phase. The second write changes no byte but the
+ * phase, so however the transport splits it, a reader that sees the new phase sees the whole payload. It is a
+ * full record (not just the flags word) so that transports publishing records word by word (libruntime's sim:
+ * the phase word last, with release) handle both writes alike. The transport orders DMA writes in call order
  * (QEMU: dma_memory_rw() issues smp_mb() before every access); the fence orders our own stores for transports
  * that write with plain memcpy.
  */
 static int post_record(VnpuEngine *e, uint64_t addr, const struct vnpu_hw_cpl *rec)
 {
     struct vnpu_hw_cpl body = *rec;
-    uint16_t flags = rec->flags;
 
-    body.flags = flags ^ VNPU_CPL_F_PHASE;
+    body.flags ^= VNPU_CPL_F_PHASE;
     if (e->host.dma_write(e->host.opaque, addr, &body, sizeof(body))) {
         return -1;
     }
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    return e->host.dma_write(e->host.opaque, addr + offsetof(struct vnpu_hw_cpl, flags), &flags, sizeof(flags));
+    return e->host.dma_write(e->host.opaque, addr, rec, sizeof(*rec));
 }
 
 void vnpu_engine_tick(VnpuEngine *e)
@@ -874,21 +876,148 @@ void vnpu_engine_tick(VnpuEngine *e)
 
 /* ---- lifetime --------------------------------------------------------------------------------------------- */
 
-static void stop_threads(VnpuEngine *e)
+/* What an abandoned engine's stragglers may still call: nothing that reaches the (gone) transport. */
+static int abandoned_dma(void *opaque, uint64_t addr, void *buf, size_t len)
 {
+    (void)opaque, (void)addr, (void)buf, (void)len;
+    return -1;
+}
+
+static int abandoned_dma_write(void *opaque, uint64_t addr, const void *buf, size_t len)
+{
+    (void)opaque, (void)addr, (void)buf, (void)len;
+    return -1;
+}
+
+static uint64_t abandoned_clock(void *opaque)
+{
+    (void)opaque;
+    return 0;
+}
+
+static void abandoned_schedule(void *opaque, uint64_t deadline)
+{
+    (void)opaque, (void)deadline;
+}
+
+static void abandoned_interrupt(void *opaque, unsigned vector)
+{
+    (void)opaque, (void)vector;
+}
+
+static void engine_free(VnpuEngine *e);
+
+/* Default worker threads (no host->thread_create): pthreads, the handle a malloc'd pthread_t. */
+static int pthread_start(void *opaque, void **thread, const char *name, void *(*fn)(void *), void *arg)
+{
+    pthread_t *t = malloc(sizeof(*t));
+    int rc;
+
+    (void)opaque, (void)name;
+    if (!t) {
+        return -ENOMEM;
+    }
+    rc = pthread_create(t, NULL, fn, arg);
+    if (rc) {
+        free(t);
+        return -rc;
+    }
+    *thread = t;
+    return 0;
+}
+
+static void pthread_join_free(void *opaque, void *thread)
+{
+    (void)opaque;
+    pthread_join(*(pthread_t *)thread, NULL);
+    free(thread);
+}
+
+static void pthread_detach_free(void *opaque, void *thread)
+{
+    (void)opaque;
+    pthread_detach(*(pthread_t *)thread);
+    free(thread);
+}
+
+void vnpu_worker_exit(VnpuEngine *e)
+{
+    bool last;
+
+    pthread_mutex_lock(&e->lock);
+    last = !--e->threads_alive && e->abandoned;
+    pthread_cond_broadcast(&e->idle_cond);
+    pthread_mutex_unlock(&e->lock);
+    if (last) {
+        engine_free(e);
+    }
+}
+
+/*
+ * Stop the workers and wait at most bound_ms for them to exit; true if they all did (joined). A worker that is
+ * stuck (a host access that does not return, a kernel between two cancellation checks) must not hold up the
+ * transport (QEMU: hot-unplug under the BQL): the engine is then abandoned to its stragglers, which get host
+ * callbacks that do nothing, and the last of them frees it. The caller must not touch e after false.
+ */
+static bool stop_threads(VnpuEngine *e, unsigned bound_ms)
+{
+    void *threads[3 + VNPU_ENGINE_MAX_CORES];
+    void (*join)(void *, void *) = e->host.thread_join, (*detach)(void *, void *) = e->host.thread_detach;
+    void *opaque = e->host.opaque;
+    unsigned n = e->nthreads;
+    struct timespec until;
+    bool all;
+
+    memcpy(threads, e->threads, sizeof(threads));
     pthread_mutex_lock(&e->lock);
     __atomic_store_n(&e->stopping, true, __ATOMIC_RELAXED); /* long commands poll this and give up */
     pthread_cond_broadcast(&e->work_cond);
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += bound_ms / 1000;
+    until.tv_nsec += (long)(bound_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    while (e->threads_alive && pthread_cond_timedwait(&e->idle_cond, &e->lock, &until) != ETIMEDOUT) {
+    }
+    all = !e->threads_alive;
+    if (!all) {
+        e->abandoned = true;
+        e->host.dma_read = abandoned_dma;
+        e->host.dma_write = abandoned_dma_write;
+        e->host.clock_ns = abandoned_clock;
+        e->host.schedule = abandoned_schedule;
+        e->host.interrupt = abandoned_interrupt;
+        e->host.guest_error = NULL;
+    }
     pthread_mutex_unlock(&e->lock);
-    if (e->nthreads_started > 0) {
-        pthread_join(e->cp_thread, NULL);
+    for (unsigned i = 0; i < n; i++) {
+        if (all) {
+            join(opaque, threads[i]);
+        } else {
+            detach(opaque, threads[i]);
+        }
     }
-    for (unsigned i = 1; i < e->nthreads_started && i < 3; i++) {
-        pthread_join(e->unit_thread[i - 1], NULL);
+    return all;
+}
+
+static int start_thread(VnpuEngine *e, const char *name, void *(*fn)(void *))
+{
+    int rc;
+
+    pthread_mutex_lock(&e->lock);
+    e->threads_alive++; /* before the thread runs: it counts itself out in vnpu_worker_exit() */
+    pthread_mutex_unlock(&e->lock);
+    rc = e->host.thread_create(e->host.opaque, &e->threads[e->nthreads], name, fn, e);
+    if (rc) {
+        pthread_mutex_lock(&e->lock);
+        e->threads_alive--;
+        pthread_mutex_unlock(&e->lock);
+        return rc < 0 ? rc : -EAGAIN;
     }
-    for (unsigned i = 3; i < e->nthreads_started; i++) {
-        pthread_join(e->core_thread[i - 3], NULL);
-    }
+    e->nthreads++;
+    return 0;
 }
 
 static void free_all(VnpuEngine *e)
@@ -925,6 +1054,11 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
     }
     e->cfg = *cfg;
     e->host = *host;
+    if (!host->thread_create || !host->thread_join || !host->thread_detach) {
+        e->host.thread_create = pthread_start;
+        e->host.thread_join = pthread_join_free;
+        e->host.thread_detach = pthread_detach_free;
+    }
     rc = vnpu_engine_config_finalize(&e->cfg);
     if (rc) {
         goto err_free_engine;
@@ -986,29 +1120,27 @@ int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, 
     engine_reset_locked(e);
     pthread_mutex_unlock(&e->lock);
 
-    rc = -pthread_create(&e->cp_thread, NULL, vnpu_cp_main, e);
+    rc = start_thread(e, "vnpu-cp", vnpu_cp_main);
     if (!rc) {
-        e->nthreads_started++;
-        rc = -pthread_create(&e->unit_thread[0], NULL, vnpu_h2d_main, e);
+        rc = start_thread(e, "vnpu-h2d", vnpu_h2d_main);
     }
     if (!rc) {
-        e->nthreads_started++;
-        rc = -pthread_create(&e->unit_thread[1], NULL, vnpu_d2h_main, e);
+        rc = start_thread(e, "vnpu-d2h", vnpu_d2h_main);
     }
     for (unsigned c = 0; !rc && c < e->cfg.compute_cores; c++) {
-        e->nthreads_started++;
-        rc = -pthread_create(&e->core_thread[c], NULL, vnpu_core_main, e);
+        rc = start_thread(e, "vnpu-core", vnpu_core_main);
     }
-    if (!rc) {
-        e->nthreads_started++;
-    } else {
+    if (rc) {
         goto err_stop_threads;
     }
     *out = e;
     return 0;
 
 err_stop_threads:
-    stop_threads(e);
+    /* Fresh workers have nothing to be stuck on: they exit at once. */
+    if (!stop_threads(e, UINT32_MAX / 2)) {
+        return rc;
+    }
     pthread_cond_destroy(&e->gate_cond);
 err_destroy_gate_lock:
     pthread_mutex_destroy(&e->gate_lock);
@@ -1046,9 +1178,17 @@ void vnpu_engine_destroy(VnpuEngine *e)
     pthread_mutex_unlock(&e->lock);
     pthread_mutex_lock(&e->gate_lock);
     e->paused = false; /* workers held at the gate must get out to see `stopping` */
+    __atomic_store_n(&e->epoch, e->epoch + 1, __ATOMIC_RELEASE); /* and start no new host access */
     pthread_cond_broadcast(&e->gate_cond);
     pthread_mutex_unlock(&e->gate_lock);
-    stop_threads(e);
+    if (!stop_threads(e, VNPU_ENGINE_DESTROY_WAIT_MS)) {
+        return; /* abandoned: the last straggler frees it */
+    }
+    engine_free(e);
+}
+
+static void engine_free(VnpuEngine *e)
+{
     free_all(e);
     pthread_cond_destroy(&e->gate_cond);
     pthread_mutex_destroy(&e->gate_lock);

@@ -117,6 +117,16 @@ typedef struct VnpuEngineHost {
      */
     void (*worker_start)(void *opaque);
     void (*worker_stop)(void *opaque);
+    /*
+     * Optional, all three or none: the transport's threads for the engine's workers (QEMU: QemuThread, which
+     * names the thread and blocks signals in it). thread_create starts fn(arg) as a joinable thread named
+     * `name`, stores a handle in *thread and returns 0 or a negative errno; thread_join waits for it and frees
+     * the handle; thread_detach lets it run to its end on its own and frees the handle. None: pthreads.
+     * Called from vnpu_engine_create/destroy only.
+     */
+    int (*thread_create)(void *opaque, void **thread, const char *name, void *(*fn)(void *), void *arg);
+    void (*thread_join)(void *opaque, void *thread);
+    void (*thread_detach)(void *opaque, void *thread);
 } VnpuEngineHost;
 
 /*
@@ -131,8 +141,15 @@ int vnpu_engine_config_finalize(VnpuEngineConfig *cfg);
  */
 int vnpu_engine_create(const VnpuEngineConfig *cfg, const VnpuEngineHost *host, VnpuEngine **out);
 
-/* Stop the workers, drop pending work (nothing more is written to host memory) and free the engine. */
+/*
+ * Stop the workers, drop pending work (nothing more is written to host memory) and free the engine. Waits at
+ * most VNPU_ENGINE_DESTROY_WAIT_MS for the workers: a worker stuck in a host access that does not return or in
+ * a kernel between two cancellation checks is left behind with callbacks that reach nothing of the transport
+ * (no DMA, no schedule, no interrupt), and frees the engine when it gets out. Either way the transport's
+ * callbacks are never called again once this returns, except a host access that was already in progress.
+ */
 void vnpu_engine_destroy(VnpuEngine *e);
+#define VNPU_ENGINE_DESTROY_WAIT_MS 2000u
 
 /* BAR0 register access. Only 4-byte aligned 32-bit accesses have effect; others read 0 / are ignored. */
 uint64_t vnpu_engine_mmio_read(VnpuEngine *e, uint64_t offset, unsigned size);

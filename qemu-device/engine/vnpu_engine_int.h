@@ -158,8 +158,10 @@ struct VnpuEngine {
     pthread_mutex_t lock;
     pthread_cond_t work_cond;   /* workers: something may have changed */
     pthread_cond_t idle_cond;   /* a worker went to sleep */
-    pthread_t cp_thread, unit_thread[2], core_thread[VNPU_ENGINE_MAX_CORES];
-    unsigned nthreads_started;
+    void *threads[3 + VNPU_ENGINE_MAX_CORES]; /* CP, H2D, D2H, cores: host->thread_create handles */
+    unsigned nthreads;
+    unsigned threads_alive;     /* workers that have not passed vnpu_worker_exit() */
+    bool abandoned;             /* destroy gave up waiting: the last worker out frees the engine */
     bool stopping;              /* atomic */
     bool resetting;             /* device reset: workers still hold dropped jobs; nothing is fetched (STATUS.READY 0) */
 
@@ -243,6 +245,9 @@ void vnpu_queue_set_error(VnpuEngine *e, VnpuQueue *q, uint32_t err);
 bool vnpu_queue_fetchable(const VnpuEngine *e, const VnpuQueue *q);
 void vnpu_engine_rearm(VnpuEngine *e);
 bool vnpu_engine_quiescent(VnpuEngine *e);
+
+/* A worker thread's last call: the last one out of an abandoned engine frees it. Takes and drops e->lock. */
+void vnpu_worker_exit(VnpuEngine *e);
 
 /* cp.c */
 void *vnpu_cp_main(void *opaque);

@@ -885,7 +885,6 @@ TEST_F(Engine, CompletionPhaseIsWrittenLastAfterThePayload) {
   }
   auto w = host_.writes();
   ASSERT_EQ(w.size(), 6u);
-  constexpr size_t kFlags = offsetof(vnpu_hw_cpl, flags);
   for (size_t i = 0; i < w.size(); i += 2) {
     const uint64_t slot = kCq + (i / 2 % 2) * sizeof(vnpu_hw_cpl);
     const uint16_t phase = i / 2 < 2 ? 1 : 0;
@@ -895,11 +894,14 @@ TEST_F(Engine, CompletionPhaseIsWrittenLastAfterThePayload) {
     std::memcpy(&body, w[i].data.data(), sizeof(body));
     EXPECT_EQ(body.tag, i / 2 + 1);
     EXPECT_NE(body.flags & VNPU_CPL_F_PHASE, phase) << "payload write already carries the new phase";
-    ASSERT_EQ(w[i + 1].addr, slot + kFlags);
-    ASSERT_EQ(w[i + 1].data.size(), sizeof(uint16_t));
-    uint16_t flags;
-    std::memcpy(&flags, w[i + 1].data.data(), sizeof(flags));
-    EXPECT_EQ(flags, phase);
+    // Then the same record with the new phase: no other byte changes.
+    ASSERT_EQ(w[i + 1].addr, slot);
+    ASSERT_EQ(w[i + 1].data.size(), sizeof(body));
+    vnpu_hw_cpl rec{};
+    std::memcpy(&rec, w[i + 1].data.data(), sizeof(rec));
+    EXPECT_EQ(rec.flags, phase);
+    rec.flags = body.flags;
+    EXPECT_EQ(std::memcmp(&rec, &body, sizeof(rec)), 0);
   }
 }
 
@@ -1129,6 +1131,67 @@ TEST_F(Engine, PausedEngineTouchesNoHostMemoryUntilResumed) {
   vnpu_engine_set_paused(engine_.get(), 0);
   enable();
   EXPECT_EQ(run_one({nop(3)}).tag, 3u);
+}
+
+// Regression: destroy (QEMU: unrealize, hot-unplug, with the BQL held) joined the workers without a bound, so a
+// worker stuck in a host access (e.g. a DMA that needs the lock its caller holds) hung it forever.
+TEST_F(Engine, DestroyIsBoundedWhenAWorkerIsStuckInAHostAccess) {
+  enable();
+  std::atomic<bool> stuck{false}, release{false};
+  host_.on_read([&](uint64_t addr, size_t) {
+    if (addr >= kData && !stuck.exchange(true)) {
+      while (!release.load())
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  submit({dma(VNPU_OPC_DMA_H2D, sgl1(0, kData, 4096), 1, 0, 0, 4096, true)});
+  while (!stuck.load())
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  engine_.reset();  // returns although the H2D worker cannot get out of its read
+  uint64_t writes = host_.dma_writes();
+  release = true;
+  while (host_.accesses_in_progress())
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the straggler frees the engine
+  host_.on_read(nullptr);
+  EXPECT_EQ(host_.dma_writes(), writes) << "an abandoned engine reached the transport";
+}
+
+// Regression: the engine always created raw pthreads, so QEMU could not give its workers QemuThreads (named,
+// signals blocked) like every other QEMU thread.
+TEST(EngineThreads, WorkersAreTheTransportsThreadsWhenItProvidesThem) {
+  struct Threads {
+    std::atomic<int> created{0}, joined{0};
+    std::vector<std::string> names;
+  } th;
+  FakeHost fake;
+  VnpuEngineHost h = fake.host();
+  h.opaque = &th;  // only the thread callbacks run before the first doorbell
+  h.thread_create = [](void* o, void** t, const char* name, void* (*fn)(void*), void* arg) {
+    auto* self = static_cast<Threads*>(o);
+    self->names.emplace_back(name);
+    self->created++;
+    *t = new std::thread(fn, arg);
+    return 0;
+  };
+  h.thread_join = [](void* o, void* t) {
+    static_cast<Threads*>(o)->joined++;
+    static_cast<std::thread*>(t)->join();
+    delete static_cast<std::thread*>(t);
+  };
+  h.thread_detach = [](void*, void* t) {
+    static_cast<std::thread*>(t)->detach();
+    delete static_cast<std::thread*>(t);
+  };
+  VnpuEngineConfig cfg{};
+  cfg.devmem_size = 1 << 20;
+  cfg.compute_cores = 2;
+  VnpuEngine* e = nullptr;
+  ASSERT_EQ(vnpu_engine_create(&cfg, &h, &e), 0);
+  EXPECT_EQ(th.created.load(), 5);
+  EXPECT_EQ(th.names, (std::vector<std::string>{"vnpu-cp", "vnpu-h2d", "vnpu-d2h", "vnpu-core", "vnpu-core"}));
+  vnpu_engine_destroy(e);
+  EXPECT_EQ(th.joined.load(), 5);
 }
 
 TEST_F(Engine, ResetDuringALongCommandAbandonsIt) {

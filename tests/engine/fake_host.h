@@ -117,11 +117,18 @@ class FakeHost {
   /// The same for DMA writes: called before the bytes land.
   void on_write(std::function<void(uint64_t addr, size_t len)> hook) { write_hook_ = std::move(hook); }
   uint64_t dma_reads() const { return dma_reads_.load(); }
+  /// DMA callbacks currently executing (including their hooks).
+  int accesses_in_progress() const { return in_access_.load(); }
   /// Make every DMA take a random 0..max_us of host time (to show modelled times ignore host speed).
   void set_jitter(unsigned max_us) { jitter_us_.store(max_us); }
 
  private:
   int access(uint64_t addr, void* buf, size_t len, bool write) {
+    struct InAccess {
+      std::atomic<int>& n;
+      explicit InAccess(std::atomic<int>& c) : n(c) { n++; }
+      ~InAccess() { n--; }
+    } in_access(in_access_);
     if (!write && read_hook_)
       read_hook_(addr, len);
     if (write && write_hook_)
@@ -158,6 +165,7 @@ class FakeHost {
   std::atomic<uint64_t> clock_{1'000'000};
   std::atomic<uint64_t> dma_writes_{0};
   std::atomic<uint64_t> dma_reads_{0};
+  std::atomic<int> in_access_{0};
   std::atomic<unsigned> jitter_us_{0};
   std::mutex mu_;
   std::vector<std::pair<uint64_t, uint64_t>> faults_;

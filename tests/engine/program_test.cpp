@@ -9,6 +9,10 @@
 
 #include "program_builder.h"
 
+extern "C" {
+#include "vnpu_ops.h"
+}
+
 namespace vnpu::test {
 namespace {
 
@@ -152,6 +156,60 @@ TEST(Program, ElementwiseOpsMayRunInPlaceOnTheirFirstInputOnly) {
     neg.act = VNPU_ISA_ACT_NEG;
     b.op(VNPU_ISA_OP_UNARY, {x}, {y}, &neg);  // shifted by one element: the result would depend on loop order
     EXPECT_EQ(validate(b.bytes()), VNPU_CPL_PROGRAM_INVALID);
+  }
+}
+
+// Regression: UNARY, CHANNEL_AFFINE, CONCAT, SLICE, TRANSPOSE and SOFTMAX never looked at the cancel flag, so a
+// queue reset or unplug waited for the whole op however large the program made it.
+TEST(Program, ReferenceKernelsNoticeCancellation) {
+  constexpr uint32_t kRows = 2048, kCols = 64;
+  std::vector<float> x(size_t(kRows) * kCols, 1.0f), y(x.size()), s(kRows, 1.0f);
+  volatile int cancel = 1;
+  auto args = [&](uint32_t opcode, unsigned nin) {
+    VnpuOpArgs a{};
+    a.opcode = opcode;
+    a.num_inputs = nin;
+    a.num_outputs = 1;
+    for (unsigned k = 0; k <= nin; k++) {
+      VnpuTensor& t = a.t[k];
+      t.data = k == nin ? y.data() : x.data();
+      t.rank = 2;
+      t.dims[0] = kRows;
+      t.dims[1] = kCols;
+      t.count = uint64_t(kRows) * kCols;
+    }
+    a.cancel = &cancel;
+    return a;
+  };
+  VnpuOpArgs u = args(VNPU_ISA_OP_UNARY, 1);
+  u.attr.unary.act = VNPU_ISA_ACT_RELU;
+  VnpuOpArgs af = args(VNPU_ISA_OP_CHANNEL_AFFINE, 3);
+  af.t[0].dims[0] = 1, af.t[0].dims[1] = kRows, af.t[0].dims[2] = kCols, af.t[0].rank = 3;
+  af.t[3] = af.t[0];
+  af.t[3].data = y.data();
+  for (int k : {1, 2}) {
+    af.t[k].data = s.data();
+    af.t[k].rank = 1;
+    af.t[k].dims[0] = kRows;
+    af.t[k].dims[1] = 0;
+    af.t[k].count = kRows;
+  }
+  VnpuOpArgs sl = args(VNPU_ISA_OP_SLICE, 1);
+  sl.attr.slice.step[0] = sl.attr.slice.step[1] = 1;
+  VnpuOpArgs tp = args(VNPU_ISA_OP_TRANSPOSE, 1);
+  tp.attr.transpose.perm[1] = 1;
+  VnpuOpArgs sm = args(VNPU_ISA_OP_SOFTMAX, 1);
+  sm.attr.softmax.axis = 1;
+  VnpuOpArgs cc = args(VNPU_ISA_OP_CONCAT, 2);
+  cc.t[0].dims[0] = cc.t[1].dims[0] = kRows / 2;
+  cc.t[0].count = cc.t[1].count = uint64_t(kRows / 2) * kCols;
+  cc.attr.axis.axis = 1;
+  cc.t[0].dims[0] = cc.t[1].dims[0] = kRows;
+  cc.t[0].dims[1] = cc.t[1].dims[1] = kCols / 2;
+  cc.t[0].count = cc.t[1].count = uint64_t(kRows) * kCols / 2;
+  for (VnpuOpArgs* a : {&u, &af, &sl, &tp, &sm, &cc}) {
+    ASSERT_EQ(vnpu_ops_check(a), 0) << "opcode " << a->opcode;
+    EXPECT_EQ(vnpu_ops_run(a, VNPU_KERNELS_REFERENCE), VNPU_CPL_ABORTED) << "opcode " << a->opcode;
   }
 }
 

@@ -71,7 +71,7 @@ typedef double ConvSum(const ConvShape *s, double acc, uint64_t n, uint64_t m, u
 
 /*
  * Runs `sum` for every output of the (transposed) convolution: bias first, then the contributions, then the
- * fused activation. Checks for cancellation once per output channel.
+ * fused activation. Checks for cancellation once per output row.
  */
 static int conv_each_output(const VnpuOpArgs *a, ConvSum *sum)
 {
@@ -88,10 +88,10 @@ static int conv_each_output(const VnpuOpArgs *a, ConvSum *sum)
 
     for (n = 0; n < N; n++) {
         for (m = 0; m < M; m++) {
-            if (cancelled(a)) {
-                return VNPU_CPL_ABORTED;
-            }
             for (oh = 0; oh < OH; oh++) {
+                if (cancelled(a)) {
+                    return VNPU_CPL_ABORTED;
+                }
                 for (ow = 0; ow < OW; ow++) {
                     double acc = sum(&s, bias ? bias[m] : 0.0, n, m, oh, ow);
 
@@ -197,10 +197,10 @@ int vnpu_ref_pool(const VnpuOpArgs *a)
     for (nc = 0; nc < NC; nc++) {
         const float *xc = x->data + nc * H * W;
 
-        if (cancelled(a)) {
-            return VNPU_CPL_ABORTED;
-        }
         for (oh = 0; oh < OH; oh++) {
+            if (cancelled(a)) {
+                return VNPU_CPL_ABORTED;
+            }
             for (ow = 0; ow < OW; ow++) {
                 double sum = 0.0;
                 float mx = -INFINITY;
@@ -285,10 +285,10 @@ int vnpu_ref_matmul(const VnpuOpArgs *a)
         }
         ap = A->data + aoff * M * K;
         bp = B->data + boff * K * N;
-        if (cancelled(a)) {
-            return VNPU_CPL_ABORTED;
-        }
         for (m = 0; m < M; m++) {
+            if (cancelled(a)) {
+                return VNPU_CPL_ABORTED;
+            }
             for (n = 0; n < N; n++) {
                 double acc = 0.0;
                 float v;
@@ -464,6 +464,9 @@ int vnpu_ref_unary(const VnpuOpArgs *a)
 
     for (i = 0; i < y->count; i++) {
         y->data[i] = vnpu_ops_act(x->data[i], u->act, u->act_alpha, u->act_beta);
+        if ((i & 0xffff) == 0xffff && cancelled(a)) {
+            return VNPU_CPL_ABORTED;
+        }
     }
     return VNPU_CPL_OK;
 }
@@ -479,6 +482,9 @@ int vnpu_ref_affine(const VnpuOpArgs *a)
         for (c = 0; c < C; c++) {
             uint64_t base = (n * C + c) * inner;
 
+            if (cancelled(a)) {
+                return VNPU_CPL_ABORTED;
+            }
             for (i = 0; i < inner; i++) {
                 y->data[base + i] =
                     vnpu_ops_act(x->data[base + i] * s->data[c] + t->data[c], af->act, af->act_alpha, af->act_beta);
@@ -502,6 +508,9 @@ int vnpu_ref_concat(const VnpuOpArgs *a)
         inner *= y->dims[i];
     }
     for (o = 0; o < outer; o++) {
+        if ((o & 1023) == 1023 && cancelled(a)) {
+            return VNPU_CPL_ABORTED;
+        }
         for (i = 0; i < a->num_inputs; i++) {
             const VnpuTensor *x = IN(a, i);
             uint64_t chunk = x->dims[axis] * inner;
@@ -545,6 +554,9 @@ int vnpu_ref_slice(const VnpuOpArgs *a)
         for (j = 0; j < inner; j++) {
             yp[j] = x->data[off + j * step_inner];
         }
+        if ((o & 1023) == 1023 && cancelled(a)) {
+            return VNPU_CPL_ABORTED;
+        }
         for (i = r - 1; i-- > 0;) {
             idx[i]++;
             off += (uint64_t)s->step[i] * xs[i];
@@ -580,6 +592,9 @@ int vnpu_ref_transpose(const VnpuOpArgs *a)
 
         for (j = 0; j < inner; j++) {
             yp[j] = x->data[off + j * ps[r - 1]];
+        }
+        if ((o & 1023) == 1023 && cancelled(a)) {
+            return VNPU_CPL_ABORTED;
         }
         for (i = r - 1; i-- > 0;) {
             idx[i]++;
@@ -815,6 +830,9 @@ int vnpu_ref_softmax(const VnpuOpArgs *a)
         }
     }
     for (o = 0; o < outer; o++) {
+        if (cancelled(a)) {
+            return VNPU_CPL_ABORTED;
+        }
         for (in = 0; in < inner; in++) {
             const float *xp = x->data + o * len * inner + in;
             float *yp = y->data + o * len * inner + in;
