@@ -512,10 +512,17 @@ static inline void vnpu_wr(struct vnpu_device *vdev, u32 reg, u32 val)
 
 static inline u64 vnpu_rd64(struct vnpu_device *vdev, u32 lo)
 {
-	u32 l = vnpu_rd(vdev, lo);
+	u32 l, h;
 
-	/* Reading LO latches HI, so the pair is consistent. */
-	return (u64)vnpu_rd(vdev, lo + 4) << 32 | l;
+	/*
+	 * Reading LO latches HI for the reading CPU (docs/device.md), so both
+	 * halves must be read on one CPU: no migration in between.
+	 */
+	preempt_disable();
+	l = vnpu_rd(vdev, lo);
+	h = vnpu_rd(vdev, lo + 4);
+	preempt_enable();
+	return (u64)h << 32 | l;
 }
 
 static inline u32 vnpu_qrd(struct vnpu_hwq *q, u32 reg)
