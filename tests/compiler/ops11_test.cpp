@@ -544,3 +544,44 @@ TEST(Resize, AlignCornersWithScalesUsesTheIntegerOutputLength) {
 }
 
 }  // namespace
+
+namespace {
+
+std::string error_of(const std::vector<uint8_t>& onnx) {
+  try {
+    (void)compile_onnx(onnx);
+  } catch (const vnpu::CompileError& e) {
+    return e.what();
+  }
+  return {};
+}
+
+TEST(CompileOnnx, RunsTheOnnxCheckerOnEveryModel) {
+  OnnxBuilder m(13);
+  m.input("x", {1, 4}).output("y");
+  OnnxBuilder::attr(m.node("Relu", {"x"}, {"y"}, "relu0"), "no_such_attribute", int64_t{1});
+  std::string e = error_of(m.bytes());
+  EXPECT_NE(e.find("ONNX checker"), std::string::npos) << e;
+  EXPECT_NE(e.find("no_such_attribute"), std::string::npos) << e;
+}
+
+TEST(CompileOnnx, ADeclaredShapeThatShapeInferenceContradictsIsAnErrorNamingTheNode) {
+  OnnxBuilder m(13);
+  m.input("x", {1, 4}).output("y", 2);
+  m.node("Relu", {"x"}, {"y"}, "relu0");
+  auto bytes = m.bytes();
+  onnx::ModelProto p;
+  ASSERT_TRUE(p.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())));
+  auto* dims = p.mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape();
+  dims->mutable_dim(0)->set_dim_value(1);
+  dims->mutable_dim(1)->set_dim_value(5);  // Relu of [1,4] is [1,4]
+  std::string s;
+  p.SerializeToString(&s);
+  std::string e = error_of({s.begin(), s.end()});
+  EXPECT_NE(e.find("relu0"), std::string::npos) << e;
+  vnpu::CompileOptions off;
+  off.onnx_checks = false;
+  EXPECT_NO_THROW((void)compile_onnx(std::vector<uint8_t>(s.begin(), s.end()), off));
+}
+
+}  // namespace
