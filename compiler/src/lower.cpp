@@ -1680,6 +1680,108 @@ void lower_einsum(Graph& g, const Node& n) {
   n.bind(0, emit1(g, VNPU_ISA_OP_MATMUL, {x, y}, out, at, n));
 }
 
+
+// InstanceNormalization: NORM over the spatial dims of each (n, c) plane, then the per-channel scale and bias
+// as CHANNEL_AFFINE.
+void lower_instancenorm(Graph& g, const Node& n) {
+  int x = n.need(0);
+  Shape xs = n.shape(x);
+  if (xs.size() < 3)
+    n.error("input must have rank >= 3 (N, C, spatial...)");
+  int64_t inner = 1;
+  for (size_t d = 2; d < xs.size(); d++)
+    inner *= xs[d];
+  int s = n.need(1), b = n.need(2);
+  if (numel(n.shape(s)) != xs[1] || numel(n.shape(b)) != xs[1])
+    n.error("scale and B must have one value per channel");
+  VnpuOpAttr a = zero_attr();
+  a.norm.axis = 2;
+  a.norm.epsilon = n.f("epsilon", 1e-5f);
+  int y = emit1(g, VNPU_ISA_OP_NORM, {x, fill_const(g, {inner}, 1.0f), fill_const(g, {inner}, 0.0f)}, xs, a, n);
+  VnpuOpAttr c = zero_attr();
+  n.bind(0, emit1(g, VNPU_ISA_OP_CHANNEL_AFFINE,
+                  {y, make_alias(g, s, {xs[1]}, n.where()), make_alias(g, b, {xs[1]}, n.where())}, xs, c, n));
+}
+
+// GroupNormalization (opset 18): NORM over [N, G, C/G * spatial], then the per-channel scale and bias.
+void lower_groupnorm(Graph& g, const Node& n) {
+  int x = n.need(0);
+  Shape xs = n.shape(x);
+  int64_t groups = n.i("num_groups", 0);
+  if (xs.size() < 2 || groups < 1 || xs[1] % groups)
+    n.error("num_groups must divide the channel count");
+  int64_t per = numel(xs) / (xs[0] * groups);
+  int s = n.need(1), b = n.need(2);
+  if (numel(n.shape(s)) != groups || numel(n.shape(b)) != groups)
+    n.error("scale and bias must have one value per group (opset 18)");
+  int v = make_alias(g, x, {xs[0], groups, per}, n.where());
+  VnpuOpAttr a = zero_attr();
+  a.norm.axis = 2;
+  a.norm.epsilon = n.f("epsilon", 1e-5f);
+  int y = emit1(g, VNPU_ISA_OP_NORM, {v, fill_const(g, {per}, 1.0f), fill_const(g, {per}, 0.0f)},
+                {xs[0], groups, per}, a, n);
+  VnpuOpAttr c = zero_attr();
+  int yc = emit1(g, VNPU_ISA_OP_CHANNEL_AFFINE, {y, make_alias(g, s, {groups}, n.where()), make_alias(g, b, {groups}, n.where())},
+                 {xs[0], groups, per}, c, n);
+  n.bind(0, make_alias(g, yc, xs, n.where()));
+}
+
+// DepthToSpace (DCR / CRD) and SpaceToDepth: a reshape, a rank-6 transpose and a reshape.
+void lower_depth_space(Graph& g, const Node& n, bool to_space) {
+  int x = n.need(0);
+  Shape xs = n.shape(x);
+  int64_t bs = n.i("blocksize", 0);
+  if (xs.size() != 4 || bs < 1)
+    n.error("needs a rank-4 input and blocksize >= 1");
+  int64_t N = xs[0], C = xs[1], H = xs[2], W = xs[3];
+  Shape mid, out;
+  std::vector<uint32_t> perm;
+  if (to_space) {
+    if (C % (bs * bs))
+      n.error("channels not divisible by blocksize^2");
+    bool crd = n.s("mode", "DCR") == "CRD";
+    if (crd) {
+      mid = {N, C / (bs * bs), bs, bs, H, W};
+      perm = {0, 1, 4, 2, 5, 3};
+    } else {
+      mid = {N, bs, bs, C / (bs * bs), H, W};
+      perm = {0, 3, 4, 1, 5, 2};
+    }
+    out = {N, C / (bs * bs), H * bs, W * bs};
+  } else {
+    if (H % bs || W % bs)
+      n.error("spatial dims not divisible by blocksize");
+    mid = {N, C, H / bs, bs, W / bs, bs};
+    perm = {0, 3, 5, 1, 2, 4};
+    out = {N, C * bs * bs, H / bs, W / bs};
+  }
+  int v = make_alias(g, x, mid, n.where());
+  Shape ts(6);
+  VnpuOpAttr a = zero_attr();
+  for (size_t k = 0; k < 6; k++) {
+    ts[k] = mid[perm[k]];
+    a.transpose.perm[k] = perm[k];
+  }
+  int t;
+  if (n.val(x).is_const) {  // constant input: the same data movement at compile time
+    auto st = strides_of(mid);
+    std::vector<size_t> src(static_cast<size_t>(numel(ts)));
+    for (size_t k = 0; k < src.size(); k++) {
+      size_t rem = k, off = 0;
+      for (size_t d = 6; d-- > 0;) {
+        size_t coord = rem % static_cast<size_t>(ts[d]);
+        rem /= static_cast<size_t>(ts[d]);
+        off += coord * st[perm[d]];
+      }
+      src[k] = off;
+    }
+    t = g.add_const(gather_elems(n.val(v).c, ts, src));
+  } else {
+    t = emit1(g, VNPU_ISA_OP_TRANSPOSE, {v}, ts, a, n);
+  }
+  n.bind(0, make_alias(g, t, out, n.where()));
+}
+
 }  // namespace
 
 Const const_from_proto(const onnx::TensorProto& t, const std::string& where) {
@@ -1958,6 +2060,10 @@ const std::map<std::string, Lowering, std::less<>>& lowerings() {
     m["Selu"] = lower_selu;
     m["ScatterND"] = lower_scatternd;
     m["Einsum"] = lower_einsum;
+    m["InstanceNormalization"] = lower_instancenorm;
+    m["GroupNormalization"] = lower_groupnorm;
+    m["DepthToSpace"] = [](Graph& g, const Node& n) { lower_depth_space(g, n, true); };
+    m["SpaceToDepth"] = [](Graph& g, const Node& n) { lower_depth_space(g, n, false); };
     m["Reshape"] = lower_reshape;
     m["Flatten"] = lower_flatten;
     m["Squeeze"] = lower_squeeze;

@@ -585,3 +585,33 @@ TEST(CompileOnnx, ADeclaredShapeThatShapeInferenceContradictsIsAnErrorNamingTheN
 }
 
 }  // namespace
+
+namespace {
+
+TEST(CompileOnnx, GroupNormalizationNormalisesEachGroupThenScalesIt) {
+  const int64_t N = 2, C = 4, H = 3, G = 2;
+  OnnxBuilder m(18);
+  m.input("x", {N, C, H}).output("y", 3);
+  m.init("s", {G}, {2.0f, 0.5f}).init("b", {G}, {0.1f, -0.3f});
+  auto& n = m.node("GroupNormalization", {"x", "s", "b"}, {"y"});
+  OnnxBuilder::attr(n, "num_groups", G);
+  OnnxBuilder::attr(n, "epsilon", 1e-3f);
+  auto model = compile_onnx(m.bytes());
+  auto x = vnpu::test::iota_data(static_cast<size_t>(N * C * H), 0.7f);
+  auto y = conf::flat_executor(false)(model, {{{N, C, H}, x}}).at(0).data;
+  const int64_t per = C / G * H;
+  const float s[] = {2.0f, 0.5f}, b[] = {0.1f, -0.3f};
+  for (int64_t k = 0; k < N * G; k++) {
+    double mean = 0, var = 0;
+    for (int64_t j = 0; j < per; j++)
+      mean += x[static_cast<size_t>(k * per + j)] / static_cast<double>(per);
+    for (int64_t j = 0; j < per; j++)
+      var += std::pow(x[static_cast<size_t>(k * per + j)] - mean, 2) / static_cast<double>(per);
+    for (int64_t j = 0; j < per; j++) {
+      size_t i = static_cast<size_t>(k * per + j);
+      EXPECT_NEAR(y[i], (x[i] - mean) / std::sqrt(var + 1e-3) * s[k % G] + b[k % G], 1e-5) << i;
+    }
+  }
+}
+
+}  // namespace
