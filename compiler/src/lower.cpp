@@ -1314,7 +1314,6 @@ void lower_expand(Graph& g, const Node& n) {
   n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {x, g.add_const(std::move(one))}, out, a, n));
 }
 
-
 // ---- ISA 1.1: reductions, layer normalisation, padding, PRelu, ScatterND ----
 
 struct ReduceOp {
@@ -1322,11 +1321,11 @@ struct ReduceOp {
   uint32_t kind;
 };
 constexpr ReduceOp kReduceOps[] = {
-    {"ReduceSum", VNPU_ISA_REDUCE_SUM},         {"ReduceMean", VNPU_ISA_REDUCE_MEAN},
-    {"ReduceMax", VNPU_ISA_REDUCE_MAX},         {"ReduceMin", VNPU_ISA_REDUCE_MIN},
-    {"ReduceProd", VNPU_ISA_REDUCE_PROD},       {"ReduceL1", VNPU_ISA_REDUCE_L1},
-    {"ReduceL2", VNPU_ISA_REDUCE_L2},           {"ReduceSumSquare", VNPU_ISA_REDUCE_SUM_SQUARE},
-    {"ReduceLogSum", VNPU_ISA_REDUCE_LOG_SUM},  {"ReduceLogSumExp", VNPU_ISA_REDUCE_LOG_SUM_EXP},
+    {"ReduceSum", VNPU_ISA_REDUCE_SUM},        {"ReduceMean", VNPU_ISA_REDUCE_MEAN},
+    {"ReduceMax", VNPU_ISA_REDUCE_MAX},        {"ReduceMin", VNPU_ISA_REDUCE_MIN},
+    {"ReduceProd", VNPU_ISA_REDUCE_PROD},      {"ReduceL1", VNPU_ISA_REDUCE_L1},
+    {"ReduceL2", VNPU_ISA_REDUCE_L2},          {"ReduceSumSquare", VNPU_ISA_REDUCE_SUM_SQUARE},
+    {"ReduceLogSum", VNPU_ISA_REDUCE_LOG_SUM}, {"ReduceLogSumExp", VNPU_ISA_REDUCE_LOG_SUM_EXP},
 };
 
 // Reduce*: axes from the attribute (opset < 13, and < 18 for all but ReduceSum) or the optional second input;
@@ -1566,7 +1565,8 @@ void lower_prelu(Graph& g, const Node& n) {
 }
 
 void lower_selu(Graph& g, const Node& n) {
-  lower_unary(g, n, {VNPU_ISA_ACT_SELU, n.f("alpha", 1.67326319217681884765625f), n.f("gamma", 1.05070102214813232421875f)});
+  lower_unary(g, n,
+              {VNPU_ISA_ACT_SELU, n.f("alpha", 1.67326319217681884765625f), n.f("gamma", 1.05070102214813232421875f)});
 }
 
 // ScatterND on compile-time data (exported models build masks and index tables with it).
@@ -1605,17 +1605,24 @@ void lower_scatternd(Graph& g, const Node& n) {
       if (data.is_float) {
         float& d = data.f[o];
         float v = upd.f[u];
-        d = red == "add" ? d + v : red == "mul" ? d * v : red == "max" ? std::max(d, v) : red == "min" ? std::min(d, v) : v;
+        d = red == "add"   ? d + v
+            : red == "mul" ? d * v
+            : red == "max" ? std::max(d, v)
+            : red == "min" ? std::min(d, v)
+                           : v;
       } else {
         int64_t& d = data.i[o];
         int64_t v = upd.i[u];
-        d = red == "add" ? d + v : red == "mul" ? d * v : red == "max" ? std::max(d, v) : red == "min" ? std::min(d, v) : v;
+        d = red == "add"   ? d + v
+            : red == "mul" ? d * v
+            : red == "max" ? std::max(d, v)
+            : red == "min" ? std::min(d, v)
+                           : v;
       }
     }
   }
   n.bind(0, g.add_const(std::move(data)));
 }
-
 
 // Einsum of two operands that is a batched matrix product: "b..m k, b..k n -> b..m n" with any order of the
 // two matrix labels in each operand and the output (the transposes become MATMUL flags or an operand swap).
@@ -1680,7 +1687,6 @@ void lower_einsum(Graph& g, const Node& n) {
   n.bind(0, emit1(g, VNPU_ISA_OP_MATMUL, {x, y}, out, at, n));
 }
 
-
 // InstanceNormalization: NORM over the spatial dims of each (n, c) plane, then the per-channel scale and bias
 // as CHANNEL_AFFINE.
 void lower_instancenorm(Graph& g, const Node& n) {
@@ -1718,10 +1724,11 @@ void lower_groupnorm(Graph& g, const Node& n) {
   VnpuOpAttr a = zero_attr();
   a.norm.axis = 2;
   a.norm.epsilon = n.f("epsilon", 1e-5f);
-  int y = emit1(g, VNPU_ISA_OP_NORM, {v, fill_const(g, {per}, 1.0f), fill_const(g, {per}, 0.0f)},
-                {xs[0], groups, per}, a, n);
+  int y = emit1(g, VNPU_ISA_OP_NORM, {v, fill_const(g, {per}, 1.0f), fill_const(g, {per}, 0.0f)}, {xs[0], groups, per},
+                a, n);
   VnpuOpAttr c = zero_attr();
-  int yc = emit1(g, VNPU_ISA_OP_CHANNEL_AFFINE, {y, make_alias(g, s, {groups}, n.where()), make_alias(g, b, {groups}, n.where())},
+  int yc = emit1(g, VNPU_ISA_OP_CHANNEL_AFFINE,
+                 {y, make_alias(g, s, {groups}, n.where()), make_alias(g, b, {groups}, n.where())},
                  {xs[0], groups, per}, c, n);
   n.bind(0, make_alias(g, yc, xs, n.where()));
 }
@@ -2053,7 +2060,8 @@ const std::map<std::string, Lowering, std::less<>>& lowerings() {
       m[t] = lower_compile_time;
     m["Mod"] = lower_mod;
     m["Clip"] = lower_clip;
-    for (const ReduceOp& r : kReduceOps) m[r.name] = lower_reduce;
+    for (const ReduceOp& r : kReduceOps)
+      m[r.name] = lower_reduce;
     m["LayerNormalization"] = lower_layernorm;
     m["Pad"] = lower_pad;
     m["PRelu"] = lower_prelu;

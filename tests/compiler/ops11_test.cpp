@@ -455,7 +455,8 @@ TEST(Resize, NearestWithSizesMapsLikePyTorchForNonIntegerRatios) {
       auto& n = m.node("Resize", {"x", "roi", "scales", "sizes"}, {"y"});
       OnnxBuilder::attr(n, "mode", std::string("nearest"));
       OnnxBuilder::attr(n, "coordinate_transformation_mode", std::string(coord));
-      OnnxBuilder::attr(n, "nearest_mode", std::string(std::string(coord) == "asymmetric" ? "floor" : "round_prefer_floor"));
+      OnnxBuilder::attr(n, "nearest_mode",
+                        std::string(std::string(coord) == "asymmetric" ? "floor" : "round_prefer_floor"));
       auto model = compile_onnx(m.bytes());
       std::vector<float> x(static_cast<size_t>(r.in));
       for (size_t i = 0; i < x.size(); i++)
@@ -474,8 +475,8 @@ TEST(Resize, NearestWithSizesMapsLikePyTorchForNonIntegerRatios) {
           want = 2 * rem > den ? fl + 1 : fl;
           want = std::clamp<int64_t>(want, 0, r.in - 1);
         }
-        EXPECT_EQ(y[static_cast<size_t>(o)], static_cast<float>(want)) << r.in << "->" << r.out << " " << coord
-                                                                       << " output " << o;
+        EXPECT_EQ(y[static_cast<size_t>(o)], static_cast<float>(want))
+            << r.in << "->" << r.out << " " << coord << " output " << o;
       }
     }
   }
@@ -537,7 +538,8 @@ TEST(Resize, AlignCornersWithScalesUsesTheIntegerOutputLength) {
     for (int64_t o = 0; o < out; o++) {
       double c = static_cast<double>(o) * static_cast<double>(in - 1) / static_cast<double>(out - 1);
       int64_t lo = static_cast<int64_t>(std::floor(c)), hi = std::min<int64_t>(lo + 1, in - 1);
-      double want = x[static_cast<size_t>(lo)] + (c - static_cast<double>(lo)) * (x[static_cast<size_t>(hi)] - x[static_cast<size_t>(lo)]);
+      double want = x[static_cast<size_t>(lo)] +
+                    (c - static_cast<double>(lo)) * (x[static_cast<size_t>(hi)] - x[static_cast<size_t>(lo)]);
       EXPECT_NEAR(y[static_cast<size_t>(o)], want, 1e-4) << "scale " << scale << " output " << o;
     }
   }
