@@ -204,6 +204,20 @@ constexpr UnaryOp kUnaryOps[] = {
     {"Softplus", VNPU_ISA_ACT_SOFTPLUS, false, false, 0.0f, 0.0f},
     {"Softsign", VNPU_ISA_ACT_SOFTSIGN, false, false, 0.0f, 0.0f},
     {"HardSwish", VNPU_ISA_ACT_HARD_SWISH, false, false, 0.0f, 0.0f},
+    {"Sin", VNPU_ISA_ACT_SIN, false, false, 0.0f, 0.0f},
+    {"Cos", VNPU_ISA_ACT_COS, false, false, 0.0f, 0.0f},
+    {"Tan", VNPU_ISA_ACT_TAN, false, false, 0.0f, 0.0f},
+    {"Asin", VNPU_ISA_ACT_ASIN, false, false, 0.0f, 0.0f},
+    {"Acos", VNPU_ISA_ACT_ACOS, false, false, 0.0f, 0.0f},
+    {"Atan", VNPU_ISA_ACT_ATAN, false, false, 0.0f, 0.0f},
+    {"Sinh", VNPU_ISA_ACT_SINH, false, false, 0.0f, 0.0f},
+    {"Cosh", VNPU_ISA_ACT_COSH, false, false, 0.0f, 0.0f},
+    {"Asinh", VNPU_ISA_ACT_ASINH, false, false, 0.0f, 0.0f},
+    {"Acosh", VNPU_ISA_ACT_ACOSH, false, false, 0.0f, 0.0f},
+    {"Atanh", VNPU_ISA_ACT_ATANH, false, false, 0.0f, 0.0f},
+    {"Sign", VNPU_ISA_ACT_SIGN, false, false, 0.0f, 0.0f},
+    {"Celu", VNPU_ISA_ACT_CELU, true, false, 1.0f, 0.0f},
+    {"ThresholdedRelu", VNPU_ISA_ACT_THRESHOLDED_RELU, true, false, 1.0f, 0.0f},
 };
 
 ActInfo unary_act(const Node& n) {
@@ -1789,6 +1803,36 @@ void lower_depth_space(Graph& g, const Node& n, bool to_space) {
   n.bind(0, make_alias(g, t, out, n.where()));
 }
 
+
+// Tile with constant repeats: along each repeated axis, a CONCAT of the input with itself (folded for
+// constant inputs by emit_op).
+void lower_tile(Graph& g, const Node& n) {
+  int x = n.need(0);
+  std::vector<int64_t> reps = n.cst_ints(1, "repeats");
+  Shape xs = n.shape(x);
+  if (reps.size() != xs.size())
+    n.error("repeats has " + std::to_string(reps.size()) + " entries for rank " + std::to_string(xs.size()));
+  if (n.val(x).is_const && !n.val(x).c.is_float)
+    n.error("integer tensors are not supported");
+  int cur = x;
+  for (size_t d = 0; d < xs.size(); d++) {
+    if (reps[d] < 0)
+      n.error("negative repeat");
+    if (reps[d] == 1)
+      continue;
+    if (reps[d] == 0 || reps[d] >= VNPU_ISA_MAX_OPERANDS)
+      n.error("repeat " + std::to_string(reps[d]) + " is not supported (1.." +
+              std::to_string(VNPU_ISA_MAX_OPERANDS - 1) + ")");
+    Shape s = n.shape(cur);
+    s[d] *= reps[d];
+    check_const_size(n, s);
+    VnpuOpAttr a = zero_attr();
+    a.axis.axis = static_cast<uint32_t>(d);
+    cur = emit1(g, VNPU_ISA_OP_CONCAT, std::vector<int>(static_cast<size_t>(reps[d]), cur), s, a, n);
+  }
+  n.bind(0, cur == x ? (n.val(x).is_const ? x : make_alias(g, x, xs, n.where())) : cur);
+}
+
 }  // namespace
 
 Const const_from_proto(const onnx::TensorProto& t, const std::string& where) {
@@ -2066,8 +2110,12 @@ const std::map<std::string, Lowering, std::less<>>& lowerings() {
     m["Pad"] = lower_pad;
     m["PRelu"] = lower_prelu;
     m["Selu"] = lower_selu;
+    m["Shrink"] = [](Graph& g, const Node& n) {
+      lower_unary(g, n, {VNPU_ISA_ACT_SHRINK, n.f("lambd", 0.5f), n.f("bias", 0.0f)});
+    };
     m["ScatterND"] = lower_scatternd;
     m["Einsum"] = lower_einsum;
+    m["Tile"] = lower_tile;
     m["InstanceNormalization"] = lower_instancenorm;
     m["GroupNormalization"] = lower_groupnorm;
     m["DepthToSpace"] = [](Graph& g, const Node& n) { lower_depth_space(g, n, true); };
