@@ -168,10 +168,14 @@ def randomise(model, shape):
                 nn.init.uniform_(p, 0.5, 1.5)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if bns:
+        # Only BatchNorm in training mode: dropout and stochastic depth stay in eval, so the statistics are
+        # those the evaluated network sees (with them in training, EfficientNetV2's calibrated activations
+        # reached 540 and its float32 output was chaotic).
+        model.eval()
         for m in bns:
             m.reset_running_stats()
             m.momentum = None
-        model.train()
+            m.train()
         with torch.no_grad():
             model(torch.randn(4, *shape[1:], generator=torch.Generator().manual_seed(2)))
     model.eval()
