@@ -128,6 +128,21 @@ enum vnpu_isa_act {
 	VNPU_ISA_ACT_SOFTSIGN = 21, /* x / (1 + |x|) */
 	VNPU_ISA_ACT_HARD_SWISH = 22, /* x * max(0, min(1, x / 6 + 1 / 2)) */
 	VNPU_ISA_ACT_SELU = 23, /* beta * (x <= 0 ? alpha * (exp(x) - 1) : x) */
+	VNPU_ISA_ACT_SIN = 24,
+	VNPU_ISA_ACT_COS = 25,
+	VNPU_ISA_ACT_TAN = 26,
+	VNPU_ISA_ACT_ASIN = 27,
+	VNPU_ISA_ACT_ACOS = 28,
+	VNPU_ISA_ACT_ATAN = 29,
+	VNPU_ISA_ACT_SINH = 30,
+	VNPU_ISA_ACT_COSH = 31,
+	VNPU_ISA_ACT_ASINH = 32,
+	VNPU_ISA_ACT_ACOSH = 33,
+	VNPU_ISA_ACT_ATANH = 34,
+	VNPU_ISA_ACT_SIGN = 35, /* 1, -1 or x (0, -0, NaN) */
+	VNPU_ISA_ACT_CELU = 36, /* max(0, x) + min(0, alpha * (exp(x / alpha) - 1)) */
+	VNPU_ISA_ACT_THRESHOLDED_RELU = 37, /* x > alpha ? x : 0 */
+	VNPU_ISA_ACT_SHRINK = 38, /* x < -alpha ? x + beta : (x > alpha ? x - beta : 0) (alpha = lambd, beta = bias) */
 	VNPU_ISA_ACT_COUNT_,
 };
 

@@ -8,6 +8,9 @@
 #include <map>
 #include <set>
 
+#include <onnx/checker.h>
+#include <onnx/shape_inference/implementation.h>
+
 #include "lower.h"
 
 namespace vnpu {
@@ -111,6 +114,40 @@ std::vector<bool> needed_nodes(const onnx::GraphProto& gp, const std::vector<std
   return need;
 }
 
+// Every tensor for which ONNX shape inference found a fully static shape must have that shape in vnpuc's IR
+// too: a disagreement is a compiler (or model) error, reported with the node that produces the tensor.
+void cross_check_shapes(const onnx::GraphProto& gp, const detail::Graph& g) {
+  std::map<std::string, const onnx::NodeProto*> producer;
+  for (const auto& n : gp.node())
+    for (const auto& o : n.output())
+      producer[o] = &n;
+  auto check = [&](const onnx::ValueInfoProto& vi) {
+    if (!vi.type().has_tensor_type() || !vi.type().tensor_type().has_shape())
+      return;
+    detail::Shape want;
+    for (const auto& d : vi.type().tensor_type().shape().dim()) {
+      if (!d.has_dim_value())
+        return;  // symbolic or unknown: nothing to compare
+      want.push_back(d.dim_value());
+    }
+    auto it = g.by_name.find(vi.name());
+    auto pn = producer.find(vi.name());
+    if (it == g.by_name.end() || pn == producer.end())
+      return;  // not compiled (after an --output cut) or a graph input
+    const detail::Shape& got = g.values[it->second].shape;
+    if (got != want) {
+      const onnx::NodeProto& n = *pn->second;
+      detail::fail("node '" + (n.name().empty() ? vi.name() : n.name()) + "' (" + n.op_type() + "): output '" +
+                   vi.name() + "' is " + detail::shape_str(got) + " in vnpuc but " + detail::shape_str(want) +
+                   " by ONNX shape inference");
+    }
+  };
+  for (const auto& vi : gp.value_info())
+    check(vi);
+  for (const auto& vi : gp.output())
+    check(vi);
+}
+
 }  // namespace
 
 std::vector<OpUse> onnx_op_uses(std::span<const uint8_t> bytes) {
@@ -146,7 +183,7 @@ ModelFile compile_onnx(std::span<const uint8_t> bytes, const CompileOptions& opt
     opset = 1;
   if (opset > 18)
     fail("opset " + std::to_string(opset) + " is newer than vnpuc supports (<= 18)");
-
+  bool onnx_checks = opset <= 17 && options.onnx_checks;
   const auto& gp = model.graph();
   Graph g;
   std::set<std::string> init_names;
@@ -253,6 +290,32 @@ ModelFile compile_onnx(std::span<const uint8_t> bytes, const CompileOptions& opt
   }
   if (g.outputs.empty())
     fail("the graph has no outputs");
+  // libonnx's own checker and shape inference (Debian's libonnx 1.12 knows opsets <= 17), with the --input
+  // shapes in place; every inferred static shape is cross-checked against vnpuc's. Only after vnpuc's own
+  // lowering accepted every node: libonnx 1.12's inference crashes on some malformed nodes (e.g. a Conv whose
+  // attributes disagree with its weights, convPoolShapeInference), which vnpuc rejects with a clear error.
+  if (onnx_checks) {
+    try {
+      onnx::checker::check_model(model);
+    } catch (const std::exception& e) {
+      fail(std::string("the ONNX checker rejects the model: ") + e.what());
+    }
+    for (auto& in : *model.mutable_graph()->mutable_input())
+      for (const auto& o : options.inputs)
+        if (o.name == in.name() && in.type().has_tensor_type()) {
+          auto* shp = in.mutable_type()->mutable_tensor_type()->mutable_shape();
+          shp->clear_dim();
+          for (int64_t d : o.shape)
+            shp->add_dim()->set_dim_value(d);
+        }
+    try {
+      onnx::ShapeInferenceOptions sio(false, 0, true);  // data propagation: shapes computed by Shape arithmetic
+      onnx::shape_inference::InferShapes(model, onnx::OpSchemaRegistry::Instance(), sio);
+    } catch (const std::exception& e) {
+      fail(std::string("ONNX shape inference rejects the model: ") + e.what());
+    }
+    cross_check_shapes(model.graph(), g);
+  }
   run_passes(g, options);
   ModelFile m = emit_model(g, options);
   std::string producer = "vnpuc " + std::string(VNPU_COMPILER_VERSION) + "; onnx opset " + std::to_string(opset);

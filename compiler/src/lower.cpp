@@ -204,6 +204,20 @@ constexpr UnaryOp kUnaryOps[] = {
     {"Softplus", VNPU_ISA_ACT_SOFTPLUS, false, false, 0.0f, 0.0f},
     {"Softsign", VNPU_ISA_ACT_SOFTSIGN, false, false, 0.0f, 0.0f},
     {"HardSwish", VNPU_ISA_ACT_HARD_SWISH, false, false, 0.0f, 0.0f},
+    {"Sin", VNPU_ISA_ACT_SIN, false, false, 0.0f, 0.0f},
+    {"Cos", VNPU_ISA_ACT_COS, false, false, 0.0f, 0.0f},
+    {"Tan", VNPU_ISA_ACT_TAN, false, false, 0.0f, 0.0f},
+    {"Asin", VNPU_ISA_ACT_ASIN, false, false, 0.0f, 0.0f},
+    {"Acos", VNPU_ISA_ACT_ACOS, false, false, 0.0f, 0.0f},
+    {"Atan", VNPU_ISA_ACT_ATAN, false, false, 0.0f, 0.0f},
+    {"Sinh", VNPU_ISA_ACT_SINH, false, false, 0.0f, 0.0f},
+    {"Cosh", VNPU_ISA_ACT_COSH, false, false, 0.0f, 0.0f},
+    {"Asinh", VNPU_ISA_ACT_ASINH, false, false, 0.0f, 0.0f},
+    {"Acosh", VNPU_ISA_ACT_ACOSH, false, false, 0.0f, 0.0f},
+    {"Atanh", VNPU_ISA_ACT_ATANH, false, false, 0.0f, 0.0f},
+    {"Sign", VNPU_ISA_ACT_SIGN, false, false, 0.0f, 0.0f},
+    {"Celu", VNPU_ISA_ACT_CELU, true, false, 1.0f, 0.0f},
+    {"ThresholdedRelu", VNPU_ISA_ACT_THRESHOLDED_RELU, true, false, 1.0f, 0.0f},
 };
 
 ActInfo unary_act(const Node& n) {
@@ -1314,7 +1328,6 @@ void lower_expand(Graph& g, const Node& n) {
   n.bind(0, emit1(g, VNPU_ISA_OP_BINARY, {x, g.add_const(std::move(one))}, out, a, n));
 }
 
-
 // ---- ISA 1.1: reductions, layer normalisation, padding, PRelu, ScatterND ----
 
 struct ReduceOp {
@@ -1322,11 +1335,11 @@ struct ReduceOp {
   uint32_t kind;
 };
 constexpr ReduceOp kReduceOps[] = {
-    {"ReduceSum", VNPU_ISA_REDUCE_SUM},         {"ReduceMean", VNPU_ISA_REDUCE_MEAN},
-    {"ReduceMax", VNPU_ISA_REDUCE_MAX},         {"ReduceMin", VNPU_ISA_REDUCE_MIN},
-    {"ReduceProd", VNPU_ISA_REDUCE_PROD},       {"ReduceL1", VNPU_ISA_REDUCE_L1},
-    {"ReduceL2", VNPU_ISA_REDUCE_L2},           {"ReduceSumSquare", VNPU_ISA_REDUCE_SUM_SQUARE},
-    {"ReduceLogSum", VNPU_ISA_REDUCE_LOG_SUM},  {"ReduceLogSumExp", VNPU_ISA_REDUCE_LOG_SUM_EXP},
+    {"ReduceSum", VNPU_ISA_REDUCE_SUM},        {"ReduceMean", VNPU_ISA_REDUCE_MEAN},
+    {"ReduceMax", VNPU_ISA_REDUCE_MAX},        {"ReduceMin", VNPU_ISA_REDUCE_MIN},
+    {"ReduceProd", VNPU_ISA_REDUCE_PROD},      {"ReduceL1", VNPU_ISA_REDUCE_L1},
+    {"ReduceL2", VNPU_ISA_REDUCE_L2},          {"ReduceSumSquare", VNPU_ISA_REDUCE_SUM_SQUARE},
+    {"ReduceLogSum", VNPU_ISA_REDUCE_LOG_SUM}, {"ReduceLogSumExp", VNPU_ISA_REDUCE_LOG_SUM_EXP},
 };
 
 // Reduce*: axes from the attribute (opset < 13, and < 18 for all but ReduceSum) or the optional second input;
@@ -1566,7 +1579,8 @@ void lower_prelu(Graph& g, const Node& n) {
 }
 
 void lower_selu(Graph& g, const Node& n) {
-  lower_unary(g, n, {VNPU_ISA_ACT_SELU, n.f("alpha", 1.67326319217681884765625f), n.f("gamma", 1.05070102214813232421875f)});
+  lower_unary(g, n,
+              {VNPU_ISA_ACT_SELU, n.f("alpha", 1.67326319217681884765625f), n.f("gamma", 1.05070102214813232421875f)});
 }
 
 // ScatterND on compile-time data (exported models build masks and index tables with it).
@@ -1605,17 +1619,24 @@ void lower_scatternd(Graph& g, const Node& n) {
       if (data.is_float) {
         float& d = data.f[o];
         float v = upd.f[u];
-        d = red == "add" ? d + v : red == "mul" ? d * v : red == "max" ? std::max(d, v) : red == "min" ? std::min(d, v) : v;
+        d = red == "add"   ? d + v
+            : red == "mul" ? d * v
+            : red == "max" ? std::max(d, v)
+            : red == "min" ? std::min(d, v)
+                           : v;
       } else {
         int64_t& d = data.i[o];
         int64_t v = upd.i[u];
-        d = red == "add" ? d + v : red == "mul" ? d * v : red == "max" ? std::max(d, v) : red == "min" ? std::min(d, v) : v;
+        d = red == "add"   ? d + v
+            : red == "mul" ? d * v
+            : red == "max" ? std::max(d, v)
+            : red == "min" ? std::min(d, v)
+                           : v;
       }
     }
   }
   n.bind(0, g.add_const(std::move(data)));
 }
-
 
 // Einsum of two operands that is a batched matrix product: "b..m k, b..k n -> b..m n" with any order of the
 // two matrix labels in each operand and the output (the transposes become MATMUL flags or an operand swap).
@@ -1678,6 +1699,138 @@ void lower_einsum(Graph& g, const Node& n) {
   out.push_back(m);
   out.push_back(nn);
   n.bind(0, emit1(g, VNPU_ISA_OP_MATMUL, {x, y}, out, at, n));
+}
+
+// InstanceNormalization: NORM over the spatial dims of each (n, c) plane, then the per-channel scale and bias
+// as CHANNEL_AFFINE.
+void lower_instancenorm(Graph& g, const Node& n) {
+  int x = n.need(0);
+  Shape xs = n.shape(x);
+  if (xs.size() < 3)
+    n.error("input must have rank >= 3 (N, C, spatial...)");
+  int64_t inner = 1;
+  for (size_t d = 2; d < xs.size(); d++)
+    inner *= xs[d];
+  int s = n.need(1), b = n.need(2);
+  if (numel(n.shape(s)) != xs[1] || numel(n.shape(b)) != xs[1])
+    n.error("scale and B must have one value per channel");
+  VnpuOpAttr a = zero_attr();
+  a.norm.axis = 2;
+  a.norm.epsilon = n.f("epsilon", 1e-5f);
+  int y = emit1(g, VNPU_ISA_OP_NORM, {x, fill_const(g, {inner}, 1.0f), fill_const(g, {inner}, 0.0f)}, xs, a, n);
+  VnpuOpAttr c = zero_attr();
+  n.bind(0, emit1(g, VNPU_ISA_OP_CHANNEL_AFFINE,
+                  {y, make_alias(g, s, {xs[1]}, n.where()), make_alias(g, b, {xs[1]}, n.where())}, xs, c, n));
+}
+
+// GroupNormalization (opset 18): NORM over [N, G, C/G * spatial], then the per-channel scale and bias.
+void lower_groupnorm(Graph& g, const Node& n) {
+  int x = n.need(0);
+  Shape xs = n.shape(x);
+  int64_t groups = n.i("num_groups", 0);
+  if (xs.size() < 2 || groups < 1 || xs[1] % groups)
+    n.error("num_groups must divide the channel count");
+  int64_t per = numel(xs) / (xs[0] * groups);
+  int s = n.need(1), b = n.need(2);
+  if (numel(n.shape(s)) != groups || numel(n.shape(b)) != groups)
+    n.error("scale and bias must have one value per group (opset 18)");
+  int v = make_alias(g, x, {xs[0], groups, per}, n.where());
+  VnpuOpAttr a = zero_attr();
+  a.norm.axis = 2;
+  a.norm.epsilon = n.f("epsilon", 1e-5f);
+  int y = emit1(g, VNPU_ISA_OP_NORM, {v, fill_const(g, {per}, 1.0f), fill_const(g, {per}, 0.0f)}, {xs[0], groups, per},
+                a, n);
+  VnpuOpAttr c = zero_attr();
+  int yc = emit1(g, VNPU_ISA_OP_CHANNEL_AFFINE,
+                 {y, make_alias(g, s, {groups}, n.where()), make_alias(g, b, {groups}, n.where())},
+                 {xs[0], groups, per}, c, n);
+  n.bind(0, make_alias(g, yc, xs, n.where()));
+}
+
+// DepthToSpace (DCR / CRD) and SpaceToDepth: a reshape, a rank-6 transpose and a reshape.
+void lower_depth_space(Graph& g, const Node& n, bool to_space) {
+  int x = n.need(0);
+  Shape xs = n.shape(x);
+  int64_t bs = n.i("blocksize", 0);
+  if (xs.size() != 4 || bs < 1)
+    n.error("needs a rank-4 input and blocksize >= 1");
+  int64_t N = xs[0], C = xs[1], H = xs[2], W = xs[3];
+  Shape mid, out;
+  std::vector<uint32_t> perm;
+  if (to_space) {
+    if (C % (bs * bs))
+      n.error("channels not divisible by blocksize^2");
+    bool crd = n.s("mode", "DCR") == "CRD";
+    if (crd) {
+      mid = {N, C / (bs * bs), bs, bs, H, W};
+      perm = {0, 1, 4, 2, 5, 3};
+    } else {
+      mid = {N, bs, bs, C / (bs * bs), H, W};
+      perm = {0, 3, 4, 1, 5, 2};
+    }
+    out = {N, C / (bs * bs), H * bs, W * bs};
+  } else {
+    if (H % bs || W % bs)
+      n.error("spatial dims not divisible by blocksize");
+    mid = {N, C, H / bs, bs, W / bs, bs};
+    perm = {0, 3, 5, 1, 2, 4};
+    out = {N, C * bs * bs, H / bs, W / bs};
+  }
+  int v = make_alias(g, x, mid, n.where());
+  Shape ts(6);
+  VnpuOpAttr a = zero_attr();
+  for (size_t k = 0; k < 6; k++) {
+    ts[k] = mid[perm[k]];
+    a.transpose.perm[k] = perm[k];
+  }
+  int t;
+  if (n.val(x).is_const) {  // constant input: the same data movement at compile time
+    auto st = strides_of(mid);
+    std::vector<size_t> src(static_cast<size_t>(numel(ts)));
+    for (size_t k = 0; k < src.size(); k++) {
+      size_t rem = k, off = 0;
+      for (size_t d = 6; d-- > 0;) {
+        size_t coord = rem % static_cast<size_t>(ts[d]);
+        rem /= static_cast<size_t>(ts[d]);
+        off += coord * st[perm[d]];
+      }
+      src[k] = off;
+    }
+    t = g.add_const(gather_elems(n.val(v).c, ts, src));
+  } else {
+    t = emit1(g, VNPU_ISA_OP_TRANSPOSE, {v}, ts, a, n);
+  }
+  n.bind(0, make_alias(g, t, out, n.where()));
+}
+
+
+// Tile with constant repeats: along each repeated axis, a CONCAT of the input with itself (folded for
+// constant inputs by emit_op).
+void lower_tile(Graph& g, const Node& n) {
+  int x = n.need(0);
+  std::vector<int64_t> reps = n.cst_ints(1, "repeats");
+  Shape xs = n.shape(x);
+  if (reps.size() != xs.size())
+    n.error("repeats has " + std::to_string(reps.size()) + " entries for rank " + std::to_string(xs.size()));
+  if (n.val(x).is_const && !n.val(x).c.is_float)
+    n.error("integer tensors are not supported");
+  int cur = x;
+  for (size_t d = 0; d < xs.size(); d++) {
+    if (reps[d] < 0)
+      n.error("negative repeat");
+    if (reps[d] == 1)
+      continue;
+    if (reps[d] == 0 || reps[d] >= VNPU_ISA_MAX_OPERANDS)
+      n.error("repeat " + std::to_string(reps[d]) + " is not supported (1.." +
+              std::to_string(VNPU_ISA_MAX_OPERANDS - 1) + ")");
+    Shape s = n.shape(cur);
+    s[d] *= reps[d];
+    check_const_size(n, s);
+    VnpuOpAttr a = zero_attr();
+    a.axis.axis = static_cast<uint32_t>(d);
+    cur = emit1(g, VNPU_ISA_OP_CONCAT, std::vector<int>(static_cast<size_t>(reps[d]), cur), s, a, n);
+  }
+  n.bind(0, cur == x ? (n.val(x).is_const ? x : make_alias(g, x, xs, n.where())) : cur);
 }
 
 }  // namespace
@@ -1951,13 +2104,22 @@ const std::map<std::string, Lowering, std::less<>>& lowerings() {
       m[t] = lower_compile_time;
     m["Mod"] = lower_mod;
     m["Clip"] = lower_clip;
-    for (const ReduceOp& r : kReduceOps) m[r.name] = lower_reduce;
+    for (const ReduceOp& r : kReduceOps)
+      m[r.name] = lower_reduce;
     m["LayerNormalization"] = lower_layernorm;
     m["Pad"] = lower_pad;
     m["PRelu"] = lower_prelu;
     m["Selu"] = lower_selu;
+    m["Shrink"] = [](Graph& g, const Node& n) {
+      lower_unary(g, n, {VNPU_ISA_ACT_SHRINK, n.f("lambd", 0.5f), n.f("bias", 0.0f)});
+    };
     m["ScatterND"] = lower_scatternd;
     m["Einsum"] = lower_einsum;
+    m["Tile"] = lower_tile;
+    m["InstanceNormalization"] = lower_instancenorm;
+    m["GroupNormalization"] = lower_groupnorm;
+    m["DepthToSpace"] = [](Graph& g, const Node& n) { lower_depth_space(g, n, true); };
+    m["SpaceToDepth"] = [](Graph& g, const Node& n) { lower_depth_space(g, n, false); };
     m["Reshape"] = lower_reshape;
     m["Flatten"] = lower_flatten;
     m["Squeeze"] = lower_squeeze;

@@ -258,9 +258,9 @@ void fuse_layernorm(Graph& g) {
       continue;
     Op* pw = sole_producer(g, prod, uses, m2->in[0]);
     float two;
-    bool square = pw && ((is_binary(*pw, VNPU_ISA_BIN_POW) && pw->in[0] == d && scalar_of(g, pw->in[1], &two) &&
-                          two == 2.0f) ||
-                         (is_binary(*pw, VNPU_ISA_BIN_MUL) && pw->in[0] == d && pw->in[1] == d));
+    bool square =
+        pw && ((is_binary(*pw, VNPU_ISA_BIN_POW) && pw->in[0] == d && scalar_of(g, pw->in[1], &two) && two == 2.0f) ||
+               (is_binary(*pw, VNPU_ISA_BIN_MUL) && pw->in[0] == d && pw->in[1] == d));
     if (!square || g.values[m2->in[0]].shape != g.values[x].shape)
       continue;
     const Shape& xs = g.values[x].shape;
@@ -356,9 +356,10 @@ void fuse_gelu(Graph& g) {
       if (!erf || erf->opcode != VNPU_ISA_OP_UNARY || erf->attr.unary.act != VNPU_ISA_ACT_ERF)
         continue;
       Op* sc = sole_producer(g, prod, uses, erf->in[0]);
-      bool scaled = sc && sc->in[0] == x &&
-                    ((is_binary(*sc, VNPU_ISA_BIN_DIV) && scalar_of(g, sc->in[1], &c) && std::fabs(c - 1.41421356f) < 1e-6f) ||
-                     (is_binary(*sc, VNPU_ISA_BIN_MUL) && scalar_of(g, sc->in[1], &c) && std::fabs(c - 0.70710678f) < 1e-6f));
+      bool scaled =
+          sc && sc->in[0] == x &&
+          ((is_binary(*sc, VNPU_ISA_BIN_DIV) && scalar_of(g, sc->in[1], &c) && std::fabs(c - 1.41421356f) < 1e-6f) ||
+           (is_binary(*sc, VNPU_ISA_BIN_MUL) && scalar_of(g, sc->in[1], &c) && std::fabs(c - 0.70710678f) < 1e-6f));
       if (!scaled || g.values[x].shape != g.values[half.out[0]].shape)
         continue;
       for (Op* o : {sc, erf, add, m})
@@ -415,8 +416,8 @@ void fold_pad(Graph& g) {
     if (g.values[p->in[0]].shape.size() != 4 || pa.begin[0] || pa.end[0] || pa.begin[1] || pa.end[1])
       continue;
     if (avg) {
-      bool own_pad = c.attr.pool.pad_begin[0] || c.attr.pool.pad_begin[1] || c.attr.pool.pad_end[0] ||
-                     c.attr.pool.pad_end[1];
+      bool own_pad =
+          c.attr.pool.pad_begin[0] || c.attr.pool.pad_begin[1] || c.attr.pool.pad_end[0] || c.attr.pool.pad_end[1];
       if (own_pad && !(c.attr.pool.flags & VNPU_ISA_POOL_F_COUNT_PAD))
         continue;  // its own padding is not counted, the explicit zeros are
     }

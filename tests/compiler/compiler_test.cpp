@@ -111,7 +111,7 @@ TEST(InputOverride, ParsesNamesShapesAndTypes) {
 TEST(CompileOnnx, ShapeArithmeticIsFoldedAtCompileTime) {
   // y = Reshape(x, Concat(Gather(Shape(x), 0), [-1])): the flatten pattern PyTorch exports.
   OnnxBuilder b;
-  b.input("x", {2, 3, 4}).output("y");
+  b.input("x", {2, 3, 4}).output("y", 2);
   b.init_i64("zero", {}, {0}).init_i64("minus1", {1}, {-1}).init_i64("ax0", {1}, {0});
   b.node("Shape", {"x"}, {"s"});
   b.node("Gather", {"s", "zero"}, {"n"});

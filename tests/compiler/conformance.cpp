@@ -47,6 +47,7 @@ bool is_parameter_input(const std::string& op, int index) {
       {"Range", {0, 1, 2}},
       {"Dropout", {1, 2}},
       {"Pad", {1, 2, 3}},
+      {"Tile", {1}},
       {"ReduceSum", {1}},
       {"ReduceMean", {1}},
       {"ReduceMax", {1}},

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "onnx_builder.h"
 
+#include <onnx/shape_inference/implementation.h>
+
 namespace vnpu::test {
 
 OnnxBuilder::OnnxBuilder(int64_t opset) {
@@ -28,10 +30,16 @@ OnnxBuilder& OnnxBuilder::input(const std::string& name, const std::vector<int64
   return *this;
 }
 
-OnnxBuilder& OnnxBuilder::output(const std::string& name) {
+OnnxBuilder& OnnxBuilder::output(const std::string& name, int rank) {
   auto* vi = m_.mutable_graph()->add_output();
-  vi->set_name(name);
-  vi->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
+  vi->set_name(name);  // type and shape: from shape inference in bytes(), unless the rank is given
+  if (rank >= 0) {
+    auto* tt = vi->mutable_type()->mutable_tensor_type();
+    tt->set_elem_type(onnx::TensorProto::FLOAT);
+    auto* sh = tt->mutable_shape();
+    for (int k = 0; k < rank; k++)
+      sh->add_dim()->set_dim_param("d" + std::to_string(k));
+  }
   return *this;
 }
 
@@ -101,8 +109,21 @@ void OnnxBuilder::attr(onnx::NodeProto& n, const std::string& name, const std::s
 }
 
 std::vector<uint8_t> OnnxBuilder::bytes() const {
+  // Graph outputs get their type and shape from libonnx's shape inference, as exporters write them (the ONNX
+  // checker requires both). Where inference cannot tell (a test of a malformed node), they stay untyped.
+  onnx::ModelProto m = m_;
+  try {
+    onnx::ShapeInferenceOptions opt(false, 0, true);  // with data propagation (Reshape of Shape arithmetic)
+    onnx::shape_inference::InferShapes(m, onnx::OpSchemaRegistry::Instance(), opt);
+  } catch (const std::exception&) {
+    m = m_;
+  }
+  for (auto& o : *m.mutable_graph()->mutable_output())
+    if (!o.has_type())
+      o.mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
+  m.mutable_graph()->clear_value_info();
   std::string s;
-  m_.SerializeToString(&s);
+  m.SerializeToString(&s);
   return {s.begin(), s.end()};
 }
 

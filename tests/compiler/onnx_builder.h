@@ -15,7 +15,9 @@ class OnnxBuilder {
   explicit OnnxBuilder(int64_t opset = 13);
   /// Graph input (f32); a negative dim is dynamic ("N").
   OnnxBuilder& input(const std::string& name, const std::vector<int64_t>& shape);
-  OnnxBuilder& output(const std::string& name);
+  /// Graph output; its type and shape come from ONNX shape inference, or give its rank (symbolic dims) where
+  /// inference cannot tell.
+  OnnxBuilder& output(const std::string& name, int rank = -1);
   OnnxBuilder& init(const std::string& name, const std::vector<int64_t>& shape, const std::vector<float>& data);
   OnnxBuilder& init_i64(const std::string& name, const std::vector<int64_t>& shape, const std::vector<int64_t>& data);
   /// Adds a node; returns it for attributes.

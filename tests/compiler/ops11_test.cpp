@@ -7,6 +7,8 @@
 #include <limits>
 #include <memory>
 
+#include <sys/mman.h>
+
 #include "test_util.h"
 
 extern "C" {
@@ -455,7 +457,8 @@ TEST(Resize, NearestWithSizesMapsLikePyTorchForNonIntegerRatios) {
       auto& n = m.node("Resize", {"x", "roi", "scales", "sizes"}, {"y"});
       OnnxBuilder::attr(n, "mode", std::string("nearest"));
       OnnxBuilder::attr(n, "coordinate_transformation_mode", std::string(coord));
-      OnnxBuilder::attr(n, "nearest_mode", std::string(std::string(coord) == "asymmetric" ? "floor" : "round_prefer_floor"));
+      OnnxBuilder::attr(n, "nearest_mode",
+                        std::string(std::string(coord) == "asymmetric" ? "floor" : "round_prefer_floor"));
       auto model = compile_onnx(m.bytes());
       std::vector<float> x(static_cast<size_t>(r.in));
       for (size_t i = 0; i < x.size(); i++)
@@ -474,8 +477,8 @@ TEST(Resize, NearestWithSizesMapsLikePyTorchForNonIntegerRatios) {
           want = 2 * rem > den ? fl + 1 : fl;
           want = std::clamp<int64_t>(want, 0, r.in - 1);
         }
-        EXPECT_EQ(y[static_cast<size_t>(o)], static_cast<float>(want)) << r.in << "->" << r.out << " " << coord
-                                                                       << " output " << o;
+        EXPECT_EQ(y[static_cast<size_t>(o)], static_cast<float>(want))
+            << r.in << "->" << r.out << " " << coord << " output " << o;
       }
     }
   }
@@ -537,10 +540,102 @@ TEST(Resize, AlignCornersWithScalesUsesTheIntegerOutputLength) {
     for (int64_t o = 0; o < out; o++) {
       double c = static_cast<double>(o) * static_cast<double>(in - 1) / static_cast<double>(out - 1);
       int64_t lo = static_cast<int64_t>(std::floor(c)), hi = std::min<int64_t>(lo + 1, in - 1);
-      double want = x[static_cast<size_t>(lo)] + (c - static_cast<double>(lo)) * (x[static_cast<size_t>(hi)] - x[static_cast<size_t>(lo)]);
+      double want = x[static_cast<size_t>(lo)] +
+                    (c - static_cast<double>(lo)) * (x[static_cast<size_t>(hi)] - x[static_cast<size_t>(lo)]);
       EXPECT_NEAR(y[static_cast<size_t>(o)], want, 1e-4) << "scale " << scale << " output " << o;
     }
   }
+}
+
+}  // namespace
+
+namespace {
+
+std::string error_of(const std::vector<uint8_t>& onnx) {
+  try {
+    (void)compile_onnx(onnx);
+  } catch (const vnpu::CompileError& e) {
+    return e.what();
+  }
+  return {};
+}
+
+TEST(CompileOnnx, RunsTheOnnxCheckerOnEveryModel) {
+  OnnxBuilder m(13);
+  m.input("x", {1, 4}).output("y");
+  OnnxBuilder::attr(m.node("Relu", {"x"}, {"y"}, "relu0"), "no_such_attribute", int64_t{1});
+  std::string e = error_of(m.bytes());
+  EXPECT_NE(e.find("ONNX checker"), std::string::npos) << e;
+  EXPECT_NE(e.find("no_such_attribute"), std::string::npos) << e;
+}
+
+TEST(CompileOnnx, ADeclaredShapeThatShapeInferenceContradictsIsAnErrorNamingTheNode) {
+  OnnxBuilder m(13);
+  m.input("x", {1, 4}).output("y", 2);
+  m.node("Relu", {"x"}, {"y"}, "relu0");
+  auto bytes = m.bytes();
+  onnx::ModelProto p;
+  ASSERT_TRUE(p.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())));
+  auto* dims = p.mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape();
+  dims->mutable_dim(0)->set_dim_value(1);
+  dims->mutable_dim(1)->set_dim_value(5);  // Relu of [1,4] is [1,4]
+  std::string s;
+  p.SerializeToString(&s);
+  std::string e = error_of({s.begin(), s.end()});
+  EXPECT_NE(e.find("relu0"), std::string::npos) << e;
+  vnpu::CompileOptions off;
+  off.onnx_checks = false;
+  EXPECT_NO_THROW((void)compile_onnx(std::vector<uint8_t>(s.begin(), s.end()), off));
+}
+
+}  // namespace
+
+namespace {
+
+TEST(CompileOnnx, GroupNormalizationNormalisesEachGroupThenScalesIt) {
+  const int64_t N = 2, C = 4, H = 3, G = 2;
+  OnnxBuilder m(18);
+  m.input("x", {N, C, H}).output("y", 3);
+  m.init("s", {G}, {2.0f, 0.5f}).init("b", {G}, {0.1f, -0.3f});
+  auto& n = m.node("GroupNormalization", {"x", "s", "b"}, {"y"});
+  OnnxBuilder::attr(n, "num_groups", G);
+  OnnxBuilder::attr(n, "epsilon", 1e-3f);
+  auto model = compile_onnx(m.bytes());
+  auto x = vnpu::test::iota_data(static_cast<size_t>(N * C * H), 0.7f);
+  auto y = conf::flat_executor(false)(model, {{{N, C, H}, x}}).at(0).data;
+  const int64_t per = C / G * H;
+  const float s[] = {2.0f, 0.5f}, b[] = {0.1f, -0.3f};
+  for (int64_t k = 0; k < N * G; k++) {
+    double mean = 0, var = 0;
+    for (int64_t j = 0; j < per; j++)
+      mean += x[static_cast<size_t>(k * per + j)] / static_cast<double>(per);
+    for (int64_t j = 0; j < per; j++)
+      var += std::pow(x[static_cast<size_t>(k * per + j)] - mean, 2) / static_cast<double>(per);
+    for (int64_t j = 0; j < per; j++) {
+      size_t i = static_cast<size_t>(k * per + j);
+      EXPECT_NEAR(y[i], (x[i] - mean) / std::sqrt(var + 1e-3) * s[k % G] + b[k % G], 1e-5) << i;
+    }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+TEST(CompileOnnx, AModelOverTwoGibibytesGetsAClearError) {
+  // Virtual memory only (never touched): the size check comes before protobuf sees a byte.
+  const size_t len = (size_t{1} << 31) + 64;
+  void* p = mmap(nullptr, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  std::string e;
+  try {
+    (void)compile_onnx(std::span<const uint8_t>(static_cast<const uint8_t*>(p), len));
+  } catch (const vnpu::CompileError& err) {
+    e = err.what();
+  }
+  munmap(p, len);
+  EXPECT_NE(e.find("2 GiB"), std::string::npos) << e;
+  EXPECT_NE(e.find("external data"), std::string::npos) << e;
 }
 
 }  // namespace

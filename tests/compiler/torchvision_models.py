@@ -8,7 +8,9 @@ For every model: build it (weights=None) with seeded random weights and calibrat
 randomise()), export it with
 torch.onnx.export's defaults (opset 14 on PyTorch 1.13), compile it with BUILD_DIR/compiler/vnpuc, run it with
 BUILD_DIR/tools/vnpu-run --backend sim and compare with PyTorch's output on the same input:
-|vnpu - torch| <= 1e-3 * max|torch| + 1e-3 * |torch| for every element (docs/compiler.md, "Models").
+|vnpu - torch| <= 1e-3 * max|torch| + 1e-3 * |torch| for every element, or, for an ill-conditioned network,
+vnpu's output at most 1.5x as far from PyTorch's float64 result as PyTorch's float32 one (docs/compiler.md,
+"Models").
 
 The default set is one representative per family at a small input, except the families whose smallest model
 is large (vgg, alexnet, resnext, wide_resnet, maxvit, fcn, and ViT-B, represented by a 2-layer ViT by
@@ -137,11 +139,15 @@ RTOL = 1e-3
 
 
 def cache_key(name):
-    h = hashlib.sha256()
-    with open(os.path.abspath(__file__), "rb") as f:
-        h.update(f.read())
+    """What an export depends on: the generating code, the model's spec and the versions (not the rest of
+    this script, so that editing the checks does not regenerate every model)."""
+    import inspect
     import torchvision
-    h.update(f"{name}/{torch.__version__}/{torchvision.__version__}".encode())
+    h = hashlib.sha256()
+    for obj in (tv, Encoder, Dense, small_vit, randomise, generate):
+        h.update(inspect.getsource(obj).encode())
+    family, _, shape = dict(FAST, **EXTRA)[name]
+    h.update(f"{name}/{family}/{shape}/{torch.__version__}/{torchvision.__version__}".encode())
     return h.hexdigest()[:16]
 
 
@@ -162,10 +168,14 @@ def randomise(model, shape):
                 nn.init.uniform_(p, 0.5, 1.5)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if bns:
+        # Only BatchNorm in training mode: dropout and stochastic depth stay in eval, so the statistics are
+        # those the evaluated network sees (with them in training, EfficientNetV2's calibrated activations
+        # reached 540 and its float32 output was chaotic).
+        model.eval()
         for m in bns:
             m.reset_running_stats()
             m.momentum = None
-        model.train()
+            m.train()
         with torch.no_grad():
             model(torch.randn(4, *shape[1:], generator=torch.Generator().manual_seed(2)))
     model.eval()
@@ -181,14 +191,17 @@ def generate(name, build, shape, out_dir):
     # Outside no_grad, as users call it (under no_grad nn.TransformerEncoder takes its fused inference path,
     # aten::_transformer_encoder_layer_fwd, which has no ONNX export).
     torch.onnx.export(model, x, os.path.join(out_dir, "model.onnx"), input_names=["input"], output_names=["out"])
+    with torch.no_grad():  # the same model in float64: how far PyTorch's own float32 result is from exact
+        ref64 = model.double()(x.double())
     np.save(os.path.join(out_dir, "input.npy"), x.numpy().astype(np.float32))
     np.save(os.path.join(out_dir, "ref.npy"), ref.numpy().astype(np.float32))
+    np.save(os.path.join(out_dir, "ref64.npy"), ref64.numpy())
 
 
 def cached(name, build, shape):
     root = os.environ.get("VNPU_MODEL_CACHE", os.path.expanduser("~/.cache/vnpu/models"))
     d = os.path.join(root, f"tv-{name}-{cache_key(name)}")
-    if not os.path.exists(os.path.join(d, "ref.npy")):
+    if not os.path.exists(os.path.join(d, "ref64.npy")):
         os.makedirs(root, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".gen-", dir=root)
         try:
@@ -242,13 +255,22 @@ def check(name, family, build, shape, build_dir, work):
     if got.shape != want.shape:
         row["detail"] = f"shape {got.shape} != {want.shape}"
         return row
+    exact = np.load(os.path.join(d, "ref64.npy"))
     scale = float(np.abs(want).max())
     err = np.abs(got.astype(np.float64) - want)
     bound = RTOL * scale + RTOL * np.abs(want)
+    # Random deep networks can be ill-conditioned (EfficientNetV2: PyTorch's float32 output is 1.6 away from
+    # its float64 one, of 540): then vnpu matches when it is as close to the float64 result as PyTorch is.
+    torch_err = float(np.abs(want - exact).max())
+    vnpu_err = float(np.abs(got - exact).max())
     row["max_err"] = float(err.max())
     row["scale"] = scale
-    row["matched"] = bool(np.isfinite(got).all() and (err <= bound).all())
+    within = bool((err <= bound).all())
+    as_good = vnpu_err <= 1.5 * torch_err
+    row["matched"] = bool(np.isfinite(got).all() and (within or as_good))
     row["detail"] = f"max |d| {err.max():.2e} of max |ref| {scale:.3g}"
+    if not within:
+        row["detail"] += f" (outside 1e-3; vs float64: vnpu {vnpu_err:.2e}, torch {torch_err:.2e})"
     c1 = os.times()
     row["cpu_s"] = sum(getattr(c1, f) - getattr(c0, f) for f in ("user", "system", "children_user", "children_system"))
     row["detail"] += f"; {row['cpu_s']:.1f} s CPU"

@@ -41,6 +41,9 @@ struct CompileOptions {
   /// Cut the model: these tensors (by ONNX name) become the outputs instead of the graph's, and only the nodes
   /// they depend on are compiled (e.g. a detector up to its data-dependent post-processing). Empty: the graph's.
   std::vector<std::string> outputs;
+  /// Run libonnx's checker and shape inference on the model (opsets <= 17) and cross-check every inferred
+  /// static shape against vnpuc's; a mismatch is a CompileError naming the node.
+  bool onnx_checks = true;
 };
 
 /// What the compiler did, for --info style reporting.

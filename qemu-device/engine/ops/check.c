@@ -72,6 +72,36 @@ float vnpu_ops_act(float x, uint32_t act, float alpha, float beta)
     }
     case VNPU_ISA_ACT_SELU:
         return beta * (x <= 0.0f ? alpha * (expf(x) - 1.0f) : x);
+    case VNPU_ISA_ACT_SIN:
+        return sinf(x);
+    case VNPU_ISA_ACT_COS:
+        return cosf(x);
+    case VNPU_ISA_ACT_TAN:
+        return tanf(x);
+    case VNPU_ISA_ACT_ASIN:
+        return asinf(x);
+    case VNPU_ISA_ACT_ACOS:
+        return acosf(x);
+    case VNPU_ISA_ACT_ATAN:
+        return atanf(x);
+    case VNPU_ISA_ACT_SINH:
+        return sinhf(x);
+    case VNPU_ISA_ACT_COSH:
+        return coshf(x);
+    case VNPU_ISA_ACT_ASINH:
+        return asinhf(x);
+    case VNPU_ISA_ACT_ACOSH:
+        return acoshf(x);
+    case VNPU_ISA_ACT_ATANH:
+        return atanhf(x);
+    case VNPU_ISA_ACT_SIGN:
+        return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x);
+    case VNPU_ISA_ACT_CELU:
+        return (x > 0.0f ? x : 0.0f) + fminf(0.0f, alpha * (expf(x / alpha) - 1.0f));
+    case VNPU_ISA_ACT_THRESHOLDED_RELU:
+        return x > alpha ? x : 0.0f;
+    case VNPU_ISA_ACT_SHRINK:
+        return x < -alpha ? x + beta : (x > alpha ? x - beta : 0.0f);
     default:
         return x;
     }
