@@ -493,16 +493,18 @@ Task<Outputs> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs) {
     req->armed = deadlines_.emplace(req->t.enqueued + options_.timeout, weak);
     cb_cv_.notify_one();
   }
+  bool accepted = false;
   {
     std::lock_guard lock(mu_);
     if (!stopping_) {
       queue_.push_back(req);
       ++active_;
+      accepted = true;
     } else {
       req->phase = Phase::kDone;
     }
   }
-  if (req->phase == Phase::kDone) {
+  if (!accepted) {
     disarm(req);
     throw Error(ErrorCode::kAborted, "the runtime is shutting down; request not accepted");
   }

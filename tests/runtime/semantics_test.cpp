@@ -298,21 +298,21 @@ TEST_F(Semantics, TimeoutWaitsUntilThePrepThreadIsDoneWithTheInputs) {
 // Timeouts were checked only when the callback queue was empty: behind slow callbacks, overdue requests
 // resolved with their (late) results instead of kTimeout.
 TEST_F(Semantics, TimeoutsFireWhileTheCallbackThreadIsBusy) {
+  constexpr int kRequests = 10;
+  std::mutex mu;  // before the runtime: its callbacks use them until it is destroyed
+  std::condition_variable cv;
+  int resolved = 0, timed_out = 0;
   auto o = opts(1, 16);
   o.timeout = 300ms;
   vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(20)), o);
-  constexpr int kRequests = 10;
-  std::mutex mu;
-  std::condition_variable cv;
-  int resolved = 0, timed_out = 0;
   for (int i = 0; i < kRequests; ++i)
     rt.run(input_for(rt.model())).on_complete([&](vnpu::Result<vnpu::Outputs> r) {
       {
         std::lock_guard lock(mu);
         timed_out += !r.ok() && r.error().code() == vnpu::ErrorCode::kTimeout;
         ++resolved;
+        cv.notify_all();
       }
-      cv.notify_all();
       std::this_thread::sleep_for(100ms);  // a slow callback: the queue behind it grows
     });
   std::unique_lock lock(mu);
