@@ -9,6 +9,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <future>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -36,7 +37,9 @@ class RuntimeImpl {
  public:
   RuntimeImpl(CompiledModel model, RuntimeOptions options);
   ~RuntimeImpl();
-  Task<Outputs> run(Inputs inputs, std::vector<Tensor>* outputs);
+  // block = false: nullopt instead of waiting for room in the queue.
+  std::optional<Task<Outputs>> run(Inputs inputs, std::vector<Tensor>* outputs, bool block = true);
+  void wait_all();
 
   CompiledModel model_;
   const detail::ModelData& md_;
@@ -113,7 +116,8 @@ class RuntimeImpl {
 
   std::mutex mu_;                     // queue_, free lists, phases, active_, stopping_, rr_
   std::condition_variable work_cv_;   // prep threads: a request and a device with room, or stopping
-  std::condition_variable drain_cv_;  // destructor: active_ reached 0
+  std::condition_variable drain_cv_;  // destructor, wait_all(): active_ reached 0
+  std::condition_variable room_cv_;   // run(): the queue has room (below max_queued), or stopping
   std::deque<RequestPtr> queue_;
   size_t active_ = 0;  // accepted by run() and still holding (or waiting for) device resources
   bool stopping_ = false;
@@ -160,6 +164,9 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
     options_.max_in_flight = std::max(4, 2 * options_.parallel);
   if (options_.staging_buffers == 0)
     options_.staging_buffers = options_.parallel + 2;
+  if (options_.max_queued < 0 || options_.max_queued > 65536)
+    throw Error(ErrorCode::kInvalidArgument, "max_queued = " + std::to_string(options_.max_queued) +
+                                                 " is out of range; use 1..65536 (or 0 for the default)");
   if (options_.devices.empty())
     options_.devices = {options_.device};
   if (options_.devices.size() > 64)
@@ -169,6 +176,8 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
       if (options_.devices[i] == options_.devices[j])
         throw Error(ErrorCode::kInvalidArgument, "device " + std::to_string(options_.devices[i]) + " is listed twice");
   options_.device = options_.devices.front();
+  if (options_.max_queued == 0)
+    options_.max_queued = 4 * options_.max_in_flight * static_cast<int>(options_.devices.size());
   if (options_.backend.empty())
     options_.backend = Device::default_backend(options_.device);
 
@@ -312,6 +321,7 @@ RuntimeImpl::~RuntimeImpl() {
   {
     std::unique_lock lock(mu_);
     stopping_ = true;
+    room_cv_.notify_all();
     cancelled.swap(queue_);
     active_ -= cancelled.size();
     for (auto& r : cancelled) {
@@ -446,7 +456,7 @@ void RuntimeImpl::pump_until(const std::function<bool()>& done, Clock::duration 
   }
 }
 
-Task<Outputs> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs) {
+std::optional<Task<Outputs>> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs, bool block) {
   if (inputs.size() != md_.inputs.size())
     throw Error(ErrorCode::kInvalidArgument, "the model takes " + std::to_string(md_.inputs.size()) +
                                                  " input(s), got " + std::to_string(inputs.size()));
@@ -493,10 +503,17 @@ Task<Outputs> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs) {
     req->armed = deadlines_.emplace(req->t.enqueued + options_.timeout, weak);
     cb_cv_.notify_one();
   }
-  bool accepted = false;
+  bool accepted = false, full = false;
   {
-    std::lock_guard lock(mu_);
-    if (!stopping_) {
+    std::unique_lock lock(mu_);
+    const auto room = [&] { return stopping_ || queue_.size() < static_cast<size_t>(options_.max_queued); };
+    if (!room()) {
+      if (!block)
+        full = true;
+      else if (!on_callback_thread())  // the callback thread frees room: it must never wait for it
+        room_cv_.wait(lock, room);
+    }
+    if (!stopping_ && !full) {
       queue_.push_back(req);
       ++active_;
       accepted = true;
@@ -506,10 +523,28 @@ Task<Outputs> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs) {
   }
   if (!accepted) {
     disarm(req);
+    if (full)
+      return std::nullopt;
     throw Error(ErrorCode::kAborted, "the runtime is shutting down; request not accepted");
   }
   work_cv_.notify_one();
   return task;
+}
+
+void RuntimeImpl::wait_all() {
+  if (on_callback_thread())
+    throw Error(ErrorCode::kInvalidArgument,
+                "AsyncRuntime::wait_all() on the runtime's callback thread would wait forever (its requests "
+                "resolve on this very thread); call it from another thread");
+  {
+    std::unique_lock lock(mu_);
+    drain_cv_.wait(lock, [&] { return active_ == 0; });
+  }
+  // A request retires just before it resolves, in the same callback-thread item (finish, fail): one more
+  // item behind them, and every resolution has run.
+  std::promise<void> barrier;
+  post([&barrier] { barrier.set_value(); });
+  barrier.get_future().wait();
 }
 
 void RuntimeImpl::disarm(const RequestPtr& req) {
@@ -552,6 +587,7 @@ RuntimeImpl::Early RuntimeImpl::abandon(const RequestPtr& req, const Error& e) {
       case Phase::kQueued:
         if (auto it = std::find(queue_.begin(), queue_.end(), req); it != queue_.end()) {
           queue_.erase(it);
+          room_cv_.notify_one();
           req->phase = Phase::kDone;
           req->inputs.clear();
           dequeued = true;
@@ -607,6 +643,7 @@ void RuntimeImpl::prep_loop(int index) {
         return;  // stopping, and everything accepted has been handed on
       req = std::move(queue_.front());
       queue_.pop_front();
+      room_cv_.notify_one();
       DeviceCtx& dc = devs_[static_cast<size_t>(d)];
       req->dev = d;
       req->slot = dc.free_slots.back();
@@ -813,15 +850,26 @@ AsyncRuntime::AsyncRuntime(const MatmulModel& model, RuntimeOptions options)
     : AsyncRuntime(CompiledModel::from_matmul(model), std::move(options)) {}
 AsyncRuntime::~AsyncRuntime() = default;
 Task<Outputs> AsyncRuntime::run(Inputs inputs) {
-  return impl_->run(std::move(inputs), nullptr);
+  return *impl_->run(std::move(inputs), nullptr);
 }
 Task<Outputs> AsyncRuntime::run(Inputs inputs, std::vector<Tensor> outputs) {
-  return impl_->run(std::move(inputs), &outputs);
+  return *impl_->run(std::move(inputs), &outputs);
 }
 Task<Outputs> AsyncRuntime::run(Tensor x) {
   Inputs in;
   in.push_back(std::move(x));
-  return impl_->run(std::move(in), nullptr);
+  return *impl_->run(std::move(in), nullptr);
+}
+std::optional<Task<Outputs>> AsyncRuntime::try_run(Inputs inputs) {
+  return impl_->run(std::move(inputs), nullptr, false);
+}
+std::optional<Task<Outputs>> AsyncRuntime::try_run(Tensor x) {
+  Inputs in;
+  in.push_back(std::move(x));
+  return impl_->run(std::move(in), nullptr, false);
+}
+void AsyncRuntime::wait_all() {
+  impl_->wait_all();
 }
 const CompiledModel& AsyncRuntime::model() const noexcept {
   return impl_->model_;

@@ -599,6 +599,38 @@ TEST_F(Semantics, BackPressureBoundsWhatIsHeld) {
     EXPECT_NO_THROW((void)t.wait());
 }
 
+// run() queued every request however many were waiting (the queue, and the inputs it holds, grew without
+// bound despite the promise of bounded memory): now at most max_queued wait, run() blocks beyond that and
+// try_run() declines.
+TEST_F(Semantics, TheRequestQueueIsBounded) {
+  auto o = opts(1, 1);
+  o.max_queued = 3;
+  vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(5)), o);
+  EXPECT_EQ(rt.options().max_queued, 3);
+  const size_t bound = 3 + 1;  // waiting + the one slot
+  std::vector<vnpu::Task<vnpu::Outputs>> tasks;
+  for (int i = 0; i < 40; ++i) {
+    tasks.push_back(rt.run(input_for(rt.model())));
+    EXPECT_LE(rt.in_flight(), bound) << "after run() #" << i;
+  }
+  int declined = 0;
+  for (int i = 0; i < 40; ++i) {
+    auto t = rt.try_run(input_for(rt.model()));
+    if (t)
+      tasks.push_back(std::move(*t));
+    else
+      ++declined;
+    EXPECT_LE(rt.in_flight(), bound) << "after try_run() #" << i;
+  }
+  EXPECT_GT(declined, 0) << "try_run() never found the queue full";
+  rt.wait_all();
+  EXPECT_EQ(rt.in_flight(), 0u);
+  for (auto& t : tasks) {
+    ASSERT_TRUE(t.ready()) << "wait_all() returned before a request resolved";
+    EXPECT_NO_THROW((void)t.wait());
+  }
+}
+
 TEST_F(Semantics, SyntheticModelReportsItsModelledStages) {
   vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(3), 1 << 20), opts());
   auto t = rt.run(input_for(rt.model())).wait().timings;

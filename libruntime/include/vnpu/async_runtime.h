@@ -61,6 +61,11 @@ struct RuntimeOptions {
   /// device booted with the QEMU property timing-only=on. The constructor throws kUnsupported when a
   /// device's mode differs from this option (a timing-only device is never used by accident).
   bool timing_only = false;
+  /// Requests that may wait for a slot, 1..65536 (0 = 4 × max_in_flight × number of devices). When that many
+  /// are waiting, run() blocks until one starts (try_run() returns nullopt instead), so the memory held by
+  /// waiting requests (their inputs) is bounded too. Exception: run() on the callback thread never blocks
+  /// (that thread is what frees room); there it queues beyond the bound.
+  int max_queued = 0;
 };
 
 /// Where one request spent its time. Host times on std::chrono::steady_clock (CLOCK_MONOTONIC).
@@ -152,8 +157,13 @@ class VNPU_API AsyncRuntime {
   /// Start one inference. Owned input tensors are moved in; borrowed ones are read in place by a prep thread
   /// (keep them alive until the task resolves). Throws Error(kInvalidArgument) if the number, shapes or
   /// dtypes of the inputs do not match the model, kAborted if the runtime is shutting down. Never blocks on
-  /// the device.
+  /// the device; blocks while RuntimeOptions::max_queued requests wait for a slot (not on the callback
+  /// thread).
   [[nodiscard]] Task<Outputs> run(Inputs inputs);
+  /// run() that never blocks: nullopt (the inputs are dropped) if max_queued requests are already waiting.
+  [[nodiscard]] std::optional<Task<Outputs>> try_run(Inputs inputs);
+  /// try_run({x}).
+  [[nodiscard]] std::optional<Task<Outputs>> try_run(Tensor x);
   /// run() that writes the results into `outputs` (one per model output, matching shape and dtype,
   /// typically borrowed views of caller memory) instead of allocating new tensors; Outputs::tensors holds
   /// the same views.
@@ -179,6 +189,10 @@ class VNPU_API AsyncRuntime {
   /// Requests accepted by run() that still hold, or wait for, device resources (queued, in preparation, on a
   /// device, or resolved early while the device finishes their work). Thread-safe; a snapshot.
   [[nodiscard]] size_t in_flight() const;
+  /// Block until in_flight() is 0 and the resolutions of the requests that retired have run (requests
+  /// run() meanwhile are waited for too). Throws Error(kInvalidArgument) on the callback thread, where it
+  /// could never return.
+  void wait_all();
   /// Requests whose RuntimeOptions::timeout is armed. A request disarms it when it retires, so this stays
   /// at most in_flight(), however high the request rate or long the timeout. Thread-safe; a snapshot.
   [[nodiscard]] size_t timeouts_armed() const;
