@@ -55,10 +55,18 @@ tsan_runtime() {
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$VNPU_ROOT/tests/runtime/tsan.supp" \
 		sanitized "$VNPU_BUILD-tsan" "-Db_sanitize=thread" runtime_test
 }
+asan_host() {
+	ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:strict_string_checks=1" \
+		UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+		sanitized "$VNPU_BUILD-asan" "-Db_sanitize=address,undefined -Db_lundef=false" \
+		runtime_test compiler_unit_test compiler_conformance_test examples_test examples_model_test
+}
+
 if [ "$host" = 1 ]; then
 	run "host suites (meson test --suite unit)" meson test -C "$VNPU_BUILD" --suite unit --print-errorlogs
 	run "install: out-of-tree program via pkg-config vnpu-runtime" meson test -C "$VNPU_BUILD" --suite install --print-errorlogs
 	run "ThreadSanitizer: runtime suite on sim (build-tsan)" tsan_runtime
+	run "AddressSanitizer+UBSan: runtime, compiler and examples suites (build-asan)" asan_host
 fi
 if [ "$vm" = 1 ]; then
 	run "vm runner: 'true' exits 0" quiet "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- true
