@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # ./vnpu test stage: the device engine's host suite and the bounded .vnpu mutation fuzzer built with
 # AddressSanitizer + UBSan (also float-cast-overflow, which -fsanitize=undefined leaves out) in a build directory
-# of their own (build-asan-engine: only these two targets are built there). Any sanitizer report fails the stage.
+# shared with the host suites' ASan stage of scripts/test.sh (build-asan, configured with the same options; only
+# what the suites run need is built there). Any sanitizer report fails the stage.
 # Environment: VNPU_FUZZ_ITERATIONS (default 20000), VNPU_FUZZ_SEED (default 1).
 set -euo pipefail
 . "$VNPU_ROOT/scripts/lib.sh"
 
-B=${VNPU_ASAN_ENGINE_BUILD:-$VNPU_ROOT/build-asan-engine}
+B=${VNPU_ASAN_ENGINE_BUILD:-$VNPU_BUILD-asan}
 if [ ! -f "$B/build.ninja" ]; then
 	log "configuring $B (ASan + UBSan)"
 	setup_log=$(mktemp /tmp/vnpu-asan-setup.XXXXXX)

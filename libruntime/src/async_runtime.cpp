@@ -9,6 +9,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <future>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -36,7 +37,9 @@ class RuntimeImpl {
  public:
   RuntimeImpl(CompiledModel model, RuntimeOptions options);
   ~RuntimeImpl();
-  Task<Outputs> run(Inputs inputs, std::vector<Tensor>* outputs);
+  // block = false: nullopt instead of waiting for room in the queue.
+  std::optional<Task<Outputs>> run(Inputs inputs, std::vector<Tensor>* outputs, bool block = true);
+  void wait_all();
 
   CompiledModel model_;
   const detail::ModelData& md_;
@@ -62,6 +65,8 @@ class RuntimeImpl {
 
  private:
   enum class Phase { kQueued, kPrep, kDevice, kDone };
+  struct Request;
+  using DeadlineMap = std::multimap<Clock::time_point, std::weak_ptr<Request>>;
   struct Request {
     Inputs inputs;
     std::vector<Tensor> outs;  // caller-provided outputs (run with outputs)
@@ -69,9 +74,20 @@ class RuntimeImpl {
     RequestTimings t;
     int dev = -1, slot = -1, staging = -1;
     Phase phase = Phase::kQueued;  // guarded by mu_
+    // Resolved early (cancel, timeout) or about to be: start no more device work, drop the outputs. Set
+    // under mu_ (read without it where a stale false only costs device work whose result is dropped).
     std::atomic<bool> cancelled{false};
+    std::optional<Error> deferred;               // guarded by mu_: the early resolution prepare() owes
+    std::optional<DeadlineMap::iterator> armed;  // guarded by cb_mu_: its entry in deadlines_
   };
   using RequestPtr = std::shared_ptr<Request>;
+  // What the cancel hook of a Task reaches the runtime through: Tasks outlive the runtime, so the
+  // destructor cuts the link (under mu) before anything is torn down.
+  struct CancelGate {
+    std::mutex mu;
+    RuntimeImpl* rt = nullptr;
+  };
+  enum class Early { kNo, kNow, kDeferred };
 
   void setup_device(int index);
   Status upload(Device& dev, const DeviceBuffer& dst, const void* data, size_t bytes);
@@ -87,15 +103,21 @@ class RuntimeImpl {
   void release_staging(const RequestPtr& req);
   void retire(const RequestPtr& req);
   bool cancel(const std::weak_ptr<Request>& weak);
+  Early abandon(const RequestPtr& req, const Error& e);
+  void disarm(const RequestPtr& req);
   void post(std::function<void()> fn);
   void callback_loop();
+  bool expire_due(std::unique_lock<std::mutex>& lock);
+  void pump_until(const std::function<bool()>& done, Clock::duration limit);
+  [[nodiscard]] bool on_callback_thread() const noexcept { return detail::this_thread_executor() == this; }
 
   std::vector<uint64_t> in_off_, out_off_;  // per binding: offset in the staging / output buffer
   uint64_t staging_bytes_ = 0, out_bytes_ = 0;
 
   std::mutex mu_;                     // queue_, free lists, phases, active_, stopping_, rr_
   std::condition_variable work_cv_;   // prep threads: a request and a device with room, or stopping
-  std::condition_variable drain_cv_;  // destructor: active_ reached 0
+  std::condition_variable drain_cv_;  // destructor, wait_all(): active_ reached 0
+  std::condition_variable room_cv_;   // run(): the queue has room (below max_queued), or stopping
   std::deque<RequestPtr> queue_;
   size_t active_ = 0;  // accepted by run() and still holding (or waiting for) device resources
   bool stopping_ = false;
@@ -108,13 +130,25 @@ class RuntimeImpl {
   std::mutex cb_mu_;
   std::condition_variable cb_cv_;
   std::deque<std::function<void()>> cb_queue_;
-  std::multimap<Clock::time_point, std::weak_ptr<Request>> deadlines_;
+  DeadlineMap deadlines_;  // one entry per request whose timeout is armed (disarmed when it retires)
   bool cb_stop_ = false;
   std::thread cb_thread_;
+  std::shared_ptr<CancelGate> gate_ = std::make_shared<CancelGate>();
+
+ public:
+  size_t in_flight() {
+    std::lock_guard lock(mu_);
+    return active_;
+  }
+  size_t timeouts_armed() {
+    std::lock_guard lock(cb_mu_);
+    return deadlines_.size();
+  }
 };
 
 RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
     : model_(std::move(model)), md_(model_.data()), options_(std::move(options)) {
+  gate_->rt = this;
   if (options_.parallel < 1 || options_.parallel > 16)
     throw Error(ErrorCode::kInvalidArgument,
                 "parallel = " + std::to_string(options_.parallel) + " is out of range; use 1..16");
@@ -130,6 +164,9 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
     options_.max_in_flight = std::max(4, 2 * options_.parallel);
   if (options_.staging_buffers == 0)
     options_.staging_buffers = options_.parallel + 2;
+  if (options_.max_queued < 0 || options_.max_queued > 65536)
+    throw Error(ErrorCode::kInvalidArgument, "max_queued = " + std::to_string(options_.max_queued) +
+                                                 " is out of range; use 1..65536 (or 0 for the default)");
   if (options_.devices.empty())
     options_.devices = {options_.device};
   if (options_.devices.size() > 64)
@@ -139,6 +176,8 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
       if (options_.devices[i] == options_.devices[j])
         throw Error(ErrorCode::kInvalidArgument, "device " + std::to_string(options_.devices[i]) + " is listed twice");
   options_.device = options_.devices.front();
+  if (options_.max_queued == 0)
+    options_.max_queued = 4 * options_.max_in_flight * static_cast<int>(options_.devices.size());
   if (options_.backend.empty())
     options_.backend = Device::default_backend(options_.device);
 
@@ -271,25 +310,45 @@ void RuntimeImpl::setup_device(int index) {
 }
 
 RuntimeImpl::~RuntimeImpl() {
+  {
+    std::lock_guard lock(gate_->mu);  // waits for a cancel() in progress; later ones return false
+    gate_->rt = nullptr;
+  }
+  // Destroyed from a callback or a coroutine this runtime resumed: this thread is the callback thread, so it
+  // cannot wait for it. It does the callback thread's work itself while it drains, then lets the thread go.
+  const bool on_cb = on_callback_thread();
   std::deque<RequestPtr> cancelled;
   {
     std::unique_lock lock(mu_);
     stopping_ = true;
+    room_cv_.notify_all();
     cancelled.swap(queue_);
     active_ -= cancelled.size();
-    for (auto& r : cancelled)
+    for (auto& r : cancelled) {
       r->phase = Phase::kDone;
+      r->cancelled = true;
+    }
     work_cv_.notify_all();
   }
-  for (auto& r : cancelled)
+  for (auto& r : cancelled) {
+    disarm(r);
     post([r] {
       r->state->set_error(std::make_exception_ptr(
           Error(ErrorCode::kCancelled, "the runtime was destroyed before the request started")));
     });
+  }
+  cancelled.clear();
   for (auto& t : prep_threads_)
     t.join();
-  {
-    // Drain what is on the devices. Devices bound how long a job takes; a hung one is aborted below.
+  // Drain what is on the devices. Devices bound how long a job takes; a hung one is aborted below.
+  if (on_cb) {
+    pump_until(
+        [&] {
+          std::lock_guard lock(mu_);
+          return active_ == 0;
+        },
+        kDrainLimit);
+  } else {
     std::unique_lock lock(mu_);
     drain_cv_.wait_for(lock, kDrainLimit, [&] { return active_ == 0; });
   }
@@ -297,6 +356,12 @@ RuntimeImpl::~RuntimeImpl() {
   closing_devices_ = true;
   for (auto& dc : devs_)
     dc.dev.reset();
+  if (on_cb) {
+    pump_until([] { return true; }, kDrainLimit);  // what the device destructors posted
+    detail::set_this_thread_executor(nullptr);     // callback_loop returns without touching *this
+    cb_thread_.detach();
+    return;
+  }
   {
     std::lock_guard lock(cb_mu_);
     cb_stop_ = true;
@@ -315,32 +380,23 @@ void RuntimeImpl::post(std::function<void()> fn) {
 
 void RuntimeImpl::callback_loop() {
   pthread_setname_np(pthread_self(), "vnpu-callback");
+  detail::set_this_thread_executor(this);
   std::unique_lock lock(cb_mu_);
   for (;;) {
+    // Deadlines first, before every item: a busy queue must not hold back a timeout.
+    if (!expire_due(lock))
+      return;  // a callback destroyed the runtime
     if (!cb_queue_.empty()) {
       auto fn = std::move(cb_queue_.front());
       cb_queue_.pop_front();
       lock.unlock();
       fn();
       fn = nullptr;
+      if (!on_callback_thread())
+        return;  // fn destroyed the runtime (the destructor did the rest of our work): *this is gone
       lock.lock();
       continue;
     }
-    // Expire overdue requests (the first resolution wins; the device work finishes in the background).
-    const auto now = Clock::now();
-    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
-      auto weak = deadlines_.begin()->second;
-      deadlines_.erase(deadlines_.begin());
-      if (auto req = weak.lock()) {
-        lock.unlock();
-        req->state->set_error(std::make_exception_ptr(
-            Error(ErrorCode::kTimeout, "request did not finish within " + std::to_string(options_.timeout.count()) +
-                                           " ms (RuntimeOptions::timeout); the device may be overloaded or hung")));
-        lock.lock();
-      }
-    }
-    if (!cb_queue_.empty())
-      continue;
     if (cb_stop_)
       return;
     if (deadlines_.empty())
@@ -350,7 +406,57 @@ void RuntimeImpl::callback_loop() {
   }
 }
 
-Task<Outputs> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs) {
+// Callback thread, cb_mu_ held (released while a request is resolved): expire overdue requests. False if
+// resolving one ran user code that destroyed the runtime (then *this is gone and the lock is not held).
+bool RuntimeImpl::expire_due(std::unique_lock<std::mutex>& lock) {
+  const auto now = Clock::now();
+  while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+    auto weak = deadlines_.begin()->second;
+    deadlines_.erase(deadlines_.begin());
+    auto req = weak.lock();
+    if (!req)
+      continue;
+    req->armed.reset();
+    lock.unlock();
+    const Error e(ErrorCode::kTimeout, "request did not finish within " + std::to_string(options_.timeout.count()) +
+                                           " ms (RuntimeOptions::timeout); the device may be overloaded or hung");
+    if (abandon(req, e) == Early::kNow) {
+      req->state->set_error(std::make_exception_ptr(e));  // may run a callback or resume a coroutine
+      if (!on_callback_thread())
+        return false;
+    }
+    lock.lock();
+  }
+  return true;
+}
+
+// The destructor, on the callback thread: do that thread's work (posted items, timeouts) until done()
+// (called without cb_mu_) or `limit`.
+void RuntimeImpl::pump_until(const std::function<bool()>& done, Clock::duration limit) {
+  const auto end = Clock::now() + limit;
+  std::unique_lock lock(cb_mu_);
+  for (;;) {
+    (void)expire_due(lock);  // the destructor is on the stack: *this lives on
+    if (!cb_queue_.empty()) {
+      auto fn = std::move(cb_queue_.front());
+      cb_queue_.pop_front();
+      lock.unlock();
+      fn();
+      fn = nullptr;
+      lock.lock();
+      continue;
+    }
+    lock.unlock();
+    const bool finished = done();
+    lock.lock();
+    if (finished || Clock::now() >= end)
+      return;
+    if (cb_queue_.empty())  // retire() does not signal cb_cv_: poll
+      cb_cv_.wait_until(lock, std::min(end, Clock::now() + std::chrono::milliseconds(20)));
+  }
+}
+
+std::optional<Task<Outputs>> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs, bool block) {
   if (inputs.size() != md_.inputs.size())
     throw Error(ErrorCode::kInvalidArgument, "the model takes " + std::to_string(md_.inputs.size()) +
                                                  " input(s), got " + std::to_string(inputs.size()));
@@ -384,57 +490,119 @@ Task<Outputs> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs) {
   }
   req->inputs = std::move(inputs);
   req->state = std::make_shared<detail::TaskState<Outputs>>();
+  req->state->set_executor(this);  // it resolves on our callback thread: wait() there would never return
   req->t.enqueued = Clock::now();
   std::weak_ptr<Request> weak = req;
-  req->state->set_cancel_hook([this, weak] { return cancel(weak); });
+  req->state->set_cancel_hook([gate = gate_, weak] {
+    std::lock_guard lock(gate->mu);
+    return gate->rt && gate->rt->cancel(weak);
+  });
   Task<Outputs> task(req->state);
-  {
-    std::lock_guard lock(mu_);
-    if (stopping_)
-      throw Error(ErrorCode::kAborted, "the runtime is shutting down; request not accepted");
-    queue_.push_back(req);
-    ++active_;
-  }
-  if (options_.timeout.count() > 0) {
+  if (options_.timeout.count() > 0) {  // armed before it is queued, so a retire() always finds it
     std::lock_guard lock(cb_mu_);
-    deadlines_.emplace(req->t.enqueued + options_.timeout, weak);
+    req->armed = deadlines_.emplace(req->t.enqueued + options_.timeout, weak);
     cb_cv_.notify_one();
+  }
+  bool accepted = false, full = false;
+  {
+    std::unique_lock lock(mu_);
+    const auto room = [&] { return stopping_ || queue_.size() < static_cast<size_t>(options_.max_queued); };
+    if (!room()) {
+      if (!block)
+        full = true;
+      else if (!on_callback_thread())  // the callback thread frees room: it must never wait for it
+        room_cv_.wait(lock, room);
+    }
+    if (!stopping_ && !full) {
+      queue_.push_back(req);
+      ++active_;
+      accepted = true;
+    } else {
+      req->phase = Phase::kDone;
+    }
+  }
+  if (!accepted) {
+    disarm(req);
+    if (full)
+      return std::nullopt;
+    throw Error(ErrorCode::kAborted, "the runtime is shutting down; request not accepted");
   }
   work_cv_.notify_one();
   return task;
 }
 
-// The cancel hook keeps only a weak reference: once a request is gone, cancel() is a harmless false.
-// NOTE: the hook captures `this`; Tasks outlive the runtime, so it must not run after ~RuntimeImpl. A
-// request that is gone (weak expired) never touches `this`; a live request keeps the runtime's destructor
-// waiting (drain), so `this` is valid whenever the lock succeeds.
+void RuntimeImpl::wait_all() {
+  if (on_callback_thread())
+    throw Error(ErrorCode::kInvalidArgument,
+                "AsyncRuntime::wait_all() on the runtime's callback thread would wait forever (its requests "
+                "resolve on this very thread); call it from another thread");
+  {
+    std::unique_lock lock(mu_);
+    drain_cv_.wait(lock, [&] { return active_ == 0; });
+  }
+  // A request retires just before it resolves, in the same callback-thread item (finish, fail): one more
+  // item behind them, and every resolution has run.
+  std::promise<void> barrier;
+  post([&barrier] { barrier.set_value(); });
+  barrier.get_future().wait();
+}
+
+void RuntimeImpl::disarm(const RequestPtr& req) {
+  std::lock_guard lock(cb_mu_);
+  if (req->armed) {
+    deadlines_.erase(*req->armed);
+    req->armed.reset();
+  }
+}
+
+// The cancel hook keeps only a weak reference (once a request is gone, cancel() is a harmless false) and
+// reaches the runtime through gate_, which the destructor closes first.
 bool RuntimeImpl::cancel(const std::weak_ptr<Request>& weak) {
   auto req = weak.lock();
-  if (!req || req->state->ready())
+  if (!req)
     return false;
+  const Error e(ErrorCode::kCancelled, "request cancelled");
+  switch (abandon(req, e)) {
+    case Early::kNo: return false;
+    case Early::kDeferred: return true;
+    case Early::kNow: break;
+  }
+  // Resolve on the callback thread; device work already started finishes in the background, result dropped.
+  post([req, e] { req->state->set_error(std::make_exception_ptr(e)); });
+  return true;
+}
+
+// Resolve `req` early (cancel, timeout) with `e`, first resolution wins. kNow: the caller resolves it (on the
+// callback thread). kDeferred: a prep thread is reading its inputs, which may be the caller's borrowed
+// memory; prepare() resolves it as soon as it has stopped, so the caller may free that memory once the task
+// resolves. kNo: already done or already resolving early.
+RuntimeImpl::Early RuntimeImpl::abandon(const RequestPtr& req, const Error& e) {
   bool dequeued = false;
   {
     std::lock_guard lock(mu_);
-    if (req->phase == Phase::kDone)
-      return false;
+    if (req->phase == Phase::kDone || req->cancelled || req->state->ready())
+      return Early::kNo;
     req->cancelled = true;
-    if (req->phase == Phase::kQueued) {
-      auto it = std::find(queue_.begin(), queue_.end(), req);
-      if (it != queue_.end()) {
-        queue_.erase(it);
-        req->phase = Phase::kDone;
-        --active_;
-        dequeued = true;
-        if (active_ == 0)
-          drain_cv_.notify_all();
-      }
+    switch (req->phase) {
+      case Phase::kQueued:
+        if (auto it = std::find(queue_.begin(), queue_.end(), req); it != queue_.end()) {
+          queue_.erase(it);
+          room_cv_.notify_one();
+          req->phase = Phase::kDone;
+          req->inputs.clear();
+          dequeued = true;
+          if (--active_ == 0)
+            drain_cv_.notify_all();
+        }
+        break;
+      case Phase::kPrep: req->deferred = e; return Early::kDeferred;
+      case Phase::kDevice:
+      case Phase::kDone: break;
     }
   }
-  (void)dequeued;
-  // Resolve now (on the callback thread); device work already started finishes in the background and its
-  // result is dropped.
-  post([req] { req->state->set_error(std::make_exception_ptr(Error(ErrorCode::kCancelled, "request cancelled"))); });
-  return true;
+  if (dequeued)
+    disarm(req);
+  return Early::kNow;
 }
 
 int RuntimeImpl::pick_device_locked() {
@@ -475,6 +643,7 @@ void RuntimeImpl::prep_loop(int index) {
         return;  // stopping, and everything accepted has been handed on
       req = std::move(queue_.front());
       queue_.pop_front();
+      room_cv_.notify_one();
       DeviceCtx& dc = devs_[static_cast<size_t>(d)];
       req->dev = d;
       req->slot = dc.free_slots.back();
@@ -490,35 +659,38 @@ void RuntimeImpl::prep_loop(int index) {
 
 void RuntimeImpl::prepare(const RequestPtr& req) {
   DeviceCtx& dc = devs_[static_cast<size_t>(req->dev)];
-  if (req->state->ready()) {  // timed out while queued
-    release_staging(req);
-    retire(req);
-    return;
-  }
   req->t.device_index = req->dev;
   req->t.prep_start = Clock::now();
-  auto* staging = static_cast<std::byte*>(dc.staging[static_cast<size_t>(req->staging)].data());
-  for (size_t i = 0; i < req->inputs.size(); ++i) {
-    const detail::IoPlace& pl = md_.input_places[i];
-    const auto src = std::as_const(req->inputs[i]).data();
-    std::memcpy(staging + in_off_[pl.binding] + pl.offset, src.data(), src.size_bytes());
-  }
-  if (md_.host_prep.count() > 0) {
-    // Synthetic models: the rest of the modelled host preprocessing time as CPU work on this thread.
-    volatile uint64_t sink = 0;
-    while (Clock::now() - req->t.prep_start < md_.host_prep)
-      for (int i = 0; i < 256; ++i)
-        sink = sink + static_cast<uint64_t>(i);
+  if (!req->cancelled) {
+    auto* staging = static_cast<std::byte*>(dc.staging[static_cast<size_t>(req->staging)].data());
+    for (size_t i = 0; i < req->inputs.size(); ++i) {
+      const detail::IoPlace& pl = md_.input_places[i];
+      const auto src = std::as_const(req->inputs[i]).data();
+      std::memcpy(staging + in_off_[pl.binding] + pl.offset, src.data(), src.size_bytes());
+    }
+    if (md_.host_prep.count() > 0) {
+      // Synthetic models: the rest of the modelled host preprocessing (of the inputs, which stay borrowed
+      // until it ends) as CPU work on this thread.
+      volatile uint64_t sink = 0;
+      while (Clock::now() - req->t.prep_start < md_.host_prep)
+        for (int i = 0; i < 256; ++i)
+          sink = sink + static_cast<uint64_t>(i);
+    }
   }
   req->inputs.clear();  // inputs are in the staging buffer now: free (or stop borrowing) the caller's tensors
   req->t.prep_end = Clock::now();
+  std::optional<Error> deferred;
   {
     std::lock_guard lock(mu_);
     req->phase = Phase::kDevice;
+    deferred = std::exchange(req->deferred, std::nullopt);
   }
-  if (req->cancelled) {
+  if (deferred) {  // cancelled or timed out while we read the inputs: resolve now that we no longer do
     release_staging(req);
-    retire(req);
+    post([this, req, e = std::move(*deferred)] {
+      retire(req);
+      req->state->set_error(std::make_exception_ptr(e));
+    });
     return;
   }
   req->t.submitted = Clock::now();
@@ -621,7 +793,7 @@ void RuntimeImpl::finish(const RequestPtr& req, JobResult r) {
     req->state->set_error(std::make_exception_ptr(annotate(r.status.error(), "running the model failed")));
     return;
   }
-  if (req->state->ready()) {  // timed out or cancelled meanwhile: nobody wants the outputs
+  if (req->cancelled || req->state->ready()) {  // timed out or cancelled meanwhile: nobody wants the outputs
     retire(req);
     return;
   }
@@ -668,6 +840,7 @@ void RuntimeImpl::retire(const RequestPtr& req) {
       drain_cv_.notify_all();
   }
   work_cv_.notify_all();
+  disarm(req);
 }
 
 // ---- public facade ----------------------------------------------------------------------------------------
@@ -677,15 +850,26 @@ AsyncRuntime::AsyncRuntime(const MatmulModel& model, RuntimeOptions options)
     : AsyncRuntime(CompiledModel::from_matmul(model), std::move(options)) {}
 AsyncRuntime::~AsyncRuntime() = default;
 Task<Outputs> AsyncRuntime::run(Inputs inputs) {
-  return impl_->run(std::move(inputs), nullptr);
+  return *impl_->run(std::move(inputs), nullptr);
 }
 Task<Outputs> AsyncRuntime::run(Inputs inputs, std::vector<Tensor> outputs) {
-  return impl_->run(std::move(inputs), &outputs);
+  return *impl_->run(std::move(inputs), &outputs);
 }
 Task<Outputs> AsyncRuntime::run(Tensor x) {
   Inputs in;
   in.push_back(std::move(x));
-  return impl_->run(std::move(in), nullptr);
+  return *impl_->run(std::move(in), nullptr);
+}
+std::optional<Task<Outputs>> AsyncRuntime::try_run(Inputs inputs) {
+  return impl_->run(std::move(inputs), nullptr, false);
+}
+std::optional<Task<Outputs>> AsyncRuntime::try_run(Tensor x) {
+  Inputs in;
+  in.push_back(std::move(x));
+  return impl_->run(std::move(in), nullptr, false);
+}
+void AsyncRuntime::wait_all() {
+  impl_->wait_all();
 }
 const CompiledModel& AsyncRuntime::model() const noexcept {
   return impl_->model_;
@@ -707,6 +891,12 @@ int64_t AsyncRuntime::device_clock_offset_ns(size_t i) const {
 }
 uint64_t AsyncRuntime::host_dma_bytes() const noexcept {
   return impl_->host_dma_bytes_;
+}
+size_t AsyncRuntime::in_flight() const {
+  return impl_->in_flight();
+}
+size_t AsyncRuntime::timeouts_armed() const {
+  return impl_->timeouts_armed();
 }
 
 namespace {

@@ -122,6 +122,26 @@ Error job_error(int job_status, uint32_t hw_status, uint64_t fault_addr, const s
   }
 }
 
+namespace {
+thread_local const void* tls_executor = nullptr;
+}  // namespace
+
+const void* this_thread_executor() noexcept {
+  return tls_executor;
+}
+
+void set_this_thread_executor(const void* executor) noexcept {
+  tls_executor = executor;
+}
+
+void throw_wait_would_deadlock(const char* what) {
+  throw Error(ErrorCode::kInvalidArgument,
+              std::string(what) +
+                  " on the callback thread of the AsyncRuntime that resolves this task would wait forever (the "
+                  "task resolves on this very thread); co_await it or use on_complete() there, or wait from "
+                  "another thread");
+}
+
 uint64_t monotonic_ns() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);

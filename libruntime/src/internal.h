@@ -41,6 +41,10 @@ struct DeviceBufferObject {
 [[nodiscard]] Result<std::unique_ptr<Device>> open_kernel_device(const DeviceOptions& options);
 [[nodiscard]] Result<std::unique_ptr<Device>> open_sim_device(const DeviceOptions& options);
 
+// Marks this thread as `executor`'s (an AsyncRuntime's callback thread), or clears it (null): see
+// this_thread_executor() in task.h.
+void set_this_thread_executor(const void* executor) noexcept;
+
 // CLOCK_MONOTONIC in nanoseconds: the host clock of both backends (and the simulated engine's clock).
 [[nodiscard]] uint64_t monotonic_ns();
 

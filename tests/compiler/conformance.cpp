@@ -77,7 +77,8 @@ HostTensor to_host(const onnx::TensorProto& t) {
     if (t.raw_data().size() != n * 4)
       throw std::runtime_error("bad raw size in " + t.name());
     h.data.resize(n);
-    std::memcpy(h.data.data(), t.raw_data().data(), n * 4);
+    if (n > 0)  // an empty tensor: data() may be null, and memcpy(NULL, ..., 0) is undefined
+      std::memcpy(h.data.data(), t.raw_data().data(), n * 4);
   } else {
     h.data.assign(t.float_data().begin(), t.float_data().end());
   }

@@ -9,9 +9,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <future>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -161,6 +164,66 @@ TEST_F(Semantics, WhenAllRethrowsTheFirstFailure) {
   EXPECT_THROW(vnpu::when_all(std::move(tasks)).wait(), vnpu::Error);
 }
 
+// ---- the callback thread: waits and destruction there ------------------------------------------------------
+// wait() / sync_wait() on a Task of the same runtime from its callback thread waited forever (the task
+// resolves on that very thread); now it throws kInvalidArgument at once.
+TEST_F(Semantics, BlockingWaitOnTheCallbackThreadThrowsInsteadOfDeadlocking) {
+  auto rt = std::make_unique<vnpu::AsyncRuntime>(identity_model(4), opts());
+  auto codes = std::make_shared<std::promise<std::vector<int>>>();
+  auto* raw = rt.get();
+  rt->run(vnpu::Tensor({4, 4})).on_complete([raw, codes](vnpu::Result<vnpu::Outputs>) {
+    std::vector<int> got;
+    auto try_wait = [&](auto&& fn) {
+      try {
+        fn();
+        got.push_back(-1);
+      } catch (const vnpu::Error& e) {
+        got.push_back(static_cast<int>(e.code()));
+      }
+    };
+    try_wait([&] { (void)raw->run(vnpu::Tensor({4, 4})).wait(); });
+    try_wait([&] { (void)vnpu::sync_wait(raw->run(vnpu::Tensor({4, 4}))); });
+    // A coroutine suspended on a task of this runtime resumes here too.
+    try_wait([&] { (void)chained(*raw, 1.0f).wait(); });
+    codes->set_value(got);
+  });
+  auto f = codes->get_future();
+  if (f.wait_for(30s) != std::future_status::ready) {
+    (void)rt.release();  // its callback thread is stuck: leak it rather than hang in its destructor
+    FAIL() << "wait() on the callback thread deadlocked";
+  }
+  const int invalid = static_cast<int>(vnpu::ErrorCode::kInvalidArgument);
+  EXPECT_EQ(f.get(), (std::vector<int>{invalid, invalid, invalid}));
+  // The requests it could not wait for still complete.
+  EXPECT_NO_THROW((void)rt->run(vnpu::Tensor({4, 4})).wait());
+}
+
+// Destroying the runtime from one of its callbacks deadlocked (the destructor waited for the callback thread
+// it was running on), then aborted on joining itself.
+TEST_F(Semantics, DestroyingTheRuntimeFromItsCallbackDrainsAndReturns) {
+  auto rt = std::make_shared<std::unique_ptr<vnpu::AsyncRuntime>>(
+      std::make_unique<vnpu::AsyncRuntime>(synth(std::chrono::milliseconds(5)), opts(1, 2)));
+  const auto model = (*rt)->model();
+  std::vector<vnpu::Task<vnpu::Outputs>> others;
+  for (int i = 0; i < 6; ++i)
+    others.push_back((*rt)->run(input_for(model)));
+  auto destroyed = std::make_shared<std::promise<void>>();
+  (*rt)->run(input_for(model)).on_complete([rt, destroyed](vnpu::Result<vnpu::Outputs>) {
+    rt->reset();
+    destroyed->set_value();
+  });
+  ASSERT_EQ(destroyed->get_future().wait_for(30s), std::future_status::ready)
+      << "destroying the runtime from its callback thread hung";
+  for (auto& t : others) {
+    ASSERT_TRUE(t.wait_for(30s)) << "a request of the destroyed runtime never resolved";
+    try {
+      (void)t.wait();
+    } catch (const vnpu::Error& e) {
+      EXPECT_EQ(e.code(), vnpu::ErrorCode::kCancelled) << e.what();
+    }
+  }
+}
+
 // ---- completion order ------------------------------------------------------------------------------------
 TEST_F(Semantics, EveryRequestResolvesOnceWithItsOwnResult) {
   vnpu::AsyncRuntime rt(identity_model(8), opts(2, 3));
@@ -206,6 +269,118 @@ TEST_F(Semantics, TimeoutSurfacesAtWaitAndTheRuntimeStaysUsable) {
     FAIL() << "a 400 ms request finished within a 20 ms timeout";
   } catch (const vnpu::Error& e) {
     EXPECT_EQ(e.code(), vnpu::ErrorCode::kTimeout) << e.what();
+  }
+}
+
+// A timeout resolved a request while its prep thread still held (and read) the caller's borrowed input, so a
+// caller freeing that memory on the timeout error left the prep thread reading freed memory. The task now
+// resolves only once the prep thread has finished with the inputs (the synthetic model's host prep, 600 ms,
+// works on the inputs it borrowed).
+TEST_F(Semantics, TimeoutWaitsUntilThePrepThreadIsDoneWithTheInputs) {
+  vnpu::SyntheticSpec spec;
+  spec.host_prep = std::chrono::milliseconds(600);
+  auto o = opts();
+  o.timeout = 100ms;
+  vnpu::AsyncRuntime rt(vnpu::CompiledModel::synthetic(spec), o);
+  std::vector<float> mem(rt.model().inputs()[0].size_bytes / sizeof(float), 1.0f);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto t = rt.run(vnpu::Tensor::borrow(rt.model().inputs()[0].shape, std::span<const float>(mem)));
+  try {
+    (void)t.wait();
+    FAIL() << "a request with 600 ms of host prep finished within a 100 ms timeout";
+  } catch (const vnpu::Error& e) {
+    EXPECT_EQ(e.code(), vnpu::ErrorCode::kTimeout) << e.what();
+  }
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(600))
+      << "the task resolved while the prep thread still borrowed its input";
+}
+
+// Timeouts were checked only when the callback queue was empty: behind slow callbacks, overdue requests
+// resolved with their (late) results instead of kTimeout.
+TEST_F(Semantics, TimeoutsFireWhileTheCallbackThreadIsBusy) {
+  constexpr int kRequests = 10;
+  std::mutex mu;  // before the runtime: its callbacks use them until it is destroyed
+  std::condition_variable cv;
+  int resolved = 0, timed_out = 0;
+  auto o = opts(1, 16);
+  o.timeout = 300ms;
+  vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(20)), o);
+  for (int i = 0; i < kRequests; ++i)
+    rt.run(input_for(rt.model())).on_complete([&](vnpu::Result<vnpu::Outputs> r) {
+      {
+        std::lock_guard lock(mu);
+        timed_out += !r.ok() && r.error().code() == vnpu::ErrorCode::kTimeout;
+        ++resolved;
+        cv.notify_all();
+      }
+      std::this_thread::sleep_for(100ms);  // a slow callback: the queue behind it grows
+    });
+  std::unique_lock lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, 60s, [&] { return resolved == kRequests; }));
+  // 10 callbacks of 100 ms each cannot all start within 300 ms of run(): the later requests are overdue.
+  EXPECT_GE(timed_out, 1) << "no request timed out although most resolved long after their deadline";
+}
+
+// Every request left an entry in the deadline map until its deadline passed, done or not: the map grew with
+// request rate × timeout.
+TEST_F(Semantics, FinishedRequestsDisarmTheirTimeouts) {
+  auto o = opts(2, 4);
+  o.timeout = std::chrono::hours(1);
+  vnpu::AsyncRuntime rt(identity_model(4), o);
+  std::vector<vnpu::Task<vnpu::Outputs>> tasks;
+  for (int i = 0; i < 200; ++i)
+    tasks.push_back(rt.run(vnpu::Tensor({4, 4})));
+  EXPECT_LE(rt.timeouts_armed(), rt.in_flight());
+  for (auto& t : tasks)
+    (void)t.wait();
+  EXPECT_EQ(rt.in_flight(), 0u);
+  EXPECT_EQ(rt.timeouts_armed(), 0u) << "finished requests still hold deadline entries";
+}
+
+// cancel() read the Task's state pointer while wait() on another thread moved it out (a data race on the
+// Task object; ThreadSanitizer reports it).
+TEST_F(Semantics, CancelMayRaceWaitOnTheSameTask) {
+  vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(2)), opts(1, 2));
+  for (int i = 0; i < 20; ++i) {
+    auto t = rt.run(input_for(rt.model()));
+    std::atomic<bool> go{false};
+    std::thread canceller([&] {
+      while (!go) {
+      }
+      for (int k = 0; k < 50; ++k)
+        (void)t.cancel();
+    });
+    go = true;
+    try {
+      (void)t.wait();
+    } catch (const vnpu::Error& e) {
+      EXPECT_EQ(e.code(), vnpu::ErrorCode::kCancelled) << e.what();
+    }
+    canceller.join();
+    EXPECT_FALSE(t.valid());
+    EXPECT_FALSE(t.cancel());
+  }
+}
+
+// The cancel hook captured the runtime's `this`: a cancel() racing the destructor could lock a destroyed
+// mutex (the request it reached was still held by the destructor).
+TEST_F(Semantics, CancelMayRaceTheDestructor) {
+  for (int round = 0; round < 10; ++round) {
+    auto rt = std::make_unique<vnpu::AsyncRuntime>(synth(std::chrono::milliseconds(1)), opts(1, 1));
+    std::vector<vnpu::Task<vnpu::Outputs>> tasks;
+    for (int i = 0; i < 8; ++i)
+      tasks.push_back(rt->run(input_for(rt->model())));
+    std::atomic<bool> stop{false};
+    std::thread canceller([&] {
+      while (!stop)
+        for (auto& t : tasks)
+          (void)t.cancel();
+    });
+    rt.reset();
+    stop = true;
+    canceller.join();
+    for (auto& t : tasks)
+      EXPECT_TRUE(t.ready()) << "a request of the destroyed runtime is unresolved";
   }
 }
 
@@ -422,6 +597,38 @@ TEST_F(Semantics, BackPressureBoundsWhatIsHeld) {
   EXPECT_EQ(rt.host_dma_bytes(), held) << "DMA memory must not grow with the number of queued requests";
   for (auto& t : tasks)
     EXPECT_NO_THROW((void)t.wait());
+}
+
+// run() queued every request however many were waiting (the queue, and the inputs it holds, grew without
+// bound despite the promise of bounded memory): now at most max_queued wait, run() blocks beyond that and
+// try_run() declines.
+TEST_F(Semantics, TheRequestQueueIsBounded) {
+  auto o = opts(1, 1);
+  o.max_queued = 3;
+  vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(5)), o);
+  EXPECT_EQ(rt.options().max_queued, 3);
+  const size_t bound = 3 + 1;  // waiting + the one slot
+  std::vector<vnpu::Task<vnpu::Outputs>> tasks;
+  for (int i = 0; i < 40; ++i) {
+    tasks.push_back(rt.run(input_for(rt.model())));
+    EXPECT_LE(rt.in_flight(), bound) << "after run() #" << i;
+  }
+  int declined = 0;
+  for (int i = 0; i < 40; ++i) {
+    auto t = rt.try_run(input_for(rt.model()));
+    if (t)
+      tasks.push_back(std::move(*t));
+    else
+      ++declined;
+    EXPECT_LE(rt.in_flight(), bound) << "after try_run() #" << i;
+  }
+  EXPECT_GT(declined, 0) << "try_run() never found the queue full";
+  rt.wait_all();
+  EXPECT_EQ(rt.in_flight(), 0u);
+  for (auto& t : tasks) {
+    ASSERT_TRUE(t.ready()) << "wait_all() returned before a request resolved";
+    EXPECT_NO_THROW((void)t.wait());
+  }
 }
 
 TEST_F(Semantics, SyntheticModelReportsItsModelledStages) {

@@ -61,6 +61,11 @@ struct RuntimeOptions {
   /// device booted with the QEMU property timing-only=on. The constructor throws kUnsupported when a
   /// device's mode differs from this option (a timing-only device is never used by accident).
   bool timing_only = false;
+  /// Requests that may wait for a slot, 1..65536 (0 = 4 × max_in_flight × number of devices). When that many
+  /// are waiting, run() blocks until one starts (try_run() returns nullopt instead), so the memory held by
+  /// waiting requests (their inputs) is bounded too. Exception: run() on the callback thread never blocks
+  /// (that thread is what frees room); there it queues beyond the bound.
+  int max_queued = 0;
 };
 
 /// Where one request spent its time. Host times on std::chrono::steady_clock (CLOCK_MONOTONIC).
@@ -121,8 +126,10 @@ class RuntimeImpl;
 /// Threads: run() may be called from any thread, including from callbacks and coroutines this runtime
 /// resumes; it never blocks on the device. Callbacks (Task::on_complete) run, and coroutines awaiting a
 /// Task resume, on the runtime's callback thread — never on a device completion thread — or inline when the
-/// task had already resolved. Code there should be short and must not wait() on another Task of this
-/// runtime nor destroy it.
+/// task had already resolved. Code there should be short. A blocking wait there on an unresolved Task of
+/// this runtime (Task::wait(), sync_wait(), also of a coroutine suspended on one) could never end: it throws
+/// Error(kInvalidArgument) at once instead. Destroying the runtime there works as anywhere else (the
+/// destructor does the callback thread's remaining work itself, running the callbacks it drains inline).
 /// Ordering: requests start preparation in run() order (FIFO queue, FIFO wake-ups). Completion order is
 /// not guaranteed (parallel > 1, several devices, several compute cores or a failure reorder them); pair
 /// results with requests through their Tasks, never by arrival order.
@@ -130,7 +137,10 @@ class RuntimeImpl;
 /// MMU fault: kDeviceFault), timeouts (kTimeout) and cancellation (kCancelled) resolve the Task with a
 /// vnpu::Error, rethrown by wait()/co_await. A failed request does not affect others.
 /// Destruction: requests not yet prepared resolve with kCancelled; requests already on a device run to
-/// completion and resolve normally (bounded by the device); then the threads stop. Tasks stay valid.
+/// completion and resolve normally (bounded by the device); then the threads stop. Tasks stay valid;
+/// Task::cancel() racing the destructor is safe (it returns false once destruction has begun).
+/// Timeouts and cancellation resolve a request at once, except while a prep thread reads its inputs: then
+/// as soon as it has finished with them, so borrowed inputs may be freed as soon as the task resolves.
 class VNPU_API AsyncRuntime {
  public:
   /// Opens the device(s), uploads weights and program once per device, allocates the request slots and
@@ -147,8 +157,13 @@ class VNPU_API AsyncRuntime {
   /// Start one inference. Owned input tensors are moved in; borrowed ones are read in place by a prep thread
   /// (keep them alive until the task resolves). Throws Error(kInvalidArgument) if the number, shapes or
   /// dtypes of the inputs do not match the model, kAborted if the runtime is shutting down. Never blocks on
-  /// the device.
+  /// the device; blocks while RuntimeOptions::max_queued requests wait for a slot (not on the callback
+  /// thread).
   [[nodiscard]] Task<Outputs> run(Inputs inputs);
+  /// run() that never blocks: nullopt (the inputs are dropped) if max_queued requests are already waiting.
+  [[nodiscard]] std::optional<Task<Outputs>> try_run(Inputs inputs);
+  /// try_run({x}).
+  [[nodiscard]] std::optional<Task<Outputs>> try_run(Tensor x);
   /// run() that writes the results into `outputs` (one per model output, matching shape and dtype,
   /// typically borrowed views of caller memory) instead of allocating new tensors; Outputs::tensors holds
   /// the same views.
@@ -171,6 +186,16 @@ class VNPU_API AsyncRuntime {
   [[nodiscard]] int64_t device_clock_offset_ns(size_t i) const;
   /// Host memory this runtime holds for DMA: staging buffers plus output buffers, bytes.
   [[nodiscard]] uint64_t host_dma_bytes() const noexcept;
+  /// Requests accepted by run() that still hold, or wait for, device resources (queued, in preparation, on a
+  /// device, or resolved early while the device finishes their work). Thread-safe; a snapshot.
+  [[nodiscard]] size_t in_flight() const;
+  /// Block until in_flight() is 0 and the resolutions of the requests that retired have run (requests
+  /// run() meanwhile are waited for too). Throws Error(kInvalidArgument) on the callback thread, where it
+  /// could never return.
+  void wait_all();
+  /// Requests whose RuntimeOptions::timeout is armed. A request disarms it when it retires, so this stays
+  /// at most in_flight(), however high the request rate or long the timeout. Thread-safe; a snapshot.
+  [[nodiscard]] size_t timeouts_armed() const;
 
  private:
   std::unique_ptr<RuntimeImpl> impl_;

@@ -159,14 +159,24 @@ struct SyncDriver {
 template <class A>
 using AwaitResult = decltype(std::declval<A>().operator co_await().await_resume());
 
+template <class A>
+struct IsTask : std::false_type {};
+template <class T>
+struct IsTask<Task<T>> : std::true_type {};
+
 }  // namespace detail
 
 /// Block the calling thread until `awaitable` (an Async<T> or a Task<T>, passed as an rvalue) completes, and
 /// return its result or rethrow its exception. Must not be called on a thread the awaitable needs in order to
-/// complete (e.g. the runtime's completion thread).
+/// complete: for an unresolved Task of an AsyncRuntime (or a Task coroutine suspended on one) on that
+/// runtime's callback thread it throws Error(kInvalidArgument) at once instead of waiting forever.
 template <class A>
 detail::AwaitResult<A&&> sync_wait(A&& awaitable) {
   using R = detail::AwaitResult<A&&>;
+  if constexpr (detail::IsTask<std::remove_cvref_t<A>>::value) {
+    if (const auto* st = detail::state_of(awaitable))
+      st->check_blocking_wait("sync_wait()");
+  }
   detail::SyncEvent event;
   std::exception_ptr error;
   std::conditional_t<std::is_void_v<R>, bool, std::optional<std::remove_reference_t<R>>> result{};

@@ -4,6 +4,7 @@
 /// Consume it once: wait(), co_await, or on_complete(callback). Poll it with ready() / wait_for().
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <coroutine>
@@ -17,6 +18,7 @@
 #include <variant>
 
 #include <vnpu/error.h>
+#include <vnpu/export.h>
 #include <vnpu/result.h>
 
 namespace vnpu {
@@ -25,6 +27,17 @@ template <class T>
 class Task;
 
 namespace detail {
+template <class T>
+class TaskState;
+template <class U>
+const TaskState<U>* state_of(const Task<U>& task) noexcept;
+
+/// The executor (an AsyncRuntime's callback thread) running on this thread, or null. Set by the runtime for
+/// its callback thread; Task::wait() and sync_wait() use it to refuse a wait that could never end.
+VNPU_API const void* this_thread_executor() noexcept;
+
+/// The Error of a blocking wait on the thread that would have to resolve the task.
+[[noreturn]] VNPU_API void throw_wait_would_deadlock(const char* what);
 
 template <class T>
 using Stored = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
@@ -54,7 +67,19 @@ class TaskState {
     std::lock_guard lock(mu_);
     return done_;
   }
+  /// Producer side: the executor whose thread resolves this state (an AsyncRuntime's callback thread), or,
+  /// for a coroutine, the one that resumes it from its current suspension. Null when unknown.
+  void set_executor(const void* executor) noexcept { executor_.store(executor, std::memory_order_relaxed); }
+  [[nodiscard]] const void* executor() const noexcept { return executor_.load(std::memory_order_relaxed); }
+  /// Throws Error(kInvalidArgument) if a blocking wait on this thread could never end: the state is not
+  /// resolved and only this thread (its executor) can resolve it. `what` names the call in the message.
+  void check_blocking_wait(const char* what) const {
+    const void* ex = executor();
+    if (ex && ex == this_thread_executor() && !ready())
+      throw_wait_would_deadlock(what);
+  }
   void wait() const {
+    check_blocking_wait("Task::wait()");
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return done_; });
   }
@@ -140,6 +165,22 @@ class TaskState {
   std::coroutine_handle<> waiter_;
   Callback callback_;
   std::function<bool()> cancel_hook_;
+  std::atomic<const void*> executor_{nullptr};
+};
+
+/// What co_await on a Task<T> returns.
+template <class T>
+struct TaskAwaiter {
+  std::shared_ptr<TaskState<T>> state;
+  bool await_ready() const { return state->ready(); }
+  template <class P>
+  bool await_suspend(std::coroutine_handle<P> h) {
+    // A Task coroutine records where it will be resumed (see TaskState::check_blocking_wait).
+    if constexpr (requires { h.promise().note_resumer(state->executor()); })
+      h.promise().note_resumer(state->executor());
+    return state->suspend(h);
+  }
+  T await_resume() { return state->take(); }
 };
 
 /// Coroutine promise of Task<T>: starts eagerly, resolves the shared state after the body has finished and
@@ -152,6 +193,12 @@ struct TaskPromiseBase {
 
   std::suspend_never initial_suspend() noexcept { return {}; }
   void unhandled_exception() noexcept { error = std::current_exception(); }
+  /// This coroutine is suspended on a task that `executor` resolves: that is where it resumes (and so where
+  /// a blocking wait on it could never end).
+  void note_resumer(const void* executor) noexcept {
+    if (state)
+      state->set_executor(executor);
+  }
   template <class P>
   static auto final_awaiter() noexcept {
     struct Final {
@@ -209,7 +256,7 @@ class [[nodiscard]] Task {
   using Callback = typename detail::TaskState<T>::Callback;
 
   Task() = default;
-  explicit Task(std::shared_ptr<detail::TaskState<T>> state) noexcept : state_(std::move(state)) {}
+  explicit Task(std::shared_ptr<detail::TaskState<T>> state) noexcept : state_(std::move(state)), cancel_(state_) {}
   Task(Task&&) noexcept = default;
   Task& operator=(Task&&) noexcept = default;
   Task(const Task&) = delete;
@@ -222,8 +269,10 @@ class [[nodiscard]] Task {
   [[nodiscard]] bool ready() const { return checked().ready(); }
 
   /// Block until the result is available, then return it; rethrows the stored vnpu::Error on failure.
-  /// Consumes the task. Throws Error(kInvalidArgument) if !valid(). Never call it on a thread the result
-  /// depends on (for AsyncRuntime: inside a completion callback or a coroutine it resumed).
+  /// Consumes the task. Throws Error(kInvalidArgument) if !valid(), and, without waiting or consuming the
+  /// task, if it is unresolved and this thread is the one that must resolve it (an AsyncRuntime's callback
+  /// thread, for a task of that runtime or a coroutine suspended on one): that wait could never end. There,
+  /// use co_await or on_complete() instead.
   T wait() {
     checked().wait();
     auto state = std::move(state_);
@@ -247,8 +296,9 @@ class [[nodiscard]] Task {
 
   /// Ask the producer to cancel. Best-effort: returns true if the task will resolve with
   /// Error(kCancelled) (AsyncRuntime: the request had not reached the device, or it had and its result will
-  /// be dropped); false if it already resolved or cannot be cancelled (a coroutine). Does not consume.
-  bool cancel() { return state_ ? state_->cancel() : false; }
+  /// be dropped); false if it already resolved or cannot be cancelled (a coroutine). Does not consume; may run
+  /// concurrently with wait(), co_await or on_complete() on the same Task from another thread.
+  bool cancel() { return cancel_ ? cancel_->cancel() : false; }
 
   /// A function that does what cancel() does, still usable after this Task was consumed (on_complete,
   /// co_await) or destroyed — for a binding that hands the result to a callback but keeps a cancel button.
@@ -263,14 +313,8 @@ class [[nodiscard]] Task {
   /// Where the coroutine resumes: inline if the result is already there, otherwise on the thread that
   /// resolves the task (AsyncRuntime: its callback thread "vnpu-callback"). Consumes the task.
   auto operator co_await() && {
-    struct Awaiter {
-      std::shared_ptr<detail::TaskState<T>> state;
-      bool await_ready() const { return state->ready(); }
-      bool await_suspend(std::coroutine_handle<> h) { return state->suspend(h); }
-      T await_resume() { return state->take(); }
-    };
     checked();
-    return Awaiter{std::move(state_)};
+    return detail::TaskAwaiter<T>{std::move(state_)};
   }
 
  private:
@@ -281,8 +325,19 @@ class [[nodiscard]] Task {
           "vnpu::Task has no result: it is empty, moved-from or already consumed by wait()/co_await/on_complete");
     return *state_;
   }
-  std::shared_ptr<detail::TaskState<T>> state_;
+  template <class U>
+  friend const detail::TaskState<U>* detail::state_of(const Task<U>& task) noexcept;
+
+  std::shared_ptr<detail::TaskState<T>> state_;  // null once consumed
+  // The same state, for cancel(): never reset by consumption, so cancel() can race wait() and co_await.
+  std::shared_ptr<detail::TaskState<T>> cancel_;
 };
+
+/// The state behind `task` (null if !valid()); for sync_wait's check.
+template <class U>
+const detail::TaskState<U>* detail::state_of(const Task<U>& task) noexcept {
+  return task.state_.get();
+}
 
 template <class T>
 Task<T> detail::TaskPromise<T>::get_return_object() noexcept {
