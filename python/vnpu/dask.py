@@ -135,7 +135,8 @@ class VnpuPlugin(WorkerPlugin):
     def _resolve_options(self, worker):
         import dask
         opts = dict(self.options)
-        resources = dict(getattr(worker, "total_resources", None) or {})
+        state = getattr(worker, "state", None)  # distributed >= 2022.08 keeps them in the worker's state
+        resources = dict(getattr(state, "total_resources", None) or getattr(worker, "total_resources", None) or {})
         if "device" not in opts and "devices" not in opts:
             configured = dask.config.get("vnpu.devices", None)
             if configured is not None:

@@ -230,3 +230,19 @@ def test_devices_come_from_the_workers_resources_and_config():
     finally:
         plugin.teardown(None)
     assert plugin.runtime is None
+
+
+def test_the_dask_batch_example_runs_on_the_fixtures(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from conftest import ROOT
+    out = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "python", "dask_batch.py"), "--workers", "2",
+                        "--count", "12", "--batch", "3", "--check", "--backend", BACKEND, "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "outputs equal a single-process run" in r.stdout and "total: 12 images on 2 workers" in r.stdout
+    report = json.loads(out.read_text())
+    assert report["workers"] == 2 and sum(s["samples"] for s in report["per_worker"].values()) == 12
+    assert report["total_ips"] > 0 and report["detections"] > 0
