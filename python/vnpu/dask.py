@@ -115,6 +115,7 @@ class VnpuPlugin(WorkerPlugin):
         self.options = dict(options)
         self.runtime = None
         self.worker_address = None
+        self.open_error = None
 
     def __getstate__(self):
         return {"source": self.source, "model_name": self.model_name, "name": self.name, "options": self.options}
@@ -123,6 +124,7 @@ class VnpuPlugin(WorkerPlugin):
         self.__dict__.update(state)
         self.runtime = None
         self.worker_address = None
+        self.open_error = None
 
     def _load(self):
         kind, what = self.source
@@ -163,8 +165,11 @@ class VnpuPlugin(WorkerPlugin):
         opts, resources = self._resolve_options(worker)
         if resources and not resources.get(RESOURCE):
             return  # a worker without NPUs in a mixed cluster
-        self.resolved_options = opts
-        self.runtime = AsyncRuntime(self._load(), **opts)
+        try:
+            self.runtime = AsyncRuntime(self._load(), **opts)
+        except Exception as e:
+            self.open_error = e  # for the tasks that still get here (Dask keeps a plugin whose setup failed)
+            raise
 
     def teardown(self, worker):
         if self.runtime is not None:
@@ -267,7 +272,12 @@ def _plugin(name):
     worker = get_worker()
     plugin = worker.plugins.get(_PLUGIN_PREFIX + name)
     if plugin is None or plugin.runtime is None:
-        why = "is not registered (call vnpu.dask.register first)" if plugin is None else "has no NPU resource"
+        if plugin is None:
+            why = "is not registered (call vnpu.dask.register first)"
+        elif getattr(plugin, "open_error", None) is not None:
+            why = f"could not open it: {plugin.open_error}"
+        else:
+            why = "has no NPU resource"
         raise _make_error(ErrorCode.NOT_FOUND, f"model '{name}' on worker {worker.address}: the worker {why}")
     return plugin
 
@@ -318,10 +328,10 @@ def _run_batch(samples, name, first_index, timeout):
     return results
 
 
-def _run_block(block, name, timeout):
+def _run_block(block, name, first_index, timeout):
     """An infer_blocks task: a block of samples along axis 0 → the stacked outputs; a failed sample fails the
     block with its SampleError (an array block has no place for per-sample errors)."""
-    outs = _run_batch(list(block), name, 0, timeout)
+    outs = _run_batch(list(block), name, first_index, timeout)
     for o in outs:
         if isinstance(o, SampleError):
             raise o
@@ -390,12 +400,9 @@ def map(client, inputs, *, batch=32, model="default", timeout=None, resources="a
 
     if db is not None and isinstance(inputs, db.Bag):
         import dask
-        parts = inputs.to_delayed()
-        counts = dask.compute(*[dask.delayed(len)(p) for p in parts]) if len(parts) > 1 else None
-        firsts = [0]
-        for c in (counts or [])[:-1]:
-            firsts.append(firsts[-1] + c)
-        delayed = [dask.delayed(_run_batch, pure=False)(p, name, f, timeout) for p, f in zip(parts, firsts)]
+        # A partition's length is unknown until it is computed: its SampleErrors are numbered within the
+        # partition, and gather() renumbers them in input order.
+        delayed = [dask.delayed(_run_batch, pure=False)(p, name, 0, timeout) for p in inputs.to_delayed()]
         return client.compute(delayed, resources=resources, workers=workers, priority=priority)
     if da is not None and isinstance(inputs, da.Array):
         import dask
@@ -438,6 +445,9 @@ def gather(futures, *, timeout=None, errors="raise"):
     out = []
     for batch in client.gather(futures):
         out.extend(batch)
+    for i, o in enumerate(out):
+        if isinstance(o, SampleError) and o.index != i:
+            out[i] = SampleError(o.code, o.message, i, o.worker)
     if errors == "raise":
         for o in out:
             if isinstance(o, SampleError):
@@ -467,9 +477,10 @@ def infer_blocks(darray, model="default", *, timeout=None):
                           f"'{reg.inputs[0][0]}' {list(in_shape)}")
     arr = darray.rechunk({i: -1 for i in range(1, darray.ndim)})
     blocks = arr.to_delayed().reshape(-1)
-    parts = [da.from_delayed(dask.delayed(_run_block, pure=True)(b, name, timeout), shape=(n,) + tuple(out_shape),
-                             dtype=np.float32)
-             for b, n in zip(blocks, arr.chunks[0])]
+    firsts = np.concatenate([[0], np.cumsum(arr.chunks[0])[:-1]]).astype(int)
+    parts = [da.from_delayed(dask.delayed(_run_block, pure=True)(b, name, int(f), timeout),
+                             shape=(n,) + tuple(out_shape), dtype=np.float32)
+             for b, n, f in zip(blocks, arr.chunks[0], firsts)]
     return da.concatenate(parts, axis=0)
 
 

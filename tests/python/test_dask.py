@@ -164,10 +164,29 @@ def test_errors_reach_the_client(cluster, samples, yolo_path):
     with pytest.raises(vnpu.Error) as e:
         vd.gather(vd.map(client, xs[:2], model="nope"), timeout=WAIT)
     assert e.value.code == vnpu.ErrorCode.NOT_FOUND and "'nope'" in str(e.value)
-    # A bad runtime option: the worker's error, from register().
+    # In a bag, the bad sample is numbered in input order (the task only knows its partition).
+    bag = db.from_sequence([xs[0], xs[1], xs[2], np.zeros(3, np.float32)], npartitions=2)
+    outs = vd.gather(vd.map(client, bag, model="errs"), timeout=WAIT, errors="return")
+    assert [type(o).__name__ for o in outs] == ["ndarray"] * 3 + ["SampleError"] and outs[3].index == 3
+    # A bad runtime option: the worker's error, from register(); tasks sent to it say why.
     with pytest.raises(vnpu.Error) as e:
         vd.register(client, yolo_path, name="badopt", backend=BACKEND, parallel=99)
     assert e.value.code == vnpu.ErrorCode.INVALID_ARGUMENT and "parallel" in str(e.value)
+    with pytest.raises(vnpu.Error) as e:
+        vd.gather(vd.map(client, xs[:1], model="badopt"), timeout=WAIT)
+    assert e.value.code == vnpu.ErrorCode.NOT_FOUND and "could not open it" in str(e.value)
+    # A batch that runs out of time: its unfinished samples fail with TIMEOUT, and the task returns.
+    vd.register(client, vd.synthetic(compute_ms=300), name="slow", backend=BACKEND)
+    t0 = time.monotonic()
+    outs = vd.gather(vd.map(client, [np.ones(1, np.float32)] * 4, model="slow", batch=4, timeout=0.05),
+                     timeout=WAIT, errors="return")
+    assert time.monotonic() - t0 < 30
+    assert all(isinstance(o, vd.SampleError) and o.code == vnpu.ErrorCode.TIMEOUT for o in outs), outs
+    # In infer_blocks, a failed sample fails its block with its SampleError (numbered in the whole array).
+    slow = vd.infer_blocks(da.ones((4, 1), chunks=2, dtype=np.float32), "slow", timeout=0.05)
+    with pytest.raises(vd.SampleError) as e:
+        client.compute(slow).result(WAIT)
+    assert e.value.code == vnpu.ErrorCode.TIMEOUT and e.value.index in (0, 2)
     # Bad arguments on the client.
     for kw in (dict(batch=0), dict(tasks_per_device=0), dict(model=3)):
         with pytest.raises(vnpu.Error):
