@@ -311,6 +311,8 @@ def _run_batch(samples, name, first_index, timeout):
                 tasks.append(rt.run(*_as_inputs(s, infos)))
             except Error as e:
                 tasks.append(e)
+            except Exception as e:  # a sample numpy cannot even make an array of (ragged lists, ...)
+                tasks.append(_make_error(ErrorCode.INVALID_ARGUMENT, f"the sample does not convert to inputs: {e}"))
         deadline = None if timeout is None else time.monotonic() + timeout
         for i, t in enumerate(tasks):
             if not isinstance(t, Error):
@@ -385,6 +387,8 @@ def map(client, inputs, *, batch=32, model="default", timeout=None, resources="a
         raise _make_error(ErrorCode.INVALID_ARGUMENT, f"batch must be an int >= 1, got {batch!r}")
     if not isinstance(tasks_per_device, int) or tasks_per_device < 1:
         raise _make_error(ErrorCode.INVALID_ARGUMENT, f"tasks_per_device must be an int >= 1, got {tasks_per_device!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise _make_error(ErrorCode.INVALID_ARGUMENT, f"timeout must be seconds > 0 or None, got {timeout!r}")
     if resources == "auto":
         resources = _default_resources(client, tasks_per_device)
     kw = dict(resources=resources, workers=workers, priority=priority, pure=False)

@@ -168,6 +168,9 @@ def test_errors_reach_the_client(cluster, samples, yolo_path):
     bag = db.from_sequence([xs[0], xs[1], xs[2], np.zeros(3, np.float32)], npartitions=2)
     outs = vd.gather(vd.map(client, bag, model="errs"), timeout=WAIT, errors="return")
     assert [type(o).__name__ for o in outs] == ["ndarray"] * 3 + ["SampleError"] and outs[3].index == 3
+    # A sample numpy cannot make an array of fails alone too.
+    outs = vd.gather(vd.map(client, [[[1.0], [1.0, 2.0]], xs[0]], model="errs"), timeout=WAIT, errors="return")
+    assert outs[0].code == vnpu.ErrorCode.INVALID_ARGUMENT and np.array_equal(outs[1], refs[0])
     # A bad runtime option: the worker's error, from register(); tasks sent to it say why.
     with pytest.raises(vnpu.Error) as e:
         vd.register(client, yolo_path, name="badopt", backend=BACKEND, parallel=99)
@@ -188,7 +191,7 @@ def test_errors_reach_the_client(cluster, samples, yolo_path):
         client.compute(slow).result(WAIT)
     assert e.value.code == vnpu.ErrorCode.TIMEOUT and e.value.index in (0, 2)
     # Bad arguments on the client.
-    for kw in (dict(batch=0), dict(tasks_per_device=0), dict(model=3)):
+    for kw in (dict(batch=0), dict(tasks_per_device=0), dict(model=3), dict(timeout=-1), dict(timeout="1")):
         with pytest.raises(vnpu.Error):
             vd.map(client, xs, **kw)
     with pytest.raises(vnpu.Error):
