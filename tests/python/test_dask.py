@@ -110,7 +110,10 @@ def test_map_outputs_equal_a_single_process_run(cluster, samples, yolo_path):
 
 def test_infer_blocks_maps_over_the_blocks_of_a_dask_array(cluster, samples, yolo_path):
     xs, refs = samples
-    reg = vd.register(cluster.client, yolo_path, name="blocks", backend=BACKEND)
+    # Read by the workers from the (shared) path rather than shipped.
+    reg = vd.register(cluster.client, yolo_path, name="blocks", backend=BACKEND, shared_path=True)
+    assert cluster.client.run(lambda dask_worker: dask_worker.plugins["vnpu-blocks"].source[0]) == \
+        {w: "path" for w in cluster.pids()}
     y = vd.infer_blocks(da.from_array(np.stack(xs), chunks=(5, 1, 3, 160, 160)), reg)
     assert y.shape == (16, 1, 84, 525) and y.chunks[0] == (5, 5, 5, 1)
     got = cluster.client.compute(y).result(timeout=WAIT)
