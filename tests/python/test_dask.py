@@ -249,9 +249,14 @@ def test_devices_come_from_the_workers_resources_and_config():
     gpu_only = FakeWorker({"GPU": 1})
     plugin.setup(gpu_only)
     assert plugin.runtime is None
-    plugin.setup(FakeWorker({"NPU": 1}))
+    # NPU=2: one runtime over both devices, which both get requests.
+    plugin.setup(FakeWorker({"NPU": 2}))
     try:
-        assert plugin.runtime is not None and plugin.runtime.options["devices"] == [0]
+        assert plugin.runtime is not None and plugin.runtime.options["devices"] == [0, 1]
+        tasks = [plugin.runtime.run(np.ones(1, np.float32)) for _ in range(8)]
+        for t in tasks:
+            t.wait(WAIT)
+        assert {t.timings.device_index for t in tasks} == {0, 1}
     finally:
         plugin.teardown(None)
     assert plugin.runtime is None
