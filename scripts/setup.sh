@@ -19,6 +19,8 @@ PKGS_MODEL=(libdnnl-dev libonnx-dev libonnx-testdata libprotobuf-dev protobuf-co
 	nlohmann-json3-dev python3-torch python3-torchvision python3-onnx python3-numpy python3-h5py python3-pil)
 # The Python package `vnpu` (pybind11 extension for /usr/bin/python3), its pytest suite and the Python examples.
 PKGS_MODEL+=(pybind11-dev python3-dev python3-pytest python3-opencv)
+# vnpu.dask (docs/scale-out.md): Dask's distributed scheduler (pulls in python3-dask).
+PKGS_MODEL+=(python3-distributed)
 PKGS_BPO=(meson python3-pycotap seabios qemu-system-data)
 
 APT_SOURCES=/etc/apt/sources.list.d/vnpu.sources
