@@ -83,6 +83,13 @@ if [ "$vm" = 1 ]; then
 		rc=$?
 		[ $rc -ne 0 ] && printf "%s\n" "$out" | grep -q "guest kernel log has a warning, bug or hang report (CMD exit status 0)"' \
 		"$VNPU_ROOT/vnpu"
+	# Regression: the guest's /tmp hid a checkout under the host's /tmp from host-run (a CI clone in /tmp ran no
+	# Python test in the VM).
+	run "vm runner: host-run sees the host's root, and the build dir even under /tmp" quiet bash -c '
+		d=$(mktemp -d /tmp/vnpu-hostroot.XXXXXX) && echo marker >"$d/f" &&
+			"$0" vm --no-module --devices 0 --host-root --build-dir "$d" -- host-run sh -c "
+				grep -q marker $d/f && test -x /usr/bin/python3 && echo ok >/tmp/w && grep -q ok /tmp/w"
+		rc=$?; rm -rf "$d"; exit $rc' "$VNPU_ROOT/vnpu"
 	# The register-level device harness drives the device without the driver (it must own the BAR), so it gets
 	# boots of its own: one in real time, one on one vCPU under icount where device-reported times must equal the
 	# model and guest-observed times must be deterministic (a second vCPU would steal icount time slices).

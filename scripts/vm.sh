@@ -99,7 +99,14 @@ chmod 755 "$root/init"
 echo "$devices" >"$root/etc/vnpu/devices"
 echo "$vnpu_params" >"$root/etc/vnpu/vnpu-params"
 [ "$kernel" = debug ] && : >"$root/etc/vnpu/kmemleak"
-[ -n "$host_root" ] && : >"$root/etc/vnpu/host-root"
+if [ -n "$host_root" ]; then
+	: >"$root/etc/vnpu/host-root"
+	# The checkout and the build dir keep their host paths in the guest even when they live under /tmp.
+	for p in "$VNPU_ROOT" "$build_dir"; do
+		p=$(readlink -f "$p" 2>/dev/null) || continue
+		case $p in /tmp/?*) echo "$p" ;; esac
+	done | sort -u >"$root/etc/vnpu/host-tmp-keep"
+fi
 [ -n "$module" ] && cp "$module" "$root/lib/modules/vnpu.ko"
 # The command, quoted so that the guest's shell sees exactly the host's argv.
 {
