@@ -10,6 +10,7 @@
 #include <functional>
 #include <mutex>
 #include <random>
+#include <shared_mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -113,9 +114,16 @@ class FakeHost {
   }
   /// Called (no lock held, on the engine's thread) before every DMA read is served; set it before the device
   /// runs. It may call back into the engine's MMIO API, as a guest CPU could at that moment.
-  void on_read(std::function<void(uint64_t addr, size_t len)> hook) { read_hook_ = std::move(hook); }
+  /// Setting a hook waits for calls of the old one in progress, so that what it captured may go away afterwards.
+  void on_read(std::function<void(uint64_t addr, size_t len)> hook) {
+    std::unique_lock lock(hook_mu_);
+    read_hook_ = std::move(hook);
+  }
   /// The same for DMA writes: called before the bytes land.
-  void on_write(std::function<void(uint64_t addr, size_t len)> hook) { write_hook_ = std::move(hook); }
+  void on_write(std::function<void(uint64_t addr, size_t len)> hook) {
+    std::unique_lock lock(hook_mu_);
+    write_hook_ = std::move(hook);
+  }
   uint64_t dma_reads() const { return dma_reads_.load(); }
   /// DMA callbacks currently executing (including their hooks).
   int accesses_in_progress() const { return in_access_.load(); }
@@ -129,10 +137,15 @@ class FakeHost {
       explicit InAccess(std::atomic<int>& c) : n(c) { n++; }
       ~InAccess() { n--; }
     } in_access(in_access_);
-    if (!write && read_hook_)
-      read_hook_(addr, len);
-    if (write && write_hook_)
-      write_hook_(addr, len);
+    {
+      // Regression: a test resetting its hook raced an engine thread calling it (a call through a half-assigned
+      // std::function, SEGV at address 0 under ASan).
+      std::shared_lock lock(hook_mu_);
+      if (!write && read_hook_)
+        read_hook_(addr, len);
+      if (write && write_hook_)
+        write_hook_(addr, len);
+    }
     if (unsigned j = jitter_us_.load()) {
       thread_local std::mt19937 rng(std::random_device{}());
       std::this_thread::sleep_for(std::chrono::microseconds(rng() % (j + 1)));
@@ -175,6 +188,7 @@ class FakeHost {
   std::vector<std::string> guest_errors_;
   bool log_writes_ = false;
   std::vector<Write> write_log_;
+  std::shared_mutex hook_mu_;  // held shared while a hook runs, exclusively while one is replaced
   std::function<void(uint64_t, size_t)> read_hook_, write_hook_;
 };
 
