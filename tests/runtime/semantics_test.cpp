@@ -330,7 +330,7 @@ TEST_F(Semantics, FinishedRequestsDisarmTheirTimeouts) {
   std::vector<vnpu::Task<vnpu::Outputs>> tasks;
   for (int i = 0; i < 200; ++i)
     tasks.push_back(rt.run(vnpu::Tensor({4, 4})));
-  EXPECT_LE(rt.timeouts_armed(), rt.in_flight());
+  // (No mid-run comparison of the two counters: requests finish between the two reads, so it is racy.)
   for (auto& t : tasks)
     (void)t.wait();
   EXPECT_EQ(rt.in_flight(), 0u);
