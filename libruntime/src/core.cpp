@@ -388,6 +388,12 @@ Command Command::nop() {
   return c;
 }
 
+Command Command::signal() {
+  Command c;
+  c.kind = Kind::kSignal;
+  return c;
+}
+
 Command Command::matmul(const DeviceBuffer& a, uint64_t a_offset, const DeviceBuffer& b, uint64_t b_offset,
                         const DeviceBuffer& c, uint64_t c_offset, uint32_t m, uint32_t n, uint32_t k) {
   Command cmd;
@@ -424,6 +430,10 @@ Result<std::unique_ptr<Device>> Device::open(const DeviceOptions& options) {
 
 Device::~Device() = default;
 
+Result<HostBuffer> Device::import_host(void* /*ptr*/, size_t /*bytes*/, bool /*read_only*/) {
+  return Error(ErrorCode::kUnsupported, "the " + info().backend + " backend cannot import host memory");
+}
+
 Status Device::validate(const Job& job) const {
   const auto& inf = info();
   if (job.commands.empty())
@@ -432,6 +442,7 @@ Status Device::validate(const Job& job) const {
     return Error(ErrorCode::kInvalidArgument, "job has " + std::to_string(job.commands.size()) +
                                                   " commands; this device accepts at most " +
                                                   std::to_string(inf.max_cmds_per_job) + ": split it");
+  uint32_t signals = 0;
   for (size_t i = 0; i < job.commands.size(); ++i) {
     const Command& c = job.commands[i];
     const std::string where = "command " + std::to_string(i);
@@ -460,6 +471,8 @@ Status Device::validate(const Job& job) const {
           return Error(ErrorCode::kInvalidArgument, where + ": host range [" + std::to_string(c.host_offset) + ", +" +
                                                         std::to_string(c.bytes) + ") exceeds the buffer's " +
                                                         std::to_string(c.host->size) + " bytes");
+        if (c.kind == Command::Kind::kCopyFromDevice && c.host->read_only)
+          return Error(ErrorCode::kInvalidArgument, where + " copies into a read-only imported host buffer");
         if (auto s = check_dev(0, c.bytes); !s)
           return s;
         break;
@@ -501,6 +514,17 @@ Status Device::validate(const Job& job) const {
                        where + ": synth time " + std::to_string(c.ns) + " ns out of range 1..10^10");
         break;
       case Command::Kind::kNop: break;
+      case Command::Kind::kSignal:
+        if (!inf.signals)
+          return Error(ErrorCode::kUnsupported, where + ": this device has no signal command");
+        if (i + 1 == job.commands.size())
+          return Error(ErrorCode::kInvalidArgument, where + ": a signal cannot be the last command of a job");
+        if (!job.on_signal)
+          return Error(ErrorCode::kInvalidArgument, where + ": a job with a signal needs Job::on_signal");
+        if (++signals > inf.max_signals_per_job)
+          return Error(ErrorCode::kInvalidArgument, "job has more than " + std::to_string(inf.max_signals_per_job) +
+                                                        " signal commands");
+        break;
       default: return Error(ErrorCode::kInvalidArgument, where + " has an unknown kind");
     }
   }

@@ -20,6 +20,7 @@ struct HostBufferObject {
   const void* owner = nullptr;  // Device::owner_token() of the allocating device
   void* ptr = nullptr;
   size_t size = 0;
+  bool read_only = false;  // import_host(..., read_only): the device may only read it
 };
 
 struct DeviceBufferObject {

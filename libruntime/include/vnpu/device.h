@@ -68,6 +68,12 @@ struct DeviceInfo {
   uint64_t mmu_page_size = 0;                       ///< device MMU page size; device allocations round up to it
   uint32_t context_id = 0;                          ///< this open device's address-space context on the device
   bool timing_only = false;                         ///< compute is modelled but not executed: outputs are undefined
+  /// Command::signal() is supported (device SIGNAL command; the kernel backend also needs driver support).
+  bool signals = false;
+  /// Most Command::signal() per job (0 when !signals).
+  uint32_t max_signals_per_job = 0;
+  /// Device::import_host() is supported: the device DMAs straight from/to memory the caller owns.
+  bool host_import = false;
 };
 
 /// Host memory the device reaches by DMA, mapped into this process. Move-only handle; the memory stays alive
@@ -121,7 +127,7 @@ class VNPU_API DeviceBuffer {
 
 /// One command of a job. Build with the factory functions; a Command keeps the buffers it names alive.
 struct VNPU_API Command {
-  enum class Kind { kCopyToDevice, kCopyFromDevice, kMatmul, kExec, kSynth, kNop };
+  enum class Kind { kCopyToDevice, kCopyFromDevice, kMatmul, kExec, kSynth, kNop, kSignal };
 
   /// H2D: `bytes` from src[src_offset..] to dst[dst_offset..].
   static Command copy_to_device(const HostBuffer& src, uint64_t src_offset, const DeviceBuffer& dst,
@@ -141,6 +147,11 @@ struct VNPU_API Command {
   static Command synth(uint64_t ns);
   /// Do nothing (for measuring submission overhead).
   static Command nop();
+  /// An intermediate completion inside a job (the device's SIGNAL command, DeviceInfo::signals): when every
+  /// earlier command of the job has finished (so its copies to the device have read all their host memory),
+  /// the job's Job::on_signal runs on the completion thread, before the job's completion callback. It uses no
+  /// engine. Not allowed as a job's last command; at most DeviceInfo::max_signals_per_job per job.
+  static Command signal();
 
   Kind kind = Kind::kCopyToDevice;
   std::shared_ptr<detail::HostBufferObject> host;      ///< copies: the host side
@@ -154,9 +165,22 @@ struct VNPU_API Command {
   uint64_t ns = 0;               ///< synth only
 };
 
+/// A Command::signal() of a job was reached.
+struct SignalEvent {
+  uint32_t command_index = 0;      ///< index of the signal command in Job::commands
+  std::optional<uint64_t> t_ns;    ///< device clock when the device posted it, when the backend reports it
+};
+
+/// Called once per signal command the job reaches, in command order, on the completion thread, always before
+/// the job's JobCallback. A job that fails before reaching a signal command gets no call for it (its
+/// JobCallback says why). Same rules as JobCallback: must not block for long; may call submit().
+using SignalCallback = std::function<void(const SignalEvent&)>;
+
 /// Commands executed strictly in order; the job fails at its first failing command.
 struct Job {
   std::vector<Command> commands;
+  /// Required when the job has a Command::signal(); ignored otherwise.
+  SignalCallback on_signal;
 };
 
 /// How a job ended.
@@ -199,6 +223,14 @@ class VNPU_API Device {
   [[nodiscard]] virtual Result<HostBuffer> alloc_host(size_t bytes) = 0;
   /// Allocate `bytes` (> 0) of device memory (contents unspecified). kInvalidArgument, kOutOfMemory.
   [[nodiscard]] virtual Result<DeviceBuffer> alloc_device(size_t bytes) = 0;
+  /// Make `bytes` (> 0) of the caller's memory at `ptr` (any alignment) a HostBuffer the device DMAs from
+  /// (and, unless `read_only`, to) directly: data() == ptr, size() == bytes. The caller keeps the memory
+  /// mapped and valid until the handle is destroyed and every job that references it has completed (the
+  /// usual HostBuffer rule). "kernel": the pages are pinned by the driver (counted against RLIMIT_MEMLOCK);
+  /// "sim": the range itself. A read-only buffer used as a copy_from_device destination fails submit() with
+  /// kInvalidArgument. Errors: kUnsupported (!DeviceInfo::host_import), kInvalidArgument (null, 0 bytes,
+  /// wrapping range, memory that cannot be pinned), kOutOfMemory, kPermissionDenied (pin limit).
+  [[nodiscard]] virtual Result<HostBuffer> import_host(void* ptr, size_t bytes, bool read_only = false);
 
   /// Queue a job. On success `done` runs exactly once, later, on the completion thread; failures the driver
   /// or device detect after queueing arrive there too. On failure of submit() itself (a command names a
