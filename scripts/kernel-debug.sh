@@ -34,7 +34,8 @@ if [ ! -f "$SRC/.vnpu-extracted" ] || [ "$SRC/.vnpu-extracted" -ot "$TARBALL" ];
 fi
 
 mkdir -p "$OUT"
-if [ ! -f "$OUT/.config" ] || [ "$OUT/.config" -ot "$FRAG" ]; then
+# Reconfigure when the fragment's content changed (not its mtime: every fresh checkout has a new one).
+if [ ! -f "$OUT/.config" ] || ! cmp -s "$FRAG" "$OUT/.vnpu-fragment"; then
 	log "kernel-debug: configuring (allnoconfig + scripts/kernel-debug.config)"
 	(cd "$SRC" && KCONFIG_ALLCONFIG="$FRAG" make -s O="$OUT" allnoconfig) >"$OUT/config.log" 2>&1 ||
 		{ cat "$OUT/config.log"; die "kernel-debug: allnoconfig failed"; }
@@ -48,6 +49,7 @@ if [ ! -f "$OUT/.config" ] || [ "$OUT/.config" -ot "$FRAG" ]; then
 	done)
 	[ -z "$bad" ] || { rm -f "$OUT/.config"; die "kernel-debug: options lost in olddefconfig:
 $bad"; }
+	cp "$FRAG" "$OUT/.vnpu-fragment"
 fi
 
 t0=$SECONDS
@@ -59,7 +61,9 @@ make -s -C "$SRC" O="$OUT" -j"$(nproc)" bzImage modules
 log "kernel-debug: kernel up to date ($((SECONDS - t0)) s)"
 
 # The module's Kbuild finds the shared headers at ../include: mirror both directories, copying only what
-# changed so that kbuild's view stays incremental.
+# changed so that kbuild's view stays incremental. One mirror per checkout, so that checkouts sharing a cache
+# do not build each other's module.
+MOD=$(debug_module_dir)
 mirror() { # $1 = source dir, $2 = destination dir, $3 = find name pattern
 	local rel
 	mkdir -p "$2"
@@ -70,9 +74,9 @@ mirror() { # $1 = source dir, $2 = destination dir, $3 = find name pattern
 		[ -e "$1/$rel" ] || rm -f "$2/$rel"
 	done < <(cd "$2" && find . -type f -name "$3" | sed 's|^\./||')
 }
-mirror "$VNPU_ROOT/include" "$DBG/vnpu/include" '*.h'
-mirror "$VNPU_ROOT/kernel" "$DBG/vnpu/kernel" '*.[ch]'
-cp -u "$VNPU_ROOT/kernel/Kbuild" "$DBG/vnpu/kernel/Kbuild"
-make -s -C "$OUT" M="$DBG/vnpu/kernel" modules
-[ -f "$DBG/vnpu/kernel/vnpu.ko" ] || die "kernel-debug: vnpu.ko was not built"
+mirror "$VNPU_ROOT/include" "$MOD/include" '*.h'
+mirror "$VNPU_ROOT/kernel" "$MOD/kernel" '*.[ch]'
+cp -u "$VNPU_ROOT/kernel/Kbuild" "$MOD/kernel/Kbuild"
+make -s -C "$OUT" M="$MOD/kernel" modules
+[ -f "$MOD/kernel/vnpu.ko" ] || die "kernel-debug: vnpu.ko was not built"
 cat "$OUT/include/config/kernel.release"

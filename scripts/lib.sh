@@ -40,3 +40,8 @@ guest_kver() {
 qemu_fw_args() {
 	echo "-L /usr/share/seabios -L /usr/share/qemu -L /usr/lib/ipxe/qemu"
 }
+
+# Where scripts/kernel-debug.sh builds this checkout's vnpu.ko for the debug kernel (one directory per checkout).
+debug_module_dir() {
+	echo "$VNPU_CACHE/linux-debug/vnpu-$(printf '%s' "$VNPU_ROOT" | md5sum | cut -c1-8)"
+}

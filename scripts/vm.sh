@@ -57,7 +57,7 @@ debug)
 	# Incremental: seconds when nothing changed, a cold kernel build the first time.
 	kver=$("$VNPU_ROOT/scripts/kernel-debug.sh" | tail -n 1)
 	kimage=$VNPU_CACHE/linux-debug/out/arch/x86/boot/bzImage
-	[ -n "$module_set" ] || module=$VNPU_CACHE/linux-debug/vnpu/kernel/vnpu.ko
+	[ -n "$module_set" ] || module=$(debug_module_dir)/kernel/vnpu.ko
 	;;
 *) die "vm: --kernel takes stock or debug" ;;
 esac
