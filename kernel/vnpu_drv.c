@@ -219,6 +219,9 @@ static int vnpu_get_param_ioctl(struct drm_device *drm, void *data,
 		args->value = !!(vnpu_rd(vdev, VNPU_REG_CONTROL) &
 				 VNPU_CONTROL_TIMING_ONLY);
 		break;
+	case DRM_VNPU_PARAM_USERPTR:
+		args->value = 1;
+		break;
 	default:
 		drm_dbg(drm, "get_param: unknown param %u\n", args->param);
 		ret = -EINVAL;
@@ -260,6 +263,7 @@ static const struct drm_ioctl_desc vnpu_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(VNPU_BO_INFO, vnpu_bo_info_ioctl, 0),
 	DRM_IOCTL_DEF_DRV(VNPU_QUEUE_CREATE, vnpu_queue_create_ioctl, 0),
 	DRM_IOCTL_DEF_DRV(VNPU_QUEUE_DESTROY, vnpu_queue_destroy_ioctl, 0),
+	DRM_IOCTL_DEF_DRV(VNPU_USERPTR, vnpu_userptr_ioctl, 0),
 };
 
 /*

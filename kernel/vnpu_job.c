@@ -666,8 +666,12 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 			   struct vnpu_hw_cmd *hc)
 {
 	struct drm_device *drm = &job->vdev->drm;
+	struct drm_gem_object *obj;
 	struct vnpu_mem *mem;
+	struct vnpu_ubo *ubo;
 	struct vnpu_bo *bo;
+	dma_addr_t sgl_dma;
+	u32 sgl_count;
 
 	if (!vnpu_zero(c->reserved, sizeof(c->reserved))) {
 		drm_dbg(drm, "submit: copy reserved not zero\n");
@@ -677,22 +681,39 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 		drm_dbg(drm, "submit: copy of zero bytes\n");
 		return -EINVAL;
 	}
-	bo = vnpu_job_lookup_bo(job, file, c->bo_handle);
-	if (IS_ERR(bo))
-		return PTR_ERR(bo);
+	/* A BO_CREATE BO or USERPTR memory. */
+	obj = vnpu_job_lookup(job, file, c->bo_handle);
+	if (IS_ERR(obj))
+		return PTR_ERR(obj);
+	bo = vnpu_bo_from_gem(obj);
+	ubo = vnpu_ubo_from_gem(obj);
+	if (bo) {
+		sgl_dma = bo->sgl_dma;
+		sgl_count = bo->sgl_count;
+	} else if (ubo) {
+		if (!to_device && (ubo->flags & DRM_VNPU_USERPTR_READ_ONLY)) {
+			drm_dbg(drm, "submit: copy into read-only user memory\n");
+			return -EACCES;
+		}
+		sgl_dma = ubo->sgl_dma;
+		sgl_count = ubo->sgl_count;
+	} else {
+		drm_dbg(drm, "submit: handle %u is not a BO\n", c->bo_handle);
+		return -EINVAL;
+	}
 	mem = vnpu_job_lookup_mem(job, file, c->mem_handle);
 	if (IS_ERR(mem))
 		return PTR_ERR(mem);
 
-	if (!vnpu_range_ok(c->bo_offset, c->size, bo->base.base.size) ||
+	if (!vnpu_range_ok(c->bo_offset, c->size, obj->size) ||
 	    !vnpu_range_ok(c->mem_offset, c->size, mem->base.size)) {
 		drm_dbg(drm, "submit: copy range outside its objects\n");
 		return -EINVAL;
 	}
 
 	hc->opcode = to_device ? VNPU_OPC_DMA_H2D : VNPU_OPC_DMA_D2H;
-	hc->dma.sgl_addr = vnpu_hw64(bo->sgl_dma);
-	hc->dma.sgl_count = vnpu_hw32(bo->sgl_count);
+	hc->dma.sgl_addr = vnpu_hw64(sgl_dma);
+	hc->dma.sgl_count = vnpu_hw32(sgl_count);
 	hc->dma.sgl_offset = vnpu_hw64(c->bo_offset);
 	hc->dma.dev_addr = vnpu_hw64(mem->va.start + c->mem_offset);
 	hc->dma.length = vnpu_hw64(c->size);

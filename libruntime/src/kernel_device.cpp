@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The "kernel" backend: vnpu.ko through /dev/accel/accelN. Buffers are GEM objects (host BOs are mmap'd
-// shmem); jobs go to the driver as one io_uring IORING_OP_URING_CMD each (one CQE back per job), or through
+// shmem, imported host memory is USERPTR: the caller's pages pinned by the driver); jobs go to the driver as one io_uring IORING_OP_URING_CMD each (one CQE back per job), or through
 // the SUBMIT/WAIT ioctls when SubmitMode::kIoctl is chosen.
 #include <fcntl.h>
 #include <liburing.h>
@@ -47,13 +47,14 @@ void gem_close(int fd, uint32_t handle) {
 
 struct KernelHostBuffer final : HostBufferObject {
   ~KernelHostBuffer() override {
-    if (ptr)
+    if (ptr && map_len)
       ::munmap(ptr, map_len);
     gem_close(fd->fd, handle);
   }
   std::shared_ptr<AccelFd> fd;
   uint32_t handle = 0;
-  size_t map_len = 0;
+  size_t map_len = 0;     // BO_CREATE: the mmap of the BO; import_host (USERPTR): 0, the caller's memory
+  uint64_t bo_offset = 0;  // USERPTR: where ptr lies in the pinned pages (the object starts page-aligned)
 };
 
 struct KernelDeviceBuffer final : DeviceBufferObject {
@@ -70,6 +71,7 @@ class KernelDevice final : public Device {
   const DeviceInfo& info() const noexcept override { return info_; }
   Result<HostBuffer> alloc_host(size_t bytes) override;
   Result<DeviceBuffer> alloc_device(size_t bytes) override;
+  Result<HostBuffer> import_host(void* ptr, size_t bytes, bool read_only) override;
 
  protected:
   Status do_submit(Job job, JobCallback done) override;
@@ -181,6 +183,9 @@ Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options)
     inf.mmu_page_size = *v;
   if (auto v = dev->get_param(DRM_VNPU_PARAM_CONTEXT_ID); v)
     inf.context_id = static_cast<uint32_t>(*v);
+  // USERPTR: an older driver gives EINVAL for the parameter.
+  if (auto v = dev->get_param(DRM_VNPU_PARAM_USERPTR); v && *v == 1)
+    inf.host_import = true;
   // Timing-only is the device's power-on mode (QEMU property), not something a client may switch: a client
   // that wants real outputs must not get a device that skips the arithmetic, and vice versa.
   {
@@ -298,6 +303,50 @@ Result<HostBuffer> KernelDevice::alloc_host(size_t bytes) {
   return HostBuffer(std::move(obj));
 }
 
+Result<HostBuffer> KernelDevice::import_host(void* ptr, size_t bytes, bool read_only) {
+  if (!info_.host_import)
+    return Device::import_host(ptr, bytes, read_only);
+  const auto addr = reinterpret_cast<uintptr_t>(ptr);
+  if (!ptr || bytes == 0 || addr + bytes < addr)
+    return Error(ErrorCode::kInvalidArgument,
+                 "import_host of " + std::to_string(bytes) + " bytes at " + std::to_string(addr) +
+                     ": need a non-null pointer, > 0 bytes and a range that does not wrap");
+  // The driver pins whole pages: pin the pages around the range and address it with an offset.
+  const auto page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t first = addr / page * page;
+  if (round_up(static_cast<uint64_t>(addr) + bytes, page) < addr + bytes)
+    return Error(ErrorCode::kInvalidArgument, "import_host: range wraps at the end of the address space");
+  const uint64_t len = round_up(static_cast<uint64_t>(addr) + bytes, page) - first;
+  if (len > (2ull << 30))
+    return Error(ErrorCode::kInvalidArgument, "import_host of " + std::to_string(bytes) +
+                                                  " bytes: at most 2 GiB (page-rounded) per buffer");
+  drm_vnpu_userptr req{};
+  req.addr = first;
+  req.size = len;
+  req.flags = read_only ? DRM_VNPU_USERPTR_READ_ONLY : 0u;
+  if (drmIoctl(fd_->fd, DRM_IOCTL_VNPU_USERPTR, &req) != 0) {
+    const int err = errno;
+    const std::string what = "USERPTR (pinning " + std::to_string(len) + " bytes" +
+                             (read_only ? ", read-only" : "") + ")";
+    if (err == ENOMEM)  // the driver's RLIMIT_MEMLOCK refusal (a real allocation failure looks the same)
+      return Error(ErrorCode::kPermissionDenied,
+                   what + ": the pinned-memory limit RLIMIT_MEMLOCK (ulimit -l) is reached, or out of memory");
+    if (err == EFAULT)
+      return Error(ErrorCode::kInvalidArgument,
+                   what + ": the memory cannot be pinned (not mapped, or not writable and read_only not set)");
+    return errno_error(err, what);
+  }
+  auto obj = std::make_shared<KernelHostBuffer>();
+  obj->fd = fd_;
+  obj->handle = req.handle;  // from here the destructor closes the handle (the driver unpins after the jobs)
+  obj->owner = fd_.get();
+  obj->ptr = ptr;
+  obj->size = bytes;
+  obj->read_only = read_only;
+  obj->bo_offset = addr - first;
+  return HostBuffer(std::move(obj));
+}
+
 Result<DeviceBuffer> KernelDevice::alloc_device(size_t bytes) {
   if (bytes == 0)
     return Error(ErrorCode::kInvalidArgument, "device buffer of 0 bytes");
@@ -326,7 +375,7 @@ std::vector<drm_vnpu_cmd> KernelDevice::encode(const Job& job) {
         d.op = c.kind == Command::Kind::kCopyToDevice ? DRM_VNPU_OP_COPY_TO_DEVICE : DRM_VNPU_OP_COPY_FROM_DEVICE;
         d.copy.bo_handle = static_cast<const KernelHostBuffer&>(*c.host).handle;
         d.copy.mem_handle = static_cast<const KernelDeviceBuffer&>(*c.dev[0]).handle;
-        d.copy.bo_offset = c.host_offset;
+        d.copy.bo_offset = static_cast<const KernelHostBuffer&>(*c.host).bo_offset + c.host_offset;
         d.copy.mem_offset = c.dev_offset[0];
         d.copy.size = c.bytes;
         break;

@@ -501,6 +501,45 @@ struct drm_vnpu_uring_submit {
 	struct drm_vnpu_job job;
 };
 
+/* ---- USERPTR: the caller's own memory as a host BO (pinned user pages) ---------------------------------- */
+#define DRM_VNPU_USERPTR 0x08
+#define DRM_IOCTL_VNPU_USERPTR DRM_IOWR(DRM_COMMAND_BASE + DRM_VNPU_USERPTR, struct drm_vnpu_userptr)
+
+#define DRM_VNPU_USERPTR_READ_ONLY (1u << 0) /* the device only reads it: not a COPY_FROM_DEVICE target */
+
+/* GET_PARAM: 1 if DRM_IOCTL_VNPU_USERPTR is supported (older drivers give -EINVAL for the param). */
+#define DRM_VNPU_PARAM_USERPTR 20
+
+/* BO_INFO kind of a USERPTR object (size = the pinned range, flags = DRM_VNPU_USERPTR_*, no mmap offset). */
+#define DRM_VNPU_BO_KIND_USERPTR 3
+
+/**
+ * struct drm_vnpu_userptr - make a range of the caller's memory a host BO the device DMAs to and from
+ * @addr: in, user virtual address, page aligned (a buffer at any alignment: pin the pages around it and name
+ *        its bytes with the copy command's bo_offset)
+ * @size: in, bytes, a multiple of the page size, 1 page..2 GiB; [@addr, @addr + @size) must not wrap
+ * @flags: in, DRM_VNPU_USERPTR_*
+ * @handle: out, GEM handle. Usable as the @bo_handle of COPY_TO_DEVICE and (unless READ_ONLY) COPY_FROM_DEVICE
+ *          commands; not as a report BO (-EINVAL), not mmap-able (the caller has the memory already), not
+ *          exportable.
+ *
+ * The pages are pinned (FOLL_LONGTERM, and FOLL_WRITE unless READ_ONLY) when the ioctl runs: the range must be
+ * mapped memory the caller may read (and write): -EFAULT otherwise, e.g. unmapped, or PROT_READ without
+ * READ_ONLY. Memory that cannot be pinned for long (DAX, some special mappings) gives the errno of
+ * pin_user_pages (-EFAULT, -EINVAL or -EOPNOTSUPP). The pinned pages are charged to the caller's
+ * RLIMIT_MEMLOCK like BO_CREATE's (-ENOMEM beyond it, unless CAP_IPC_LOCK). They stay pinned until the handle
+ * is closed and every job naming the object has completed: unmapping the range meanwhile does not free them
+ * (the device keeps reading and writing the same pages, which the process no longer sees); after fork() the
+ * parent keeps the pinned pages, the child gets copies (the kernel's rule for pinned anonymous memory).
+ * A READ_ONLY object as a COPY_FROM_DEVICE target fails SUBMIT with -EACCES.
+ */
+struct drm_vnpu_userptr {
+	__u64 addr;
+	__u64 size;
+	__u32 flags;
+	__u32 handle;
+};
+
 #if defined(__cplusplus)
 }
 #endif
