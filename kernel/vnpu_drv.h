@@ -416,6 +416,19 @@ struct vnpu_ubo {
 	struct user_struct *user;
 };
 
+/*
+ * The device's SIGNAL command (interface 1.1). Until include/vnpu_hw.h has
+ * it, the values of the device specification.
+ */
+#ifndef VNPU_CAP_SIGNAL
+#define VNPU_CAP_SIGNAL BIT(8)
+#define VNPU_OPC_SIGNAL 0x03
+#define VNPU_CPL_F_SIGNAL BIT(1)
+#define VNPU_MAX_SIGNALS_PER_JOB 4
+#endif
+
+struct vnpu_signal_event;
+
 enum vnpu_job_state {
 	VNPU_JOB_WAITING, /* on squeue->waiting */
 	VNPU_JOB_READY, /* on hwq->pending */
@@ -451,6 +464,10 @@ enum vnpu_job_state {
  * @dep_failed: a dependency completed with an error
  * @ready_node: entry in vdev->ready
  * @event: DRM event to send at completion, or NULL
+ * @sig_ev: per SIGNAL command, its DRM event reserved at SUBMIT until sent
+ * @sig_cmd: per SIGNAL command, its index in @cmds (in command order)
+ * @nsignals: SIGNAL commands in the job
+ * @signals_sent: SIGNAL events sent so far (reached, in order)
  * @ucmd: io_uring command to complete, or NULL (@fence_lock)
  * @result: for a job in sq->waits, its result record, stored there in
  *          place of the job when it completes
@@ -495,6 +512,10 @@ struct vnpu_job {
 	struct llist_node ready_node;
 
 	struct vnpu_event *event;
+	struct vnpu_signal_event *sig_ev[DRM_VNPU_MAX_SIGNALS];
+	u8 sig_cmd[DRM_VNPU_MAX_SIGNALS];
+	u8 nsignals;
+	u8 signals_sent;
 	struct io_uring_cmd *ucmd;
 	struct vnpu_result *result;
 	u32 requeues;

@@ -3269,4 +3269,346 @@ TEST_F(UserPtr, ObjectsOfAnotherFileAreUnknown) {
   EXPECT_TRUE(ret == -ENOENT || info.kind != uint32_t(DRM_VNPU_BO_KIND_USERPTR));
 }
 
+// ---- SIGNAL: intermediate completions --------------------------------------------------------------------------
+
+drm_vnpu_cmd signal_cmd() {
+  drm_vnpu_cmd c{};
+  c.op = DRM_VNPU_OP_SIGNAL;
+  return c;
+}
+
+/// One event read from the fd: a SIGNAL event or a job event.
+struct AnyEvent {
+  uint32_t type = 0;
+  drm_vnpu_event_signal sig{};
+  drm_vnpu_event_job job{};
+};
+
+/// Parses the DRM events in buf[0, n).
+std::vector<AnyEvent> parse_events(const uint8_t* buf, size_t n) {
+  std::vector<AnyEvent> out;
+  size_t off = 0;
+  while (off + sizeof(drm_event) <= n) {
+    drm_event base;
+    memcpy(&base, buf + off, sizeof(base));
+    if (base.length < sizeof(base) || off + base.length > n) {
+      ADD_FAILURE() << "torn event at " << off;
+      break;
+    }
+    AnyEvent e;
+    e.type = base.type;
+    if (base.type == DRM_VNPU_EVENT_SIGNAL) {
+      EXPECT_EQ(base.length, sizeof(drm_vnpu_event_signal));
+      memcpy(&e.sig, buf + off, std::min<size_t>(base.length, sizeof(e.sig)));
+    } else if (base.type == DRM_VNPU_EVENT_JOB) {
+      EXPECT_EQ(base.length, sizeof(drm_vnpu_event_job));
+      memcpy(&e.job, buf + off, std::min<size_t>(base.length, sizeof(e.job)));
+    }
+    out.push_back(e);
+    off += base.length;
+  }
+  return out;
+}
+
+class Signal : public DeviceTest {
+ protected:
+  void SetUp() override {
+    DeviceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure())
+      return;
+    max_signals_ = api_.param(DRM_VNPU_PARAM_MAX_SIGNALS);
+  }
+  void require_signals() {
+    if (!(api_.param(DRM_VNPU_PARAM_CAPS) & DRM_VNPU_CAP_SIGNAL))
+      GTEST_SKIP() << "device without DRM_VNPU_CAP_SIGNAL (interface < 1.1)";
+    ASSERT_EQ(max_signals_, uint64_t(DRM_VNPU_MAX_SIGNALS));
+  }
+  /// Reads events until `n` arrived (each read returns whole events), waiting up to `timeout_ms` for each read.
+  std::vector<AnyEvent> read_events(size_t n, int timeout_ms = 60000) {
+    std::vector<AnyEvent> out;
+    while (out.size() < n) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, timeout_ms) != 1)
+        break;
+      uint8_t buf[4096];
+      ssize_t len = read(fd_, buf, sizeof(buf));
+      if (len <= 0)
+        break;
+      auto got = parse_events(buf, size_t(len));
+      out.insert(out.end(), got.begin(), got.end());
+    }
+    return out;
+  }
+  bool event_pending(int timeout_ms = 0) {
+    pollfd p{fd_, POLLIN, 0};
+    return poll(&p, 1, timeout_ms) == 1;
+  }
+  uint64_t max_signals_ = 0;
+};
+
+TEST_F(Signal, RefusedWithoutTheDeviceCapability) {
+  if (api_.param(DRM_VNPU_PARAM_CAPS) & DRM_VNPU_CAP_SIGNAL)
+    GTEST_SKIP() << "the device has SIGNAL";
+  EXPECT_EQ(max_signals_, 0u);
+  EXPECT_EQ(api_.submit({signal_cmd(), nop_cmd()}, nullptr), -EINVAL);
+}
+
+TEST_F(Signal, ValidationAtSubmit) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  EXPECT_EQ(api_.submit({nop_cmd(), signal_cmd()}, nullptr), -EINVAL);  // a job cannot end with a SIGNAL
+  EXPECT_EQ(api_.submit({signal_cmd()}, nullptr), -EINVAL);
+  drm_vnpu_cmd bad = signal_cmd();
+  bad.raw[55] = 1;
+  EXPECT_EQ(api_.submit({bad, nop_cmd()}, nullptr), -EINVAL);  // payload not zero
+  bad = signal_cmd();
+  bad.flags = 1;
+  EXPECT_EQ(api_.submit({bad, nop_cmd()}, nullptr), -EINVAL);
+  std::vector<drm_vnpu_cmd> five(DRM_VNPU_MAX_SIGNALS + 1, signal_cmd());
+  five.push_back(nop_cmd());
+  EXPECT_EQ(api_.submit(five, nullptr), -EINVAL);  // too many
+  // Nothing was queued: no event arrives.
+  EXPECT_FALSE(event_pending(200));
+  std::vector<drm_vnpu_cmd> four(DRM_VNPU_MAX_SIGNALS, signal_cmd());
+  four.push_back(nop_cmd());
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit(four, &s), 0);
+  EXPECT_EQ(api_.wait_status(s), 0);
+  EXPECT_EQ(read_events(4).size(), 4u);
+}
+
+TEST_F(Signal, EventsInCommandOrderBeforeTheJobsCompletion) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  // SIGNAL first (the job's start), after an H2D copy, and after compute.
+  JobSpec j;
+  j.cmds = {signal_cmd(), valid_copy(), signal_cmd(), synth_cmd(5000000), signal_cmd(), nop_cmd()};
+  j.user_data = 0xabc;
+  uint32_t rep = 0;
+  uint64_t rep_off = 0;
+  ASSERT_EQ(api_.bo_create(kPage, &rep, &rep_off), 0);
+  j.report_handle = rep;
+  uint64_t first = 0;
+  ASSERT_EQ(api_.submit_jobs({j, j}, &first, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
+  auto ev = read_events(8);
+  ASSERT_EQ(ev.size(), 8u);
+  // Per job: its three SIGNAL events in command order, then its job event.
+  std::map<uint64_t, std::vector<AnyEvent>> per_job;
+  for (const auto& e : ev)
+    per_job[e.type == DRM_VNPU_EVENT_SIGNAL ? e.sig.seqno : e.job.seqno].push_back(e);
+  ASSERT_EQ(per_job.size(), 2u);
+  for (uint64_t seqno : {first, first + 1}) {
+    const auto& v = per_job[seqno];
+    ASSERT_EQ(v.size(), 4u) << seqno;
+    const uint32_t want_idx[3] = {0, 2, 4};
+    uint64_t prev = 0;
+    for (int k = 0; k < 3; k++) {
+      ASSERT_EQ(v[k].type, uint32_t(DRM_VNPU_EVENT_SIGNAL)) << "event " << k << " of job " << seqno;
+      EXPECT_EQ(v[k].sig.cmd_index, want_idx[k]);
+      EXPECT_EQ(v[k].sig.status, 0);
+      EXPECT_EQ(v[k].sig.user_data, 0xabcu);
+      EXPECT_EQ(v[k].sig.queue_id, 0u);
+      EXPECT_EQ(v[k].sig.pad, 0u);
+      EXPECT_GE(v[k].sig.t_signal, prev);
+      prev = v[k].sig.t_signal;
+    }
+    // The modelled compute lies between the second and the third SIGNAL.
+    EXPECT_GE(v[2].sig.t_signal - v[1].sig.t_signal, 5000000u);
+    EXPECT_EQ(v[3].type, uint32_t(DRM_VNPU_EVENT_JOB));
+    EXPECT_EQ(v[3].job.status, 0);
+  }
+  // Within the job's device times (the report of the later job; both wrote the same slot).
+  Mapping m(fd_, rep_off, kPage);
+  ASSERT_TRUE(m.ok());
+  const auto* r = m.as<drm_vnpu_job_report>();
+  ASSERT_EQ(r->seqno, first + 1);
+  EXPECT_GE(per_job[first + 1][0].sig.t_signal, r->t_start);
+  EXPECT_LE(per_job[first + 1][2].sig.t_signal, r->t_end);
+}
+
+TEST_F(Signal, ArrivesWhileTheJobGoesOn) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({valid_copy(), signal_cmd(), synth_cmd(2000000000), nop_cmd()}, &s), 0);
+  auto ev = read_events(1);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].sig.seqno, s);
+  // The job has 2 s of modelled compute left.
+  EXPECT_EQ(api_.wait(s, 0), -ETIME);
+  drm_vnpu_wait w{};
+  ASSERT_EQ(api_.wait(s, deadline_ms(kLongWaitMs), &w), 0);
+  EXPECT_EQ(w.job_status, 0);
+  EXPECT_GE(w.t_end - ev[0].sig.t_signal, 2000000000u);
+  EXPECT_FALSE(event_pending());
+}
+
+TEST_F(Signal, AllEventsAreInBeforeWaitReturns) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({signal_cmd(), nop_cmd(), signal_cmd(), nop_cmd()}, &s), 0);
+  ASSERT_EQ(api_.wait_status(s), 0);
+  // Already queued on the fd: readable without waiting.
+  auto ev = read_events(2, 0);
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[0].sig.cmd_index, 0u);
+  EXPECT_EQ(ev[1].sig.cmd_index, 2u);
+}
+
+TEST_F(Signal, AJobFailingBeforeASignalSendsItWithTheJobsError) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0);  // zero the program
+  // Reached SIGNAL, failing EXEC, unreached SIGNAL.
+  JobSpec j = bad_program_job(mem_);
+  j.cmds.insert(j.cmds.begin(), signal_cmd());
+  j.cmds.push_back(signal_cmd());
+  j.cmds.push_back(nop_cmd());
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit_jobs({j}, &s, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
+  auto ev = read_events(3);
+  ASSERT_EQ(ev.size(), 3u);
+  EXPECT_EQ(ev[0].sig.cmd_index, 0u);
+  EXPECT_EQ(ev[0].sig.status, 0);
+  EXPECT_NE(ev[0].sig.t_signal, 0u);
+  ASSERT_EQ(ev[1].type, uint32_t(DRM_VNPU_EVENT_SIGNAL));
+  EXPECT_EQ(ev[1].sig.cmd_index, 2u);
+  EXPECT_EQ(ev[1].sig.status, -EIO);
+  EXPECT_EQ(ev[1].sig.t_signal, 0u);
+  ASSERT_EQ(ev[2].type, uint32_t(DRM_VNPU_EVENT_JOB));
+  EXPECT_EQ(ev[2].job.status, -EIO);
+  // A job cancelled by its failed dependency never runs: its SIGNAL is sent with -ECANCELED.
+  JobSpec d;
+  d.cmds = {signal_cmd(), nop_cmd()};
+  d.deps = {drm_vnpu_dep{0, 0, s}};
+  uint64_t sd = 0;
+  ASSERT_EQ(api_.submit_jobs({d}, &sd), 0);
+  EXPECT_EQ(api_.wait_status(sd), -ECANCELED);
+  ev = read_events(1, 0);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].sig.seqno, sd);
+  EXPECT_EQ(ev[0].sig.status, -ECANCELED);
+}
+
+TEST_F(Signal, FullEventSpaceIsASubmitErrorNotALostEvent) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  // 4 SIGNALs = 192 bytes of event space per job; the file has 8192 job events' worth (256 KiB).
+  JobSpec j;
+  j.cmds = {signal_cmd(), signal_cmd(), signal_cmd(), signal_cmd(), nop_cmd()};
+  std::vector<JobSpec> batch(256, j);
+  uint64_t first = 0, last = 0;
+  int ret = 0, batches = 0;
+  while ((ret = api_.submit_jobs(batch, &first)) == 0) {
+    last = first + batch.size() - 1;
+    ASSERT_LT(++batches, 100);
+  }
+  EXPECT_EQ(ret, -ENOSPC);
+  EXPECT_EQ(batches, 5);  // 5 * 256 * 192 B fit in 256 KiB, a sixth batch does not
+  ASSERT_EQ(api_.wait_status(last), 0);
+  // The refused batch queued nothing: the next seqno follows the last accepted one.
+  EXPECT_EQ(api_.submit({nop_cmd()}, &first), 0);
+  EXPECT_EQ(first, last + 1);
+  EXPECT_EQ(api_.wait_status(first), 0);
+  // Every accepted SIGNAL has its event; reading them frees the space.
+  auto ev = read_events(size_t(batches) * 256 * 4, 1000);
+  EXPECT_EQ(ev.size(), size_t(batches) * 256 * 4);
+  EXPECT_FALSE(event_pending());
+  EXPECT_EQ(api_.submit_jobs(batch, &first), 0);
+}
+
+TEST_F(Signal, ThroughIoUringWithAReadOnTheSameRing) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  Ring ring(IORING_SETUP_SQE128 | IORING_SETUP_CQE32);
+  ASSERT_EQ(ring.init_result(), 0);
+  JobSpec j;
+  j.cmds = {valid_copy(), signal_cmd(), synth_cmd(1000000), signal_cmd(), nop_cmd()};
+  j.user_data = 77;
+  drm_vnpu_uring_submit us{};
+  us.job = j.raw();
+  alignas(8) uint8_t buf[4096];
+  io_uring_sqe* sqe = io_uring_get_sqe(ring.get());
+  ASSERT_NE(sqe, nullptr);
+  io_uring_prep_read(sqe, fd_, buf, sizeof(buf), 0);
+  io_uring_sqe_set_data64(sqe, 1000);
+  ASSERT_TRUE(ring.prep_submit(fd_, us, 1));
+  ASSERT_EQ(io_uring_submit(ring.get()), 2);
+  std::vector<AnyEvent> ev;
+  uint64_t seqno = 0;
+  bool job_done = false;
+  while (!job_done || ev.size() < 2) {
+    auto c = reap(ring, 1);
+    ASSERT_EQ(c.size(), 1u);
+    if (c[0].user_data == 1000) {
+      ASSERT_GT(c[0].res, 0);
+      auto got = parse_events(buf, size_t(c[0].res));
+      ev.insert(ev.end(), got.begin(), got.end());
+      if (ev.size() < 2) {  // read on
+        sqe = io_uring_get_sqe(ring.get());
+        io_uring_prep_read(sqe, fd_, buf, sizeof(buf), 0);
+        io_uring_sqe_set_data64(sqe, 1000);
+        ASSERT_EQ(io_uring_submit(ring.get()), 1);
+      }
+    } else {
+      EXPECT_EQ(c[0].res, 0);
+      seqno = c[0].extra0;
+      job_done = true;
+    }
+  }
+  ASSERT_EQ(ev.size(), 2u);
+  for (int k = 0; k < 2; k++) {
+    EXPECT_EQ(ev[k].type, uint32_t(DRM_VNPU_EVENT_SIGNAL));
+    EXPECT_EQ(ev[k].sig.user_data, 77u);
+    EXPECT_EQ(ev[k].sig.seqno, seqno);
+    EXPECT_EQ(ev[k].sig.cmd_index, k ? 3u : 1u);
+  }
+}
+
+TEST_F(Signal, ClosingWithSignalsPendingReleasesEverything) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+  for (int round = 0; round < 3; round++) {
+    Fd f(open_device());
+    ASSERT_GE(f.get(), 0);
+    Api api{f.get()};
+    uint32_t mem = 0, bo = 0;
+    ASSERT_EQ(api.mem_alloc(1 << 20, &mem), 0);
+    ASSERT_EQ(api.bo_create(1 << 20, &bo), 0);
+    JobSpec j;
+    j.cmds = {copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo, mem, 0, 0, 1 << 20), signal_cmd(), synth_cmd(20000000),
+              signal_cmd(), nop_cmd()};
+    std::vector<JobSpec> batch(32, j);
+    uint64_t first = 0;
+    ASSERT_EQ(api.submit_jobs(batch, &first, 0, round == 1 ? DRM_VNPU_SUBMIT_F_EVENT : 0), 0);
+    // And through a ring torn down with the file.
+    Ring ring(IORING_SETUP_SQE128 | IORING_SETUP_CQE32);
+    ASSERT_EQ(ring.init_result(), 0);
+    drm_vnpu_uring_submit us{};
+    us.job = j.raw();
+    for (int i = 0; i < 8; i++)
+      ASSERT_TRUE(ring.prep_submit(f.get(), us, i));
+    ASSERT_EQ(io_uring_submit(ring.get()), 8);
+    if (round == 2)
+      usleep(50000);  // some SIGNALs reached, unread
+    ring.exit();
+    f.reset();
+  }
+  EXPECT_EQ(wait_devmem_free(api_, before), before);
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({signal_cmd(), nop_cmd()}, &s), 0);
+  EXPECT_EQ(api_.wait_status(s), 0);
+  EXPECT_EQ(read_events(1).size(), 1u);
+}
+
 }  // namespace
