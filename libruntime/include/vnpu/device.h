@@ -14,6 +14,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <vnpu/export.h>
@@ -178,6 +179,11 @@ using SignalCallback = std::function<void(const SignalEvent&)>;
 
 /// Commands executed strictly in order; the job fails at its first failing command.
 struct Job {
+  Job() = default;
+  // Not explicit, so that `Job{{cmd, ...}}` and `submit({{cmd}}, done)` keep working.
+  Job(std::vector<Command> cmds, SignalCallback signal = {})  // NOLINT(google-explicit-constructor)
+      : commands(std::move(cmds)), on_signal(std::move(signal)) {}
+
   std::vector<Command> commands;
   /// Required when the job has a Command::signal(); ignored otherwise.
   SignalCallback on_signal;
