@@ -117,12 +117,14 @@ int vnpu_engine_config_finalize(VnpuEngineConfig *cfg)
     DEFAULT(d2h_latency_ns, VNPU_ENGINE_DEFAULT_D2H_LATENCY_NS);
     DEFAULT(op_overhead_ns, VNPU_ENGINE_DEFAULT_OP_OVERHEAD_NS);
     DEFAULT(devmem_gbps, VNPU_ENGINE_DEFAULT_DEVMEM_GBPS);
+    DEFAULT(host_mem_max, VNPU_ENGINE_DEFAULT_HOST_MEM_MAX);
     if (cfg->devmem_size % VNPU_MMU_PAGE_SIZE || cfg->devmem_size > VNPU_ENGINE_DEVMEM_MAX ||
         cfg->num_queues > VNPU_ENGINE_MAX_QUEUES || !is_pow2(cfg->ring_max) || cfg->ring_max < 2 ||
         cfg->ring_max > VNPU_ENGINE_RING_MAX_LIMIT || cfg->num_contexts > VNPU_ENGINE_MAX_CONTEXTS ||
         cfg->compute_cores > VNPU_ENGINE_MAX_CORES || cfg->fi_kind > VNPU_FI_CORRUPT_CPL ||
         cfg->fi_rate_ppm > 1000000u || cfg->h2d_mbps == VNPU_CFG_ZERO || cfg->d2h_mbps == VNPU_CFG_ZERO ||
-        cfg->compute_gflops == VNPU_CFG_ZERO || cfg->devmem_gbps == VNPU_CFG_ZERO) {
+        cfg->compute_gflops == VNPU_CFG_ZERO || cfg->devmem_gbps == VNPU_CFG_ZERO ||
+        cfg->host_mem_max < VNPU_ENGINE_MIN_HOST_MEM_MAX) {
         return -EINVAL;
     }
     return 0;
@@ -1254,5 +1256,6 @@ void vnpu_engine_get_stats(VnpuEngine *e, VnpuEngineStats *out)
 {
     pthread_mutex_lock(&e->lock);
     *out = e->stats;
+    out->host_mem_peak = __atomic_load_n(&e->host_mem_peak, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&e->lock);
 }

@@ -212,6 +212,8 @@ struct VnpuEngine {
     uint64_t busy_until[VNPU_UNIT_COUNT];  /* H2D, D2H (COMPUTE unused: per core below) */
     uint64_t core_busy_until[VNPU_ENGINE_MAX_CORES];
 
+    uint64_t host_mem_used;     /* atomic: bounce bytes held by all cores */
+    uint64_t host_mem_peak;     /* atomic: most of it at once */
     uint32_t scratch, control;
     VnpuLatch *latch;           /* [latch_readers], per reader of 64-bit registers */
     unsigned latch_readers;

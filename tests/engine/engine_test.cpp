@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fake_host.h"
+#include "program_builder.h"
 
 extern "C" {
 #include "vnpu_hw.h"
@@ -1840,6 +1841,84 @@ TEST_F(MultiQueue, ModelledTimesDoNotDependOnHostSpeed) {
   auto slow = workload(300);
   ASSERT_EQ(fast.size(), 9u);
   EXPECT_EQ(fast, slow);
+}
+
+// ---- host memory bound -----------------------------------------------------------------------------------
+
+// Regression: an EXEC operand that is physically scattered (aliased page tables) went through a bounce buffer of
+// its full size, for every operand of the op (64 per op, per core), so a guest could make one CONCAT allocate
+// tens of GiB of host memory. Bounce buffers now stay within a core's share of host_mem_max.
+TEST_F(Engine, ExecBounceBuffersStayWithinTheCoresShareOfHostMemMax) {
+  constexpr uint64_t kMiB = 1 << 20;
+  constexpr uint64_t kInVa = 0, kOutVa = 4 * kMiB, kProgVa = 16 * kMiB, kBindVa = kProgVa + 0x10000;
+  constexpr uint64_t kWVa = kProgVa + 0x20000;
+  constexpr uint32_t kFloats = kMiB / 4;
+  ProgramBuilder b;
+  b.binding(VNPU_ISA_BIND_WEIGHTS, 256);  // every program has exactly one
+  uint32_t in = b.binding(VNPU_ISA_BIND_INPUT, kMiB), out = b.binding(VNPU_ISA_BIND_OUTPUT, 4 * kMiB);
+  uint32_t t[4];
+  for (auto& x : t)
+    x = b.tensor(in, 0, {kFloats});
+  uint32_t y = b.tensor(out, 0, {4 * kFloats});
+  vnpu_isa_axis ax{};
+  b.op(VNPU_ISA_OP_CONCAT, {t[0], t[1], t[2], t[3]}, {y}, &ax);
+  const std::vector<uint8_t> prog = b.bytes();
+  const uint64_t binds[3] = {kWVa, kInVa, kOutVa};
+
+  auto run_with = [&](uint64_t host_mem_max, uint32_t cores = 1) {
+    VnpuEngineConfig cfg{};
+    cfg.host_mem_max = host_mem_max;
+    cfg.compute_cores = cores;
+    create(cfg);
+    enable();
+    // Context 1: every operand page alternates between two physical pages, so none is contiguous.
+    uint64_t r1 = pt_alloc();
+    for (uint64_t va = 0; va < 8 * kMiB; va += VNPU_MMU_PAGE_SIZE)
+      map(r1, va, (va < kOutVa ? 0x800000 : 0xa00000) + (va / VNPU_MMU_PAGE_SIZE % 2) * VNPU_MMU_PAGE_SIZE);
+    map(r1, kProgVa, 0x900000);
+    map(r1, kBindVa, 0x910000);
+    map(r1, kWVa, 0x920000);
+    set_ctx(1, r1);
+    wr(VNPU_REG_MMU_INVALIDATE, 1);
+    std::memcpy(host_.ptr(kData), prog.data(), prog.size());
+    std::memcpy(host_.ptr(kData + 0x10000), binds, sizeof(binds));
+    EXPECT_EQ(run_one({dma(VNPU_OPC_DMA_H2D, sgl1(0, kData, uint32_t(prog.size())), 1, 0, 0x900000, prog.size(), false),
+                       dma(VNPU_OPC_DMA_H2D, sgl1(1, kData + 0x10000, 24), 1, 0, 0x910000, 24, true)})
+                  .status,
+              VNPU_CPL_OK);
+    vnpu_hw_cmd x{};
+    x.opcode = VNPU_OPC_EXEC;
+    x.flags = VNPU_CMD_F_LAST;
+    x.ctx_id = 1;
+    x.exec.prog_addr = kProgVa;
+    x.exec.prog_len = uint32_t(prog.size());
+    x.exec.bindings_addr = kBindVa;
+    x.exec.num_bindings = 3;
+    uint16_t st = run_one({x}).status;
+    VnpuEngineStats stats;
+    vnpu_engine_get_stats(engine_.get(), &stats);
+    return std::make_pair(st, stats.host_mem_peak);
+  };
+  // 4 MiB of inputs and 4 MiB of output to gather: within a 16 MiB share it runs, bouncing 8 MiB.
+  auto [ok, ok_peak] = run_with(16 * kMiB);
+  EXPECT_EQ(ok, VNPU_CPL_OK);
+  EXPECT_EQ(ok_peak, 8 * kMiB);
+  // Within 4 MiB it is refused, and the engine never held more than that.
+  auto [refused, peak] = run_with(4 * kMiB);
+  EXPECT_EQ(refused, VNPU_CPL_PROGRAM_INVALID);
+  EXPECT_LE(peak, 4 * kMiB);
+  // Cores share it: with two, each command gets half (deterministic, whatever the other core does).
+  EXPECT_EQ(run_with(16 * kMiB, 2).first, VNPU_CPL_OK);
+  EXPECT_EQ(run_with(12 * kMiB, 2).first, VNPU_CPL_PROGRAM_INVALID);
+}
+
+TEST(EngineConfig, HostMemMaxDefaultsToOneGibAndRejectsLessThanOneMib) {
+  VnpuEngineConfig cfg{};
+  ASSERT_EQ(vnpu_engine_config_finalize(&cfg), 0);
+  EXPECT_EQ(cfg.host_mem_max, 1ull << 30);
+  VnpuEngineConfig small{};
+  small.host_mem_max = (1 << 20) - 1;
+  EXPECT_NE(vnpu_engine_config_finalize(&small), 0);
 }
 
 // ---- SIGNAL (interface 1.1) ----------------------------------------------------------------------------------

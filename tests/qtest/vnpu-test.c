@@ -539,9 +539,19 @@ static void test_sg_dma(void)
     /* The queue works on. */
     g_assert_cmpuint(status_of(v, cmd_nop(4, true)), ==, VNPU_CPL_OK);
 
-    /* Bus mastering off: DMA faults. */
+    /* Bus mastering off: the command fetch fails (SQ_FETCH), nothing is written to guest memory. */
     qpci_config_writew(v->dev, PCI_COMMAND, qpci_config_readw(v->dev, PCI_COMMAND) & ~PCI_COMMAND_MASTER);
-    qwr(v, 0, VNPU_QREG_SQ_TAIL, (v->sq_tail + 0) % v->sq_size); /* nothing new */
+    {
+        struct vnpu_hw_cmd nop = cmd_nop(5, true);
+
+        submit(v, &nop, 1);
+        for (int i = 0; i < 200 && !qrd(v, 0, VNPU_QREG_ERROR); i++) {
+            qtest_clock_step(v->qts, 100000);
+            g_usleep(1000);
+        }
+        g_assert_cmpuint(qrd(v, 0, VNPU_QREG_ERROR), ==, VNPU_QERR_SQ_FETCH);
+        g_assert(!pop(v, &c));
+    }
     vnpu_stop(v);
 }
 
