@@ -1695,6 +1695,36 @@ TEST_F(Mmu, PhysicallyScatteredOperandsComputeCorrectly) {
   EXPECT_EQ(std::memcmp(host_.ptr(kData + 0x80000), ref.data(), ref.size() * 4), 0);
 }
 
+// Regression: checking a transfer's pages walked every page table entry of it (up to 2^24 for one DMA command)
+// without looking at cancellation, so a disable, reset or unplug waited for the whole walk. Now it stops at the
+// next page.
+TEST_F(Mmu, APageWalkStopsAtTheNextPageWhenTheJobIsCancelled) {
+  // Context 1: 256 virtual pages alternating between two physical pages: every page is its own run and walk.
+  for (uint64_t va = 0; va < 256 * VNPU_MMU_PAGE_SIZE; va += VNPU_MMU_PAGE_SIZE)
+    map(r1_, va, 0x800000 + (va / VNPU_MMU_PAGE_SIZE % 2) * VNPU_MMU_PAGE_SIZE);
+  wr(VNPU_REG_MMU_INVALIDATE, 1);
+  std::atomic<int> pt_reads{0}, after_cancel{0};
+  std::atomic<bool> cancelled{false};
+  host_.on_read([&](uint64_t addr, size_t) {
+    if (addr < kPtPool || addr >= kPtPool + 0x100000)
+      return;
+    if (cancelled.load()) {
+      after_cancel++;
+    } else if (++pt_reads == 20) {
+      cancelled = true;
+      qwr(VNPU_QREG_CTRL, 0);  // the driver disables the queue mid-walk
+    }
+  });
+  submit({in_ctx(dma(VNPU_OPC_DMA_D2H, sgl1(0, kData, 256 << 16), 1, 0, 0, 256 << 16, true, 7), 1)});
+  run();
+  host_.on_read(nullptr);
+  vnpu_hw_cpl c{};
+  ASSERT_TRUE(pop(&c));
+  EXPECT_EQ(c.status, VNPU_CPL_ABORTED);
+  EXPECT_TRUE(cancelled.load());
+  EXPECT_LE(after_cancel.load(), 8);  // the rest of the page being walked, not the remaining pages
+}
+
 TEST_F(Mmu, MappedBytesTelemetryCountsValidLeafEntries) {
   wr(VNPU_REG_MMU_INVALIDATE, 0xffffffff);
   vnpu_engine_wait_idle(engine_.get());
