@@ -792,6 +792,7 @@ static void test_reset_in_flight(void)
     Vnpu *v = vnpu_start("");
     g_autofree uint8_t *pattern = g_malloc(0x100000);
     struct vnpu_hw_cpl c;
+    gint64 t0;
 
     memset(pattern, 0xa5, 0x100000);
     qtest_memwrite(v->qts, DATA_BASE, pattern, 0x100000);
@@ -800,7 +801,10 @@ static void test_reset_in_flight(void)
     submit_long_job(v, 1000000000);
     qtest_clock_step(v->qts, 200000); /* the H2D has ended, the SYNTH runs */
     g_usleep(20000);
-    wr(v, VNPU_REG_RESET, VNPU_RESET_MAGIC);
+    t0 = g_get_monotonic_time();
+    wr(v, VNPU_REG_RESET, VNPU_RESET_MAGIC); /* under the BQL: returns when no engine can DMA any more */
+    g_test_message("device reset with a job in flight: %" PRId64 " us in the register write",
+                   g_get_monotonic_time() - t0);
     for (int i = 0; i < 1000 && !(rd(v, VNPU_REG_STATUS) & VNPU_STATUS_READY); i++) {
         g_usleep(1000);
     }
@@ -877,6 +881,8 @@ static void test_unplug_in_flight(void)
     qpci_config_writew(port, exp + PCI_EXP_SLTCTL, sltctl);
     qtest_qmp_eventwait(v->qts, "DEVICE_DELETED");
     /* Bounded (the engine waits at most 2 s for its workers), and nothing reaches guest memory afterwards. */
+    g_test_message("unplug with a job in flight: %" PRId64 " ms from slot power-off to DEVICE_DELETED",
+                   (g_get_monotonic_time() - t0) / 1000);
     g_assert_cmpint(g_get_monotonic_time() - t0, <, 10 * G_USEC_PER_SEC);
     qtest_memset(v->qts, CQ_BASE, 0, 16 * sizeof(struct vnpu_hw_cpl));
     qtest_memset(v->qts, DATA_BASE + 0x80000, 0, 0x1000);
