@@ -423,7 +423,7 @@ static VnpuQueue *pick_queue(VnpuEngine *e)
 {
     VnpuQueue *best = NULL;
 
-    if ((e->control & VNPU_CONTROL_FETCH_PAUSE) || !vnpu_reset_settled(e)) {
+    if ((e->control & VNPU_CONTROL_FETCH_PAUSE) || !vnpu_reset_settled(e) || !vnpu_cp_may_run(e)) {
         return NULL; /* after a device reset, nothing new until the old jobs are let go */
     }
     for (unsigned n = 0; n < e->cfg.num_queues; n++) {
@@ -702,12 +702,13 @@ void *vnpu_cp_main(void *opaque)
     while (!e->stopping) {
         VnpuQueue *q;
 
-        if (e->recount_pending) {
+        if (e->recount_pending && vnpu_cp_may_run(e)) {
             recount(e);
             continue;
         }
         /* A job is fetched whole before arbitration moves on, as long as its commands are visible. */
-        q = sticky && sticky->open && vnpu_queue_fetchable(e, sticky) && !(e->control & VNPU_CONTROL_FETCH_PAUSE)
+        q = sticky && sticky->open && vnpu_queue_fetchable(e, sticky) &&
+                    !(e->control & VNPU_CONTROL_FETCH_PAUSE) && vnpu_cp_may_run(e)
                 ? sticky
                 : pick_queue(e);
         if (!q) {

@@ -117,12 +117,14 @@ int vnpu_engine_config_finalize(VnpuEngineConfig *cfg)
     DEFAULT(d2h_latency_ns, VNPU_ENGINE_DEFAULT_D2H_LATENCY_NS);
     DEFAULT(op_overhead_ns, VNPU_ENGINE_DEFAULT_OP_OVERHEAD_NS);
     DEFAULT(devmem_gbps, VNPU_ENGINE_DEFAULT_DEVMEM_GBPS);
+    DEFAULT(host_mem_max, VNPU_ENGINE_DEFAULT_HOST_MEM_MAX);
     if (cfg->devmem_size % VNPU_MMU_PAGE_SIZE || cfg->devmem_size > VNPU_ENGINE_DEVMEM_MAX ||
         cfg->num_queues > VNPU_ENGINE_MAX_QUEUES || !is_pow2(cfg->ring_max) || cfg->ring_max < 2 ||
         cfg->ring_max > VNPU_ENGINE_RING_MAX_LIMIT || cfg->num_contexts > VNPU_ENGINE_MAX_CONTEXTS ||
         cfg->compute_cores > VNPU_ENGINE_MAX_CORES || cfg->fi_kind > VNPU_FI_CORRUPT_CPL ||
         cfg->fi_rate_ppm > 1000000u || cfg->h2d_mbps == VNPU_CFG_ZERO || cfg->d2h_mbps == VNPU_CFG_ZERO ||
-        cfg->compute_gflops == VNPU_CFG_ZERO || cfg->devmem_gbps == VNPU_CFG_ZERO) {
+        cfg->compute_gflops == VNPU_CFG_ZERO || cfg->devmem_gbps == VNPU_CFG_ZERO ||
+        cfg->host_mem_max < VNPU_ENGINE_MIN_HOST_MEM_MAX) {
         return -EINVAL;
     }
     return 0;
@@ -188,10 +190,12 @@ void vnpu_engine_rearm(VnpuEngine *e)
 
 bool vnpu_engine_quiescent(VnpuEngine *e)
 {
-    if (e->cp_busy || e->running || e->compute_dispatching || e->recount_pending) {
+    bool cp = vnpu_cp_may_run(e);
+
+    if (e->cp_busy || e->running || e->compute_dispatching || (cp && e->recount_pending)) {
         return false;
     }
-    if (!(e->control & VNPU_CONTROL_FETCH_PAUSE)) {
+    if (cp && !(e->control & VNPU_CONTROL_FETCH_PAUSE)) {
         for (unsigned i = 0; i < e->cfg.num_queues; i++) {
             if (vnpu_queue_fetchable(e, &e->queues[i])) {
                 return false;
@@ -206,18 +210,30 @@ bool vnpu_engine_quiescent(VnpuEngine *e)
     return true;
 }
 
-/* Wait (bounded) until the workers have done everything they can: a worker stuck on the transport must not deadlock us. */
-static void wait_quiescent_bounded(VnpuEngine *e)
+/*
+ * Lockstep (icount): one tick waits at most this long for the workers, holding the transport's lock (QEMU: the
+ * BQL). If they are still busy, the tick posts nothing and re-arms at the same virtual time: guest time does not
+ * move on until the device is quiescent, yet the lock is released between steps (MMIO, the monitor, unplug and
+ * reset all get through), and what is posted at a virtual time never depends on how fast the host was.
+ */
+#define VNPU_LOCKSTEP_STEP_MS 10
+
+static bool wait_quiescent_step(VnpuEngine *e)
 {
     struct timespec until;
 
     clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 5;
+    until.tv_nsec += VNPU_LOCKSTEP_STEP_MS * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
     while (!vnpu_engine_quiescent(e)) {
         if (pthread_cond_timedwait(&e->idle_cond, &e->lock, &until) == ETIMEDOUT) {
-            break;
+            return vnpu_engine_quiescent(e);
         }
     }
+    return true;
 }
 
 void vnpu_queue_set_error(VnpuEngine *e, VnpuQueue *q, uint32_t err)
@@ -364,8 +380,11 @@ static void queue_cq_doorbell(VnpuEngine *e, VnpuQueue *q, uint32_t head)
         return;
     }
     q->cq_head = head;
-    /* Completions held back by a full ring can go now. */
+    /* Completions held back by a full ring can go now; in lockstep, fetching held back by it too. */
     vnpu_engine_rearm(e);
+    if (e->lockstep) {
+        arm_at(e, e->host.clock_ns(e->host.opaque));
+    }
     pthread_cond_broadcast(&e->work_cond);
 }
 
@@ -665,6 +684,9 @@ static void global_write(VnpuEngine *e, uint64_t offset, uint32_t val)
         }
         __atomic_store_n(&e->control, val & (VNPU_CONTROL_TIMING_ONLY | VNPU_CONTROL_FETCH_PAUSE),
                          __ATOMIC_RELAXED);
+        if (e->lockstep) {
+            arm_at(e, e->host.clock_ns(e->host.opaque)); /* FETCH_PAUSE cleared: fetch at the next tick */
+        }
         pthread_cond_broadcast(&e->work_cond);
         break;
     case VNPU_REG_CTX_TABLE_LO:
@@ -686,6 +708,9 @@ static void global_write(VnpuEngine *e, uint64_t offset, uint32_t val)
             break;
         }
         vnpu_mmu_flush(e, val);
+        if (e->lockstep) {
+            arm_at(e, e->host.clock_ns(e->host.opaque)); /* the CP recounts MAPPED_BYTES in the next tick */
+        }
         pthread_cond_broadcast(&e->work_cond);
         break;
     case VNPU_REG_FI_KIND:
@@ -779,10 +804,16 @@ void vnpu_engine_tick(VnpuEngine *e)
 
     pthread_mutex_lock(&e->lock);
     e->armed = VNPU_NO_DEADLINE; /* the transport's timer has fired (or never was armed) */
-    if (e->lockstep) {
-        wait_quiescent_bounded(e);
-    }
     now = e->host.clock_ns(e->host.opaque);
+    if (e->lockstep) {
+        e->fetch_window = true; /* the CP fetches what is visible now, then the tick goes on */
+        pthread_cond_broadcast(&e->work_cond);
+    }
+    if (e->lockstep && !wait_quiescent_step(e)) {
+        arm_at(e, now); /* still working: again at the same virtual time, nothing posted */
+        pthread_mutex_unlock(&e->lock);
+        return;
+    }
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
         VnpuQueue *q = &e->queues[i];
 
@@ -862,8 +893,12 @@ void vnpu_engine_tick(VnpuEngine *e)
         }
     }
     vnpu_engine_rearm(e);
-    if (e->lockstep && !vnpu_engine_quiescent(e)) {
-        arm_at(e, now + (e->cfg.cmd_overhead_ns ? e->cfg.cmd_overhead_ns : 1000)); /* bounded wait gave up */
+    if (e->lockstep) {
+        if (!vnpu_engine_quiescent(e)) {
+            arm_at(e, now); /* posting let more work start (CQ space): settle it before time moves on */
+        } else {
+            e->fetch_window = false; /* until the next tick: doorbells and invalidations arm one */
+        }
     }
     for (unsigned v = 0; v < 32; v++) {
         if (raise & (1u << v)) {
@@ -1242,6 +1277,10 @@ void vnpu_engine_set_lockstep(VnpuEngine *e, int on)
 {
     pthread_mutex_lock(&e->lock);
     e->lockstep = on != 0;
+    e->fetch_window = false;
+    if (e->lockstep) {
+        arm_at(e, e->host.clock_ns(e->host.opaque)); /* anything already visible is fetched at the next tick */
+    }
     pthread_mutex_unlock(&e->lock);
 }
 
@@ -1254,5 +1293,6 @@ void vnpu_engine_get_stats(VnpuEngine *e, VnpuEngineStats *out)
 {
     pthread_mutex_lock(&e->lock);
     *out = e->stats;
+    out->host_mem_peak = __atomic_load_n(&e->host_mem_peak, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&e->lock);
 }

@@ -188,6 +188,14 @@ bool vnpu_mmu_check(const VnpuExec *x, uint64_t va, uint64_t len, bool write, ui
         return false;
     }
     while (len) {
+        /*
+         * A transfer may span 2^24 pages, each a table walk: a disable, reset or unplug stops it at the next
+         * page (the job is then reported ABORTED, not faulted).
+         */
+        if (vnpu_exec_cancelled(x)) {
+            *fault = va;
+            return false;
+        }
         if (!vnpu_mmu_translate(x, va, len, write, &pa, &run, fault)) {
             return false;
         }
@@ -203,6 +211,10 @@ bool vnpu_mmu_copy(const VnpuExec *x, uint64_t va, void *buf, uint64_t len, bool
     uint64_t pa, run;
 
     while (len) {
+        if (vnpu_exec_cancelled(x)) {
+            *fault = va;
+            return false;
+        }
         if (!vnpu_mmu_translate(x, va, len, to_device, &pa, &run, fault)) {
             return false;
         }

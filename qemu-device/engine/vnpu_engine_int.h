@@ -202,6 +202,11 @@ struct VnpuEngine {
     unsigned dma_inflight;
     bool paused;
     bool lockstep;
+    /*
+     * Lockstep: the CP fetches (and recounts) only while a tick has this open, so what it fetches, in which
+     * order, and when SQ_HEAD/telemetry change, is decided at tick times: a function of the guest's actions.
+     */
+    bool fetch_window;
     bool cp_busy;               /* CP is fetching outside the lock */
     bool compute_dispatching;   /* a core is preparing the compute FIFO head (keeps modelled order) */
     unsigned running;           /* commands executing outside the lock */
@@ -212,6 +217,8 @@ struct VnpuEngine {
     uint64_t busy_until[VNPU_UNIT_COUNT];  /* H2D, D2H (COMPUTE unused: per core below) */
     uint64_t core_busy_until[VNPU_ENGINE_MAX_CORES];
 
+    uint64_t host_mem_used;     /* atomic: bounce bytes held by all cores */
+    uint64_t host_mem_peak;     /* atomic: most of it at once */
     uint32_t scratch, control;
     VnpuLatch *latch;           /* [latch_readers], per reader of 64-bit registers */
     unsigned latch_readers;
@@ -271,6 +278,11 @@ void vnpu_queue_set_error(VnpuEngine *e, VnpuQueue *q, uint32_t err);
 bool vnpu_queue_fetchable(const VnpuEngine *e, const VnpuQueue *q);
 void vnpu_engine_rearm(VnpuEngine *e);
 bool vnpu_engine_quiescent(VnpuEngine *e);
+/* Whether the CP may fetch or recount now (always, except in lockstep between ticks). Lock held. */
+static inline bool vnpu_cp_may_run(const VnpuEngine *e)
+{
+    return !e->lockstep || e->fetch_window;
+}
 
 /* A worker thread's last call: the last one out of an abandoned engine frees it. Takes and drops e->lock. */
 void vnpu_worker_exit(VnpuEngine *e);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fake_host.h"
+#include "program_builder.h"
 
 extern "C" {
 #include "vnpu_hw.h"
@@ -1036,7 +1037,7 @@ TEST_F(Timing, LockstepArmsAtTheDoorbellAndTickWaitsForTheWorker) {
   vnpu_engine_tick(engine_.get());  // waits for the worker, then knows the job's modelled end
   EXPECT_EQ(qrd(VNPU_QREG_JOBS_DONE), 0u);
   uint64_t d = host_.take_deadline();
-  if (d == t0) {  // the worker's own re-arm raced the tick's: one spurious tick, then the real one
+  for (int i = 0; i < 1000 && d == t0; i++) {  // workers still busy after one step: again at the same time
     vnpu_engine_tick(engine_.get());
     d = host_.take_deadline();
   }
@@ -1046,6 +1047,47 @@ TEST_F(Timing, LockstepArmsAtTheDoorbellAndTickWaitsForTheWorker) {
   vnpu_hw_cpl c{};
   ASSERT_TRUE(pop(&c));
   EXPECT_EQ(c.t_end - c.t_start, kH2dNs + kMmNs + kD2hNs);
+}
+
+// Regression: under icount a lockstep tick waited up to 5 s for busy workers while holding QEMU's BQL, then let
+// virtual time move on 1 us (the record then appeared later than modelled, depending on host speed). Now one
+// tick waits one bounded step, posts nothing and comes back at the same virtual time.
+TEST_F(Timing, LockstepTickWaitsOneStepThenRetriesAtTheSameVirtualTime) {
+  vnpu_engine_set_lockstep(engine_.get(), 1);
+  enable();
+  std::atomic<bool> stuck{false}, release{false};
+  host_.on_read([&](uint64_t addr, size_t) {
+    if (addr >= kData && addr < kData + 0x10000 && !stuck.exchange(true)) {
+      while (!release.load())
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  const uint64_t t0 = host_.now();
+  submit({dma(VNPU_OPC_DMA_H2D, sgl1(0, kData, kH2dBytes), 1, 0, 0, kH2dBytes, true, 1)});
+  EXPECT_EQ(host_.take_deadline(), t0);
+  vnpu_engine_tick(engine_.get());  // opens fetching: the job is fetched and its H2D gets stuck
+  while (!stuck.load())
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  host_.take_deadline();
+  host_.set_clock(t0 + kH2dNs);  // virtual time reached the modelled end while the host is still copying
+  const auto w0 = std::chrono::steady_clock::now();
+  vnpu_engine_tick(engine_.get());
+  const auto waited = std::chrono::steady_clock::now() - w0;
+  EXPECT_LT(waited, std::chrono::seconds(3));            // one step (10 ms), not 5 s
+  EXPECT_EQ(host_.take_deadline(), t0 + kH2dNs);          // the same virtual time again, not later
+  EXPECT_EQ(qrd(VNPU_QREG_JOBS_DONE), 0u);
+  vnpu_engine_tick(engine_.get());                        // still stuck: the same again
+  EXPECT_EQ(host_.take_deadline(), t0 + kH2dNs);
+  release = true;
+  uint64_t d = t0 + kH2dNs;
+  for (int i = 0; i < 1000 && d == t0 + kH2dNs && qrd(VNPU_QREG_JOBS_DONE) == 0; i++) {
+    vnpu_engine_tick(engine_.get());
+    d = host_.take_deadline();
+  }
+  vnpu_hw_cpl c{};
+  ASSERT_TRUE(pop(&c));
+  EXPECT_EQ(c.t_end - c.t_start, kH2dNs);  // exactly the model, however long the host took
+  host_.on_read(nullptr);
 }
 
 // ---- reset and teardown ----------------------------------------------------------------------------------
@@ -1653,6 +1695,36 @@ TEST_F(Mmu, PhysicallyScatteredOperandsComputeCorrectly) {
   EXPECT_EQ(std::memcmp(host_.ptr(kData + 0x80000), ref.data(), ref.size() * 4), 0);
 }
 
+// Regression: checking a transfer's pages walked every page table entry of it (up to 2^24 for one DMA command)
+// without looking at cancellation, so a disable, reset or unplug waited for the whole walk. Now it stops at the
+// next page.
+TEST_F(Mmu, APageWalkStopsAtTheNextPageWhenTheJobIsCancelled) {
+  // Context 1: 256 virtual pages alternating between two physical pages: every page is its own run and walk.
+  for (uint64_t va = 0; va < 256 * VNPU_MMU_PAGE_SIZE; va += VNPU_MMU_PAGE_SIZE)
+    map(r1_, va, 0x800000 + (va / VNPU_MMU_PAGE_SIZE % 2) * VNPU_MMU_PAGE_SIZE);
+  wr(VNPU_REG_MMU_INVALIDATE, 1);
+  std::atomic<int> pt_reads{0}, after_cancel{0};
+  std::atomic<bool> cancelled{false};
+  host_.on_read([&](uint64_t addr, size_t) {
+    if (addr < kPtPool || addr >= kPtPool + 0x100000)
+      return;
+    if (cancelled.load()) {
+      after_cancel++;
+    } else if (++pt_reads == 20) {
+      cancelled = true;
+      qwr(VNPU_QREG_CTRL, 0);  // the driver disables the queue mid-walk
+    }
+  });
+  submit({in_ctx(dma(VNPU_OPC_DMA_D2H, sgl1(0, kData, 256 << 16), 1, 0, 0, 256 << 16, true, 7), 1)});
+  run();
+  host_.on_read(nullptr);
+  vnpu_hw_cpl c{};
+  ASSERT_TRUE(pop(&c));
+  EXPECT_EQ(c.status, VNPU_CPL_ABORTED);
+  EXPECT_TRUE(cancelled.load());
+  EXPECT_LE(after_cancel.load(), 8);  // the rest of the page being walked, not the remaining pages
+}
+
 TEST_F(Mmu, MappedBytesTelemetryCountsValidLeafEntries) {
   wr(VNPU_REG_MMU_INVALIDATE, 0xffffffff);
   vnpu_engine_wait_idle(engine_.get());
@@ -1840,6 +1912,84 @@ TEST_F(MultiQueue, ModelledTimesDoNotDependOnHostSpeed) {
   auto slow = workload(300);
   ASSERT_EQ(fast.size(), 9u);
   EXPECT_EQ(fast, slow);
+}
+
+// ---- host memory bound -----------------------------------------------------------------------------------
+
+// Regression: an EXEC operand that is physically scattered (aliased page tables) went through a bounce buffer of
+// its full size, for every operand of the op (64 per op, per core), so a guest could make one CONCAT allocate
+// tens of GiB of host memory. Bounce buffers now stay within a core's share of host_mem_max.
+TEST_F(Engine, ExecBounceBuffersStayWithinTheCoresShareOfHostMemMax) {
+  constexpr uint64_t kMiB = 1 << 20;
+  constexpr uint64_t kInVa = 0, kOutVa = 4 * kMiB, kProgVa = 16 * kMiB, kBindVa = kProgVa + 0x10000;
+  constexpr uint64_t kWVa = kProgVa + 0x20000;
+  constexpr uint32_t kFloats = kMiB / 4;
+  ProgramBuilder b;
+  b.binding(VNPU_ISA_BIND_WEIGHTS, 256);  // every program has exactly one
+  uint32_t in = b.binding(VNPU_ISA_BIND_INPUT, kMiB), out = b.binding(VNPU_ISA_BIND_OUTPUT, 4 * kMiB);
+  uint32_t t[4];
+  for (auto& x : t)
+    x = b.tensor(in, 0, {kFloats});
+  uint32_t y = b.tensor(out, 0, {4 * kFloats});
+  vnpu_isa_axis ax{};
+  b.op(VNPU_ISA_OP_CONCAT, {t[0], t[1], t[2], t[3]}, {y}, &ax);
+  const std::vector<uint8_t> prog = b.bytes();
+  const uint64_t binds[3] = {kWVa, kInVa, kOutVa};
+
+  auto run_with = [&](uint64_t host_mem_max, uint32_t cores = 1) {
+    VnpuEngineConfig cfg{};
+    cfg.host_mem_max = host_mem_max;
+    cfg.compute_cores = cores;
+    create(cfg);
+    enable();
+    // Context 1: every operand page alternates between two physical pages, so none is contiguous.
+    uint64_t r1 = pt_alloc();
+    for (uint64_t va = 0; va < 8 * kMiB; va += VNPU_MMU_PAGE_SIZE)
+      map(r1, va, (va < kOutVa ? 0x800000 : 0xa00000) + (va / VNPU_MMU_PAGE_SIZE % 2) * VNPU_MMU_PAGE_SIZE);
+    map(r1, kProgVa, 0x900000);
+    map(r1, kBindVa, 0x910000);
+    map(r1, kWVa, 0x920000);
+    set_ctx(1, r1);
+    wr(VNPU_REG_MMU_INVALIDATE, 1);
+    std::memcpy(host_.ptr(kData), prog.data(), prog.size());
+    std::memcpy(host_.ptr(kData + 0x10000), binds, sizeof(binds));
+    EXPECT_EQ(run_one({dma(VNPU_OPC_DMA_H2D, sgl1(0, kData, uint32_t(prog.size())), 1, 0, 0x900000, prog.size(), false),
+                       dma(VNPU_OPC_DMA_H2D, sgl1(1, kData + 0x10000, 24), 1, 0, 0x910000, 24, true)})
+                  .status,
+              VNPU_CPL_OK);
+    vnpu_hw_cmd x{};
+    x.opcode = VNPU_OPC_EXEC;
+    x.flags = VNPU_CMD_F_LAST;
+    x.ctx_id = 1;
+    x.exec.prog_addr = kProgVa;
+    x.exec.prog_len = uint32_t(prog.size());
+    x.exec.bindings_addr = kBindVa;
+    x.exec.num_bindings = 3;
+    uint16_t st = run_one({x}).status;
+    VnpuEngineStats stats;
+    vnpu_engine_get_stats(engine_.get(), &stats);
+    return std::make_pair(st, stats.host_mem_peak);
+  };
+  // 4 MiB of inputs and 4 MiB of output to gather: within a 16 MiB share it runs, bouncing 8 MiB.
+  auto [ok, ok_peak] = run_with(16 * kMiB);
+  EXPECT_EQ(ok, VNPU_CPL_OK);
+  EXPECT_EQ(ok_peak, 8 * kMiB);
+  // Within 4 MiB it is refused, and the engine never held more than that.
+  auto [refused, peak] = run_with(4 * kMiB);
+  EXPECT_EQ(refused, VNPU_CPL_PROGRAM_INVALID);
+  EXPECT_LE(peak, 4 * kMiB);
+  // Cores share it: with two, each command gets half (deterministic, whatever the other core does).
+  EXPECT_EQ(run_with(16 * kMiB, 2).first, VNPU_CPL_OK);
+  EXPECT_EQ(run_with(12 * kMiB, 2).first, VNPU_CPL_PROGRAM_INVALID);
+}
+
+TEST(EngineConfig, HostMemMaxDefaultsToOneGibAndRejectsLessThanOneMib) {
+  VnpuEngineConfig cfg{};
+  ASSERT_EQ(vnpu_engine_config_finalize(&cfg), 0);
+  EXPECT_EQ(cfg.host_mem_max, 1ull << 30);
+  VnpuEngineConfig small{};
+  small.host_mem_max = (1 << 20) - 1;
+  EXPECT_NE(vnpu_engine_config_finalize(&small), 0);
 }
 
 // ---- SIGNAL (interface 1.1) ----------------------------------------------------------------------------------
@@ -2073,6 +2223,43 @@ TEST_F(Signal, DeviceResetDropsPendingSignalRecords) {
   wr(VNPU_REG_RESET, VNPU_RESET_MAGIC);
   run();
   EXPECT_TRUE(drain(0).empty());
+}
+
+// Regression: under lockstep the command processor fetched as soon as a doorbell was rung, so which queue's job
+// it took first (and when SQ_HEAD moved) depended on host thread timing, not on the guest. Now it fetches at
+// ticks: three queues rung one after the other give one trace however fast the host is.
+TEST_F(MultiQueue, ArbitrationUnderLockstepDependsOnlyOnTheGuest) {
+  auto workload = [&](unsigned jitter_us) {
+    make(3, 1);
+    vnpu_engine_set_lockstep(engine_.get(), 1);
+    const uint64_t t0 = host_.now();
+    for (unsigned q = 0; q < 3; q++)
+      open_queue(q, 0);
+    uint64_t s = sgl1(0, kData, 4096);
+    host_.set_jitter(jitter_us);
+    std::vector<uint32_t> heads;
+    for (unsigned q = 0; q < 3; q++) {
+      for (unsigned j = 0; j < 3; j++)
+        put(q, {dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0x10000 * (q * 3 + j), 4096, false, q * 10 + j),
+                synth(500 + 100 * q, q * 10 + j)},
+            false);
+      qwr(VNPU_QREG_SQ_TAIL, rings_[q].tail, q);  // doorbells at one virtual time, in guest order
+      heads.push_back(qrd(VNPU_QREG_SQ_HEAD, q));  // what the guest sees right after its doorbell
+    }
+    run();
+    std::vector<std::tuple<unsigned, uint64_t, uint64_t, uint64_t>> trace;
+    for (unsigned q = 0; q < 3; q++)
+      for (auto& c : drain(q))
+        trace.emplace_back(q, c.tag, c.t_start - t0, c.t_end - t0);
+    for (uint32_t h : heads)
+      trace.emplace_back(99, h, 0, 0);
+    host_.set_jitter(0);
+    return trace;
+  };
+  auto first = workload(0);
+  ASSERT_EQ(first.size(), 12u);
+  for (unsigned jitter : {200u, 0u, 500u, 0u, 300u, 0u})
+    EXPECT_EQ(workload(jitter), first) << "jitter " << jitter;
 }
 
 TEST_F(MultiQueue, SignalTracesAreIdenticalUnderLockstepWhateverTheHostSpeed) {

@@ -539,9 +539,19 @@ static void test_sg_dma(void)
     /* The queue works on. */
     g_assert_cmpuint(status_of(v, cmd_nop(4, true)), ==, VNPU_CPL_OK);
 
-    /* Bus mastering off: DMA faults. */
+    /* Bus mastering off: the command fetch fails (SQ_FETCH), nothing is written to guest memory. */
     qpci_config_writew(v->dev, PCI_COMMAND, qpci_config_readw(v->dev, PCI_COMMAND) & ~PCI_COMMAND_MASTER);
-    qwr(v, 0, VNPU_QREG_SQ_TAIL, (v->sq_tail + 0) % v->sq_size); /* nothing new */
+    {
+        struct vnpu_hw_cmd nop = cmd_nop(5, true);
+
+        submit(v, &nop, 1);
+        for (int i = 0; i < 200 && !qrd(v, 0, VNPU_QREG_ERROR); i++) {
+            qtest_clock_step(v->qts, 100000);
+            g_usleep(1000);
+        }
+        g_assert_cmpuint(qrd(v, 0, VNPU_QREG_ERROR), ==, VNPU_QERR_SQ_FETCH);
+        g_assert(!pop(v, &c));
+    }
     vnpu_stop(v);
 }
 
@@ -782,6 +792,7 @@ static void test_reset_in_flight(void)
     Vnpu *v = vnpu_start("");
     g_autofree uint8_t *pattern = g_malloc(0x100000);
     struct vnpu_hw_cpl c;
+    gint64 t0;
 
     memset(pattern, 0xa5, 0x100000);
     qtest_memwrite(v->qts, DATA_BASE, pattern, 0x100000);
@@ -790,7 +801,10 @@ static void test_reset_in_flight(void)
     submit_long_job(v, 1000000000);
     qtest_clock_step(v->qts, 200000); /* the H2D has ended, the SYNTH runs */
     g_usleep(20000);
-    wr(v, VNPU_REG_RESET, VNPU_RESET_MAGIC);
+    t0 = g_get_monotonic_time();
+    wr(v, VNPU_REG_RESET, VNPU_RESET_MAGIC); /* under the BQL: returns when no engine can DMA any more */
+    g_test_message("device reset with a job in flight: %" PRId64 " us in the register write",
+                   g_get_monotonic_time() - t0);
     for (int i = 0; i < 1000 && !(rd(v, VNPU_REG_STATUS) & VNPU_STATUS_READY); i++) {
         g_usleep(1000);
     }
@@ -867,6 +881,8 @@ static void test_unplug_in_flight(void)
     qpci_config_writew(port, exp + PCI_EXP_SLTCTL, sltctl);
     qtest_qmp_eventwait(v->qts, "DEVICE_DELETED");
     /* Bounded (the engine waits at most 2 s for its workers), and nothing reaches guest memory afterwards. */
+    g_test_message("unplug with a job in flight: %" PRId64 " ms from slot power-off to DEVICE_DELETED",
+                   (g_get_monotonic_time() - t0) / 1000);
     g_assert_cmpint(g_get_monotonic_time() - t0, <, 10 * G_USEC_PER_SEC);
     qtest_memset(v->qts, CQ_BASE, 0, 16 * sizeof(struct vnpu_hw_cpl));
     qtest_memset(v->qts, DATA_BASE + 0x80000, 0, 0x1000);
