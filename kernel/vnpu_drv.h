@@ -155,6 +155,8 @@ struct vnpu_ctx {
  * @cq_head: next completion ring index to consume (wrapped)
  * @cq_phase: phase bit value of a valid completion in this pass
  * @next_tag: last tag handed out (tags are never 0)
+ * @db_deferred: a doorbell write waits for the submitting task's unplug
+ * @doorbells: SQ_TAIL doorbell writes (sysfs doorbells)
  * @pending: jobs ready to run, not yet on the ring (FIFO)
  * @hw: jobs on the ring, in ring order
  * @njobs: jobs on @pending and @hw
@@ -188,6 +190,8 @@ struct vnpu_hwq {
 	u32 cq_head;
 	u16 cq_phase;
 	u64 next_tag;
+	bool db_deferred;
+	atomic64_t doorbells;
 
 	struct list_head pending;
 	struct list_head hw;
@@ -416,18 +420,8 @@ struct vnpu_ubo {
 	struct user_struct *user;
 };
 
-/*
- * The device's SIGNAL command (interface 1.1). Until include/vnpu_hw.h has
- * it, the values of the device specification.
- */
-#ifndef VNPU_CAP_SIGNAL
-#define VNPU_CAP_SIGNAL BIT(8)
-#define VNPU_OPC_SIGNAL 0x03
-#define VNPU_CPL_F_SIGNAL BIT(1)
-#define VNPU_MAX_SIGNALS_PER_JOB 4
-#endif
-
 struct vnpu_signal_event;
+struct vnpu_fixed;
 
 enum vnpu_job_state {
 	VNPU_JOB_WAITING, /* on squeue->waiting */
@@ -468,6 +462,7 @@ enum vnpu_job_state {
  * @sig_cmd: per SIGNAL command, its index in @cmds (in command order)
  * @nsignals: SIGNAL commands in the job
  * @signals_sent: SIGNAL events sent so far (reached, in order)
+ * @fixed: io_uring registered-buffer range of the command (IORING_URING_CMD_FIXED), or NULL
  * @ucmd: io_uring command to complete, or NULL (@fence_lock)
  * @result: for a job in sq->waits, its result record, stored there in
  *          place of the job when it completes
@@ -516,6 +511,7 @@ struct vnpu_job {
 	u8 sig_cmd[DRM_VNPU_MAX_SIGNALS];
 	u8 nsignals;
 	u8 signals_sent;
+	struct vnpu_fixed *fixed;
 	struct io_uring_cmd *ucmd;
 	struct vnpu_result *result;
 	u32 requeues;
