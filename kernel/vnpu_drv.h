@@ -20,6 +20,7 @@
 #define VNPU_DRV_H
 
 #include <linux/atomic.h>
+#include <linux/dma-direction.h>
 #include <linux/dma-fence.h>
 #include <linux/idr.h>
 #include <linux/interrupt.h>
@@ -155,7 +156,9 @@ struct vnpu_ctx {
  * @cq_head: next completion ring index to consume (wrapped)
  * @cq_phase: phase bit value of a valid completion in this pass
  * @next_tag: last tag handed out (tags are never 0)
- * @db_deferred: a doorbell write waits for the submitting task's unplug
+ * @db_cb: an unplug callback for this queue is registered in a task's block
+ *         plug (it holds a DRM device reference)
+ * @db_owed: jobs written to the ring since the last doorbell write
  * @doorbells: SQ_TAIL doorbell writes (sysfs doorbells)
  * @pending: jobs ready to run, not yet on the ring (FIFO)
  * @hw: jobs on the ring, in ring order
@@ -190,7 +193,8 @@ struct vnpu_hwq {
 	u32 cq_head;
 	u16 cq_phase;
 	u64 next_tag;
-	bool db_deferred;
+	bool db_cb;
+	u32 db_owed;
 	atomic64_t doorbells;
 
 	struct list_head pending;
@@ -419,6 +423,14 @@ struct vnpu_ubo {
 	u32 flags;
 	struct user_struct *user;
 };
+
+/* How a USERPTR object is DMA-mapped: the device only reads a read-only one. */
+static inline enum dma_data_direction
+vnpu_ubo_dma_dir(const struct vnpu_ubo *ubo)
+{
+	return ubo->flags & DRM_VNPU_USERPTR_READ_ONLY ? DMA_TO_DEVICE :
+							 DMA_BIDIRECTIONAL;
+}
 
 struct vnpu_signal_event;
 struct vnpu_fixed;

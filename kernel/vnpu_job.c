@@ -88,6 +88,7 @@ struct vnpu_signal_event {
 /**
  * struct vnpu_fixed - the io_uring registered-buffer range of one SUBMIT
  * command (IORING_URING_CMD_FIXED), DMA-mapped for its job's copies
+ * @mapped: @sgt is DMA-mapped (until the job completes)
  * @dev: the DMA device
  * @pages: the range's pages, a reference each (held until the job is freed,
  *         as io_uring may unpin its buffer when the command is cancelled)
@@ -99,6 +100,7 @@ struct vnpu_signal_event {
  * @len: bytes of the range
  */
 struct vnpu_fixed {
+	bool mapped;
 	struct device *dev;
 	struct page **pages;
 	unsigned int npages;
@@ -273,6 +275,30 @@ static void vnpu_uring_task_done(struct io_uring_cmd *cmd,
 }
 
 /*
+ * The device is done with the job's user memory: make what it wrote visible
+ * to the CPU (bounce buffers, non-coherent caches) before anyone learns the
+ * job completed. USERPTR objects stay mapped for later jobs; the registered
+ * buffer range is the job's alone.
+ */
+static void vnpu_job_sync_user_memory(struct vnpu_job *job)
+{
+	struct device *dev = job->vdev->drm.dev;
+	struct vnpu_ubo *ubo;
+	u32 i;
+
+	for (i = 0; i < job->nobjs; i++) {
+		ubo = vnpu_ubo_from_gem(job->objs[i]);
+		if (ubo && !(ubo->flags & DRM_VNPU_USERPTR_READ_ONLY))
+			dma_sync_sgtable_for_cpu(dev, &ubo->sgt,
+						 DMA_BIDIRECTIONAL);
+	}
+	if (job->fixed && job->fixed->mapped) {
+		dma_unmap_sgtable(dev, &job->fixed->sgt, DMA_BIDIRECTIONAL, 0);
+		job->fixed->mapped = false;
+	}
+}
+
+/*
  * The job and every earlier job of its queue are done: publish the result
  * (report, statistics, fence, event, CQE) and release what it used. Drops
  * the queue's reference. Process context.
@@ -298,6 +324,7 @@ static void vnpu_job_complete(struct vnpu_job *job)
 	 * learns the job completed, so that a waiter sees closed objects (and
 	 * device memory deferred until the context is idle) already released.
 	 */
+	vnpu_job_sync_user_memory(job);
 	vnpu_job_drop_objs(job);
 	if (job->accounted) {
 		job->accounted = false;
@@ -788,6 +815,9 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 		}
 		sgl_dma = ubo->sgl_dma;
 		sgl_count = ubo->sgl_count;
+		/* What the caller wrote since the last job reaches the device. */
+		dma_sync_sgtable_for_device(drm->dev, &ubo->sgt,
+					    vnpu_ubo_dma_dir(ubo));
 	} else {
 		drm_dbg(drm, "submit: handle %u is not a BO\n", c->bo_handle);
 		return -EINVAL;
@@ -1202,44 +1232,47 @@ static void vnpu_unplug(struct blk_plug_cb *cb, bool from_schedule)
 	struct drm_device *drm = &q->vdev->drm;
 	int idx;
 
-	if (drm_dev_enter(drm, &idx)) {
-		spin_lock(&q->lock);
-		if (q->db_deferred && !q->stopped && !q->dead) {
+	spin_lock(&q->lock);
+	q->db_cb = false;
+	if (q->db_owed && drm_dev_enter(drm, &idx)) {
+		if (!q->stopped && !q->dead) {
 			atomic64_inc(&q->doorbells);
 			vnpu_qwr(q, VNPU_QREG_SQ_TAIL,
 				 q->sq_tail & (q->entries - 1));
 		}
-		q->db_deferred = false;
-		spin_unlock(&q->lock);
 		drm_dev_exit(idx);
 	}
+	q->db_owed = 0;
+	spin_unlock(&q->lock);
 	drm_dev_put(drm);
 	kfree(cb);
 }
+
+/* Jobs at most one doorbell write waits for. */
+#define VNPU_DB_BATCH 16
 
 /*
  * Tell the device about new ring entries. A task that submits several
  * io_uring commands at once runs under a block plug (io_uring plugs
  * IORING_OP_URING_CMD batches, as for NVMe passthrough): its doorbell
  * writes wait until the plug is flushed (end of the batch, or the task
- * sleeping), so that one write covers every SQE of the batch. q->lock held.
+ * sleeping), so that one write covers up to VNPU_DB_BATCH jobs of the
+ * batch; the bound keeps the device busy and the hang watchdog honest
+ * during a long batch. Anything else rings at once. q->lock held.
  */
 static void vnpu_hwq_doorbell(struct vnpu_hwq *q)
 {
-	struct blk_plug_cb *cb;
-
-	if (q->db_deferred)
-		return;
 	if (current->plug && in_task()) {
-		cb = blk_check_plugged(vnpu_unplug, q, sizeof(*cb));
-		if (cb) {
-			/* A new callback holds the device until it runs. */
-			if (!q->db_deferred)
-				drm_dev_get(&q->vdev->drm);
-			q->db_deferred = true;
-			return;
+		/* The callback holds the device until it has run. */
+		if (!q->db_cb && blk_check_plugged(vnpu_unplug, q,
+						   sizeof(struct blk_plug_cb))) {
+			drm_dev_get(&q->vdev->drm);
+			q->db_cb = true;
 		}
+		if (q->db_cb && ++q->db_owed < VNPU_DB_BATCH)
+			return;
 	}
+	q->db_owed = 0;
 	atomic64_inc(&q->doorbells);
 	/* writel() orders the ring writes before the doorbell. */
 	vnpu_qwr(q, VNPU_QREG_SQ_TAIL, q->sq_tail & (q->entries - 1));
@@ -2409,10 +2442,10 @@ static void vnpu_fixed_free(struct vnpu_fixed *f)
 	if (f->sgl)
 		dma_free_coherent(f->dev, f->sgl_count * sizeof(*f->sgl),
 				  f->sgl, f->sgl_dma);
-	if (f->sgt.sgl) {
+	if (f->mapped)
 		dma_unmap_sgtable(f->dev, &f->sgt, DMA_BIDIRECTIONAL, 0);
+	if (f->sgt.sgl)
 		sg_free_table(&f->sgt);
-	}
 	for (i = 0; i < f->npages; i++) {
 		/* The device may have written it. */
 		set_page_dirty_lock(f->pages[i]);
@@ -2495,11 +2528,9 @@ static struct vnpu_fixed *vnpu_fixed_create(struct io_uring_cmd *cmd,
 	if (ret)
 		goto err;
 	ret = dma_map_sgtable(dev, &f->sgt, DMA_BIDIRECTIONAL, 0);
-	if (ret) {
-		sg_free_table(&f->sgt);
-		f->sgt.sgl = NULL;
+	if (ret)
 		goto err;
-	}
+	f->mapped = true;
 	if (f->sgt.nents > VNPU_SGL_MAX) {
 		ret = -E2BIG;
 		goto err;
