@@ -20,6 +20,7 @@
 #define VNPU_DRV_H
 
 #include <linux/atomic.h>
+#include <linux/dma-direction.h>
 #include <linux/dma-fence.h>
 #include <linux/idr.h>
 #include <linux/interrupt.h>
@@ -155,6 +156,10 @@ struct vnpu_ctx {
  * @cq_head: next completion ring index to consume (wrapped)
  * @cq_phase: phase bit value of a valid completion in this pass
  * @next_tag: last tag handed out (tags are never 0)
+ * @db_cb: an unplug callback for this queue is registered in a task's block
+ *         plug (it holds a DRM device reference)
+ * @db_owed: jobs written to the ring since the last doorbell write
+ * @doorbells: SQ_TAIL doorbell writes (sysfs doorbells)
  * @pending: jobs ready to run, not yet on the ring (FIFO)
  * @hw: jobs on the ring, in ring order
  * @njobs: jobs on @pending and @hw
@@ -188,6 +193,9 @@ struct vnpu_hwq {
 	u32 cq_head;
 	u16 cq_phase;
 	u64 next_tag;
+	bool db_cb;
+	u32 db_owed;
+	atomic64_t doorbells;
 
 	struct list_head pending;
 	struct list_head hw;
@@ -416,18 +424,16 @@ struct vnpu_ubo {
 	struct user_struct *user;
 };
 
-/*
- * The device's SIGNAL command (interface 1.1). Until include/vnpu_hw.h has
- * it, the values of the device specification.
- */
-#ifndef VNPU_CAP_SIGNAL
-#define VNPU_CAP_SIGNAL BIT(8)
-#define VNPU_OPC_SIGNAL 0x03
-#define VNPU_CPL_F_SIGNAL BIT(1)
-#define VNPU_MAX_SIGNALS_PER_JOB 4
-#endif
+/* How a USERPTR object is DMA-mapped: the device only reads a read-only one. */
+static inline enum dma_data_direction
+vnpu_ubo_dma_dir(const struct vnpu_ubo *ubo)
+{
+	return ubo->flags & DRM_VNPU_USERPTR_READ_ONLY ? DMA_TO_DEVICE :
+							 DMA_BIDIRECTIONAL;
+}
 
 struct vnpu_signal_event;
+struct vnpu_fixed;
 
 enum vnpu_job_state {
 	VNPU_JOB_WAITING, /* on squeue->waiting */
@@ -468,6 +474,7 @@ enum vnpu_job_state {
  * @sig_cmd: per SIGNAL command, its index in @cmds (in command order)
  * @nsignals: SIGNAL commands in the job
  * @signals_sent: SIGNAL events sent so far (reached, in order)
+ * @fixed: io_uring registered-buffer range of the command (IORING_URING_CMD_FIXED), or NULL
  * @ucmd: io_uring command to complete, or NULL (@fence_lock)
  * @result: for a job in sq->waits, its result record, stored there in
  *          place of the job when it completes
@@ -516,6 +523,7 @@ struct vnpu_job {
 	u8 sig_cmd[DRM_VNPU_MAX_SIGNALS];
 	u8 nsignals;
 	u8 signals_sent;
+	struct vnpu_fixed *fixed;
 	struct io_uring_cmd *ucmd;
 	struct vnpu_result *result;
 	u32 requeues;

@@ -458,12 +458,6 @@ static void vnpu_ubo_unpin(struct vnpu_ubo *ubo, unsigned long npinned)
 				    !(ubo->flags & DRM_VNPU_USERPTR_READ_ONLY));
 }
 
-static enum dma_data_direction vnpu_ubo_dir(const struct vnpu_ubo *ubo)
-{
-	return ubo->flags & DRM_VNPU_USERPTR_READ_ONLY ? DMA_TO_DEVICE :
-							 DMA_BIDIRECTIONAL;
-}
-
 static void vnpu_ubo_free(struct drm_gem_object *obj)
 {
 	struct vnpu_ubo *ubo = container_of(obj, struct vnpu_ubo, base);
@@ -474,7 +468,7 @@ static void vnpu_ubo_free(struct drm_gem_object *obj)
 		dma_free_coherent(dev, ubo->sgl_count * sizeof(*ubo->sgl),
 				  ubo->sgl, ubo->sgl_dma);
 	if (ubo->sgt.sgl) {
-		dma_unmap_sgtable(dev, &ubo->sgt, vnpu_ubo_dir(ubo), 0);
+		dma_unmap_sgtable(dev, &ubo->sgt, vnpu_ubo_dma_dir(ubo), 0);
 		sg_free_table(&ubo->sgt);
 	}
 	if (ubo->pages) {
@@ -548,7 +542,7 @@ static int vnpu_ubo_map(struct vnpu_ubo *ubo)
 						GFP_KERNEL_ACCOUNT);
 	if (ret)
 		return ret;
-	ret = dma_map_sgtable(dev, &ubo->sgt, vnpu_ubo_dir(ubo), 0);
+	ret = dma_map_sgtable(dev, &ubo->sgt, vnpu_ubo_dma_dir(ubo), 0);
 	if (ret) {
 		sg_free_table(&ubo->sgt);
 		ubo->sgt.sgl = NULL;

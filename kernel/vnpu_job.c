@@ -18,6 +18,7 @@
  * A watchdog per hardware queue polls for completions whose interrupt went
  * missing and resets a queue that made no progress for job_timeout_ms.
  */
+#include <linux/blkdev.h>
 #include <linux/capability.h>
 #include <linux/dma-mapping.h>
 #include <linux/highmem.h>
@@ -84,10 +85,37 @@ struct vnpu_signal_event {
 	struct drm_vnpu_event_signal ev;
 };
 
+/**
+ * struct vnpu_fixed - the io_uring registered-buffer range of one SUBMIT
+ * command (IORING_URING_CMD_FIXED), DMA-mapped for its job's copies
+ * @mapped: @sgt is DMA-mapped (until the job completes)
+ * @dev: the DMA device
+ * @pages: the range's pages, a reference each (held until the job is freed,
+ *         as io_uring may unpin its buffer when the command is cancelled)
+ * @npages: entries in @pages
+ * @sgt: their DMA mapping
+ * @sgl: scatter-gather list for the device, in coherent DMA memory
+ * @sgl_dma: its DMA address
+ * @sgl_count: entries in @sgl
+ * @len: bytes of the range
+ */
+struct vnpu_fixed {
+	bool mapped;
+	struct device *dev;
+	struct page **pages;
+	unsigned int npages;
+	struct sg_table sgt;
+	struct vnpu_hw_sge *sgl;
+	dma_addr_t sgl_dma;
+	u32 sgl_count;
+	u64 len;
+};
+
 enum { VNPU_ENG_H2D, VNPU_ENG_COMPUTE, VNPU_ENG_D2H };
 
 static void vnpu_hwq_feed(struct vnpu_hwq *q);
 static void vnpu_jobs_done(struct list_head *jobs);
+static void vnpu_fixed_free(struct vnpu_fixed *f);
 
 /* ---- fences and job lifetime --------------------------------------------- */
 
@@ -116,6 +144,8 @@ static void vnpu_fence_release(struct dma_fence *f)
 	struct vnpu_device *vdev = job->vdev;
 	unsigned int i;
 
+	if (job->fixed)
+		vnpu_fixed_free(job->fixed);
 	/* Events of a job that was never queued (a failed SUBMIT). */
 	for (i = 0; i < job->nsignals; i++)
 		if (job->sig_ev[i])
@@ -245,6 +275,30 @@ static void vnpu_uring_task_done(struct io_uring_cmd *cmd,
 }
 
 /*
+ * The device is done with the job's user memory: make what it wrote visible
+ * to the CPU (bounce buffers, non-coherent caches) before anyone learns the
+ * job completed. USERPTR objects stay mapped for later jobs; the registered
+ * buffer range is the job's alone.
+ */
+static void vnpu_job_sync_user_memory(struct vnpu_job *job)
+{
+	struct device *dev = job->vdev->drm.dev;
+	struct vnpu_ubo *ubo;
+	u32 i;
+
+	for (i = 0; i < job->nobjs; i++) {
+		ubo = vnpu_ubo_from_gem(job->objs[i]);
+		if (ubo && !(ubo->flags & DRM_VNPU_USERPTR_READ_ONLY))
+			dma_sync_sgtable_for_cpu(dev, &ubo->sgt,
+						 DMA_BIDIRECTIONAL);
+	}
+	if (job->fixed && job->fixed->mapped) {
+		dma_unmap_sgtable(dev, &job->fixed->sgt, DMA_BIDIRECTIONAL, 0);
+		job->fixed->mapped = false;
+	}
+}
+
+/*
  * The job and every earlier job of its queue are done: publish the result
  * (report, statistics, fence, event, CQE) and release what it used. Drops
  * the queue's reference. Process context.
@@ -270,6 +324,7 @@ static void vnpu_job_complete(struct vnpu_job *job)
 	 * learns the job completed, so that a waiter sees closed objects (and
 	 * device memory deferred until the context is idle) already released.
 	 */
+	vnpu_job_sync_user_memory(job);
 	vnpu_job_drop_objs(job);
 	if (job->accounted) {
 		job->accounted = false;
@@ -708,7 +763,7 @@ static bool vnpu_zero(const void *p, size_t len)
 
 static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 			   const struct drm_vnpu_cmd_copy *c, bool to_device,
-			   struct vnpu_hw_cmd *hc)
+			   bool fixed, struct vnpu_hw_cmd *hc)
 {
 	struct drm_device *drm = &job->vdev->drm;
 	struct drm_gem_object *obj;
@@ -726,6 +781,24 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 		drm_dbg(drm, "submit: copy of zero bytes\n");
 		return -EINVAL;
 	}
+	if (fixed) {
+		/* The io_uring command's registered-buffer range. */
+		if (!job->fixed || c->bo_handle ||
+		    !vnpu_range_ok(c->bo_offset, c->size, job->fixed->len)) {
+			drm_dbg(drm, "submit: bad registered-buffer copy\n");
+			return -EINVAL;
+		}
+		mem = vnpu_job_lookup_mem(job, file, c->mem_handle);
+		if (IS_ERR(mem))
+			return PTR_ERR(mem);
+		if (!vnpu_range_ok(c->mem_offset, c->size, mem->base.size)) {
+			drm_dbg(drm, "submit: copy range outside its objects\n");
+			return -EINVAL;
+		}
+		sgl_dma = job->fixed->sgl_dma;
+		sgl_count = job->fixed->sgl_count;
+		goto build;
+	}
 	/* A BO_CREATE BO or USERPTR memory. */
 	obj = vnpu_job_lookup(job, file, c->bo_handle);
 	if (IS_ERR(obj))
@@ -742,6 +815,9 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 		}
 		sgl_dma = ubo->sgl_dma;
 		sgl_count = ubo->sgl_count;
+		/* What the caller wrote since the last job reaches the device. */
+		dma_sync_sgtable_for_device(drm->dev, &ubo->sgt,
+					    vnpu_ubo_dma_dir(ubo));
 	} else {
 		drm_dbg(drm, "submit: handle %u is not a BO\n", c->bo_handle);
 		return -EINVAL;
@@ -756,6 +832,7 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 		return -EINVAL;
 	}
 
+build:
 	hc->opcode = to_device ? VNPU_OPC_DMA_H2D : VNPU_OPC_DMA_D2H;
 	hc->dma.sgl_addr = vnpu_hw64(sgl_dma);
 	hc->dma.sgl_count = vnpu_hw32(sgl_count);
@@ -903,15 +980,19 @@ static int vnpu_build_cmd(struct vnpu_job *job, struct drm_file *file,
 {
 	struct drm_device *drm = &job->vdev->drm;
 
-	if (uc->flags) {
-		drm_dbg(drm, "submit: command flags not zero\n");
+	bool copy = uc->op == DRM_VNPU_OP_COPY_TO_DEVICE ||
+		    uc->op == DRM_VNPU_OP_COPY_FROM_DEVICE;
+	bool fixed = uc->flags & DRM_VNPU_CMD_F_FIXED;
+
+	if (uc->flags & ~(copy ? DRM_VNPU_CMD_F_FIXED : 0)) {
+		drm_dbg(drm, "submit: command flags 0x%x\n", uc->flags);
 		return -EINVAL;
 	}
 	switch (uc->op) {
 	case DRM_VNPU_OP_COPY_TO_DEVICE:
-		return vnpu_build_copy(job, file, &uc->copy, true, hc);
+		return vnpu_build_copy(job, file, &uc->copy, true, fixed, hc);
 	case DRM_VNPU_OP_COPY_FROM_DEVICE:
-		return vnpu_build_copy(job, file, &uc->copy, false, hc);
+		return vnpu_build_copy(job, file, &uc->copy, false, fixed, hc);
 	case DRM_VNPU_OP_MATMUL:
 		return vnpu_build_matmul(job, file, &uc->matmul, hc);
 	case DRM_VNPU_OP_EXEC:
@@ -958,6 +1039,7 @@ struct vnpu_batch {
 	u32 count;
 	u64 first_seqno;
 	bool want_results;
+	struct vnpu_fixed *fixed;
 };
 
 /* Resolve one dependency to a fence (or a known failure) of this file. */
@@ -1048,6 +1130,9 @@ static int vnpu_job_build(struct vnpu_job *job, struct vnpu_batch *b,
 		return -EINVAL;
 	}
 
+	/* The job owns the registered-buffer range (one job per command). */
+	job->fixed = b->fixed;
+	b->fixed = NULL;
 	job->user_data = uj->user_data;
 	job->ncmds = uj->cmd_count;
 	job->cmds = kcalloc(job->ncmds, sizeof(*job->cmds),
@@ -1140,6 +1225,59 @@ static struct vnpu_job *vnpu_job_alloc(struct vnpu_batch *b, u64 seqno)
 
 /* ---- the hardware queue --------------------------------------------------- */
 
+/* The submitting task's plug is flushed: ring the doorbells it held back. */
+static void vnpu_unplug(struct blk_plug_cb *cb, bool from_schedule)
+{
+	struct vnpu_hwq *q = cb->data;
+	struct drm_device *drm = &q->vdev->drm;
+	int idx;
+
+	spin_lock(&q->lock);
+	q->db_cb = false;
+	if (q->db_owed && drm_dev_enter(drm, &idx)) {
+		if (!q->stopped && !q->dead) {
+			atomic64_inc(&q->doorbells);
+			vnpu_qwr(q, VNPU_QREG_SQ_TAIL,
+				 q->sq_tail & (q->entries - 1));
+		}
+		drm_dev_exit(idx);
+	}
+	q->db_owed = 0;
+	spin_unlock(&q->lock);
+	drm_dev_put(drm);
+	kfree(cb);
+}
+
+/* Jobs at most one doorbell write waits for. */
+#define VNPU_DB_BATCH 16
+
+/*
+ * Tell the device about new ring entries. A task that submits several
+ * io_uring commands at once runs under a block plug (io_uring plugs
+ * IORING_OP_URING_CMD batches, as for NVMe passthrough): its doorbell
+ * writes wait until the plug is flushed (end of the batch, or the task
+ * sleeping), so that one write covers up to VNPU_DB_BATCH jobs of the
+ * batch; the bound keeps the device busy and the hang watchdog honest
+ * during a long batch. Anything else rings at once. q->lock held.
+ */
+static void vnpu_hwq_doorbell(struct vnpu_hwq *q)
+{
+	if (current->plug && in_task()) {
+		/* The callback holds the device until it has run. */
+		if (!q->db_cb && blk_check_plugged(vnpu_unplug, q,
+						   sizeof(struct blk_plug_cb))) {
+			drm_dev_get(&q->vdev->drm);
+			q->db_cb = true;
+		}
+		if (q->db_cb && ++q->db_owed < VNPU_DB_BATCH)
+			return;
+	}
+	q->db_owed = 0;
+	atomic64_inc(&q->doorbells);
+	/* writel() orders the ring writes before the doorbell. */
+	vnpu_qwr(q, VNPU_QREG_SQ_TAIL, q->sq_tail & (q->entries - 1));
+}
+
 /* Write pending jobs to the command ring while they fit. q->lock held. */
 static void vnpu_hwq_feed(struct vnpu_hwq *q)
 {
@@ -1181,8 +1319,7 @@ static void vnpu_hwq_feed(struct vnpu_hwq *q)
 
 	if (!written)
 		return;
-	/* writel() orders the ring writes before the doorbell. */
-	vnpu_qwr(q, VNPU_QREG_SQ_TAIL, q->sq_tail & mask);
+	vnpu_hwq_doorbell(q);
 	queue_delayed_work(system_wq, &q->watchdog,
 			   msecs_to_jiffies(max(vnpu_watchdog_ms, 10u)));
 }
@@ -1799,7 +1936,7 @@ static void vnpu_submit_commit(struct vnpu_batch *b)
 }
 
 static int vnpu_batch_begin(struct vnpu_batch *b, struct drm_file *file,
-			    u32 queue_id, u32 count)
+			    u32 queue_id, u32 count, bool nowait)
 {
 	memset(b, 0, sizeof(*b));
 	b->file = file;
@@ -1819,7 +1956,13 @@ static int vnpu_batch_begin(struct vnpu_batch *b, struct drm_file *file,
 		return -ENOMEM;
 	}
 	b->count = count;
-	mutex_lock(&b->sq->submit_lock);
+	if (!nowait) {
+		mutex_lock(&b->sq->submit_lock);
+	} else if (!mutex_trylock(&b->sq->submit_lock)) {
+		kfree(b->jobs);
+		vnpu_squeue_put(b->sq);
+		return -EAGAIN;
+	}
 	if (b->sq->detached) {
 		mutex_unlock(&b->sq->submit_lock);
 		kfree(b->jobs);
@@ -2053,7 +2196,8 @@ int vnpu_submit_ioctl(struct drm_device *drm, void *data,
 		goto out_free;
 	}
 
-	ret = vnpu_batch_begin(&b, file, args->queue_id, args->job_count);
+	ret = vnpu_batch_begin(&b, file, args->queue_id, args->job_count,
+			       false);
 	if (ret)
 		goto out_exit;
 	if (!(args->flags & DRM_VNPU_SUBMIT_F_EVENT)) {
@@ -2291,25 +2435,167 @@ static void vnpu_uring_cancel(struct io_uring_cmd *cmd,
 	vnpu_job_put(job);
 }
 
+static void vnpu_fixed_free(struct vnpu_fixed *f)
+{
+	unsigned int i;
+
+	if (f->sgl)
+		dma_free_coherent(f->dev, f->sgl_count * sizeof(*f->sgl),
+				  f->sgl, f->sgl_dma);
+	if (f->mapped)
+		dma_unmap_sgtable(f->dev, &f->sgt, DMA_BIDIRECTIONAL, 0);
+	if (f->sgt.sgl)
+		sg_free_table(&f->sgt);
+	for (i = 0; i < f->npages; i++) {
+		/* The device may have written it. */
+		set_page_dirty_lock(f->pages[i]);
+		put_page(f->pages[i]);
+	}
+	kvfree(f->pages);
+	kfree(f);
+}
+
+/*
+ * Take the pages of [@addr, @addr + @len) of the command's registered
+ * buffer (io_uring checks the range) and map them for the device.
+ */
+static struct vnpu_fixed *vnpu_fixed_create(struct io_uring_cmd *cmd,
+					    struct device *dev, u64 addr,
+					    u32 len)
+{
+	const struct bio_vec *bv;
+	struct iov_iter iter;
+	struct vnpu_fixed *f;
+	size_t skip, left, off0 = 0;
+	struct scatterlist *sg;
+	unsigned int i, max;
+	int ret;
+
+	ret = io_uring_cmd_import_fixed(addr, len, ITER_DEST, &iter, cmd);
+	if (ret)
+		return ERR_PTR(ret);
+	if (!iov_iter_is_bvec(&iter))
+		return ERR_PTR(-EINVAL);
+
+	f = kzalloc(sizeof(*f), GFP_KERNEL_ACCOUNT);
+	if (!f)
+		return ERR_PTR(-ENOMEM);
+	f->dev = dev;
+	f->len = len;
+	max = (len >> PAGE_SHIFT) + 2;
+	f->pages = kvmalloc_array(max, sizeof(*f->pages), GFP_KERNEL_ACCOUNT);
+	if (!f->pages) {
+		ret = -ENOMEM;
+		goto err;
+	}
+
+	/* Registered buffers are page runs: only the ends may be partial. */
+	bv = iter.bvec;
+	skip = iter.iov_offset;
+	left = len;
+	while (left) {
+		size_t off = bv->bv_offset + skip;
+		size_t n = min_t(size_t, left, bv->bv_len - skip);
+		struct page *page = nth_page(bv->bv_page, off >> PAGE_SHIFT);
+		unsigned int k, cnt;
+
+		off &= ~PAGE_MASK;
+		if (f->npages && off) {
+			ret = -EINVAL;
+			goto err;
+		}
+		if (!f->npages)
+			off0 = off;
+		cnt = DIV_ROUND_UP(off + n, PAGE_SIZE);
+		if (f->npages + cnt > max ||
+		    (left > n && ((off + n) & ~PAGE_MASK))) {
+			ret = -EINVAL;
+			goto err;
+		}
+		for (k = 0; k < cnt; k++) {
+			f->pages[f->npages] = nth_page(page, k);
+			get_page(f->pages[f->npages++]);
+		}
+		left -= n;
+		skip = 0;
+		bv++;
+	}
+
+	ret = sg_alloc_table_from_pages_segment(&f->sgt, f->pages, f->npages,
+						off0, len,
+						dma_get_max_seg_size(dev),
+						GFP_KERNEL_ACCOUNT);
+	if (ret)
+		goto err;
+	ret = dma_map_sgtable(dev, &f->sgt, DMA_BIDIRECTIONAL, 0);
+	if (ret)
+		goto err;
+	f->mapped = true;
+	if (f->sgt.nents > VNPU_SGL_MAX) {
+		ret = -E2BIG;
+		goto err;
+	}
+	f->sgl = dma_alloc_coherent(dev, f->sgt.nents * sizeof(*f->sgl),
+				    &f->sgl_dma, GFP_KERNEL);
+	if (!f->sgl) {
+		ret = -ENOMEM;
+		goto err;
+	}
+	f->sgl_count = f->sgt.nents;
+	for_each_sgtable_dma_sg(&f->sgt, sg, i) {
+		f->sgl[i].addr = vnpu_hw64(sg_dma_address(sg));
+		f->sgl[i].len = vnpu_hw32(sg_dma_len(sg));
+		f->sgl[i].rsvd = 0;
+	}
+	return f;
+
+err:
+	vnpu_fixed_free(f);
+	return ERR_PTR(ret);
+}
+
 #define VNPU_URING_CMD_BYTES \
 	(2 * sizeof(struct io_uring_sqe) - offsetof(struct io_uring_sqe, cmd))
 
-/* Submit the job of an io_uring SUBMIT; 0 or a negative errno. */
+/*
+ * Submit the job of an io_uring SUBMIT; 0 or a negative errno. Takes
+ * @fixed (the registered-buffer range, or NULL). With @nowait (issued
+ * inline, IO_URING_F_NONBLOCK), it does not wait for the queue's submit
+ * lock or the context's creation: -EAGAIN before the command is marked
+ * cancelable, and io_uring issues it again from its worker, which may
+ * block.
+ */
 static int vnpu_uring_submit(struct io_uring_cmd *cmd, struct drm_file *file,
-			     struct drm_vnpu_uring_submit *args)
+			     struct drm_vnpu_uring_submit *args,
+			     struct vnpu_fixed *fixed, bool nowait,
+			     unsigned int issue_flags)
 {
 	struct vnpu_uring_pdu *pdu = io_uring_cmd_to_pdu(cmd,
 							 struct vnpu_uring_pdu);
 	struct drm_device *drm = file->minor->dev;
+	struct vnpu_file *vfile = file->driver_priv;
 	struct vnpu_batch b;
 	struct vnpu_job *job;
 	int idx, ret;
 
-	if (!drm_dev_enter(drm, &idx))
-		return -ENODEV;
-	ret = vnpu_batch_begin(&b, file, args->queue_id, 1);
+	if (!drm_dev_enter(drm, &idx)) {
+		ret = -ENODEV;
+		goto out_free;
+	}
+	if (nowait && !READ_ONCE(vfile->ctx)) {
+		ret = -EAGAIN;
+		goto out_exit;
+	}
+	ret = vnpu_batch_begin(&b, file, args->queue_id, 1, nowait);
 	if (ret)
 		goto out_exit;
+	if (nowait) {
+		/* Marked only now, without a wait (see vnpu_uring_cmd()). */
+		pdu->job = NULL;
+		io_uring_cmd_mark_cancelable(cmd, issue_flags);
+	}
+	b.fixed = fixed;
+	fixed = NULL;
 	ret = vnpu_submit_prepare(&b, &args->job, 0);
 	if (ret)
 		goto out_end;
@@ -2326,9 +2612,15 @@ static int vnpu_uring_submit(struct io_uring_cmd *cmd, struct drm_file *file,
 	smp_store_release(&pdu->job, job);
 	vnpu_submit_commit(&b);
 out_end:
+	/* Still here if no job took it. */
+	if (b.fixed)
+		vnpu_fixed_free(b.fixed);
 	vnpu_batch_end(&b);
 out_exit:
 	drm_dev_exit(idx);
+out_free:
+	if (fixed)
+		vnpu_fixed_free(fixed);
 	return ret;
 }
 
@@ -2337,9 +2629,15 @@ int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 	struct vnpu_uring_pdu *pdu = io_uring_cmd_to_pdu(cmd,
 							 struct vnpu_uring_pdu);
 	struct drm_file *file = cmd->file->private_data;
+	const struct io_uring_sqe *sqe = cmd->sqe;
+	bool fixed = cmd->flags & IORING_URING_CMD_FIXED;
 	u8 payload[VNPU_URING_CMD_BYTES];
 	struct drm_vnpu_uring_submit args;
+	struct vnpu_fixed *vf = NULL;
 	struct drm_device *drm;
+	bool nowait;
+	u64 addr;
+	u32 len;
 	int ret;
 
 	if (issue_flags & IO_URING_F_CANCEL) {
@@ -2361,6 +2659,16 @@ int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 		return -EINVAL;
 	}
 
+	/* The other SQE fields this command could carry. */
+	addr = READ_ONCE(sqe->addr);
+	len = READ_ONCE(sqe->len);
+	if (READ_ONCE(sqe->ioprio) || READ_ONCE(sqe->file_index) ||
+	    (!fixed && (addr || len || READ_ONCE(sqe->buf_index))) ||
+	    (fixed && (!len || len > VNPU_BO_SIZE_MAX))) {
+		drm_dbg(drm, "uring: bad SQE addr/len/buf_index/ioprio\n");
+		return -EINVAL;
+	}
+
 	/* The SQE may be reused once we return: copy it now, once. */
 	memcpy(payload, io_uring_sqe_cmd(cmd->sqe), sizeof(payload));
 	memcpy(&args, payload, sizeof(args));
@@ -2368,6 +2676,33 @@ int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 				     sizeof(payload) - sizeof(args))) {
 		drm_dbg(drm, "uring: flags or trailing command bytes not zero\n");
 		return -EINVAL;
+	}
+
+	if (fixed) {
+		vf = vnpu_fixed_create(cmd, drm->dev, addr, len);
+		if (IS_ERR(vf)) {
+			drm_dbg(drm, "uring: registered buffer: %ld\n",
+				PTR_ERR(vf));
+			return PTR_ERR(vf);
+		}
+	}
+
+	/*
+	 * Issued inline (the ring's uring_lock held, IO_URING_F_NONBLOCK):
+	 * nothing waits; a contended queue gives -EAGAIN before the command
+	 * is marked cancelable, and io_uring issues it again from io-wq.
+	 * Marking takes no lock in this context.
+	 */
+	nowait = (issue_flags & IO_URING_F_NONBLOCK) &&
+		 !(issue_flags & IO_URING_F_UNLOCKED);
+	if (nowait) {
+		ret = vnpu_uring_submit(cmd, file, &args, vf, true,
+					issue_flags);
+		if (ret == -EAGAIN)
+			return -EAGAIN;
+		if (ret)
+			io_uring_cmd_done(cmd, ret, 0, issue_flags);
+		return -EIOCBQUEUED;
 	}
 
 	/*
@@ -2380,7 +2715,7 @@ int vnpu_uring_cmd(struct io_uring_cmd *cmd, unsigned int issue_flags)
 	 */
 	pdu->job = NULL;
 	io_uring_cmd_mark_cancelable(cmd, issue_flags);
-	ret = vnpu_uring_submit(cmd, file, &args);
+	ret = vnpu_uring_submit(cmd, file, &args, vf, false, issue_flags);
 	if (ret)
 		io_uring_cmd_done(cmd, ret, 0, issue_flags);
 	return -EIOCBQUEUED;

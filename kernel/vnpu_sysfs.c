@@ -130,6 +130,21 @@ static ssize_t queues_show(struct device *dev, struct device_attribute *attr,
 }
 static DEVICE_ATTR_RO(queues);
 
+/* SQ_TAIL doorbell writes per hardware queue: "index count" lines. */
+static ssize_t doorbells_show(struct device *dev,
+			      struct device_attribute *attr, char *buf)
+{
+	struct vnpu_device *vdev = vnpu_from_dev(dev);
+	ssize_t len = 0;
+	unsigned int i;
+
+	for (i = 0; i < vdev->num_hwq; i++)
+		len += sysfs_emit_at(buf, len, "%u %lld\n", i,
+				     atomic64_read(&vdev->hwq[i].doorbells));
+	return len;
+}
+static DEVICE_ATTR_RO(doorbells);
+
 static struct attribute *vnpu_attrs[] = {
 	&dev_attr_device_clock_ns.attr,
 	&dev_attr_busy_ns_h2d.attr,
@@ -141,6 +156,7 @@ static struct attribute *vnpu_attrs[] = {
 	&dev_attr_devmem_used.attr,
 	&dev_attr_contexts.attr,
 	&dev_attr_queues.attr,
+	&dev_attr_doorbells.attr,
 	NULL
 };
 

@@ -585,6 +585,20 @@ struct drm_vnpu_event_signal {
 	__u32 pad;
 };
 
+/* ---- io_uring: SQE fields and registered buffers (IORING_URING_CMD_FIXED) -------------------------------- */
+/*
+ * Besides the command area, a DRM_VNPU_URING_CMD_SUBMIT SQE's ioprio and file_index must be 0, and without
+ * IORING_URING_CMD_FIXED in uring_cmd_flags also addr, len and buf_index: else the CQE has -EINVAL.
+ *
+ * With IORING_URING_CMD_FIXED, [addr, addr + len) (len 1 B..2 GiB) must lie inside the ring's registered buffer
+ * buf_index (io_uring_register_buffers; else -EFAULT): copy commands of the job with DRM_VNPU_CMD_F_FIXED in
+ * their flags and bo_handle 0 then DMA straight to or from that memory, bo_offset counted from addr. The
+ * driver holds the pages until the job completes (even if the buffers are unregistered or the command is
+ * cancelled meanwhile). DRM_VNPU_CMD_F_FIXED on any other command, with a bo_handle, or in a SUBMIT without a
+ * registered buffer gives -EINVAL.
+ */
+#define DRM_VNPU_CMD_F_FIXED (1u << 0) /* struct drm_vnpu_cmd.flags of a copy: the SQE's registered buffer */
+
 #if defined(__cplusplus)
 }
 #endif
