@@ -161,6 +161,10 @@ struct vnpu_ctx {
  * @stopped: feeding paused (recovery)
  * @dead: unusable (device removed or queue could not be restarted)
  * @dead_status: errno jobs fail with once @dead
+ * @dead_end: enum drm_vnpu_job_end they fail with once @dead
+ * @reset_head: SQ_HEAD when the device was quiesced for a device reset
+ * @awaiting_reset: its queue reset did not finish; stopped, with every job
+ *                  still on @hw, until the device reset (vnpu_device_recover)
  * @corrupt: a completion with an unknown tag was seen; reset pending
  * @last_progress: jiffies of the last completion or of the ring going busy
  * @watchdog: polls for lost interrupts and hung jobs while jobs are on it
@@ -195,6 +199,9 @@ struct vnpu_hwq {
 	bool stopped;
 	bool dead;
 	int dead_status;
+	u32 dead_end;
+	u32 reset_head;
+	bool awaiting_reset;
 	bool corrupt;
 	unsigned long last_progress;
 	struct delayed_work watchdog;
@@ -234,6 +241,13 @@ struct vnpu_hwq {
  * @zero_dma: its DMA address
  * @zero_sgl: VNPU_ZERO_SGL_ENTRIES list elements, each @zero_buf
  * @zero_sgl_dma: its DMA address
+ * @reset_lock: serialises device resets (vnpu_device_recover, PCI reset
+ *              and error callbacks); taken before any queue's service_lock
+ * @reset_jobs: jobs completed while quiescing, published after restart
+ * @reset_work: runs vnpu_device_recover when a queue reset did not finish
+ * @device_resets: device resets done by recovery
+ * @wedged: the device did not come back from a reset: bus mastering is off,
+ *          every queue is dead, nothing is fed to it until it is rebound
  * @hwq: hardware queues
  */
 struct vnpu_device {
@@ -270,6 +284,12 @@ struct vnpu_device {
 	dma_addr_t zero_dma;
 	struct vnpu_hw_sge *zero_sgl;
 	dma_addr_t zero_sgl_dma;
+
+	struct mutex reset_lock; /* see @reset_lock above */
+	struct list_head reset_jobs;
+	struct work_struct reset_work;
+	atomic64_t device_resets;
+	bool wedged;
 
 	struct vnpu_hwq hwq[VNPU_MAX_HWQ];
 };
@@ -429,6 +449,8 @@ enum vnpu_job_state {
  *          place of the job when it completes
  * @requeues: times the job was put back after a queue reset
  * @aborted: recovery saw an ABORTED completion for it
+ * @started: that ABORTED completion says it had started (t_start < t_end,
+ *           or busy time on an engine): it is never run again
  * @accounted: counted in vdev->inflight and ctx->inflight
  * @status: 0 or negative errno, valid in state DONE
  * @hw_status: enum vnpu_cpl_status, valid in state DONE
@@ -472,6 +494,7 @@ struct vnpu_job {
 	struct vnpu_result *result;
 	u32 requeues;
 	bool aborted;
+	bool started;
 	bool accounted;
 
 	int status;
@@ -570,6 +593,11 @@ extern unsigned int vnpu_max_inflight;
 int vnpu_hwq_init(struct vnpu_device *vdev, struct vnpu_hwq *q, u32 index,
 		  int irq);
 void vnpu_hwq_fini(struct vnpu_hwq *q);
+void vnpu_reset_work(struct work_struct *work);
+void vnpu_device_quiesce(struct vnpu_device *vdev);
+void vnpu_device_restart(struct vnpu_device *vdev, bool reset_done);
+void vnpu_device_recover(struct vnpu_device *vdev);
+void vnpu_device_stop(struct vnpu_device *vdev);
 irqreturn_t vnpu_irq_handler(int irq, void *arg);
 irqreturn_t vnpu_irq_thread(int irq, void *arg);
 void vnpu_ready_work(struct work_struct *work);

@@ -131,6 +131,11 @@ if [ "$vm" = 1 ]; then
 		"driver_test --gtest_brief=1 --gtest_filter=-Bounded.AMillionJobs* && VNPU_BACKEND=kernel runtime_test --gtest_brief=1"
 	run "in-VM, two devices (independent accel0 and accel1)" "$VNPU_ROOT/vnpu" vm --devices 2 --timeout 600 -- \
 		sh -c "driver_test --gtest_brief=1 --gtest_filter='MultiDevice.*' && VNPU_BACKEND=kernel runtime_test --gtest_brief=1"
+	# The second device sits behind a PCIe root port, so that it has a PCI reset method (secondary bus reset);
+	# recovery_test resets, wedges and unbinds it (~30 s).
+	run "in-VM faults, resets and recovery (error codes, escalation, wedge, PCI reset, unbind)" \
+		"$VNPU_ROOT/vnpu" vm --devices 1 --qemu-arg -device --qemu-arg pcie-root-port,id=rp1,chassis=1 \
+		--qemu-arg -device --qemu-arg vnpu,bus=rp1 --timeout 900 -- recovery_test --gtest_brief=1
 fi
 
 echo

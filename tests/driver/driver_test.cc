@@ -1392,7 +1392,11 @@ TEST_F(Job, FailedDependencyCancelsDependent) {
   b.cmds = {nop_cmd()};
   b.deps = {drm_vnpu_dep{0, 0, sa}};
   ASSERT_EQ(api_.submit_jobs({b}, &sb, q1), 0);
-  EXPECT_EQ(api_.wait_status(sb, q1), -ECANCELED);
+  drm_vnpu_wait w{};
+  ASSERT_EQ(api_.wait(sb, deadline_ms(kLongWaitMs), &w, q1), 0);
+  EXPECT_EQ(w.job_status, -ECANCELED);
+  // It never ran, and says why (before: hw_status ABORTED, like a reset).
+  EXPECT_EQ(w.hw_status, uint32_t(DRM_VNPU_JOB_DEP_FAILED));
   EXPECT_EQ(api_.wait_status(sa), -EIO);
   // A dependency that already failed before SUBMIT cancels too.
   ASSERT_EQ(api_.submit_jobs({b}, &sb, q1), 0);
@@ -2115,6 +2119,7 @@ TEST_F(Fault, ComputeHangTimesOutResetsQueueAndOthersKeepRunning) {
   drm_vnpu_wait w{};
   ASSERT_EQ(api_.wait(hung, deadline_ms(kLongWaitMs), &w), 0);
   EXPECT_EQ(w.job_status, -ETIMEDOUT);
+  EXPECT_EQ(w.hw_status, uint32_t(DRM_VNPU_JOB_TIMEOUT));
   EXPECT_GE(monotonic_ns() - t0, 1000000000);  // not before the timeout
   // The job behind the hung one is re-run after the reset and succeeds.
   EXPECT_EQ(api_.wait_status(behind), 0);
@@ -2145,14 +2150,18 @@ std::pair<long, long> queue_fault_counts() {
   return {resets, bad};
 }
 
-TEST_F(Fault, CorruptedCompletionFailsJobWithEioAndQueueRecovers) {
-  // Used to go wrong: a rejected completion record was not counted anywhere (only a rate-limited log line).
+TEST_F(Fault, CorruptedCompletionFailsJobWithEbadmsgAndQueueRecovers) {
+  // Used to go wrong: a rejected completion record was not counted anywhere (only a rate-limited log line);
+  // and its job failed with -EIO and hw_status ABORTED, like a device error or an abort.
   auto [resets, bad] = queue_fault_counts();
   ASSERT_GE(bad, 0) << "debugfs queue_resets lacks the rejected-records column";
   arm(VNPU_FI_CORRUPT_CPL);
   uint64_t s = 0;
   ASSERT_EQ(api_.submit({valid_copy()}, &s), 0);
-  EXPECT_EQ(api_.wait_status(s), -EIO);
+  drm_vnpu_wait w{};
+  ASSERT_EQ(api_.wait(s, deadline_ms(kLongWaitMs), &w), 0);
+  EXPECT_EQ(w.job_status, -EBADMSG);
+  EXPECT_EQ(w.hw_status, uint32_t(DRM_VNPU_JOB_CORRUPT));
   EXPECT_EQ(queue_fault_counts(), std::make_pair(resets + 1, bad + 1));
   MatmulJob mj(api_, 16, 16, 16, 23);
   ASSERT_EQ(api_.submit(mj.cmds(), &s), 0);
@@ -2185,7 +2194,7 @@ TEST_F(Fault, RandomFaultsNeverLoseOrDuplicateCompletions) {
     ASSERT_EQ(io_uring_submit(ring.get()), 300);
     for (const auto& c : reap(ring, 300)) {
       EXPECT_TRUE(seen.insert(c.user_data).second);
-      EXPECT_TRUE(c.res == 0 || c.res == -EIO) << c.res;
+      EXPECT_TRUE(c.res == 0 || c.res == -EIO || c.res == -EBADMSG) << c.res;
       failed += c.res != 0;
     }
   }
