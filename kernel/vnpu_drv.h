@@ -20,6 +20,7 @@
 #define VNPU_DRV_H
 
 #include <linux/atomic.h>
+#include <linux/dma-direction.h>
 #include <linux/dma-fence.h>
 #include <linux/idr.h>
 #include <linux/interrupt.h>
@@ -576,6 +577,8 @@ struct vnpu_mem *vnpu_mem_from_gem(struct drm_gem_object *obj);
 int vnpu_devmem_init(struct vnpu_device *vdev);
 u64 vnpu_devmem_used(struct vnpu_device *vdev);
 void vnpu_mem_release_phys(struct vnpu_mem *mem);
+void vnpu_bo_sync(struct vnpu_bo *bo, u64 off, u64 len, bool for_device,
+		  enum dma_data_direction dir);
 int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
 			 struct drm_file *file);
 int vnpu_bo_info_ioctl(struct drm_device *drm, void *data,

@@ -175,6 +175,52 @@ static int vnpu_bo_build_sgl(struct vnpu_bo *bo)
 	return 0;
 }
 
+/**
+ * vnpu_bo_sync - pass bytes [@off, @off + @len) of a host BO's streaming
+ * mapping to the device (before a transfer) or back to the CPU (after one)
+ * @bo: host BO
+ * @off: byte offset
+ * @len: bytes
+ * @for_device: true before the device accesses the range, false after
+ * @dir: DMA_TO_DEVICE (the device reads) or DMA_FROM_DEVICE (it writes)
+ *
+ * Only the range is synced: other jobs may use other parts of the BO, and
+ * with bounce buffers (swiotlb) a whole-BO sync for the CPU would overwrite
+ * them (and the job reports the driver writes) with stale bounce contents.
+ */
+void vnpu_bo_sync(struct vnpu_bo *bo, u64 off, u64 len, bool for_device,
+		  enum dma_data_direction dir)
+{
+	struct device *dev = bo->base.base.dev->dev;
+	struct sg_table *sgt = bo->base.sgt;
+	struct scatterlist *sg;
+	u64 pos = 0, end = off + len;
+	unsigned int i;
+
+	if (!sgt)
+		return;
+	for_each_sgtable_dma_sg(sgt, sg, i) {
+		u64 seg = sg_dma_len(sg);
+
+		if (pos + seg > off) {
+			u64 s = max(off, pos) - pos;
+			u64 n = min(end, pos + seg) - pos - s;
+
+			if (for_device)
+				dma_sync_single_range_for_device(dev,
+								 sg_dma_address(sg),
+								 s, n, dir);
+			else
+				dma_sync_single_range_for_cpu(dev,
+							      sg_dma_address(sg),
+							      s, n, dir);
+		}
+		pos += seg;
+		if (pos >= end)
+			break;
+	}
+}
+
 int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
 			 struct drm_file *file)
 {

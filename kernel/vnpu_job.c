@@ -145,6 +145,39 @@ static int vnpu_cpl_errno(u32 hw_status)
 	}
 }
 
+/*
+ * Hand the host BO ranges of the job's copy commands to the device (before
+ * it is queued: the caller finished writing its inputs) or back to the CPU
+ * (after it completed, before anyone learns so). Streaming mappings need
+ * this when they bounce (swiotlb) or the CPU caches are not coherent.
+ */
+static void vnpu_job_sync(struct vnpu_job *job, bool for_device)
+{
+	u32 i, k;
+
+	for (i = 0; i < job->ncmds; i++) {
+		const struct vnpu_hw_cmd *c = &job->cmds[i];
+		bool h2d = c->opcode == VNPU_OPC_DMA_H2D;
+
+		if (!h2d && c->opcode != VNPU_OPC_DMA_D2H)
+			continue;
+		if (!for_device && h2d)
+			continue;
+		for (k = 0; k < job->nobjs; k++) {
+			struct vnpu_bo *bo = vnpu_bo_from_gem(job->objs[k]);
+
+			if (bo && bo->sgl_dma == vnpu_cpu64(c->dma.sgl_addr)) {
+				vnpu_bo_sync(bo, vnpu_cpu64(c->dma.sgl_offset),
+					     vnpu_cpu64(c->dma.length),
+					     for_device,
+					     h2d ? DMA_TO_DEVICE :
+						   DMA_FROM_DEVICE);
+				break;
+			}
+		}
+	}
+}
+
 /* Copy into a host BO whose pages are pinned while the job holds it. */
 static void vnpu_bo_write(struct vnpu_bo *bo, u64 off, const void *src,
 			  size_t len)
@@ -214,6 +247,7 @@ static void vnpu_job_complete(struct vnpu_job *job)
 	unsigned int i;
 
 	trace_vnpu_job_complete(job);
+	vnpu_job_sync(job, false);
 	if (job->report_bo)
 		vnpu_job_write_report(job);
 	for (i = 0; i < ARRAY_SIZE(job->busy_ns); i++)
@@ -1043,6 +1077,7 @@ static int vnpu_job_build(struct vnpu_job *job, struct vnpu_batch *b,
 		if (ret)
 			goto out;
 	}
+	vnpu_job_sync(job, true);
 	ret = 0;
 out:
 	kvfree(ucmds);

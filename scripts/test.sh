@@ -131,6 +131,12 @@ if [ "$vm" = 1 ]; then
 		"driver_test --gtest_brief=1 --gtest_filter=-Bounded.AMillionJobs* && VNPU_BACKEND=kernel runtime_test --gtest_brief=1"
 	run "in-VM, two devices (independent accel0 and accel1)" "$VNPU_ROOT/vnpu" vm --devices 2 --timeout 600 -- \
 		sh -c "driver_test --gtest_brief=1 --gtest_filter='MultiDevice.*' && VNPU_BACKEND=kernel runtime_test --gtest_brief=1"
+	# Used to go wrong: host BOs are streaming DMA mappings and were never synced, so with bounce buffers the
+	# device read stale inputs and the CPU never saw outputs (every data round trip failed under swiotlb=force).
+	# The driver and runtime suites again with every DMA bounced (256 MiB of bounce buffers; ~1 min).
+	run "in-VM driver and runtime suites with swiotlb=force (DMA API syncs)" "$VNPU_ROOT/vnpu" vm --devices 1 \
+		--append swiotlb=131072,force --timeout 1200 -- sh -c \
+		"driver_test --gtest_brief=1 --gtest_filter=-Bounded.AMillionJobs* && VNPU_BACKEND=kernel runtime_test --gtest_brief=1"
 	# The second device sits behind a PCIe root port, so that it has a PCI reset method (secondary bus reset);
 	# recovery_test resets, wedges and unbinds it (~30 s).
 	run "in-VM faults, resets and recovery (error codes, escalation, wedge, PCI reset, unbind)" \
