@@ -457,6 +457,11 @@ static int vnpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (ret)
 		return ret;
 	INIT_LIST_HEAD(&vdev->reset_jobs);
+	INIT_LIST_HEAD(&vdev->ctx_list);
+	INIT_LIST_HEAD(&vdev->bo_list);
+	ret = drmm_mutex_init(drm, &vdev->bo_lock);
+	if (ret)
+		return ret;
 	INIT_WORK(&vdev->reset_work, vnpu_reset_work);
 	atomic64_set(&vdev->device_resets, 0);
 
@@ -556,6 +561,13 @@ static void vnpu_remove(struct pci_dev *pdev)
 	/* Jobs still in flight fail with -ENODEV; their waiters wake. */
 	vnpu_hwq_fini_all(vdev, vdev->num_hwq);
 	vnpu_squeue_put(vdev->kq);
+	/*
+	 * Objects and files may outlive the device; the DMA memory they hold
+	 * of it may not (before, unbind with BOs alive left their mappings
+	 * to be freed against an unbound device).
+	 */
+	vnpu_bo_unplug_all(vdev);
+	vnpu_mmu_unplug(vdev);
 }
 
 /* Reboot, kexec: no DMA may continue into the next kernel's memory. */

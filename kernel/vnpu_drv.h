@@ -122,6 +122,7 @@ struct vnpu_pt {
  * @devmem_bytes: device memory mapped into this context
  * @busy_ns: per engine (h2d, compute, d2h), modelled busy time of completed
  *           jobs, for fdinfo
+ * @link: entry in vdev->ctx_list (ctx_lock)
  */
 struct vnpu_ctx {
 	struct kref ref;
@@ -134,6 +135,7 @@ struct vnpu_ctx {
 	atomic_t inflight;
 	atomic64_t devmem_bytes;
 	atomic64_t busy_ns[3];
+	struct list_head link;
 };
 
 /**
@@ -230,6 +232,10 @@ struct vnpu_hwq {
  * @ctx_table_bytes: its size
  * @ctx_lock: serialises context table updates and invalidations
  * @contexts: live contexts
+ * @ctx_list: live contexts (@ctx_lock), whose page tables remove frees
+ * @unplugged: remove freed the context table and page tables (@ctx_lock)
+ * @bo_lock: protects @bo_list
+ * @bo_list: host BOs with DMA mappings, which remove unmaps
  * @inflight: jobs accepted and not yet completed, device-wide
  * @jobs_completed: jobs completed with status 0
  * @jobs_failed: jobs completed with an error
@@ -272,6 +278,10 @@ struct vnpu_device {
 	size_t ctx_table_bytes;
 	struct mutex ctx_lock; /* see @ctx_lock above */
 	atomic_t contexts;
+	struct list_head ctx_list;
+	bool unplugged;
+	struct mutex bo_lock; /* see @bo_lock above */
+	struct list_head bo_list;
 
 	atomic_t inflight;
 	atomic64_t jobs_completed;
@@ -382,6 +392,7 @@ struct vnpu_file {
  * @user: the user its pinned pages are charged to (RLIMIT_MEMLOCK), or
  *        NULL (created with CAP_IPC_LOCK)
  * @locked_pages: pages charged to @user
+ * @link: entry in vdev->bo_list while DMA-mapped
  */
 struct vnpu_bo {
 	struct drm_gem_shmem_object base;
@@ -391,6 +402,7 @@ struct vnpu_bo {
 	u32 flags;
 	struct user_struct *user;
 	unsigned long locked_pages;
+	struct list_head link;
 };
 
 /**
@@ -562,6 +574,7 @@ static inline void vnpu_qwr(struct vnpu_hwq *q, u32 reg, u32 val)
 /* vnpu_mmu.c */
 int vnpu_mmu_init(struct vnpu_device *vdev);
 void vnpu_mmu_hw_init(struct vnpu_device *vdev);
+void vnpu_mmu_unplug(struct vnpu_device *vdev);
 struct vnpu_ctx *vnpu_ctx_create(struct vnpu_device *vdev);
 void vnpu_ctx_put(struct vnpu_ctx *ctx);
 void vnpu_ctx_job_done(struct vnpu_ctx *ctx);
@@ -577,6 +590,7 @@ struct vnpu_mem *vnpu_mem_from_gem(struct drm_gem_object *obj);
 int vnpu_devmem_init(struct vnpu_device *vdev);
 u64 vnpu_devmem_used(struct vnpu_device *vdev);
 void vnpu_mem_release_phys(struct vnpu_mem *mem);
+void vnpu_bo_unplug_all(struct vnpu_device *vdev);
 void vnpu_bo_sync(struct vnpu_bo *bo, u64 off, u64 len, bool for_device,
 		  enum dma_data_direction dir);
 int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,

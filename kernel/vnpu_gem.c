@@ -59,6 +59,13 @@ static void vnpu_bo_free(struct drm_gem_object *obj)
 	if (bo->user)
 		vnpu_uncharge_locked(bo->user, bo->locked_pages);
 
+	if (!list_empty(&bo->link)) {
+		struct vnpu_device *vdev = to_vnpu_device(obj->dev);
+
+		mutex_lock(&vdev->bo_lock);
+		list_del_init(&bo->link);
+		mutex_unlock(&vdev->bo_lock);
+	}
 	if (bo->sgl)
 		dma_free_coherent(obj->dev->dev,
 				  bo->sgl_count * sizeof(*bo->sgl),
@@ -144,6 +151,7 @@ struct drm_gem_object *vnpu_gem_create_object(struct drm_device *drm,
 	if (!bo)
 		return ERR_PTR(-ENOMEM);
 	bo->base.base.funcs = &vnpu_bo_funcs;
+	INIT_LIST_HEAD(&bo->link);
 	return &bo->base.base;
 }
 
@@ -221,6 +229,39 @@ void vnpu_bo_sync(struct vnpu_bo *bo, u64 off, u64 len, bool for_device,
 	}
 }
 
+/**
+ * vnpu_bo_unplug_all - unmap every host BO from the device that goes away
+ * @vdev: device, reset, with no job left
+ *
+ * BOs may outlive the device (handles, mmaps, dma-bufs); their streaming
+ * mappings and SG lists belong to the device and must not. The pages stay
+ * (the CPU mapping keeps working) and are released with the BO.
+ */
+void vnpu_bo_unplug_all(struct vnpu_device *vdev)
+{
+	struct device *dev = vdev->drm.dev;
+	struct vnpu_bo *bo, *tmp;
+
+	mutex_lock(&vdev->bo_lock);
+	list_for_each_entry_safe(bo, tmp, &vdev->bo_list, link) {
+		struct drm_gem_shmem_object *shmem = &bo->base;
+
+		dma_resv_lock(shmem->base.resv, NULL);
+		if (shmem->sgt) {
+			dma_unmap_sgtable(dev, shmem->sgt, DMA_BIDIRECTIONAL, 0);
+			sg_free_table(shmem->sgt);
+			kfree(shmem->sgt);
+			shmem->sgt = NULL;
+		}
+		dma_resv_unlock(shmem->base.resv);
+		dma_free_coherent(dev, bo->sgl_count * sizeof(*bo->sgl),
+				  bo->sgl, bo->sgl_dma);
+		bo->sgl = NULL;
+		list_del_init(&bo->link);
+	}
+	mutex_unlock(&vdev->bo_lock);
+}
+
 int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
 			 struct drm_file *file)
 {
@@ -283,6 +324,9 @@ int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
 	ret = vnpu_bo_build_sgl(bo);
 	if (ret)
 		goto out_put;
+	mutex_lock(&to_vnpu_device(drm)->bo_lock);
+	list_add_tail(&bo->link, &to_vnpu_device(drm)->bo_list);
+	mutex_unlock(&to_vnpu_device(drm)->bo_lock);
 
 	ret = drm_gem_handle_create(file, obj, &handle);
 	if (ret)
