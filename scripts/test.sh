@@ -125,10 +125,11 @@ if [ "$vm" = 1 ]; then
 	# The stock kernel has no lockdep, KASAN or kmemleak: the driver and runtime suites once more on the debug
 	# kernel (built from linux-source-6.12 by scripts/kernel-debug.sh, cold ~12 min of CPU), which also unloads
 	# vnpu.ko and fails on any kmemleak report. The million-job memory test is left to the stock kernel (10x slower
-	# here, and it measures the stock slab).
+	# here, and it measures the stock slab). faultinject_test fails each allocation of every ioctl in turn
+	# (fail-nth; ~10 s) and the kmemleak scan afterwards catches what an unwind path leaked.
 	run "in-VM driver and runtime suites on the debug kernel (KASAN, lockdep, DMA-API debug, kmemleak)" \
 		"$VNPU_ROOT/vnpu" vm --kernel debug --devices 1 --timeout 2400 -- sh -c \
-		"driver_test --gtest_brief=1 --gtest_filter=-Bounded.AMillionJobs* && VNPU_BACKEND=kernel runtime_test --gtest_brief=1"
+		"driver_test --gtest_brief=1 --gtest_filter=-Bounded.AMillionJobs* && VNPU_BACKEND=kernel runtime_test --gtest_brief=1 && faultinject_test"
 	run "in-VM, two devices (independent accel0 and accel1)" "$VNPU_ROOT/vnpu" vm --devices 2 --timeout 600 -- \
 		sh -c "driver_test --gtest_brief=1 --gtest_filter='MultiDevice.*' && VNPU_BACKEND=kernel runtime_test --gtest_brief=1"
 	# Used to go wrong: host BOs are streaming DMA mappings and were never synced, so with bounce buffers the
