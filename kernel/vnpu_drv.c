@@ -432,6 +432,8 @@ static void vnpu_hwq_fini_all(struct vnpu_device *vdev, unsigned int n)
 {
 	while (n--)
 		vnpu_hwq_fini(&vdev->hwq[n]);
+	/* A recovery the watchdogs ran before they stopped may have queued it. */
+	cancel_work_sync(&vdev->reset_work);
 	destroy_workqueue(vdev->ready_wq);
 	WARN_ON(!llist_empty(&vdev->ready));
 }

@@ -253,6 +253,7 @@ struct vnpu_hwq {
  * @reset_jobs: jobs completed while quiescing, published after restart
  * @reset_work: runs vnpu_device_recover when a queue reset did not finish
  * @device_resets: device resets done by recovery
+ * @stopping: remove or shutdown took the device; no more recovery
  * @wedged: the device did not come back from a reset: bus mastering is off,
  *          every queue is dead, nothing is fed to it until it is rebound
  * @hwq: hardware queues
@@ -300,6 +301,7 @@ struct vnpu_device {
 	struct list_head reset_jobs;
 	struct work_struct reset_work;
 	atomic64_t device_resets;
+	bool stopping;
 	bool wedged;
 
 	struct vnpu_hwq hwq[VNPU_MAX_HWQ];

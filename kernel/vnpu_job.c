@@ -1617,8 +1617,13 @@ void vnpu_device_recover(struct vnpu_device *vdev)
 
 void vnpu_reset_work(struct work_struct *work)
 {
-	vnpu_device_recover(container_of(work, struct vnpu_device,
-					 reset_work));
+	struct vnpu_device *vdev = container_of(work, struct vnpu_device,
+						reset_work);
+
+	/* Queued by a recovery that raced remove: remove owns the device. */
+	if (READ_ONCE(vdev->stopping))
+		return;
+	vnpu_device_recover(vdev);
 }
 
 /**
@@ -1633,6 +1638,7 @@ void vnpu_device_stop(struct vnpu_device *vdev)
 	unsigned int i;
 	u32 st;
 
+	WRITE_ONCE(vdev->stopping, true);
 	cancel_work_sync(&vdev->reset_work);
 	mutex_lock(&vdev->reset_lock);
 	for (i = 0; i < vdev->num_hwq; i++) {
