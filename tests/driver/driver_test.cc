@@ -2196,7 +2196,8 @@ TEST_F(Fault, RandomFaultsNeverLoseOrDuplicateCompletions) {
     ASSERT_EQ(io_uring_submit(ring.get()), 300);
     for (const auto& c : reap(ring, 300)) {
       EXPECT_TRUE(seen.insert(c.user_data).second);
-      EXPECT_TRUE(c.res == 0 || c.res == -EIO || c.res == -EBADMSG) << c.res;
+      // A job running when a corrupted record reset its queue is interrupted (-ECONNABORTED), never re-run.
+      EXPECT_TRUE(c.res == 0 || c.res == -EIO || c.res == -EBADMSG || c.res == -ECONNABORTED) << c.res;
       failed += c.res != 0;
     }
   }
