@@ -307,9 +307,13 @@ TEST_P(Recovery, QueueResetThatDoesNotFinishEscalatesToDeviceReset) {
   ASSERT_TRUE(timeout.ok() && reset.ok() && device_reset.ok());
   const long resets = read_long(sysfs("device_resets"));
   ASSERT_GE(resets, 0) << "sysfs device_resets missing";
-  auto slow = submit({mm.cmd()});
-  auto r = get(slow, 120s);
-  EXPECT_EQ(code(r), ErrorCode::kDeviceHang) << what(r);
+  // The reset finishes after all if the MATMUL reaches a row boundary (a cancellation point) within the 1 ms:
+  // rare; try again then.
+  for (int attempt = 0; attempt < 5 && read_long(sysfs("device_resets")) == resets; attempt++) {
+    auto slow = submit({mm.cmd()});
+    auto r = get(slow, 120s);
+    EXPECT_EQ(code(r), ErrorCode::kDeviceHang) << what(r);
+  }
   EXPECT_EQ(read_long(sysfs("device_resets")), resets + 1);
   EXPECT_EQ(read_file(sysfs("wedged")), "0");
   expect_round_trip_works();
@@ -325,10 +329,14 @@ TEST_P(Recovery, DeviceResetThatDoesNotFinishWedgesTheDeviceUntilRebind) {
     ParamOverride timeout("job_timeout_ms", "300"), reset("reset_timeout_ms", "1"),
         device_reset("device_reset_timeout_ms", "1");
     ASSERT_TRUE(timeout.ok() && reset.ok() && device_reset.ok());
-    auto slow = submit({mm.cmd()});
-    auto r = get(slow, 120s);
-    EXPECT_EQ(code(r), ErrorCode::kDeviceHang) << what(r);
-    EXPECT_EQ(read_file(sysfs("wedged")), "1");
+    // The device reset finishes after all if the MATMUL reached a row boundary (a cancellation point) between
+    // the queue reset and the device reset: the device recovered; try again then.
+    for (int attempt = 0; attempt < 5 && read_file(sysfs("wedged")) != "1"; attempt++) {
+      auto slow = submit({mm.cmd()});
+      auto r = get(slow, 120s);
+      EXPECT_EQ(code(r), ErrorCode::kDeviceHang) << what(r);
+    }
+    ASSERT_EQ(read_file(sysfs("wedged")), "1");
     // No new work: a job fails at once with kDeviceLost.
     auto later = submit({Command::nop()});
     auto rl = get(later);
