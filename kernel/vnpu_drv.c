@@ -13,6 +13,7 @@
 #include <drm/drm_accel.h>
 #include <drm/drm_drv.h>
 #include <drm/drm_ioctl.h>
+#include <drm/drm_managed.h>
 #include <drm/drm_print.h>
 
 #include "vnpu_drv.h"
@@ -441,6 +442,8 @@ static void vnpu_hwq_fini_all(struct vnpu_device *vdev, unsigned int n)
 {
 	while (n--)
 		vnpu_hwq_fini(&vdev->hwq[n]);
+	/* A recovery the watchdogs ran before they stopped may have queued it. */
+	cancel_work_sync(&vdev->reset_work);
 	destroy_workqueue(vdev->ready_wq);
 	WARN_ON(!llist_empty(&vdev->ready));
 }
@@ -462,6 +465,17 @@ static int vnpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	atomic_set(&vdev->inflight, 0);
 	init_llist_head(&vdev->ready);
 	INIT_WORK(&vdev->ready_work, vnpu_ready_work);
+	ret = drmm_mutex_init(drm, &vdev->reset_lock);
+	if (ret)
+		return ret;
+	INIT_LIST_HEAD(&vdev->reset_jobs);
+	INIT_LIST_HEAD(&vdev->ctx_list);
+	INIT_LIST_HEAD(&vdev->bo_list);
+	ret = drmm_mutex_init(drm, &vdev->bo_lock);
+	if (ret)
+		return ret;
+	INIT_WORK(&vdev->reset_work, vnpu_reset_work);
+	atomic64_set(&vdev->device_resets, 0);
 
 	ret = pcim_enable_device(pdev);
 	if (ret)
@@ -550,13 +564,81 @@ static void vnpu_remove(struct pci_dev *pdev)
 	/* No new ioctl or io_uring command gets past drm_dev_enter() now. */
 	drm_dev_unplug(&vdev->drm);
 
+	/*
+	 * The device must not reach the jobs' memory once they complete: reset
+	 * it and turn bus mastering off first (before, a queue reset that did
+	 * not finish left a running device DMAing into freed pages).
+	 */
+	vnpu_device_stop(vdev);
 	/* Jobs still in flight fail with -ENODEV; their waiters wake. */
 	vnpu_hwq_fini_all(vdev, vdev->num_hwq);
 	vnpu_squeue_put(vdev->kq);
-
-	vnpu_wr(vdev, VNPU_REG_RESET, VNPU_RESET_MAGIC);
-	pci_clear_master(pdev);
+	/*
+	 * Objects and files may outlive the device; the DMA memory they hold
+	 * of it may not (before, unbind with BOs alive left their mappings
+	 * to be freed against an unbound device).
+	 */
+	vnpu_bo_unplug_all(vdev);
+	vnpu_mmu_unplug(vdev);
 }
+
+/* Reboot, kexec: no DMA may continue into the next kernel's memory. */
+static void vnpu_shutdown(struct pci_dev *pdev)
+{
+	struct vnpu_device *vdev = pci_get_drvdata(pdev);
+
+	if (vdev)
+		vnpu_device_stop(vdev);
+}
+
+/*
+ * PCI reset (sysfs reset, FLR, bus reset by another function's driver):
+ * quiesce before it, then restart as after a device reset. Jobs the device
+ * had fetched fail with -ECONNABORTED, the others run again.
+ */
+static void vnpu_reset_prepare(struct pci_dev *pdev)
+{
+	vnpu_device_quiesce(pci_get_drvdata(pdev));
+}
+
+static void vnpu_reset_done(struct pci_dev *pdev)
+{
+	struct vnpu_device *vdev = pci_get_drvdata(pdev);
+
+	pci_set_master(pdev);
+	vnpu_device_restart(vdev, true);
+}
+
+/* AER and DPC: the link is down or frozen; reset and restart. */
+static pci_ers_result_t vnpu_error_detected(struct pci_dev *pdev,
+					    pci_channel_state_t state)
+{
+	struct vnpu_device *vdev = pci_get_drvdata(pdev);
+
+	drm_err(&vdev->drm, "PCI channel error (state %d)\n", state);
+	if (state == pci_channel_io_perm_failure)
+		return PCI_ERS_RESULT_DISCONNECT;
+	vnpu_device_quiesce(vdev);
+	return PCI_ERS_RESULT_NEED_RESET;
+}
+
+static pci_ers_result_t vnpu_slot_reset(struct pci_dev *pdev)
+{
+	struct vnpu_device *vdev = pci_get_drvdata(pdev);
+
+	pci_restore_state(pdev);
+	pci_set_master(pdev);
+	vnpu_device_restart(vdev, false);
+	return READ_ONCE(vdev->wedged) ? PCI_ERS_RESULT_DISCONNECT :
+					 PCI_ERS_RESULT_RECOVERED;
+}
+
+static const struct pci_error_handlers vnpu_err_handler = {
+	.error_detected = vnpu_error_detected,
+	.slot_reset = vnpu_slot_reset,
+	.reset_prepare = vnpu_reset_prepare,
+	.reset_done = vnpu_reset_done,
+};
 
 static const struct pci_device_id vnpu_pci_ids[] = {
 	{ PCI_DEVICE(VNPU_PCI_VENDOR_ID, VNPU_PCI_DEVICE_ID) },
@@ -569,6 +651,8 @@ static struct pci_driver vnpu_pci_driver = {
 	.id_table = vnpu_pci_ids,
 	.probe = vnpu_probe,
 	.remove = vnpu_remove,
+	.shutdown = vnpu_shutdown,
+	.err_handler = &vnpu_err_handler,
 };
 module_pci_driver(vnpu_pci_driver);
 

@@ -123,6 +123,7 @@ struct vnpu_pt {
  * @devmem_bytes: device memory mapped into this context
  * @busy_ns: per engine (h2d, compute, d2h), modelled busy time of completed
  *           jobs, for fdinfo
+ * @link: entry in vdev->ctx_list (ctx_lock)
  */
 struct vnpu_ctx {
 	struct kref ref;
@@ -135,6 +136,7 @@ struct vnpu_ctx {
 	atomic_t inflight;
 	atomic64_t devmem_bytes;
 	atomic64_t busy_ns[3];
+	struct list_head link;
 };
 
 /**
@@ -167,6 +169,10 @@ struct vnpu_ctx {
  * @stopped: feeding paused (recovery)
  * @dead: unusable (device removed or queue could not be restarted)
  * @dead_status: errno jobs fail with once @dead
+ * @dead_end: enum drm_vnpu_job_end they fail with once @dead
+ * @reset_head: SQ_HEAD when the device was quiesced for a device reset
+ * @awaiting_reset: its queue reset did not finish; stopped, with every job
+ *                  still on @hw, until the device reset (vnpu_device_recover)
  * @corrupt: a completion with an unknown tag was seen; reset pending
  * @last_progress: jiffies of the last completion or of the ring going busy
  * @watchdog: polls for lost interrupts and hung jobs while jobs are on it
@@ -204,6 +210,9 @@ struct vnpu_hwq {
 	bool stopped;
 	bool dead;
 	int dead_status;
+	u32 dead_end;
+	u32 reset_head;
+	bool awaiting_reset;
 	bool corrupt;
 	unsigned long last_progress;
 	struct delayed_work watchdog;
@@ -231,6 +240,10 @@ struct vnpu_hwq {
  * @ctx_table_bytes: its size
  * @ctx_lock: serialises context table updates and invalidations
  * @contexts: live contexts
+ * @ctx_list: live contexts (@ctx_lock), whose page tables remove frees
+ * @unplugged: remove freed the context table and page tables (@ctx_lock)
+ * @bo_lock: protects @bo_list
+ * @bo_list: host BOs with DMA mappings, which remove unmaps
  * @inflight: jobs accepted and not yet completed, device-wide
  * @jobs_completed: jobs completed with status 0
  * @jobs_failed: jobs completed with an error
@@ -243,6 +256,14 @@ struct vnpu_hwq {
  * @zero_dma: its DMA address
  * @zero_sgl: VNPU_ZERO_SGL_ENTRIES list elements, each @zero_buf
  * @zero_sgl_dma: its DMA address
+ * @reset_lock: serialises device resets (vnpu_device_recover, PCI reset
+ *              and error callbacks); taken before any queue's service_lock
+ * @reset_jobs: jobs completed while quiescing, published after restart
+ * @reset_work: runs vnpu_device_recover when a queue reset did not finish
+ * @device_resets: device resets done by recovery
+ * @stopping: remove or shutdown took the device; no more recovery
+ * @wedged: the device did not come back from a reset: bus mastering is off,
+ *          every queue is dead, nothing is fed to it until it is rebound
  * @hwq: hardware queues
  */
 struct vnpu_device {
@@ -266,6 +287,10 @@ struct vnpu_device {
 	size_t ctx_table_bytes;
 	struct mutex ctx_lock; /* see @ctx_lock above */
 	atomic_t contexts;
+	struct list_head ctx_list;
+	bool unplugged;
+	struct mutex bo_lock; /* see @bo_lock above */
+	struct list_head bo_list;
 
 	atomic_t inflight;
 	atomic64_t jobs_completed;
@@ -279,6 +304,13 @@ struct vnpu_device {
 	dma_addr_t zero_dma;
 	struct vnpu_hw_sge *zero_sgl;
 	dma_addr_t zero_sgl_dma;
+
+	struct mutex reset_lock; /* see @reset_lock above */
+	struct list_head reset_jobs;
+	struct work_struct reset_work;
+	atomic64_t device_resets;
+	bool stopping;
+	bool wedged;
 
 	struct vnpu_hwq hwq[VNPU_MAX_HWQ];
 };
@@ -370,6 +402,7 @@ struct vnpu_file {
  * @user: the user its pinned pages are charged to (RLIMIT_MEMLOCK), or
  *        NULL (created with CAP_IPC_LOCK)
  * @locked_pages: pages charged to @user
+ * @link: entry in vdev->bo_list while DMA-mapped
  */
 struct vnpu_bo {
 	struct drm_gem_shmem_object base;
@@ -379,6 +412,7 @@ struct vnpu_bo {
 	u32 flags;
 	struct user_struct *user;
 	unsigned long locked_pages;
+	struct list_head link;
 };
 
 /**
@@ -480,6 +514,8 @@ enum vnpu_job_state {
  *          place of the job when it completes
  * @requeues: times the job was put back after a queue reset
  * @aborted: recovery saw an ABORTED completion for it
+ * @started: that ABORTED completion says it had started (t_start < t_end,
+ *           or busy time on an engine): it is never run again
  * @accounted: counted in vdev->inflight and ctx->inflight
  * @status: 0 or negative errno, valid in state DONE
  * @hw_status: enum vnpu_cpl_status, valid in state DONE
@@ -528,6 +564,7 @@ struct vnpu_job {
 	struct vnpu_result *result;
 	u32 requeues;
 	bool aborted;
+	bool started;
 	bool accounted;
 
 	int status;
@@ -594,6 +631,7 @@ static inline void vnpu_qwr(struct vnpu_hwq *q, u32 reg, u32 val)
 /* vnpu_mmu.c */
 int vnpu_mmu_init(struct vnpu_device *vdev);
 void vnpu_mmu_hw_init(struct vnpu_device *vdev);
+void vnpu_mmu_unplug(struct vnpu_device *vdev);
 struct vnpu_ctx *vnpu_ctx_create(struct vnpu_device *vdev);
 void vnpu_ctx_put(struct vnpu_ctx *ctx);
 void vnpu_ctx_job_done(struct vnpu_ctx *ctx);
@@ -609,6 +647,9 @@ struct vnpu_mem *vnpu_mem_from_gem(struct drm_gem_object *obj);
 int vnpu_devmem_init(struct vnpu_device *vdev);
 u64 vnpu_devmem_used(struct vnpu_device *vdev);
 void vnpu_mem_release_phys(struct vnpu_mem *mem);
+void vnpu_bo_unplug_all(struct vnpu_device *vdev);
+void vnpu_sgt_sync(struct device *dev, struct sg_table *sgt, u64 off, u64 len,
+		   bool for_device, enum dma_data_direction dir);
 int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
 			 struct drm_file *file);
 int vnpu_bo_info_ioctl(struct drm_device *drm, void *data,
@@ -629,6 +670,11 @@ extern unsigned int vnpu_max_inflight;
 int vnpu_hwq_init(struct vnpu_device *vdev, struct vnpu_hwq *q, u32 index,
 		  int irq);
 void vnpu_hwq_fini(struct vnpu_hwq *q);
+void vnpu_reset_work(struct work_struct *work);
+void vnpu_device_quiesce(struct vnpu_device *vdev);
+void vnpu_device_restart(struct vnpu_device *vdev, bool reset_done);
+void vnpu_device_recover(struct vnpu_device *vdev);
+void vnpu_device_stop(struct vnpu_device *vdev);
 irqreturn_t vnpu_irq_handler(int irq, void *arg);
 irqreturn_t vnpu_irq_thread(int irq, void *arg);
 void vnpu_ready_work(struct work_struct *work);

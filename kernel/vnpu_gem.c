@@ -60,6 +60,13 @@ static void vnpu_bo_free(struct drm_gem_object *obj)
 	if (bo->user)
 		vnpu_uncharge_locked(bo->user, bo->locked_pages);
 
+	if (!list_empty(&bo->link)) {
+		struct vnpu_device *vdev = to_vnpu_device(obj->dev);
+
+		mutex_lock(&vdev->bo_lock);
+		list_del_init(&bo->link);
+		mutex_unlock(&vdev->bo_lock);
+	}
 	if (bo->sgl)
 		dma_free_coherent(obj->dev->dev,
 				  bo->sgl_count * sizeof(*bo->sgl),
@@ -145,6 +152,7 @@ struct drm_gem_object *vnpu_gem_create_object(struct drm_device *drm,
 	if (!bo)
 		return ERR_PTR(-ENOMEM);
 	bo->base.base.funcs = &vnpu_bo_funcs;
+	INIT_LIST_HEAD(&bo->link);
 	return &bo->base.base;
 }
 
@@ -174,6 +182,85 @@ static int vnpu_bo_build_sgl(struct vnpu_bo *bo)
 		bo->sgl[i].rsvd = 0;
 	}
 	return 0;
+}
+
+/**
+ * vnpu_sgt_sync - pass bytes [@off, @off + @len) of a host object's
+ * streaming mapping to the device (before a transfer) or back to the CPU
+ * (after one)
+ * @dev: the device it is mapped for
+ * @sgt: the mapping (a host BO's shmem table, a USERPTR object's table)
+ * @off: byte offset
+ * @len: bytes
+ * @for_device: true before the device accesses the range, false after
+ * @dir: DMA_TO_DEVICE (the device reads) or DMA_FROM_DEVICE (it writes)
+ *
+ * Only the range is synced: other jobs may use other parts of the BO, and
+ * with bounce buffers (swiotlb) a whole-BO sync for the CPU would overwrite
+ * them (and the job reports the driver writes) with stale bounce contents.
+ */
+void vnpu_sgt_sync(struct device *dev, struct sg_table *sgt, u64 off, u64 len,
+		   bool for_device, enum dma_data_direction dir)
+{
+	struct scatterlist *sg;
+	u64 pos = 0, end = off + len;
+	unsigned int i;
+
+	if (!sgt || !sgt->sgl)
+		return;
+	for_each_sgtable_dma_sg(sgt, sg, i) {
+		u64 seg = sg_dma_len(sg);
+
+		if (pos + seg > off) {
+			u64 s = max(off, pos) - pos;
+			u64 n = min(end, pos + seg) - pos - s;
+
+			if (for_device)
+				dma_sync_single_range_for_device(dev,
+								 sg_dma_address(sg),
+								 s, n, dir);
+			else
+				dma_sync_single_range_for_cpu(dev,
+							      sg_dma_address(sg),
+							      s, n, dir);
+		}
+		pos += seg;
+		if (pos >= end)
+			break;
+	}
+}
+
+/**
+ * vnpu_bo_unplug_all - unmap every host BO from the device that goes away
+ * @vdev: device, reset, with no job left
+ *
+ * BOs may outlive the device (handles, mmaps, dma-bufs); their streaming
+ * mappings and SG lists belong to the device and must not. The pages stay
+ * (the CPU mapping keeps working) and are released with the BO.
+ */
+void vnpu_bo_unplug_all(struct vnpu_device *vdev)
+{
+	struct device *dev = vdev->drm.dev;
+	struct vnpu_bo *bo, *tmp;
+
+	mutex_lock(&vdev->bo_lock);
+	list_for_each_entry_safe(bo, tmp, &vdev->bo_list, link) {
+		struct drm_gem_shmem_object *shmem = &bo->base;
+
+		dma_resv_lock(shmem->base.resv, NULL);
+		if (shmem->sgt) {
+			dma_unmap_sgtable(dev, shmem->sgt, DMA_BIDIRECTIONAL, 0);
+			sg_free_table(shmem->sgt);
+			kfree(shmem->sgt);
+			shmem->sgt = NULL;
+		}
+		dma_resv_unlock(shmem->base.resv);
+		dma_free_coherent(dev, bo->sgl_count * sizeof(*bo->sgl),
+				  bo->sgl, bo->sgl_dma);
+		bo->sgl = NULL;
+		list_del_init(&bo->link);
+	}
+	mutex_unlock(&vdev->bo_lock);
 }
 
 int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
@@ -238,6 +325,9 @@ int vnpu_bo_create_ioctl(struct drm_device *drm, void *data,
 	ret = vnpu_bo_build_sgl(bo);
 	if (ret)
 		goto out_put;
+	mutex_lock(&to_vnpu_device(drm)->bo_lock);
+	list_add_tail(&bo->link, &to_vnpu_device(drm)->bo_list);
+	mutex_unlock(&to_vnpu_device(drm)->bo_lock);
 
 	ret = drm_gem_handle_create(file, obj, &handle);
 	if (ret)
@@ -538,7 +628,10 @@ static int vnpu_ubo_map(struct vnpu_ubo *ubo)
 	ret = sg_alloc_table_from_pages_segment(&ubo->sgt, ubo->pages,
 						ubo->npages, 0,
 						ubo->npages << PAGE_SHIFT,
-						dma_get_max_seg_size(dev),
+						/* Bounce buffers map less at once. */
+						min_t(size_t,
+						      dma_get_max_seg_size(dev),
+						      dma_max_mapping_size(dev)),
 						GFP_KERNEL_ACCOUNT);
 	if (ret)
 		return ret;

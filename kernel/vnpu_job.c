@@ -192,6 +192,45 @@ static int vnpu_cpl_errno(u32 hw_status)
 	}
 }
 
+/*
+ * Hand the host BO ranges of the job's copy commands to the device (before
+ * it is queued: the caller finished writing its inputs) or back to the CPU
+ * (after it completed, before anyone learns so). Streaming mappings need
+ * this when they bounce (swiotlb) or the CPU caches are not coherent.
+ */
+static void vnpu_job_sync(struct vnpu_job *job, bool for_device)
+{
+	u32 i, k;
+
+	for (i = 0; i < job->ncmds; i++) {
+		const struct vnpu_hw_cmd *c = &job->cmds[i];
+		bool h2d = c->opcode == VNPU_OPC_DMA_H2D;
+
+		if (!h2d && c->opcode != VNPU_OPC_DMA_D2H)
+			continue;
+		if (!for_device && h2d)
+			continue;
+		for (k = 0; k < job->nobjs; k++) {
+			struct vnpu_bo *bo = vnpu_bo_from_gem(job->objs[k]);
+			struct vnpu_ubo *ubo = vnpu_ubo_from_gem(job->objs[k]);
+			struct sg_table *sgt = NULL;
+
+			if (bo && bo->sgl_dma == vnpu_cpu64(c->dma.sgl_addr))
+				sgt = bo->base.sgt;
+			else if (ubo &&
+				 ubo->sgl_dma == vnpu_cpu64(c->dma.sgl_addr))
+				sgt = &ubo->sgt;
+			if (!sgt)
+				continue;
+			vnpu_sgt_sync(job->vdev->drm.dev, sgt,
+				      vnpu_cpu64(c->dma.sgl_offset),
+				      vnpu_cpu64(c->dma.length), for_device,
+				      h2d ? DMA_TO_DEVICE : DMA_FROM_DEVICE);
+			break;
+		}
+	}
+}
+
 /* Copy into a host BO whose pages are pinned while the job holds it. */
 static void vnpu_bo_write(struct vnpu_bo *bo, u64 off, const void *src,
 			  size_t len)
@@ -313,6 +352,7 @@ static void vnpu_job_complete(struct vnpu_job *job)
 
 	trace_vnpu_job_complete(job);
 	vnpu_job_flush_signals(job);
+	vnpu_job_sync(job, false);
 	if (job->report_bo)
 		vnpu_job_write_report(job);
 	for (i = 0; i < ARRAY_SIZE(job->busy_ns); i++)
@@ -472,10 +512,14 @@ static void vnpu_jobs_done(struct list_head *jobs)
 	}
 }
 
-static void vnpu_job_fail(struct vnpu_job *job, int status)
+/*
+ * End a job the device gave no completion record of its own: @status is the
+ * errno users see, @end (enum drm_vnpu_job_end) why, in hw_status.
+ */
+static void vnpu_job_fail(struct vnpu_job *job, int status, u32 end)
 {
 	job->status = status;
-	job->hw_status = VNPU_CPL_ABORTED;
+	job->hw_status = end;
 }
 
 /* ---- software queues ------------------------------------------------------ */
@@ -498,14 +542,21 @@ static struct vnpu_hwq *vnpu_hwq_pick(struct vnpu_device *vdev, u32 priority)
 	for (i = 0; i < vdev->num_hwq; i++) {
 		struct vnpu_hwq *q = &vdev->hwq[i];
 
-		if (q->priority > priority)
+		/* A queue that did not restart is not handed to new users. */
+		if (q->priority > priority || READ_ONCE(q->dead))
 			continue;
 		if (!best || q->priority > best->priority ||
 		    (q->priority == best->priority &&
 		     READ_ONCE(q->nsq) < READ_ONCE(best->nsq)))
 			best = q;
 	}
-	return best ? best : &vdev->hwq[0];
+	if (best)
+		return best;
+	/* Nothing at or below @priority: any live queue. */
+	for (i = 0; i < vdev->num_hwq; i++)
+		if (!READ_ONCE(vdev->hwq[i].dead))
+			return &vdev->hwq[i];
+	return NULL;
 }
 
 struct vnpu_squeue *vnpu_squeue_create(struct vnpu_device *vdev, u32 id,
@@ -516,6 +567,12 @@ struct vnpu_squeue *vnpu_squeue_create(struct vnpu_device *vdev, u32 id,
 	sq = kzalloc(sizeof(*sq), GFP_KERNEL_ACCOUNT);
 	if (!sq)
 		return ERR_PTR(-ENOMEM);
+	sq->hwq = vnpu_hwq_pick(vdev, priority);
+	if (!sq->hwq) {
+		/* Wedged, or every queue failed to restart. */
+		kfree(sq);
+		return ERR_PTR(-ENODEV);
+	}
 	kref_init(&sq->ref);
 	sq->vdev = vdev;
 	sq->id = id;
@@ -529,7 +586,6 @@ struct vnpu_squeue *vnpu_squeue_create(struct vnpu_device *vdev, u32 id,
 	xa_init(&sq->failed);
 	xa_init(&sq->waits);
 
-	sq->hwq = vnpu_hwq_pick(vdev, priority);
 	spin_lock(&sq->hwq->lock);
 	sq->hwq->nsq++;
 	spin_unlock(&sq->hwq->lock);
@@ -634,13 +690,13 @@ static void vnpu_squeue_kick(struct vnpu_squeue *sq)
 		if (atomic_read(&job->deps_pending))
 			break;
 		if (READ_ONCE(job->dep_failed)) {
-			vnpu_job_fail(job, -ECANCELED);
+			vnpu_job_fail(job, -ECANCELED, DRM_VNPU_JOB_DEP_FAILED);
 			list_move_tail(&job->link, &failed);
 			continue;
 		}
 		spin_lock(&q->lock);
 		if (q->dead) {
-			vnpu_job_fail(job, q->dead_status);
+			vnpu_job_fail(job, q->dead_status, q->dead_end);
 			list_move_tail(&job->link, &failed);
 		} else {
 			job->state = VNPU_JOB_READY;
@@ -1193,6 +1249,7 @@ static int vnpu_job_build(struct vnpu_job *job, struct vnpu_batch *b,
 		if (ret)
 			goto out;
 	}
+	vnpu_job_sync(job, true);
 	ret = 0;
 out:
 	kvfree(ucmds);
@@ -1424,6 +1481,10 @@ static void vnpu_hwq_reap(struct vnpu_hwq *q, struct list_head *done,
 			}
 		} else if (recovering && hw_status == VNPU_CPL_ABORTED) {
 			job->aborted = true;
+			job->started = vnpu_cpu64(cpl->t_start) <
+				       vnpu_cpu64(cpl->t_end) ||
+				       cpl->h2d_ns || cpl->compute_ns ||
+				       cpl->d2h_ns;
 		} else {
 			job->hw_status = hw_status;
 			job->status = vnpu_cpl_errno(hw_status);
@@ -1493,22 +1554,126 @@ static int vnpu_hwq_enable(struct vnpu_hwq *q)
 	return 0;
 }
 
+static unsigned int vnpu_reset_timeout_ms = 1000;
+module_param_named(reset_timeout_ms, vnpu_reset_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(reset_timeout_ms,
+		 "How long a queue reset may take before the whole device is reset (default 1000)");
+
+static unsigned int vnpu_device_reset_timeout_ms = 5000;
+module_param_named(device_reset_timeout_ms, vnpu_device_reset_timeout_ms,
+		   uint, 0644);
+MODULE_PARM_DESC(device_reset_timeout_ms,
+		 "How long a device reset may take before the device is declared wedged (default 5000)");
+
+/* Why jobs fail that a reset for @reason caught on the ring without a record. */
+static u32 vnpu_reason_end(int reason)
+{
+	switch (reason) {
+	case -EIO:
+		return DRM_VNPU_JOB_QUEUE_ERROR;
+	case -ENODEV:
+		return DRM_VNPU_JOB_DEVICE_LOST;
+	default:
+		return DRM_VNPU_JOB_CORRUPT;
+	}
+}
+
+/*
+ * After the device stopped (queue reset) or forgot (device reset) the
+ * queue's jobs, decide each one on the ring. A job that may have run is never
+ * written again: the blamed one fails with -ETIMEDOUT; one the device
+ * reported ABORTED after it had started, or one a device reset dropped after
+ * it was fetched (it may have started: the device says nothing), with
+ * -ECONNABORTED; one fetched that got no record from a queue reset (its
+ * record was corrupted, or the queue stopped on an error) with @reason. Jobs
+ * that never started go back to the backlog in order, at most
+ * VNPU_MAX_REQUEUES times (then -ECANCELED). @fatal: all fail with @reason.
+ * @fetched: ring entries past q->sq_free the device had fetched before it
+ * was stopped. Resets the ring state. q->lock held.
+ */
+static void vnpu_hwq_sort_out(struct vnpu_hwq *q, struct list_head *done,
+			      struct vnpu_job *blamed, int reason, u32 fetched,
+			      bool device_reset, bool fatal)
+{
+	struct vnpu_job *job, *tmp;
+	LIST_HEAD(requeue);
+
+	list_for_each_entry_safe(job, tmp, &q->hw, link) {
+		bool was_fetched = job->aborted ||
+				   job->sq_start - q->sq_free < fetched;
+		int status = 0;
+		u32 end = 0;
+
+		if (job == blamed || job->hw_status == DRM_VNPU_JOB_TIMEOUT) {
+			status = -ETIMEDOUT;
+			end = DRM_VNPU_JOB_TIMEOUT;
+		} else if (fatal) {
+			status = reason;
+			end = q->dead_end;
+		} else if (job->aborted ? job->started :
+			   was_fetched && device_reset) {
+			status = -ECONNABORTED;
+			end = DRM_VNPU_JOB_INTERRUPTED;
+		} else if (was_fetched && !job->aborted) {
+			status = reason == -EIO ? -EIO : -EBADMSG;
+			end = vnpu_reason_end(reason);
+		} else if (++job->requeues > VNPU_MAX_REQUEUES) {
+			status = -ECANCELED;
+			end = DRM_VNPU_JOB_NOT_RUN;
+		}
+
+		if (status) {
+			vnpu_job_fail(job, status, end);
+			list_move_tail(&job->link, done);
+			q->njobs--;
+		} else {
+			job->aborted = false;
+			job->started = false;
+			job->state = VNPU_JOB_READY;
+			list_move_tail(&job->link, &requeue);
+		}
+	}
+	list_splice(&requeue, &q->pending);
+
+	memset(q->cq, 0, q->entries * sizeof(*q->cq));
+	q->sq_tail = 0;
+	q->sq_free = 0;
+	q->cq_head = 0;
+	q->cq_phase = VNPU_CPL_F_PHASE;
+	q->corrupt = false;
+}
+
+/* Mark the queue dead: its backlog and later jobs fail with @status/@end. */
+static void vnpu_hwq_kill(struct vnpu_hwq *q, struct list_head *done,
+			  int status, u32 end)
+{
+	struct vnpu_job *job, *tmp;
+
+	q->dead = true;
+	q->dead_status = status;
+	q->dead_end = end;
+	list_for_each_entry_safe(job, tmp, &q->pending, link) {
+		vnpu_job_fail(job, status, end);
+		list_move_tail(&job->link, done);
+		q->njobs--;
+	}
+}
+
 /*
  * Reset the queue (QCTRL_RESET) and restart it with empty rings, unless
- * @fatal. Jobs the device finished complete normally. The job blamed for a
- * timeout (the oldest on the ring) fails with -ETIMEDOUT; a job the device
- * had fetched that got no completion at all (its record was corrupted, or
- * the queue stopped on an error) fails with @reason; every other job -
- * aborted by the reset or never fetched - is put back in order and runs
- * again, at most VNPU_MAX_REQUEUES times (then -ECANCELED). With @fatal all
- * fail with -ENODEV. service_lock held; jobs with a result go to @done.
+ * @fatal; vnpu_hwq_sort_out() decides the jobs on it. A reset that does not
+ * finish within reset_timeout_ms leaves the queue stopped with all its jobs
+ * (the device may still be using their memory) and escalates to a device
+ * reset (vnpu_device_recover). A queue that does not enable again is dead:
+ * its jobs fail with -ECANCELED (never run) and new queues avoid it. With
+ * @fatal (device removed, already reset) all jobs fail with -ENODEV.
+ * service_lock held; jobs with a result go to @done.
  */
 static void vnpu_hwq_recover(struct vnpu_hwq *q, struct list_head *done,
 			     int reason, bool fatal)
 {
-	struct vnpu_job *job, *tmp, *blamed = NULL;
+	struct vnpu_job *blamed = NULL;
 	u32 mask = q->entries - 1;
-	LIST_HEAD(requeue);
 	u32 head, fetched, st;
 	int ret = 0;
 
@@ -1524,46 +1689,34 @@ static void vnpu_hwq_recover(struct vnpu_hwq *q, struct list_head *done,
 	if (readl_poll_timeout(q->vdev->regs +
 			       VNPU_REG_QUEUE(q->index, VNPU_QREG_STATUS),
 			       st, (st & VNPU_QSTATUS_IDLE) &&
-			       !(st & VNPU_QSTATUS_ENABLED), 100, 1000000))
-		drm_err(&q->vdev->drm, "queue %u: reset incomplete (status 0x%x)\n",
+			       !(st & VNPU_QSTATUS_ENABLED), 100,
+			       (u64)READ_ONCE(vnpu_reset_timeout_ms) * 1000) &&
+	    !fatal) {
+		drm_err(&q->vdev->drm,
+			"queue %u: reset did not finish (status 0x%x), resetting the device\n",
 			q->index, st);
+		spin_lock(&q->lock);
+		if (blamed) {
+			/* The device reset drops it without a record. */
+			blamed->aborted = true;
+			blamed->started = true;
+			vnpu_job_fail(blamed, -ETIMEDOUT, DRM_VNPU_JOB_TIMEOUT);
+		}
+		q->awaiting_reset = true;
+		spin_unlock(&q->lock);
+		atomic64_inc(&q->resets);
+		queue_work(system_unbound_wq, &q->vdev->reset_work);
+		return;
+	}
 
 	spin_lock(&q->lock);
 	vnpu_hwq_reap(q, done, true);
 	fetched = (head - (q->sq_free & mask)) & mask;
-	list_for_each_entry_safe(job, tmp, &q->hw, link) {
-		bool was_fetched = job->aborted ||
-				   job->sq_start - q->sq_free < fetched;
-
-		int status = 0;
-
-		if (fatal)
-			status = -ENODEV;
-		else if (job == blamed)
-			status = -ETIMEDOUT;
-		else if (was_fetched && !job->aborted)
-			status = reason;
-		else if (++job->requeues > VNPU_MAX_REQUEUES)
-			status = -ECANCELED;
-
-		if (status) {
-			vnpu_job_fail(job, status);
-			list_move_tail(&job->link, done);
-			q->njobs--;
-		} else {
-			job->aborted = false;
-			job->state = VNPU_JOB_READY;
-			list_move_tail(&job->link, &requeue);
-		}
-	}
-	list_splice(&requeue, &q->pending);
-
-	memset(q->cq, 0, q->entries * sizeof(*q->cq));
-	q->sq_tail = 0;
-	q->sq_free = 0;
-	q->cq_head = 0;
-	q->cq_phase = VNPU_CPL_F_PHASE;
-	q->corrupt = false;
+	if (fatal)
+		q->dead_end = q->vdev->wedged ? DRM_VNPU_JOB_WEDGED :
+						DRM_VNPU_JOB_DEVICE_LOST;
+	vnpu_hwq_sort_out(q, done, blamed, fatal ? -ENODEV : reason, fetched,
+			  false, fatal);
 	spin_unlock(&q->lock);
 
 	if (!fatal)
@@ -1571,43 +1724,228 @@ static void vnpu_hwq_recover(struct vnpu_hwq *q, struct list_head *done,
 	atomic64_inc(&q->resets);
 
 	spin_lock(&q->lock);
-	if (fatal || ret) {
-		q->dead = true;
-		q->dead_status = fatal ? -ENODEV : -EIO;
-		list_for_each_entry_safe(job, tmp, &q->pending, link) {
-			vnpu_job_fail(job, q->dead_status);
-			list_move_tail(&job->link, done);
-			q->njobs--;
-		}
-	}
+	if (fatal)
+		vnpu_hwq_kill(q, done, -ENODEV, q->dead_end);
+	else if (ret)
+		vnpu_hwq_kill(q, done, -ECANCELED, DRM_VNPU_JOB_NOT_RUN);
 	q->stopped = false;
 	q->last_progress = jiffies;
 	vnpu_hwq_feed(q);
 	spin_unlock(&q->lock);
 }
 
+/**
+ * vnpu_device_quiesce - stop every queue ahead of a device reset
+ * @vdev: device
+ *
+ * Takes reset_lock and every queue's service_lock (vnpu_device_restart()
+ * releases them), pauses fetching and collects the completions already
+ * posted. Afterwards the device may be reset (RESET register, FLR, bus
+ * reset); the jobs stay on the rings until vnpu_device_restart() decides.
+ */
+void vnpu_device_quiesce(struct vnpu_device *vdev)
+{
+	unsigned int i;
+	u32 ctl;
+
+	mutex_lock(&vdev->reset_lock);
+	for (i = 0; i < vdev->num_hwq; i++)
+		mutex_lock_nest_lock(&vdev->hwq[i].service_lock,
+				     &vdev->reset_lock);
+
+	/* Jobs fetched from now on would be dropped without a trace. */
+	ctl = vnpu_rd(vdev, VNPU_REG_CONTROL);
+	if (ctl != U32_MAX)
+		vnpu_wr(vdev, VNPU_REG_CONTROL, ctl | VNPU_CONTROL_FETCH_PAUSE);
+
+	for (i = 0; i < vdev->num_hwq; i++) {
+		struct vnpu_hwq *q = &vdev->hwq[i];
+
+		spin_lock(&q->lock);
+		q->stopped = true;
+		/* Records a queue reset left are decided by restart. */
+		if (!q->dead)
+			vnpu_hwq_reap(q, &vdev->reset_jobs, true);
+		/* A device reset zeroes it: what was fetched is known now. */
+		q->reset_head = vnpu_qrd(q, VNPU_QREG_SQ_HEAD);
+		spin_unlock(&q->lock);
+	}
+}
+
+/* The device is gone for good: stop its DMA, tell user space, fail all. */
+static void vnpu_device_wedge(struct vnpu_device *vdev, struct list_head *done)
+{
+	struct drm_device *drm = &vdev->drm;
+	char event[] = "WEDGED=rebind";
+	char *envp[2];
+	unsigned int i;
+
+	pci_clear_master(to_pci_dev(drm->dev));
+	WRITE_ONCE(vdev->wedged, true);
+	drm_err(drm, "device did not come back from a reset: wedged (rebind the driver to recover)\n");
+	for (i = 0; i < vdev->num_hwq; i++) {
+		struct vnpu_hwq *q = &vdev->hwq[i];
+
+		spin_lock(&q->lock);
+		q->dead_end = DRM_VNPU_JOB_WEDGED;
+		vnpu_hwq_sort_out(q, done, NULL, -ENODEV, 0, true, true);
+		vnpu_hwq_kill(q, done, -ENODEV, DRM_VNPU_JOB_WEDGED);
+		q->awaiting_reset = false;
+		q->stopped = false;
+		spin_unlock(&q->lock);
+	}
+	/* As drm_dev_wedged_event() of later kernels does; 6.12 lacks it. */
+	envp[0] = event;
+	envp[1] = NULL;
+	if (drm->accel)
+		kobject_uevent_env(&drm->accel->kdev->kobj, KOBJ_CHANGE, envp);
+}
+
+/**
+ * vnpu_device_restart - bring the device back after a device reset
+ * @vdev: device, quiesced by vnpu_device_quiesce()
+ * @reset_done: the device was reset already (PCI reset); else reset it here
+ *
+ * Waits up to device_reset_timeout_ms for STATUS.READY; if it does not come
+ * the device is wedged (vnpu_device_wedge). Otherwise re-programs the context
+ * table and MMU, decides each queue's jobs (fetched ones may have run and
+ * fail with -ECONNABORTED, the others run again) and enables the queues.
+ * Memory a job used is released only once its job completed here, after the
+ * device can no longer reach it. Drops the locks quiesce took.
+ */
+void vnpu_device_restart(struct vnpu_device *vdev, bool reset_done)
+{
+	unsigned int i;
+	LIST_HEAD(done);
+	u32 st;
+	int ret;
+
+	list_splice_init(&vdev->reset_jobs, &done);
+	if (!reset_done)
+		vnpu_wr(vdev, VNPU_REG_RESET, VNPU_RESET_MAGIC);
+	atomic64_inc(&vdev->device_resets);
+	ret = readl_poll_timeout(vdev->regs + VNPU_REG_STATUS, st,
+				 st != U32_MAX && (st & VNPU_STATUS_READY), 100,
+				 (u64)READ_ONCE(vnpu_device_reset_timeout_ms) *
+				 1000);
+	if (ret || READ_ONCE(vdev->wedged)) {
+		vnpu_device_wedge(vdev, &done);
+		goto out;
+	}
+
+	vnpu_mmu_hw_init(vdev);
+	for (i = 0; i < vdev->num_hwq; i++) {
+		struct vnpu_hwq *q = &vdev->hwq[i];
+		u32 mask = q->entries - 1;
+
+		spin_lock(&q->lock);
+		if (q->dead) {
+			spin_unlock(&q->lock);
+			continue;
+		}
+		vnpu_hwq_sort_out(q, &done, NULL, -EBADMSG,
+				  (q->reset_head - (q->sq_free & mask)) & mask,
+				  true, false);
+		q->awaiting_reset = false;
+		spin_unlock(&q->lock);
+
+		ret = vnpu_hwq_enable(q);
+		spin_lock(&q->lock);
+		if (ret)
+			vnpu_hwq_kill(q, &done, -ECANCELED,
+				      DRM_VNPU_JOB_NOT_RUN);
+		q->stopped = false;
+		q->last_progress = jiffies;
+		vnpu_hwq_feed(q);
+		spin_unlock(&q->lock);
+	}
+	drm_info(&vdev->drm, "device reset done\n");
+out:
+	for (i = vdev->num_hwq; i--;)
+		mutex_unlock(&vdev->hwq[i].service_lock);
+	mutex_unlock(&vdev->reset_lock);
+	vnpu_jobs_done(&done);
+}
+
+/**
+ * vnpu_device_recover - reset the whole device and restart its queues
+ * @vdev: device
+ */
+void vnpu_device_recover(struct vnpu_device *vdev)
+{
+	vnpu_device_quiesce(vdev);
+	vnpu_device_restart(vdev, false);
+}
+
+void vnpu_reset_work(struct work_struct *work)
+{
+	struct vnpu_device *vdev = container_of(work, struct vnpu_device,
+						reset_work);
+
+	/* Queued by a recovery that raced remove: remove owns the device. */
+	if (READ_ONCE(vdev->stopping))
+		return;
+	vnpu_device_recover(vdev);
+}
+
+/**
+ * vnpu_device_stop - make sure the device can no longer DMA (remove,
+ * shutdown): pause fetching, reset it, turn bus mastering off. The jobs it
+ * held are completed afterwards by vnpu_hwq_fini().
+ * @vdev: device
+ */
+void vnpu_device_stop(struct vnpu_device *vdev)
+{
+	struct pci_dev *pdev = to_pci_dev(vdev->drm.dev);
+	unsigned int i;
+	u32 st;
+
+	WRITE_ONCE(vdev->stopping, true);
+	cancel_work_sync(&vdev->reset_work);
+	mutex_lock(&vdev->reset_lock);
+	for (i = 0; i < vdev->num_hwq; i++) {
+		spin_lock(&vdev->hwq[i].lock);
+		vdev->hwq[i].stopped = true;
+		spin_unlock(&vdev->hwq[i].lock);
+	}
+	vnpu_wr(vdev, VNPU_REG_CONTROL,
+		vnpu_rd(vdev, VNPU_REG_CONTROL) | VNPU_CONTROL_FETCH_PAUSE);
+	/* When the write returns no engine reaches host memory any more. */
+	vnpu_wr(vdev, VNPU_REG_RESET, VNPU_RESET_MAGIC);
+	if (readl_poll_timeout(vdev->regs + VNPU_REG_STATUS, st,
+			       st & VNPU_STATUS_READY, 100,
+			       (u64)READ_ONCE(vnpu_device_reset_timeout_ms) *
+			       1000))
+		drm_warn(&vdev->drm, "device still busy after reset\n");
+	pci_clear_master(pdev);
+	mutex_unlock(&vdev->reset_lock);
+}
+
 /* Consume completions; reset the queue on a device error or a bad record. */
 static void vnpu_hwq_service(struct vnpu_hwq *q)
 {
 	LIST_HEAD(done);
-	bool corrupt;
+	bool corrupt, idle;
 	u32 status;
 
 	mutex_lock(&q->service_lock);
 	spin_lock(&q->lock);
-	if (!q->dead)
+	/* Stopped: a device reset is pending and owns the queue. */
+	idle = q->dead || q->stopped;
+	if (!idle)
 		vnpu_hwq_reap(q, &done, false);
 	corrupt = q->corrupt;
 	spin_unlock(&q->lock);
 
-	if (!READ_ONCE(q->dead)) {
+	if (!idle) {
 		status = vnpu_qrd(q, VNPU_QREG_STATUS);
 		if (corrupt || (status & VNPU_QSTATUS_ERROR)) {
 			drm_err(&q->vdev->drm,
 				"queue %u: %s, resetting queue\n", q->index,
 				corrupt ? "corrupted completion" :
 					  "device error");
-			vnpu_hwq_recover(q, &done, -EIO, false);
+			vnpu_hwq_recover(q, &done, corrupt ? -EBADMSG : -EIO,
+					 false);
 		}
 	}
 	mutex_unlock(&q->service_lock);
@@ -1640,7 +1978,7 @@ static void vnpu_watchdog(struct work_struct *work)
 	mutex_lock(&q->service_lock);
 	spin_lock(&q->lock);
 	busy = !list_empty(&q->hw);
-	stuck = !q->dead && busy && timeout &&
+	stuck = !q->dead && !q->stopped && busy && timeout &&
 		time_after(jiffies, q->last_progress +
 			   msecs_to_jiffies(timeout));
 	spin_unlock(&q->lock);
@@ -1655,7 +1993,7 @@ static void vnpu_watchdog(struct work_struct *work)
 	vnpu_jobs_done(&done);
 
 	spin_lock(&q->lock);
-	if (!q->dead && !list_empty(&q->hw))
+	if (!q->dead && !q->stopped && !list_empty(&q->hw))
 		queue_delayed_work(system_wq, &q->watchdog,
 				   msecs_to_jiffies(max(vnpu_watchdog_ms, 10u)));
 	spin_unlock(&q->lock);
@@ -1709,6 +2047,8 @@ void vnpu_hwq_fini(struct vnpu_hwq *q)
 	spin_lock(&q->lock);
 	q->dead = true;
 	q->dead_status = -ENODEV;
+	q->dead_end = q->vdev->wedged ? DRM_VNPU_JOB_WEDGED :
+					DRM_VNPU_JOB_DEVICE_LOST;
 	spin_unlock(&q->lock);
 	cancel_delayed_work_sync(&q->watchdog);
 

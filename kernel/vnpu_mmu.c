@@ -112,6 +112,11 @@ int vnpu_ctx_map(struct vnpu_ctx *ctx, u64 va, u64 pa, u64 size)
 	u64 off;
 
 	mutex_lock(&ctx->lock);
+	if (!ctx->root.cpu) {
+		/* The device is gone (vnpu_mmu_unplug). */
+		mutex_unlock(&ctx->lock);
+		return -ENODEV;
+	}
 	for (off = 0; off < size; off += VNPU_MMU_PAGE_SIZE) {
 		u64 v = va + off;
 
@@ -146,7 +151,8 @@ void vnpu_ctx_unmap(struct vnpu_ctx *ctx, u64 va, u64 size)
 	u64 off;
 
 	mutex_lock(&ctx->lock);
-	for (off = 0; off < size; off += VNPU_MMU_PAGE_SIZE) {
+	for (off = 0; ctx->root.next && off < size;
+	     off += VNPU_MMU_PAGE_SIZE) {
 		u64 v = va + off;
 
 		l2 = ctx->root.next[VNPU_MMU_INDEX(v, 1)];
@@ -202,6 +208,7 @@ struct vnpu_ctx *vnpu_ctx_create(struct vnpu_device *vdev)
 	dma_wmb();
 	vdev->ctx_table[id].flags = vnpu_hw32(VNPU_CTX_F_VALID);
 	vnpu_mmu_invalidate_locked(vdev, id);
+	list_add_tail(&ctx->link, &vdev->ctx_list);
 	mutex_unlock(&vdev->ctx_lock);
 
 	atomic_inc(&vdev->contexts);
@@ -233,16 +240,20 @@ static void vnpu_ctx_release(struct kref *ref)
 
 	/* No job and no device memory object is left: nothing can fetch. */
 	mutex_lock(&vdev->ctx_lock);
-	vdev->ctx_table[ctx->id].flags = 0;
-	vdev->ctx_table[ctx->id].pt_root = 0;
-	vnpu_mmu_invalidate_locked(vdev, ctx->id);
+	list_del(&ctx->link);
+	if (vdev->ctx_table) {
+		vdev->ctx_table[ctx->id].flags = 0;
+		vdev->ctx_table[ctx->id].pt_root = 0;
+		vnpu_mmu_invalidate_locked(vdev, ctx->id);
+	}
 	mutex_unlock(&vdev->ctx_lock);
 
 	mutex_lock(&ctx->lock);
 	vnpu_ctx_free_zombies(ctx);
 	mutex_unlock(&ctx->lock);
 
-	vnpu_pt_free(vdev, &ctx->root);
+	if (ctx->root.cpu)
+		vnpu_pt_free(vdev, &ctx->root);
 	drm_mm_takedown(&ctx->va);
 	mutex_destroy(&ctx->lock);
 	ida_free(&vdev->ctx_ida, ctx->id);
@@ -300,9 +311,40 @@ static void vnpu_mmu_fini(struct drm_device *drm, void *arg)
 	struct vnpu_device *vdev = arg;
 
 	/* Runs at the last drm_device reference: every context is gone. */
-	dma_free_coherent(drm->dev, vdev->ctx_table_bytes, vdev->ctx_table,
-			  vdev->ctx_table_dma);
+	if (vdev->ctx_table)
+		dma_free_coherent(drm->dev, vdev->ctx_table_bytes,
+				  vdev->ctx_table, vdev->ctx_table_dma);
 	ida_destroy(&vdev->ctx_ida);
+}
+
+/**
+ * vnpu_mmu_unplug - free the DMA memory of the context table and of every
+ * live context's page tables when the device goes away
+ * @vdev: device, reset, with no job left
+ *
+ * Files may outlive the device (their contexts with them); their DMA memory
+ * must not (it belongs to the device: the DMA API reports it as leaked
+ * when the driver unbinds). Contexts keep working as empty shells: map
+ * fails with -ENODEV, unmap does nothing.
+ */
+void vnpu_mmu_unplug(struct vnpu_device *vdev)
+{
+	struct vnpu_ctx *ctx;
+
+	mutex_lock(&vdev->ctx_lock);
+	list_for_each_entry(ctx, &vdev->ctx_list, link) {
+		mutex_lock(&ctx->lock);
+		if (ctx->root.cpu)
+			vnpu_pt_free(vdev, &ctx->root);
+		ctx->root.cpu = NULL;
+		ctx->root.next = NULL;
+		mutex_unlock(&ctx->lock);
+	}
+	dma_free_coherent(vdev->drm.dev, vdev->ctx_table_bytes,
+			  vdev->ctx_table, vdev->ctx_table_dma);
+	vdev->ctx_table = NULL;
+	vdev->unplugged = true;
+	mutex_unlock(&vdev->ctx_lock);
 }
 
 /**

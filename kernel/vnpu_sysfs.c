@@ -80,6 +80,22 @@ static ssize_t jobs_failed_show(struct device *dev,
 }
 static DEVICE_ATTR_RO(jobs_failed);
 
+/* 1 once a reset failed: no work is accepted until the driver is rebound. */
+static ssize_t wedged_show(struct device *dev, struct device_attribute *attr,
+			   char *buf)
+{
+	return sysfs_emit(buf, "%d\n", READ_ONCE(vnpu_from_dev(dev)->wedged));
+}
+static DEVICE_ATTR_RO(wedged);
+
+static ssize_t device_resets_show(struct device *dev,
+				  struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%lld\n",
+			  atomic64_read(&vnpu_from_dev(dev)->device_resets));
+}
+static DEVICE_ATTR_RO(device_resets);
+
 static ssize_t devmem_size_show(struct device *dev,
 				struct device_attribute *attr, char *buf)
 {
@@ -152,6 +168,8 @@ static struct attribute *vnpu_attrs[] = {
 	&dev_attr_busy_ns_d2h.attr,
 	&dev_attr_jobs_completed.attr,
 	&dev_attr_jobs_failed.attr,
+	&dev_attr_wedged.attr,
+	&dev_attr_device_resets.attr,
 	&dev_attr_devmem_size.attr,
 	&dev_attr_devmem_used.attr,
 	&dev_attr_contexts.attr,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ./vnpu vm [--devices N] [--icount[=SHIFT]] [--timeout S] [--mem M] [--smp N] [--out DIR] [--share PATH]...
-#           [--build-dir D] [--device-props P] [--kernel stock|debug] [--host-root] -- CMD...
+#           [--build-dir D] [--device-props P] [--kernel stock|debug] [--host-root] [--append ARGS] -- CMD...
 #
 # Boot the Debian 6.12 kernel under the vnpu QEMU with N vnpu devices and an initramfs holding busybox, the
 # kernel modules vnpu.ko needs, vnpu.ko and every executable of the meson build dir (in /opt/vnpu/bin, with
@@ -15,12 +15,12 @@
 # --host-root shares the host's / read-only over virtio-9p (as virtme-ng does) at /host in the guest, with the
 # guest's /proc, /sys, /dev and /tmp mounted inside; `host-run CMD...` runs CMD there (chroot), so that the
 # host's /usr/bin/python3, its Debian packages and the build tree (same paths as on the host) run on the guest's
-# kernel and vnpu devices.
+# kernel and vnpu devices. --append adds ARGS to the guest kernel's command line (e.g. "swiotlb=force").
 set -euo pipefail
 . "$VNPU_ROOT/scripts/lib.sh"
 
 devices=1 icount= timeout=600 mem=1G smp=2 outdir= build_dir=$VNPU_BUILD module=$VNPU_ROOT/kernel/vnpu.ko
-qemu_extra=() vnpu_params= shares=() device_props= kernel=stock module_set= host_root=
+qemu_extra=() vnpu_params= shares=() device_props= kernel=stock module_set= host_root= append=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--devices) devices=$2; shift 2 ;;
@@ -41,6 +41,7 @@ while [ $# -gt 0 ]; do
 	--qemu-arg) qemu_extra+=("$2"); shift 2 ;;
 	--share) shares+=("$2"); shift 2 ;;
 	--device-props) device_props=$2; shift 2 ;;
+	--append) append=$2; shift 2 ;;
 	--) shift; break ;;
 	*) die "vm: unknown option '$1' (usage: ./vnpu vm [--devices N] [--icount] [--timeout S] -- CMD...)" ;;
 	esac
@@ -156,7 +157,7 @@ pad=$(((4 - $(stat -c %s "$base") % 4) % 4))
 # ---- boot ----------------------------------------------------------------------------------------------------
 args=(-M q35 -m "$mem" -smp "$smp" -nodefaults -display none -no-reboot
 	-kernel "$kimage" -initrd "$work/initramfs.cpio.gz"
-	-append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic rdinit=/init"
+	-append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic rdinit=/init${append:+ $append}"
 	-serial stdio -serial "file:$work/report" -serial "file:$work/out.b64")
 # shellcheck disable=SC2207
 args+=($(qemu_fw_args))

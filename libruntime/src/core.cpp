@@ -36,6 +36,10 @@ const char* error_code_name(ErrorCode code) noexcept {
     case ErrorCode::kInternal: return "internal";
     case ErrorCode::kTimeout: return "timeout";
     case ErrorCode::kCancelled: return "cancelled";
+    case ErrorCode::kDeviceHang: return "device-hang";
+    case ErrorCode::kCorruptCompletion: return "corrupt-completion";
+    case ErrorCode::kInterrupted: return "interrupted";
+    case ErrorCode::kDeviceLost: return "device-lost";
   }
   return "unknown";
 }

@@ -47,6 +47,60 @@ void gem_close(int fd, uint32_t handle) {
   (void)drmIoctl(fd, DRM_IOCTL_GEM_CLOSE, &req);
 }
 
+// A job's failure as the driver reports it: its errno (CQE res, WAIT job_status) and, when known, hw_status
+// (WAIT, job report). The driver's own endings (enum drm_vnpu_job_end) each have their own code; the device's
+// statuses keep job_error()'s mapping.
+Error kernel_job_error(int status, uint32_t hw_status, uint64_t fault_addr, const std::string& what) {
+  switch (hw_status) {
+    case DRM_VNPU_JOB_TIMEOUT: status = -ETIMEDOUT; break;
+    case DRM_VNPU_JOB_CORRUPT: status = -EBADMSG; break;
+    case DRM_VNPU_JOB_QUEUE_ERROR:
+      return Error(ErrorCode::kDeviceFault,
+                   what + ": the device stopped its queue on an error before reporting the job; queue reset");
+    case DRM_VNPU_JOB_NOT_RUN:
+      return Error(ErrorCode::kAborted, what +
+                                            ": aborted by a queue or device reset before it started; "
+                                            "it never ran and may be resubmitted");
+    case DRM_VNPU_JOB_INTERRUPTED: status = -ECONNABORTED; break;
+    case DRM_VNPU_JOB_DEP_FAILED:
+      return Error(ErrorCode::kAborted, what + ": not run because a job it depends on failed");
+    case DRM_VNPU_JOB_DEVICE_LOST:
+    case DRM_VNPU_JOB_WEDGED: status = -ENODEV; break;
+    default: break;
+  }
+  switch (-status) {
+    case ETIMEDOUT:
+      return Error(ErrorCode::kDeviceHang, what +
+                                               ": hung the device (no progress within the driver's job "
+                                               "timeout) and was reset; resubmitting it would hang again");
+    case EBADMSG:
+      return Error(ErrorCode::kCorruptCompletion,
+                   what + ": the device's completion record was corrupted or missing; its outcome is unknown");
+    case ECONNABORTED:
+      return Error(ErrorCode::kInterrupted, what +
+                                                ": stopped mid-run by a reset another job caused; its outputs "
+                                                "are undefined");
+    case ENODEV:
+      return Error(ErrorCode::kDeviceLost,
+                   what + (hw_status == DRM_VNPU_JOB_WEDGED
+                               ? ": the device is wedged (a reset failed) and takes no work until the driver is rebound"
+                               : ": the device was removed or its driver unbound"));
+    case ECANCELED:
+      if (hw_status == 0 || hw_status == DRM_VNPU_HW_ABORTED)
+        return Error(ErrorCode::kAborted, what + ": aborted before it ran (queue torn down or reset)");
+      break;
+    default: break;
+  }
+  return job_error(status, hw_status, fault_addr, what);
+}
+
+// A failed SUBMIT or WAIT: -ENODEV means the device is gone or wedged, not that it was never there.
+Error driver_call_error(int err, const std::string& what) {
+  if (err == ENODEV)
+    return Error(ErrorCode::kDeviceLost, what + ": the device was removed or is wedged (" + std::strerror(err) + ")");
+  return errno_error(err, what);
+}
+
 struct KernelHostBuffer final : HostBufferObject {
   ~KernelHostBuffer() override {
     if (ptr && map_len)
@@ -482,7 +536,7 @@ Status KernelDevice::do_submit(Job job, JobCallback done) {
     if (drmIoctl(fd_->fd, DRM_IOCTL_VNPU_SUBMIT, &req) != 0) {
       const int err = errno;
       give_back_report();
-      return errno_error(err, "SUBMIT ioctl");
+      return driver_call_error(err, "SUBMIT ioctl");
     }
     p->seqno = req.first_seqno;
     if (p->signals)
@@ -520,7 +574,7 @@ Status KernelDevice::do_submit(Job job, JobCallback done) {
     pending_.erase(id);
     if (report >= 0)
       free_reports_.push_back(static_cast<uint32_t>(report));
-    return errno_error(-r, "io_uring_submit of a URING_CMD job");
+    return driver_call_error(-r, "io_uring_submit of a URING_CMD job");
   }
   if (has_signals)
     ++signal_jobs_;
@@ -606,7 +660,7 @@ void KernelDevice::flush_completed() {
     read_report(p->report, jr);
     p->report = -1;
     if (p->status != 0)
-      jr.status = job_error(p->status, jr.hw_status.value_or(0), jr.fault_addr, "job");
+      jr.status = kernel_job_error(p->status, jr.hw_status.value_or(0), jr.fault_addr, "job");
     finish(std::move(p), std::move(jr));
   }
 }
@@ -715,7 +769,7 @@ void KernelDevice::ioctl_loop() {
         read_report(p->report, jr);
         p->report = -1;
         if (p->status != 0)
-          jr.status = job_error(p->status, jr.hw_status.value_or(0), jr.fault_addr, "job " + std::to_string(seqno));
+          jr.status = kernel_job_error(p->status, jr.hw_status.value_or(0), jr.fault_addr, "job " + std::to_string(seqno));
         finish(std::move(p), std::move(jr));
         lock.lock();
         continue;
@@ -741,13 +795,13 @@ void KernelDevice::ioctl_loop() {
     read_report(p->report, jr);
     p->report = -1;
     if (err != 0) {
-      jr.status = errno_error(err, "WAIT for job " + std::to_string(seqno));
+      jr.status = driver_call_error(err, "WAIT for job " + std::to_string(seqno));
     } else {
       jr.hw_status = w.hw_status;
       jr.t_start_ns = w.t_start;
       jr.t_end_ns = w.t_end;
       if (w.job_status != 0)
-        jr.status = job_error(w.job_status, w.hw_status, jr.fault_addr, "job " + std::to_string(seqno));
+        jr.status = kernel_job_error(w.job_status, w.hw_status, jr.fault_addr, "job " + std::to_string(seqno));
     }
     finish(std::move(p), std::move(jr));
     lock.lock();

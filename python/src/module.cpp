@@ -781,7 +781,11 @@ PYBIND11_MODULE(_vnpu, m) {
       .value("IO", vnpu::ErrorCode::kIo)
       .value("INTERNAL", vnpu::ErrorCode::kInternal)
       .value("TIMEOUT", vnpu::ErrorCode::kTimeout)
-      .value("CANCELLED", vnpu::ErrorCode::kCancelled);
+      .value("CANCELLED", vnpu::ErrorCode::kCancelled)
+      .value("DEVICE_HANG", vnpu::ErrorCode::kDeviceHang)
+      .value("CORRUPT_COMPLETION", vnpu::ErrorCode::kCorruptCompletion)
+      .value("INTERRUPTED", vnpu::ErrorCode::kInterrupted)
+      .value("DEVICE_LOST", vnpu::ErrorCode::kDeviceLost);
 
   g_error = PyErr_NewExceptionWithDoc("vnpu.Error",
                                       "A vnpu failure: .code (vnpu.ErrorCode) and .message say what failed and what "

@@ -75,6 +75,25 @@ enum drm_vnpu_hw_status {
 	DRM_VNPU_HW_BAD_CONTEXT = 10, /* bad device context id */
 };
 
+/* ---- why the driver ended a job: hw_status values the device never reports ---------------------------- */
+/*
+ * A job that did not end with a completion record of its own gets one of these as hw_status (WAIT and the job
+ * report); its status, also carried by the DRM event and the io_uring CQE, names the same kind by errno, so a
+ * caller that sees only the errno can tell a hang from an abort. Only DRM_VNPU_JOB_NOT_RUN and
+ * DRM_VNPU_JOB_DEP_FAILED say that the job never ran (safe to submit again); after DRM_VNPU_JOB_TIMEOUT,
+ * DRM_VNPU_JOB_CORRUPT and DRM_VNPU_JOB_INTERRUPTED its outputs are undefined.
+ */
+enum drm_vnpu_job_end {
+	DRM_VNPU_JOB_TIMEOUT = 0x100, /* -ETIMEDOUT: no progress for job_timeout_ms; it was reset (hung) */
+	DRM_VNPU_JOB_CORRUPT = 0x101, /* -EBADMSG: fetched, completion record corrupted or missing; outcome unknown */
+	DRM_VNPU_JOB_QUEUE_ERROR = 0x102, /* -EIO: fetched, its queue stopped on a device error before reporting it */
+	DRM_VNPU_JOB_NOT_RUN = 0x103, /* -ECANCELED: aborted before it started (reset, queue that did not restart) */
+	DRM_VNPU_JOB_INTERRUPTED = 0x104, /* -ECONNABORTED: started, then stopped by a reset another job caused */
+	DRM_VNPU_JOB_DEP_FAILED = 0x105, /* -ECANCELED: a dependency failed; it never ran */
+	DRM_VNPU_JOB_DEVICE_LOST = 0x106, /* -ENODEV: the device was removed (unbind, unplug, shutdown) */
+	DRM_VNPU_JOB_WEDGED = 0x107, /* -ENODEV: the device did not come back from a reset and takes no work */
+};
+
 /* ---- GET_PARAM ------------------------------------------------------------------------------------------ */
 enum drm_vnpu_param {
 	DRM_VNPU_PARAM_DEVICE_ID = 0, /* PCI vendor << 16 | device */
@@ -401,8 +420,9 @@ struct drm_vnpu_submit {
  * struct drm_vnpu_job_report - written into the report BO when a job completes
  * @seqno: the job's seqno
  * @user_data: the job's user_data
- * @status: 0, or the job's negative errno (-EIO device error, -EFAULT MMU fault, -ETIMEDOUT, -ECANCELED)
- * @hw_status: the device's completion status, enum drm_vnpu_hw_status
+ * @status: 0, or the job's negative errno: -EIO device error, -EFAULT MMU fault, -ETIMEDOUT hang, -EBADMSG
+ *          corrupted completion, -ECANCELED never ran, -ECONNABORTED interrupted, -ENODEV device lost or wedged
+ * @hw_status: the device's completion status, enum drm_vnpu_hw_status, or enum drm_vnpu_job_end
  * @t_submit: CLOCK_MONOTONIC ns when the driver accepted the job
  * @t_start: device clock ns when the job started executing (0 if it never ran)
  * @t_end: device clock ns when the job completed
@@ -456,7 +476,7 @@ struct drm_vnpu_event_job {
  * @queue_id: in, the queue the job was submitted to
  * @flags: in, must be 0
  * @job_status: out, 0 if the job succeeded, else its negative errno (as in struct drm_vnpu_job_report)
- * @hw_status: out, the device's completion status, enum drm_vnpu_hw_status
+ * @hw_status: out, the device's completion status, enum drm_vnpu_hw_status, or enum drm_vnpu_job_end
  * @t_start: out, device clock (ns) when the job started executing
  * @t_end: out, device clock (ns) when the job completed
  *

@@ -24,6 +24,13 @@ enum class ErrorCode {
   kInternal,          ///< a broken invariant inside the runtime (a bug: please report it)
   kTimeout,           ///< the request did not finish within the runtime's timeout
   kCancelled,         ///< the request was cancelled (Task::cancel, or the runtime was destroyed first)
+  // Kernel backend: how the driver ended a job that got no normal completion (docs/uapi.md, "Job status
+  // values"). kAborted above then means only that the job never ran, so resubmitting it is safe.
+  kDeviceHang,         ///< the job hung the device (no progress within the driver's job timeout) and was reset;
+                       ///< resubmitting it hangs again
+  kCorruptCompletion,  ///< the device's completion of the job was corrupted or missing: its outcome is unknown
+  kInterrupted,        ///< the job had started when a reset caused by another job stopped it; outputs undefined
+  kDeviceLost,         ///< the device was removed, unbound or is wedged (a reset failed); use another device
 };
 
 /// Short stable name of a code, e.g. "invalid-argument". Never null.
