@@ -73,6 +73,7 @@ void finish(BenchResult& r, Clock::time_point end) {
     queue.push_back(ms(t.prep_start - t.enqueued));
     prep.push_back(ms(t.prep()));
     post.push_back(ms(t.resolved - t.completed));
+    r.bytes_copied += double(t.host_bytes_copied) / double(r.timings.size());
     dev.push_back((iv[i].second - iv[i].first) / 1e6);
     JobTimes j = job_times(t, r.clock_offset_ns);
     if (!j.engine_times)
@@ -215,6 +216,7 @@ void print_table(std::ostream& out, const std::string& model, const std::vector<
       << std::setw(7) << "n" << std::setw(10) << "img/s" << std::setw(9) << "vs sync" << std::setw(10) << "bound"
       << std::setw(10) << "lat p50" << std::setw(8) << "prep" << std::setw(8) << "h2d" << std::setw(9) << "compute"
       << std::setw(8) << "d2h" << std::setw(7) << "post" << std::setw(9) << "device" << std::setw(7) << "util"
+      << std::setw(10) << "copied"
       << "\n";
   double sync_ips = 0;
   for (const auto& r : results)
@@ -229,14 +231,15 @@ void print_table(std::ostream& out, const std::string& model, const std::vector<
         << fmt(r.prep.mean) << std::setw(8) << (r.engine_times ? fmt(r.h2d.mean) : "-") << std::setw(9)
         << (r.engine_times ? fmt(r.compute.mean, 1) : "-") << std::setw(8) << (r.engine_times ? fmt(r.d2h.mean) : "-")
         << std::setw(7) << fmt(r.post.mean) << std::setw(9) << fmt(r.device.mean, 1) << std::setw(6)
-        << fmt(100 * r.device_util, 0) << "%\n";
+        << fmt(100 * r.device_util, 0) << "%" << std::setw(10) << fmt(r.bytes_copied, 0) << "\n";
   }
   const int cores = results.empty() ? 1 : results.front().compute_cores;
   out << "  img/s: throughput; vs sync: throughput / sync throughput; bound: img/s if the slowest stage were the\n"
-         "  only limit (sync: 1 / sum of stages); times in ms (latency p50, stage means): prep = host staging copy,\n"
-         "  h2d/compute/d2h = modelled engine busy time, post = host output copy (callback thread), device = a\n"
-         "  request's device time (H2D start to D2H end); util: compute engines busy / (wall x "
-      << cores << " cores)\n";
+         "  only limit (sync: 1 / sum of stages); times in ms (latency p50, stage means): prep = host input "
+         "preparation,\n"
+         "  h2d/compute/d2h = modelled engine busy time, post = completion to resolution (callback thread), device =\n"
+         "  a request's device time (H2D start to D2H end); util: compute engines busy / (wall x "
+      << cores << " cores); copied: host bytes copied per request\n";
   for (const auto& r : results)
     if (r.config.mode == Mode::kSync && r.stage_max_ms() > 0) {
       out << "  pipeline bound on async/sync: sum of stages / slowest stage = " << fmt(r.stage_sum_ms()) << " / "
@@ -278,7 +281,8 @@ nlohmann::json results_json(const std::string& model, const std::vector<BenchRes
                       {"post", stat(r.post)},
                       {"device", stat(r.device)}}},
                     {"engine_util", {{"compute", r.device_util}, {"h2d", r.h2d_util}}},
-                    {"engine_times", r.engine_times}});
+                    {"engine_times", r.engine_times},
+                    {"host_bytes_copied_per_request", r.bytes_copied}});
   }
   return rows;
 }

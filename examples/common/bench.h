@@ -56,6 +56,7 @@ struct BenchResult {
       0;                ///< compute engines busy / (wall time × cores) (union of device intervals if no engine times)
   double h2d_util = 0;  ///< H2D engine busy / wall time (0 if not reported)
   bool engine_times = false;  ///< h2d/compute/d2h come from the device
+  double bytes_copied = 0;    ///< host bytes copied per request (RequestTimings::host_bytes_copied), mean
   std::vector<RequestTimings> timings;
   int64_t clock_offset_ns = 0;  ///< device clock minus steady_clock
   RequestTimings::Clock::time_point start;

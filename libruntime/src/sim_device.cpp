@@ -758,8 +758,8 @@ Result<HostBuffer> SimDevice::import_host(void* ptr, size_t bytes, bool read_onl
     return Error(ErrorCode::kInvalidArgument, "import_host: null pointer or 0 bytes");
   const auto addr = reinterpret_cast<uintptr_t>(ptr);
   if (bytes > (1ull << 40) || addr > UINTPTR_MAX - bytes)
-    return Error(ErrorCode::kInvalidArgument, "import_host: the range of " + std::to_string(bytes) +
-                                                  " bytes wraps or exceeds 1 TiB");
+    return Error(ErrorCode::kInvalidArgument,
+                 "import_host: the range of " + std::to_string(bytes) + " bytes wraps or exceeds 1 TiB");
   auto obj = std::make_shared<SimHostBuffer>();
   obj->shared = shared_;
   obj->owner = shared_.get();

@@ -594,9 +594,18 @@ TEST_F(Semantics, BackPressureBoundsWhatIsHeld) {
   std::vector<vnpu::Task<vnpu::Outputs>> tasks;
   for (int i = 0; i < 200; ++i)
     tasks.push_back(rt.run(input_for(rt.model())));
-  EXPECT_EQ(rt.host_dma_bytes(), held) << "DMA memory must not grow with the number of queued requests";
+  // Outputs are leased views of the DMA buffer the device wrote: a resolved task whose outputs nobody has
+  // taken yet holds one. Queued requests hold none.
+  const uint64_t dma = rt.host_dma_bytes();
+  size_t resolved = 0;
+  for (auto& t : tasks)
+    resolved += t.ready() ? 1 : 0;
+  const uint64_t out_bytes = 64 << 10;  // the synthetic model's output binding
+  EXPECT_LE(dma, held + resolved * out_bytes) << "DMA memory must not grow with the number of queued requests";
   for (auto& t : tasks)
     EXPECT_NO_THROW((void)t.wait());
+  // Every output dropped: the leased buffers went back (the pool keeps max_in_flight of them).
+  EXPECT_EQ(rt.host_dma_bytes(), held);
 }
 
 // run() queued every request however many were waiting (the queue, and the inputs it holds, grew without

@@ -7,8 +7,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -86,6 +88,13 @@ struct RequestTimings {
   std::optional<uint64_t> device_start_ns, device_end_ns;
   /// Modelled busy time on each engine (ns), 0 when not reported.
   uint64_t h2d_ns = 0, compute_ns = 0, d2h_ns = 0;
+  /// Bytes the host copied for this request: inputs copied into the staging buffer (those the device could
+  /// not DMA from in place) plus outputs copied into caller-provided tensors it could not DMA into. 0 when
+  /// every input and output went straight between the caller's memory (or a prepare callback's writes) and
+  /// the device.
+  uint64_t host_bytes_copied = 0;
+  /// The device had read the inputs (the H2D finished): staging and borrowed inputs were free from then on.
+  Clock::time_point input_consumed;
 
   [[nodiscard]] Clock::duration prep() const { return prep_end - prep_start; }
   [[nodiscard]] Clock::duration total() const { return resolved - enqueued; }
@@ -99,6 +108,13 @@ struct RequestTimings {
 
 /// Model inputs, in the model's input order.
 using Inputs = std::vector<Tensor>;
+
+/// A request's input preparation, run by AsyncRuntime::run(PrepareFn) on a prep thread ("vnpu-prep<i>"):
+/// `inputs` are writable views (the model's input shapes, in its input order) of the request's DMA staging
+/// buffer, which the device reads from directly. The function must write every element: the buffer is not
+/// cleared and holds an earlier request's data. The views are valid only during the call. An exception it
+/// throws fails the request with that exception (rethrown by wait()/co_await); the runtime goes on.
+using PrepareFn = std::function<void(std::span<Tensor> inputs)>;
 
 /// The result of one request: output tensors in the model's output order, plus its timings.
 struct Outputs {
@@ -116,11 +132,13 @@ class RuntimeImpl;
 /// Runs one model asynchronously.
 ///
 /// Pipeline of a request: run() checks the inputs and queues the request → a prep thread (one of
-/// `parallel`) takes a device with a free request slot and a free staging buffer and copies the inputs into
-/// the staging buffer → job 1 [H2D staging→device] is submitted → when job 1 completes, the device's
-/// completion thread returns the staging buffer to its pool and submits job 2 [compute, D2H device→output
-/// buffer] → when job 2 completes, the callback thread ("vnpu-callback") copies the outputs out, frees the
-/// slot and resolves the Task. Request N+1's H2D overlaps request N's compute (each slot has its own device
+/// `parallel`) takes a device with a free request slot (and a staging buffer if it needs one), imports the
+/// inputs' own memory for DMA where the device can (DeviceInfo::host_import) and copies the others into the
+/// staging buffer — or runs the request's PrepareFn, which writes into the staging buffer — and takes an
+/// output buffer → job 1 [H2D inputs→device] is submitted → when job 1 completes (input consumed), the
+/// device's completion thread returns the staging buffer, lets go of the inputs and submits job 2 [compute,
+/// D2H device→output buffer or the caller's output tensors] → when job 2 completes, the callback thread
+/// ("vnpu-callback") frees the slot and resolves the Task with views of the output buffer (nothing copied). Request N+1's H2D overlaps request N's compute (each slot has its own device
 /// buffers); weights and program are uploaded once per device.
 ///
 /// Threads: run() may be called from any thread, including from callbacks and coroutines this runtime
@@ -154,8 +172,13 @@ class VNPU_API AsyncRuntime {
   AsyncRuntime(const AsyncRuntime&) = delete;
   AsyncRuntime& operator=(const AsyncRuntime&) = delete;
 
-  /// Start one inference. Owned input tensors are moved in; borrowed ones are read in place by a prep thread
-  /// (keep them alive until the task resolves). Throws Error(kInvalidArgument) if the number, shapes or
+  /// Start one inference. Owned input tensors are moved in; borrowed ones are read in place (keep them alive
+  /// and unmodified until the task resolves). Either is DMA'd straight from its memory when the device can
+  /// import it (sim: always; see docs/runtime.md), else copied once into a staging buffer on a prep thread
+  /// (RequestTimings::host_bytes_copied counts it). The outputs are leased views of the buffer the device
+  /// wrote (Tensor::view): writable, valid as long as any copy of them lives — even after the runtime is
+  /// gone — and the buffer returns to the runtime's pool when the last is dropped (hold many results, and
+  /// the runtime allocates more). Throws Error(kInvalidArgument) if the number, shapes or
   /// dtypes of the inputs do not match the model, kAborted if the runtime is shutting down. Never blocks on
   /// the device; blocks while RuntimeOptions::max_queued requests wait for a slot (not on the callback
   /// thread).
@@ -166,10 +189,21 @@ class VNPU_API AsyncRuntime {
   [[nodiscard]] std::optional<Task<Outputs>> try_run(Tensor x);
   /// run() that writes the results into `outputs` (one per model output, matching shape and dtype,
   /// typically borrowed views of caller memory) instead of allocating new tensors; Outputs::tensors holds
-  /// the same views.
+  /// the same views. The device DMAs into them directly where it can import them (else they are copied on
+  /// the callback thread); so a cancel or timeout resolves such a request only once the device has stopped
+  /// writing them.
   [[nodiscard]] Task<Outputs> run(Inputs inputs, std::vector<Tensor> outputs);
   /// run({x}).
   [[nodiscard]] Task<Outputs> run(Tensor x);
+  /// Start one inference whose inputs `prepare` writes straight into the DMA staging buffer, on a prep
+  /// thread (see PrepareFn): the user's own preprocessing (decode, resize, normalise) runs on the `parallel`
+  /// prep threads while the device computes earlier requests, and nothing is copied after it. `prepare` is
+  /// destroyed on a runtime thread once it has run (or the request is dropped unstarted). Otherwise as run().
+  [[nodiscard]] Task<Outputs> run(PrepareFn prepare);
+  /// run(prepare) that writes the results into `outputs` as run(inputs, outputs) does.
+  [[nodiscard]] Task<Outputs> run(PrepareFn prepare, std::vector<Tensor> outputs);
+  /// run(prepare) that never blocks (see try_run(Inputs)).
+  [[nodiscard]] std::optional<Task<Outputs>> try_run(PrepareFn prepare);
   /// The same as run(), named for `Outputs y = co_await runtime.async_run(x);`.
   [[nodiscard]] Task<Outputs> async_run(Inputs inputs) { return run(std::move(inputs)); }
   [[nodiscard]] Task<Outputs> async_run(Tensor x) { return run(std::move(x)); }
@@ -184,7 +218,8 @@ class VNPU_API AsyncRuntime {
   /// Device clock of device `i` minus steady_clock, in ns, sampled at start-up (for placing device
   /// timestamps on the host timeline; 0 for the sim backend, whose device clock is CLOCK_MONOTONIC).
   [[nodiscard]] int64_t device_clock_offset_ns(size_t i) const;
-  /// Host memory this runtime holds for DMA: staging buffers plus output buffers, bytes.
+  /// Host memory this runtime holds for DMA, bytes: staging buffers plus output buffers (pooled, max_in_flight per
+  /// device, plus those whose leased outputs the user still holds).
   [[nodiscard]] uint64_t host_dma_bytes() const noexcept;
   /// Requests accepted by run() that still hold, or wait for, device resources (queued, in preparation, on a
   /// device, or resolved early while the device finishes their work). Thread-safe; a snapshot.
