@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -88,6 +89,7 @@ class RuntimeImpl {
     int64_t clock_offset_ns = 0;
   };
   std::vector<DeviceCtx> devs_;
+  DepthEstimate depth_;
   uint64_t staging_dma_bytes_ = 0;
   uint64_t host_dma_bytes() const {
     uint64_t b = staging_dma_bytes_;
@@ -132,6 +134,7 @@ class RuntimeImpl {
   enum class Early { kNo, kNow, kDeferred };
 
   void setup_device(int index);
+  DepthEstimate estimate_depth(const DeviceInfo& inf) const;
   Status upload(Device& dev, const DeviceBuffer& dst, const void* data, size_t bytes);
   int pick_device_locked(bool need_staging);
   bool needs_staging(const Request& req) const;
@@ -156,6 +159,10 @@ class RuntimeImpl {
   [[nodiscard]] bool on_callback_thread() const noexcept { return detail::this_thread_executor() == this; }
 
   std::vector<uint64_t> in_off_, out_off_;  // per binding: offset in the staging / output buffer
+  // Every input (output) binding is exactly one input (output) tensor, so the DMA of a binding is the DMA of
+  // a tensor: the tensor's memory can be imported. Not so for synthetic models (their bindings are bigger
+  // than their f32[1] tensors, to move a chosen number of bytes).
+  bool inputs_importable_ = true, outputs_importable_ = true;
   uint64_t staging_bytes_ = 0, out_bytes_ = 0;
 
   std::mutex mu_;                     // queue_, free lists, phases, active_, stopping_, rr_
@@ -204,8 +211,6 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
                                                  " is out of range; use 1..256 (or 0 for the default)");
   if (options_.timeout.count() < 0)
     throw Error(ErrorCode::kInvalidArgument, "timeout must not be negative");
-  if (options_.max_in_flight == 0)
-    options_.max_in_flight = std::max(4, 2 * options_.parallel);
   if (options_.staging_buffers == 0)
     options_.staging_buffers = options_.parallel + 2;
   if (options_.max_queued < 0 || options_.max_queued > 65536)
@@ -220,8 +225,6 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
       if (options_.devices[i] == options_.devices[j])
         throw Error(ErrorCode::kInvalidArgument, "device " + std::to_string(options_.devices[i]) + " is listed twice");
   options_.device = options_.devices.front();
-  if (options_.max_queued == 0)
-    options_.max_queued = 4 * options_.max_in_flight * static_cast<int>(options_.devices.size());
   if (options_.backend.empty())
     options_.backend = Device::default_backend(options_.device);
 
@@ -238,6 +241,21 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
     }
   }
   staging_bytes_ = std::max<uint64_t>(staging_bytes_, 64);
+  auto one_tensor_each = [&](const std::vector<detail::IoPlace>& places, const std::vector<TensorInfo>& infos,
+                             detail::SlotKind kind) {
+    std::vector<int> count(md_.bindings.size(), 0);
+    for (size_t i = 0; i < places.size(); ++i) {
+      const auto b = places[i].binding;
+      if (places[i].offset != 0 || infos[i].size_bytes != md_.bindings[b].size || ++count[b] > 1)
+        return false;
+    }
+    for (size_t b = 0; b < md_.bindings.size(); ++b)
+      if (md_.bindings[b].kind == kind && count[b] != 1)
+        return false;
+    return true;
+  };
+  inputs_importable_ = one_tensor_each(md_.input_places, md_.inputs, detail::SlotKind::kInput);
+  outputs_importable_ = one_tensor_each(md_.output_places, md_.outputs, detail::SlotKind::kOutput);
   out_bytes_ = std::max<uint64_t>(out_bytes_, 64);
 
   cb_thread_ = std::thread([this] { callback_loop(); });
@@ -256,8 +274,70 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
     cb_thread_.join();
     throw;
   }
+  if (options_.max_queued == 0)
+    options_.max_queued = 4 * options_.max_in_flight * static_cast<int>(options_.devices.size());
   for (int i = 0; i < options_.parallel; ++i)
     prep_threads_.emplace_back([this, i] { prep_loop(i); });
+}
+
+DepthEstimate RuntimeImpl::estimate_depth(const DeviceInfo& inf) const {
+  DepthEstimate e;
+  auto dma_ms = [&](uint64_t bytes, uint32_t mbps, uint32_t latency_ns) {
+    if (bytes == 0)
+      return 0.0;
+    const double xfer = mbps ? static_cast<double>(bytes) / (static_cast<double>(mbps) * 1e3) : 0.0;
+    return xfer + (latency_ns + inf.cmd_overhead_ns) / 1e6;
+  };
+  uint64_t in = 0, out = 0;
+  for (const auto& t : md_.inputs)
+    in += t.size_bytes;
+  for (const auto& t : md_.outputs)
+    out += t.size_bytes;
+  if (md_.compute == detail::ComputeKind::kSynth) {  // synthetic models move whole bindings
+    in = out = 0;
+    for (const auto& b : md_.bindings) {
+      if (b.kind == detail::SlotKind::kInput)
+        in += b.size;
+      else if (b.kind == detail::SlotKind::kOutput)
+        out += b.size;
+    }
+  }
+  e.h2d_ms = dma_ms(in, inf.h2d_mbps, inf.h2d_latency_ns);
+  e.d2h_ms = dma_ms(out, inf.d2h_mbps, inf.d2h_latency_ns);
+  e.compute_cores = std::max(1u, inf.compute_cores);
+  const double cores = e.compute_cores;
+  switch (md_.compute) {
+    case detail::ComputeKind::kSynth:
+      e.compute_ms = static_cast<double>(md_.synth_ns) / 1e6 + inf.cmd_overhead_ns / 1e6;
+      e.compute_known = true;
+      break;
+    case detail::ComputeKind::kMatmul:
+      if (inf.compute_gflops) {
+        e.compute_ms = 2.0 * md_.m * md_.n * md_.k / (inf.compute_gflops * 1e6) + inf.cmd_overhead_ns / 1e6;
+        e.compute_known = true;
+      }
+      break;
+    case detail::ComputeKind::kExec: break;
+  }
+  if (!e.compute_known)
+    e.compute_ms = cores * std::max({e.h2d_ms, e.d2h_ms, 1e-3});
+  e.bottleneck_ms = std::max({e.h2d_ms, e.compute_ms / cores, e.d2h_ms, 1e-6});
+  const double path = e.h2d_ms + e.compute_ms + e.d2h_ms;
+  e.pipeline_depth = static_cast<int>(std::min(256.0, std::ceil(path / e.bottleneck_ms - 1e-9))) + options_.parallel;
+  // Device memory: every slot's bindings and binding table, page-rounded as the device allocates them.
+  const uint64_t page = std::max<uint64_t>(inf.mmu_page_size, 1);
+  uint64_t per = 0, shared = detail::round_up(std::max<uint64_t>(md_.program.size(), 1), page);
+  for (const auto& b : md_.bindings)
+    (b.kind == detail::SlotKind::kWeights ? shared : per) += detail::round_up(std::max<uint64_t>(b.size, 1), page);
+  if (md_.compute == detail::ComputeKind::kExec)
+    per += detail::round_up(8 * md_.bindings.size(), page);
+  e.memory_limit =
+      inf.devmem_size > shared
+          ? static_cast<int>(std::min<uint64_t>(256, (inf.devmem_size - shared) / std::max<uint64_t>(per, 1)))
+          : 0;
+  e.memory_limit = std::max(1, e.memory_limit);
+  e.chosen = std::clamp(std::max(2, e.pipeline_depth), 1, std::min(256, e.memory_limit));
+  return e;
 }
 
 Status RuntimeImpl::upload(Device& dev, const DeviceBuffer& dst, const void* data, size_t bytes) {
@@ -280,6 +360,12 @@ void RuntimeImpl::setup_device(int index) {
           .value();
   Device& dev = *dc.dev;
   const DeviceInfo& inf = dev.info();
+  if (index == 0) {
+    depth_ = estimate_depth(inf);
+    depth_.used = options_.max_in_flight == 0;
+    if (depth_.used)
+      options_.max_in_flight = depth_.chosen;
+  }
   if (md_.compute == detail::ComputeKind::kExec && !(inf.caps & VNPU_CAP_EXEC))
     throw Error(ErrorCode::kUnsupported, inf.name + " cannot run programs (no EXEC capability); update the device");
   if (md_.compute == detail::ComputeKind::kSynth && !(inf.caps & VNPU_CAP_SYNTH))
@@ -718,7 +804,7 @@ void RuntimeImpl::prep_loop(int index) {
 bool RuntimeImpl::needs_staging(const Request& req) const {
   // Inputs of a prepare callback are written into staging; others go from their own memory when the
   // device can import it (an import that fails falls back to staging, taken then).
-  return req.prepare != nullptr || !devs_.front().dev->info().host_import;
+  return req.prepare != nullptr || !inputs_importable_ || !devs_.front().dev->info().host_import;
 }
 
 // mu_ not held. The caller's memory is no longer used by the request for inputs / outputs; if both are
@@ -744,7 +830,7 @@ void RuntimeImpl::prepare(const RequestPtr& req) {
   if (!req->cancelled) {
     try {
       // Caller-provided outputs: the D2H writes straight into them when the device can import them.
-      if (!req->outs.empty() && dev.info().host_import) {
+      if (!req->outs.empty() && outputs_importable_ && dev.info().host_import) {
         req->out_imports.resize(req->outs.size());
         req->out_imported.assign(req->outs.size(), false);
         for (size_t i = 0; i < req->outs.size(); ++i) {
@@ -786,7 +872,7 @@ void RuntimeImpl::prepare(const RequestPtr& req) {
         // Every input the device can import is DMA'd from the tensor's own memory (borrowed: the caller's;
         // owned: the tensor the runtime holds). Only the others are copied, once, here.
         req->in_imports.resize(req->inputs.size());
-        if (dev.info().host_import)
+        if (inputs_importable_ && dev.info().host_import)
           for (size_t i = 0; i < req->inputs.size(); ++i) {
             const auto src = std::as_const(req->inputs[i]).data();
             if (auto h = dev.import_host(const_cast<float*>(src.data()), src.size_bytes(), true)) {
@@ -863,15 +949,20 @@ Job RuntimeImpl::h2d_job(const RequestPtr& req) {
   DeviceCtx& dc = devs_[static_cast<size_t>(req->dev)];
   const Slot& slot = dc.slots[static_cast<size_t>(req->slot)];
   Job job;
-  for (size_t i = 0; i < md_.inputs.size(); ++i) {
-    const detail::IoPlace& pl = md_.input_places[i];
-    const uint64_t bytes = md_.inputs[i].size_bytes;
-    if (i < req->in_imports.size() && req->in_imports[i])
-      job.commands.push_back(Command::copy_to_device(req->in_imports[i], 0, slot.bufs[pl.binding], pl.offset, bytes));
-    else
-      job.commands.push_back(Command::copy_to_device(dc.staging[static_cast<size_t>(req->staging)],
-                                                     in_off_[pl.binding] + pl.offset, slot.bufs[pl.binding], pl.offset,
-                                                     bytes));
+  if (inputs_importable_) {  // binding = tensor: each from its import, or from its staging region
+    for (size_t i = 0; i < md_.inputs.size(); ++i) {
+      const auto b = md_.input_places[i].binding;
+      if (i < req->in_imports.size() && req->in_imports[i])
+        job.commands.push_back(Command::copy_to_device(req->in_imports[i], 0, slot.bufs[b], 0, md_.bindings[b].size));
+      else
+        job.commands.push_back(Command::copy_to_device(dc.staging[static_cast<size_t>(req->staging)], in_off_[b],
+                                                       slot.bufs[b], 0, md_.bindings[b].size));
+    }
+  } else {
+    for (size_t b = 0; b < md_.bindings.size(); ++b)
+      if (md_.bindings[b].kind == detail::SlotKind::kInput)
+        job.commands.push_back(Command::copy_to_device(dc.staging[static_cast<size_t>(req->staging)], in_off_[b],
+                                                       slot.bufs[b], 0, md_.bindings[b].size));
   }
   if (job.commands.empty())
     job.commands.push_back(Command::nop());  // a model without inputs
@@ -893,15 +984,20 @@ Job RuntimeImpl::exec_job(const RequestPtr& req) {
       break;
     case detail::ComputeKind::kSynth: job.commands.push_back(Command::synth(md_.synth_ns)); break;
   }
-  for (size_t i = 0; i < md_.outputs.size(); ++i) {
-    const detail::IoPlace& pl = md_.output_places[i];
-    const uint64_t bytes = md_.outputs[i].size_bytes;
-    if (i < req->out_imports.size() && req->out_imports[i])
-      job.commands.push_back(
-          Command::copy_from_device(slot.bufs[pl.binding], pl.offset, req->out_imports[i], 0, bytes));
+  // D2H per output binding into the leased buffer, except the bindings (= tensors) whose caller-provided
+  // tensor is imported: those straight into it.
+  std::vector<const HostBuffer*> direct(md_.bindings.size(), nullptr);
+  for (size_t i = 0; i < req->out_imports.size(); ++i)
+    if (req->out_imports[i])
+      direct[md_.output_places[i].binding] = &req->out_imports[i];
+  for (size_t b = 0; b < md_.bindings.size(); ++b) {
+    if (md_.bindings[b].kind != detail::SlotKind::kOutput)
+      continue;
+    if (direct[b])
+      job.commands.push_back(Command::copy_from_device(slot.bufs[b], 0, *direct[b], 0, md_.bindings[b].size));
     else
-      job.commands.push_back(Command::copy_from_device(slot.bufs[pl.binding], pl.offset, req->lease->buf,
-                                                       out_off_[pl.binding] + pl.offset, bytes));
+      job.commands.push_back(
+          Command::copy_from_device(slot.bufs[b], 0, req->lease->buf, out_off_[b], md_.bindings[b].size));
   }
   return job;
 }
@@ -1110,6 +1206,9 @@ int64_t AsyncRuntime::device_clock_offset_ns(size_t i) const {
 }
 uint64_t AsyncRuntime::host_dma_bytes() const noexcept {
   return impl_->host_dma_bytes();
+}
+const DepthEstimate& AsyncRuntime::depth_estimate() const noexcept {
+  return impl_->depth_;
 }
 size_t AsyncRuntime::in_flight() const {
   return impl_->in_flight();

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -586,6 +587,49 @@ TEST_F(Semantics, StagingIsRecycledAfterH2dNotAfterCompletion) {
   auto ta = a.wait().timings;
   auto tb = b.wait().timings;
   EXPECT_LT(tb.submitted, ta.completed) << "request 2 waited for request 1 to finish although its staging was free";
+}
+
+// ---- default depth ---------------------------------------------------------------------------------------
+TEST_F(Semantics, DefaultDepthCoversThePipelineAtTheSlowestStage) {
+  const auto& inf = vnpu::Device::open({backend(), 0}).value()->info();
+  // Compute-bound: a long SYNTH per request; its cores each need a request, plus the DMA stages around them.
+  vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(20)), opts(1));
+  const vnpu::DepthEstimate& e = rt.depth_estimate();
+  EXPECT_TRUE(e.used);
+  EXPECT_TRUE(e.compute_known);
+  EXPECT_EQ(e.compute_cores, inf.compute_cores);
+  EXPECT_NEAR(e.bottleneck_ms, e.compute_ms / inf.compute_cores, 1e-9);
+  const int want = static_cast<int>(std::ceil((e.h2d_ms + e.compute_ms + e.d2h_ms) / e.bottleneck_ms - 1e-9)) + 1;
+  EXPECT_EQ(e.pipeline_depth, want);
+  EXPECT_EQ(rt.options().max_in_flight, std::max(2, want));
+  EXPECT_EQ(e.chosen, rt.options().max_in_flight);
+  // More prep threads: one more slot each.
+  vnpu::AsyncRuntime rt3(synth(std::chrono::milliseconds(20)), opts(3));
+  EXPECT_EQ(rt3.depth_estimate().pipeline_depth, want + 2);
+  // An explicit depth is kept; the estimate is still reported.
+  vnpu::AsyncRuntime fixed(synth(std::chrono::milliseconds(20)), opts(1, 7));
+  EXPECT_EQ(fixed.options().max_in_flight, 7);
+  EXPECT_FALSE(fixed.depth_estimate().used);
+  EXPECT_EQ(fixed.depth_estimate().chosen, e.chosen);
+}
+
+TEST_F(Semantics, DefaultDepthIsBoundedByDeviceMemory) {
+  if (backend() == "sim")
+    ::setenv("VNPU_SIM_DEVMEM_MB", "40", 1);  // read when a sim device opens
+  struct Restore {
+    ~Restore() { ::unsetenv("VNPU_SIM_DEVMEM_MB"); }
+  } restore;
+  const auto inf = vnpu::Device::open({backend(), 0}).value()->info();
+  if (inf.devmem_size > (256u << 20))
+    GTEST_SKIP() << "device memory too large for a test that fills it";
+  // Requests so big that only a few fit in device memory: the default takes what fits instead of failing.
+  const uint64_t bytes = inf.devmem_size / 5;
+  vnpu::AsyncRuntime rt(synth(std::chrono::microseconds(100), bytes), opts(1));
+  const vnpu::DepthEstimate& e = rt.depth_estimate();
+  EXPECT_GT(e.pipeline_depth, e.memory_limit);
+  EXPECT_EQ(e.memory_limit, 2);  // input + output binding per slot: 2 slots of 2/5 each
+  EXPECT_EQ(rt.options().max_in_flight, 2);
+  EXPECT_NO_THROW((void)rt.run(input_for(rt.model())).wait());
 }
 
 TEST_F(Semantics, BackPressureBoundsWhatIsHeld) {

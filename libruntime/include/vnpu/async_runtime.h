@@ -42,9 +42,10 @@ struct RuntimeOptions {
   Placement placement = Placement::kLeastLoaded;
   /// Input-preparation threads ("vnpu-prep<i>"), 1..16: copy/convert inputs into DMA staging buffers.
   int parallel = 1;
-  /// Request slots per device, 1..256 (0 = max(4, 2 * parallel)): each holds the device memory and the
-  /// output buffer of one request from its H2D to the moment its outputs are copied out. Requests beyond
-  /// this wait in FIFO order (back-pressure: memory stays bounded however many run() calls are made).
+  /// Request slots per device, 1..256 (0 = derived from the model and the device: see DepthEstimate and
+  /// AsyncRuntime::depth_estimate()): each holds the device memory of one request from its preparation to
+  /// the end of its D2H. Requests beyond this wait in FIFO order (back-pressure: memory stays bounded
+  /// however many run() calls are made).
   int max_in_flight = 0;
   /// Input staging buffers per device, 1..256 (0 = parallel + 2: one being filled per prep thread, one
   /// whose H2D is running, one spare to absorb jitter). A staging buffer is returned as soon as
@@ -68,6 +69,25 @@ struct RuntimeOptions {
   /// waiting requests (their inputs) is bounded too. Exception: run() on the callback thread never blocks
   /// (that thread is what frees room); there it queues beyond the bound.
   int max_queued = 0;
+};
+
+/// How the default request depth (RuntimeOptions::max_in_flight = 0) was chosen, after OpenVINO's
+/// "optimal number of infer requests": enough requests in flight to cover one request's whole path through
+/// the device (H2D + compute + D2H) at the pace of the slowest engine, plus one per prep thread being
+/// prepared, bounded by what the device's memory holds. Stage times come from the device's timing model
+/// (DeviceInfo bandwidths, latencies, per-command overhead, GFLOPS) and the model (bytes moved; SYNTH time,
+/// MATMUL size). A compiled program's compute time is not known before it runs: it is then assumed to keep
+/// every compute core exactly as busy as the busier DMA engine (the balanced case, which needs the most
+/// requests in flight).
+struct DepthEstimate {
+  double h2d_ms = 0, compute_ms = 0, d2h_ms = 0;  ///< per request (compute: on one core)
+  bool compute_known = false;                     ///< compute_ms from the model, not assumed
+  uint32_t compute_cores = 1;
+  double bottleneck_ms = 0;  ///< max(h2d, compute / cores, d2h)
+  int pipeline_depth = 0;    ///< ceil((h2d + compute + d2h) / bottleneck) + parallel
+  int memory_limit = 0;      ///< slots the device memory holds next to the model's shared bytes (>= 1)
+  int chosen = 0;            ///< the default: max(2, pipeline_depth), at most memory_limit and 256
+  bool used = false;         ///< max_in_flight was 0, so `chosen` is in effect
 };
 
 /// Where one request spent its time. Host times on std::chrono::steady_clock (CLOCK_MONOTONIC).
@@ -138,8 +158,9 @@ class RuntimeImpl;
 /// output buffer → job 1 [H2D inputs→device] is submitted → when job 1 completes (input consumed), the
 /// device's completion thread returns the staging buffer, lets go of the inputs and submits job 2 [compute,
 /// D2H device→output buffer or the caller's output tensors] → when job 2 completes, the callback thread
-/// ("vnpu-callback") frees the slot and resolves the Task with views of the output buffer (nothing copied). Request N+1's H2D overlaps request N's compute (each slot has its own device
-/// buffers); weights and program are uploaded once per device.
+/// ("vnpu-callback") frees the slot and resolves the Task with views of the output buffer (nothing copied). Request
+/// N+1's H2D overlaps request N's compute (each slot has its own device buffers); weights and program are uploaded once
+/// per device.
 ///
 /// Threads: run() may be called from any thread, including from callbacks and coroutines this runtime
 /// resumes; it never blocks on the device. Callbacks (Task::on_complete) run, and coroutines awaiting a
@@ -221,6 +242,8 @@ class VNPU_API AsyncRuntime {
   /// Host memory this runtime holds for DMA, bytes: staging buffers plus output buffers (pooled, max_in_flight per
   /// device, plus those whose leased outputs the user still holds).
   [[nodiscard]] uint64_t host_dma_bytes() const noexcept;
+  /// How the default max_in_flight was (or would have been) chosen, for the first device.
+  [[nodiscard]] const DepthEstimate& depth_estimate() const noexcept;
   /// Requests accepted by run() that still hold, or wait for, device resources (queued, in preparation, on a
   /// device, or resolved early while the device finishes their work). Thread-safe; a snapshot.
   [[nodiscard]] size_t in_flight() const;
