@@ -65,7 +65,7 @@
 
 #define VNPU_ID_MAGIC 0x55504e56u /* "VNPU" in memory order */
 #define VNPU_VERSION_MAJOR 1
-#define VNPU_VERSION_MINOR 0
+#define VNPU_VERSION_MINOR 1 /* 1.1: VNPU_OPC_SIGNAL */
 #define VNPU_VERSION ((VNPU_VERSION_MAJOR << 16) | VNPU_VERSION_MINOR)
 #define VNPU_RESET_MAGIC 0x52535421u /* "!TSR" */
 
@@ -77,6 +77,7 @@
 #define VNPU_CAP_FAULT_INJECT (1u << 5) /* fault-injection registers */
 #define VNPU_CAP_TIMING_ONLY (1u << 6) /* VNPU_CONTROL_TIMING_ONLY */
 #define VNPU_CAP_TELEMETRY (1u << 7) /* telemetry counters */
+#define VNPU_CAP_SIGNAL (1u << 8) /* VNPU_OPC_SIGNAL: intermediate completion records (interface 1.1) */
 
 /* When set, compute commands (MATMUL, EXEC) are validated and timed but not executed; outputs are undefined. */
 #define VNPU_CONTROL_TIMING_ONLY (1u << 0)
@@ -198,6 +199,13 @@ enum vnpu_opcode {
 	VNPU_OPC_NOP = 0x00,
 	VNPU_OPC_DMA_H2D = 0x01, /* host scatter-gather list -> device memory */
 	VNPU_OPC_DMA_D2H = 0x02, /* device memory -> host scatter-gather list */
+	/*
+	 * Intermediate completion (1.1, VNPU_CAP_SIGNAL): when the job's previous command has finished (for a first
+	 * command: when the job starts), post a record with the SIGNAL's tag, status OK and VNPU_CPL_F_SIGNAL; the
+	 * job goes on. No engine, no cost. Payload all zero; never F_LAST; at most VNPU_MAX_SIGNALS_PER_JOB per job
+	 * (else VNPU_CPL_BAD_FIELD). A job that fails before reaching a SIGNAL posts no record for it.
+	 */
+	VNPU_OPC_SIGNAL = 0x03,
 	VNPU_OPC_MATMUL = 0x10, /* C[m,n] = A[m,k] x B[k,n], row-major, dense, in device memory */
 	VNPU_OPC_EXEC = 0x11, /* run a program (vnpu_isa.h) on a compute core */
 	VNPU_OPC_SYNTH = 0x12, /* occupy a compute core for `ns` of modelled time; no functional work */
@@ -270,6 +278,7 @@ struct vnpu_hw_sge {
 #define VNPU_PROG_MAX_LEN (16u << 20)
 #define VNPU_EXEC_MAX_BINDINGS 64u
 #define VNPU_SYNTH_MAX_NS 10000000000ull /* 10 s */
+#define VNPU_MAX_SIGNALS_PER_JOB 4u /* SIGNAL commands per job */
 
 /* ---- Contexts and the device MMU -------------------------------------------------------------------------- */
 /*
@@ -328,6 +337,12 @@ enum vnpu_cpl_status {
 #define VNPU_JOB_MAX_CMDS 256u
 
 #define VNPU_CPL_F_PHASE (1u << 0) /* toggles on every pass over the completion ring; first pass writes 1 */
+/*
+ * Intermediate record of a SIGNAL command: the job goes on. tag and sq_index are the SIGNAL's, status OK,
+ * t_start the job's start, t_end when the record became visible, the *_ns fields the job's time so far. A job's
+ * intermediate records always precede its final record (the one without this flag).
+ */
+#define VNPU_CPL_F_SIGNAL (1u << 1)
 
 struct vnpu_hw_cpl {
 	__u64 tag; /* tag of the job's last command (or of the failing command's job) */

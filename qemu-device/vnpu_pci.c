@@ -62,6 +62,7 @@ typedef struct VnpuParams {
     uint32_t fi_after;
     uint32_t fi_rate_ppm;
     uint32_t fi_seed;
+    uint64_t host_mem_max;
 } VnpuParams;
 
 struct VnpuState {
@@ -294,6 +295,7 @@ static void vnpu_realize(PCIDevice *pdev, Error **errp)
         .fi_after = s->params.fi_after,
         .fi_rate_ppm = s->params.fi_rate_ppm,
         .fi_seed = s->params.fi_seed,
+        .host_mem_max = s->params.host_mem_max,
     };
 #undef NS_PARAM
     const VnpuEngineHost host = {
@@ -316,7 +318,7 @@ static void vnpu_realize(PCIDevice *pdev, Error **errp)
     if (vnpu_engine_config_finalize(&cfg)) {
         error_setg(errp, "vnpu: invalid configuration (devmem-size: a multiple of 64 KiB, at most 1 TiB; "
                    "num-queues 1..16; num-contexts 1..1024; compute-cores 1..8; ring-max a power of two "
-                   "2..65536; fi-kind 0..4; fi-rate-ppm <= 1000000; rates non-zero)");
+                   "2..65536; fi-kind 0..4; fi-rate-ppm <= 1000000; rates non-zero; host-mem-max >= 1M)");
         return;
     }
     pci_config_set_interrupt_pin(pdev->config, 0); /* MSI-X only */
@@ -440,6 +442,7 @@ static const Property vnpu_properties[] = {
     DEFINE_PROP_UINT32("fi-after", VnpuState, params.fi_after, 0),
     DEFINE_PROP_UINT32("fi-rate-ppm", VnpuState, params.fi_rate_ppm, 0),
     DEFINE_PROP_UINT32("fi-seed", VnpuState, params.fi_seed, 0),
+    DEFINE_PROP_SIZE("host-mem-max", VnpuState, params.host_mem_max, VNPU_ENGINE_DEFAULT_HOST_MEM_MAX),
 };
 
 static void vnpu_class_init(ObjectClass *klass, void *data)

@@ -97,6 +97,22 @@ KC
 	return 0
 }
 
+# The device's qtest suite (tests/qtest/vnpu-test.c, scripts/qtest.sh) is built in QEMU's own qtest framework
+# (libqtest, libqos) from QEMU's tests/qtest/; not by default (the qtest stage builds it). Changing it regenerates
+# QEMU's build files (meson, seconds), never a reconfigure.
+graft_qtest() {
+	local changed=
+	changed+=$(sync_file "$VNPU_ROOT/tests/qtest/vnpu-test.c" "$QEMU_SRC/tests/qtest/vnpu-test.c")
+	changed+=$(set_block "$QEMU_SRC/tests/qtest/meson.build" <<'MB'
+vnpu_qtest = executable('vnpu-test', files('vnpu-test.c'),
+                        include_directories: include_directories('../../hw/misc/vnpu'),
+                        dependencies: [qemuutil, qos], build_by_default: false)
+MB
+)
+	[ -n "$changed" ] && log "qtest suite grafted into the QEMU tree"
+	return 0
+}
+
 # Reconfigured (a cold build) only when these change: the build dir remembers the arguments it was made with.
 QEMU_CONFIGURE_ARGS=(--python=/usr/bin/python3 --target-list=x86_64-softmmu
 	--without-default-features --without-default-devices --with-devices-x86_64=vnpu
@@ -140,5 +156,6 @@ build() {
 
 fetch_source
 graft_device
+graft_qtest
 configure
 build

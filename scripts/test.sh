@@ -74,6 +74,7 @@ if [ "$host" = 1 ]; then
 	run "AddressSanitizer+UBSan: runtime, compiler and examples suites (build-asan)" asan_host
 fi
 if [ "$vm" = 1 ]; then
+	run "qtest: the device's register-level suite in QEMU's qtest framework (libqos)" "$VNPU_ROOT/scripts/qtest.sh"
 	run "vm runner: 'true' exits 0" quiet "$VNPU_ROOT/vnpu" vm --no-module --devices 0 -- true
 	run "vm runner: 'false' exits non-zero" quiet bash -c '"$0" vm --no-module --devices 0 -- false; [ $? -eq 1 ]' "$VNPU_ROOT/vnpu"
 	run "vm runner: exit status passes through" quiet bash -c '"$0" vm --no-module --devices 0 -- sh -c "exit 7"; [ $? -eq 7 ]' "$VNPU_ROOT/vnpu"

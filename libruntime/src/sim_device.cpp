@@ -290,9 +290,21 @@ class SimDevice final : public Device {
     Job job;
     JobCallback done;
     uint32_t ncmds = 0;
+    uint32_t sq_first = 0;  // ring index of its first command (SIGNAL records name theirs)
   };
   using PendingPtr = std::unique_ptr<Pending>;
-  using Finished = std::vector<std::pair<std::unique_ptr<Pending>, JobResult>>;
+  // What the completion thread delivers, in record order: a job's end (`job` set), or one of its SIGNAL records
+  // (`signaled`: the job, still owned by pending_ until its own record, which comes later in the same order).
+  struct Reaped {
+    PendingPtr job;
+    JobResult result;
+    Pending* signaled = nullptr;
+    SignalEvent signal;
+    Reaped(PendingPtr p, JobResult r) : job(std::move(p)), result(std::move(r)) {}
+    Reaped(Pending* p, SignalEvent ev) : signaled(p), signal(ev) {}
+  };
+  using Finished = std::vector<Reaped>;
+  static void deliver(Reaped& x);
 
   SimDevice() = default;
   Status start(const DeviceOptions& options);
@@ -451,6 +463,22 @@ SimDevice::Finished SimDevice::reap_locked() {
     if ((__atomic_load_n(&c.flags, __ATOMIC_ACQUIRE) & VNPU_CPL_F_PHASE) != cq_phase_)
       break;
     const uint64_t tag = c.tag;
+    if (c.flags & VNPU_CPL_F_SIGNAL) {
+      // Intermediate record of a SIGNAL: the job goes on.
+      if (++cq_head_ == kRingEntries) {
+        cq_head_ = 0;
+        cq_phase_ ^= 1;
+      }
+      consumed = true;
+      auto it = pending_.find(tag);
+      if (it == pending_.end())
+        continue;  // not ours (cannot happen unless the device misbehaves)
+      SignalEvent ev;
+      ev.command_index = (c.sq_index + kRingEntries - it->second->sq_first) % kRingEntries;
+      ev.t_ns = c.t_end;
+      done.emplace_back(it->second.get(), ev);
+      continue;
+    }
     JobResult r;
     r.hw_status = c.status;
     r.t_start_ns = c.t_start;
@@ -508,6 +536,15 @@ void SimDevice::fail_all_locked(const Error& e, Finished& out) {
   ring_used_ = 0;
 }
 
+void SimDevice::deliver(Reaped& x) {
+  if (x.signaled) {
+    if (x.signaled->job.on_signal)
+      x.signaled->job.on_signal(x.signal);
+    return;
+  }
+  x.job->done(std::move(x.result));
+}
+
 void SimDevice::completion_loop() {
   pthread_setname_np(pthread_self(), "vnpu-complete");
   for (;;) {
@@ -523,8 +560,8 @@ void SimDevice::completion_loop() {
       std::lock_guard lock(shared_->mu);
       done = reap_locked();
     }
-    for (auto& [p, r] : done)
-      p->done(std::move(r));
+    for (auto& x : done)
+      deliver(x);
     done.clear();  // jobs (and the buffers they hold) die here, outside the transport lock
   }
 }
@@ -647,6 +684,8 @@ Status SimDevice::start(const DeviceOptions& options) {
   info_.max_cmds_per_job = 64;  // as the driver (DRM_VNPU_MAX_CMDS), so jobs behave the same on both backends
   info_.timestamps = true;
   info_.submit_path = "mmio";
+  info_.signals = (caps & VNPU_CAP_SIGNAL) != 0;
+  info_.max_signals_per_job = info_.signals ? VNPU_MAX_SIGNALS_PER_JOB : 0;
   info_.h2d_mbps = rd(VNPU_REG_H2D_MBPS);
   info_.d2h_mbps = rd(VNPU_REG_D2H_MBPS);
   info_.compute_gflops = rd(VNPU_REG_COMPUTE_GFLOPS);
@@ -851,6 +890,7 @@ void SimDevice::write_job_locked(PendingPtr p) {
   const Job& job = p->job;
   const uint32_t n = p->ncmds;
   const uint64_t tag = next_tag_++;
+  p->sq_first = sq_tail_;
   for (uint32_t i = 0; i < n; ++i) {
     const Command& c = job.commands[i];
     vnpu_hw_cmd e{};
@@ -891,6 +931,7 @@ void SimDevice::write_job_locked(PendingPtr p) {
         e.synth.ns = c.ns;
         break;
       case Command::Kind::kNop: e.opcode = VNPU_OPC_NOP; break;
+      case Command::Kind::kSignal: e.opcode = VNPU_OPC_SIGNAL; break;
     }
     sq_[sq_tail_] = e;
     sq_tail_ = (sq_tail_ + 1) % kRingEntries;

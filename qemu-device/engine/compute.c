@@ -33,7 +33,26 @@ typedef struct ProgMem {
     const VnpuExec *x;
     bool faulted;
     uint64_t fault;
+    uint64_t budget;    /* bounce bytes this command may hold at once (0: unlimited) */
+    uint64_t held;
+    bool refused;       /* an operand needed more than the budget */
 } ProgMem;
+
+/* A compute core's share of host_mem_max: what one command may hold in bounce buffers at once. */
+static uint64_t core_budget(const VnpuEngine *e)
+{
+    return e->cfg.host_mem_max / e->cfg.compute_cores;
+}
+
+static void host_mem_charge(VnpuEngine *e, uint64_t len)
+{
+    uint64_t now = __atomic_add_fetch(&e->host_mem_used, len, __ATOMIC_RELAXED);
+    uint64_t peak = __atomic_load_n(&e->host_mem_peak, __ATOMIC_RELAXED);
+
+    while (now > peak && !__atomic_compare_exchange_n(&e->host_mem_peak, &peak, now, true, __ATOMIC_RELAXED,
+                                                       __ATOMIC_RELAXED)) {
+    }
+}
 
 static void note_fault(ProgMem *m, uint64_t va)
 {
@@ -42,6 +61,8 @@ static void note_fault(ProgMem *m, uint64_t va)
         m->fault = va;
     }
 }
+
+static void pm_unmap(void *opaque, void *ptr, uint64_t addr, uint64_t len, int write);
 
 static void *pm_map(void *opaque, uint64_t addr, uint64_t len, int write)
 {
@@ -61,13 +82,20 @@ static void *pm_map(void *opaque, uint64_t addr, uint64_t len, int write)
         note_fault(m, len > e->cfg.devmem_size ? addr + e->cfg.devmem_size : fault);
         return NULL;
     }
+    /* Bounded before anything is allocated: the guest picks the operands (64 per op, aliased pages...). */
+    if (m->budget && (len > m->budget || m->held > m->budget - len)) {
+        m->refused = true;
+        return NULL;
+    }
     bounce = malloc(len);
     if (!bounce) {
         note_fault(m, addr);
         return NULL;
     }
+    m->held += len;
+    host_mem_charge(e, len);
     if (!vnpu_mmu_copy(m->x, addr, bounce, len, false, &fault)) {
-        free(bounce);
+        pm_unmap(m, bounce, addr, len, 0);
         note_fault(m, fault);
         return NULL;
     }
@@ -87,6 +115,8 @@ static void pm_unmap(void *opaque, void *ptr, uint64_t addr, uint64_t len, int w
         note_fault(m, fault); /* the tables changed under the job */
     }
     free(ptr);
+    m->held -= len;
+    __atomic_sub_fetch(&e->host_mem_used, len, __ATOMIC_RELAXED);
 }
 
 static const VnpuProgramMem *prog_mem(ProgMem *m, VnpuProgramMem *pm)
@@ -256,7 +286,7 @@ out:
 static void run_exec(const VnpuExec *x, const struct vnpu_hw_exec *ex, VnpuComputePrep *p, VnpuCmdResult *r)
 {
     VnpuComputeModel model = model_of(x->e);
-    ProgMem pmem = { .x = x };
+    ProgMem pmem = { .x = x, .budget = core_budget(x->e) };
     VnpuProgramMem pm;
     VnpuProgramCost cost = { 0 };
     VnpuProgramRun run = {
@@ -271,6 +301,11 @@ static void run_exec(const VnpuExec *x, const struct vnpu_hw_exec *ex, VnpuCompu
     uint32_t fail_op = 0;
     int st = vnpu_program_execute(&run, prog_mem(&pmem, &pm), &cost, &fail_op);
 
+    if (pmem.refused && !pmem.faulted) {
+        vnpu_guest_error(x->e, "EXEC: op %u needs more bounce memory than a core's share of host-mem-max (%llu)",
+                         fail_op, (unsigned long long)pmem.budget);
+        st = VNPU_CPL_PROGRAM_INVALID;
+    }
     if (st == VNPU_CPL_OK && pmem.faulted) {
         st = VNPU_CPL_MMU_FAULT;
     }

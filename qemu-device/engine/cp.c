@@ -89,15 +89,89 @@ static uint64_t post_key(const VnpuJob *j)
     return j->status == VNPU_CPL_ABORTED ? 0 : j->t_end;
 }
 
+static bool post_before(const VnpuPost *a, const VnpuPost *b)
+{
+    if (a->key != b->key) {
+        return a->key < b->key;
+    }
+    if (a->j->seq != b->j->seq) {
+        return a->j->seq < b->j->seq;
+    }
+    return a->sub < b->sub;
+}
+
+static void post_insert(VnpuQueue *q, VnpuPost *p)
+{
+    VnpuPost **pp = &q->done;
+
+    while (*pp && post_before(*pp, p)) {
+        pp = &(*pp)->next;
+    }
+    p->next = *pp;
+    *pp = p;
+    p->queued = true;
+}
+
+static void post_unlink(VnpuQueue *q, VnpuPost *p)
+{
+    for (VnpuPost **pp = &q->done; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    p->next = NULL;
+    p->queued = false;
+}
+
+static void records_sub(VnpuQueue *q, uint32_t n)
+{
+    q->records -= n;
+    if (n) {
+        q->sig_wait = false; /* a SIGNAL waiting for room may fit now */
+    }
+}
+
+/*
+ * Queue the finished job's own record. Its SIGNAL records still waiting go no later than it (an aborted job's
+ * record is due at once); SIGNALs it never reached owe no record.
+ */
 static void done_insert(VnpuQueue *q, VnpuJob *j)
 {
-    VnpuJob **pp = &q->done;
+    uint64_t key = post_key(j);
 
-    while (*pp && (post_key(*pp) < post_key(j) || (post_key(*pp) == post_key(j) && (*pp)->seq < j->seq))) {
-        pp = &(*pp)->done_next;
+    records_sub(q, j->nsig - j->sig_reached);
+    j->nsig = j->sig_reached;
+    for (unsigned i = j->sig_posted; i < j->sig_reached; i++) {
+        VnpuPost *p = &j->sig[i];
+
+        if (p->queued && p->key > key) {
+            post_unlink(q, p);
+            p->key = key;
+            post_insert(q, p);
+        }
     }
-    j->done_next = *pp;
-    *pp = j;
+    j->final.j = j;
+    j->final.sub = VNPU_POST_FINAL;
+    j->final.key = key;
+    post_insert(q, &j->final);
+}
+
+/* The job reached a SIGNAL (its previous command has finished): queue the intermediate record. Lock held. */
+static void job_signal(VnpuEngine *e, VnpuJob *j, const VnpuSlot *s)
+{
+    VnpuPost *p = &j->sig[j->sig_reached];
+
+    vnpu_timing_account(e, j, VNPU_UNIT_NONE, -1, false, true, 0); /* no engine, no cost: start = end = ready */
+    j->sig_reached++;
+    p->j = j;
+    p->sub = (uint8_t)(j->sig_reached - 1);
+    p->key = j->t_end;
+    p->sq_index = s->sq_index;
+    p->tag = s->cmd.tag;
+    memcpy(p->busy_ns, j->busy_ns, sizeof(p->busy_ns));
+    post_insert(j->q, p);
+    vnpu_engine_rearm(e);
 }
 
 static void job_advance(VnpuEngine *e, VnpuJob *j);
@@ -143,6 +217,12 @@ static void job_advance(VnpuEngine *e, VnpuJob *j)
         if (s->unit != VNPU_UNIT_NONE) {
             wake_all(e); /* its engine's worker takes it when it reaches the FIFO head */
             return;
+        }
+        if (s->cmd.opcode == VNPU_OPC_SIGNAL && s->pre_status == VNPU_CPL_OK) {
+            job_signal(e, j, s);
+            e->stats.cmds_executed++;
+            j->next_cmd++;
+            continue;
         }
         vnpu_timing_account(e, j, VNPU_UNIT_NONE, -1, true, s->pre_status == VNPU_CPL_OK, 0);
         if (s->pre_status != VNPU_CPL_OK) {
@@ -223,6 +303,7 @@ void vnpu_job_drop(VnpuEngine *e, VnpuJob *j)
     (void)e;
     j->dropped = true;
     __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
+    records_sub(j->q, 1u + j->nsig - j->sig_posted);
     vnpu_queue_unlink(j->q, j);
     vnpu_job_unref(j);
 }
@@ -250,10 +331,18 @@ void vnpu_queue_abort_all(VnpuEngine *e, VnpuQueue *q)
         }
         j->hung = false;
     }
-    /* Rebuild the posting order: aborted records go first, in fetch order. */
+    /*
+     * Rebuild the posting order: aborted records go first, in fetch order, each job's SIGNAL records that were
+     * reached but not yet posted before its own record.
+     */
     q->done = NULL;
     for (VnpuJob *j = q->jobs_head; j; j = j->next) {
+        for (unsigned i = j->sig_posted; i < j->sig_reached; i++) {
+            j->sig[i].key = 0;
+            post_insert(q, &j->sig[i]);
+        }
         if (j->done) {
+            j->final.queued = false;
             done_insert(q, j);
         }
     }
@@ -271,6 +360,8 @@ void vnpu_queue_drop_all(VnpuEngine *e, VnpuQueue *q)
         vnpu_job_drop(e, q->jobs_head);
     }
     q->done = NULL;
+    q->records = 0; /* the open job's too */
+    q->sig_wait = false;
     q->end_max = 0;
     wake_all(e);
 }
@@ -351,6 +442,8 @@ static VnpuQueue *pick_queue(VnpuEngine *e)
 /* Decide per command which engine runs it, or the status it fails with when reached. Lock held. */
 static void job_decode(VnpuEngine *e, VnpuJob *j, bool too_long)
 {
+    unsigned nsig = 0;
+
     j->ctx_id = j->cmds[0].cmd.ctx_id;
     j->barrier = j->cmds[0].cmd.flags & VNPU_CMD_F_BARRIER;
     for (uint32_t i = 0; i < j->ncmds; i++) {
@@ -361,6 +454,14 @@ static void job_decode(VnpuEngine *e, VnpuJob *j, bool too_long)
         s->unit = VNPU_UNIT_NONE;
         switch (c->opcode) {
         case VNPU_OPC_NOP:
+            break;
+        case VNPU_OPC_SIGNAL:
+            if (!vnpu_all_zero(c->raw, sizeof(c->raw)) || (c->flags & VNPU_CMD_F_LAST) ||
+                ++nsig > VNPU_MAX_SIGNALS_PER_JOB) {
+                vnpu_guest_error(e, "queue %u cmd %u: SIGNAL with a payload, F_LAST or more than %u in the job",
+                                 j->q->id, s->sq_index, VNPU_MAX_SIGNALS_PER_JOB);
+                st = VNPU_CPL_BAD_FIELD;
+            }
             break;
         case VNPU_OPC_DMA_H2D:
             s->unit = VNPU_UNIT_H2D;
@@ -495,10 +596,25 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
         vnpu_queue_set_error(e, q, VNPU_QERR_SQ_FETCH);
         return false;
     }
-    q->sq_head = (index + 1) & (q->sq_entries - 1);
     j = q->open;
+    if (cmd.opcode == VNPU_OPC_SIGNAL && (!j || j->nsig < VNPU_MAX_SIGNALS_PER_JOB)) {
+        /*
+         * Back-pressure counts records: a SIGNAL owes one more. It waits (unfetched) while that would exceed the
+         * CQ size, unless everything owed is this job's own (its records then simply wait for CQ space).
+         */
+        uint32_t own = j ? 1u + j->nsig : 0, need = j ? 1 : 2;
+
+        if (q->records + need > q->cq_entries && q->records > own) {
+            q->sig_wait = true;
+            return false;
+        }
+    }
+    q->sq_head = (index + 1) & (q->sq_entries - 1);
     if (!j) {
         j = q->open = job_new(e, q);
+        if (j) {
+            q->records++;
+        }
     }
     if (j && j->ncmds == j->cap) {
         uint32_t cap = j->cap ? j->cap * 2 : 4;
@@ -519,6 +635,10 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
     j->cmds[j->ncmds].sq_index = index;
     j->ncmds++;
     j->visible = visible;
+    if (cmd.opcode == VNPU_OPC_SIGNAL && j->nsig < VNPU_MAX_SIGNALS_PER_JOB) {
+        j->nsig++;
+        q->records++;
+    }
     last = cmd.flags & VNPU_CMD_F_LAST;
     too_long = !last && j->ncmds >= VNPU_JOB_MAX_CMDS;
     if (!last && !too_long) {

@@ -117,12 +117,14 @@ int vnpu_engine_config_finalize(VnpuEngineConfig *cfg)
     DEFAULT(d2h_latency_ns, VNPU_ENGINE_DEFAULT_D2H_LATENCY_NS);
     DEFAULT(op_overhead_ns, VNPU_ENGINE_DEFAULT_OP_OVERHEAD_NS);
     DEFAULT(devmem_gbps, VNPU_ENGINE_DEFAULT_DEVMEM_GBPS);
+    DEFAULT(host_mem_max, VNPU_ENGINE_DEFAULT_HOST_MEM_MAX);
     if (cfg->devmem_size % VNPU_MMU_PAGE_SIZE || cfg->devmem_size > VNPU_ENGINE_DEVMEM_MAX ||
         cfg->num_queues > VNPU_ENGINE_MAX_QUEUES || !is_pow2(cfg->ring_max) || cfg->ring_max < 2 ||
         cfg->ring_max > VNPU_ENGINE_RING_MAX_LIMIT || cfg->num_contexts > VNPU_ENGINE_MAX_CONTEXTS ||
         cfg->compute_cores > VNPU_ENGINE_MAX_CORES || cfg->fi_kind > VNPU_FI_CORRUPT_CPL ||
         cfg->fi_rate_ppm > 1000000u || cfg->h2d_mbps == VNPU_CFG_ZERO || cfg->d2h_mbps == VNPU_CFG_ZERO ||
-        cfg->compute_gflops == VNPU_CFG_ZERO || cfg->devmem_gbps == VNPU_CFG_ZERO) {
+        cfg->compute_gflops == VNPU_CFG_ZERO || cfg->devmem_gbps == VNPU_CFG_ZERO ||
+        cfg->host_mem_max < VNPU_ENGINE_MIN_HOST_MEM_MAX) {
         return -EINVAL;
     }
     return 0;
@@ -143,19 +145,14 @@ static bool queue_cq_full(const VnpuQueue *q)
 bool vnpu_queue_fetchable(const VnpuEngine *e, const VnpuQueue *q)
 {
     (void)e;
-    if (!q->enabled || q->error || q->sq_head == q->sq_tail) {
+    if (!q->enabled || q->error || q->sq_head == q->sq_tail || q->sig_wait) {
         return false;
     }
     /*
-     * Start a new job only while the completions not yet posted fit the completion ring: this bounds the
-     * device's own memory however long the driver leaves the completion ring full.
+     * Start a new job only while the records not yet posted (1 + SIGNALs per job) fit the completion ring: this
+     * bounds the device's own memory however long the driver leaves the completion ring full.
      */
-    return q->open || q->njobs < q->cq_entries;
-}
-
-static uint64_t post_key(const VnpuJob *j)
-{
-    return j->status == VNPU_CPL_ABORTED ? 0 : j->t_end;
+    return q->open || q->records < q->cq_entries;
 }
 
 /* Whether the head of q's finished jobs may be posted once its deadline has come. */
@@ -184,8 +181,8 @@ void vnpu_engine_rearm(VnpuEngine *e)
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
         const VnpuQueue *q = &e->queues[i];
 
-        if (queue_can_post(q) && post_key(q->done) < next) {
-            next = post_key(q->done);
+        if (queue_can_post(q) && q->done->key < next) {
+            next = q->done->key;
         }
     }
     arm_at(e, next);
@@ -347,8 +344,8 @@ static void queue_sq_doorbell(VnpuEngine *e, VnpuQueue *q, uint32_t tail)
     }
     q->sq_tail = tail;
     if (e->lockstep) {
-        /* No job can complete sooner than one command overhead after it became visible. */
-        arm_at(e, now + e->cfg.cmd_overhead_ns);
+        /* The earliest record: a SIGNAL as a job's first command is due when the job becomes visible. */
+        arm_at(e, now);
     }
     pthread_cond_broadcast(&e->work_cond);
 }
@@ -471,7 +468,7 @@ static VnpuQueue *queue_of(VnpuEngine *e, uint64_t offset, uint32_t *reg)
 static uint32_t caps(void)
 {
     return VNPU_CAP_DMA_SG | VNPU_CAP_OP_MATMUL | VNPU_CAP_MMU | VNPU_CAP_SYNTH | VNPU_CAP_FAULT_INJECT |
-           VNPU_CAP_TIMING_ONLY | VNPU_CAP_TELEMETRY | VNPU_CAP_EXEC;
+           VNPU_CAP_TIMING_ONLY | VNPU_CAP_TELEMETRY | VNPU_CAP_EXEC | VNPU_CAP_SIGNAL;
 }
 
 static uint64_t telemetry(const VnpuEngine *e, uint32_t counter)
@@ -791,46 +788,58 @@ void vnpu_engine_tick(VnpuEngine *e)
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
         VnpuQueue *q = &e->queues[i];
 
-        while (queue_can_post(q) && post_key(q->done) <= now) {
-            VnpuJob *j = q->done;
+        while (queue_can_post(q) && q->done->key <= now) {
+            VnpuPost *p = q->done;
+            VnpuJob *j = p->j;
             const VnpuSlot *last = &j->cmds[j->ncmds - 1];
+            bool final = p->sub == VNPU_POST_FINAL;
+            const uint64_t *busy = final ? j->busy_ns : p->busy_ns;
             struct vnpu_hw_cpl rec = {
-                .tag = last->cmd.tag,
-                .status = j->status,
-                .flags = q->phase ? VNPU_CPL_F_PHASE : 0,
-                .sq_index = j->status == VNPU_CPL_OK || j->status == VNPU_CPL_ABORTED ? last->sq_index
-                                                                                     : j->fail_index,
+                .tag = final ? last->cmd.tag : p->tag,
+                .status = final ? j->status : VNPU_CPL_OK,
+                .flags = (q->phase ? VNPU_CPL_F_PHASE : 0) | (final ? 0 : VNPU_CPL_F_SIGNAL),
+                .sq_index = !final ? p->sq_index
+                            : j->status == VNPU_CPL_OK || j->status == VNPU_CPL_ABORTED ? last->sq_index
+                                                                                      : j->fail_index,
                 .t_start = j->started && j->t_start <= now ? j->t_start : now,
                 .t_end = now,
-                .fault_addr = j->fault_addr,
-                .h2d_ns = sat32(j->busy_ns[VNPU_UNIT_H2D]),
-                .compute_ns = sat32(j->busy_ns[VNPU_UNIT_COMPUTE]),
-                .d2h_ns = sat32(j->busy_ns[VNPU_UNIT_D2H]),
+                .fault_addr = final ? j->fault_addr : 0,
+                .h2d_ns = sat32(busy[VNPU_UNIT_H2D]),
+                .compute_ns = sat32(busy[VNPU_UNIT_COMPUTE]),
+                .d2h_ns = sat32(busy[VNPU_UNIT_D2H]),
                 .ctx_id = j->ctx_id,
             };
             uint64_t addr = q->cq_base + (uint64_t)q->cq_tail * sizeof(rec);
-            bool lost_irq = j->fi_kind == VNPU_FI_LOST_IRQ;
+            bool lost_irq = final && j->fi_kind == VNPU_FI_LOST_IRQ;
             uint32_t gen = q->gen;
             int rc;
 
-            if (j->fi_kind == VNPU_FI_CORRUPT_CPL) {
+            if (final && j->fi_kind == VNPU_FI_CORRUPT_CPL) {
                 rec.tag = ~rec.tag;
                 rec.status = 0xffff;
             }
-            q->done = j->done_next;
+            q->done = p->next;
+            p->next = NULL;
+            p->queued = false;
             q->cq_tail = (q->cq_tail + 1) & (q->cq_entries - 1);
             if (!q->cq_tail) {
                 q->phase ^= 1;
             }
-            q->jobs_done++;
-            if (j->status == VNPU_CPL_OK) {
-                e->stats.jobs_completed++;
+            q->records--;
+            q->sig_wait = false;
+            if (final) {
+                q->jobs_done++;
+                if (j->status == VNPU_CPL_OK) {
+                    e->stats.jobs_completed++;
+                } else {
+                    e->stats.jobs_failed++;
+                }
+                j->dropped = true; /* posted: no longer the queue's */
+                vnpu_queue_unlink(q, j);
+                vnpu_job_unref(j);
             } else {
-                e->stats.jobs_failed++;
+                j->sig_posted++;
             }
-            j->dropped = true; /* posted: no longer the queue's */
-            vnpu_queue_unlink(q, j);
-            vnpu_job_unref(j);
 
             /* Never touch guest memory under the lock (see vnpu_engine_int.h). */
             pthread_mutex_unlock(&e->lock);
@@ -1247,5 +1256,6 @@ void vnpu_engine_get_stats(VnpuEngine *e, VnpuEngineStats *out)
 {
     pthread_mutex_lock(&e->lock);
     *out = e->stats;
+    out->host_mem_peak = __atomic_load_n(&e->host_mem_peak, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&e->lock);
 }

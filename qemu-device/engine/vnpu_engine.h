@@ -57,6 +57,12 @@ typedef struct VnpuEngineConfig {
     uint32_t fi_after;         /* fire once at this job (1-based); 0 = use fi_rate_ppm */
     uint32_t fi_rate_ppm;      /* probability per job, parts per million (when fi_after == 0) */
     uint32_t fi_seed;          /* seed of the deterministic sequence */
+    /*
+     * Host memory the engine may hold at once for guest-controlled work: EXEC operands gathered into bounce
+     * buffers (physically scattered in device memory). Each compute core gets an equal share; an op whose
+     * operands need more fails (PROGRAM_INVALID) without allocating. Bytes, >= 1 MiB; default 1 GiB.
+     */
+    uint64_t host_mem_max;
 } VnpuEngineConfig;
 
 #define VNPU_CFG_ZERO 0xffffffffu
@@ -74,6 +80,8 @@ typedef struct VnpuEngineConfig {
 #define VNPU_ENGINE_DEFAULT_D2H_LATENCY_NS 1500u
 #define VNPU_ENGINE_DEFAULT_OP_OVERHEAD_NS 1000u
 #define VNPU_ENGINE_DEFAULT_DEVMEM_GBPS 200u
+#define VNPU_ENGINE_DEFAULT_HOST_MEM_MAX (1ull << 30)
+#define VNPU_ENGINE_MIN_HOST_MEM_MAX (1ull << 20)
 
 #define VNPU_ENGINE_MAX_QUEUES 16u
 #define VNPU_ENGINE_MAX_CONTEXTS 1024u
@@ -215,6 +223,7 @@ typedef struct VnpuEngineStats {
     uint64_t mapped_bytes;     /* as VNPU_TEL_MAPPED_BYTES */
     uint64_t mmu_faults;       /* translation faults */
     uint64_t faults_injected;  /* as VNPU_REG_FI_COUNT */
+    uint64_t host_mem_peak;    /* most host memory held at once for bounce buffers (see host_mem_max) */
 } VnpuEngineStats;
 void vnpu_engine_get_stats(VnpuEngine *e, VnpuEngineStats *out);
 

@@ -60,10 +60,30 @@ typedef struct VnpuSlot {
 
 typedef struct VnpuQueue VnpuQueue;
 
+/*
+ * A completion record waiting in its queue's posting list (q->done, by key, then job fetch order, then sub): the
+ * job's final record, or the intermediate record of a SIGNAL command it has reached.
+ */
+#define VNPU_POST_FINAL 0xff
+typedef struct VnpuPost {
+    struct VnpuPost *next;
+    VnpuJob *j;
+    uint64_t key;               /* device clock it may be posted at (ABORTED: 0) */
+    uint8_t sub;                /* SIGNAL records: 0.. in command order; VNPU_POST_FINAL */
+    bool queued;                /* in q->done */
+    /* SIGNAL records: captured when the SIGNAL was reached */
+    uint32_t sq_index;
+    uint64_t tag;
+    uint64_t busy_ns[VNPU_UNIT_COUNT];
+} VnpuPost;
+
 struct VnpuJob {
     VnpuQueue *q;
     VnpuJob *prev, *next;       /* q->jobs, fetch order */
-    VnpuJob *done_next;         /* q->done, by (deadline, seq) */
+    VnpuPost final;             /* the job's own record, queued in q->done once it has finished */
+    VnpuPost sig[VNPU_MAX_SIGNALS_PER_JOB]; /* records of the SIGNALs it reached */
+    uint8_t nsig;               /* records owed for fetched SIGNALs (<= max): counted in q->records */
+    uint8_t sig_reached, sig_posted;
     uint64_t seq;               /* global fetch order */
     unsigned refs;              /* queue list + FIFO entries + running worker */
     VnpuSlot *cmds;
@@ -116,7 +136,13 @@ struct VnpuQueue {
     VnpuJob *open;      /* job being fetched (no F_LAST yet) */
     VnpuJob *jobs_head, *jobs_tail; /* dispatched and not yet posted */
     uint32_t njobs;
-    VnpuJob *done;      /* finished, sorted by (deadline, seq) */
+    VnpuPost *done;     /* records to post, sorted by (key, job seq, sub) */
+    /*
+     * Records owed by fetched jobs not yet posted (each job 1 + its fetched SIGNALs): a new job is fetched only
+     * while this is below the CQ size, a SIGNAL only while it still fits (or is the fetching job's own backlog).
+     */
+    uint32_t records;
+    bool sig_wait;      /* the next command is a SIGNAL that does not fit yet: wait for records to post */
     uint64_t end_max;   /* max modelled end of the queue's finished jobs */
 };
 
@@ -186,6 +212,8 @@ struct VnpuEngine {
     uint64_t busy_until[VNPU_UNIT_COUNT];  /* H2D, D2H (COMPUTE unused: per core below) */
     uint64_t core_busy_until[VNPU_ENGINE_MAX_CORES];
 
+    uint64_t host_mem_used;     /* atomic: bounce bytes held by all cores */
+    uint64_t host_mem_peak;     /* atomic: most of it at once */
     uint32_t scratch, control;
     VnpuLatch *latch;           /* [latch_readers], per reader of 64-bit registers */
     unsigned latch_readers;
