@@ -144,6 +144,8 @@ class RuntimeImpl {
   Job h2d_job(const RequestPtr& req);
   Job exec_job(const RequestPtr& req);
   void on_h2d_done(const RequestPtr& req, JobResult r);
+  bool one_job(const DeviceInfo& inf) const;
+  void on_input_consumed(const RequestPtr& req, std::optional<uint64_t> t_ns);
   void on_exec_done(const RequestPtr& req, JobResult r);
   void finish(const RequestPtr& req, JobResult r, std::optional<Error> deferred);
   void fail(const RequestPtr& req, Error e);
@@ -938,11 +940,51 @@ void RuntimeImpl::prepare(const RequestPtr& req) {
     return;
   }
   req->t.submitted = Clock::now();
+  if (one_job(dev.info())) {
+    // One device job per request: [H2D...] [SIGNAL] [compute] [D2H...]. The SIGNAL says "input consumed"
+    // from the device itself, so the compute starts without a host round trip.
+    Job job = h2d_job(req);
+    job.commands.push_back(Command::signal());
+    for (auto& c : exec_job(req).commands)
+      job.commands.push_back(std::move(c));
+    job.on_signal = [this, req](const SignalEvent& ev) { on_input_consumed(req, ev.t_ns); };
+    req->t.device_jobs = 1;
+    Status s = dc.dev->submit(std::move(job), [this, req](JobResult r) { on_exec_done(req, std::move(r)); });
+    if (!s) {
+      release_staging(req);
+      fail(req, annotate(s.error(), "submitting the request's job"));
+    }
+    return;
+  }
+  req->t.device_jobs = 2;
   Status s = dc.dev->submit(h2d_job(req), [this, req](JobResult r) { on_h2d_done(req, std::move(r)); });
   if (!s) {
     release_staging(req);
     fail(req, annotate(s.error(), "submitting the H2D job"));
   }
+}
+
+bool RuntimeImpl::one_job(const DeviceInfo& inf) const {
+  if (options_.two_jobs || !inf.signals || inf.max_signals_per_job < 1)
+    return false;
+  size_t in = 0, out = 0;
+  for (const auto& b : md_.bindings)
+    in += b.kind == detail::SlotKind::kInput, out += b.kind == detail::SlotKind::kOutput;
+  return std::max<size_t>(in, 1) + 2 + out <= inf.max_cmds_per_job;
+}
+
+// Completion thread, one-job path: the job's SIGNAL was reached, so its H2D commands have read all their
+// host memory. The same as the end of job 1 in the two-job path, except that the compute is already queued.
+void RuntimeImpl::on_input_consumed(const RequestPtr& req, std::optional<uint64_t> t_ns) {
+  req->t.h2d_end_ns = t_ns;
+  req->t.input_consumed = Clock::now();
+  release_staging(req);
+  req->in_imports.clear();
+  req->inputs.clear();
+  // A cancel or timeout that waited for the inputs resolves now (unless the device still writes the
+  // caller's outputs); the job's completion then only retires the request.
+  if (auto deferred = caller_memory_released(req, true, false))
+    post([req, e = std::move(*deferred)] { req->state->set_error(std::make_exception_ptr(e)); });
 }
 
 Job RuntimeImpl::h2d_job(const RequestPtr& req) {
@@ -1050,7 +1092,15 @@ void RuntimeImpl::on_h2d_done(const RequestPtr& req, JobResult r) {
 
 void RuntimeImpl::on_exec_done(const RequestPtr& req, JobResult r) {
   req->t.completed = Clock::now();
-  req->t.exec_start_ns = r.t_start_ns;
+  if (req->t.device_jobs == 1) {  // one job: H2D from its start to its SIGNAL, the rest after it
+    req->t.h2d_start_ns = r.t_start_ns;
+    req->t.h2d_ns = r.h2d_ns;
+    if (req->t.input_consumed == Clock::time_point{})
+      req->t.input_consumed = req->t.completed;  // failed before its SIGNAL
+    req->t.exec_start_ns = req->t.h2d_end_ns ? req->t.h2d_end_ns : r.t_start_ns;
+  } else {
+    req->t.exec_start_ns = r.t_start_ns;
+  }
   req->t.exec_end_ns = r.t_end_ns;
   req->t.device_start_ns = req->t.h2d_start_ns;
   req->t.device_end_ns = r.t_end_ns;

@@ -73,6 +73,7 @@ class Conformance : public ::testing::Test {
     o.backend = backend_;
     o.parallel = parallel;
     o.max_in_flight = max_in_flight;
+    o.two_jobs = std::getenv("VNPU_TWO_JOBS") != nullptr;  // the meson test runtime_test-two-jobs
     o.submit_mode = submit_mode_under_test();
     return o;
   }

@@ -59,6 +59,7 @@ class Semantics : public ::testing::Test {
     o.backend = backend();
     o.parallel = parallel;
     o.max_in_flight = depth;
+    o.two_jobs = std::getenv("VNPU_TWO_JOBS") != nullptr;  // the meson test runtime_test-two-jobs
     const char* s = std::getenv("VNPU_SUBMIT");
     if (s && std::string(s) == "ioctl")
       o.submit_mode = vnpu::SubmitMode::kIoctl;

@@ -56,6 +56,7 @@ class ZeroCopy : public ::testing::Test {
     o.backend = backend();
     o.parallel = parallel;
     o.max_in_flight = depth;
+    o.two_jobs = std::getenv("VNPU_TWO_JOBS") != nullptr;  // the meson test runtime_test-two-jobs
     const char* s = std::getenv("VNPU_SUBMIT");
     if (s && std::string(s) == "ioctl")
       o.submit_mode = vnpu::SubmitMode::kIoctl;
@@ -167,6 +168,31 @@ TEST_F(ZeroCopy, CallerProvidedOutputsAreWrittenByTheDevice) {
     EXPECT_EQ(results[static_cast<size_t>(i)][63], static_cast<float>(10 * i + 63));
     // Without import: the input and the output are each copied once.
     EXPECT_EQ(out.timings.host_bytes_copied, rt.device_info().host_import ? 0u : 2u * 64 * 4);
+  }
+}
+
+// Where the device has SIGNAL, a request is one device job whose SIGNAL recycles the staging buffer (with ONE
+// staging buffer, request 2 is on the device before request 1 completes); else, or with two_jobs, two.
+TEST_F(ZeroCopy, ARequestIsOneDeviceJobWhereTheDeviceSignals) {
+  vnpu::SyntheticSpec spec;
+  spec.compute = 100ms;
+  auto o = opts(1, 4);
+  o.staging_buffers = 1;
+  vnpu::AsyncRuntime rt(vnpu::CompiledModel::synthetic(spec), o);
+  const int want = rt.device_info().signals && !o.two_jobs ? 1 : 2;
+  auto a = rt.run(vnpu::Tensor(rt.model().inputs()[0].shape));
+  auto b = rt.run(vnpu::Tensor(rt.model().inputs()[0].shape));
+  auto ta = a.wait().timings;
+  auto tb = b.wait().timings;
+  EXPECT_EQ(ta.device_jobs, want);
+  EXPECT_EQ(tb.device_jobs, want);
+  EXPECT_LT(tb.submitted, ta.completed) << "request 2 waited for request 1 to finish although its staging was free";
+  EXPECT_LE(ta.input_consumed, ta.completed);
+  EXPECT_GE(ta.input_consumed, ta.submitted);
+  if (ta.h2d_end_ns && ta.exec_end_ns) {
+    EXPECT_LE(*ta.h2d_start_ns, *ta.h2d_end_ns);
+    EXPECT_LE(*ta.h2d_end_ns, *ta.exec_start_ns);
+    EXPECT_GE(*ta.exec_end_ns - *ta.exec_start_ns, 100'000'000u);  // the compute is after the input consumed
   }
 }
 

@@ -69,6 +69,10 @@ struct RuntimeOptions {
   /// waiting requests (their inputs) is bounded too. Exception: run() on the callback thread never blocks
   /// (that thread is what frees room); there it queues beyond the bound.
   int max_queued = 0;
+  /// Run each request as two device jobs, [H2D] then [compute, D2H] chained by the completion thread, even
+  /// where the device has the SIGNAL command (DeviceInfo::signals), which otherwise makes it one job
+  /// [H2D, SIGNAL, compute, D2H]. For comparison and tests; devices without SIGNAL always use two.
+  bool two_jobs = false;
 };
 
 /// How the default request depth (RuntimeOptions::max_in_flight = 0) was chosen, after OpenVINO's
@@ -113,8 +117,12 @@ struct RequestTimings {
   /// every input and output went straight between the caller's memory (or a prepare callback's writes) and
   /// the device.
   uint64_t host_bytes_copied = 0;
-  /// The device had read the inputs (the H2D finished): staging and borrowed inputs were free from then on.
+  /// The device had read the inputs (the H2D finished, or the job's SIGNAL was reached): the completion
+  /// thread saw it, and staging and borrowed inputs were free from then on.
   Clock::time_point input_consumed;
+  /// Device jobs the request ran as: 1 ([H2D, SIGNAL, compute, D2H]) or 2 ([H2D], then [compute, D2H]).
+  /// In the one-job form h2d_end_ns is the SIGNAL's time and exec_start_ns = h2d_end_ns.
+  int device_jobs = 0;
 
   [[nodiscard]] Clock::duration prep() const { return prep_end - prep_start; }
   [[nodiscard]] Clock::duration total() const { return resolved - enqueued; }
