@@ -646,7 +646,8 @@ TEST_F(Semantics, BackPressureBoundsWhatIsHeld) {
   for (auto& t : tasks)
     resolved += t.ready() ? 1 : 0;
   const uint64_t out_bytes = 64 << 10;  // the synthetic model's output binding
-  EXPECT_LE(dma, held + resolved * out_bytes) << "DMA memory must not grow with the number of queued requests";
+  // (+1: the request the callback thread is resolving has freed its slot but its task is not ready yet.)
+  EXPECT_LE(dma, held + (resolved + 1) * out_bytes) << "DMA memory must not grow with the number of queued requests";
   for (auto& t : tasks)
     EXPECT_NO_THROW((void)t.wait());
   // Every output dropped: the leased buffers went back (the pool keeps max_in_flight of them).
