@@ -30,6 +30,8 @@ static_assert(DRM_VNPU_CAP_SYNTH == VNPU_CAP_SYNTH);
 static_assert(DRM_VNPU_CAP_FAULT_INJECT == VNPU_CAP_FAULT_INJECT);
 static_assert(DRM_VNPU_CAP_TIMING_ONLY == VNPU_CAP_TIMING_ONLY);
 static_assert(DRM_VNPU_CAP_TELEMETRY == VNPU_CAP_TELEMETRY);
+static_assert(DRM_VNPU_CAP_SIGNAL == VNPU_CAP_SIGNAL);
+static_assert(DRM_VNPU_MAX_SIGNALS == VNPU_MAX_SIGNALS_PER_JOB);
 static_assert((int)DRM_VNPU_HW_OK == (int)VNPU_CPL_OK);
 static_assert((int)DRM_VNPU_HW_BAD_OPCODE == (int)VNPU_CPL_BAD_OPCODE);
 static_assert((int)DRM_VNPU_HW_BAD_FIELD == (int)VNPU_CPL_BAD_FIELD);
@@ -219,6 +221,13 @@ static int vnpu_get_param_ioctl(struct drm_device *drm, void *data,
 		args->value = !!(vnpu_rd(vdev, VNPU_REG_CONTROL) &
 				 VNPU_CONTROL_TIMING_ONLY);
 		break;
+	case DRM_VNPU_PARAM_USERPTR:
+		args->value = 1;
+		break;
+	case DRM_VNPU_PARAM_MAX_SIGNALS:
+		args->value = vdev->caps & VNPU_CAP_SIGNAL ?
+			      DRM_VNPU_MAX_SIGNALS : 0;
+		break;
 	default:
 		drm_dbg(drm, "get_param: unknown param %u\n", args->param);
 		ret = -EINVAL;
@@ -260,6 +269,7 @@ static const struct drm_ioctl_desc vnpu_ioctls[] = {
 	DRM_IOCTL_DEF_DRV(VNPU_BO_INFO, vnpu_bo_info_ioctl, 0),
 	DRM_IOCTL_DEF_DRV(VNPU_QUEUE_CREATE, vnpu_queue_create_ioctl, 0),
 	DRM_IOCTL_DEF_DRV(VNPU_QUEUE_DESTROY, vnpu_queue_destroy_ioctl, 0),
+	DRM_IOCTL_DEF_DRV(VNPU_USERPTR, vnpu_userptr_ioctl, 0),
 };
 
 /*

@@ -28,6 +28,7 @@
 #include <linux/list.h>
 #include <linux/llist.h>
 #include <linux/mutex.h>
+#include <linux/scatterlist.h>
 #include <linux/spinlock.h>
 #include <linux/workqueue.h>
 #include <linux/xarray.h>
@@ -389,6 +390,45 @@ struct vnpu_mem {
 	struct list_head zombie;
 };
 
+/**
+ * struct vnpu_ubo - user memory as a host object (USERPTR): the caller's
+ * pages pinned with FOLL_LONGTERM and DMA-mapped, described to the device by
+ * a scatter-gather list like a BO's
+ * @base: GEM object (private: no shmem, no mmap offset)
+ * @pages: the pinned pages
+ * @npages: entries in @pages
+ * @sgt: their DMA mapping
+ * @sgl: scatter-gather list in coherent DMA memory
+ * @sgl_dma: its DMA address
+ * @sgl_count: entries in @sgl
+ * @flags: DRM_VNPU_USERPTR_* it was created with
+ * @user: the user the pages are charged to (RLIMIT_MEMLOCK), or NULL
+ */
+struct vnpu_ubo {
+	struct drm_gem_object base;
+	struct page **pages;
+	unsigned long npages;
+	struct sg_table sgt;
+	struct vnpu_hw_sge *sgl;
+	dma_addr_t sgl_dma;
+	u32 sgl_count;
+	u32 flags;
+	struct user_struct *user;
+};
+
+/*
+ * The device's SIGNAL command (interface 1.1). Until include/vnpu_hw.h has
+ * it, the values of the device specification.
+ */
+#ifndef VNPU_CAP_SIGNAL
+#define VNPU_CAP_SIGNAL BIT(8)
+#define VNPU_OPC_SIGNAL 0x03
+#define VNPU_CPL_F_SIGNAL BIT(1)
+#define VNPU_MAX_SIGNALS_PER_JOB 4
+#endif
+
+struct vnpu_signal_event;
+
 enum vnpu_job_state {
 	VNPU_JOB_WAITING, /* on squeue->waiting */
 	VNPU_JOB_READY, /* on hwq->pending */
@@ -424,6 +464,10 @@ enum vnpu_job_state {
  * @dep_failed: a dependency completed with an error
  * @ready_node: entry in vdev->ready
  * @event: DRM event to send at completion, or NULL
+ * @sig_ev: per SIGNAL command, its DRM event reserved at SUBMIT until sent
+ * @sig_cmd: per SIGNAL command, its index in @cmds (in command order)
+ * @nsignals: SIGNAL commands in the job
+ * @signals_sent: SIGNAL events sent so far (reached, in order)
  * @ucmd: io_uring command to complete, or NULL (@fence_lock)
  * @result: for a job in sq->waits, its result record, stored there in
  *          place of the job when it completes
@@ -468,6 +512,10 @@ struct vnpu_job {
 	struct llist_node ready_node;
 
 	struct vnpu_event *event;
+	struct vnpu_signal_event *sig_ev[DRM_VNPU_MAX_SIGNALS];
+	u8 sig_cmd[DRM_VNPU_MAX_SIGNALS];
+	u8 nsignals;
+	u8 signals_sent;
 	struct io_uring_cmd *ucmd;
 	struct vnpu_result *result;
 	u32 requeues;
@@ -560,6 +608,9 @@ int vnpu_bo_info_ioctl(struct drm_device *drm, void *data,
 int vnpu_mem_alloc_ioctl(struct drm_device *drm, void *data,
 			 struct drm_file *file);
 u64 vnpu_file_host_bytes(struct drm_file *file);
+struct vnpu_ubo *vnpu_ubo_from_gem(struct drm_gem_object *obj);
+int vnpu_userptr_ioctl(struct drm_device *drm, void *data,
+		       struct drm_file *file);
 
 /* vnpu_drv.c */
 struct vnpu_ctx *vnpu_file_ctx(struct vnpu_file *vfile);

@@ -16,6 +16,7 @@
 #include <linux/capability.h>
 #include <linux/cred.h>
 #include <linux/dma-mapping.h>
+#include <linux/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/user.h>
 #include <linux/scatterlist.h>
@@ -284,6 +285,9 @@ int vnpu_bo_info_ioctl(struct drm_device *drm, void *data,
 	} else if (mem) {
 		args->kind = DRM_VNPU_BO_KIND_DEVICE;
 		args->dev_addr = mem->va.start;
+	} else if (vnpu_ubo_from_gem(obj)) {
+		args->kind = DRM_VNPU_BO_KIND_USERPTR;
+		args->flags = vnpu_ubo_from_gem(obj)->flags;
 	} else {
 		/* An imported dma-buf of another driver. */
 		args->size = 0;
@@ -409,7 +413,7 @@ u64 vnpu_file_host_bytes(struct drm_file *file)
 
 	spin_lock(&file->table_lock);
 	idr_for_each_entry(&file->object_idr, obj, id)
-		if (vnpu_bo_from_gem(obj))
+		if (vnpu_bo_from_gem(obj) || vnpu_ubo_from_gem(obj))
 			bytes += obj->size;
 	spin_unlock(&file->table_lock);
 	return bytes;
@@ -443,4 +447,209 @@ int vnpu_devmem_init(struct vnpu_device *vdev)
 	drm_mm_init(&vdev->mm, 0, vdev->devmem_size);
 	vdev->devmem_used = 0;
 	return drmm_add_action_or_reset(&vdev->drm, vnpu_devmem_fini, vdev);
+}
+
+/* ---- USERPTR: pinned user memory ------------------------------------------ */
+
+static void vnpu_ubo_unpin(struct vnpu_ubo *ubo, unsigned long npinned)
+{
+	/* The device may have written them: mark dirty unless read-only. */
+	unpin_user_pages_dirty_lock(ubo->pages, npinned,
+				    !(ubo->flags & DRM_VNPU_USERPTR_READ_ONLY));
+}
+
+static enum dma_data_direction vnpu_ubo_dir(const struct vnpu_ubo *ubo)
+{
+	return ubo->flags & DRM_VNPU_USERPTR_READ_ONLY ? DMA_TO_DEVICE :
+							 DMA_BIDIRECTIONAL;
+}
+
+static void vnpu_ubo_free(struct drm_gem_object *obj)
+{
+	struct vnpu_ubo *ubo = container_of(obj, struct vnpu_ubo, base);
+	struct device *dev = obj->dev->dev;
+
+	/* Runs when the handle and every job naming the object are gone. */
+	if (ubo->sgl)
+		dma_free_coherent(dev, ubo->sgl_count * sizeof(*ubo->sgl),
+				  ubo->sgl, ubo->sgl_dma);
+	if (ubo->sgt.sgl) {
+		dma_unmap_sgtable(dev, &ubo->sgt, vnpu_ubo_dir(ubo), 0);
+		sg_free_table(&ubo->sgt);
+	}
+	if (ubo->pages) {
+		vnpu_ubo_unpin(ubo, ubo->npages);
+		kvfree(ubo->pages);
+	}
+	if (ubo->user)
+		vnpu_uncharge_locked(ubo->user, ubo->npages);
+	drm_gem_object_release(obj);
+	kfree(ubo);
+}
+
+static struct dma_buf *vnpu_ubo_export(struct drm_gem_object *obj, int flags)
+{
+	/* Another process's pinned pages are not ours to hand out. */
+	return ERR_PTR(-EOPNOTSUPP);
+}
+
+static const struct drm_gem_object_funcs vnpu_ubo_funcs = {
+	.free = vnpu_ubo_free,
+	.export = vnpu_ubo_export,
+};
+
+struct vnpu_ubo *vnpu_ubo_from_gem(struct drm_gem_object *obj)
+{
+	if (obj->funcs != &vnpu_ubo_funcs)
+		return NULL;
+	return container_of(obj, struct vnpu_ubo, base);
+}
+
+/* Pin the caller's pages; on failure nothing stays pinned. */
+static int vnpu_ubo_pin(struct vnpu_ubo *ubo, unsigned long addr)
+{
+	unsigned int gup = FOLL_LONGTERM;
+	unsigned long done = 0;
+	int n;
+
+	if (!(ubo->flags & DRM_VNPU_USERPTR_READ_ONLY))
+		gup |= FOLL_WRITE;
+	while (done < ubo->npages) {
+		n = pin_user_pages_fast(addr + (done << PAGE_SHIFT),
+					min_t(unsigned long,
+					      ubo->npages - done, SZ_64K),
+					gup, ubo->pages + done);
+		if (n <= 0) {
+			if (done)
+				vnpu_ubo_unpin(ubo, done);
+			return n ? n : -EFAULT;
+		}
+		done += n;
+		if (fatal_signal_pending(current)) {
+			vnpu_ubo_unpin(ubo, done);
+			return -EINTR;
+		}
+	}
+	return 0;
+}
+
+/* DMA-map the pinned pages and describe them to the device. */
+static int vnpu_ubo_map(struct vnpu_ubo *ubo)
+{
+	struct device *dev = ubo->base.dev->dev;
+	struct scatterlist *sg;
+	unsigned int i;
+	int ret;
+
+	ret = sg_alloc_table_from_pages_segment(&ubo->sgt, ubo->pages,
+						ubo->npages, 0,
+						ubo->npages << PAGE_SHIFT,
+						dma_get_max_seg_size(dev),
+						GFP_KERNEL_ACCOUNT);
+	if (ret)
+		return ret;
+	ret = dma_map_sgtable(dev, &ubo->sgt, vnpu_ubo_dir(ubo), 0);
+	if (ret) {
+		sg_free_table(&ubo->sgt);
+		ubo->sgt.sgl = NULL;
+		return ret;
+	}
+	if (!ubo->sgt.nents || ubo->sgt.nents > VNPU_SGL_MAX)
+		return -E2BIG;
+
+	ubo->sgl = dma_alloc_coherent(dev, ubo->sgt.nents * sizeof(*ubo->sgl),
+				      &ubo->sgl_dma, GFP_KERNEL);
+	if (!ubo->sgl)
+		return -ENOMEM;
+	ubo->sgl_count = ubo->sgt.nents;
+	for_each_sgtable_dma_sg(&ubo->sgt, sg, i) {
+		ubo->sgl[i].addr = vnpu_hw64(sg_dma_address(sg));
+		ubo->sgl[i].len = vnpu_hw32(sg_dma_len(sg));
+		ubo->sgl[i].rsvd = 0;
+	}
+	return 0;
+}
+
+int vnpu_userptr_ioctl(struct drm_device *drm, void *data,
+		       struct drm_file *file)
+{
+	struct drm_vnpu_userptr *args = data;
+	struct user_struct *user = NULL;
+	struct vnpu_ubo *ubo;
+	unsigned long npages;
+	u32 handle;
+	int idx, ret;
+
+	if (args->flags & ~DRM_VNPU_USERPTR_READ_ONLY) {
+		drm_dbg(drm, "userptr: unknown flags 0x%x\n", args->flags);
+		return -EINVAL;
+	}
+	if (!args->size || args->size > VNPU_BO_SIZE_MAX ||
+	    !PAGE_ALIGNED(args->addr) || !PAGE_ALIGNED(args->size)) {
+		drm_dbg(drm, "userptr: range 0x%llx+%llu not page-granular\n",
+			args->addr, args->size);
+		return -EINVAL;
+	}
+	/* Wrapping, or beyond what a user address can be. */
+	if (args->addr + args->size < args->addr ||
+	    !access_ok(u64_to_user_ptr(args->addr), args->size)) {
+		drm_dbg(drm, "userptr: range outside user space\n");
+		return -EFAULT;
+	}
+	if (!drm_dev_enter(drm, &idx))
+		return -ENODEV;
+
+	npages = args->size >> PAGE_SHIFT;
+	if (!capable(CAP_IPC_LOCK)) {
+		user = get_uid(current_user());
+		ret = vnpu_charge_locked(user, npages);
+		if (ret) {
+			free_uid(user);
+			drm_dbg(drm, "userptr: RLIMIT_MEMLOCK reached\n");
+			goto out_exit;
+		}
+	}
+
+	ubo = kzalloc(sizeof(*ubo), GFP_KERNEL_ACCOUNT);
+	if (!ubo) {
+		ret = -ENOMEM;
+		if (user)
+			vnpu_uncharge_locked(user, npages);
+		goto out_exit;
+	}
+	ubo->base.funcs = &vnpu_ubo_funcs;
+	drm_gem_private_object_init(drm, &ubo->base, args->size);
+	/* From here the object's free path uncharges. */
+	ubo->user = user;
+	ubo->npages = npages;
+	ubo->flags = args->flags;
+
+	ubo->pages = kvmalloc_array(npages, sizeof(*ubo->pages),
+				    GFP_KERNEL_ACCOUNT);
+	if (!ubo->pages) {
+		ret = -ENOMEM;
+		goto out_put;
+	}
+	ret = vnpu_ubo_pin(ubo, args->addr);
+	if (ret) {
+		kvfree(ubo->pages);
+		ubo->pages = NULL;
+		drm_dbg(drm, "userptr: pinning failed: %d\n", ret);
+		goto out_put;
+	}
+	ret = vnpu_ubo_map(ubo);
+	if (ret)
+		goto out_put;
+
+	ret = drm_gem_handle_create(file, &ubo->base, &handle);
+	if (ret)
+		goto out_put;
+	args->handle = handle;
+
+out_put:
+	/* On success the handle holds the only reference. */
+	drm_gem_object_put(&ubo->base);
+out_exit:
+	drm_dev_exit(idx);
+	return ret;
 }

@@ -72,6 +72,18 @@ struct vnpu_event {
 	struct drm_vnpu_event_job ev;
 };
 
+/**
+ * struct vnpu_signal_event - a DRM event reserved at SUBMIT for one SIGNAL
+ * command, sent when the device reports it reached (or at the job's
+ * completion, if it never was)
+ * @base: DRM bookkeeping
+ * @ev: what read(2) returns
+ */
+struct vnpu_signal_event {
+	struct drm_pending_event base;
+	struct drm_vnpu_event_signal ev;
+};
+
 enum { VNPU_ENG_H2D, VNPU_ENG_COMPUTE, VNPU_ENG_D2H };
 
 static void vnpu_hwq_feed(struct vnpu_hwq *q);
@@ -102,7 +114,12 @@ static void vnpu_fence_release(struct dma_fence *f)
 {
 	struct vnpu_job *job = container_of(f, struct vnpu_job, fence);
 	struct vnpu_device *vdev = job->vdev;
+	unsigned int i;
 
+	/* Events of a job that was never queued (a failed SUBMIT). */
+	for (i = 0; i < job->nsignals; i++)
+		if (job->sig_ev[i])
+			drm_event_cancel_free(&vdev->drm, &job->sig_ev[i]->base);
 	vnpu_job_drop_objs(job);
 	if (job->ctx)
 		vnpu_ctx_put(job->ctx);
@@ -189,6 +206,33 @@ static void vnpu_job_write_report(struct vnpu_job *job)
 		      &valid, sizeof(valid));
 }
 
+/* Send the event of the job's SIGNAL @k (reached at @t, or not: @status). */
+static void vnpu_job_send_signal(struct vnpu_job *job, unsigned int k,
+				 int status, u64 t)
+{
+	struct vnpu_signal_event *e = job->sig_ev[k];
+
+	job->sig_ev[k] = NULL;
+	e->ev.status = status;
+	e->ev.t_signal = t;
+	drm_send_event(&job->vdev->drm, &e->base);
+}
+
+/*
+ * The job is complete: the events of SIGNALs it never reached go out now,
+ * before its fence, event or CQE, so that each SIGNAL gives exactly one
+ * event and all of them precede the job's completion.
+ */
+static void vnpu_job_flush_signals(struct vnpu_job *job)
+{
+	unsigned int k;
+
+	for (k = job->signals_sent; k < job->nsignals; k++)
+		/* A successful job without a record for it: a device fault. */
+		vnpu_job_send_signal(job, k, job->status ?: -EIO, 0);
+	job->signals_sent = job->nsignals;
+}
+
 static void vnpu_uring_task_done(struct io_uring_cmd *cmd,
 				 unsigned int issue_flags)
 {
@@ -214,6 +258,7 @@ static void vnpu_job_complete(struct vnpu_job *job)
 	unsigned int i;
 
 	trace_vnpu_job_complete(job);
+	vnpu_job_flush_signals(job);
 	if (job->report_bo)
 		vnpu_job_write_report(job);
 	for (i = 0; i < ARRAY_SIZE(job->busy_ns); i++)
@@ -666,8 +711,12 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 			   struct vnpu_hw_cmd *hc)
 {
 	struct drm_device *drm = &job->vdev->drm;
+	struct drm_gem_object *obj;
 	struct vnpu_mem *mem;
+	struct vnpu_ubo *ubo;
 	struct vnpu_bo *bo;
+	dma_addr_t sgl_dma;
+	u32 sgl_count;
 
 	if (!vnpu_zero(c->reserved, sizeof(c->reserved))) {
 		drm_dbg(drm, "submit: copy reserved not zero\n");
@@ -677,22 +726,39 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 		drm_dbg(drm, "submit: copy of zero bytes\n");
 		return -EINVAL;
 	}
-	bo = vnpu_job_lookup_bo(job, file, c->bo_handle);
-	if (IS_ERR(bo))
-		return PTR_ERR(bo);
+	/* A BO_CREATE BO or USERPTR memory. */
+	obj = vnpu_job_lookup(job, file, c->bo_handle);
+	if (IS_ERR(obj))
+		return PTR_ERR(obj);
+	bo = vnpu_bo_from_gem(obj);
+	ubo = vnpu_ubo_from_gem(obj);
+	if (bo) {
+		sgl_dma = bo->sgl_dma;
+		sgl_count = bo->sgl_count;
+	} else if (ubo) {
+		if (!to_device && (ubo->flags & DRM_VNPU_USERPTR_READ_ONLY)) {
+			drm_dbg(drm, "submit: copy into read-only user memory\n");
+			return -EACCES;
+		}
+		sgl_dma = ubo->sgl_dma;
+		sgl_count = ubo->sgl_count;
+	} else {
+		drm_dbg(drm, "submit: handle %u is not a BO\n", c->bo_handle);
+		return -EINVAL;
+	}
 	mem = vnpu_job_lookup_mem(job, file, c->mem_handle);
 	if (IS_ERR(mem))
 		return PTR_ERR(mem);
 
-	if (!vnpu_range_ok(c->bo_offset, c->size, bo->base.base.size) ||
+	if (!vnpu_range_ok(c->bo_offset, c->size, obj->size) ||
 	    !vnpu_range_ok(c->mem_offset, c->size, mem->base.size)) {
 		drm_dbg(drm, "submit: copy range outside its objects\n");
 		return -EINVAL;
 	}
 
 	hc->opcode = to_device ? VNPU_OPC_DMA_H2D : VNPU_OPC_DMA_D2H;
-	hc->dma.sgl_addr = vnpu_hw64(bo->sgl_dma);
-	hc->dma.sgl_count = vnpu_hw32(bo->sgl_count);
+	hc->dma.sgl_addr = vnpu_hw64(sgl_dma);
+	hc->dma.sgl_count = vnpu_hw32(sgl_count);
 	hc->dma.sgl_offset = vnpu_hw64(c->bo_offset);
 	hc->dma.dev_addr = vnpu_hw64(mem->va.start + c->mem_offset);
 	hc->dma.length = vnpu_hw64(c->size);
@@ -866,6 +932,16 @@ static int vnpu_build_cmd(struct vnpu_job *job, struct drm_file *file,
 		}
 		hc->opcode = VNPU_OPC_NOP;
 		return 0;
+	case DRM_VNPU_OP_SIGNAL:
+		if (!(job->vdev->caps & VNPU_CAP_SIGNAL) ||
+		    !vnpu_zero(uc->raw, sizeof(uc->raw)) ||
+		    job->nsignals == DRM_VNPU_MAX_SIGNALS) {
+			drm_dbg(drm, "submit: bad signal command\n");
+			return -EINVAL;
+		}
+		job->sig_cmd[job->nsignals++] = hc - job->cmds;
+		hc->opcode = VNPU_OPC_SIGNAL;
+		return 0;
 	default:
 		drm_dbg(drm, "submit: unknown op %u\n", uc->op);
 		return -EINVAL;
@@ -997,6 +1073,11 @@ static int vnpu_job_build(struct vnpu_job *job, struct vnpu_batch *b,
 		if (ret)
 			goto out;
 	}
+	if (job->cmds[job->ncmds - 1].opcode == VNPU_OPC_SIGNAL) {
+		drm_dbg(drm, "submit: a job cannot end with a signal\n");
+		ret = -EINVAL;
+		goto out;
+	}
 
 	if (uj->report_handle) {
 		job->report_bo = vnpu_job_lookup_bo(job, b->file,
@@ -1117,6 +1198,34 @@ static struct vnpu_job *vnpu_hwq_find(struct vnpu_hwq *q, u64 tag)
 	return NULL;
 }
 
+/*
+ * An intermediate record of @job: accept it if it names the job's next
+ * SIGNAL command (status OK, ring index inside the job, in command order)
+ * and send that SIGNAL's event. A job written again after a queue reset
+ * reaches SIGNALs already sent once more: dropped. q->lock held.
+ */
+static bool vnpu_job_signal_reached(struct vnpu_hwq *q, struct vnpu_job *job,
+				    const struct vnpu_hw_cpl *cpl)
+{
+	u32 sq_index = vnpu_cpu32(cpl->sq_index);
+	u32 idx = (sq_index - job->sq_start) & (q->entries - 1);
+	unsigned int k = job->signals_sent;
+
+	if (vnpu_cpu16(cpl->status) != VNPU_CPL_OK || sq_index >= q->entries ||
+	    idx >= job->ncmds)
+		return false;
+	if (k < job->nsignals && job->sig_cmd[k] == idx) {
+		vnpu_job_send_signal(job, k, 0, vnpu_cpu64(cpl->t_end));
+		job->signals_sent++;
+		return true;
+	}
+	if (job->requeues)
+		while (k--)
+			if (job->sig_cmd[k] == idx)
+				return true;
+	return false;
+}
+
 /* Is the completion record at the ring's head valid in this pass? */
 static bool vnpu_cpl_valid(struct vnpu_hwq *q)
 {
@@ -1166,6 +1275,16 @@ static void vnpu_hwq_reap(struct vnpu_hwq *q, struct list_head *done,
 					    hw_status);
 			atomic64_inc(&q->bad_cpls);
 			q->corrupt = true;
+		} else if (vnpu_cpu16(cpl->flags) & VNPU_CPL_F_SIGNAL) {
+			/* Intermediate: the job goes on. */
+			if (!vnpu_job_signal_reached(q, job, cpl)) {
+				drm_err_ratelimited(drm,
+						    "queue %u: bad signal record (tag 0x%llx, index %u)\n",
+						    q->index, job->tag,
+						    vnpu_cpu32(cpl->sq_index));
+				atomic64_inc(&q->bad_cpls);
+				q->corrupt = true;
+			}
 		} else if (recovering && hw_status == VNPU_CPL_ABORTED) {
 			job->aborted = true;
 		} else {
@@ -1510,6 +1629,52 @@ static int vnpu_submit_prepare(struct vnpu_batch *b,
 }
 
 /*
+ * Reserve the DRM events of @job's SIGNAL commands in the file's event
+ * space. Return: 0, -ENOSPC (event space full) or -ENOMEM.
+ */
+static int vnpu_job_reserve_signals(struct vnpu_job *job, struct vnpu_batch *b)
+{
+	struct drm_device *drm = &job->vdev->drm;
+	struct vnpu_signal_event *e;
+	unsigned int k;
+	int ret;
+
+	for (k = 0; k < job->nsignals; k++) {
+		e = kzalloc(sizeof(*e), GFP_KERNEL_ACCOUNT);
+		if (!e)
+			return -ENOMEM;
+		e->ev.base.type = DRM_VNPU_EVENT_SIGNAL;
+		e->ev.base.length = sizeof(e->ev);
+		e->ev.user_data = job->user_data;
+		e->ev.seqno = job->seqno;
+		e->ev.queue_id = b->sq->id;
+		e->ev.cmd_index = job->sig_cmd[k];
+		ret = drm_event_reserve_init(drm, b->file, &e->base,
+					     &e->ev.base);
+		if (ret) {
+			kfree(e);
+			drm_dbg(drm, "submit: event space full\n");
+			/* drm_event_reserve_init's only failure. */
+			return -ENOSPC;
+		}
+		job->sig_ev[k] = e;
+	}
+	return 0;
+}
+
+static void vnpu_job_cancel_signals(struct vnpu_job *job)
+{
+	unsigned int k;
+
+	for (k = 0; k < job->nsignals; k++) {
+		if (job->sig_ev[k])
+			drm_event_cancel_free(&job->vdev->drm,
+					      &job->sig_ev[k]->base);
+		job->sig_ev[k] = NULL;
+	}
+}
+
+/*
  * Reserve events and failure slots of the built jobs of @b, already counted
  * in vdev->inflight, and make their seqnos visible to dependency lookups.
  * On error the jobs are no longer counted. sq->submit_lock held.
@@ -1545,6 +1710,11 @@ static int vnpu_submit_reserve(struct vnpu_batch *b, u32 flags)
 			b->jobs[i]->event = e;
 		}
 	}
+	for (i = 0; i < b->count; i++) {
+		ret = vnpu_job_reserve_signals(b->jobs[i], b);
+		if (ret)
+			goto err_events;
+	}
 
 	/*
 	 * Reserve each job's slot in the failure table now, while sleeping is
@@ -1577,6 +1747,7 @@ err_events:
 		if (b->jobs[i]->event)
 			drm_event_cancel_free(drm, &b->jobs[i]->event->base);
 		b->jobs[i]->event = NULL;
+		vnpu_job_cancel_signals(b->jobs[i]);
 		b->jobs[i]->accounted = false;
 	}
 	atomic_sub(b->count, &vdev->inflight);

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 // The "kernel" backend: vnpu.ko through /dev/accel/accelN. Buffers are GEM objects (host BOs are mmap'd
-// shmem); jobs go to the driver as one io_uring IORING_OP_URING_CMD each (one CQE back per job), or through
+// shmem, imported host memory is USERPTR: the caller's pages pinned by the driver); jobs go to the driver as one io_uring IORING_OP_URING_CMD each (one CQE back per job), or through
 // the SUBMIT/WAIT ioctls when SubmitMode::kIoctl is chosen.
 #include <fcntl.h>
 #include <liburing.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <xf86drm.h>
@@ -27,6 +28,7 @@ namespace {
 constexpr unsigned kRingEntries = 256;
 constexpr uint32_t kReportSlots = 1024;  // job reports in flight at once; jobs beyond that go without one
 constexpr uint64_t kStopTag = ~0ull;
+constexpr uint64_t kEventTag = ~0ull - 1;  // the IORING_OP_READ of DRM events kept in flight on the ring
 constexpr auto kDrainTimeout = std::chrono::seconds(10);
 
 // The accel fd, shared by the device and every buffer so a GEM_CLOSE never hits a closed (or reused) fd.
@@ -47,13 +49,14 @@ void gem_close(int fd, uint32_t handle) {
 
 struct KernelHostBuffer final : HostBufferObject {
   ~KernelHostBuffer() override {
-    if (ptr)
+    if (ptr && map_len)
       ::munmap(ptr, map_len);
     gem_close(fd->fd, handle);
   }
   std::shared_ptr<AccelFd> fd;
   uint32_t handle = 0;
-  size_t map_len = 0;
+  size_t map_len = 0;     // BO_CREATE: the mmap of the BO; import_host (USERPTR): 0, the caller's memory
+  uint64_t bo_offset = 0;  // USERPTR: where ptr lies in the pinned pages (the object starts page-aligned)
 };
 
 struct KernelDeviceBuffer final : DeviceBufferObject {
@@ -70,6 +73,7 @@ class KernelDevice final : public Device {
   const DeviceInfo& info() const noexcept override { return info_; }
   Result<HostBuffer> alloc_host(size_t bytes) override;
   Result<DeviceBuffer> alloc_device(size_t bytes) override;
+  Result<HostBuffer> import_host(void* ptr, size_t bytes, bool read_only) override;
 
  protected:
   Status do_submit(Job job, JobCallback done) override;
@@ -82,6 +86,12 @@ class KernelDevice final : public Device {
     JobCallback done;
     uint64_t seqno = 0;   // ioctl mode
     int64_t report = -1;  // index of the job-report slot, -1 if none
+    // SIGNAL commands: the driver sends exactly one DRM event per SIGNAL, all before the job's completion.
+    uint32_t signals = 0;       // SIGNAL commands in the job
+    uint32_t signals_seen = 0;  // their events read so far
+    bool event_mode = false;    // ioctl mode: submitted with DRM_VNPU_SUBMIT_F_EVENT (completion as an event)
+    bool completed = false;     // the CQE (io_uring) or the job event (ioctl mode) arrived
+    int status = 0;             // its status
   };
 
   KernelDevice(std::shared_ptr<AccelFd> fd, SubmitMode mode) : fd_(std::move(fd)), mode_(mode) {}
@@ -93,6 +103,12 @@ class KernelDevice final : public Device {
   void uring_loop();
   void ioctl_loop();
   void finish(std::unique_ptr<Pending> p, JobResult r);
+  // Completion thread: dispatch the DRM events in buf (SIGNAL: on_signal; JOB: marks the job completed).
+  void handle_events(const uint8_t* buf, size_t len);
+  // io_uring mode: queue the READ of DRM events (mu_ held).
+  bool arm_event_read();
+  // io_uring mode: finish completed jobs, in CQE order, once their SIGNAL events are in.
+  void flush_completed();
 
   std::shared_ptr<AccelFd> fd_;
   SubmitMode mode_;
@@ -113,6 +129,10 @@ class KernelDevice final : public Device {
   uint32_t report_handle_ = 0;
   std::vector<uint32_t> free_reports_;
   std::thread completer_;
+  // SIGNAL delivery: DRM events read from the fd (by the ring's READ or read(2) in ioctl mode).
+  alignas(8) uint8_t events_[4096];
+  uint32_t signal_jobs_ = 0;         // pending jobs with SIGNAL commands (mu_)
+  std::deque<uint64_t> completed_;   // io_uring mode: ids whose CQE arrived, in order (completion thread)
 };
 
 Result<uint64_t> KernelDevice::get_param(uint32_t param) const {
@@ -181,6 +201,14 @@ Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options)
     inf.mmu_page_size = *v;
   if (auto v = dev->get_param(DRM_VNPU_PARAM_CONTEXT_ID); v)
     inf.context_id = static_cast<uint32_t>(*v);
+  // SIGNAL commands: an older driver gives EINVAL for the parameter.
+  if (auto v = dev->get_param(DRM_VNPU_PARAM_MAX_SIGNALS); v && *v > 0) {
+    inf.signals = true;
+    inf.max_signals_per_job = static_cast<uint32_t>(*v);
+  }
+  // USERPTR: an older driver gives EINVAL for the parameter.
+  if (auto v = dev->get_param(DRM_VNPU_PARAM_USERPTR); v && *v == 1)
+    inf.host_import = true;
   // Timing-only is the device's power-on mode (QEMU property), not something a client may switch: a client
   // that wants real outputs must not get a device that skips the arithmetic, and vice versa.
   {
@@ -229,6 +257,11 @@ Result<std::unique_ptr<Device>> KernelDevice::open(const DeviceOptions& options)
     if (r < 0)
       return errno_error(-r, "io_uring_queue_init(SQE128|CQE32)");
     dev->ring_ready_ = true;
+    if (inf.signals) {
+      std::lock_guard lock(dev->mu_);
+      if (!dev->arm_event_read())
+        return Error(ErrorCode::kIo, path + ": cannot queue the READ of DRM events on the io_uring");
+    }
     inf.submit_path = "uring";
     inf.timestamps = true;  // from the job report
     dev->completer_ = std::thread([d = dev.get()] { d->uring_loop(); });
@@ -298,6 +331,50 @@ Result<HostBuffer> KernelDevice::alloc_host(size_t bytes) {
   return HostBuffer(std::move(obj));
 }
 
+Result<HostBuffer> KernelDevice::import_host(void* ptr, size_t bytes, bool read_only) {
+  if (!info_.host_import)
+    return Device::import_host(ptr, bytes, read_only);
+  const auto addr = reinterpret_cast<uintptr_t>(ptr);
+  if (!ptr || bytes == 0 || addr + bytes < addr)
+    return Error(ErrorCode::kInvalidArgument,
+                 "import_host of " + std::to_string(bytes) + " bytes at " + std::to_string(addr) +
+                     ": need a non-null pointer, > 0 bytes and a range that does not wrap");
+  // The driver pins whole pages: pin the pages around the range and address it with an offset.
+  const auto page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t first = addr / page * page;
+  if (round_up(static_cast<uint64_t>(addr) + bytes, page) < addr + bytes)
+    return Error(ErrorCode::kInvalidArgument, "import_host: range wraps at the end of the address space");
+  const uint64_t len = round_up(static_cast<uint64_t>(addr) + bytes, page) - first;
+  if (len > (2ull << 30))
+    return Error(ErrorCode::kInvalidArgument, "import_host of " + std::to_string(bytes) +
+                                                  " bytes: at most 2 GiB (page-rounded) per buffer");
+  drm_vnpu_userptr req{};
+  req.addr = first;
+  req.size = len;
+  req.flags = read_only ? DRM_VNPU_USERPTR_READ_ONLY : 0u;
+  if (drmIoctl(fd_->fd, DRM_IOCTL_VNPU_USERPTR, &req) != 0) {
+    const int err = errno;
+    const std::string what = "USERPTR (pinning " + std::to_string(len) + " bytes" +
+                             (read_only ? ", read-only" : "") + ")";
+    if (err == ENOMEM)  // the driver's RLIMIT_MEMLOCK refusal (a real allocation failure looks the same)
+      return Error(ErrorCode::kPermissionDenied,
+                   what + ": the pinned-memory limit RLIMIT_MEMLOCK (ulimit -l) is reached, or out of memory");
+    if (err == EFAULT)
+      return Error(ErrorCode::kInvalidArgument,
+                   what + ": the memory cannot be pinned (not mapped, or not writable and read_only not set)");
+    return errno_error(err, what);
+  }
+  auto obj = std::make_shared<KernelHostBuffer>();
+  obj->fd = fd_;
+  obj->handle = req.handle;  // from here the destructor closes the handle (the driver unpins after the jobs)
+  obj->owner = fd_.get();
+  obj->ptr = ptr;
+  obj->size = bytes;
+  obj->read_only = read_only;
+  obj->bo_offset = addr - first;
+  return HostBuffer(std::move(obj));
+}
+
 Result<DeviceBuffer> KernelDevice::alloc_device(size_t bytes) {
   if (bytes == 0)
     return Error(ErrorCode::kInvalidArgument, "device buffer of 0 bytes");
@@ -326,7 +403,7 @@ std::vector<drm_vnpu_cmd> KernelDevice::encode(const Job& job) {
         d.op = c.kind == Command::Kind::kCopyToDevice ? DRM_VNPU_OP_COPY_TO_DEVICE : DRM_VNPU_OP_COPY_FROM_DEVICE;
         d.copy.bo_handle = static_cast<const KernelHostBuffer&>(*c.host).handle;
         d.copy.mem_handle = static_cast<const KernelDeviceBuffer&>(*c.dev[0]).handle;
-        d.copy.bo_offset = c.host_offset;
+        d.copy.bo_offset = static_cast<const KernelHostBuffer&>(*c.host).bo_offset + c.host_offset;
         d.copy.mem_offset = c.dev_offset[0];
         d.copy.size = c.bytes;
         break;
@@ -357,6 +434,7 @@ std::vector<drm_vnpu_cmd> KernelDevice::encode(const Job& job) {
         d.synth.ns = c.ns;
         break;
       case Command::Kind::kNop: d.op = DRM_VNPU_OP_NOP; break;
+      case Command::Kind::kSignal: d.op = DRM_VNPU_OP_SIGNAL; break;
     }
   }
   return out;
@@ -365,6 +443,8 @@ std::vector<drm_vnpu_cmd> KernelDevice::encode(const Job& job) {
 Status KernelDevice::do_submit(Job job, JobCallback done) {
   auto p = std::make_unique<Pending>();
   p->cmds = encode(job);
+  for (const Command& c : job.commands)
+    p->signals += c.kind == Command::Kind::kSignal ? 1 : 0;
   p->job = std::move(job);
   p->done = std::move(done);
 
@@ -394,12 +474,19 @@ Status KernelDevice::do_submit(Job job, JobCallback done) {
     req.jobs = reinterpret_cast<uintptr_t>(&dj);
     req.job_count = 1;
     req.queue_id = queue_id_;
+    // A job with SIGNALs completes by event too, so that its SIGNAL events and its completion come in one
+    // stream, in order, and the completion thread can wait for both at once.
+    p->event_mode = p->signals > 0;
+    if (p->event_mode)
+      req.flags = DRM_VNPU_SUBMIT_F_EVENT;
     if (drmIoctl(fd_->fd, DRM_IOCTL_VNPU_SUBMIT, &req) != 0) {
       const int err = errno;
       give_back_report();
       return errno_error(err, "SUBMIT ioctl");
     }
     p->seqno = req.first_seqno;
+    if (p->signals)
+      ++signal_jobs_;
     pending_.emplace(id, std::move(p));
     wait_order_.push_back(id);
     cv_.notify_all();
@@ -426,6 +513,7 @@ Status KernelDevice::do_submit(Job job, JobCallback done) {
   std::memcpy(sqe->cmd, &us, sizeof(us));
   io_uring_sqe_set_data64(sqe, id);
   const int64_t report = p->report;
+  const bool has_signals = p->signals > 0;
   pending_.emplace(id, std::move(p));
   const int r = io_uring_submit(&ring_);
   if (r < 0) {
@@ -434,7 +522,93 @@ Status KernelDevice::do_submit(Job job, JobCallback done) {
       free_reports_.push_back(static_cast<uint32_t>(report));
     return errno_error(-r, "io_uring_submit of a URING_CMD job");
   }
+  if (has_signals)
+    ++signal_jobs_;
   return {};
+}
+
+bool KernelDevice::arm_event_read() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (!sqe) {
+    (void)io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+    if (!sqe)
+      return false;
+  }
+  io_uring_prep_read(sqe, fd_->fd, events_, sizeof(events_), 0);
+  io_uring_sqe_set_data64(sqe, kEventTag);
+  return io_uring_submit(&ring_) >= 0;
+}
+
+void KernelDevice::handle_events(const uint8_t* buf, size_t len) {
+  struct Call {
+    Pending* p;
+    SignalEvent ev;
+  };
+  std::vector<Call> calls;
+  {
+    std::lock_guard lock(mu_);
+    size_t off = 0;
+    while (off + sizeof(drm_event) <= len) {
+      drm_event base;
+      std::memcpy(&base, buf + off, sizeof(base));
+      if (base.length < sizeof(base) || off + base.length > len)
+        break;  // drm_read returns whole events only
+      if (base.type == DRM_VNPU_EVENT_SIGNAL && base.length >= sizeof(drm_vnpu_event_signal)) {
+        drm_vnpu_event_signal ev;
+        std::memcpy(&ev, buf + off, sizeof(ev));
+        auto it = pending_.find(ev.user_data);
+        if (it != pending_.end()) {
+          Pending* p = it->second.get();
+          ++p->signals_seen;
+          // A SIGNAL the job never reached (it failed first) gets no call: its JobCallback says why.
+          if (ev.status == 0 && p->job.on_signal)
+            calls.push_back({p, SignalEvent{ev.cmd_index, ev.t_signal ? std::optional<uint64_t>(ev.t_signal)
+                                                                      : std::nullopt}});
+        }
+      } else if (base.type == DRM_VNPU_EVENT_JOB && base.length >= sizeof(drm_vnpu_event_job)) {
+        drm_vnpu_event_job ev;
+        std::memcpy(&ev, buf + off, sizeof(ev));
+        auto it = pending_.find(ev.user_data);
+        if (it != pending_.end()) {
+          it->second->completed = true;
+          it->second->status = ev.status;
+        }
+      }
+      off += base.length;
+    }
+  }
+  // Pending entries are erased only by this thread: the pointers stay valid without the lock, which
+  // on_signal must not hold (it may submit()).
+  for (Call& c : calls)
+    c.p->job.on_signal(c.ev);
+}
+
+void KernelDevice::flush_completed() {
+  while (!completed_.empty()) {
+    std::unique_ptr<Pending> p;
+    {
+      std::lock_guard lock(mu_);
+      auto it = pending_.find(completed_.front());
+      if (it != pending_.end()) {
+        if (it->second->signals_seen < it->second->signals)
+          return;  // its SIGNAL events are still on the way (the READ in flight has them)
+        p = std::move(it->second);
+        pending_.erase(it);
+        if (p->signals)
+          --signal_jobs_;
+      }
+    }
+    completed_.pop_front();
+    if (!p)
+      continue;
+    JobResult jr;
+    read_report(p->report, jr);
+    p->report = -1;
+    if (p->status != 0)
+      jr.status = job_error(p->status, jr.hw_status.value_or(0), jr.fault_addr, "job");
+    finish(std::move(p), std::move(jr));
+  }
 }
 
 void KernelDevice::read_report(int64_t idx, JobResult& r) {
@@ -480,21 +654,28 @@ void KernelDevice::uring_loop() {
     io_uring_cqe_seen(&ring_, cqe);
     if (id == kStopTag)
       return;
-    std::unique_ptr<Pending> p;
+    if (id == kEventTag) {
+      if (res > 0)
+        handle_events(events_, static_cast<size_t>(res));
+      {
+        std::lock_guard lock(mu_);
+        // -ECANCELED: the ring is going away. Anything else (-EINTR, ...): read on.
+        if (res != -ECANCELED && !stop_completer_ && !arm_event_read())
+          return;
+      }
+      flush_completed();
+      continue;
+    }
     {
       std::lock_guard lock(mu_);
       auto it = pending_.find(id);
       if (it == pending_.end())
         continue;
-      p = std::move(it->second);
-      pending_.erase(it);
+      it->second->completed = true;
+      it->second->status = res;
     }
-    JobResult jr;
-    read_report(p->report, jr);
-    p->report = -1;
-    if (res != 0)
-      jr.status = job_error(res, jr.hw_status.value_or(0), jr.fault_addr, "job");
-    finish(std::move(p), std::move(jr));
+    completed_.push_back(id);
+    flush_completed();
   }
 }
 
@@ -506,13 +687,47 @@ void KernelDevice::ioctl_loop() {
     if (stop_completer_)
       return;
     const uint64_t id = wait_order_.front();
-    const uint64_t seqno = pending_.at(id)->seqno;
+    Pending& head = *pending_.at(id);
+    const uint64_t seqno = head.seqno;
+    if (signal_jobs_ > 0) {
+      // Jobs with SIGNALs are pending: their events come through the fd. Read them while waiting for the
+      // head (which is one of them: its completion is an event too; else poll WAIT between reads).
+      const bool head_by_event = head.event_mode;
+      lock.unlock();
+      pollfd pfd{fd_->fd, POLLIN, 0};
+      if (::poll(&pfd, 1, head_by_event ? 100 : 1) > 0 && (pfd.revents & POLLIN)) {
+        const ssize_t n = ::read(fd_->fd, events_, sizeof(events_));
+        if (n > 0)
+          handle_events(events_, static_cast<size_t>(n));
+      }
+      lock.lock();
+      if (head_by_event) {
+        if (stop_completer_)
+          return;
+        if (!head.completed || head.signals_seen < head.signals)
+          continue;
+        wait_order_.pop_front();
+        auto p = std::move(pending_.at(id));
+        pending_.erase(id);
+        --signal_jobs_;
+        lock.unlock();
+        JobResult jr;
+        read_report(p->report, jr);
+        p->report = -1;
+        if (p->status != 0)
+          jr.status = job_error(p->status, jr.hw_status.value_or(0), jr.fault_addr, "job " + std::to_string(seqno));
+        finish(std::move(p), std::move(jr));
+        lock.lock();
+        continue;
+      }
+    }
+    const bool poll_only = signal_jobs_ > 0;
     lock.unlock();
     drm_vnpu_wait w{};
     w.seqno = seqno;
     w.queue_id = queue_id_;
     // Bounded waits so a closing device is noticed; the job itself keeps running in the driver.
-    w.timeout_ns = static_cast<int64_t>(monotonic_ns() + 100'000'000ull);
+    w.timeout_ns = poll_only ? 0 : static_cast<int64_t>(monotonic_ns() + 100'000'000ull);
     const int r = drmIoctl(fd_->fd, DRM_IOCTL_VNPU_WAIT, &w);
     const int err = r != 0 ? errno : 0;
     lock.lock();

@@ -2971,4 +2971,644 @@ TEST(MultiDevice, UnbindWithDependencyChainInFlightThenRebindWorks) {
   EXPECT_EQ(api.wait_status(seqno), 0);
 }
 
+// ---- USERPTR: the caller's own memory as a host BO ---------------------------------------------------------
+
+/// Anonymous memory, unmapped on destruction (unless the test unmapped it itself).
+class Anon {
+ public:
+  explicit Anon(size_t size, int prot = PROT_READ | PROT_WRITE) : size_(size) {
+    ptr_ = mmap(nullptr, size, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  }
+  Anon(const Anon&) = delete;
+  Anon& operator=(const Anon&) = delete;
+  ~Anon() { unmap(); }
+  void unmap() {
+    if (ptr_ != MAP_FAILED)
+      munmap(ptr_, size_);
+    ptr_ = MAP_FAILED;
+  }
+  bool ok() const { return ptr_ != MAP_FAILED; }
+  uint8_t* bytes() const { return static_cast<uint8_t*>(ptr_); }
+  uint64_t addr() const { return reinterpret_cast<uintptr_t>(ptr_); }
+
+ private:
+  void* ptr_;
+  size_t size_;
+};
+
+int userptr(int fd, uint64_t addr, uint64_t size, uint32_t flags, uint32_t* handle) {
+  drm_vnpu_userptr u{};
+  u.addr = addr;
+  u.size = size;
+  u.flags = flags;
+  int ret = do_ioctl(fd, DRM_IOCTL_VNPU_USERPTR, &u);
+  if (!ret)
+    *handle = u.handle;
+  return ret;
+}
+
+class UserPtr : public DeviceTest {};
+
+TEST_F(UserPtr, ParamSaysSupported) {
+  EXPECT_EQ(api_.param(DRM_VNPU_PARAM_USERPTR), 1u);
+}
+
+TEST_F(UserPtr, DataRoundTripsThroughUserMemoryAtAnyOffset) {
+  constexpr size_t kSize = 64 * kPage;
+  Anon src(kSize), dst(kSize);
+  ASSERT_TRUE(src.ok() && dst.ok());
+  std::mt19937 rng(7);
+  for (size_t i = 0; i < kSize; i++)
+    src.bytes()[i] = uint8_t(rng());
+  memset(dst.bytes(), 0xee, kSize);
+  uint32_t hs = 0, hd = 0, mem = 0;
+  ASSERT_EQ(userptr(fd_, src.addr(), kSize, DRM_VNPU_USERPTR_READ_ONLY, &hs), 0);
+  ASSERT_EQ(userptr(fd_, dst.addr(), kSize, 0, &hd), 0);
+  ASSERT_EQ(api_.mem_alloc(kSize, &mem), 0);
+  // An unaligned buffer inside the pinned pages: 123 bytes in, 100000 bytes long, written 77 bytes in.
+  constexpr uint64_t kLen = 100000;
+  uint64_t seqno = 0;
+  ASSERT_EQ(api_.submit({copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, hs, mem, 123, 5, kLen),
+                         copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, hd, mem, 77, 5, kLen)},
+                        &seqno),
+            0);
+  ASSERT_EQ(api_.wait_status(seqno), 0);
+  EXPECT_EQ(memcmp(dst.bytes() + 77, src.bytes() + 123, kLen), 0);
+  for (size_t i : {size_t(0), size_t(76), size_t(77 + kLen), kSize - 1})
+    EXPECT_EQ(dst.bytes()[i], 0xee) << "byte " << i << " outside the copy was written";
+  // Through io_uring too (the same validation and objects).
+  memset(dst.bytes(), 0, kSize);
+  Ring ring(IORING_SETUP_SQE128 | IORING_SETUP_CQE32);
+  ASSERT_EQ(ring.init_result(), 0);
+  JobSpec j;
+  j.cmds = {copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, hd, mem, 0, 5, kLen)};
+  drm_vnpu_uring_submit us{};
+  us.job = j.raw();
+  ASSERT_TRUE(ring.prep_submit(fd_, us, 1));
+  ASSERT_EQ(io_uring_submit(ring.get()), 1);
+  auto cqes = reap(ring, 1);
+  ASSERT_EQ(cqes.size(), 1u);
+  EXPECT_EQ(cqes[0].res, 0);
+  EXPECT_EQ(memcmp(dst.bytes(), src.bytes() + 123, kLen), 0);
+  // A copy outside the pinned range is refused.
+  EXPECT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, hs, mem, kSize - 10, 0, 11)), -EINVAL);
+}
+
+TEST_F(UserPtr, BoInfoDescribesItAndItCannotBeMappedOrExported) {
+  Anon a(4 * kPage);
+  ASSERT_TRUE(a.ok());
+  uint32_t h = 0;
+  ASSERT_EQ(userptr(fd_, a.addr(), 4 * kPage, DRM_VNPU_USERPTR_READ_ONLY, &h), 0);
+  drm_vnpu_bo_info info{};
+  ASSERT_EQ(api_.bo_info(h, &info), 0);
+  EXPECT_EQ(info.kind, uint32_t(DRM_VNPU_BO_KIND_USERPTR));
+  EXPECT_EQ(info.size, 4 * kPage);
+  EXPECT_EQ(info.flags, uint32_t(DRM_VNPU_USERPTR_READ_ONLY));
+  EXPECT_EQ(info.mmap_offset, 0u);
+  int dmabuf = -1;
+  EXPECT_NE(drmPrimeHandleToFD(fd_, h, DRM_CLOEXEC, &dmabuf), 0);
+  // Not a report BO: the driver writes reports with the CPU into BO_CREATE BOs only.
+  JobSpec j = valid_job();
+  j.report_handle = h;
+  EXPECT_EQ(submit_job(j.raw()), -EINVAL);
+  EXPECT_EQ(api_.gem_close(h), 0);
+}
+
+TEST_F(UserPtr, RejectsBadRangesAndFlags) {
+  Anon a(4 * kPage);
+  ASSERT_TRUE(a.ok());
+  uint32_t h = 0;
+  EXPECT_EQ(userptr(fd_, a.addr() + 8, kPage, 0, &h), -EINVAL);       // address not page aligned
+  EXPECT_EQ(userptr(fd_, a.addr(), kPage + 1, 0, &h), -EINVAL);       // size not page-granular
+  EXPECT_EQ(userptr(fd_, a.addr(), 0, 0, &h), -EINVAL);               // empty
+  EXPECT_EQ(userptr(fd_, a.addr(), kPage, 1u << 1, &h), -EINVAL);     // unknown flag
+  EXPECT_EQ(userptr(fd_, a.addr(), (2ull << 30) + kPage, 0, &h), -EINVAL);  // above 2 GiB
+  EXPECT_EQ(userptr(fd_, ~0ull & ~(kPage - 1), 2 * kPage, 0, &h), -EFAULT);  // wraps
+  EXPECT_EQ(userptr(fd_, 0xffff888000000000ull, kPage, 0, &h), -EFAULT);    // kernel address
+  EXPECT_EQ(userptr(fd_, 0, kPage, 0, &h), -EFAULT);                        // NULL page
+  // Partly unmapped: the first pages are pinned, then released again.
+  Anon b(4 * kPage);
+  ASSERT_TRUE(b.ok());
+  ASSERT_EQ(munmap(b.bytes() + 2 * kPage, 2 * kPage), 0);
+  EXPECT_EQ(userptr(fd_, b.addr(), 4 * kPage, 0, &h), -EFAULT);
+  // Read-only memory: the device may not write it, so only a READ_ONLY object.
+  Anon ro(2 * kPage, PROT_READ);
+  ASSERT_TRUE(ro.ok());
+  EXPECT_EQ(userptr(fd_, ro.addr(), 2 * kPage, 0, &h), -EFAULT);
+  EXPECT_EQ(userptr(fd_, ro.addr(), 2 * kPage, DRM_VNPU_USERPTR_READ_ONLY, &h), 0);
+  // The accel fd's own BO mapping is not anonymous/file memory pin_user_pages can pin for long.
+  Mapping m(fd_, bo_offset_, kBoSize);
+  ASSERT_TRUE(m.ok());
+  uint32_t h2 = 0;
+  int ret = userptr(fd_, reinterpret_cast<uintptr_t>(m.as<void>()), kBoSize, 0, &h2);
+  if (ret == 0)
+    EXPECT_EQ(api_.gem_close(h2), 0);
+  else
+    EXPECT_TRUE(ret == -EFAULT || ret == -EOPNOTSUPP || ret == -EINVAL) << ret;
+}
+
+TEST_F(UserPtr, ReadOnlyMemoryIsRefusedAsCopyFromDeviceTarget) {
+  Anon a(2 * kPage);
+  ASSERT_TRUE(a.ok());
+  memset(a.bytes(), 0x5a, 2 * kPage);
+  uint32_t h = 0;
+  ASSERT_EQ(userptr(fd_, a.addr(), 2 * kPage, DRM_VNPU_USERPTR_READ_ONLY, &h), 0);
+  EXPECT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, h, mem_, 0, 0, kPage)), -EACCES);
+  // Also as the second command of a job, and through io_uring: nothing is queued.
+  EXPECT_EQ(api_.submit({valid_copy(), copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, h, mem_, 0, 0, 8)}, nullptr), -EACCES);
+  Ring ring(IORING_SETUP_SQE128 | IORING_SETUP_CQE32);
+  ASSERT_EQ(ring.init_result(), 0);
+  JobSpec j;
+  j.cmds = {copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, h, mem_, 0, 0, 8)};
+  drm_vnpu_uring_submit us{};
+  us.job = j.raw();
+  ASSERT_TRUE(ring.prep_submit(fd_, us, 9));
+  ASSERT_EQ(io_uring_submit(ring.get()), 1);
+  auto cqes = reap(ring, 1);
+  ASSERT_EQ(cqes.size(), 1u);
+  EXPECT_EQ(cqes[0].res, -EACCES);
+  // Reading from it is fine, and the memory was not written.
+  EXPECT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, h, mem_, 0, 0, 2 * kPage)), 0);
+  for (size_t i = 0; i < 2 * kPage; i++)
+    ASSERT_EQ(a.bytes()[i], 0x5a) << i;
+}
+
+TEST_F(UserPtr, PinnedPagesAreChargedToRlimitMemlock) {
+  constexpr uint64_t kMiB = 1 << 20;
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    Fd fd(open_device());
+    Api api{fd.get()};
+    rlimit lim{16 * kMiB, 16 * kMiB};
+    Anon a(32 * kMiB);
+    if (fd.get() < 0 || !a.ok() || setrlimit(RLIMIT_MEMLOCK, &lim) || !drop_cap(CAP_IPC_LOCK))
+      _exit(10);
+    uint32_t h1 = 0, h2 = 0, h3 = 0, bo = 0;
+    if (userptr(fd.get(), a.addr(), 8 * kMiB, 0, &h1))
+      _exit(11);
+    if (userptr(fd.get(), a.addr() + 8 * kMiB, 16 * kMiB, 0, &h2) != -ENOMEM)  // 24 MiB > 16 MiB
+      _exit(12);
+    if (api.bo_create(4 * kMiB, &bo))  // BO_CREATE shares the charge: 12 MiB
+      _exit(13);
+    if (userptr(fd.get(), a.addr() + 8 * kMiB, 4 * kMiB, 0, &h2))  // exactly 16 MiB
+      _exit(14);
+    if (userptr(fd.get(), a.addr() + 12 * kMiB, kPage, DRM_VNPU_USERPTR_READ_ONLY, &h3) != -ENOMEM)
+      _exit(15);
+    if (api.gem_close(h1) || userptr(fd.get(), a.addr() + 16 * kMiB, 8 * kMiB, 0, &h1))  // charge given back
+      _exit(16);
+    _exit(0);
+  }
+  int status = wait_exit(pid, 60000);
+  ASSERT_NE(status, -1);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "10: setup; 11..16: the numbered step in the child";
+}
+
+TEST_F(UserPtr, UnmapAndCloseWhileAJobRunsKeepThePagesUntilItEnds) {
+  constexpr size_t kSize = 256 * kPage;
+  auto a = std::make_unique<Anon>(kSize);
+  auto b = std::make_unique<Anon>(kSize);
+  ASSERT_TRUE(a->ok() && b->ok());
+  memset(a->bytes(), 0x3c, kSize);
+  uint32_t ha = 0, hb = 0, mem = 0;
+  ASSERT_EQ(userptr(fd_, a->addr(), kSize, 0, &ha), 0);
+  ASSERT_EQ(userptr(fd_, b->addr(), kSize, 0, &hb), 0);
+  ASSERT_EQ(api_.mem_alloc(kSize, &mem), 0);
+  // The copies start after 300 ms of modelled compute; meanwhile the memory is unmapped and the handles closed.
+  uint64_t seqno = 0;
+  ASSERT_EQ(api_.submit({synth_cmd(300000000), copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, ha, mem, 0, 0, kSize),
+                         copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, hb, mem, 0, 0, kSize)},
+                        &seqno),
+            0);
+  a->unmap();
+  b->unmap();
+  EXPECT_EQ(api_.gem_close(ha), 0);
+  EXPECT_EQ(api_.gem_close(hb), 0);
+  // Fresh mappings (likely at the same addresses) are not what the device writes.
+  Anon c(kSize);
+  ASSERT_TRUE(c.ok());
+  memset(c.bytes(), 0, kSize);
+  EXPECT_EQ(api_.wait_status(seqno), 0);
+  for (size_t i = 0; i < kSize; i += kPage)
+    ASSERT_EQ(c.bytes()[i], 0) << i;
+  // The data the device moved came from the pinned pages.
+  uint32_t bo = 0;
+  uint64_t off = 0;
+  ASSERT_EQ(api_.bo_create(kSize, &bo, &off), 0);
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, bo, mem, 0, 0, kSize)), 0);
+  Mapping m(fd_, off, kSize);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m.as<uint8_t>()[kSize - 1], 0x3c);
+  // Closing the whole file while such a job runs: the job finishes, then everything is released.
+  Fd f(open_device());
+  Api api{f.get()};
+  Anon d(kSize);
+  ASSERT_TRUE(d.ok());
+  uint32_t hd = 0, m2 = 0;
+  ASSERT_EQ(userptr(f.get(), d.addr(), kSize, 0, &hd), 0);
+  ASSERT_EQ(api.mem_alloc(kSize, &m2), 0);
+  ASSERT_EQ(api.submit({synth_cmd(200000000), copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, hd, m2, 0, 0, kSize)}, &seqno),
+            0);
+  f.reset();
+  d.unmap();
+  usleep(400000);
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({nop_cmd()}, &s), 0);
+  EXPECT_EQ(api_.wait_status(s), 0);
+}
+
+TEST_F(UserPtr, AfterForkTheParentKeepsItsPinnedPages) {
+  constexpr size_t kSize = 8 * kPage;
+  Anon a(kSize);
+  ASSERT_TRUE(a.ok());
+  memset(a.bytes(), 0x11, kSize);
+  uint32_t h = 0, mem = 0;
+  ASSERT_EQ(userptr(fd_, a.addr(), kSize, 0, &h), 0);
+  ASSERT_EQ(api_.mem_alloc(kSize, &mem), 0);
+  int pipefd[2];
+  ASSERT_EQ(pipe(pipefd), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // The child writes its copy and checks that the device's later write (below) never reaches it.
+    close(pipefd[1]);
+    memset(a.bytes(), 0x22, kSize);
+    char c = 0;
+    if (read(pipefd[0], &c, 1) != 1)
+      _exit(1);
+    _exit(a.bytes()[0] == 0x22 && a.bytes()[kSize - 1] == 0x22 ? 0 : 2);
+  }
+  close(pipefd[0]);
+  // The parent writes after the fork: the device reads what the parent sees now.
+  memset(a.bytes(), 0x33, kSize);
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, h, mem, 0, 0, kSize)), 0);
+  memset(a.bytes(), 0, kSize);
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_FROM_DEVICE, h, mem, 0, 0, kSize)), 0);
+  EXPECT_EQ(a.bytes()[0], 0x33);
+  EXPECT_EQ(a.bytes()[kSize - 1], 0x33);
+  char c = 1;
+  ASSERT_EQ(write(pipefd[1], &c, 1), 1);
+  close(pipefd[1]);
+  int status = wait_exit(pid, 30000);
+  ASSERT_NE(status, -1);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: the device wrote into the child's copy";
+}
+
+TEST_F(UserPtr, ObjectsOfAnotherFileAreUnknown) {
+  Anon a(kPage);
+  ASSERT_TRUE(a.ok());
+  Fd other(open_device());
+  ASSERT_GE(other.get(), 0);
+  uint32_t h = 0;
+  ASSERT_EQ(userptr(other.get(), a.addr(), kPage, 0, &h), 0);
+  // The same handle number in this file is unknown or names one of this file's own objects, never that one.
+  drm_vnpu_bo_info info{};
+  int ret = api_.bo_info(h, &info);
+  EXPECT_TRUE(ret == -ENOENT || info.kind != uint32_t(DRM_VNPU_BO_KIND_USERPTR));
+}
+
+// ---- SIGNAL: intermediate completions --------------------------------------------------------------------------
+
+drm_vnpu_cmd signal_cmd() {
+  drm_vnpu_cmd c{};
+  c.op = DRM_VNPU_OP_SIGNAL;
+  return c;
+}
+
+/// One event read from the fd: a SIGNAL event or a job event.
+struct AnyEvent {
+  uint32_t type = 0;
+  drm_vnpu_event_signal sig{};
+  drm_vnpu_event_job job{};
+};
+
+/// Parses the DRM events in buf[0, n).
+std::vector<AnyEvent> parse_events(const uint8_t* buf, size_t n) {
+  std::vector<AnyEvent> out;
+  size_t off = 0;
+  while (off + sizeof(drm_event) <= n) {
+    drm_event base;
+    memcpy(&base, buf + off, sizeof(base));
+    if (base.length < sizeof(base) || off + base.length > n) {
+      ADD_FAILURE() << "torn event at " << off;
+      break;
+    }
+    AnyEvent e;
+    e.type = base.type;
+    if (base.type == DRM_VNPU_EVENT_SIGNAL) {
+      EXPECT_EQ(base.length, sizeof(drm_vnpu_event_signal));
+      memcpy(&e.sig, buf + off, std::min<size_t>(base.length, sizeof(e.sig)));
+    } else if (base.type == DRM_VNPU_EVENT_JOB) {
+      EXPECT_EQ(base.length, sizeof(drm_vnpu_event_job));
+      memcpy(&e.job, buf + off, std::min<size_t>(base.length, sizeof(e.job)));
+    }
+    out.push_back(e);
+    off += base.length;
+  }
+  return out;
+}
+
+class Signal : public DeviceTest {
+ protected:
+  void SetUp() override {
+    DeviceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure())
+      return;
+    max_signals_ = api_.param(DRM_VNPU_PARAM_MAX_SIGNALS);
+  }
+  void require_signals() {
+    if (!(api_.param(DRM_VNPU_PARAM_CAPS) & DRM_VNPU_CAP_SIGNAL))
+      GTEST_SKIP() << "device without DRM_VNPU_CAP_SIGNAL (interface < 1.1)";
+    ASSERT_EQ(max_signals_, uint64_t(DRM_VNPU_MAX_SIGNALS));
+  }
+  /// Reads events until `n` arrived (each read returns whole events), waiting up to `timeout_ms` for each read.
+  std::vector<AnyEvent> read_events(size_t n, int timeout_ms = 60000) {
+    std::vector<AnyEvent> out;
+    while (out.size() < n) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, timeout_ms) != 1)
+        break;
+      uint8_t buf[4096];
+      ssize_t len = read(fd_, buf, sizeof(buf));
+      if (len <= 0)
+        break;
+      auto got = parse_events(buf, size_t(len));
+      out.insert(out.end(), got.begin(), got.end());
+    }
+    return out;
+  }
+  bool event_pending(int timeout_ms = 0) {
+    pollfd p{fd_, POLLIN, 0};
+    return poll(&p, 1, timeout_ms) == 1;
+  }
+  uint64_t max_signals_ = 0;
+};
+
+TEST_F(Signal, RefusedWithoutTheDeviceCapability) {
+  if (api_.param(DRM_VNPU_PARAM_CAPS) & DRM_VNPU_CAP_SIGNAL)
+    GTEST_SKIP() << "the device has SIGNAL";
+  EXPECT_EQ(max_signals_, 0u);
+  EXPECT_EQ(api_.submit({signal_cmd(), nop_cmd()}, nullptr), -EINVAL);
+}
+
+TEST_F(Signal, ValidationAtSubmit) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  EXPECT_EQ(api_.submit({nop_cmd(), signal_cmd()}, nullptr), -EINVAL);  // a job cannot end with a SIGNAL
+  EXPECT_EQ(api_.submit({signal_cmd()}, nullptr), -EINVAL);
+  drm_vnpu_cmd bad = signal_cmd();
+  bad.raw[55] = 1;
+  EXPECT_EQ(api_.submit({bad, nop_cmd()}, nullptr), -EINVAL);  // payload not zero
+  bad = signal_cmd();
+  bad.flags = 1;
+  EXPECT_EQ(api_.submit({bad, nop_cmd()}, nullptr), -EINVAL);
+  std::vector<drm_vnpu_cmd> five(DRM_VNPU_MAX_SIGNALS + 1, signal_cmd());
+  five.push_back(nop_cmd());
+  EXPECT_EQ(api_.submit(five, nullptr), -EINVAL);  // too many
+  // Nothing was queued: no event arrives.
+  EXPECT_FALSE(event_pending(200));
+  std::vector<drm_vnpu_cmd> four(DRM_VNPU_MAX_SIGNALS, signal_cmd());
+  four.push_back(nop_cmd());
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit(four, &s), 0);
+  EXPECT_EQ(api_.wait_status(s), 0);
+  EXPECT_EQ(read_events(4).size(), 4u);
+}
+
+TEST_F(Signal, EventsInCommandOrderBeforeTheJobsCompletion) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  // SIGNAL first (the job's start), after an H2D copy, and after compute.
+  JobSpec j;
+  j.cmds = {signal_cmd(), valid_copy(), signal_cmd(), synth_cmd(5000000), signal_cmd(), nop_cmd()};
+  j.user_data = 0xabc;
+  uint32_t rep = 0;
+  uint64_t rep_off = 0;
+  ASSERT_EQ(api_.bo_create(kPage, &rep, &rep_off), 0);
+  j.report_handle = rep;
+  uint64_t first = 0;
+  ASSERT_EQ(api_.submit_jobs({j, j}, &first, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
+  auto ev = read_events(8);
+  ASSERT_EQ(ev.size(), 8u);
+  // Per job: its three SIGNAL events in command order, then its job event.
+  std::map<uint64_t, std::vector<AnyEvent>> per_job;
+  for (const auto& e : ev)
+    per_job[e.type == DRM_VNPU_EVENT_SIGNAL ? e.sig.seqno : e.job.seqno].push_back(e);
+  ASSERT_EQ(per_job.size(), 2u);
+  for (uint64_t seqno : {first, first + 1}) {
+    const auto& v = per_job[seqno];
+    ASSERT_EQ(v.size(), 4u) << seqno;
+    const uint32_t want_idx[3] = {0, 2, 4};
+    uint64_t prev = 0;
+    for (int k = 0; k < 3; k++) {
+      ASSERT_EQ(v[k].type, uint32_t(DRM_VNPU_EVENT_SIGNAL)) << "event " << k << " of job " << seqno;
+      EXPECT_EQ(v[k].sig.cmd_index, want_idx[k]);
+      EXPECT_EQ(v[k].sig.status, 0);
+      EXPECT_EQ(v[k].sig.user_data, 0xabcu);
+      EXPECT_EQ(v[k].sig.queue_id, 0u);
+      EXPECT_EQ(v[k].sig.pad, 0u);
+      EXPECT_GE(v[k].sig.t_signal, prev);
+      prev = v[k].sig.t_signal;
+    }
+    // The modelled compute lies between the second and the third SIGNAL.
+    EXPECT_GE(v[2].sig.t_signal - v[1].sig.t_signal, 5000000u);
+    EXPECT_EQ(v[3].type, uint32_t(DRM_VNPU_EVENT_JOB));
+    EXPECT_EQ(v[3].job.status, 0);
+  }
+  // Within the job's device times (the report of the later job; both wrote the same slot).
+  Mapping m(fd_, rep_off, kPage);
+  ASSERT_TRUE(m.ok());
+  const auto* r = m.as<drm_vnpu_job_report>();
+  ASSERT_EQ(r->seqno, first + 1);
+  EXPECT_GE(per_job[first + 1][0].sig.t_signal, r->t_start);
+  EXPECT_LE(per_job[first + 1][2].sig.t_signal, r->t_end);
+}
+
+TEST_F(Signal, ArrivesWhileTheJobGoesOn) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({valid_copy(), signal_cmd(), synth_cmd(2000000000), nop_cmd()}, &s), 0);
+  auto ev = read_events(1);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].sig.seqno, s);
+  // The job has 2 s of modelled compute left.
+  EXPECT_EQ(api_.wait(s, 0), -ETIME);
+  drm_vnpu_wait w{};
+  ASSERT_EQ(api_.wait(s, deadline_ms(kLongWaitMs), &w), 0);
+  EXPECT_EQ(w.job_status, 0);
+  EXPECT_GE(w.t_end - ev[0].sig.t_signal, 2000000000u);
+  EXPECT_FALSE(event_pending());
+}
+
+TEST_F(Signal, AllEventsAreInBeforeWaitReturns) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({signal_cmd(), nop_cmd(), signal_cmd(), nop_cmd()}, &s), 0);
+  ASSERT_EQ(api_.wait_status(s), 0);
+  // Already queued on the fd: readable without waiting.
+  auto ev = read_events(2, 0);
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[0].sig.cmd_index, 0u);
+  EXPECT_EQ(ev[1].sig.cmd_index, 2u);
+}
+
+TEST_F(Signal, AJobFailingBeforeASignalSendsItWithTheJobsError) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  ASSERT_EQ(submit_one(copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo_, mem_, 0, 0, 2048)), 0);  // zero the program
+  // Reached SIGNAL, failing EXEC, unreached SIGNAL.
+  JobSpec j = bad_program_job(mem_);
+  j.cmds.insert(j.cmds.begin(), signal_cmd());
+  j.cmds.push_back(signal_cmd());
+  j.cmds.push_back(nop_cmd());
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit_jobs({j}, &s, 0, DRM_VNPU_SUBMIT_F_EVENT), 0);
+  auto ev = read_events(3);
+  ASSERT_EQ(ev.size(), 3u);
+  EXPECT_EQ(ev[0].sig.cmd_index, 0u);
+  EXPECT_EQ(ev[0].sig.status, 0);
+  EXPECT_NE(ev[0].sig.t_signal, 0u);
+  ASSERT_EQ(ev[1].type, uint32_t(DRM_VNPU_EVENT_SIGNAL));
+  EXPECT_EQ(ev[1].sig.cmd_index, 2u);
+  EXPECT_EQ(ev[1].sig.status, -EIO);
+  EXPECT_EQ(ev[1].sig.t_signal, 0u);
+  ASSERT_EQ(ev[2].type, uint32_t(DRM_VNPU_EVENT_JOB));
+  EXPECT_EQ(ev[2].job.status, -EIO);
+  // A job cancelled by its failed dependency never runs: its SIGNAL is sent with -ECANCELED.
+  JobSpec d;
+  d.cmds = {signal_cmd(), nop_cmd()};
+  d.deps = {drm_vnpu_dep{0, 0, s}};
+  uint64_t sd = 0;
+  ASSERT_EQ(api_.submit_jobs({d}, &sd), 0);
+  EXPECT_EQ(api_.wait_status(sd), -ECANCELED);
+  ev = read_events(1, 0);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].sig.seqno, sd);
+  EXPECT_EQ(ev[0].sig.status, -ECANCELED);
+}
+
+TEST_F(Signal, FullEventSpaceIsASubmitErrorNotALostEvent) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  // 4 SIGNALs = 192 bytes of event space per job; the file has 8192 job events' worth (256 KiB).
+  JobSpec j;
+  j.cmds = {signal_cmd(), signal_cmd(), signal_cmd(), signal_cmd(), nop_cmd()};
+  std::vector<JobSpec> batch(256, j);
+  uint64_t first = 0, last = 0;
+  int ret = 0, batches = 0;
+  while ((ret = api_.submit_jobs(batch, &first)) == 0) {
+    last = first + batch.size() - 1;
+    ASSERT_LT(++batches, 100);
+  }
+  EXPECT_EQ(ret, -ENOSPC);
+  EXPECT_EQ(batches, 5);  // 5 * 256 * 192 B fit in 256 KiB, a sixth batch does not
+  ASSERT_EQ(api_.wait_status(last), 0);
+  // The refused batch queued nothing: the next seqno follows the last accepted one.
+  EXPECT_EQ(api_.submit({nop_cmd()}, &first), 0);
+  EXPECT_EQ(first, last + 1);
+  EXPECT_EQ(api_.wait_status(first), 0);
+  // Every accepted SIGNAL has its event; reading them frees the space.
+  auto ev = read_events(size_t(batches) * 256 * 4, 1000);
+  EXPECT_EQ(ev.size(), size_t(batches) * 256 * 4);
+  EXPECT_FALSE(event_pending());
+  EXPECT_EQ(api_.submit_jobs(batch, &first), 0);
+}
+
+TEST_F(Signal, ThroughIoUringWithAReadOnTheSameRing) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  Ring ring(IORING_SETUP_SQE128 | IORING_SETUP_CQE32);
+  ASSERT_EQ(ring.init_result(), 0);
+  JobSpec j;
+  j.cmds = {valid_copy(), signal_cmd(), synth_cmd(1000000), signal_cmd(), nop_cmd()};
+  j.user_data = 77;
+  drm_vnpu_uring_submit us{};
+  us.job = j.raw();
+  alignas(8) uint8_t buf[4096];
+  io_uring_sqe* sqe = io_uring_get_sqe(ring.get());
+  ASSERT_NE(sqe, nullptr);
+  io_uring_prep_read(sqe, fd_, buf, sizeof(buf), 0);
+  io_uring_sqe_set_data64(sqe, 1000);
+  ASSERT_TRUE(ring.prep_submit(fd_, us, 1));
+  ASSERT_EQ(io_uring_submit(ring.get()), 2);
+  std::vector<AnyEvent> ev;
+  uint64_t seqno = 0;
+  bool job_done = false;
+  while (!job_done || ev.size() < 2) {
+    auto c = reap(ring, 1);
+    ASSERT_EQ(c.size(), 1u);
+    if (c[0].user_data == 1000) {
+      ASSERT_GT(c[0].res, 0);
+      auto got = parse_events(buf, size_t(c[0].res));
+      ev.insert(ev.end(), got.begin(), got.end());
+      if (ev.size() < 2) {  // read on
+        sqe = io_uring_get_sqe(ring.get());
+        io_uring_prep_read(sqe, fd_, buf, sizeof(buf), 0);
+        io_uring_sqe_set_data64(sqe, 1000);
+        ASSERT_EQ(io_uring_submit(ring.get()), 1);
+      }
+    } else {
+      EXPECT_EQ(c[0].res, 0);
+      seqno = c[0].extra0;
+      job_done = true;
+    }
+  }
+  ASSERT_EQ(ev.size(), 2u);
+  for (int k = 0; k < 2; k++) {
+    EXPECT_EQ(ev[k].type, uint32_t(DRM_VNPU_EVENT_SIGNAL));
+    EXPECT_EQ(ev[k].sig.user_data, 77u);
+    EXPECT_EQ(ev[k].sig.seqno, seqno);
+    EXPECT_EQ(ev[k].sig.cmd_index, k ? 3u : 1u);
+  }
+}
+
+TEST_F(Signal, ClosingWithSignalsPendingReleasesEverything) {
+  require_signals();
+  if (IsSkipped())
+    return;
+  uint64_t before = api_.param(DRM_VNPU_PARAM_DEVMEM_FREE);
+  for (int round = 0; round < 3; round++) {
+    Fd f(open_device());
+    ASSERT_GE(f.get(), 0);
+    Api api{f.get()};
+    uint32_t mem = 0, bo = 0;
+    ASSERT_EQ(api.mem_alloc(1 << 20, &mem), 0);
+    ASSERT_EQ(api.bo_create(1 << 20, &bo), 0);
+    JobSpec j;
+    j.cmds = {copy_cmd(DRM_VNPU_OP_COPY_TO_DEVICE, bo, mem, 0, 0, 1 << 20), signal_cmd(), synth_cmd(20000000),
+              signal_cmd(), nop_cmd()};
+    std::vector<JobSpec> batch(32, j);
+    uint64_t first = 0;
+    ASSERT_EQ(api.submit_jobs(batch, &first, 0, round == 1 ? DRM_VNPU_SUBMIT_F_EVENT : 0), 0);
+    // And through a ring torn down with the file.
+    Ring ring(IORING_SETUP_SQE128 | IORING_SETUP_CQE32);
+    ASSERT_EQ(ring.init_result(), 0);
+    drm_vnpu_uring_submit us{};
+    us.job = j.raw();
+    for (int i = 0; i < 8; i++)
+      ASSERT_TRUE(ring.prep_submit(f.get(), us, i));
+    ASSERT_EQ(io_uring_submit(ring.get()), 8);
+    if (round == 2)
+      usleep(50000);  // some SIGNALs reached, unread
+    ring.exit();
+    f.reset();
+  }
+  EXPECT_EQ(wait_devmem_free(api_, before), before);
+  uint64_t s = 0;
+  ASSERT_EQ(api_.submit({signal_cmd(), nop_cmd()}, &s), 0);
+  EXPECT_EQ(api_.wait_status(s), 0);
+  EXPECT_EQ(read_events(1).size(), 1u);
+}
+
 }  // namespace

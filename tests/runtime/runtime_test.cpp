@@ -203,6 +203,36 @@ TEST_F(Device, CopiesAtOffsets) {
   EXPECT_EQ(d[5300], 0);
 }
 
+TEST_F(Device, ImportHostDmasStraightFromAndToCallerMemoryAtAnyAlignment) {
+  auto dev = open_device();
+  if (!dev->info().host_import)
+    GTEST_SKIP() << dev->info().backend << " backend cannot import host memory";
+  // Unaligned on both sides, spanning pages: the backend pins the pages around them and uses offsets.
+  constexpr size_t kBytes = 3 * 4096 + 777;
+  std::vector<uint8_t> in(kBytes + 64), out(kBytes + 64, 0xee);
+  for (size_t i = 0; i < in.size(); ++i)
+    in[i] = static_cast<uint8_t>(i * 13 + 5);
+  auto src = dev->import_host(in.data() + 3, kBytes, /*read_only=*/true).value();
+  auto dst = dev->import_host(out.data() + 29, kBytes).value();
+  EXPECT_EQ(src.data(), in.data() + 3);
+  EXPECT_EQ(src.size(), kBytes);
+  auto mem = dev->alloc_device(kBytes).value();
+  vnpu::Job job{{vnpu::Command::copy_to_device(src, 10, mem, 0, kBytes - 10),
+                 vnpu::Command::copy_from_device(mem, 0, dst, 0, kBytes - 10)}};
+  auto r = dev->run(std::move(job)).value();
+  ASSERT_TRUE(r.status.ok()) << r.status.error().what();
+  EXPECT_EQ(std::memcmp(out.data() + 29, in.data() + 13, kBytes - 10), 0);
+  EXPECT_EQ(out[28], 0xee);
+  EXPECT_EQ(out[29 + kBytes - 10], 0xee);
+  // A read-only import is not a copy_from_device destination.
+  auto s = dev->submit({{vnpu::Command::copy_from_device(mem, 0, src, 0, 8)}}, [](vnpu::JobResult) {});
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code(), vnpu::ErrorCode::kInvalidArgument);
+  // Bad imports get clear errors.
+  EXPECT_EQ(dev->import_host(nullptr, 8).error().code(), vnpu::ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dev->import_host(in.data(), 0).error().code(), vnpu::ErrorCode::kInvalidArgument);
+}
+
 TEST_F(Device, RejectsRangesOutsideTheirBuffers) {
   auto dev = open_device();
   auto host = dev->alloc_host(4096).value();

@@ -501,6 +501,90 @@ struct drm_vnpu_uring_submit {
 	struct drm_vnpu_job job;
 };
 
+/* ---- USERPTR: the caller's own memory as a host BO (pinned user pages) ---------------------------------- */
+#define DRM_VNPU_USERPTR 0x08
+#define DRM_IOCTL_VNPU_USERPTR DRM_IOWR(DRM_COMMAND_BASE + DRM_VNPU_USERPTR, struct drm_vnpu_userptr)
+
+#define DRM_VNPU_USERPTR_READ_ONLY (1u << 0) /* the device only reads it: not a COPY_FROM_DEVICE target */
+
+/* GET_PARAM: 1 if DRM_IOCTL_VNPU_USERPTR is supported (older drivers give -EINVAL for the param). */
+#define DRM_VNPU_PARAM_USERPTR 20
+
+/* BO_INFO kind of a USERPTR object (size = the pinned range, flags = DRM_VNPU_USERPTR_*, no mmap offset). */
+#define DRM_VNPU_BO_KIND_USERPTR 3
+
+/**
+ * struct drm_vnpu_userptr - make a range of the caller's memory a host BO the device DMAs to and from
+ * @addr: in, user virtual address, page aligned (a buffer at any alignment: pin the pages around it and name
+ *        its bytes with the copy command's bo_offset)
+ * @size: in, bytes, a multiple of the page size, 1 page..2 GiB; [@addr, @addr + @size) must not wrap
+ * @flags: in, DRM_VNPU_USERPTR_*
+ * @handle: out, GEM handle. Usable as the @bo_handle of COPY_TO_DEVICE and (unless READ_ONLY) COPY_FROM_DEVICE
+ *          commands; not as a report BO (-EINVAL), not mmap-able (the caller has the memory already), not
+ *          exportable.
+ *
+ * The pages are pinned (FOLL_LONGTERM, and FOLL_WRITE unless READ_ONLY) when the ioctl runs: the range must be
+ * mapped memory the caller may read (and write): -EFAULT otherwise, e.g. unmapped, or PROT_READ without
+ * READ_ONLY. Memory that cannot be pinned for long (DAX, some special mappings) gives the errno of
+ * pin_user_pages (-EFAULT, -EINVAL or -EOPNOTSUPP). The pinned pages are charged to the caller's
+ * RLIMIT_MEMLOCK like BO_CREATE's (-ENOMEM beyond it, unless CAP_IPC_LOCK). They stay pinned until the handle
+ * is closed and every job naming the object has completed: unmapping the range meanwhile does not free them
+ * (the device keeps reading and writing the same pages, which the process no longer sees); after fork() the
+ * parent keeps the pinned pages, the child gets copies (the kernel's rule for pinned anonymous memory).
+ * A READ_ONLY object as a COPY_FROM_DEVICE target fails SUBMIT with -EACCES.
+ */
+struct drm_vnpu_userptr {
+	__u64 addr;
+	__u64 size;
+	__u32 flags;
+	__u32 handle;
+};
+
+/* ---- SIGNAL: intermediate completions inside a job ------------------------------------------------------ */
+/*
+ * A DRM_VNPU_OP_SIGNAL command (payload all zero) is reached when the job's previous command has finished (for
+ * a first command: when the job starts); it uses no engine. For every SIGNAL of a job the driver reserves a
+ * struct drm_vnpu_event_signal on the fd at SUBMIT (both paths: ioctl, with or without
+ * DRM_VNPU_SUBMIT_F_EVENT, and io_uring) and sends it when the device reports the SIGNAL reached, while the job
+ * goes on. Each job with N SIGNALs delivers exactly N such events, in command order, all before the job's own
+ * completion (its fence, job event, CQE or WAIT result): a SIGNAL the job never reached (it failed or was
+ * cancelled before it) is sent at the job's completion with @status = the job's errno and @t_signal = 0.
+ * Read them with read(2) on the fd (or an IORING_OP_READ kept in flight on the submission ring).
+ * SUBMIT errors: -EINVAL (a SIGNAL as a job's last command, more than DRM_VNPU_MAX_SIGNALS in a job, a payload
+ * not zero, a device without DRM_VNPU_CAP_SIGNAL), -ENOSPC (the fd's event space cannot hold the job's events:
+ * read the pending events first; nothing was queued).
+ */
+#define DRM_VNPU_OP_SIGNAL 7 /* enum drm_vnpu_op: intermediate completion, a struct drm_vnpu_event_signal */
+#define DRM_VNPU_CAP_SIGNAL (1u << 8) /* the device posts intermediate completions (DRM_VNPU_OP_SIGNAL) */
+#define DRM_VNPU_MAX_SIGNALS 4 /* SIGNAL commands per job */
+#define DRM_VNPU_EVENT_SIGNAL 0x80000001
+
+/* GET_PARAM: SIGNALs allowed per job (DRM_VNPU_MAX_SIGNALS, or 0 if the device has no DRM_VNPU_CAP_SIGNAL). */
+#define DRM_VNPU_PARAM_MAX_SIGNALS 21
+
+/**
+ * struct drm_vnpu_event_signal - read(2) from the accel fd: a SIGNAL command of a job was reached
+ * @base: type DRM_VNPU_EVENT_SIGNAL, length sizeof(this)
+ * @user_data: the job's user_data
+ * @seqno: the job's seqno on @queue_id
+ * @t_signal: device clock ns when the SIGNAL was reached (the job's previous command had finished); 0 if
+ *            never reached
+ * @status: 0 if reached, else the job's negative errno (the job ended before it; no data guarantee)
+ * @queue_id: the job's queue
+ * @cmd_index: index of the SIGNAL command in the job
+ * @pad: 0
+ */
+struct drm_vnpu_event_signal {
+	struct drm_event base;
+	__u64 user_data;
+	__u64 seqno;
+	__u64 t_signal;
+	__s32 status;
+	__u32 queue_id;
+	__u32 cmd_index;
+	__u32 pad;
+};
+
 #if defined(__cplusplus)
 }
 #endif
