@@ -46,7 +46,8 @@ struct Args {
                "--synthetic: host prep is CPU work of A ms on a prep thread; H2D/D2H move as many bytes as the\n"
                "device's bandwidth moves in B/D ms; compute is a SYNTH command of C ms. 0 means minimal (4 bytes,\n"
                "1 ns): all zeros measure the round-trip overhead of a no-op request.\n"
-               "Defaults: backend kernel if /dev/accel/accel0 exists else sim, async, parallel 1, depth 8,\n"
+               "Defaults: backend kernel if /dev/accel/accel0 exists else sim, async, parallel 1, depth 8 (0: the\n"
+               "runtime's default from the model and the device, AsyncRuntime::depth_estimate()),\n"
                "count 200, warmup 20.\n");
   std::exit(status);
 }
@@ -83,7 +84,7 @@ Args parse(int argc, char** argv) {
     } else if (f == "--parallel")
       a.parallel = static_cast<int>(parse_long(f, v, 1, 16));
     else if (f == "--depth")
-      a.depth = static_cast<int>(parse_long(f, v, 1, 256));
+      a.depth = static_cast<int>(parse_long(f, v, 0, 256));
     else if (f == "--count")
       a.count = parse_long(f, v, 1, 100'000'000);
     else if (f == "--warmup")
@@ -218,11 +219,11 @@ int main(int argc, char** argv) {
       v = dist(rng);
   }
   // Outputs: a ring of caller buffers, one per request that can be outstanding at once.
-  const size_t window =
-      args.mode == "sync"
-          ? 1
-          : static_cast<size_t>(args.depth * static_cast<int>(std::max<size_t>(1, rt->devices_info().size())) +
-                                args.parallel + 2);
+  const size_t window = args.mode == "sync"
+                            ? 1
+                            : static_cast<size_t>(rt->options().max_in_flight *
+                                                      static_cast<int>(std::max<size_t>(1, rt->devices_info().size())) +
+                                                  args.parallel + 2);
   std::vector<std::vector<std::vector<float>>> out_data(window);
   for (auto& o : out_data)
     for (const auto& ti : m.outputs())
@@ -323,13 +324,17 @@ int main(int argc, char** argv) {
   const double max_stage = std::max({got.prep, got.h2d, got.compute, got.d2h});
   const uint64_t dma = rt->host_dma_bytes();
   const double per_req =
-      static_cast<double>(dma) / static_cast<double>(opt.max_in_flight * static_cast<int>(devs.size()));
+      static_cast<double>(dma) / static_cast<double>(rt->options().max_in_flight * static_cast<int>(devs.size()));
 
   if (!args.quiet) {
     std::printf("vnpu-bench: %s model (%s), backend %s on %zu device(s) [%s], mode %s, parallel %d, depth %d\n",
                 std::string(m.kind()).c_str(), args.model.empty() ? args.synthetic.c_str() : args.model.c_str(),
                 opt.backend.c_str(), devs.size(), devs.front().name.c_str(), args.mode.c_str(), opt.parallel,
-                opt.max_in_flight);
+                rt->options().max_in_flight);
+    const vnpu::DepthEstimate& de = rt->depth_estimate();
+    std::printf("depth:       %s %d (estimate: h2d %.3f compute %.3f%s d2h %.3f ms -> pipeline %d, memory %d)\n",
+                de.used ? "default" : "given", rt->options().max_in_flight, de.h2d_ms, de.compute_ms,
+                de.compute_known ? "" : " (assumed)", de.d2h_ms, de.pipeline_depth, de.memory_limit);
     std::printf("requests:    %ld timed + %ld warmup, %ld failed\n", args.count, args.warmup, failed);
     std::printf("throughput:  %.2f inferences/s over %.1f ms\n", throughput, wall_ms);
     std::printf("latency ms:  min %.3f  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f\n", percentile(lat, 0),
@@ -351,8 +356,9 @@ int main(int argc, char** argv) {
     f.precision(6);
     f << "{\n  \"model\": \"" << json_escape(args.model.empty() ? "synthetic:" + args.synthetic : args.model) << "\",\n"
       << "  \"backend\": \"" << opt.backend << "\", \"mode\": \"" << args.mode << "\", \"parallel\": " << opt.parallel
-      << ", \"depth\": " << opt.max_in_flight << ", \"devices\": " << devs.size() << ", \"count\": " << args.count
-      << ", \"warmup\": " << args.warmup << ", \"failed\": " << failed << ",\n"
+      << ", \"depth\": " << rt->options().max_in_flight << ", \"default_depth\": " << rt->depth_estimate().chosen
+      << ", \"devices\": " << devs.size() << ", \"count\": " << args.count << ", \"warmup\": " << args.warmup
+      << ", \"failed\": " << failed << ",\n"
       << "  \"throughput_ips\": " << throughput << ",\n"
       << "  \"latency_ms\": {\"min\": " << percentile(lat, 0) << ", \"p50\": " << percentile(lat, 50)
       << ", \"p90\": " << percentile(lat, 90) << ", \"p99\": " << percentile(lat, 99)

@@ -73,6 +73,7 @@ void finish(BenchResult& r, Clock::time_point end) {
     queue.push_back(ms(t.prep_start - t.enqueued));
     prep.push_back(ms(t.prep()));
     post.push_back(ms(t.resolved - t.completed));
+    r.bytes_copied += double(t.host_bytes_copied) / double(r.timings.size());
     dev.push_back((iv[i].second - iv[i].first) / 1e6);
     JobTimes j = job_times(t, r.clock_offset_ns);
     if (!j.engine_times)
@@ -215,6 +216,7 @@ void print_table(std::ostream& out, const std::string& model, const std::vector<
       << std::setw(7) << "n" << std::setw(10) << "img/s" << std::setw(9) << "vs sync" << std::setw(10) << "bound"
       << std::setw(10) << "lat p50" << std::setw(8) << "prep" << std::setw(8) << "h2d" << std::setw(9) << "compute"
       << std::setw(8) << "d2h" << std::setw(7) << "post" << std::setw(9) << "device" << std::setw(7) << "util"
+      << std::setw(10) << "copied"
       << "\n";
   double sync_ips = 0;
   for (const auto& r : results)
@@ -229,14 +231,15 @@ void print_table(std::ostream& out, const std::string& model, const std::vector<
         << fmt(r.prep.mean) << std::setw(8) << (r.engine_times ? fmt(r.h2d.mean) : "-") << std::setw(9)
         << (r.engine_times ? fmt(r.compute.mean, 1) : "-") << std::setw(8) << (r.engine_times ? fmt(r.d2h.mean) : "-")
         << std::setw(7) << fmt(r.post.mean) << std::setw(9) << fmt(r.device.mean, 1) << std::setw(6)
-        << fmt(100 * r.device_util, 0) << "%\n";
+        << fmt(100 * r.device_util, 0) << "%" << std::setw(10) << fmt(r.bytes_copied, 0) << "\n";
   }
   const int cores = results.empty() ? 1 : results.front().compute_cores;
   out << "  img/s: throughput; vs sync: throughput / sync throughput; bound: img/s if the slowest stage were the\n"
-         "  only limit (sync: 1 / sum of stages); times in ms (latency p50, stage means): prep = host staging copy,\n"
-         "  h2d/compute/d2h = modelled engine busy time, post = host output copy (callback thread), device = a\n"
-         "  request's device time (H2D start to D2H end); util: compute engines busy / (wall x "
-      << cores << " cores)\n";
+         "  only limit (sync: 1 / sum of stages); times in ms (latency p50, stage means): prep = host input "
+         "preparation,\n"
+         "  h2d/compute/d2h = modelled engine busy time, post = completion to resolution (callback thread), device =\n"
+         "  a request's device time (H2D start to D2H end); util: compute engines busy / (wall x "
+      << cores << " cores); copied: host bytes copied per request\n";
   for (const auto& r : results)
     if (r.config.mode == Mode::kSync && r.stage_max_ms() > 0) {
       out << "  pipeline bound on async/sync: sum of stages / slowest stage = " << fmt(r.stage_sum_ms()) << " / "
@@ -278,23 +281,48 @@ nlohmann::json results_json(const std::string& model, const std::vector<BenchRes
                       {"post", stat(r.post)},
                       {"device", stat(r.device)}}},
                     {"engine_util", {{"compute", r.device_util}, {"h2d", r.h2d_util}}},
-                    {"engine_times", r.engine_times}});
+                    {"engine_times", r.engine_times},
+                    {"host_bytes_copied_per_request", r.bytes_copied}});
   }
   return rows;
 }
 
 void write_trace(const std::string& path, const std::string& model, const std::vector<BenchResult>& results) {
+  // Per configuration one process; per request, events on separate tracks: host (queued, prep, input
+  // consumed, output available) and each device engine (H2D, each compute core, D2H). Device times are
+  // the job reports' (device clock, moved onto the host clock); a compute+D2H span is split at its end
+  // minus the D2H engine's busy time, since a job's D2H commands run after its compute.
   nlohmann::json events = nlohmann::json::array();
   int pid = 1;
   for (const auto& r : results) {
     const std::string name = model + " " + mode_name(r.config.mode) + " parallel=" + std::to_string(r.config.parallel);
     events.push_back({{"ph", "M"}, {"pid", pid}, {"name", "process_name"}, {"args", {{"name", name}}}});
-    const char* tracks[] = {"host: queued", "host: prep", "device", "host: job in flight"};
-    for (int t = 0; t < 4; ++t)
+    const int cores = std::max(1, r.compute_cores);
+    enum { kQueued = 1, kPrep, kConsumed, kH2d, kD2h, kOutput, kInFlight, kCompute0 };
+    std::vector<std::pair<int, std::string>> tracks = {{kQueued, "host: queued"},
+                                                       {kPrep, "host: prep"},
+                                                       {kConsumed, "input consumed"},
+                                                       {kH2d, "device: H2D engine"},
+                                                       {kD2h, "device: D2H engine"},
+                                                       {kOutput, "output available"},
+                                                       {kInFlight, "host: device job(s) in flight"}};
+    for (int c = 0; c < cores; ++c)
+      tracks.emplace_back(kCompute0 + c, "device: compute core " + std::to_string(c));
+    for (const auto& [tid, tname] : tracks) {
+      events.push_back({{"ph", "M"}, {"pid", pid}, {"tid", tid}, {"name", "thread_name"}, {"args", {{"name", tname}}}});
       events.push_back(
-          {{"ph", "M"}, {"pid", pid}, {"tid", t + 1}, {"name", "thread_name"}, {"args", {{"name", tracks[t]}}}});
+          {{"ph", "M"}, {"pid", pid}, {"tid", tid}, {"name", "thread_sort_index"}, {"args", {{"sort_index", tid}}}});
+    }
     auto us = [&](Clock::time_point tp) { return std::chrono::duration<double, std::micro>(tp - r.start).count(); };
-    auto iv = device_intervals(r);
+    const int64_t t0 = std::chrono::duration_cast<std::chrono::nanoseconds>(r.start.time_since_epoch()).count();
+    auto dev_us = [&](int64_t host_ns) { return double(host_ns - t0) / 1e3; };
+    // Compute spans onto core tracks in start order: each on a core that is free by then (never two
+    // overlapping on one track).
+    struct Span {
+      size_t req;
+      double start, end;
+    };
+    std::vector<Span> compute;
     for (size_t i = 0; i < r.timings.size(); ++i) {
       const auto& t = r.timings[i];
       const std::string req = "req " + std::to_string(i);
@@ -302,10 +330,36 @@ void write_trace(const std::string& path, const std::string& model, const std::v
         events.push_back(
             {{"ph", "X"}, {"pid", pid}, {"tid", tid}, {"name", req}, {"ts", ts}, {"dur", std::max(0.0, dur)}});
       };
-      ev(1, us(t.enqueued), us(t.prep_start) - us(t.enqueued));
-      ev(2, us(t.prep_start), us(t.prep_end) - us(t.prep_start));
-      ev(3, iv[i].first / 1e3, (iv[i].second - iv[i].first) / 1e3);
-      ev(4, us(t.submitted), us(t.completed) - us(t.submitted));
+      auto instant = [&](int tid, double ts) {
+        events.push_back({{"ph", "i"}, {"s", "t"}, {"pid", pid}, {"tid", tid}, {"name", req}, {"ts", ts}});
+      };
+      ev(kQueued, us(t.enqueued), us(t.prep_start) - us(t.enqueued));
+      ev(kPrep, us(t.prep_start), us(t.prep_end) - us(t.prep_start));
+      ev(kInFlight, us(t.submitted), us(t.completed) - us(t.submitted));
+      if (t.input_consumed != Clock::time_point{})
+        instant(kConsumed, us(t.input_consumed));
+      instant(kOutput, us(t.completed));
+      const JobTimes j = job_times(t, r.clock_offset_ns);
+      if (j.h2d)
+        ev(kH2d, dev_us(j.h2d->first), dev_us(j.h2d->second) - dev_us(j.h2d->first));
+      if (j.exec) {
+        const double e0 = dev_us(j.exec->first), e1 = dev_us(j.exec->second);
+        const double d2h_start = std::max(e0, e1 - j.d2h_ms * 1e3);
+        compute.push_back({i, e0, d2h_start});
+        ev(kD2h, d2h_start, e1 - d2h_start);
+      }
+    }
+    std::sort(compute.begin(), compute.end(), [](const Span& a, const Span& b) { return a.start < b.start; });
+    std::vector<double> core_free(static_cast<size_t>(cores), -1e300);
+    for (const Span& c : compute) {
+      const size_t core = static_cast<size_t>(std::min_element(core_free.begin(), core_free.end()) - core_free.begin());
+      core_free[core] = c.end;
+      events.push_back({{"ph", "X"},
+                        {"pid", pid},
+                        {"tid", kCompute0 + static_cast<int>(core)},
+                        {"name", "req " + std::to_string(c.req)},
+                        {"ts", c.start},
+                        {"dur", std::max(0.0, c.end - c.start)}});
     }
     ++pid;
   }

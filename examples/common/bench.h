@@ -56,6 +56,7 @@ struct BenchResult {
       0;                ///< compute engines busy / (wall time × cores) (union of device intervals if no engine times)
   double h2d_util = 0;  ///< H2D engine busy / wall time (0 if not reported)
   bool engine_times = false;  ///< h2d/compute/d2h come from the device
+  double bytes_copied = 0;    ///< host bytes copied per request (RequestTimings::host_bytes_copied), mean
   std::vector<RequestTimings> timings;
   int64_t clock_offset_ns = 0;  ///< device clock minus steady_clock
   RequestTimings::Clock::time_point start;
@@ -95,7 +96,9 @@ using OutputSink = std::function<void(int, Outputs&)>;
 void print_table(std::ostream& out, const std::string& model, const std::vector<BenchResult>& results);
 /// The table's numbers as JSON (one object per configuration).
 [[nodiscard]] nlohmann::json results_json(const std::string& model, const std::vector<BenchResult>& results);
-/// Chrome/Perfetto trace (JSON): one process per configuration, tracks for host prep and the device.
+/// Chrome/Perfetto trace (JSON): one process per configuration; per request, events on separate tracks for
+/// host queueing and prep, input consumed, each device engine (H2D, every compute core, D2H) and output
+/// availability.
 void write_trace(const std::string& path, const std::string& model, const std::vector<BenchResult>& results);
 /// SVG: per configuration, the timeline of its first requests (prep and device lanes) and its throughput
 /// next to the pipeline bound.

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -38,18 +39,44 @@ class RuntimeImpl {
   RuntimeImpl(CompiledModel model, RuntimeOptions options);
   ~RuntimeImpl();
   // block = false: nullopt instead of waiting for room in the queue.
-  std::optional<Task<Outputs>> run(Inputs inputs, std::vector<Tensor>* outputs, bool block = true);
+  std::optional<Task<Outputs>> run(Inputs inputs, PrepareFn prepare, std::vector<Tensor>* outputs, bool block = true);
   void wait_all();
 
   CompiledModel model_;
   const detail::ModelData& md_;
   RuntimeOptions options_;
 
+  // The D2H buffers of a device (every output binding, at out_off_). A request takes one when it starts and
+  // hands it to its output tensors as a lease: the buffer comes back when the user drops the last of them,
+  // so the runtime never copies outputs. Shared with the leases, which may outlive the runtime.
+  struct OutPool {
+    std::mutex mu;
+    std::vector<HostBuffer> idle;
+    size_t keep = 0;                 // idle buffers kept; more are freed (the user held many outputs)
+    std::atomic<uint64_t> bytes{0};  // allocated and not yet freed
+    uint64_t buffer_bytes = 0;
+  };
+  struct OutLease {
+    HostBuffer buf;
+    std::shared_ptr<OutPool> pool;
+    OutLease(HostBuffer b, std::shared_ptr<OutPool> p) : buf(std::move(b)), pool(std::move(p)) {}
+    OutLease(const OutLease&) = delete;
+    OutLease& operator=(const OutLease&) = delete;
+    ~OutLease() {
+      {
+        std::lock_guard lock(pool->mu);
+        if (pool->idle.size() < pool->keep) {
+          pool->idle.push_back(std::move(buf));
+          return;
+        }
+      }
+      pool->bytes -= pool->buffer_bytes;  // buf is freed on return, outside the lock
+    }
+  };
   // One device and everything the runtime keeps on it.
   struct Slot {
     std::vector<DeviceBuffer> bufs;  // per binding (empty for the weights binding)
     DeviceBuffer table;              // the EXEC binding table (u64 device VAs)
-    HostBuffer out;                  // D2H target: every output binding, at out_off_
   };
   struct DeviceCtx {
     std::unique_ptr<Device> dev;
@@ -58,10 +85,18 @@ class RuntimeImpl {
     std::vector<int> free_slots;
     std::vector<HostBuffer> staging;  // H2D source: every input binding, at in_off_
     std::vector<int> free_staging;
+    std::shared_ptr<OutPool> outs = std::make_shared<OutPool>();
     int64_t clock_offset_ns = 0;
   };
   std::vector<DeviceCtx> devs_;
-  uint64_t host_dma_bytes_ = 0;
+  DepthEstimate depth_;
+  uint64_t staging_dma_bytes_ = 0;
+  uint64_t host_dma_bytes() const {
+    uint64_t b = staging_dma_bytes_;
+    for (const auto& dc : devs_)
+      b += dc.outs->bytes.load();
+    return b;
+  }
 
  private:
   enum class Phase { kQueued, kPrep, kDevice, kDone };
@@ -69,7 +104,16 @@ class RuntimeImpl {
   using DeadlineMap = std::multimap<Clock::time_point, std::weak_ptr<Request>>;
   struct Request {
     Inputs inputs;
-    std::vector<Tensor> outs;  // caller-provided outputs (run with outputs)
+    PrepareFn prepare;                    // run(PrepareFn): writes the inputs into the staging buffer
+    std::vector<Tensor> outs;             // caller-provided outputs (run with outputs)
+    std::vector<HostBuffer> in_imports;   // per input: the tensor's own memory, imported (else copied)
+    std::vector<HostBuffer> out_imports;  // per caller-provided output: its memory, imported (else copied)
+    std::vector<bool> out_imported;       // which caller-provided outputs the device writes directly
+    std::shared_ptr<OutLease> lease;      // the D2H buffer, when an output is not imported
+    // The device or a prep thread uses the caller's memory: reads the inputs (prep, or the H2D of imported
+    // inputs), writes imported outputs (the compute job). An early resolution waits for both to end, so the
+    // caller may free that memory once the task resolves. Guarded by mu_.
+    bool reading_inputs = false, writing_outputs = false;
     std::shared_ptr<detail::TaskState<Outputs>> state;
     RequestTimings t;
     int dev = -1, slot = -1, staging = -1;
@@ -90,15 +134,20 @@ class RuntimeImpl {
   enum class Early { kNo, kNow, kDeferred };
 
   void setup_device(int index);
+  DepthEstimate estimate_depth(const DeviceInfo& inf) const;
   Status upload(Device& dev, const DeviceBuffer& dst, const void* data, size_t bytes);
-  int pick_device_locked();
+  int pick_device_locked(bool need_staging);
+  bool needs_staging(const Request& req) const;
+  std::optional<Error> caller_memory_released(const RequestPtr& req, bool inputs, bool outputs);
   void prep_loop(int index);
   void prepare(const RequestPtr& req);
   Job h2d_job(const RequestPtr& req);
   Job exec_job(const RequestPtr& req);
   void on_h2d_done(const RequestPtr& req, JobResult r);
+  bool one_job(const DeviceInfo& inf) const;
+  void on_input_consumed(const RequestPtr& req, std::optional<uint64_t> t_ns);
   void on_exec_done(const RequestPtr& req, JobResult r);
-  void finish(const RequestPtr& req, JobResult r);
+  void finish(const RequestPtr& req, JobResult r, std::optional<Error> deferred);
   void fail(const RequestPtr& req, Error e);
   void release_staging(const RequestPtr& req);
   void retire(const RequestPtr& req);
@@ -112,6 +161,10 @@ class RuntimeImpl {
   [[nodiscard]] bool on_callback_thread() const noexcept { return detail::this_thread_executor() == this; }
 
   std::vector<uint64_t> in_off_, out_off_;  // per binding: offset in the staging / output buffer
+  // Every input (output) binding is exactly one input (output) tensor, so the DMA of a binding is the DMA of
+  // a tensor: the tensor's memory can be imported. Not so for synthetic models (their bindings are bigger
+  // than their f32[1] tensors, to move a chosen number of bytes).
+  bool inputs_importable_ = true, outputs_importable_ = true;
   uint64_t staging_bytes_ = 0, out_bytes_ = 0;
 
   std::mutex mu_;                     // queue_, free lists, phases, active_, stopping_, rr_
@@ -160,8 +213,6 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
                                                  " is out of range; use 1..256 (or 0 for the default)");
   if (options_.timeout.count() < 0)
     throw Error(ErrorCode::kInvalidArgument, "timeout must not be negative");
-  if (options_.max_in_flight == 0)
-    options_.max_in_flight = std::max(4, 2 * options_.parallel);
   if (options_.staging_buffers == 0)
     options_.staging_buffers = options_.parallel + 2;
   if (options_.max_queued < 0 || options_.max_queued > 65536)
@@ -176,8 +227,6 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
       if (options_.devices[i] == options_.devices[j])
         throw Error(ErrorCode::kInvalidArgument, "device " + std::to_string(options_.devices[i]) + " is listed twice");
   options_.device = options_.devices.front();
-  if (options_.max_queued == 0)
-    options_.max_queued = 4 * options_.max_in_flight * static_cast<int>(options_.devices.size());
   if (options_.backend.empty())
     options_.backend = Device::default_backend(options_.device);
 
@@ -194,6 +243,21 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
     }
   }
   staging_bytes_ = std::max<uint64_t>(staging_bytes_, 64);
+  auto one_tensor_each = [&](const std::vector<detail::IoPlace>& places, const std::vector<TensorInfo>& infos,
+                             detail::SlotKind kind) {
+    std::vector<int> count(md_.bindings.size(), 0);
+    for (size_t i = 0; i < places.size(); ++i) {
+      const auto b = places[i].binding;
+      if (places[i].offset != 0 || infos[i].size_bytes != md_.bindings[b].size || ++count[b] > 1)
+        return false;
+    }
+    for (size_t b = 0; b < md_.bindings.size(); ++b)
+      if (md_.bindings[b].kind == kind && count[b] != 1)
+        return false;
+    return true;
+  };
+  inputs_importable_ = one_tensor_each(md_.input_places, md_.inputs, detail::SlotKind::kInput);
+  outputs_importable_ = one_tensor_each(md_.output_places, md_.outputs, detail::SlotKind::kOutput);
   out_bytes_ = std::max<uint64_t>(out_bytes_, 64);
 
   cb_thread_ = std::thread([this] { callback_loop(); });
@@ -212,8 +276,70 @@ RuntimeImpl::RuntimeImpl(CompiledModel model, RuntimeOptions options)
     cb_thread_.join();
     throw;
   }
+  if (options_.max_queued == 0)
+    options_.max_queued = 4 * options_.max_in_flight * static_cast<int>(options_.devices.size());
   for (int i = 0; i < options_.parallel; ++i)
     prep_threads_.emplace_back([this, i] { prep_loop(i); });
+}
+
+DepthEstimate RuntimeImpl::estimate_depth(const DeviceInfo& inf) const {
+  DepthEstimate e;
+  auto dma_ms = [&](uint64_t bytes, uint32_t mbps, uint32_t latency_ns) {
+    if (bytes == 0)
+      return 0.0;
+    const double xfer = mbps ? static_cast<double>(bytes) / (static_cast<double>(mbps) * 1e3) : 0.0;
+    return xfer + (latency_ns + inf.cmd_overhead_ns) / 1e6;
+  };
+  uint64_t in = 0, out = 0;
+  for (const auto& t : md_.inputs)
+    in += t.size_bytes;
+  for (const auto& t : md_.outputs)
+    out += t.size_bytes;
+  if (md_.compute == detail::ComputeKind::kSynth) {  // synthetic models move whole bindings
+    in = out = 0;
+    for (const auto& b : md_.bindings) {
+      if (b.kind == detail::SlotKind::kInput)
+        in += b.size;
+      else if (b.kind == detail::SlotKind::kOutput)
+        out += b.size;
+    }
+  }
+  e.h2d_ms = dma_ms(in, inf.h2d_mbps, inf.h2d_latency_ns);
+  e.d2h_ms = dma_ms(out, inf.d2h_mbps, inf.d2h_latency_ns);
+  e.compute_cores = std::max(1u, inf.compute_cores);
+  const double cores = e.compute_cores;
+  switch (md_.compute) {
+    case detail::ComputeKind::kSynth:
+      e.compute_ms = static_cast<double>(md_.synth_ns) / 1e6 + inf.cmd_overhead_ns / 1e6;
+      e.compute_known = true;
+      break;
+    case detail::ComputeKind::kMatmul:
+      if (inf.compute_gflops) {
+        e.compute_ms = 2.0 * md_.m * md_.n * md_.k / (inf.compute_gflops * 1e6) + inf.cmd_overhead_ns / 1e6;
+        e.compute_known = true;
+      }
+      break;
+    case detail::ComputeKind::kExec: break;
+  }
+  if (!e.compute_known)
+    e.compute_ms = cores * std::max({e.h2d_ms, e.d2h_ms, 1e-3});
+  e.bottleneck_ms = std::max({e.h2d_ms, e.compute_ms / cores, e.d2h_ms, 1e-6});
+  const double path = e.h2d_ms + e.compute_ms + e.d2h_ms;
+  e.pipeline_depth = static_cast<int>(std::min(256.0, std::ceil(path / e.bottleneck_ms - 1e-9))) + options_.parallel;
+  // Device memory: every slot's bindings and binding table, page-rounded as the device allocates them.
+  const uint64_t page = std::max<uint64_t>(inf.mmu_page_size, 1);
+  uint64_t per = 0, shared = detail::round_up(std::max<uint64_t>(md_.program.size(), 1), page);
+  for (const auto& b : md_.bindings)
+    (b.kind == detail::SlotKind::kWeights ? shared : per) += detail::round_up(std::max<uint64_t>(b.size, 1), page);
+  if (md_.compute == detail::ComputeKind::kExec)
+    per += detail::round_up(8 * md_.bindings.size(), page);
+  e.memory_limit =
+      inf.devmem_size > shared
+          ? static_cast<int>(std::min<uint64_t>(256, (inf.devmem_size - shared) / std::max<uint64_t>(per, 1)))
+          : 0;
+  e.memory_limit = std::max(1, e.memory_limit);
+  e.chosen = std::clamp(std::max(2, e.pipeline_depth), 1, std::min(256, e.memory_limit));
+  return e;
 }
 
 Status RuntimeImpl::upload(Device& dev, const DeviceBuffer& dst, const void* data, size_t bytes) {
@@ -236,6 +362,12 @@ void RuntimeImpl::setup_device(int index) {
           .value();
   Device& dev = *dc.dev;
   const DeviceInfo& inf = dev.info();
+  if (index == 0) {
+    depth_ = estimate_depth(inf);
+    depth_.used = options_.max_in_flight == 0;
+    if (depth_.used)
+      options_.max_in_flight = depth_.chosen;
+  }
   if (md_.compute == detail::ComputeKind::kExec && !(inf.caps & VNPU_CAP_EXEC))
     throw Error(ErrorCode::kUnsupported, inf.name + " cannot run programs (no EXEC capability); update the device");
   if (md_.compute == detail::ComputeKind::kSynth && !(inf.caps & VNPU_CAP_SYNTH))
@@ -277,6 +409,8 @@ void RuntimeImpl::setup_device(int index) {
     if (auto s = upload(dev, dc.program, md_.program.data(), md_.program.size()); !s)
       throw annotate(s.error(), "uploading the program to " + inf.name);
   }
+  dc.outs->keep = static_cast<size_t>(options_.max_in_flight);
+  dc.outs->buffer_bytes = out_bytes_;
   for (int i = 0; i < options_.max_in_flight; ++i) {
     Slot slot;
     std::vector<uint64_t> table(md_.bindings.size(), 0);
@@ -294,14 +428,14 @@ void RuntimeImpl::setup_device(int index) {
       if (auto s = upload(dev, slot.table, table.data(), table.size() * 8); !s)
         throw annotate(s.error(), "uploading a binding table to " + inf.name);
     }
-    slot.out = take(dev.alloc_host(out_bytes_));
-    host_dma_bytes_ += out_bytes_;
+    dc.outs->idle.push_back(take(dev.alloc_host(out_bytes_)));
+    dc.outs->bytes += out_bytes_;
     dc.slots.push_back(std::move(slot));
     dc.free_slots.push_back(i);
   }
   for (int i = 0; i < options_.staging_buffers; ++i) {
     dc.staging.push_back(take(dev.alloc_host(staging_bytes_)));
-    host_dma_bytes_ += staging_bytes_;
+    staging_dma_bytes_ += staging_bytes_;
     dc.free_staging.push_back(i);
   }
   // Hand out low indices first (easier to read in traces).
@@ -456,8 +590,11 @@ void RuntimeImpl::pump_until(const std::function<bool()>& done, Clock::duration 
   }
 }
 
-std::optional<Task<Outputs>> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>* outputs, bool block) {
-  if (inputs.size() != md_.inputs.size())
+std::optional<Task<Outputs>> RuntimeImpl::run(Inputs inputs, PrepareFn prepare, std::vector<Tensor>* outputs,
+                                              bool block) {
+  if (prepare && !inputs.empty())
+    throw Error(ErrorCode::kInternal, "run: both inputs and a prepare callback");
+  if (!prepare && inputs.size() != md_.inputs.size())
     throw Error(ErrorCode::kInvalidArgument, "the model takes " + std::to_string(md_.inputs.size()) +
                                                  " input(s), got " + std::to_string(inputs.size()));
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -489,6 +626,7 @@ std::optional<Task<Outputs>> RuntimeImpl::run(Inputs inputs, std::vector<Tensor>
     req->outs = std::move(*outputs);
   }
   req->inputs = std::move(inputs);
+  req->prepare = std::move(prepare);
   req->state = std::make_shared<detail::TaskState<Outputs>>();
   req->state->set_executor(this);  // it resolves on our callback thread: wait() there would never return
   req->t.enqueued = Clock::now();
@@ -595,8 +733,13 @@ RuntimeImpl::Early RuntimeImpl::abandon(const RequestPtr& req, const Error& e) {
             drain_cv_.notify_all();
         }
         break;
-      case Phase::kPrep: req->deferred = e; return Early::kDeferred;
+      case Phase::kPrep:
       case Phase::kDevice:
+        if (req->reading_inputs || req->writing_outputs) {
+          req->deferred = e;
+          return Early::kDeferred;
+        }
+        break;
       case Phase::kDone: break;
     }
   }
@@ -605,14 +748,14 @@ RuntimeImpl::Early RuntimeImpl::abandon(const RequestPtr& req, const Error& e) {
   return Early::kNow;
 }
 
-int RuntimeImpl::pick_device_locked() {
+int RuntimeImpl::pick_device_locked(bool need_staging) {
   const size_t n = devs_.size();
   int best = -1;
   size_t best_free = 0;
   for (size_t k = 0; k < n; ++k) {
     const size_t i = options_.placement == Placement::kRoundRobin ? (rr_ + k) % n : k;
     const DeviceCtx& dc = devs_[i];
-    if (dc.free_slots.empty() || dc.free_staging.empty())
+    if (dc.free_slots.empty() || (need_staging && dc.free_staging.empty()))
       continue;
     if (options_.placement == Placement::kRoundRobin) {
       rr_ = (i + 1) % n;
@@ -637,7 +780,7 @@ void RuntimeImpl::prep_loop(int index) {
       work_cv_.wait(lock, [&] {
         if (stopping_ && queue_.empty())
           return true;
-        return !queue_.empty() && (d = pick_device_locked()) >= 0;
+        return !queue_.empty() && (d = pick_device_locked(needs_staging(*queue_.front()))) >= 0;
       });
       if (queue_.empty())
         return;  // stopping, and everything accepted has been handed on
@@ -648,52 +791,172 @@ void RuntimeImpl::prep_loop(int index) {
       req->dev = d;
       req->slot = dc.free_slots.back();
       dc.free_slots.pop_back();
-      req->staging = dc.free_staging.back();
-      dc.free_staging.pop_back();
+      if (needs_staging(*req)) {
+        req->staging = dc.free_staging.back();
+        dc.free_staging.pop_back();
+      }
       req->phase = Phase::kPrep;
+      req->reading_inputs = true;
     }
     req->t.prep_thread = index;
     prepare(req);
   }
 }
 
+bool RuntimeImpl::needs_staging(const Request& req) const {
+  // Inputs of a prepare callback are written into staging; others go from their own memory when the
+  // device can import it (an import that fails falls back to staging, taken then).
+  return req.prepare != nullptr || !inputs_importable_ || !devs_.front().dev->info().host_import;
+}
+
+// mu_ not held. The caller's memory is no longer used by the request for inputs / outputs; if both are
+// free and an early resolution (cancel, timeout) waited for that, it is returned: the caller resolves it.
+std::optional<Error> RuntimeImpl::caller_memory_released(const RequestPtr& req, bool inputs, bool outputs) {
+  std::lock_guard lock(mu_);
+  if (inputs)
+    req->reading_inputs = false;
+  if (outputs)
+    req->writing_outputs = false;
+  if (req->reading_inputs || req->writing_outputs)
+    return std::nullopt;
+  return std::exchange(req->deferred, std::nullopt);
+}
+
 void RuntimeImpl::prepare(const RequestPtr& req) {
   DeviceCtx& dc = devs_[static_cast<size_t>(req->dev)];
+  Device& dev = *dc.dev;
   req->t.device_index = req->dev;
   req->t.prep_start = Clock::now();
+  std::exception_ptr error;
+  bool imported_inputs = false;
   if (!req->cancelled) {
-    auto* staging = static_cast<std::byte*>(dc.staging[static_cast<size_t>(req->staging)].data());
-    for (size_t i = 0; i < req->inputs.size(); ++i) {
-      const detail::IoPlace& pl = md_.input_places[i];
-      const auto src = std::as_const(req->inputs[i]).data();
-      std::memcpy(staging + in_off_[pl.binding] + pl.offset, src.data(), src.size_bytes());
-    }
-    if (md_.host_prep.count() > 0) {
-      // Synthetic models: the rest of the modelled host preprocessing (of the inputs, which stay borrowed
-      // until it ends) as CPU work on this thread.
-      volatile uint64_t sink = 0;
-      while (Clock::now() - req->t.prep_start < md_.host_prep)
-        for (int i = 0; i < 256; ++i)
-          sink = sink + static_cast<uint64_t>(i);
+    try {
+      // Caller-provided outputs: the D2H writes straight into them when the device can import them.
+      if (!req->outs.empty() && outputs_importable_ && dev.info().host_import) {
+        req->out_imports.resize(req->outs.size());
+        req->out_imported.assign(req->outs.size(), false);
+        for (size_t i = 0; i < req->outs.size(); ++i) {
+          auto d = req->outs[i].data();
+          if (auto h = dev.import_host(d.data(), d.size_bytes(), false)) {
+            req->out_imports[i] = std::move(*h);
+            req->out_imported[i] = true;
+          }
+        }
+      }
+      const bool lease = req->outs.empty() || std::count(req->out_imported.begin(), req->out_imported.end(), true) <
+                                                  static_cast<std::ptrdiff_t>(req->outs.size());
+      if (lease) {
+        std::optional<HostBuffer> buf;
+        {
+          std::lock_guard lock(dc.outs->mu);
+          if (!dc.outs->idle.empty()) {
+            buf = std::move(dc.outs->idle.back());
+            dc.outs->idle.pop_back();
+          }
+        }
+        if (!buf) {  // the user holds on to earlier outputs: one more buffer
+          buf = dev.alloc_host(out_bytes_).value();
+          dc.outs->bytes += out_bytes_;
+        }
+        req->lease = std::make_shared<OutLease>(std::move(*buf), dc.outs);
+      }
+      if (req->prepare) {
+        auto* staging = static_cast<float*>(dc.staging[static_cast<size_t>(req->staging)].data());
+        std::vector<Tensor> views;
+        for (size_t i = 0; i < md_.inputs.size(); ++i) {
+          const detail::IoPlace& pl = md_.input_places[i];
+          const size_t off = (in_off_[pl.binding] + pl.offset) / sizeof(float);
+          views.push_back(Tensor::borrow(md_.inputs[i].shape,
+                                         std::span<float>(staging + off, md_.inputs[i].size_bytes / sizeof(float))));
+        }
+        req->prepare(views);
+      } else {
+        // Every input the device can import is DMA'd from the tensor's own memory (borrowed: the caller's;
+        // owned: the tensor the runtime holds). Only the others are copied, once, here.
+        req->in_imports.resize(req->inputs.size());
+        if (inputs_importable_ && dev.info().host_import)
+          for (size_t i = 0; i < req->inputs.size(); ++i) {
+            const auto src = std::as_const(req->inputs[i]).data();
+            if (auto h = dev.import_host(const_cast<float*>(src.data()), src.size_bytes(), true)) {
+              req->in_imports[i] = std::move(*h);
+              imported_inputs = true;
+            }
+          }
+        for (size_t i = 0; i < req->inputs.size(); ++i) {
+          if (req->in_imports[i])
+            continue;
+          if (req->staging < 0) {  // an import failed: wait for a staging buffer of this device
+            std::unique_lock lock(mu_);
+            work_cv_.wait(lock, [&] { return !dc.free_staging.empty(); });
+            req->staging = dc.free_staging.back();
+            dc.free_staging.pop_back();
+          }
+          auto* staging = static_cast<std::byte*>(dc.staging[static_cast<size_t>(req->staging)].data());
+          const detail::IoPlace& pl = md_.input_places[i];
+          const auto src = std::as_const(req->inputs[i]).data();
+          std::memcpy(staging + in_off_[pl.binding] + pl.offset, src.data(), src.size_bytes());
+          req->t.host_bytes_copied += src.size_bytes();
+        }
+      }
+      if (md_.host_prep.count() > 0) {
+        // Synthetic models: the rest of the modelled host preprocessing (of the inputs, which stay borrowed
+        // until it ends) as CPU work on this thread.
+        volatile uint64_t sink = 0;
+        while (Clock::now() - req->t.prep_start < md_.host_prep)
+          for (int i = 0; i < 256; ++i)
+            sink = sink + static_cast<uint64_t>(i);
+      }
+    } catch (...) {  // the prepare callback threw, or an output buffer could not be allocated
+      error = std::current_exception();
+      imported_inputs = false;
     }
   }
-  req->inputs.clear();  // inputs are in the staging buffer now: free (or stop borrowing) the caller's tensors
+  req->prepare = nullptr;  // its captures are released here, on the prep thread
+  if (!imported_inputs)
+    req->inputs.clear();  // in the staging buffer now: free (or stop borrowing) the caller's tensors
   req->t.prep_end = Clock::now();
   std::optional<Error> deferred;
   {
     std::lock_guard lock(mu_);
     req->phase = Phase::kDevice;
     deferred = std::exchange(req->deferred, std::nullopt);
+    if (deferred || error || !imported_inputs)
+      req->reading_inputs = false;  // nothing of the caller's will be read after this
+    req->writing_outputs =
+        !deferred && !error && std::count(req->out_imported.begin(), req->out_imported.end(), true) > 0;
   }
-  if (deferred) {  // cancelled or timed out while we read the inputs: resolve now that we no longer do
+  if (deferred || error) {  // cancelled or timed out while we read the inputs, or preparing failed
     release_staging(req);
-    post([this, req, e = std::move(*deferred)] {
+    req->inputs.clear();
+    req->in_imports.clear();
+    req->out_imports.clear();
+    req->lease.reset();
+    if (!error)
+      error = std::make_exception_ptr(*deferred);
+    post([this, req, error] {
       retire(req);
-      req->state->set_error(std::make_exception_ptr(e));
+      req->state->set_error(error);
     });
     return;
   }
   req->t.submitted = Clock::now();
+  if (one_job(dev.info())) {
+    // One device job per request: [H2D...] [SIGNAL] [compute] [D2H...]. The SIGNAL says "input consumed"
+    // from the device itself, so the compute starts without a host round trip.
+    Job job = h2d_job(req);
+    job.commands.push_back(Command::signal());
+    for (auto& c : exec_job(req).commands)
+      job.commands.push_back(std::move(c));
+    job.on_signal = [this, req](const SignalEvent& ev) { on_input_consumed(req, ev.t_ns); };
+    req->t.device_jobs = 1;
+    Status s = dc.dev->submit(std::move(job), [this, req](JobResult r) { on_exec_done(req, std::move(r)); });
+    if (!s) {
+      release_staging(req);
+      fail(req, annotate(s.error(), "submitting the request's job"));
+    }
+    return;
+  }
+  req->t.device_jobs = 2;
   Status s = dc.dev->submit(h2d_job(req), [this, req](JobResult r) { on_h2d_done(req, std::move(r)); });
   if (!s) {
     release_staging(req);
@@ -701,14 +964,48 @@ void RuntimeImpl::prepare(const RequestPtr& req) {
   }
 }
 
+bool RuntimeImpl::one_job(const DeviceInfo& inf) const {
+  if (options_.two_jobs || !inf.signals || inf.max_signals_per_job < 1)
+    return false;
+  size_t in = 0, out = 0;
+  for (const auto& b : md_.bindings)
+    in += b.kind == detail::SlotKind::kInput, out += b.kind == detail::SlotKind::kOutput;
+  return std::max<size_t>(in, 1) + 2 + out <= inf.max_cmds_per_job;
+}
+
+// Completion thread, one-job path: the job's SIGNAL was reached, so its H2D commands have read all their
+// host memory. The same as the end of job 1 in the two-job path, except that the compute is already queued.
+void RuntimeImpl::on_input_consumed(const RequestPtr& req, std::optional<uint64_t> t_ns) {
+  req->t.h2d_end_ns = t_ns;
+  req->t.input_consumed = Clock::now();
+  release_staging(req);
+  req->in_imports.clear();
+  req->inputs.clear();
+  // A cancel or timeout that waited for the inputs resolves now (unless the device still writes the
+  // caller's outputs); the job's completion then only retires the request.
+  if (auto deferred = caller_memory_released(req, true, false))
+    post([req, e = std::move(*deferred)] { req->state->set_error(std::make_exception_ptr(e)); });
+}
+
 Job RuntimeImpl::h2d_job(const RequestPtr& req) {
   DeviceCtx& dc = devs_[static_cast<size_t>(req->dev)];
   const Slot& slot = dc.slots[static_cast<size_t>(req->slot)];
-  const HostBuffer& staging = dc.staging[static_cast<size_t>(req->staging)];
   Job job;
-  for (size_t b = 0; b < md_.bindings.size(); ++b)
-    if (md_.bindings[b].kind == detail::SlotKind::kInput)
-      job.commands.push_back(Command::copy_to_device(staging, in_off_[b], slot.bufs[b], 0, md_.bindings[b].size));
+  if (inputs_importable_) {  // binding = tensor: each from its import, or from its staging region
+    for (size_t i = 0; i < md_.inputs.size(); ++i) {
+      const auto b = md_.input_places[i].binding;
+      if (i < req->in_imports.size() && req->in_imports[i])
+        job.commands.push_back(Command::copy_to_device(req->in_imports[i], 0, slot.bufs[b], 0, md_.bindings[b].size));
+      else
+        job.commands.push_back(Command::copy_to_device(dc.staging[static_cast<size_t>(req->staging)], in_off_[b],
+                                                       slot.bufs[b], 0, md_.bindings[b].size));
+    }
+  } else {
+    for (size_t b = 0; b < md_.bindings.size(); ++b)
+      if (md_.bindings[b].kind == detail::SlotKind::kInput)
+        job.commands.push_back(Command::copy_to_device(dc.staging[static_cast<size_t>(req->staging)], in_off_[b],
+                                                       slot.bufs[b], 0, md_.bindings[b].size));
+  }
   if (job.commands.empty())
     job.commands.push_back(Command::nop());  // a model without inputs
   return job;
@@ -729,9 +1026,21 @@ Job RuntimeImpl::exec_job(const RequestPtr& req) {
       break;
     case detail::ComputeKind::kSynth: job.commands.push_back(Command::synth(md_.synth_ns)); break;
   }
-  for (size_t b = 0; b < md_.bindings.size(); ++b)
-    if (md_.bindings[b].kind == detail::SlotKind::kOutput)
-      job.commands.push_back(Command::copy_from_device(slot.bufs[b], 0, slot.out, out_off_[b], md_.bindings[b].size));
+  // D2H per output binding into the leased buffer, except the bindings (= tensors) whose caller-provided
+  // tensor is imported: those straight into it.
+  std::vector<const HostBuffer*> direct(md_.bindings.size(), nullptr);
+  for (size_t i = 0; i < req->out_imports.size(); ++i)
+    if (req->out_imports[i])
+      direct[md_.output_places[i].binding] = &req->out_imports[i];
+  for (size_t b = 0; b < md_.bindings.size(); ++b) {
+    if (md_.bindings[b].kind != detail::SlotKind::kOutput)
+      continue;
+    if (direct[b])
+      job.commands.push_back(Command::copy_from_device(slot.bufs[b], 0, *direct[b], 0, md_.bindings[b].size));
+    else
+      job.commands.push_back(
+          Command::copy_from_device(slot.bufs[b], 0, req->lease->buf, out_off_[b], md_.bindings[b].size));
+  }
   return job;
 }
 
@@ -743,40 +1052,65 @@ void RuntimeImpl::release_staging(const RequestPtr& req) {
     devs_[static_cast<size_t>(req->dev)].free_staging.push_back(req->staging);
     req->staging = -1;
   }
-  work_cv_.notify_one();
+  work_cv_.notify_all();  // a prep thread whose import failed may wait for it too
 }
 
 // Device completion thread. The input has been consumed: recycle the staging buffer at once (this is what
-// lets `parallel` prep threads run ahead of the device), then chain the compute+D2H job. Splitting the
-// request into two jobs is what tells us H2D is done: a job's completion is the only signal a device gives.
+// lets `parallel` prep threads run ahead of the device) and let go of the caller's inputs, then chain the
+// compute+D2H job. Splitting the request into two jobs is what tells us H2D is done where the device has no
+// SIGNAL command.
 void RuntimeImpl::on_h2d_done(const RequestPtr& req, JobResult r) {
   req->t.h2d_start_ns = r.t_start_ns;
   req->t.h2d_end_ns = r.t_end_ns;
   req->t.h2d_ns = r.h2d_ns;
+  req->t.input_consumed = Clock::now();
   release_staging(req);
+  req->in_imports.clear();
+  req->inputs.clear();
+  const bool go_on = r.status && !req->cancelled && !req->state->ready() && !closing_devices_;
+  // Without the compute job nothing writes the caller's outputs either.
+  auto deferred = caller_memory_released(req, true, !go_on);
   if (!r.status)
     return fail(req, annotate(r.status.error(), "H2D of the inputs failed"));
-  if (req->cancelled || req->state->ready()) {  // cancelled or timed out: do not start the compute
-    post([this, req] { retire(req); });
+  if (!go_on) {  // cancelled or timed out: do not start the compute
+    if (closing_devices_ && !req->cancelled && !req->state->ready())
+      return fail(req, Error(ErrorCode::kAborted, "the runtime is closing its devices"));
+    post([this, req, deferred] {
+      retire(req);
+      if (deferred)
+        req->state->set_error(std::make_exception_ptr(*deferred));
+    });
     return;
   }
-  if (closing_devices_)
-    return fail(req, Error(ErrorCode::kAborted, "the runtime is closing its devices"));
   DeviceCtx& dc = devs_[static_cast<size_t>(req->dev)];
   Status s = dc.dev->submit(exec_job(req), [this, req](JobResult r2) { on_exec_done(req, std::move(r2)); });
-  if (!s)
+  if (!s) {
+    (void)caller_memory_released(req, true, true);
     fail(req, annotate(s.error(), "submitting the compute job"));
+  }
 }
 
 void RuntimeImpl::on_exec_done(const RequestPtr& req, JobResult r) {
   req->t.completed = Clock::now();
-  req->t.exec_start_ns = r.t_start_ns;
+  if (req->t.device_jobs == 1) {  // one job: H2D from its start to its SIGNAL, the rest after it
+    req->t.h2d_start_ns = r.t_start_ns;
+    req->t.h2d_ns = r.h2d_ns;
+    if (req->t.input_consumed == Clock::time_point{})
+      req->t.input_consumed = req->t.completed;  // failed before its SIGNAL
+    req->t.exec_start_ns = req->t.h2d_end_ns ? req->t.h2d_end_ns : r.t_start_ns;
+  } else {
+    req->t.exec_start_ns = r.t_start_ns;
+  }
   req->t.exec_end_ns = r.t_end_ns;
   req->t.device_start_ns = req->t.h2d_start_ns;
   req->t.device_end_ns = r.t_end_ns;
   req->t.compute_ns = r.compute_ns;
   req->t.d2h_ns = r.d2h_ns;
-  post([this, req, r = std::move(r)]() mutable { finish(req, std::move(r)); });
+  req->out_imports.clear();
+  auto deferred = caller_memory_released(req, true, true);
+  post([this, req, r = std::move(r), deferred = std::move(deferred)]() mutable {
+    finish(req, std::move(r), std::move(deferred));
+  });
 }
 
 void RuntimeImpl::fail(const RequestPtr& req, Error e) {
@@ -786,8 +1120,14 @@ void RuntimeImpl::fail(const RequestPtr& req, Error e) {
   });
 }
 
-// Callback thread: copy the outputs out of the slot's output buffer, free the slot, resolve.
-void RuntimeImpl::finish(const RequestPtr& req, JobResult r) {
+// Callback thread: hand the outputs over (views of the D2H buffer, or the caller's tensors the device wrote
+// into), free the slot, resolve. Copies only caller-provided outputs the device could not import.
+void RuntimeImpl::finish(const RequestPtr& req, JobResult r, std::optional<Error> deferred) {
+  if (deferred) {  // cancelled or timed out while the device wrote into the caller's outputs
+    retire(req);
+    req->state->set_error(std::make_exception_ptr(*deferred));
+    return;
+  }
   if (!r.status) {
     retire(req);
     req->state->set_error(std::make_exception_ptr(annotate(r.status.error(), "running the model failed")));
@@ -800,20 +1140,30 @@ void RuntimeImpl::finish(const RequestPtr& req, JobResult r) {
   Outputs out;
   std::exception_ptr error;
   try {
-    const auto* base = static_cast<const std::byte*>(
-        devs_[static_cast<size_t>(req->dev)].slots[static_cast<size_t>(req->slot)].out.data());
-    const bool borrowed = !req->outs.empty();
+    auto* base = req->lease ? static_cast<std::byte*>(req->lease->buf.data()) : nullptr;
+    const bool provided = !req->outs.empty();
     for (size_t i = 0; i < md_.outputs.size(); ++i) {
       const detail::IoPlace& pl = md_.output_places[i];
-      Tensor t = borrowed ? std::move(req->outs[i]) : Tensor(md_.outputs[i].shape);
-      auto dst = t.data();
-      std::memcpy(dst.data(), base + out_off_[pl.binding] + pl.offset, dst.size_bytes());
-      out.tensors.push_back(std::move(t));
+      auto* src = base ? base + out_off_[pl.binding] + pl.offset : nullptr;
+      if (provided) {
+        Tensor t = std::move(req->outs[i]);
+        if (i >= req->out_imported.size() || !req->out_imported[i]) {
+          auto dst = t.data();
+          std::memcpy(dst.data(), src, dst.size_bytes());
+          req->t.host_bytes_copied += dst.size_bytes();
+        }
+        out.tensors.push_back(std::move(t));
+      } else {
+        out.tensors.push_back(Tensor::view(
+            md_.outputs[i].shape,
+            std::span<float>(reinterpret_cast<float*>(src), md_.outputs[i].size_bytes / sizeof(float)), req->lease));
+      }
       out.names.push_back(md_.outputs[i].name);
     }
-  } catch (...) {  // allocating an output failed: report it on the task, keep the runtime going
+  } catch (...) {
     error = std::current_exception();
   }
+  req->lease.reset();  // the output tensors hold it now (or nothing does: the buffer goes back to the pool)
   retire(req);
   req->t.resolved = Clock::now();
   out.timings = req->t;
@@ -850,23 +1200,38 @@ AsyncRuntime::AsyncRuntime(const MatmulModel& model, RuntimeOptions options)
     : AsyncRuntime(CompiledModel::from_matmul(model), std::move(options)) {}
 AsyncRuntime::~AsyncRuntime() = default;
 Task<Outputs> AsyncRuntime::run(Inputs inputs) {
-  return *impl_->run(std::move(inputs), nullptr);
+  return *impl_->run(std::move(inputs), nullptr, nullptr);
 }
 Task<Outputs> AsyncRuntime::run(Inputs inputs, std::vector<Tensor> outputs) {
-  return *impl_->run(std::move(inputs), &outputs);
+  return *impl_->run(std::move(inputs), nullptr, &outputs);
 }
 Task<Outputs> AsyncRuntime::run(Tensor x) {
   Inputs in;
   in.push_back(std::move(x));
-  return *impl_->run(std::move(in), nullptr);
+  return *impl_->run(std::move(in), nullptr, nullptr);
+}
+Task<Outputs> AsyncRuntime::run(PrepareFn prepare) {
+  if (!prepare)
+    throw Error(ErrorCode::kInvalidArgument, "run: empty prepare callback");
+  return *impl_->run({}, std::move(prepare), nullptr);
+}
+Task<Outputs> AsyncRuntime::run(PrepareFn prepare, std::vector<Tensor> outputs) {
+  if (!prepare)
+    throw Error(ErrorCode::kInvalidArgument, "run: empty prepare callback");
+  return *impl_->run({}, std::move(prepare), &outputs);
+}
+std::optional<Task<Outputs>> AsyncRuntime::try_run(PrepareFn prepare) {
+  if (!prepare)
+    throw Error(ErrorCode::kInvalidArgument, "try_run: empty prepare callback");
+  return impl_->run({}, std::move(prepare), nullptr, false);
 }
 std::optional<Task<Outputs>> AsyncRuntime::try_run(Inputs inputs) {
-  return impl_->run(std::move(inputs), nullptr, false);
+  return impl_->run(std::move(inputs), nullptr, nullptr, false);
 }
 std::optional<Task<Outputs>> AsyncRuntime::try_run(Tensor x) {
   Inputs in;
   in.push_back(std::move(x));
-  return impl_->run(std::move(in), nullptr, false);
+  return impl_->run(std::move(in), nullptr, nullptr, false);
 }
 void AsyncRuntime::wait_all() {
   impl_->wait_all();
@@ -890,7 +1255,10 @@ int64_t AsyncRuntime::device_clock_offset_ns(size_t i) const {
   return impl_->devs_.at(i).clock_offset_ns;
 }
 uint64_t AsyncRuntime::host_dma_bytes() const noexcept {
-  return impl_->host_dma_bytes_;
+  return impl_->host_dma_bytes();
+}
+const DepthEstimate& AsyncRuntime::depth_estimate() const noexcept {
+  return impl_->depth_;
 }
 size_t AsyncRuntime::in_flight() const {
   return impl_->in_flight();

@@ -220,6 +220,12 @@ Tensor Tensor::borrow(std::vector<int64_t> shape, std::span<const float> data, s
   return t;
 }
 
+Tensor Tensor::view(std::vector<int64_t> shape, std::span<float> data, std::shared_ptr<const void> owner) {
+  Tensor t = borrow(std::move(shape), data);
+  t.owner_ = std::move(owner);
+  return t;
+}
+
 Tensor::Tensor(const Tensor& o)
     : shape_(o.shape_),
       owned_(o.owned_),

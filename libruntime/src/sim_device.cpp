@@ -64,33 +64,45 @@ enum class RegionKind { kData, kTable, kCompletions };
 
 class DmaRegions {
  public:
-  void add(const void* p, size_t len, RegionKind kind = RegionKind::kData) {
+  // `tag` tells apart regions that may share a start address (imports of caller memory: one range may be
+  // imported several times, read-only or not); remove() drops the one region added with the same tag.
+  void add(const void* p, size_t len, RegionKind kind = RegionKind::kData, const void* tag = nullptr,
+           bool read_only = false) {
     std::lock_guard lock(mu_);
-    regions_[reinterpret_cast<uintptr_t>(p)] = {len, kind};
+    regions_.emplace(reinterpret_cast<uintptr_t>(p), Region{len, kind, tag, read_only});
   }
-  void remove(const void* p) {
+  void remove(const void* p, const void* tag = nullptr) {
     std::lock_guard lock(mu_);
-    regions_.erase(reinterpret_cast<uintptr_t>(p));
+    auto [lo, hi] = regions_.equal_range(reinterpret_cast<uintptr_t>(p));
+    for (auto it = lo; it != hi; ++it)
+      if (it->second.tag == tag) {
+        regions_.erase(it);
+        return;
+      }
   }
-  // The kind of the region holding [addr, addr + len), or nullopt if no region holds all of it.
-  std::optional<RegionKind> find(uint64_t addr, size_t len) const {
+  // The kind of a region holding all of [addr, addr + len) that allows the access (a write needs a region
+  // that is not read-only), or nullopt if none does: a bus error for the engine.
+  std::optional<RegionKind> find(uint64_t addr, size_t len, bool write = false) const {
     std::lock_guard lock(mu_);
-    auto it = regions_.upper_bound(addr);
-    if (it == regions_.begin())
-      return std::nullopt;
-    --it;
-    if (addr < it->first || !range_fits(addr - it->first, len, it->second.len))
-      return std::nullopt;
-    return it->second.kind;
+    // Regions starting at or below addr, nearest first: the first one holds it unless ranges overlap
+    // (imports), and only a failing access walks further.
+    for (auto it = regions_.upper_bound(addr); it != regions_.begin();) {
+      --it;
+      if (range_fits(addr - it->first, len, it->second.len) && !(write && it->second.read_only))
+        return it->second.kind;
+    }
+    return std::nullopt;
   }
 
  private:
   struct Region {
     size_t len;
     RegionKind kind;
+    const void* tag;
+    bool read_only;
   };
   mutable std::mutex mu_;
-  std::map<uint64_t, Region> regions_;
+  std::multimap<uint64_t, Region> regions_;
 };
 
 bool words_aligned(uint64_t addr, size_t len) {
@@ -233,13 +245,15 @@ struct SimShared {
 struct SimHostBuffer final : HostBufferObject {
   ~SimHostBuffer() override {
     shared->regions.remove(sgl);
-    shared->regions.remove(ptr);
+    shared->regions.remove(ptr, imported ? this : nullptr);
     std::free(sgl);
-    std::free(ptr);
+    if (!imported)
+      std::free(ptr);
   }
   std::shared_ptr<SimShared> shared;
   vnpu_hw_sge* sgl = nullptr;  // built once, like the driver's per-BO table
   uint32_t sgl_count = 0;
+  bool imported = false;  // import_host(): ptr is the caller's memory, not ours to free
 };
 
 struct SimDeviceBuffer final : DeviceBufferObject {
@@ -265,6 +279,7 @@ class SimDevice final : public Device {
   Result<uint64_t> clock_ns() override { return monotonic_ns(); }
   Result<HostBuffer> alloc_host(size_t bytes) override;
   Result<DeviceBuffer> alloc_device(size_t bytes) override;
+  Result<HostBuffer> import_host(void* ptr, size_t bytes, bool read_only) override;
 
  protected:
   Status do_submit(Job job, JobCallback done) override;
@@ -361,7 +376,7 @@ int SimDevice::host_dma_read(void* opaque, uint64_t addr, void* buf, size_t len)
 
 int SimDevice::host_dma_write(void* opaque, uint64_t addr, const void* buf, size_t len) {
   auto* d = static_cast<SimDevice*>(opaque);
-  const auto kind = d->shared_->regions.find(addr, len);
+  const auto kind = d->shared_->regions.find(addr, len, /*write=*/true);
   if (!kind)
     return -1;
   constexpr size_t kRec = sizeof(vnpu_hw_cpl), kPhaseWord = offsetof(vnpu_hw_cpl, flags) / 8;
@@ -680,6 +695,7 @@ Status SimDevice::start(const DeviceOptions& options) {
   info_.d2h_latency_ns = rd(VNPU_REG_D2H_LATENCY_NS);
   info_.mmu_page_size = kPage;
   info_.context_id = kContext;
+  info_.host_import = true;
   info_.timing_only = (rd(VNPU_REG_CONTROL) & VNPU_CONTROL_TIMING_ONLY) != 0;
   if (info_.timing_only != options.timing_only)
     return Error(ErrorCode::kUnsupported, std::string("sim engine did not come up ") +
@@ -769,6 +785,38 @@ Result<HostBuffer> SimDevice::alloc_host(size_t bytes) {
                               static_cast<uint32_t>(std::min<uint64_t>(kSgeMaxLen, len - off)), 0};
   }
   shared_->regions.add(obj->ptr, len);
+  shared_->regions.add(obj->sgl, sizeof(vnpu_hw_sge) * obj->sgl_count);
+  return HostBuffer(std::move(obj));
+}
+
+// The sim's DMA address space is this process's memory, so importing is registering the range with the
+// IOMMU (DmaRegions) and building its scatter-gather table: no pinning, no copy. The range stays reachable
+// by the engine until the buffer object dies (the handle and every job naming it are gone).
+Result<HostBuffer> SimDevice::import_host(void* ptr, size_t bytes, bool read_only) {
+  if (!ptr || bytes == 0)
+    return Error(ErrorCode::kInvalidArgument, "import_host: null pointer or 0 bytes");
+  const auto addr = reinterpret_cast<uintptr_t>(ptr);
+  if (bytes > (1ull << 40) || addr > UINTPTR_MAX - bytes)
+    return Error(ErrorCode::kInvalidArgument,
+                 "import_host: the range of " + std::to_string(bytes) + " bytes wraps or exceeds 1 TiB");
+  auto obj = std::make_shared<SimHostBuffer>();
+  obj->shared = shared_;
+  obj->owner = shared_.get();
+  obj->ptr = ptr;
+  obj->size = bytes;
+  obj->read_only = read_only;
+  obj->imported = true;
+  obj->sgl_count = static_cast<uint32_t>((bytes + kSgeMaxLen - 1) / kSgeMaxLen);
+  obj->sgl = static_cast<vnpu_hw_sge*>(std::aligned_alloc(64, round_up(sizeof(vnpu_hw_sge) * obj->sgl_count, 64)));
+  if (!obj->sgl) {
+    obj->ptr = nullptr;  // nothing registered yet
+    return Error(ErrorCode::kOutOfMemory, "import_host: cannot allocate a scatter-gather table");
+  }
+  for (uint32_t i = 0; i < obj->sgl_count; ++i) {
+    const uint64_t off = i * kSgeMaxLen;
+    obj->sgl[i] = vnpu_hw_sge{addr + off, static_cast<uint32_t>(std::min<uint64_t>(kSgeMaxLen, bytes - off)), 0};
+  }
+  shared_->regions.add(ptr, bytes, RegionKind::kData, obj.get(), read_only);
   shared_->regions.add(obj->sgl, sizeof(vnpu_hw_sge) * obj->sgl_count);
   return HostBuffer(std::move(obj));
 }

@@ -73,6 +73,7 @@ class Conformance : public ::testing::Test {
     o.backend = backend_;
     o.parallel = parallel;
     o.max_in_flight = max_in_flight;
+    o.two_jobs = std::getenv("VNPU_TWO_JOBS") != nullptr;  // the meson test runtime_test-two-jobs
     o.submit_mode = submit_mode_under_test();
     return o;
   }
@@ -130,6 +131,59 @@ TEST_F(Device, CopiesHostToDeviceAndBack) {
     ASSERT_TRUE(r.t_start_ns && r.t_end_ns);
     EXPECT_LE(*r.t_start_ns, *r.t_end_ns);
   }
+}
+
+TEST_F(Device, ImportedCallerMemoryIsDmaedInPlace) {
+  auto dev = open_device();
+  if (!dev->info().host_import)
+    GTEST_SKIP() << "this device cannot import host memory";
+  // Unaligned on purpose: the caller's memory has any alignment.
+  const size_t bytes = 2 * 4096 + 77;
+  std::vector<uint8_t> in(bytes + 3), out(bytes + 5, 0xee);
+  for (size_t i = 0; i < in.size(); ++i)
+    in[i] = static_cast<uint8_t>(i * 13 + 5);
+  auto src = dev->import_host(in.data() + 3, bytes, /*read_only=*/true).value();
+  auto dst = dev->import_host(out.data() + 1, bytes).value();
+  EXPECT_EQ(src.data(), in.data() + 3);
+  EXPECT_EQ(src.size(), bytes);
+  // The same memory imported twice at once (two requests borrowing one input) is two valid handles.
+  auto again = dev->import_host(in.data() + 3, bytes, true).value();
+  auto mem = dev->alloc_device(bytes).value();
+  vnpu::Job job{
+      {vnpu::Command::copy_to_device(src, 0, mem, 0, bytes), vnpu::Command::copy_from_device(mem, 0, dst, 0, bytes)}};
+  auto r = dev->run(std::move(job)).value();
+  ASSERT_TRUE(r.status.ok()) << r.status.error().what();
+  EXPECT_EQ(std::memcmp(in.data() + 3, out.data() + 1, bytes), 0);
+  EXPECT_EQ(out[0], 0xee);  // nothing written outside the imported range
+  EXPECT_EQ(out[bytes + 1], 0xee);
+  src = vnpu::HostBuffer();  // dropping one import leaves the other usable
+  auto r2 = dev->run(vnpu::Job{{vnpu::Command::copy_to_device(again, 0, mem, 0, bytes)}}).value();
+  EXPECT_TRUE(r2.status.ok()) << r2.status.error().what();
+}
+
+TEST_F(Device, ImportRejectsBadRangesAndWritesIntoReadOnlyMemory) {
+  auto dev = open_device();
+  if (!dev->info().host_import)
+    GTEST_SKIP() << "this device cannot import host memory";
+  std::vector<float> v(1024);
+  EXPECT_EQ(dev->import_host(nullptr, 64).error().code(), vnpu::ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dev->import_host(v.data(), 0).error().code(), vnpu::ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dev->import_host(reinterpret_cast<void*>(UINTPTR_MAX - 100), 4096).error().code(),
+            vnpu::ErrorCode::kInvalidArgument);
+  auto ro = dev->import_host(v.data(), v.size() * 4, true).value();
+  auto mem = dev->alloc_device(4096).value();
+  EXPECT_EQ(dev->submit(vnpu::Job{{vnpu::Command::copy_from_device(mem, 0, ro, 0, 4096)}}, [](vnpu::JobResult) {})
+                .error()
+                .code(),
+            vnpu::ErrorCode::kInvalidArgument);
+}
+
+TEST_F(Device, ImportUnsupportedIsAClearError) {
+  auto dev = open_device();
+  if (dev->info().host_import)
+    GTEST_SKIP() << "this device imports host memory";
+  std::vector<float> v(16);
+  EXPECT_EQ(dev->import_host(v.data(), 64).error().code(), vnpu::ErrorCode::kUnsupported);
 }
 
 TEST_F(Device, CopiesAtOffsets) {

@@ -7,8 +7,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,9 +42,10 @@ struct RuntimeOptions {
   Placement placement = Placement::kLeastLoaded;
   /// Input-preparation threads ("vnpu-prep<i>"), 1..16: copy/convert inputs into DMA staging buffers.
   int parallel = 1;
-  /// Request slots per device, 1..256 (0 = max(4, 2 * parallel)): each holds the device memory and the
-  /// output buffer of one request from its H2D to the moment its outputs are copied out. Requests beyond
-  /// this wait in FIFO order (back-pressure: memory stays bounded however many run() calls are made).
+  /// Request slots per device, 1..256 (0 = derived from the model and the device: see DepthEstimate and
+  /// AsyncRuntime::depth_estimate()): each holds the device memory of one request from its preparation to
+  /// the end of its D2H. Requests beyond this wait in FIFO order (back-pressure: memory stays bounded
+  /// however many run() calls are made).
   int max_in_flight = 0;
   /// Input staging buffers per device, 1..256 (0 = parallel + 2: one being filled per prep thread, one
   /// whose H2D is running, one spare to absorb jitter). A staging buffer is returned as soon as
@@ -66,6 +69,29 @@ struct RuntimeOptions {
   /// waiting requests (their inputs) is bounded too. Exception: run() on the callback thread never blocks
   /// (that thread is what frees room); there it queues beyond the bound.
   int max_queued = 0;
+  /// Run each request as two device jobs, [H2D] then [compute, D2H] chained by the completion thread, even
+  /// where the device has the SIGNAL command (DeviceInfo::signals), which otherwise makes it one job
+  /// [H2D, SIGNAL, compute, D2H]. For comparison and tests; devices without SIGNAL always use two.
+  bool two_jobs = false;
+};
+
+/// How the default request depth (RuntimeOptions::max_in_flight = 0) was chosen, after OpenVINO's
+/// "optimal number of infer requests": enough requests in flight to cover one request's whole path through
+/// the device (H2D + compute + D2H) at the pace of the slowest engine, plus one per prep thread being
+/// prepared, bounded by what the device's memory holds. Stage times come from the device's timing model
+/// (DeviceInfo bandwidths, latencies, per-command overhead, GFLOPS) and the model (bytes moved; SYNTH time,
+/// MATMUL size). A compiled program's compute time is not known before it runs: it is then assumed to keep
+/// every compute core exactly as busy as the busier DMA engine (the balanced case, which needs the most
+/// requests in flight).
+struct DepthEstimate {
+  double h2d_ms = 0, compute_ms = 0, d2h_ms = 0;  ///< per request (compute: on one core)
+  bool compute_known = false;                     ///< compute_ms from the model, not assumed
+  uint32_t compute_cores = 1;
+  double bottleneck_ms = 0;  ///< max(h2d, compute / cores, d2h)
+  int pipeline_depth = 0;    ///< ceil((h2d + compute + d2h) / bottleneck) + parallel
+  int memory_limit = 0;      ///< slots the device memory holds next to the model's shared bytes (>= 1)
+  int chosen = 0;            ///< the default: max(2, pipeline_depth), at most memory_limit and 256
+  bool used = false;         ///< max_in_flight was 0, so `chosen` is in effect
 };
 
 /// Where one request spent its time. Host times on std::chrono::steady_clock (CLOCK_MONOTONIC).
@@ -86,6 +112,17 @@ struct RequestTimings {
   std::optional<uint64_t> device_start_ns, device_end_ns;
   /// Modelled busy time on each engine (ns), 0 when not reported.
   uint64_t h2d_ns = 0, compute_ns = 0, d2h_ns = 0;
+  /// Bytes the host copied for this request: inputs copied into the staging buffer (those the device could
+  /// not DMA from in place) plus outputs copied into caller-provided tensors it could not DMA into. 0 when
+  /// every input and output went straight between the caller's memory (or a prepare callback's writes) and
+  /// the device.
+  uint64_t host_bytes_copied = 0;
+  /// The device had read the inputs (the H2D finished, or the job's SIGNAL was reached): the completion
+  /// thread saw it, and staging and borrowed inputs were free from then on.
+  Clock::time_point input_consumed;
+  /// Device jobs the request ran as: 1 ([H2D, SIGNAL, compute, D2H]) or 2 ([H2D], then [compute, D2H]).
+  /// In the one-job form h2d_end_ns is the SIGNAL's time and exec_start_ns = h2d_end_ns.
+  int device_jobs = 0;
 
   [[nodiscard]] Clock::duration prep() const { return prep_end - prep_start; }
   [[nodiscard]] Clock::duration total() const { return resolved - enqueued; }
@@ -99,6 +136,13 @@ struct RequestTimings {
 
 /// Model inputs, in the model's input order.
 using Inputs = std::vector<Tensor>;
+
+/// A request's input preparation, run by AsyncRuntime::run(PrepareFn) on a prep thread ("vnpu-prep<i>"):
+/// `inputs` are writable views (the model's input shapes, in its input order) of the request's DMA staging
+/// buffer, which the device reads from directly. The function must write every element: the buffer is not
+/// cleared and holds an earlier request's data. The views are valid only during the call. An exception it
+/// throws fails the request with that exception (rethrown by wait()/co_await); the runtime goes on.
+using PrepareFn = std::function<void(std::span<Tensor> inputs)>;
 
 /// The result of one request: output tensors in the model's output order, plus its timings.
 struct Outputs {
@@ -116,12 +160,15 @@ class RuntimeImpl;
 /// Runs one model asynchronously.
 ///
 /// Pipeline of a request: run() checks the inputs and queues the request → a prep thread (one of
-/// `parallel`) takes a device with a free request slot and a free staging buffer and copies the inputs into
-/// the staging buffer → job 1 [H2D staging→device] is submitted → when job 1 completes, the device's
-/// completion thread returns the staging buffer to its pool and submits job 2 [compute, D2H device→output
-/// buffer] → when job 2 completes, the callback thread ("vnpu-callback") copies the outputs out, frees the
-/// slot and resolves the Task. Request N+1's H2D overlaps request N's compute (each slot has its own device
-/// buffers); weights and program are uploaded once per device.
+/// `parallel`) takes a device with a free request slot (and a staging buffer if it needs one), imports the
+/// inputs' own memory for DMA where the device can (DeviceInfo::host_import) and copies the others into the
+/// staging buffer — or runs the request's PrepareFn, which writes into the staging buffer — and takes an
+/// output buffer → job 1 [H2D inputs→device] is submitted → when job 1 completes (input consumed), the
+/// device's completion thread returns the staging buffer, lets go of the inputs and submits job 2 [compute,
+/// D2H device→output buffer or the caller's output tensors] → when job 2 completes, the callback thread
+/// ("vnpu-callback") frees the slot and resolves the Task with views of the output buffer (nothing copied). Request
+/// N+1's H2D overlaps request N's compute (each slot has its own device buffers); weights and program are uploaded once
+/// per device.
 ///
 /// Threads: run() may be called from any thread, including from callbacks and coroutines this runtime
 /// resumes; it never blocks on the device. Callbacks (Task::on_complete) run, and coroutines awaiting a
@@ -154,8 +201,13 @@ class VNPU_API AsyncRuntime {
   AsyncRuntime(const AsyncRuntime&) = delete;
   AsyncRuntime& operator=(const AsyncRuntime&) = delete;
 
-  /// Start one inference. Owned input tensors are moved in; borrowed ones are read in place by a prep thread
-  /// (keep them alive until the task resolves). Throws Error(kInvalidArgument) if the number, shapes or
+  /// Start one inference. Owned input tensors are moved in; borrowed ones are read in place (keep them alive
+  /// and unmodified until the task resolves). Either is DMA'd straight from its memory when the device can
+  /// import it (sim: always; see docs/runtime.md), else copied once into a staging buffer on a prep thread
+  /// (RequestTimings::host_bytes_copied counts it). The outputs are leased views of the buffer the device
+  /// wrote (Tensor::view): writable, valid as long as any copy of them lives — even after the runtime is
+  /// gone — and the buffer returns to the runtime's pool when the last is dropped (hold many results, and
+  /// the runtime allocates more). Throws Error(kInvalidArgument) if the number, shapes or
   /// dtypes of the inputs do not match the model, kAborted if the runtime is shutting down. Never blocks on
   /// the device; blocks while RuntimeOptions::max_queued requests wait for a slot (not on the callback
   /// thread).
@@ -166,10 +218,21 @@ class VNPU_API AsyncRuntime {
   [[nodiscard]] std::optional<Task<Outputs>> try_run(Tensor x);
   /// run() that writes the results into `outputs` (one per model output, matching shape and dtype,
   /// typically borrowed views of caller memory) instead of allocating new tensors; Outputs::tensors holds
-  /// the same views.
+  /// the same views. The device DMAs into them directly where it can import them (else they are copied on
+  /// the callback thread); so a cancel or timeout resolves such a request only once the device has stopped
+  /// writing them.
   [[nodiscard]] Task<Outputs> run(Inputs inputs, std::vector<Tensor> outputs);
   /// run({x}).
   [[nodiscard]] Task<Outputs> run(Tensor x);
+  /// Start one inference whose inputs `prepare` writes straight into the DMA staging buffer, on a prep
+  /// thread (see PrepareFn): the user's own preprocessing (decode, resize, normalise) runs on the `parallel`
+  /// prep threads while the device computes earlier requests, and nothing is copied after it. `prepare` is
+  /// destroyed on a runtime thread once it has run (or the request is dropped unstarted). Otherwise as run().
+  [[nodiscard]] Task<Outputs> run(PrepareFn prepare);
+  /// run(prepare) that writes the results into `outputs` as run(inputs, outputs) does.
+  [[nodiscard]] Task<Outputs> run(PrepareFn prepare, std::vector<Tensor> outputs);
+  /// run(prepare) that never blocks (see try_run(Inputs)).
+  [[nodiscard]] std::optional<Task<Outputs>> try_run(PrepareFn prepare);
   /// The same as run(), named for `Outputs y = co_await runtime.async_run(x);`.
   [[nodiscard]] Task<Outputs> async_run(Inputs inputs) { return run(std::move(inputs)); }
   [[nodiscard]] Task<Outputs> async_run(Tensor x) { return run(std::move(x)); }
@@ -184,8 +247,11 @@ class VNPU_API AsyncRuntime {
   /// Device clock of device `i` minus steady_clock, in ns, sampled at start-up (for placing device
   /// timestamps on the host timeline; 0 for the sim backend, whose device clock is CLOCK_MONOTONIC).
   [[nodiscard]] int64_t device_clock_offset_ns(size_t i) const;
-  /// Host memory this runtime holds for DMA: staging buffers plus output buffers, bytes.
+  /// Host memory this runtime holds for DMA, bytes: staging buffers plus output buffers (pooled, max_in_flight per
+  /// device, plus those whose leased outputs the user still holds).
   [[nodiscard]] uint64_t host_dma_bytes() const noexcept;
+  /// How the default max_in_flight was (or would have been) chosen, for the first device.
+  [[nodiscard]] const DepthEstimate& depth_estimate() const noexcept;
   /// Requests accepted by run() that still hold, or wait for, device resources (queued, in preparation, on a
   /// device, or resolved early while the device finishes their work). Thread-safe; a snapshot.
   [[nodiscard]] size_t in_flight() const;

@@ -56,6 +56,12 @@ class VNPU_API Tensor {
   [[nodiscard]] static Tensor borrow(std::vector<int64_t> shape, std::span<const float> data,
                                      std::shared_ptr<const void> owner);
 
+  /// A writable view of `data` that holds `owner` until the view and every copy of it are destroyed (what
+  /// AsyncRuntime's outputs are: views of the buffer the device wrote, whose lease is `owner`). Same shape
+  /// rules as the constructors.
+  [[nodiscard]] static Tensor view(std::vector<int64_t> shape, std::span<float> data,
+                                   std::shared_ptr<const void> owner);
+
   Tensor(const Tensor& o);
   Tensor& operator=(const Tensor& o);
   Tensor(Tensor&& o) noexcept;
