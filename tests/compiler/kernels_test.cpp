@@ -230,6 +230,52 @@ TEST(FastKernels, LargeBroadcastArithmeticMatchesReference) {
   }
 }
 
+// A fused activation oneDNN has no post-op for (ELU, HardSigmoid, Softplus, ...) sent the whole op to the
+// reference kernel (FAST_ONLY failed): the oneDNN kernel runs and the activation is applied over its output.
+TEST(FastKernels, ActivationsWithoutOneDnnPostOpStayOnTheFastPath) {
+  for (uint32_t act : {VNPU_ISA_ACT_ELU, VNPU_ISA_ACT_HARD_SIGMOID, VNPU_ISA_ACT_SOFTPLUS, VNPU_ISA_ACT_SELU}) {
+    const float alpha = act == VNPU_ISA_ACT_HARD_SIGMOID ? 0.2f : 1.67f, beta = act == VNPU_ISA_ACT_SELU ? 1.05f : 0.5f;
+    {
+      OpCase c(VNPU_ISA_OP_CONV);
+      auto& cv = c.attr().conv;
+      cv.group = 1;
+      cv.act = act;
+      cv.act_alpha = alpha;
+      cv.act_beta = beta;
+      cv.flags = VNPU_ISA_CONV_F_BIAS;
+      for (int i = 0; i < 2; i++)
+        cv.stride[i] = cv.dilation[i] = 1, cv.pad_begin[i] = cv.pad_end[i] = 1;
+      c.in({1, 16, 10, 12});
+      c.in({16, 16, 3, 3});
+      c.in({16});
+      c.out({1, 16, 10, 12});
+      expect_fast_matches_reference(c, "conv act=" + std::to_string(act));
+    }
+    {
+      OpCase c(VNPU_ISA_OP_MATMUL);
+      c.attr().matmul.alpha = c.attr().matmul.beta = 1.0f;
+      c.attr().matmul.act = act;
+      c.attr().matmul.act_alpha = alpha;
+      c.attr().matmul.act_beta = beta;
+      c.in({7, 5});
+      c.in({5, 3});
+      c.out({7, 3});
+      expect_fast_matches_reference(c, "matmul act=" + std::to_string(act));
+    }
+    {
+      OpCase c(VNPU_ISA_OP_BINARY);
+      c.attr().binary.kind = VNPU_ISA_BIN_ADD;
+      c.attr().binary.act = act;
+      c.attr().binary.act_alpha = alpha;
+      c.attr().binary.act_beta = beta;
+      c.in({1, 16, 64, 80});
+      c.in({1, 16, 64, 80});
+      c.out({1, 16, 64, 80});
+      expect_fast_matches_reference(c, "binary act=" + std::to_string(act));
+    }
+  }
+}
+
 // ---- whole programs through vnpu_program_* ----
 
 struct Flat {

@@ -32,7 +32,7 @@ static dnnl_engine_t engine_get(void)
     return vnpu_dnnl_engine;
 }
 
-/* Maps a fused activation onto a oneDNN eltwise post-op; 0 if it has none. */
+/* Maps a fused activation onto a oneDNN eltwise post-op: 0 (none needed or appended), 1 when oneDNN has none. */
 static int act_post_op(uint32_t act, float alpha, float beta, dnnl_primitive_attr_t attr)
 {
     dnnl_post_ops_t po;
@@ -72,7 +72,7 @@ static int act_post_op(uint32_t act, float alpha, float beta, dnnl_primitive_att
         alg = dnnl_eltwise_hardswish;
         break;
     default:
-        return -1;
+        return 1;
     }
     if (dnnl_post_ops_create(&po) != dnnl_success) {
         return -1;
@@ -223,19 +223,46 @@ static void call_release(DnnlCall *c, dnnl_stream_t stream)
 }
 
 /*
- * Primitive attributes carrying the fused activation: 0, 1 when oneDNN has no post-op for it (use the
- * reference kernel), -1 on failure.
+ * Primitive attributes carrying the fused activation: 0, or -1 on failure. *after is set when oneDNN has no
+ * post-op for it: the caller applies it over the output with act_apply() (never a silent fall-back to the
+ * reference kernel for the whole op).
  */
-static int act_attr(uint32_t act, float alpha, float beta, dnnl_primitive_attr_t *attr)
+static int act_attr(uint32_t act, float alpha, float beta, dnnl_primitive_attr_t *attr, int *after)
 {
+    int r;
+
+    *after = 0;
     if (dnnl_primitive_attr_create(attr) != dnnl_success) {
         return -1;
     }
-    if (act_post_op(act, alpha, beta, *attr)) {
+    r = act_post_op(act, alpha, beta, *attr);
+    if (r < 0) {
         dnnl_primitive_attr_destroy(*attr);
-        return 1;
+        return -1;
     }
+    *after = r;
     return 0;
+}
+
+/*
+ * The activation oneDNN could not fuse, in place over a kernel's output (the reference kernels' function, so
+ * both agree). Passes of 64 Ki elements, polling cancellation between them.
+ */
+static int act_apply(int ret, int after, const VnpuOpArgs *a, uint32_t act, float alpha, float beta)
+{
+    const VnpuTensor *y = OUT(a, 0);
+    uint64_t i, n = y->count;
+
+    if (ret != VNPU_CPL_OK || !after) {
+        return ret;
+    }
+    for (i = 0; i < n; i++) {
+        y->data[i] = vnpu_ops_act(y->data[i], act, alpha, beta);
+        if ((i & 0xffff) == 0xffff && a->cancel && *a->cancel) {
+            return VNPU_CPL_ABORTED;
+        }
+    }
+    return VNPU_CPL_OK;
 }
 
 /*
@@ -344,7 +371,7 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     dnnl_primitive_desc_t pd = NULL;
     void *xb = NULL, *wb = NULL, *yb = NULL;
     DnnlCall c;
-    int ok, i, act, ret = -1;
+    int ok, i, after, ret = -1;
     uint64_t g = cv->group;
 
     if (!engine_get() || x->count == 0 || y->count == 0) {
@@ -390,9 +417,8 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     if (!ok) {
         return -1;
     }
-    act = act_attr(cv->act, cv->act_alpha, cv->act_beta, &attr);
-    if (act) {
-        return act;
+    if (act_attr(cv->act, cv->act_alpha, cv->act_beta, &attr, &after)) {
+        return -1;
     }
     /*
      * First choice: activations in nChw16c, whose conversion from and to nchw is cheap (a 16-row interleave)
@@ -437,7 +463,7 @@ out:
     free(wb);
     free(yb);
     dnnl_primitive_desc_destroy(pd);
-    return ret;
+    return act_apply(ret, after, a, cv->act, cv->act_alpha, cv->act_beta);
 }
 
 int vnpu_fast_conv(const VnpuOpArgs *a)
@@ -549,7 +575,7 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
     dnnl_matmul_desc_t d;
     unsigned r = Y->rank, i;
     DnnlCall c;
-    int ok, ret;
+    int ok, after;
 
     if (!engine_get() || Y->count == 0 || A->count == 0 || B->count == 0 || r > 6 || mm->alpha != 1.0f ||
         (bias && mm->beta != 1.0f)) {
@@ -586,9 +612,8 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
     if (!ok) {
         return -1;
     }
-    ret = act_attr(mm->act, mm->act_alpha, mm->act_beta, &attr);
-    if (ret) {
-        return ret;
+    if (act_attr(mm->act, mm->act_alpha, mm->act_beta, &attr, &after)) {
+        return -1;
     }
     if (call_create(&c, dnnl_matmul_desc_init(&d, &amd, &bmd, bias ? &cmd : NULL, &ymd) == dnnl_success, &d,
                     attr)) {
@@ -597,7 +622,7 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
     ok = call_arg(&c, DNNL_ARG_SRC, &amd, A->data) == 0 && call_arg(&c, DNNL_ARG_WEIGHTS, &bmd, B->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, &ymd, Y->data) == 0 &&
          (!bias || call_arg(&c, DNNL_ARG_BIAS, &cmd, IN(a, 2)->data) == 0);
-    return call_run(&c, ok);
+    return act_apply(call_run(&c, ok), after, a, mm->act, mm->act_alpha, mm->act_beta);
 }
 
 /*
@@ -615,7 +640,7 @@ int vnpu_fast_binary(const VnpuOpArgs *a)
     dnnl_primitive_attr_t attr;
     dnnl_alg_kind_t alg;
     unsigned r = Y->rank;
-    int commutative, ok, ret;
+    int commutative, ok, after;
     DnnlCall c;
 
     if (!engine_get() || Y->count < 65536 || r < 1 || r > 6) {
@@ -662,14 +687,13 @@ int vnpu_fast_binary(const VnpuOpArgs *a)
     if (!ok) {
         return -1;
     }
-    ret = act_attr(bn->act, bn->act_alpha, bn->act_beta, &attr);
-    if (ret) {
-        return ret;
+    if (act_attr(bn->act, bn->act_alpha, bn->act_beta, &attr, &after)) {
+        return -1;
     }
     if (call_create(&c, dnnl_binary_desc_init(&d, alg, &amd, &bmd, &ymd) == dnnl_success, &d, attr)) {
         return 1;
     }
     ok = call_arg(&c, DNNL_ARG_SRC_0, &amd, A->data) == 0 && call_arg(&c, DNNL_ARG_SRC_1, &bmd, B->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, &ymd, Y->data) == 0;
-    return call_run(&c, ok);
+    return act_apply(call_run(&c, ok), after, a, bn->act, bn->act_alpha, bn->act_beta);
 }
