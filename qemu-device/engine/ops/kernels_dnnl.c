@@ -318,6 +318,118 @@ static void matmul_operand(dnnl_dims_t d, dnnl_dims_t st, unsigned r, int trans)
     }
 }
 
+/* ---- blocked copies of convolution outputs (VnpuShadows) ---------------------------------------------------- */
+
+#define SHADOW_SLOTS 8
+#define SHADOW_MAX_BYTES (UINT64_C(512) << 20) /* held at once; the oldest copies go first */
+
+typedef struct VnpuShadow {
+    uint64_t addr, len; /* device address range of the plain tensor; len 0: free slot */
+    uint64_t bytes;     /* of buf */
+    uint64_t age;
+    dnnl_memory_desc_t md;
+    void *buf;
+} VnpuShadow;
+
+struct VnpuShadows {
+    VnpuShadow s[SHADOW_SLOTS];
+    uint64_t bytes, clock;
+};
+
+VnpuShadows *vnpu_shadows_new(void)
+{
+    return engine_get() ? calloc(1, sizeof(VnpuShadows)) : NULL;
+}
+
+static void shadow_drop(VnpuShadows *t, VnpuShadow *s)
+{
+    free(s->buf);
+    t->bytes -= s->bytes;
+    memset(s, 0, sizeof(*s));
+}
+
+void vnpu_shadows_free(VnpuShadows *t)
+{
+    unsigned i;
+
+    if (!t) {
+        return;
+    }
+    for (i = 0; i < SHADOW_SLOTS; i++) {
+        free(t->s[i].buf);
+    }
+    free(t);
+}
+
+void vnpu_shadows_invalidate(VnpuShadows *t, uint64_t addr, uint64_t len)
+{
+    unsigned i;
+
+    if (!t || !len) {
+        return;
+    }
+    for (i = 0; i < SHADOW_SLOTS; i++) {
+        VnpuShadow *s = &t->s[i];
+
+        if (s->len && addr < s->addr + s->len && s->addr < addr + len) {
+            shadow_drop(t, s);
+        }
+    }
+}
+
+/* The blocked copy of exactly [addr, addr + len) in layout md, or NULL. */
+static void *shadow_find(VnpuShadows *t, uint64_t addr, uint64_t len, const dnnl_memory_desc_t *md)
+{
+    unsigned i;
+
+    for (i = 0; t && len && i < SHADOW_SLOTS; i++) {
+        const VnpuShadow *s = &t->s[i];
+
+        if (s->len == len && s->addr == addr && dnnl_memory_desc_equal(&s->md, md)) {
+            return s->buf;
+        }
+    }
+    return NULL;
+}
+
+/* Takes ownership of buf (the blocked copy of [addr, addr + len) in layout md): 0, or -1 (caller frees it). */
+static int shadow_add(VnpuShadows *t, uint64_t addr, uint64_t len, const dnnl_memory_desc_t *md, void *buf)
+{
+    uint64_t bytes = dnnl_memory_desc_get_size(md);
+    VnpuShadow *s;
+    unsigned i;
+
+    if (!t || !len || bytes > SHADOW_MAX_BYTES) {
+        return -1;
+    }
+    vnpu_shadows_invalidate(t, addr, len);
+    for (;;) {
+        VnpuShadow *oldest = NULL, *fr = NULL;
+
+        for (i = 0; i < SHADOW_SLOTS; i++) {
+            s = &t->s[i];
+            if (!s->len) {
+                fr = fr ? fr : s;
+            } else if (!oldest || s->age < oldest->age) {
+                oldest = s;
+            }
+        }
+        if (fr && t->bytes + bytes <= SHADOW_MAX_BYTES) {
+            s = fr;
+            break;
+        }
+        shadow_drop(t, oldest); /* something is held: either no free slot or too many bytes */
+    }
+    s->addr = addr;
+    s->len = len;
+    s->bytes = bytes;
+    s->age = ++t->clock;
+    s->md = *md;
+    s->buf = buf;
+    t->bytes += bytes;
+    return 0;
+}
+
 /* A (de)convolution primitive descriptor for these memory descriptors, or NULL. */
 static dnnl_primitive_desc_t conv_pd(const VnpuOpArgs *a, int transpose, const dnnl_memory_desc_t *x,
                                      const dnnl_memory_desc_t *w, const dnnl_memory_desc_t *b,
@@ -369,7 +481,7 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     dnnl_primitive_attr_t attr;
     dnnl_stream_t stream = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    void *xb = NULL, *wb = NULL, *yb = NULL;
+    void *xb = NULL, *wb = NULL, *yb = NULL, *xs;
     DnnlCall c;
     int ok, i, after, ret = -1;
     uint64_t g = cv->group;
@@ -445,17 +557,26 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     if (!xq || !wq || !yq || dnnl_stream_create(&stream, engine_get(), dnnl_stream_default_flags) != dnnl_success) {
         goto out;
     }
-    /* Inputs into the primitive's layouts (skipped when they already match). */
-    if (layout_in(stream, &xmd, x->data, xq, &xb) || layout_in(stream, &wmd, w->data, wq, &wb) ||
+    /*
+     * Inputs into the primitive's layouts (skipped when they already match, or when an earlier convolution of
+     * this run left the input's blocked copy).
+     */
+    xs = a->shadows ? shadow_find(a->shadows, a->addr[0], x->count * 4, xq) : NULL;
+    if ((!xs && layout_in(stream, &xmd, x->data, xq, &xb)) || layout_in(stream, &wmd, w->data, wq, &wb) ||
         layout_buffer(&ymd, yq, &yb)) {
         goto out;
     }
-    ok = call_arg(&c, DNNL_ARG_SRC, xq, xb ? xb : x->data) == 0 &&
+    ok = call_arg(&c, DNNL_ARG_SRC, xq, xs ? xs : xb ? xb : x->data) == 0 &&
          call_arg(&c, DNNL_ARG_WEIGHTS, wq, wb ? wb : w->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, yq, yb ? yb : y->data) == 0 &&
          (!bias || call_arg(&c, DNNL_ARG_BIAS, &bmd, IN(a, 2)->data) == 0);
     if (ok) {
         ret = call_run_to_plain(&c, pd, stream, yq, yb, &ymd, y->data);
+    }
+    /* The blocked output stays for a later convolution (an activation applied after would make it stale). */
+    if (ret == VNPU_CPL_OK && yb && !after && a->shadows &&
+        shadow_add(a->shadows, a->addr[a->num_inputs], y->count * 4, yq, yb) == 0) {
+        yb = NULL;
     }
 out:
     call_release(&c, stream);
