@@ -156,6 +156,8 @@ struct vnpu_isa_op {
 };
 
 #define VNPU_ISA_CONV_F_BIAS (1u << 0) /* a third input holds the bias */
+/* 1.2, CONV only: a last input R of Y's shape is added before the activation: Y = act(conv + bias + R) */
+#define VNPU_ISA_CONV_F_RESIDUAL (1u << 1)
 
 /* CONV and CONV_TRANSPOSE (2-D; the compiler lowers 1-D to H = 1). Index 0 is H, 1 is W. */
 struct vnpu_isa_conv {

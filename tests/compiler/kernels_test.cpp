@@ -277,6 +277,37 @@ TEST(FastKernels, ActivationsWithoutOneDnnPostOpStayOnTheFastPath) {
   }
 }
 
+TEST(FastKernels, ConvolutionWithResidualMatchesReference) {
+  for (uint32_t act : {VNPU_ISA_ACT_NONE, VNPU_ISA_ACT_RELU, VNPU_ISA_ACT_ELU}) {
+    for (uint64_t ch : {16u, 6u}) {  // blocked and plain destination layouts
+      OpCase c(VNPU_ISA_OP_CONV);
+      auto& cv = c.attr().conv;
+      cv.group = 1;
+      cv.act = act;
+      cv.act_alpha = 0.7f;
+      cv.flags = VNPU_ISA_CONV_F_BIAS | VNPU_ISA_CONV_F_RESIDUAL;
+      for (int i = 0; i < 2; i++)
+        cv.stride[i] = cv.dilation[i] = 1, cv.pad_begin[i] = cv.pad_end[i] = 1;
+      c.in({2, ch, 7, 9});
+      c.in({ch, ch, 3, 3});
+      c.in({ch});
+      c.in({2, ch, 7, 9});
+      c.out({2, ch, 7, 9});
+      expect_fast_matches_reference(c, "conv+residual act=" + std::to_string(act) + " C=" + std::to_string(ch));
+    }
+  }
+  OpCase bad(VNPU_ISA_OP_CONV);  // the residual must have Y's shape
+  bad.attr().conv.group = 1;
+  bad.attr().conv.flags = VNPU_ISA_CONV_F_RESIDUAL;
+  for (int i = 0; i < 2; i++)
+    bad.attr().conv.stride[i] = bad.attr().conv.dilation[i] = 1;
+  bad.in({1, 4, 5, 5});
+  bad.in({4, 4, 1, 1});
+  bad.in({1, 4, 5, 1});
+  bad.out({1, 4, 5, 5});
+  EXPECT_NE(bad.check(), 0);
+}
+
 // Two 16-channel convolutions in a row, the second reading the first's output at device address `mid`.
 struct ConvChain {
   std::vector<float> x, w, y1, y2;

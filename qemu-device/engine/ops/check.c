@@ -139,13 +139,21 @@ static int check_conv(const VnpuOpArgs *a, int transpose)
 {
     const struct vnpu_isa_conv *c = &a->attr.conv;
     const VnpuTensor *x = IN(a, 0), *w = IN(a, 1), *y = OUT(a, 0);
-    int bias = !!(c->flags & VNPU_ISA_CONV_F_BIAS);
+    int bias = !!(c->flags & VNPU_ISA_CONV_F_BIAS), res = !!(c->flags & VNPU_ISA_CONV_F_RESIDUAL);
+    uint32_t flags = VNPU_ISA_CONV_F_BIAS | (transpose ? 0 : VNPU_ISA_CONV_F_RESIDUAL);
     uint64_t m, cin_g;
     unsigned i;
 
-    if ((c->flags & ~VNPU_ISA_CONV_F_BIAS) || c->rsvd0 || !act_ok(c->act) || a->num_inputs != 2u + bias ||
+    if ((c->flags & ~flags) || c->rsvd0 || !act_ok(c->act) || a->num_inputs != 2u + bias + res ||
         a->num_outputs != 1 || x->rank != 4 || w->rank != 4 || y->rank != 4 || c->group < 1) {
         return -1;
+    }
+    if (res) {
+        const VnpuTensor *r = IN(a, 2 + bias);
+
+        if (r->rank != 4 || memcmp(r->dims, y->dims, sizeof(r->dims))) {
+            return -1;
+        }
     }
     if (transpose) {
         cin_g = x->dims[1] / c->group;

@@ -32,17 +32,21 @@ static dnnl_engine_t engine_get(void)
     return vnpu_dnnl_engine;
 }
 
-/* Maps a fused activation onto a oneDNN eltwise post-op: 0 (none needed or appended), 1 when oneDNN has none. */
-static int act_post_op(uint32_t act, float alpha, float beta, dnnl_primitive_attr_t attr)
+/*
+ * Post-ops of a primitive: with `residual`, a sum (dst += the primitive's result), then the fused activation as
+ * an eltwise post-op. 0 when everything was appended, 1 when oneDNN has no post-op for the activation (the
+ * caller applies it afterwards), -1 on failure.
+ */
+static int act_post_op(uint32_t act, float alpha, float beta, int residual, dnnl_primitive_attr_t attr)
 {
     dnnl_post_ops_t po;
-    dnnl_alg_kind_t alg;
+    dnnl_alg_kind_t alg = dnnl_alg_kind_undef;
     float a = 0.0f, b = 0.0f;
-    int ret;
+    int ret, unmapped = 0;
 
     switch (act) {
     case VNPU_ISA_ACT_NONE:
-        return 0;
+        break;
     case VNPU_ISA_ACT_RELU:
         alg = dnnl_eltwise_relu;
         break;
@@ -72,13 +76,18 @@ static int act_post_op(uint32_t act, float alpha, float beta, dnnl_primitive_att
         alg = dnnl_eltwise_hardswish;
         break;
     default:
-        return 1;
+        unmapped = 1;
+        break;
+    }
+    if (!residual && alg == dnnl_alg_kind_undef) {
+        return unmapped;
     }
     if (dnnl_post_ops_create(&po) != dnnl_success) {
         return -1;
     }
-    ret = dnnl_post_ops_append_eltwise(po, 1.0f, alg, a, b) == dnnl_success &&
-          dnnl_primitive_attr_set_post_ops(attr, po) == dnnl_success ? 0 : -1;
+    ret = (!residual || dnnl_post_ops_append_sum(po, 1.0f) == dnnl_success) &&
+          (alg == dnnl_alg_kind_undef || dnnl_post_ops_append_eltwise(po, 1.0f, alg, a, b) == dnnl_success) &&
+          dnnl_primitive_attr_set_post_ops(attr, po) == dnnl_success ? unmapped : -1;
     dnnl_post_ops_destroy(po);
     return ret;
 }
@@ -227,7 +236,7 @@ static void call_release(DnnlCall *c, dnnl_stream_t stream)
  * post-op for it: the caller applies it over the output with act_apply() (never a silent fall-back to the
  * reference kernel for the whole op).
  */
-static int act_attr(uint32_t act, float alpha, float beta, dnnl_primitive_attr_t *attr, int *after)
+static int act_attr(uint32_t act, float alpha, float beta, int residual, dnnl_primitive_attr_t *attr, int *after)
 {
     int r;
 
@@ -235,7 +244,7 @@ static int act_attr(uint32_t act, float alpha, float beta, dnnl_primitive_attr_t
     if (dnnl_primitive_attr_create(attr) != dnnl_success) {
         return -1;
     }
-    r = act_post_op(act, alpha, beta, *attr);
+    r = act_post_op(act, alpha, beta, residual, *attr);
     if (r < 0) {
         dnnl_primitive_attr_destroy(*attr);
         return -1;
@@ -474,7 +483,7 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
 {
     const struct vnpu_isa_conv *cv = &a->attr.conv;
     const VnpuTensor *x = IN(a, 0), *w = IN(a, 1), *y = OUT(a, 0);
-    int bias = !!(cv->flags & VNPU_ISA_CONV_F_BIAS);
+    int bias = !!(cv->flags & VNPU_ISA_CONV_F_BIAS), res = !!(cv->flags & VNPU_ISA_CONV_F_RESIDUAL);
     dnnl_memory_desc_t xmd, wmd, bmd, ymd, xany, wany, yany, xblk, yblk;
     const dnnl_memory_desc_t *xq, *wq, *yq;
     dnnl_dims_t xd, wd, yd, bd, strides, dil, pl, pr;
@@ -529,7 +538,7 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     if (!ok) {
         return -1;
     }
-    if (act_attr(cv->act, cv->act_alpha, cv->act_beta, &attr, &after)) {
+    if (act_attr(cv->act, cv->act_alpha, cv->act_beta, res, &attr, &after)) {
         return -1;
     }
     /*
@@ -565,6 +574,19 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     if ((!xs && layout_in(stream, &xmd, x->data, xq, &xb)) || layout_in(stream, &wmd, w->data, wq, &wb) ||
         layout_buffer(&ymd, yq, &yb)) {
         goto out;
+    }
+    /* The sum post-op adds to what the destination holds: the residual, in the destination's layout. */
+    if (res) {
+        const VnpuTensor *r = IN(a, a->num_inputs - 1);
+        void *rs = a->shadows ? shadow_find(a->shadows, a->addr[a->num_inputs - 1], r->count * 4, yq) : NULL;
+
+        if (!yb) {
+            memcpy(y->data, r->data, y->count * 4); /* checked: Y does not overlap R */
+        } else if (rs) {
+            memcpy(yb, rs, dnnl_memory_desc_get_size(yq));
+        } else if (reorder(stream, &ymd, r->data, yq, yb)) {
+            goto out;
+        }
     }
     ok = call_arg(&c, DNNL_ARG_SRC, xq, xs ? xs : xb ? xb : x->data) == 0 &&
          call_arg(&c, DNNL_ARG_WEIGHTS, wq, wb ? wb : w->data) == 0 &&
@@ -733,7 +755,7 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
     if (!ok) {
         return -1;
     }
-    if (act_attr(mm->act, mm->act_alpha, mm->act_beta, &attr, &after)) {
+    if (act_attr(mm->act, mm->act_alpha, mm->act_beta, 0, &attr, &after)) {
         return -1;
     }
     if (call_create(&c, dnnl_matmul_desc_init(&d, &amd, &bmd, bias ? &cmd : NULL, &ymd) == dnnl_success, &d,
@@ -808,7 +830,7 @@ int vnpu_fast_binary(const VnpuOpArgs *a)
     if (!ok) {
         return -1;
     }
-    if (act_attr(bn->act, bn->act_alpha, bn->act_beta, &attr, &after)) {
+    if (act_attr(bn->act, bn->act_alpha, bn->act_beta, 0, &attr, &after)) {
         return -1;
     }
     if (call_create(&c, dnnl_binary_desc_init(&d, alg, &amd, &bmd, &ymd) == dnnl_success, &d, attr)) {

@@ -71,13 +71,14 @@ typedef double ConvSum(const ConvShape *s, double acc, uint64_t n, uint64_t m, u
 
 /*
  * Runs `sum` for every output of the (transposed) convolution: bias first, then the contributions, then the
- * fused activation. Checks for cancellation once per output row.
+ * residual (F_RESIDUAL), then the fused activation. Checks for cancellation once per output row.
  */
 static int conv_each_output(const VnpuOpArgs *a, ConvSum *sum)
 {
     const struct vnpu_isa_conv *c = &a->attr.conv;
     const VnpuTensor *x = IN(a, 0), *w = IN(a, 1), *y = OUT(a, 0);
     const float *bias = (c->flags & VNPU_ISA_CONV_F_BIAS) ? IN(a, 2)->data : NULL;
+    const float *res = (c->flags & VNPU_ISA_CONV_F_RESIDUAL) ? IN(a, a->num_inputs - 1)->data : NULL;
     uint64_t N = x->dims[0], M = y->dims[1], OH = y->dims[2], OW = y->dims[3];
     uint64_t n, m, oh, ow;
     ConvShape s = {
@@ -94,9 +95,11 @@ static int conv_each_output(const VnpuOpArgs *a, ConvSum *sum)
                 }
                 for (ow = 0; ow < OW; ow++) {
                     double acc = sum(&s, bias ? bias[m] : 0.0, n, m, oh, ow);
+                    uint64_t at = ((n * M + m) * OH + oh) * OW + ow;
+                    /* The residual is added to the rounded convolution, as a separate f32 Add would. */
+                    float v = res ? (float)acc + res[at] : (float)acc;
 
-                    y->data[((n * M + m) * OH + oh) * OW + ow] =
-                        vnpu_ops_act((float)acc, c->act, c->act_alpha, c->act_beta);
+                    y->data[at] = vnpu_ops_act(v, c->act, c->act_alpha, c->act_beta);
                 }
             }
         }
