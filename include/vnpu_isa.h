@@ -31,7 +31,7 @@
 /* ---- Program ---------------------------------------------------------------------------------------------- */
 #define VNPU_ISA_PROGRAM_MAGIC 0x50504e56u /* "VNPP" in memory order */
 #define VNPU_ISA_VERSION_MAJOR 1 /* incompatible changes */
-#define VNPU_ISA_VERSION_MINOR 1 /* compatible additions (a reader accepts any minor of its major) */
+#define VNPU_ISA_VERSION_MINOR 2 /* compatible additions (a reader accepts any minor of its major) */
 
 #define VNPU_ISA_MAX_RANK 8
 #define VNPU_ISA_MAX_OPERANDS 64 /* inputs + outputs of one op */
@@ -156,6 +156,8 @@ struct vnpu_isa_op {
 };
 
 #define VNPU_ISA_CONV_F_BIAS (1u << 0) /* a third input holds the bias */
+/* 1.2, CONV only: a last input R of Y's shape is added before the activation: Y = act(conv + bias + R) */
+#define VNPU_ISA_CONV_F_RESIDUAL (1u << 1)
 
 /* CONV and CONV_TRANSPOSE (2-D; the compiler lowers 1-D to H = 1). Index 0 is H, 1 is W. */
 struct vnpu_isa_conv {
@@ -254,6 +256,7 @@ struct vnpu_isa_transpose {
 enum vnpu_isa_resize_mode {
 	VNPU_ISA_RESIZE_NEAREST = 0,
 	VNPU_ISA_RESIZE_LINEAR = 1, /* (multi)linear over every dimension whose size changes */
+	VNPU_ISA_RESIZE_CUBIC = 2, /* 1.2: cubic convolution (4 taps per dim, coefficient cubic_a), separable */
 };
 
 enum vnpu_isa_resize_coord {
@@ -272,13 +275,18 @@ enum vnpu_isa_resize_nearest {
 };
 
 #define VNPU_ISA_RESIZE_F_SIZES (1u << 0) /* the model gave output sizes: scale = Y.dims[d] / X.dims[d] (double) */
+/* 1.2, CUBIC only: taps outside the input get weight 0 and the others are renormalised (ONNX exclude_outside) */
+#define VNPU_ISA_RESIZE_F_EXCLUDE_OUTSIDE (1u << 1)
 
 /* RESIZE: Y.dims come from Y's tensor; scale[d] is the (possibly non-integral) factor the coordinate
  * transformation divides by (the model's scale, or Y.dims[d] / X.dims[d] when the model gives sizes). */
 struct vnpu_isa_resize {
 	__u32 mode; /* enum vnpu_isa_resize_mode */
 	__u32 coord; /* enum vnpu_isa_resize_coord */
-	__u32 nearest; /* enum vnpu_isa_resize_nearest (NEAREST only) */
+	union {
+		__u32 nearest; /* enum vnpu_isa_resize_nearest (NEAREST; unused by LINEAR) */
+		float cubic_a; /* CUBIC: the cubic coefficient A (ONNX cubic_coeff_a, -0.75 by default), finite */
+	};
 	__u32 flags; /* VNPU_ISA_RESIZE_F_* */
 	float scale[VNPU_ISA_MAX_RANK]; /* > 0 for d < rank; ignored with VNPU_ISA_RESIZE_F_SIZES */
 };

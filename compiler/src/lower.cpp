@@ -1107,8 +1107,10 @@ void lower_resize(Graph& g, const Node& n, bool upsample) {
     a.resize.mode = VNPU_ISA_RESIZE_NEAREST;
   else if (mode == "linear" || mode == "bilinear")
     a.resize.mode = VNPU_ISA_RESIZE_LINEAR;
+  else if (mode == "cubic")
+    a.resize.mode = VNPU_ISA_RESIZE_CUBIC;
   else
-    n.error("mode '" + mode + "' is not supported (nearest and linear are)");
+    n.error("mode '" + mode + "' is not supported (nearest, linear and cubic are)");
   static const std::map<std::string, uint32_t> coords = {{"half_pixel", VNPU_ISA_COORD_HALF_PIXEL},
                                                          {"asymmetric", VNPU_ISA_COORD_ASYMMETRIC},
                                                          {"align_corners", VNPU_ISA_COORD_ALIGN_CORNERS},
@@ -1125,7 +1127,15 @@ void lower_resize(Graph& g, const Node& n, bool upsample) {
   if (ni == nearests.end())
     n.error("nearest_mode '" + nearest + "' is not supported");
   a.resize.coord = ci->second;
-  a.resize.nearest = ni->second;
+  if (a.resize.mode == VNPU_ISA_RESIZE_CUBIC) {
+    a.resize.cubic_a = n.f("cubic_coeff_a", -0.75f);
+    if (!std::isfinite(a.resize.cubic_a))
+      n.error("cubic_coeff_a must be finite");
+    if (n.i("exclude_outside", 0))
+      a.resize.flags |= VNPU_ISA_RESIZE_F_EXCLUDE_OUTSIDE;
+  } else {
+    a.resize.nearest = ni->second;
+  }
   if (r > VNPU_ISA_MAX_RANK)
     n.error("rank too large");
   Shape out(r);

@@ -192,6 +192,50 @@ void fuse_activations(Graph& g) {
   }
 }
 
+// Add(Conv(x), r) with r of the convolution's output shape (a residual connection): the convolution adds r
+// itself (F_RESIDUAL) and the Add disappears; an activation after the Add then fuses into the convolution too.
+// r must be computed before the convolution runs (it is then read there instead of at the Add).
+bool device_accepts(const Graph& g, const Op& op);
+
+void fuse_residual(Graph& g) {
+  auto uses = count_uses(g);
+  auto prod = producers(g);
+  for (size_t ai = 0; ai < g.ops.size(); ai++) {
+    Op& add = g.ops[ai];
+    if (add.dead || add.opcode != VNPU_ISA_OP_BINARY || add.attr.binary.kind != VNPU_ISA_BIN_ADD ||
+        add.attr.binary.act != VNPU_ISA_ACT_NONE)
+      continue;
+    for (int side = 0; side < 2; side++) {
+      int cv = add.in[side], r = add.in[1 - side];
+      const Shape& ys = g.values[add.out[0]].shape;
+      if (g.values[cv].shape != ys || g.values[r].shape != ys || g.values[r].is_const || cv == r)
+        continue;
+      if (g.values[cv].alias_of >= 0 || prod[cv] < 0 || uses[cv] != 1)
+        continue;
+      size_t ci = static_cast<size_t>(prod[cv]);
+      Op& c = g.ops[ci];
+      if (c.dead || c.opcode != VNPU_ISA_OP_CONV || c.attr.conv.act != VNPU_ISA_ACT_NONE ||
+          (c.attr.conv.flags & VNPU_ISA_CONV_F_RESIDUAL))
+        continue;
+      int rp = prod[g.root(r)];
+      if (rp >= 0 && static_cast<size_t>(rp) >= ci)
+        continue;  // r is computed after the convolution
+      Op fused = c;
+      fused.attr.conv.flags |= VNPU_ISA_CONV_F_RESIDUAL;
+      fused.in.push_back(r);
+      fused.out[0] = add.out[0];
+      if (!device_accepts(g, fused))
+        continue;
+      c = fused;
+      add.dead = true;
+      g.stats.fused_nodes++;
+      uses = count_uses(g);
+      prod = producers(g);
+      break;
+    }
+  }
+}
+
 // The single value of a one-element constant, if v is one.
 bool scalar_of(const Graph& g, int v, float* out) {
   const Value& val = g.values[v];
@@ -472,8 +516,10 @@ void run_passes(Graph& g, const CompileOptions& opt) {
   fold_pad(g);
   if (opt.fold_batchnorm)
     fold_into_conv(g);
-  if (opt.fuse_activations)
+  if (opt.fuse_activations) {
+    fuse_residual(g);
     fuse_activations(g);
+  }
   eliminate_dead(g);
 }
 

@@ -57,6 +57,40 @@ TEST(CompileOnnx, FoldsBatchNormAndReluIntoTheConvolution) {
   EXPECT_TRUE(any_zero && any_pos) << "relu should clip some outputs and keep others";
 }
 
+// ResNet's residual connection: Relu(Add(Conv(x), r)) becomes one convolution that adds r (F_RESIDUAL) and
+// applies the Relu, whichever side of the Add the convolution is on; results equal the unfused program's.
+TEST(CompileOnnx, FusesAResidualAddAndItsActivationIntoTheConvolution) {
+  for (int side = 0; side < 2; side++) {
+    OnnxBuilder b;
+    std::vector<float> w(16 * 16 * 3 * 3), w2(16 * 16);
+    for (size_t i = 0; i < w.size(); i++)
+      w[i] = static_cast<float>((i * 7) % 11) / 40.0f - 0.12f;
+    for (size_t i = 0; i < w2.size(); i++)
+      w2[i] = static_cast<float>((i * 5) % 13) / 30.0f - 0.2f;
+    b.input("x", {1, 16, 6, 6}).output("y");
+    b.init("W", {16, 16, 3, 3}, w).init("W2", {16, 16, 1, 1}, w2).init("B", {16}, std::vector<float>(16, 0.05f));
+    b.node("Conv", {"x", "W2"}, {"r"}, "shortcut");
+    auto& c = b.node("Conv", {"x", "W", "B"}, {"c"}, "conv");
+    OnnxBuilder::attr(c, "pads", std::vector<int64_t>{1, 1, 1, 1});
+    b.node("Add", side ? std::vector<std::string>{"r", "c"} : std::vector<std::string>{"c", "r"}, {"s"}, "add");
+    b.node("Relu", {"s"}, {"y"}, "relu");
+    auto onnx = b.bytes();
+    auto fused = compile_onnx(onnx);
+    EXPECT_EQ(fused.op_count(), 2u) << "side " << side;
+    CompileOptions plain;
+    plain.fuse_activations = false;
+    auto unfused = compile_onnx(onnx, plain);
+    EXPECT_EQ(unfused.op_count(), 4u);
+    auto x = vnpu::test::iota_data(16 * 36, 0.01f);
+    for (bool reference : {true, false}) {
+      std::vector<conf::HostTensor> in{{{1, 16, 6, 6}, x}};
+      auto a = conf::flat_executor(reference)(fused, in).at(0).data;
+      auto u = conf::flat_executor(true)(unfused, in).at(0).data;
+      expect_near(a, u);
+    }
+  }
+}
+
 TEST(CompileOnnx, RecognisesSiluAndFusesItIntoTheConvolution) {
   OnnxBuilder b;
   b.input("x", {1, 2, 4, 4}).output("y");

@@ -7,6 +7,7 @@
 #include <memory>
 #include <random>
 
+#include "../engine/program_builder.h"
 #include "test_util.h"
 
 extern "C" {
@@ -228,6 +229,187 @@ TEST(FastKernels, LargeBroadcastArithmeticMatchesReference) {
     c.out(p.a.size() >= p.b.size() && p.a[0] != 16 ? p.a : p.b);
     expect_fast_matches_reference(c, "binary kind=" + std::to_string(p.kind));
   }
+}
+
+// A fused activation oneDNN has no post-op for (ELU, HardSigmoid, Softplus, ...) sent the whole op to the
+// reference kernel (FAST_ONLY failed): the oneDNN kernel runs and the activation is applied over its output.
+TEST(FastKernels, ActivationsWithoutOneDnnPostOpStayOnTheFastPath) {
+  for (uint32_t act : {VNPU_ISA_ACT_ELU, VNPU_ISA_ACT_HARD_SIGMOID, VNPU_ISA_ACT_SOFTPLUS, VNPU_ISA_ACT_SELU}) {
+    const float alpha = act == VNPU_ISA_ACT_HARD_SIGMOID ? 0.2f : 1.67f, beta = act == VNPU_ISA_ACT_SELU ? 1.05f : 0.5f;
+    {
+      OpCase c(VNPU_ISA_OP_CONV);
+      auto& cv = c.attr().conv;
+      cv.group = 1;
+      cv.act = act;
+      cv.act_alpha = alpha;
+      cv.act_beta = beta;
+      cv.flags = VNPU_ISA_CONV_F_BIAS;
+      for (int i = 0; i < 2; i++)
+        cv.stride[i] = cv.dilation[i] = 1, cv.pad_begin[i] = cv.pad_end[i] = 1;
+      c.in({1, 16, 10, 12});
+      c.in({16, 16, 3, 3});
+      c.in({16});
+      c.out({1, 16, 10, 12});
+      expect_fast_matches_reference(c, "conv act=" + std::to_string(act));
+    }
+    {
+      OpCase c(VNPU_ISA_OP_MATMUL);
+      c.attr().matmul.alpha = c.attr().matmul.beta = 1.0f;
+      c.attr().matmul.act = act;
+      c.attr().matmul.act_alpha = alpha;
+      c.attr().matmul.act_beta = beta;
+      c.in({7, 5});
+      c.in({5, 3});
+      c.out({7, 3});
+      expect_fast_matches_reference(c, "matmul act=" + std::to_string(act));
+    }
+    {
+      OpCase c(VNPU_ISA_OP_BINARY);
+      c.attr().binary.kind = VNPU_ISA_BIN_ADD;
+      c.attr().binary.act = act;
+      c.attr().binary.act_alpha = alpha;
+      c.attr().binary.act_beta = beta;
+      c.in({1, 16, 64, 80});
+      c.in({1, 16, 64, 80});
+      c.out({1, 16, 64, 80});
+      expect_fast_matches_reference(c, "binary act=" + std::to_string(act));
+    }
+  }
+}
+
+TEST(FastKernels, ConvolutionWithResidualMatchesReference) {
+  for (uint32_t act : {VNPU_ISA_ACT_NONE, VNPU_ISA_ACT_RELU, VNPU_ISA_ACT_ELU}) {
+    for (uint64_t ch : {16u, 6u}) {  // blocked and plain destination layouts
+      OpCase c(VNPU_ISA_OP_CONV);
+      auto& cv = c.attr().conv;
+      cv.group = 1;
+      cv.act = act;
+      cv.act_alpha = 0.7f;
+      cv.flags = VNPU_ISA_CONV_F_BIAS | VNPU_ISA_CONV_F_RESIDUAL;
+      for (int i = 0; i < 2; i++)
+        cv.stride[i] = cv.dilation[i] = 1, cv.pad_begin[i] = cv.pad_end[i] = 1;
+      c.in({2, ch, 7, 9});
+      c.in({ch, ch, 3, 3});
+      c.in({ch});
+      c.in({2, ch, 7, 9});
+      c.out({2, ch, 7, 9});
+      expect_fast_matches_reference(c, "conv+residual act=" + std::to_string(act) + " C=" + std::to_string(ch));
+    }
+  }
+  OpCase bad(VNPU_ISA_OP_CONV);  // the residual must have Y's shape
+  bad.attr().conv.group = 1;
+  bad.attr().conv.flags = VNPU_ISA_CONV_F_RESIDUAL;
+  for (int i = 0; i < 2; i++)
+    bad.attr().conv.stride[i] = bad.attr().conv.dilation[i] = 1;
+  bad.in({1, 4, 5, 5});
+  bad.in({4, 4, 1, 1});
+  bad.in({1, 4, 5, 1});
+  bad.out({1, 4, 5, 5});
+  EXPECT_NE(bad.check(), 0);
+}
+
+// Two 16-channel convolutions in a row, the second reading the first's output at device address `mid`.
+struct ConvChain {
+  std::vector<float> x, w, y1, y2;
+  std::unique_ptr<VnpuOpArgs> a = std::make_unique<VnpuOpArgs>();
+
+  ConvChain() : x(16 * 8 * 8), w(16 * 16 * 3 * 3), y1(16 * 8 * 8), y2(16 * 8 * 8) {
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (auto& v : x)
+      v = u(rng);
+    for (auto& v : w)
+      v = u(rng) / 12.0f;
+  }
+  static VnpuTensor t4(float* d, uint64_t n, uint64_t c, uint64_t h, uint64_t w) {
+    VnpuTensor t{};
+    t.data = d, t.rank = 4, t.dims[0] = n, t.dims[1] = c, t.dims[2] = h, t.dims[3] = w, t.count = n * c * h * w;
+    return t;
+  }
+  // Runs conv(in at in_addr) -> out (at out_addr) with `shadows`.
+  int conv(VnpuShadows* sh, float* in, uint64_t in_addr, float* out, uint64_t out_addr) {
+    std::memset(a.get(), 0, sizeof(VnpuOpArgs));
+    a->opcode = VNPU_ISA_OP_CONV;
+    a->num_inputs = 2;
+    a->num_outputs = 1;
+    auto& cv = a->attr.conv;
+    cv.group = 1;
+    for (int i = 0; i < 2; i++)
+      cv.stride[i] = cv.dilation[i] = 1, cv.pad_begin[i] = cv.pad_end[i] = 1;
+    a->t[0] = t4(in, 1, 16, 8, 8);
+    a->t[1] = t4(w.data(), 16, 16, 3, 3);
+    a->t[2] = t4(out, 1, 16, 8, 8);
+    a->shadows = sh;
+    a->addr[0] = in_addr, a->addr[1] = 0x100000, a->addr[2] = out_addr;
+    EXPECT_EQ(vnpu_ops_check(a.get()), 0);
+    return vnpu_ops_run(a.get(), VNPU_KERNELS_AUTO);
+  }
+};
+
+TEST(FastKernels, ConvolutionReadsTheBlockedCopyOfTheLastConvolutionUntilItsBytesChange) {
+  ConvChain c;
+  std::vector<float> want(c.y2.size());
+  ASSERT_EQ(c.conv(nullptr, c.x.data(), 0x1000, c.y1.data(), 0x8000), VNPU_CPL_OK);
+  ASSERT_EQ(c.conv(nullptr, c.y1.data(), 0x8000, want.data(), 0x10000), VNPU_CPL_OK);
+  VnpuShadows* sh = vnpu_shadows_new();
+  ASSERT_NE(sh, nullptr);
+  ASSERT_EQ(c.conv(sh, c.x.data(), 0x1000, c.y1.data(), 0x8000), VNPU_CPL_OK);
+  // The plain bytes are altered behind the table's back: the second conv still reads the first's blocked
+  // output (this is what saves its reorder), so its result is the unaltered one.
+  for (auto& v : c.y1)
+    v = 0.0f;
+  ASSERT_EQ(c.conv(sh, c.y1.data(), 0x8000, c.y2.data(), 0x10000), VNPU_CPL_OK);
+  for (size_t i = 0; i < want.size(); i++)
+    ASSERT_FLOAT_EQ(c.y2[i], want[i]) << i;
+  // Another address range does not match.
+  ASSERT_EQ(c.conv(sh, c.y1.data(), 0x8004, c.y2.data(), 0x10000), VNPU_CPL_OK);
+  for (size_t i = 0; i < want.size(); i++)
+    ASSERT_EQ(c.y2[i], 0.0f) << i;
+  // Once an op's output overlaps the range (what vnpu_program_execute reports), the plain bytes count again.
+  vnpu_shadows_invalidate(sh, 0x8000 + 4 * 100, 4);
+  ASSERT_EQ(c.conv(sh, c.y1.data(), 0x8000, c.y2.data(), 0x10000), VNPU_CPL_OK);
+  for (size_t i = 0; i < want.size(); i++)
+    ASSERT_EQ(c.y2[i], 0.0f) << i;
+  vnpu_shadows_free(sh);
+}
+
+// conv -> in-place NEG of its output -> conv: the second conv must see the negated bytes, not the blocked copy
+// the first one left (the interpreter drops the copies an op's output overlaps before the op runs).
+TEST(FastKernels, BlockedCopiesDoNotOutliveAWriteToTheirBytes) {
+  const uint64_t act = 16 * 8 * 8 * 4, wts = 16 * 16 * 3 * 3 * 4;
+  vnpu::test::ProgramBuilder b;
+  uint32_t bw = b.binding(VNPU_ISA_BIND_WEIGHTS, wts), bx = b.binding(VNPU_ISA_BIND_INPUT, act);
+  uint32_t bs = b.binding(VNPU_ISA_BIND_SCRATCH, act), by = b.binding(VNPU_ISA_BIND_OUTPUT, act);
+  uint32_t w = b.tensor(bw, 0, {16, 16, 3, 3}), x = b.tensor(bx, 0, {1, 16, 8, 8});
+  uint32_t s = b.tensor(bs, 0, {1, 16, 8, 8}), y = b.tensor(by, 0, {1, 16, 8, 8});
+  vnpu_isa_conv cv{};
+  cv.group = 1;
+  for (int i = 0; i < 2; i++)
+    cv.stride[i] = cv.dilation[i] = 1, cv.pad_begin[i] = cv.pad_end[i] = 1;
+  vnpu_isa_unary neg{};
+  neg.act = VNPU_ISA_ACT_NEG;
+  b.op(VNPU_ISA_OP_CONV, {x, w}, {s}, &cv);
+  b.op(VNPU_ISA_OP_UNARY, {s}, {s}, &neg);
+  b.op(VNPU_ISA_OP_CONV, {s, w}, {y}, &cv);
+  std::vector<std::vector<float>> out;
+  for (VnpuKernelMode mode : {VNPU_KERNELS_REFERENCE, VNPU_KERNELS_AUTO}) {
+    vnpu::test::FlatMemory m({wts, act, act, act});
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (size_t k : {0u, 1u})
+      for (size_t i = 0; i < m.slot(k).size(); i += 4) {
+        float v = u(rng);
+        std::memcpy(m.slot(k).data() + i, &v, 4);
+      }
+    vnpu_ops_set_default_mode(mode);
+    int rc = m.run(b.bytes());
+    vnpu_ops_set_default_mode(VNPU_KERNELS_AUTO);
+    ASSERT_EQ(rc, VNPU_CPL_OK);
+    out.emplace_back(act / 4);
+    std::memcpy(out.back().data(), m.slot(3).data(), act);
+  }
+  for (size_t i = 0; i < out[0].size(); i++)
+    ASSERT_NEAR(out[1][i], out[0][i], 1e-4 + 1e-4 * std::fabs(out[0][i])) << i;
 }
 
 // ---- whole programs through vnpu_program_* ----

@@ -547,6 +547,83 @@ TEST(Resize, AlignCornersWithScalesUsesTheIntegerOutputLength) {
   }
 }
 
+// Keys' cubic convolution kernel as a function of the distance (ONNX Resize "cubic", coefficient A).
+double keys(double A, double d) {
+  d = std::fabs(d);
+  if (d <= 1.0)
+    return ((A + 2.0) * d - (A + 3.0)) * d * d + 1.0;
+  if (d < 2.0)
+    return ((A * d - 5.0 * A) * d + 8.0 * A) * d - 4.0 * A;
+  return 0.0;
+}
+
+TEST(Resize, CubicMatchesKeysKernelWithEdgeTapsOrExcludedOutside) {
+  const int64_t in = 6;
+  for (bool exclude : {false, true}) {
+    for (float scale : {2.5f, 0.5f}) {
+      const double A = exclude ? -0.5 : -0.75;
+      OnnxBuilder m(13);
+      m.input("x", {1, 1, 1, in}).output("y");
+      m.init("roi", {0}, {}).init("scales", {4}, {1.0f, 1.0f, 1.0f, scale});
+      auto& n = m.node("Resize", {"x", "roi", "scales"}, {"y"});
+      OnnxBuilder::attr(n, "mode", std::string("cubic"));
+      OnnxBuilder::attr(n, "cubic_coeff_a", static_cast<float>(A));
+      OnnxBuilder::attr(n, "exclude_outside", static_cast<int64_t>(exclude));
+      auto model = compile_onnx(m.bytes());
+      std::vector<float> x(static_cast<size_t>(in));
+      for (size_t i = 0; i < x.size(); i++)
+        x[i] = static_cast<float>((i * 7) % 5) - 1.5f;
+      const int64_t out = static_cast<int64_t>(std::floor(in * static_cast<double>(scale)));
+      for (bool fast : {false, true}) {
+        auto y = conf::flat_executor(!fast)(model, {{{1, 1, 1, in}, x}}).at(0).data;
+        ASSERT_EQ(y.size(), static_cast<size_t>(out));
+        for (int64_t o = 0; o < out; o++) {
+          double c = (static_cast<double>(o) + 0.5) / scale - 0.5, f = std::floor(c), sum = 0.0, acc = 0.0;
+          for (int64_t t = static_cast<int64_t>(f) - 1; t <= static_cast<int64_t>(f) + 2; t++) {
+            double w = keys(A, c - static_cast<double>(t));
+            if (exclude && (t < 0 || t >= in))
+              w = 0.0;
+            sum += w;
+            acc += w * x[static_cast<size_t>(std::clamp<int64_t>(t, 0, in - 1))];
+          }
+          EXPECT_NEAR(y[static_cast<size_t>(o)], exclude ? acc / sum : acc, 1e-5)
+              << "scale " << scale << " exclude " << exclude << " output " << o;
+        }
+      }
+    }
+  }
+}
+
+TEST(Resize, CubicMatchesPyTorchBicubic) {
+  // F.interpolate(arange(1, 17).reshape(1, 1, 4, 4), size=(8, 8), mode="bicubic", align_corners=False)[0, 0, 0, :4]
+  // and scale_factor=0.8 with align_corners=True (PyTorch 1.13): 2-D, and align_corners on the integer length.
+  for (bool corners : {false, true}) {
+    OnnxBuilder m(13);
+    m.input("x", {1, 1, 4, 4}).output("y");
+    m.init("roi", {0}, {}).init("scales", {4}, {1.0f, 1.0f, corners ? 0.8f : 2.0f, corners ? 0.8f : 2.0f});
+    auto& n = m.node("Resize", {"x", "roi", "scales"}, {"y"});
+    OnnxBuilder::attr(n, "mode", std::string("cubic"));
+    OnnxBuilder::attr(n, "coordinate_transformation_mode",
+                      std::string(corners ? "align_corners" : "pytorch_half_pixel"));
+    auto model = compile_onnx(m.bytes());
+    std::vector<float> x(16);
+    for (size_t i = 0; i < x.size(); i++)
+      x[i] = static_cast<float>(i + 1);
+    auto y = conf::flat_executor(true)(model, {{{1, 1, 4, 4}, x}}).at(0).data;
+    if (corners) {
+      const float want[9] = {1.0f, 2.5f, 4.0f, 7.0f, 8.5f, 10.0f, 13.0f, 14.5f, 16.0f};
+      ASSERT_EQ(y.size(), 9u);
+      for (size_t i = 0; i < 9; i++)
+        EXPECT_NEAR(y[i], want[i], 1e-4) << i;
+    } else {
+      const float want[4] = {0.4727f, 0.7695f, 1.2461f, 1.8750f};
+      ASSERT_EQ(y.size(), 64u);
+      for (size_t i = 0; i < 4; i++)
+        EXPECT_NEAR(y[i], want[i], 1e-4) << i;
+    }
+  }
+}
+
 }  // namespace
 
 namespace {

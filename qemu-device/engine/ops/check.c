@@ -139,13 +139,21 @@ static int check_conv(const VnpuOpArgs *a, int transpose)
 {
     const struct vnpu_isa_conv *c = &a->attr.conv;
     const VnpuTensor *x = IN(a, 0), *w = IN(a, 1), *y = OUT(a, 0);
-    int bias = !!(c->flags & VNPU_ISA_CONV_F_BIAS);
+    int bias = !!(c->flags & VNPU_ISA_CONV_F_BIAS), res = !!(c->flags & VNPU_ISA_CONV_F_RESIDUAL);
+    uint32_t flags = VNPU_ISA_CONV_F_BIAS | (transpose ? 0 : VNPU_ISA_CONV_F_RESIDUAL);
     uint64_t m, cin_g;
     unsigned i;
 
-    if ((c->flags & ~VNPU_ISA_CONV_F_BIAS) || c->rsvd0 || !act_ok(c->act) || a->num_inputs != 2u + bias ||
+    if ((c->flags & ~flags) || c->rsvd0 || !act_ok(c->act) || a->num_inputs != 2u + bias + res ||
         a->num_outputs != 1 || x->rank != 4 || w->rank != 4 || y->rank != 4 || c->group < 1) {
         return -1;
+    }
+    if (res) {
+        const VnpuTensor *r = IN(a, 2 + bias);
+
+        if (r->rank != 4 || memcmp(r->dims, y->dims, sizeof(r->dims))) {
+            return -1;
+        }
     }
     if (transpose) {
         cin_g = x->dims[1] / c->group;
@@ -286,11 +294,12 @@ static int check_resize(const VnpuOpArgs *a)
 {
     const struct vnpu_isa_resize *r = &a->attr.resize;
     const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    uint32_t flags = VNPU_ISA_RESIZE_F_SIZES | (r->mode == VNPU_ISA_RESIZE_CUBIC ? VNPU_ISA_RESIZE_F_EXCLUDE_OUTSIDE : 0);
     unsigned i;
 
-    if (r->mode > VNPU_ISA_RESIZE_LINEAR || r->coord > VNPU_ISA_COORD_TF_HALF_PIXEL_FOR_NN ||
-        r->nearest > VNPU_ISA_NEAREST_CEIL || (r->flags & ~VNPU_ISA_RESIZE_F_SIZES) || a->num_inputs != 1 || a->num_outputs != 1 ||
-        x->rank != y->rank) {
+    if (r->mode > VNPU_ISA_RESIZE_CUBIC || r->coord > VNPU_ISA_COORD_TF_HALF_PIXEL_FOR_NN ||
+        (r->mode == VNPU_ISA_RESIZE_CUBIC ? !isfinite(r->cubic_a) : r->nearest > VNPU_ISA_NEAREST_CEIL) ||
+        (r->flags & ~flags) || a->num_inputs != 1 || a->num_outputs != 1 || x->rank != y->rank) {
         return -1;
     }
     for (i = 0; i < x->rank; i++) {
@@ -464,7 +473,10 @@ uint64_t vnpu_ops_flops(const VnpuOpArgs *a)
     case VNPU_ISA_OP_CHANNEL_AFFINE:
         return 2 * y->count;
     case VNPU_ISA_OP_RESIZE:
-        return (a->attr.resize.mode == VNPU_ISA_RESIZE_LINEAR ? 8 : 1) * y->count;
+        return (a->attr.resize.mode == VNPU_ISA_RESIZE_CUBIC    ? 32
+                : a->attr.resize.mode == VNPU_ISA_RESIZE_LINEAR ? 8
+                                                                : 1) *
+               y->count;
     case VNPU_ISA_OP_SOFTMAX:
         return 5 * y->count;
     case VNPU_ISA_OP_REDUCE:

@@ -32,17 +32,21 @@ static dnnl_engine_t engine_get(void)
     return vnpu_dnnl_engine;
 }
 
-/* Maps a fused activation onto a oneDNN eltwise post-op; 0 if it has none. */
-static int act_post_op(uint32_t act, float alpha, float beta, dnnl_primitive_attr_t attr)
+/*
+ * Post-ops of a primitive: with `residual`, a sum (dst += the primitive's result), then the fused activation as
+ * an eltwise post-op. 0 when everything was appended, 1 when oneDNN has no post-op for the activation (the
+ * caller applies it afterwards), -1 on failure.
+ */
+static int act_post_op(uint32_t act, float alpha, float beta, int residual, dnnl_primitive_attr_t attr)
 {
     dnnl_post_ops_t po;
-    dnnl_alg_kind_t alg;
+    dnnl_alg_kind_t alg = dnnl_alg_kind_undef;
     float a = 0.0f, b = 0.0f;
-    int ret;
+    int ret, unmapped = 0;
 
     switch (act) {
     case VNPU_ISA_ACT_NONE:
-        return 0;
+        break;
     case VNPU_ISA_ACT_RELU:
         alg = dnnl_eltwise_relu;
         break;
@@ -72,13 +76,18 @@ static int act_post_op(uint32_t act, float alpha, float beta, dnnl_primitive_att
         alg = dnnl_eltwise_hardswish;
         break;
     default:
-        return -1;
+        unmapped = 1;
+        break;
+    }
+    if (!residual && alg == dnnl_alg_kind_undef) {
+        return unmapped;
     }
     if (dnnl_post_ops_create(&po) != dnnl_success) {
         return -1;
     }
-    ret = dnnl_post_ops_append_eltwise(po, 1.0f, alg, a, b) == dnnl_success &&
-          dnnl_primitive_attr_set_post_ops(attr, po) == dnnl_success ? 0 : -1;
+    ret = (!residual || dnnl_post_ops_append_sum(po, 1.0f) == dnnl_success) &&
+          (alg == dnnl_alg_kind_undef || dnnl_post_ops_append_eltwise(po, 1.0f, alg, a, b) == dnnl_success) &&
+          dnnl_primitive_attr_set_post_ops(attr, po) == dnnl_success ? unmapped : -1;
     dnnl_post_ops_destroy(po);
     return ret;
 }
@@ -223,19 +232,46 @@ static void call_release(DnnlCall *c, dnnl_stream_t stream)
 }
 
 /*
- * Primitive attributes carrying the fused activation: 0, 1 when oneDNN has no post-op for it (use the
- * reference kernel), -1 on failure.
+ * Primitive attributes carrying the fused activation: 0, or -1 on failure. *after is set when oneDNN has no
+ * post-op for it: the caller applies it over the output with act_apply() (never a silent fall-back to the
+ * reference kernel for the whole op).
  */
-static int act_attr(uint32_t act, float alpha, float beta, dnnl_primitive_attr_t *attr)
+static int act_attr(uint32_t act, float alpha, float beta, int residual, dnnl_primitive_attr_t *attr, int *after)
 {
+    int r;
+
+    *after = 0;
     if (dnnl_primitive_attr_create(attr) != dnnl_success) {
         return -1;
     }
-    if (act_post_op(act, alpha, beta, *attr)) {
+    r = act_post_op(act, alpha, beta, residual, *attr);
+    if (r < 0) {
         dnnl_primitive_attr_destroy(*attr);
-        return 1;
+        return -1;
     }
+    *after = r;
     return 0;
+}
+
+/*
+ * The activation oneDNN could not fuse, in place over a kernel's output (the reference kernels' function, so
+ * both agree). Passes of 64 Ki elements, polling cancellation between them.
+ */
+static int act_apply(int ret, int after, const VnpuOpArgs *a, uint32_t act, float alpha, float beta)
+{
+    const VnpuTensor *y = OUT(a, 0);
+    uint64_t i, n = y->count;
+
+    if (ret != VNPU_CPL_OK || !after) {
+        return ret;
+    }
+    for (i = 0; i < n; i++) {
+        y->data[i] = vnpu_ops_act(y->data[i], act, alpha, beta);
+        if ((i & 0xffff) == 0xffff && a->cancel && *a->cancel) {
+            return VNPU_CPL_ABORTED;
+        }
+    }
+    return VNPU_CPL_OK;
 }
 
 /*
@@ -291,6 +327,118 @@ static void matmul_operand(dnnl_dims_t d, dnnl_dims_t st, unsigned r, int trans)
     }
 }
 
+/* ---- blocked copies of convolution outputs (VnpuShadows) ---------------------------------------------------- */
+
+#define SHADOW_SLOTS 8
+#define SHADOW_MAX_BYTES (UINT64_C(512) << 20) /* held at once; the oldest copies go first */
+
+typedef struct VnpuShadow {
+    uint64_t addr, len; /* device address range of the plain tensor; len 0: free slot */
+    uint64_t bytes;     /* of buf */
+    uint64_t age;
+    dnnl_memory_desc_t md;
+    void *buf;
+} VnpuShadow;
+
+struct VnpuShadows {
+    VnpuShadow s[SHADOW_SLOTS];
+    uint64_t bytes, clock;
+};
+
+VnpuShadows *vnpu_shadows_new(void)
+{
+    return engine_get() ? calloc(1, sizeof(VnpuShadows)) : NULL;
+}
+
+static void shadow_drop(VnpuShadows *t, VnpuShadow *s)
+{
+    free(s->buf);
+    t->bytes -= s->bytes;
+    memset(s, 0, sizeof(*s));
+}
+
+void vnpu_shadows_free(VnpuShadows *t)
+{
+    unsigned i;
+
+    if (!t) {
+        return;
+    }
+    for (i = 0; i < SHADOW_SLOTS; i++) {
+        free(t->s[i].buf);
+    }
+    free(t);
+}
+
+void vnpu_shadows_invalidate(VnpuShadows *t, uint64_t addr, uint64_t len)
+{
+    unsigned i;
+
+    if (!t || !len) {
+        return;
+    }
+    for (i = 0; i < SHADOW_SLOTS; i++) {
+        VnpuShadow *s = &t->s[i];
+
+        if (s->len && addr < s->addr + s->len && s->addr < addr + len) {
+            shadow_drop(t, s);
+        }
+    }
+}
+
+/* The blocked copy of exactly [addr, addr + len) in layout md, or NULL. */
+static void *shadow_find(VnpuShadows *t, uint64_t addr, uint64_t len, const dnnl_memory_desc_t *md)
+{
+    unsigned i;
+
+    for (i = 0; t && len && i < SHADOW_SLOTS; i++) {
+        const VnpuShadow *s = &t->s[i];
+
+        if (s->len == len && s->addr == addr && dnnl_memory_desc_equal(&s->md, md)) {
+            return s->buf;
+        }
+    }
+    return NULL;
+}
+
+/* Takes ownership of buf (the blocked copy of [addr, addr + len) in layout md): 0, or -1 (caller frees it). */
+static int shadow_add(VnpuShadows *t, uint64_t addr, uint64_t len, const dnnl_memory_desc_t *md, void *buf)
+{
+    uint64_t bytes = dnnl_memory_desc_get_size(md);
+    VnpuShadow *s;
+    unsigned i;
+
+    if (!t || !len || bytes > SHADOW_MAX_BYTES) {
+        return -1;
+    }
+    vnpu_shadows_invalidate(t, addr, len);
+    for (;;) {
+        VnpuShadow *oldest = NULL, *fr = NULL;
+
+        for (i = 0; i < SHADOW_SLOTS; i++) {
+            s = &t->s[i];
+            if (!s->len) {
+                fr = fr ? fr : s;
+            } else if (!oldest || s->age < oldest->age) {
+                oldest = s;
+            }
+        }
+        if (fr && t->bytes + bytes <= SHADOW_MAX_BYTES) {
+            s = fr;
+            break;
+        }
+        shadow_drop(t, oldest); /* something is held: either no free slot or too many bytes */
+    }
+    s->addr = addr;
+    s->len = len;
+    s->bytes = bytes;
+    s->age = ++t->clock;
+    s->md = *md;
+    s->buf = buf;
+    t->bytes += bytes;
+    return 0;
+}
+
 /* A (de)convolution primitive descriptor for these memory descriptors, or NULL. */
 static dnnl_primitive_desc_t conv_pd(const VnpuOpArgs *a, int transpose, const dnnl_memory_desc_t *x,
                                      const dnnl_memory_desc_t *w, const dnnl_memory_desc_t *b,
@@ -335,16 +483,16 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
 {
     const struct vnpu_isa_conv *cv = &a->attr.conv;
     const VnpuTensor *x = IN(a, 0), *w = IN(a, 1), *y = OUT(a, 0);
-    int bias = !!(cv->flags & VNPU_ISA_CONV_F_BIAS);
+    int bias = !!(cv->flags & VNPU_ISA_CONV_F_BIAS), res = !!(cv->flags & VNPU_ISA_CONV_F_RESIDUAL);
     dnnl_memory_desc_t xmd, wmd, bmd, ymd, xany, wany, yany, xblk, yblk;
     const dnnl_memory_desc_t *xq, *wq, *yq;
     dnnl_dims_t xd, wd, yd, bd, strides, dil, pl, pr;
     dnnl_primitive_attr_t attr;
     dnnl_stream_t stream = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    void *xb = NULL, *wb = NULL, *yb = NULL;
+    void *xb = NULL, *wb = NULL, *yb = NULL, *xs;
     DnnlCall c;
-    int ok, i, act, ret = -1;
+    int ok, i, after, ret = -1;
     uint64_t g = cv->group;
 
     if (!engine_get() || x->count == 0 || y->count == 0) {
@@ -390,9 +538,8 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     if (!ok) {
         return -1;
     }
-    act = act_attr(cv->act, cv->act_alpha, cv->act_beta, &attr);
-    if (act) {
-        return act;
+    if (act_attr(cv->act, cv->act_alpha, cv->act_beta, res, &attr, &after)) {
+        return -1;
     }
     /*
      * First choice: activations in nChw16c, whose conversion from and to nchw is cheap (a 16-row interleave)
@@ -419,17 +566,39 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     if (!xq || !wq || !yq || dnnl_stream_create(&stream, engine_get(), dnnl_stream_default_flags) != dnnl_success) {
         goto out;
     }
-    /* Inputs into the primitive's layouts (skipped when they already match). */
-    if (layout_in(stream, &xmd, x->data, xq, &xb) || layout_in(stream, &wmd, w->data, wq, &wb) ||
+    /*
+     * Inputs into the primitive's layouts (skipped when they already match, or when an earlier convolution of
+     * this run left the input's blocked copy).
+     */
+    xs = a->shadows ? shadow_find(a->shadows, a->addr[0], x->count * 4, xq) : NULL;
+    if ((!xs && layout_in(stream, &xmd, x->data, xq, &xb)) || layout_in(stream, &wmd, w->data, wq, &wb) ||
         layout_buffer(&ymd, yq, &yb)) {
         goto out;
     }
-    ok = call_arg(&c, DNNL_ARG_SRC, xq, xb ? xb : x->data) == 0 &&
+    /* The sum post-op adds to what the destination holds: the residual, in the destination's layout. */
+    if (res) {
+        const VnpuTensor *r = IN(a, a->num_inputs - 1);
+        void *rs = a->shadows ? shadow_find(a->shadows, a->addr[a->num_inputs - 1], r->count * 4, yq) : NULL;
+
+        if (!yb) {
+            memcpy(y->data, r->data, y->count * 4); /* checked: Y does not overlap R */
+        } else if (rs) {
+            memcpy(yb, rs, dnnl_memory_desc_get_size(yq));
+        } else if (reorder(stream, &ymd, r->data, yq, yb)) {
+            goto out;
+        }
+    }
+    ok = call_arg(&c, DNNL_ARG_SRC, xq, xs ? xs : xb ? xb : x->data) == 0 &&
          call_arg(&c, DNNL_ARG_WEIGHTS, wq, wb ? wb : w->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, yq, yb ? yb : y->data) == 0 &&
          (!bias || call_arg(&c, DNNL_ARG_BIAS, &bmd, IN(a, 2)->data) == 0);
     if (ok) {
         ret = call_run_to_plain(&c, pd, stream, yq, yb, &ymd, y->data);
+    }
+    /* The blocked output stays for a later convolution (an activation applied after would make it stale). */
+    if (ret == VNPU_CPL_OK && yb && !after && a->shadows &&
+        shadow_add(a->shadows, a->addr[a->num_inputs], y->count * 4, yq, yb) == 0) {
+        yb = NULL;
     }
 out:
     call_release(&c, stream);
@@ -437,7 +606,7 @@ out:
     free(wb);
     free(yb);
     dnnl_primitive_desc_destroy(pd);
-    return ret;
+    return act_apply(ret, after, a, cv->act, cv->act_alpha, cv->act_beta);
 }
 
 int vnpu_fast_conv(const VnpuOpArgs *a)
@@ -549,7 +718,7 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
     dnnl_matmul_desc_t d;
     unsigned r = Y->rank, i;
     DnnlCall c;
-    int ok, ret;
+    int ok, after;
 
     if (!engine_get() || Y->count == 0 || A->count == 0 || B->count == 0 || r > 6 || mm->alpha != 1.0f ||
         (bias && mm->beta != 1.0f)) {
@@ -586,9 +755,8 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
     if (!ok) {
         return -1;
     }
-    ret = act_attr(mm->act, mm->act_alpha, mm->act_beta, &attr);
-    if (ret) {
-        return ret;
+    if (act_attr(mm->act, mm->act_alpha, mm->act_beta, 0, &attr, &after)) {
+        return -1;
     }
     if (call_create(&c, dnnl_matmul_desc_init(&d, &amd, &bmd, bias ? &cmd : NULL, &ymd) == dnnl_success, &d,
                     attr)) {
@@ -597,7 +765,7 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
     ok = call_arg(&c, DNNL_ARG_SRC, &amd, A->data) == 0 && call_arg(&c, DNNL_ARG_WEIGHTS, &bmd, B->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, &ymd, Y->data) == 0 &&
          (!bias || call_arg(&c, DNNL_ARG_BIAS, &cmd, IN(a, 2)->data) == 0);
-    return call_run(&c, ok);
+    return act_apply(call_run(&c, ok), after, a, mm->act, mm->act_alpha, mm->act_beta);
 }
 
 /*
@@ -615,7 +783,7 @@ int vnpu_fast_binary(const VnpuOpArgs *a)
     dnnl_primitive_attr_t attr;
     dnnl_alg_kind_t alg;
     unsigned r = Y->rank;
-    int commutative, ok, ret;
+    int commutative, ok, after;
     DnnlCall c;
 
     if (!engine_get() || Y->count < 65536 || r < 1 || r > 6) {
@@ -662,14 +830,13 @@ int vnpu_fast_binary(const VnpuOpArgs *a)
     if (!ok) {
         return -1;
     }
-    ret = act_attr(bn->act, bn->act_alpha, bn->act_beta, &attr);
-    if (ret) {
-        return ret;
+    if (act_attr(bn->act, bn->act_alpha, bn->act_beta, 0, &attr, &after)) {
+        return -1;
     }
     if (call_create(&c, dnnl_binary_desc_init(&d, alg, &amd, &bmd, &ymd) == dnnl_success, &d, attr)) {
         return 1;
     }
     ok = call_arg(&c, DNNL_ARG_SRC_0, &amd, A->data) == 0 && call_arg(&c, DNNL_ARG_SRC_1, &bmd, B->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, &ymd, Y->data) == 0;
-    return call_run(&c, ok);
+    return act_apply(call_run(&c, ok), after, a, bn->act, bn->act_alpha, bn->act_beta);
 }

@@ -71,13 +71,14 @@ typedef double ConvSum(const ConvShape *s, double acc, uint64_t n, uint64_t m, u
 
 /*
  * Runs `sum` for every output of the (transposed) convolution: bias first, then the contributions, then the
- * fused activation. Checks for cancellation once per output row.
+ * residual (F_RESIDUAL), then the fused activation. Checks for cancellation once per output row.
  */
 static int conv_each_output(const VnpuOpArgs *a, ConvSum *sum)
 {
     const struct vnpu_isa_conv *c = &a->attr.conv;
     const VnpuTensor *x = IN(a, 0), *w = IN(a, 1), *y = OUT(a, 0);
     const float *bias = (c->flags & VNPU_ISA_CONV_F_BIAS) ? IN(a, 2)->data : NULL;
+    const float *res = (c->flags & VNPU_ISA_CONV_F_RESIDUAL) ? IN(a, a->num_inputs - 1)->data : NULL;
     uint64_t N = x->dims[0], M = y->dims[1], OH = y->dims[2], OW = y->dims[3];
     uint64_t n, m, oh, ow;
     ConvShape s = {
@@ -94,9 +95,11 @@ static int conv_each_output(const VnpuOpArgs *a, ConvSum *sum)
                 }
                 for (ow = 0; ow < OW; ow++) {
                     double acc = sum(&s, bias ? bias[m] : 0.0, n, m, oh, ow);
+                    uint64_t at = ((n * M + m) * OH + oh) * OW + ow;
+                    /* The residual is added to the rounded convolution, as a separate f32 Add would. */
+                    float v = res ? (float)acc + res[at] : (float)acc;
 
-                    y->data[((n * M + m) * OH + oh) * OW + ow] =
-                        vnpu_ops_act((float)acc, c->act, c->act_alpha, c->act_beta);
+                    y->data[at] = vnpu_ops_act(v, c->act, c->act_alpha, c->act_beta);
                 }
             }
         }
@@ -696,6 +699,143 @@ static double nearest_index(uint32_t mode, double c)
     }
 }
 
+/* ONNX's cubic convolution weights of the taps floor(c) - 1 .. floor(c) + 2 for r = c - floor(c). */
+static void cubic_weights(double A, double r, double *w)
+{
+    double s = r + 1.0, t = 1.0 - r, u = t + 1.0;
+
+    w[0] = ((A * s - 5.0 * A) * s + 8.0 * A) * s - 4.0 * A;
+    w[1] = ((A + 2.0) * r - (A + 3.0)) * r * r + 1.0;
+    w[2] = ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0;
+    w[3] = ((A * u - 5.0 * A) * u + 8.0 * A) * u - 4.0 * A;
+}
+
+/*
+ * The 4 taps (element indices along the dim, clamped to the edge as ONNX's reference pads with edge values)
+ * and weights of every output coordinate of one dim. Returns 1 when the dim is resampled as the identity.
+ */
+static int cubic_table(const struct vnpu_isa_resize *rz, uint64_t in, uint64_t out, double scale, int64_t *idx,
+                       double *wt)
+{
+    int identity = in == out;
+    uint64_t j;
+    int k;
+
+    for (j = 0; j < out; j++) {
+        double c = resize_coord(rz->coord, j, in, out, scale, !!(rz->flags & VNPU_ISA_RESIZE_F_SIZES));
+        double f, sum = 0.0;
+
+        /* Far outside (up to beyond int64) every tap is the edge: clamp before converting. */
+        c = c < -4.0 ? -4.0 : c > (double)in + 4.0 ? (double)in + 4.0 : c;
+        f = floor(c);
+        cubic_weights(rz->cubic_a, c - f, wt + 4 * j);
+        for (k = 0; k < 4; k++) {
+            int64_t t = (int64_t)f - 1 + k;
+
+            if ((rz->flags & VNPU_ISA_RESIZE_F_EXCLUDE_OUTSIDE) && (t < 0 || t >= (int64_t)in)) {
+                wt[4 * j + k] = 0.0;
+            }
+            sum += wt[4 * j + k];
+            idx[4 * j + k] = t < 0 ? 0 : t >= (int64_t)in ? (int64_t)in - 1 : t;
+        }
+        if (rz->flags & VNPU_ISA_RESIZE_F_EXCLUDE_OUTSIDE) {
+            for (k = 0; k < 4; k++) {
+                wt[4 * j + k] /= sum;
+            }
+        }
+        identity &= wt[4 * j + 1] == 1.0 && wt[4 * j] == 0.0 && wt[4 * j + 2] == 0.0 && wt[4 * j + 3] == 0.0 &&
+                    idx[4 * j + 1] == (int64_t)j;
+    }
+    return identity;
+}
+
+/*
+ * Cubic RESIZE, separable: one pass per dim that is not the identity, in double. Dims that shrink go first, so
+ * no intermediate tensor is larger than max(|X|, |Y|).
+ */
+static int resize_cubic(const VnpuOpArgs *a)
+{
+    const struct vnpu_isa_resize *rz = &a->attr.resize;
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    uint64_t cur[VNPU_ISA_MAX_RANK], n = x->count > y->count ? x->count : y->count, maxd = 1, i, work = 0;
+    unsigned r = y->rank, d, pass;
+    double *buf[2], *wt;
+    int64_t *idx;
+    int src = 0, ret = VNPU_CPL_OK;
+
+    for (d = 0; d < r; d++) {
+        cur[d] = x->dims[d];
+        maxd = y->dims[d] > maxd ? y->dims[d] : maxd;
+    }
+    buf[0] = malloc(n * sizeof(double));
+    buf[1] = malloc(n * sizeof(double));
+    wt = malloc(maxd * 4 * sizeof(double));
+    idx = malloc(maxd * 4 * sizeof(int64_t));
+    if (!buf[0] || !buf[1] || !wt || !idx) {
+        ret = -1;
+        goto out;
+    }
+    for (i = 0; i < x->count; i++) {
+        buf[0][i] = x->data[i];
+    }
+    for (pass = 0; pass < 2 && ret == VNPU_CPL_OK; pass++) {
+        for (d = 0; d < r && ret == VNPU_CPL_OK; d++) {
+            uint64_t in = x->dims[d], out = y->dims[d], outer = 1, inner = 1, o, j, e;
+            double scale = (rz->flags & VNPU_ISA_RESIZE_F_SIZES) ? (double)out / (double)in : (double)rz->scale[d];
+            const double *s;
+            double *t;
+            unsigned k;
+
+            if ((pass == 0) != (out < in) || cubic_table(rz, in, out, scale, idx, wt)) {
+                continue;
+            }
+            for (k = 0; k < d; k++) {
+                outer *= cur[k];
+            }
+            for (k = d + 1; k < r; k++) {
+                inner *= cur[k];
+            }
+            s = buf[src];
+            t = buf[!src];
+            for (o = 0; o < outer && ret == VNPU_CPL_OK; o++) {
+                for (j = 0; j < out; j++) {
+                    const double *w = wt + 4 * j;
+                    const int64_t *p = idx + 4 * j;
+                    double *yp = t + (o * out + j) * inner;
+
+                    for (e = 0; e < inner; e++) {
+                        const double *xp = s + o * in * inner + e;
+
+                        yp[e] = w[0] * xp[p[0] * inner] + w[1] * xp[p[1] * inner] + w[2] * xp[p[2] * inner] +
+                                w[3] * xp[p[3] * inner];
+                    }
+                    work += inner + 1;
+                    if (work >= 65536) {
+                        work = 0;
+                        if (cancelled(a)) {
+                            ret = VNPU_CPL_ABORTED;
+                            break;
+                        }
+                    }
+                }
+            }
+            cur[d] = out;
+            src = !src;
+        }
+    }
+    if (ret == VNPU_CPL_OK) {
+        for (i = 0; i < y->count; i++) {
+            y->data[i] = (float)buf[src][i];
+        }
+    }
+out:
+    free(buf[0]);
+    free(buf[1]);
+    free(wt);
+    free(idx);
+    return ret;
+}
+
 int vnpu_ref_resize(const VnpuOpArgs *a)
 {
     const struct vnpu_isa_resize *rz = &a->attr.resize;
@@ -709,6 +849,9 @@ int vnpu_ref_resize(const VnpuOpArgs *a)
 
     if (copy_trivial(x, y)) {
         return VNPU_CPL_OK;
+    }
+    if (rz->mode == VNPU_ISA_RESIZE_CUBIC) {
+        return resize_cubic(a);
     }
     dense_strides(x, xs);
     for (i = 0; i < r; i++) {

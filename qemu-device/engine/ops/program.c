@@ -183,6 +183,7 @@ static int program_op(const VnpuProgram *p, uint64_t *pos, VnpuOpArgs *args, uin
         return -1;
     }
     memset(&args->attr, 0, sizeof(args->attr));
+    args->shadows = NULL;
     args->opcode = op.opcode;
     args->num_inputs = op.num_inputs;
     args->num_outputs = op.num_outputs;
@@ -348,6 +349,7 @@ int vnpu_program_execute(const VnpuProgramRun *run, const VnpuProgramMem *mem, V
     uint32_t binding[VNPU_ISA_MAX_OPERANDS];
     uint64_t offset[VNPU_ISA_MAX_OPERANDS], addr[VNPU_ISA_MAX_OPERANDS];
     VnpuKernelMode mode = vnpu_ops_default_mode();
+    VnpuShadows *shadows;
     uint64_t pos;
     uint32_t i;
     int ret = VNPU_CPL_OK;
@@ -370,6 +372,7 @@ int vnpu_program_execute(const VnpuProgramRun *run, const VnpuProgramMem *mem, V
     if (!args) {
         return VNPU_CPL_PROGRAM_INVALID;
     }
+    shadows = mode == VNPU_KERNELS_REFERENCE || run->timing_only ? NULL : vnpu_shadows_new();
     pos = p.hdr.ops_offset;
     for (i = 0; i < p.hdr.num_ops; i++) {
         unsigned k, n;
@@ -413,7 +416,15 @@ int vnpu_program_execute(const VnpuProgramRun *run, const VnpuProgramMem *mem, V
             ret = VNPU_CPL_PROGRAM_INVALID;
         }
         if (ret == VNPU_CPL_OK) {
-            int r = vnpu_ops_run(args, mode);
+            int r;
+
+            /* The outputs are about to change: blocked copies of their old contents are stale. */
+            for (k = args->num_inputs; k < n; k++) {
+                vnpu_shadows_invalidate(shadows, addr[k], args->t[k].count * 4);
+            }
+            args->shadows = shadows;
+            memcpy(args->addr, addr, n * sizeof(addr[0]));
+            r = vnpu_ops_run(args, mode);
 
             ret = r == VNPU_CPL_OK ? VNPU_CPL_OK : r == VNPU_CPL_ABORTED ? VNPU_CPL_ABORTED : VNPU_CPL_PROGRAM_INVALID;
         }
@@ -425,6 +436,7 @@ int vnpu_program_execute(const VnpuProgramRun *run, const VnpuProgramMem *mem, V
     if (ret != VNPU_CPL_OK && fail_op) {
         *fail_op = i;
     }
+    vnpu_shadows_free(shadows);
     free(args);
     return ret;
 }

@@ -44,6 +44,20 @@ typedef union VnpuOpAttr {
     uint64_t raw[16];
 } VnpuOpAttr;
 
+/*
+ * Channel-blocked copies of convolution outputs, kept for the rest of one program run (kernels_dnnl.c) so that a
+ * later convolution reading the same bytes in the same layout skips its input reorder. Keyed by device address
+ * range; vnpu_program_execute() drops every copy an op's output overlaps before the op runs (the plain tensor
+ * is always written too, so dropping is always correct).
+ */
+typedef struct VnpuShadows VnpuShadows;
+
+/* A table for one run; NULL (copies off) without oneDNN or memory. */
+VnpuShadows *vnpu_shadows_new(void);
+void vnpu_shadows_free(VnpuShadows *s);
+/* Drops every copy overlapping [addr, addr + len). s may be NULL. */
+void vnpu_shadows_invalidate(VnpuShadows *s, uint64_t addr, uint64_t len);
+
 /* One decoded op: tensors t[0..num_inputs) are read, t[num_inputs..num_inputs+num_outputs) written. */
 typedef struct VnpuOpArgs {
     uint32_t opcode;
@@ -52,6 +66,8 @@ typedef struct VnpuOpArgs {
     VnpuTensor t[VNPU_ISA_MAX_OPERANDS];
     VnpuOpAttr attr;
     const volatile int *cancel; /* may be NULL */
+    VnpuShadows *shadows; /* may be NULL; with it, addr[] holds every operand's device address */
+    uint64_t addr[VNPU_ISA_MAX_OPERANDS];
 } VnpuOpArgs;
 
 /* Which kernels vnpu_ops_run() uses. */
