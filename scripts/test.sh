@@ -90,6 +90,14 @@ if [ "$vm" = 1 ]; then
 			"$0" vm --no-module --devices 0 --host-root --build-dir "$d" -- host-run sh -c "
 				grep -q marker $d/f && test -x /usr/bin/python3 && echo ok >/tmp/w && grep -q ok /tmp/w"
 		rc=$?; rm -rf "$d"; exit $rc' "$VNPU_ROOT/vnpu"
+	# Regression: the guest had no loopback interface up (a Dask scheduler on 127.0.0.1 was unreachable from its
+	# workers) and no /dev/shm (Python's multiprocessing locks failed with ENOENT).
+	run "vm runner: the guest's loopback is up and /dev/shm is there, also under host-run" quiet \
+		"$VNPU_ROOT/vnpu" vm --no-module --devices 0 --host-root -- host-run /usr/bin/python3 -c "
+import multiprocessing, socket
+multiprocessing.Lock()
+s = socket.create_server(('127.0.0.1', 0))
+socket.create_connection(s.getsockname(), timeout=10).close()"
 	# The register-level device harness drives the device without the driver (it must own the BAR), so it gets
 	# boots of its own: one in real time, one on one vCPU under icount where device-reported times must equal the
 	# model and guest-observed times must be deterministic (a second vCPU would steal icount time slices).
