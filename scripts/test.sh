@@ -130,6 +130,12 @@ socket.create_connection(s.getsockname(), timeout=10).close()"
 		PYTHONPATH="$VNPU_BUILD/python" VNPU_BUILD="$VNPU_BUILD" VNPU_BACKEND=kernel /usr/bin/python3 -m pytest -q \
 		-p no:cacheprovider "$VNPU_ROOT/tests/python/test_runtime.py" "$VNPU_ROOT/tests/python/test_async.py" \
 		"$VNPU_ROOT/tests/python/test_examples.py"
+	# vnpu.dask with one worker per device: a scheduler on the guest's loopback, worker processes pinned to accel0
+	# and accel1 (DASK_VNPU__DEVICES), outputs against a single-process run, a worker SIGKILLed mid-run.
+	run "in-VM vnpu.dask on two devices (scheduler on loopback, workers on accel0 and accel1, SIGKILL)" \
+		"$VNPU_ROOT/vnpu" vm --host-root --devices 2 --mem 3G --timeout 1500 -- host-run env \
+		PYTHONPATH="$VNPU_BUILD/python" VNPU_BUILD="$VNPU_BUILD" VNPU_BACKEND=kernel /usr/bin/python3 -m pytest -q \
+		-p no:cacheprovider --color=no "$VNPU_ROOT/tests/python/test_dask_devices.py"
 	# The stock kernel has no lockdep, KASAN or kmemleak: the driver and runtime suites once more on the debug
 	# kernel (built from linux-source-6.12 by scripts/kernel-debug.sh, cold ~12 min of CPU), which also unloads
 	# vnpu.ko and fails on any kmemleak report. The million-job memory test is left to the stock kernel (10x slower
