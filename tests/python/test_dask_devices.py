@@ -101,8 +101,8 @@ def test_a_worker_killed_mid_run_loses_no_output(cluster, samples, yolo_path):
     assert victim not in names(client)
 
 
-# The kernel backend's run of this waits in vain: in the TCG guest, the nanny's replacement worker process did not
-# register within 120 s (left for investigation, see docs/scale-out.md).
+# The kernel backend's run of this waits in vain: in the TCG guest, the nanny spawned no replacement worker process
+# within 120 s, also when no device had been opened (left for investigation, see docs/scale-out.md).
 @pytest.mark.skipif(BACKEND == "kernel", reason="the replacement worker does not come up in the TCG guest in time")
 def test_the_replacement_of_a_killed_worker_opens_the_same_device(cluster, samples, yolo_path):
     xs, refs = samples
