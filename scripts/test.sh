@@ -91,6 +91,14 @@ if [ "$vm" = 1 ]; then
 			"$0" vm --no-module --devices 0 --host-root --build-dir "$d" -- host-run sh -c "
 				grep -q marker $d/f && test -x /usr/bin/python3 && echo ok >/tmp/w && grep -q ok /tmp/w"
 		rc=$?; rm -rf "$d"; exit $rc' "$VNPU_ROOT/vnpu"
+	# Regression: the guest had no loopback interface up (a Dask scheduler on 127.0.0.1 was unreachable from its
+	# workers) and no /dev/shm (Python's multiprocessing locks failed with ENOENT).
+	run "vm runner: the guest's loopback is up and /dev/shm is there, also under host-run" quiet \
+		"$VNPU_ROOT/vnpu" vm --no-module --devices 0 --host-root -- host-run /usr/bin/python3 -c "
+import multiprocessing, socket
+multiprocessing.Lock()
+s = socket.create_server(('127.0.0.1', 0))
+socket.create_connection(s.getsockname(), timeout=10).close()"
 	# The register-level device harness drives the device without the driver (it must own the BAR), so it gets
 	# boots of its own: one in real time, one on one vCPU under icount where device-reported times must equal the
 	# model and guest-observed times must be deterministic (a second vCPU would steal icount time slices).
@@ -123,6 +131,12 @@ if [ "$vm" = 1 ]; then
 		PYTHONPATH="$VNPU_BUILD/python" VNPU_BUILD="$VNPU_BUILD" VNPU_BACKEND=kernel /usr/bin/python3 -m pytest -q \
 		-p no:cacheprovider "$VNPU_ROOT/tests/python/test_runtime.py" "$VNPU_ROOT/tests/python/test_async.py" \
 		"$VNPU_ROOT/tests/python/test_examples.py"
+	# vnpu.dask with one worker per device: a scheduler on the guest's loopback, worker processes pinned to accel0
+	# and accel1 (DASK_VNPU__DEVICES), outputs against a single-process run, a worker SIGKILLed mid-run.
+	run "in-VM vnpu.dask on two devices (scheduler on loopback, workers on accel0 and accel1, SIGKILL)" \
+		"$VNPU_ROOT/vnpu" vm --host-root --devices 2 --mem 3G --timeout 1500 -- host-run env \
+		PYTHONPATH="$VNPU_BUILD/python" VNPU_BUILD="$VNPU_BUILD" VNPU_BACKEND=kernel /usr/bin/python3 -m pytest -q \
+		-p no:cacheprovider --color=no "$VNPU_ROOT/tests/python/test_dask_devices.py"
 	# The stock kernel has no lockdep, KASAN or kmemleak: the driver and runtime suites once more on the debug
 	# kernel (built from linux-source-6.12 by scripts/kernel-debug.sh, cold ~12 min of CPU), which also unloads
 	# vnpu.ko and fails on any kmemleak report. The million-job memory test is left to the stock kernel (10x slower

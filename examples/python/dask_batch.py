@@ -25,11 +25,9 @@ import vnpu.dask as vd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import example_common  # noqa: E402
+
 BUILD = os.environ.get("VNPU_BUILD", os.path.join(HERE, "..", "..", "build"))
-
-
-def default_data():
-    return os.path.join(BUILD, "examples", "fixtures", "coco")
 
 
 def default_model():
@@ -41,7 +39,7 @@ def main():
     ap.add_argument("--scheduler", help="address of a running dask-scheduler (default: a LocalCluster)")
     ap.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     ap.add_argument("--model", default=default_model(), help="a compiled YOLOv8 .vnpu (default: the tiny one)")
-    ap.add_argument("--data", default=default_data(),
+    ap.add_argument("--data", default=example_common.fixtures("coco"),
                     help="COCO root with val2017/ and annotations/instances_val2017.json; default: the fixtures")
     ap.add_argument("--count", type=int, default=100, help="images (cycled if the data has fewer)")
     ap.add_argument("--batch", type=int, default=8, help="samples per Dask task")

@@ -12,7 +12,6 @@ sync vs async throughput. The model is the project's YOLOv8n (examples/models; u
 Data: the repo's fixtures by default, the real dataset with --data.
 """
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -28,12 +27,8 @@ import vnpu
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import example_common  # noqa: E402
 import example_models  # noqa: E402
-
-
-def default_data():
-    build = os.environ.get("VNPU_BUILD", os.path.join(HERE, "..", "..", "build"))
-    return os.path.join(build, "examples", "fixtures", "coco")
 
 
 def letterbox(image, size):
@@ -88,18 +83,9 @@ def decode(output, lb, width, height, conf=0.25, iou_threshold=0.45, max_det=300
     return dets
 
 
-async def infer(runtime, x):
-    return await runtime.async_run(x)
-
-
-async def run_async(runtime, inputs):
-    tasks = [infer(runtime, x) for x in inputs]
-    return await asyncio.gather(*tasks)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=default_data(),
+    ap.add_argument("--data", default=example_common.fixtures("coco"),
                     help="COCO root with val2017/ and annotations/instances_val2017.json; default: the fixtures")
     ap.add_argument("--count", type=int, default=100, help="images per run (cycled if the data has fewer)")
     ap.add_argument("--variant", choices=("full", "tiny"), default="full",
@@ -132,19 +118,8 @@ def main():
     work = [samples[i % len(samples)] for i in range(args.count)]
     options = dict(backend=args.backend, timing_only=args.timing_only)
 
-    runtime = vnpu.Runtime(compiled, **options)
-    runtime.run(work[0][1])  # warm-up
-    t0 = time.perf_counter()
-    outputs = [runtime.run(x) for _, x, _ in work]
-    sync_s = time.perf_counter() - t0
-    runtime.close()
-
-    runtime = vnpu.AsyncRuntime(compiled, **options)
-    runtime.run(work[0][1]).wait()  # warm-up
-    t0 = time.perf_counter()
-    results = asyncio.run(run_async(runtime, [x for _, x, _ in work]))
-    async_s = time.perf_counter() - t0
-    runtime.close()
+    results, sync_s, async_s = example_common.sync_vs_async("yolov8", compiled, [x for _, x, _ in work],
+                                                            options)
 
     report = {"model": f"yolov8n-{args.variant}", "count": args.count, "timing_only": args.timing_only,
               "sync_ips": args.count / sync_s, "async_ips": args.count / async_s}
@@ -152,9 +127,6 @@ def main():
     print(f"async: {args.count} images in {async_s:.2f} s, {report['async_ips']:.1f} inferences/s "
           f"(x{sync_s / async_s:.2f})")
     if not args.timing_only:
-        for a, b in zip(outputs, results):
-            if not np.array_equal(a, b):
-                sys.exit("yolov8: sync and async outputs differ")
         detections = []
         for (im, _, lb), y in zip(samples, results):
             for x1, y1, x2, y2, score, cls in decode(y, lb, im["width"], im["height"]):

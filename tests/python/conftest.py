@@ -64,3 +64,15 @@ def slow_model():
 
 def x1():
     return np.ones(1, np.float32)
+
+
+@pytest.fixture(scope="session")
+def samples(yolo_io):
+    """16 different inputs of the tiny YOLOv8n and their outputs from a single-process run (the Dask tests)."""
+    x, _ = yolo_io
+    rng = np.random.default_rng(7)
+    xs = [np.ascontiguousarray(x * (0.5 + i / 16) + rng.normal(0, 0.05, x.shape).astype(np.float32))
+          for i in range(16)]
+    with vnpu.Runtime(example("yolov8n-tiny.vnpu"), backend=BACKEND) as rt:
+        refs = [rt.run(a) for a in xs]
+    return xs, refs

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import vnpu
-from conftest import BACKEND, example
+from conftest import BACKEND
 
 distributed = pytest.importorskip("distributed")
 import dask  # noqa: E402
@@ -33,13 +33,13 @@ def alive(pid):
 
 
 class Cluster:
-    """A LocalCluster of 2 worker processes (each with NPU=1) and its client; close() checks that every worker
-    process (and nanny) is gone afterwards."""
+    """A LocalCluster of 2 worker processes (each with NPU=1), or the given cluster of 2 workers, and its
+    client; close() checks that every worker process (and nanny) is gone afterwards."""
 
-    def __init__(self):
-        self.cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
-                                                dashboard_address=":0", resources={"NPU": 1},
-                                                silence_logs=40, timeout=WAIT)
+    def __init__(self, cluster=None):
+        self.cluster = cluster or distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
+                                                           dashboard_address=":0", resources={"NPU": 1},
+                                                           silence_logs=40, timeout=WAIT)
         self.client = distributed.Client(self.cluster, timeout=WAIT)
         self.client.wait_for_workers(2, timeout=WAIT)
 
@@ -65,18 +65,6 @@ def cluster():
     c = Cluster()
     yield c
     c.close()
-
-
-@pytest.fixture(scope="module")
-def samples(yolo_io):
-    """16 different inputs and their outputs from a single-process run."""
-    x, _ = yolo_io
-    rng = np.random.default_rng(7)
-    xs = [np.ascontiguousarray(x * (0.5 + i / 16) + rng.normal(0, 0.05, x.shape).astype(np.float32))
-          for i in range(16)]
-    with vnpu.Runtime(example("yolov8n-tiny.vnpu"), backend=BACKEND) as rt:
-        refs = [rt.run(a) for a in xs]
-    return xs, refs
 
 
 def same(outs, refs):
@@ -201,6 +189,24 @@ def test_errors_reach_the_client(cluster, samples, yolo_path):
         vd.register(client, vnpu.CompiledModel.synthetic(compute_ms=1))
 
 
+def kill_a_busy_worker(c, futures):
+    """SIGKILL a worker that has a batch in progress once some batch is done; returns its address and how many
+    batches were not done yet."""
+    client = c.client
+    victim = None
+    deadline = time.monotonic() + WAIT
+    while victim is None and time.monotonic() < deadline:
+        busy = {w: k for w, k in client.processing().items() if k}
+        if any(f.done() for f in futures) and busy:
+            victim = sorted(busy)[0]
+        else:
+            time.sleep(0.01)
+    assert victim is not None, "no worker ever had a batch in progress"
+    pending = sum(not f.done() for f in futures)
+    os.kill(c.pids()[victim], signal.SIGKILL)
+    return victim, pending
+
+
 def test_a_worker_killed_mid_run_loses_no_output(samples, yolo_path):
     xs, refs = samples
     xs, refs = xs * 4, refs * 4  # 64 samples, 32 batches
@@ -209,17 +215,7 @@ def test_a_worker_killed_mid_run_loses_no_output(samples, yolo_path):
         client = c.client
         vd.register(client, yolo_path, backend=BACKEND)
         futures = vd.map(client, xs, batch=2)
-        victim = None
-        deadline = time.monotonic() + WAIT
-        while victim is None and time.monotonic() < deadline:
-            busy = {w: k for w, k in client.processing().items() if k}
-            if any(f.done() for f in futures) and busy:
-                victim = sorted(busy)[0]
-            else:
-                time.sleep(0.01)
-        assert victim is not None, "no worker ever had a batch in progress"
-        pending = sum(not f.done() for f in futures)
-        os.kill(c.pids()[victim], signal.SIGKILL)
+        victim, pending = kill_a_busy_worker(c, futures)
         outs = vd.gather(futures, timeout=WAIT)
         assert pending > 0 and same(outs, refs)
         assert victim not in client.scheduler_info()["workers"]
