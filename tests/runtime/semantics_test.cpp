@@ -592,7 +592,9 @@ TEST_F(Semantics, StagingIsRecycledAfterH2dNotAfterCompletion) {
 
 // ---- default depth ---------------------------------------------------------------------------------------
 TEST_F(Semantics, DefaultDepthCoversThePipelineAtTheSlowestStage) {
-  const auto& inf = vnpu::Device::open({backend(), 0}).value()->info();
+  // The device must outlive `inf` (a reference into a temporary's info() was read after free under ASan).
+  auto dev = vnpu::Device::open({backend(), 0}).value();
+  const auto& inf = dev->info();
   // Compute-bound: a long SYNTH per request; its cores each need a request, plus the DMA stages around them.
   vnpu::AsyncRuntime rt(synth(std::chrono::milliseconds(20)), opts(1));
   const vnpu::DepthEstimate& e = rt.depth_estimate();

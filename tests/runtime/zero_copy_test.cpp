@@ -192,7 +192,11 @@ TEST_F(ZeroCopy, ARequestIsOneDeviceJobWhereTheDeviceSignals) {
   if (ta.h2d_end_ns && ta.exec_end_ns) {
     EXPECT_LE(*ta.h2d_start_ns, *ta.h2d_end_ns);
     EXPECT_LE(*ta.h2d_end_ns, *ta.exec_start_ns);
-    EXPECT_GE(*ta.exec_end_ns - *ta.exec_start_ns, 100'000'000u);  // the compute is after the input consumed
+    // The compute runs after the input was consumed, within the job. exec_start is when the SIGNAL's record
+    // became visible, which can lag the copy's modelled end by more than the D2H takes (seen on the kernel
+    // backend under load: 99.8 ms), so the compute's length is checked from the job's start.
+    EXPECT_GE(*ta.exec_end_ns - *ta.h2d_start_ns, 100'000'000u);
+    EXPECT_GE(ta.compute_ns, 100'000'000u);
   }
 }
 
