@@ -558,7 +558,13 @@ static void vnpu_ubo_free(struct drm_gem_object *obj)
 		dma_free_coherent(dev, ubo->sgl_count * sizeof(*ubo->sgl),
 				  ubo->sgl, ubo->sgl_dma);
 	if (ubo->sgt.sgl) {
-		dma_unmap_sgtable(dev, &ubo->sgt, vnpu_ubo_dma_dir(ubo), 0);
+		/*
+		 * No sync for the CPU: jobs synced the ranges the device wrote.
+		 * Bouncing the whole mapping back (swiotlb) would copy stale
+		 * bytes over the rest of the caller's pages (its heap).
+		 */
+		dma_unmap_sgtable(dev, &ubo->sgt, vnpu_ubo_dma_dir(ubo),
+				  DMA_ATTR_SKIP_CPU_SYNC);
 		sg_free_table(&ubo->sgt);
 	}
 	if (ubo->pages) {

@@ -314,23 +314,17 @@ static void vnpu_uring_task_done(struct io_uring_cmd *cmd,
 }
 
 /*
- * The device is done with the job's user memory: make what it wrote visible
- * to the CPU (bounce buffers, non-coherent caches) before anyone learns the
- * job completed. USERPTR objects stay mapped for later jobs; the registered
- * buffer range is the job's alone.
+ * The device is done with the job's registered-buffer range: unmapping it
+ * makes what the device wrote visible to the CPU before anyone learns the
+ * job completed. USERPTR objects stay mapped for later jobs and are synced
+ * by range in vnpu_job_sync(): a whole-object sync for the CPU copied stale
+ * bounce buffers (swiotlb) over the rest of the caller's pages, corrupting
+ * the heap next to an imported tensor.
  */
 static void vnpu_job_sync_user_memory(struct vnpu_job *job)
 {
 	struct device *dev = job->vdev->drm.dev;
-	struct vnpu_ubo *ubo;
-	u32 i;
 
-	for (i = 0; i < job->nobjs; i++) {
-		ubo = vnpu_ubo_from_gem(job->objs[i]);
-		if (ubo && !(ubo->flags & DRM_VNPU_USERPTR_READ_ONLY))
-			dma_sync_sgtable_for_cpu(dev, &ubo->sgt,
-						 DMA_BIDIRECTIONAL);
-	}
 	if (job->fixed && job->fixed->mapped) {
 		dma_unmap_sgtable(dev, &job->fixed->sgt, DMA_BIDIRECTIONAL, 0);
 		job->fixed->mapped = false;
@@ -869,11 +863,9 @@ static int vnpu_build_copy(struct vnpu_job *job, struct drm_file *file,
 			drm_dbg(drm, "submit: copy into read-only user memory\n");
 			return -EACCES;
 		}
+		/* Synced for the device by range, in vnpu_job_sync(). */
 		sgl_dma = ubo->sgl_dma;
 		sgl_count = ubo->sgl_count;
-		/* What the caller wrote since the last job reaches the device. */
-		dma_sync_sgtable_for_device(drm->dev, &ubo->sgt,
-					    vnpu_ubo_dma_dir(ubo));
 	} else {
 		drm_dbg(drm, "submit: handle %u is not a BO\n", c->bo_handle);
 		return -EINVAL;

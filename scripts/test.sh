@@ -149,14 +149,20 @@ socket.create_connection(s.getsockname(), timeout=10).close()"
 		sh -c "driver_test --gtest_brief=1 --gtest_filter='MultiDevice.*' && VNPU_BACKEND=kernel runtime_test --gtest_brief=1"
 	# Used to go wrong: host BOs are streaming DMA mappings and were never synced, so with bounce buffers the
 	# device read stale inputs and the CPU never saw outputs (every data round trip failed under swiotlb=force).
-	# The driver suite again with every DMA bounced (256 MiB of bounce buffers; ~30 s). Signal.* is left out:
-	# its timing checks failed 1-2 of 8 under swiotlb=force, not investigated yet. KNOWN DEFECT, open (issue
-	# 13 item 8): the runtime suite's Device.* round trips (CopiesHostToDeviceAndBack, CopiesAtOffsets, the
-	# import tests, MapsAndUnmapsBuffersWhileJobsRun) read stale data under swiotlb=force on the merged
-	# driver, on both submit paths, while the driver suite's round trips pass; it runs here again once fixed.
-	run "in-VM driver suite with swiotlb=force (DMA API syncs)" "$VNPU_ROOT/vnpu" vm --devices 1 \
-		--append swiotlb=131072,force --timeout 1200 -- \
-		driver_test --gtest_brief=1 --gtest_filter=-Bounded.AMillionJobs*:Signal.*
+	# The driver suite and the runtime's tests of host and imported (USERPTR) memory again with every DMA
+	# bounced (256 MiB of bounce buffers; ~1 min). Used to go wrong too: a USERPTR object was synced and
+	# unmapped for the CPU as a whole, which copied stale bounce buffers over the rest of the caller's pages
+	# (heap corruption next to an imported tensor: Semantics.BorrowedInputsAndOutputsUseCallerMemory aborted
+	# with "double free or corruption"). Signal.* is left out: its timing checks failed 1-2 of 8 under
+	# swiotlb=force, not investigated yet. Open: the whole runtime suite under swiotlb=force aborts in
+	# Runtime.ReportsItsResolvedConfiguration/parallel2 (an out-of-range staging index, likely on an
+	# allocation failure once earlier tests' mappings have exhausted the bounce pool).
+	rt_swiotlb='Device.*:ZeroCopy.*:Semantics.Borrowed*:Semantics.ReadOnly*'
+	run "in-VM driver suite and runtime host-memory tests with swiotlb=force (DMA API syncs)" "$VNPU_ROOT/vnpu" \
+		vm --devices 1 --append swiotlb=131072,force --timeout 1200 -- sh -c \
+		"driver_test --gtest_brief=1 --gtest_filter=-Bounded.AMillionJobs*:Signal.* &&
+		 VNPU_BACKEND=kernel runtime_test --gtest_brief=1 --gtest_filter='$rt_swiotlb' &&
+		 VNPU_BACKEND=kernel VNPU_SUBMIT=ioctl runtime_test --gtest_brief=1 --gtest_filter='$rt_swiotlb'"
 	# The second device sits behind a PCIe root port, so that it has a PCI reset method (secondary bus reset);
 	# recovery_test resets, wedges and unbinds it (~30 s).
 	run "in-VM faults, resets and recovery (error codes, escalation, wedge, PCI reset, unbind)" \
