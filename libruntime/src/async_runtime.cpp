@@ -533,10 +533,14 @@ void RuntimeImpl::callback_loop() {
     }
     if (cb_stop_)
       return;
-    if (deadlines_.empty())
+    if (deadlines_.empty()) {
       cb_cv_.wait(lock);
-    else
-      cb_cv_.wait_until(lock, deadlines_.begin()->first);
+    } else {
+      // A copy: wait_until() reads its deadline again after waking, and a cancel() meanwhile erases the
+      // entry (heap-use-after-free under ASan when the reference into the map was passed).
+      const Clock::time_point next = deadlines_.begin()->first;
+      cb_cv_.wait_until(lock, next);
+    }
   }
 }
 
