@@ -463,13 +463,13 @@ SimDevice::Finished SimDevice::reap_locked() {
     if ((__atomic_load_n(&c.flags, __ATOMIC_ACQUIRE) & VNPU_CPL_F_PHASE) != cq_phase_)
       break;
     const uint64_t tag = c.tag;
+    if (++cq_head_ == kRingEntries) {  // c stays readable: the device reuses the slot only after CQ_HEAD is written
+      cq_head_ = 0;
+      cq_phase_ ^= 1;
+    }
+    consumed = true;
     if (c.flags & VNPU_CPL_F_SIGNAL) {
       // Intermediate record of a SIGNAL: the job goes on.
-      if (++cq_head_ == kRingEntries) {
-        cq_head_ = 0;
-        cq_phase_ ^= 1;
-      }
-      consumed = true;
       auto it = pending_.find(tag);
       if (it == pending_.end())
         continue;  // not ours (cannot happen unless the device misbehaves)
@@ -489,11 +489,6 @@ SimDevice::Finished SimDevice::reap_locked() {
     r.fault_addr = c.fault_addr;
     if (c.status != VNPU_CPL_OK)
       r.status = job_error(0, c.status, c.fault_addr, "job (ring index " + std::to_string(c.sq_index) + ")");
-    if (++cq_head_ == kRingEntries) {
-      cq_head_ = 0;
-      cq_phase_ ^= 1;
-    }
-    consumed = true;
     auto it = pending_.find(tag);
     if (it == pending_.end())
       continue;  // not ours (cannot happen unless the device misbehaves)
