@@ -655,7 +655,9 @@ std::optional<Task<Outputs>> RuntimeImpl::run(Inputs inputs, PrepareFn prepare, 
       else if (!on_callback_thread())  // the callback thread frees room: it must never wait for it
         room_cv_.wait(lock, room);
     }
-    if (!stopping_ && !full) {
+    // Its timeout is armed before it is queued and may have expired meanwhile (run() waited for room, or
+    // this thread was preempted): it is resolved already and must never reach a prep thread.
+    if (!stopping_ && !full && !req->cancelled) {
       queue_.push_back(req);
       ++active_;
       accepted = true;
@@ -665,6 +667,8 @@ std::optional<Task<Outputs>> RuntimeImpl::run(Inputs inputs, PrepareFn prepare, 
   }
   if (!accepted) {
     disarm(req);
+    if (req->cancelled)
+      return task;  // resolved with kTimeout by the callback thread
     if (full)
       return std::nullopt;
     throw Error(ErrorCode::kAborted, "the runtime is shutting down; request not accepted");
@@ -920,26 +924,30 @@ void RuntimeImpl::prepare(const RequestPtr& req) {
     req->inputs.clear();  // in the staging buffer now: free (or stop borrowing) the caller's tensors
   req->t.prep_end = Clock::now();
   std::optional<Error> deferred;
+  bool abandoned = false;
   {
     std::lock_guard lock(mu_);
     req->phase = Phase::kDevice;
     deferred = std::exchange(req->deferred, std::nullopt);
-    if (deferred || error || !imported_inputs)
+    // Resolved early by someone else (who resolves it): nothing was prepared if it was so at the start.
+    abandoned = req->cancelled && !deferred;
+    if (deferred || error || abandoned || !imported_inputs)
       req->reading_inputs = false;  // nothing of the caller's will be read after this
-    req->writing_outputs =
-        !deferred && !error && std::count(req->out_imported.begin(), req->out_imported.end(), true) > 0;
+    req->writing_outputs = !deferred && !error && !abandoned &&
+                           std::count(req->out_imported.begin(), req->out_imported.end(), true) > 0;
   }
-  if (deferred || error) {  // cancelled or timed out while we read the inputs, or preparing failed
+  if (deferred || error || abandoned) {  // cancelled or timed out while we read the inputs, or preparing failed
     release_staging(req);
     req->inputs.clear();
     req->in_imports.clear();
     req->out_imports.clear();
     req->lease.reset();
-    if (!error)
+    if (!error && deferred)
       error = std::make_exception_ptr(*deferred);
     post([this, req, error] {
       retire(req);
-      req->state->set_error(error);
+      if (error)
+        req->state->set_error(error);
     });
     return;
   }

@@ -222,6 +222,41 @@ TEST_F(ZeroCopy, SyntheticModelsStillMoveTheirWholeBindings) {
 // with it: a cancel or timeout landing then must not resolve the task before the H2D has finished (the
 // caller frees borrowed memory once the task resolves). Whenever a task resolves, the runtime holds no
 // reference to its inputs any more.
+// Regression: a request's timeout is armed before run() queues it, and when it expired in between (run()
+// waiting for room in a full queue, or preempted) the request was queued anyway and prepared as if live:
+// its job went to the device with neither an imported input nor a staging buffer (out-of-range staging
+// index: the kernel-backend suite aborted in NoRequestResolvesWhileItsBorrowedInputIsStillRead).
+TEST_F(ZeroCopy, ARequestThatExpiresBeforeItIsQueuedNeverStarts) {
+  auto o = opts(1, 1);
+  o.max_queued = 1;
+  o.timeout = 2ms;
+  vnpu::AsyncRuntime rt(identity_model(64), o);
+  const auto x = ramp(64 * 64, 1.0f);
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      std::vector<vnpu::Task<vnpu::Outputs>> tasks;
+      for (int i = 0; i < 60; ++i)
+        tasks.push_back(rt.run(vnpu::Tensor({64, 64}, x)));
+      for (auto& task : tasks) {
+        try {
+          auto out = task.wait();
+          if (std::memcmp(out[0].data().data(), x.data(), x.size() * sizeof(float)) != 0)
+            ++bad;
+        } catch (const vnpu::Error& e) {
+          if (e.code() != vnpu::ErrorCode::kTimeout)
+            ++bad;
+        }
+      }
+    });
+  for (auto& th : threads)
+    th.join();
+  rt.wait_all();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(rt.in_flight(), 0u);
+}
+
 TEST_F(ZeroCopy, NoRequestResolvesWhileItsBorrowedInputIsStillRead) {
   auto o = opts(2, 4);
   o.timeout = 3ms;
