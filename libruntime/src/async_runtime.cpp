@@ -137,6 +137,11 @@ class RuntimeImpl {
   DepthEstimate estimate_depth(const DeviceInfo& inf) const;
   Status upload(Device& dev, const DeviceBuffer& dst, const void* data, size_t bytes);
   int pick_device_locked(bool need_staging);
+  // Requests taken from the queue and not yet retired: those holding a slot, and those done on the device
+  // whose slot is free again but which the callback thread has not resolved yet. Twice the slots: the
+  // device runs ahead of a slow callback thread by at most max_in_flight requests per device, then slow
+  // callbacks exert back-pressure again (each such request holds a D2H buffer).
+  size_t held_limit() const { return 2 * static_cast<size_t>(options_.max_in_flight) * devs_.size(); }
   bool needs_staging(const Request& req) const;
   std::optional<Error> caller_memory_released(const RequestPtr& req, bool inputs, bool outputs);
   void prep_loop(int index);
@@ -150,6 +155,7 @@ class RuntimeImpl {
   void finish(const RequestPtr& req, JobResult r, std::optional<Error> deferred);
   void fail(const RequestPtr& req, Error e);
   void release_staging(const RequestPtr& req);
+  void free_slot(const RequestPtr& req);
   void retire(const RequestPtr& req);
   bool cancel(const std::weak_ptr<Request>& weak);
   Early abandon(const RequestPtr& req, const Error& e);
@@ -172,7 +178,7 @@ class RuntimeImpl {
   std::condition_variable drain_cv_;  // destructor, wait_all(): active_ reached 0
   std::condition_variable room_cv_;   // run(): the queue has room (below max_queued), or stopping
   std::deque<RequestPtr> queue_;
-  size_t active_ = 0;  // accepted by run() and still holding (or waiting for) device resources
+  size_t active_ = 0;  // accepted by run() and not retired: queued, or taken by a prep thread (held)
   bool stopping_ = false;
   std::atomic<bool> closing_devices_{false};
   size_t rr_ = 0;
@@ -633,6 +639,8 @@ std::optional<Task<Outputs>> RuntimeImpl::run(Inputs inputs, PrepareFn prepare, 
   req->prepare = std::move(prepare);
   req->state = std::make_shared<detail::TaskState<Outputs>>();
   req->state->set_executor(this);  // it resolves on our callback thread: wait() there would never return
+  if (options_.executor)
+    req->state->set_dispatch(options_.executor);  // its continuations run there
   req->t.enqueued = Clock::now();
   std::weak_ptr<Request> weak = req;
   req->state->set_cancel_hook([gate = gate_, weak] {
@@ -788,7 +796,8 @@ void RuntimeImpl::prep_loop(int index) {
       work_cv_.wait(lock, [&] {
         if (stopping_ && queue_.empty())
           return true;
-        return !queue_.empty() && (d = pick_device_locked(needs_staging(*queue_.front()))) >= 0;
+        return !queue_.empty() && active_ - queue_.size() < held_limit() &&
+               (d = pick_device_locked(needs_staging(*queue_.front()))) >= 0;
       });
       if (queue_.empty())
         return;  // stopping, and everything accepted has been handed on
@@ -1123,6 +1132,21 @@ void RuntimeImpl::on_exec_done(const RequestPtr& req, JobResult r) {
   post([this, req, r = std::move(r), deferred = std::move(deferred)]() mutable {
     finish(req, std::move(r), std::move(deferred));
   });
+  // The device is done with the slot: free it here, not on the callback thread, so that a slow callback or
+  // coroutine there never holds the device back. The request still counts as in flight, with its timeout
+  // armed, until it resolves there (retire).
+  free_slot(req);
+}
+
+void RuntimeImpl::free_slot(const RequestPtr& req) {
+  {
+    std::lock_guard lock(mu_);
+    if (req->slot < 0)
+      return;
+    devs_[static_cast<size_t>(req->dev)].free_slots.push_back(req->slot);
+    req->slot = -1;
+  }
+  work_cv_.notify_all();
 }
 
 void RuntimeImpl::fail(const RequestPtr& req, Error e) {

@@ -73,6 +73,12 @@ struct RuntimeOptions {
   /// where the device has the SIGNAL command (DeviceInfo::signals), which otherwise makes it one job
   /// [H2D, SIGNAL, compute, D2H]. For comparison and tests; devices without SIGNAL always use two.
   bool two_jobs = false;
+  /// Where continuations run: every callback (Task::on_complete) and every coroutine resumption (co_await
+  /// on a request's Task) is handed to this function as a closure to run, e.g. by posting it to the
+  /// application's thread pool or event loop. It is called on the runtime's callback thread, must not
+  /// block and must run each closure exactly once. Empty (the default): they run on the callback thread
+  /// ("vnpu-callback"), where a slow one delays the resolution (not the device work) of later requests.
+  std::function<void(std::function<void()>)> executor;
 };
 
 /// How the default request depth (RuntimeOptions::max_in_flight = 0) was chosen, after OpenVINO's
@@ -256,8 +262,8 @@ class VNPU_API AsyncRuntime {
   /// device, or resolved early while the device finishes their work). Thread-safe; a snapshot.
   [[nodiscard]] size_t in_flight() const;
   /// Block until in_flight() is 0 and the resolutions of the requests that retired have run (requests
-  /// run() meanwhile are waited for too). Throws Error(kInvalidArgument) on the callback thread, where it
-  /// could never return.
+  /// run() meanwhile are waited for too). Continuations handed to RuntimeOptions::executor may still be
+  /// pending. Throws Error(kInvalidArgument) on the callback thread, where it could never return.
   void wait_all();
   /// Requests whose RuntimeOptions::timeout is armed. A request disarms it when it retires, so this stays
   /// at most in_flight(), however high the request rate or long the timeout. Thread-safe; a snapshot.

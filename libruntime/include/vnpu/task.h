@@ -61,6 +61,11 @@ class TaskState {
 
   /// Producer side: what Task::cancel() does. Must be set before the Task is handed out.
   void set_cancel_hook(std::function<bool()> hook) { cancel_hook_ = std::move(hook); }
+  /// Where the continuations of this state run: each one (the awaiting coroutine's resumption, or the
+  /// on_complete callback) is handed to `dispatch` by the resolving thread instead of being run there.
+  /// Empty (the default): they run on the resolving thread. Must be set before the Task is handed out.
+  using Dispatch = std::function<void(std::function<void()>)>;
+  void set_dispatch(Dispatch dispatch) { dispatch_ = std::move(dispatch); }
   bool cancel() { return cancel_hook_ ? cancel_hook_() : false; }
 
   bool ready() const {
@@ -71,6 +76,9 @@ class TaskState {
   /// for a coroutine, the one that resumes it from its current suspension. Null when unknown.
   void set_executor(const void* executor) noexcept { executor_.store(executor, std::memory_order_relaxed); }
   [[nodiscard]] const void* executor() const noexcept { return executor_.load(std::memory_order_relaxed); }
+  /// Where a coroutine awaiting this state resumes: the resolving executor, or nothing known when the
+  /// continuations are dispatched elsewhere (set_dispatch).
+  [[nodiscard]] const void* resumer() const noexcept { return dispatch_ ? nullptr : executor(); }
   /// Throws Error(kInvalidArgument) if a blocking wait on this thread could never end: the state is not
   /// resolved and only this thread (its executor) can resolve it. `what` names the call in the message.
   void check_blocking_wait(const char* what) const {
@@ -150,6 +158,16 @@ class TaskState {
       cb = std::move(callback_);
       cv_.notify_all();  // under the lock: a waiter may destroy the Task (not this state) as soon as it wakes
     }
+    if (dispatch_) {
+      if (waiter)
+        dispatch_([waiter] { waiter.resume(); });
+      if (cb) {
+        // std::function needs a copyable callable: the result travels in a shared_ptr.
+        auto result = std::make_shared<Result<Stored<T>>>(take_result());
+        dispatch_([cb = std::move(cb), result]() mutable { cb(std::move(*result)); });
+      }
+      return true;
+    }
     if (waiter)
       waiter.resume();
     if (cb)
@@ -165,6 +183,7 @@ class TaskState {
   std::coroutine_handle<> waiter_;
   Callback callback_;
   std::function<bool()> cancel_hook_;
+  Dispatch dispatch_;
   std::atomic<const void*> executor_{nullptr};
 };
 
@@ -176,8 +195,8 @@ struct TaskAwaiter {
   template <class P>
   bool await_suspend(std::coroutine_handle<P> h) {
     // A Task coroutine records where it will be resumed (see TaskState::check_blocking_wait).
-    if constexpr (requires { h.promise().note_resumer(state->executor()); })
-      h.promise().note_resumer(state->executor());
+    if constexpr (requires { h.promise().note_resumer(state->resumer()); })
+      h.promise().note_resumer(state->resumer());
     return state->suspend(h);
   }
   T await_resume() { return state->take(); }
