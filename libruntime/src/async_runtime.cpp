@@ -656,7 +656,10 @@ std::optional<Task<Outputs>> RuntimeImpl::run(Inputs inputs, PrepareFn prepare, 
   bool accepted = false, full = false;
   {
     std::unique_lock lock(mu_);
-    const auto room = [&] { return stopping_ || queue_.size() < static_cast<size_t>(options_.max_queued); };
+    // (Expired while waiting: it will not be queued, so it stops waiting.)
+    const auto room = [&] {
+      return stopping_ || req->cancelled || queue_.size() < static_cast<size_t>(options_.max_queued);
+    };
     if (!room()) {
       if (!block)
         full = true;
@@ -671,6 +674,8 @@ std::optional<Task<Outputs>> RuntimeImpl::run(Inputs inputs, PrepareFn prepare, 
       accepted = true;
     } else {
       req->phase = Phase::kDone;
+      // The wakeup that freed room may have come to this thread: pass it on to another waiting run().
+      room_cv_.notify_one();
     }
   }
   if (!accepted) {
@@ -747,6 +752,8 @@ RuntimeImpl::Early RuntimeImpl::abandon(const RequestPtr& req, const Error& e) {
           dequeued = true;
           if (--active_ == 0)
             drain_cv_.notify_all();
+        } else {
+          room_cv_.notify_all();  // not queued yet: run() may be waiting for room, and need not any more
         }
         break;
       case Phase::kPrep:
