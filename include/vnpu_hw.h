@@ -278,6 +278,8 @@ struct vnpu_hw_sge {
 #define VNPU_PROG_MAX_LEN (16u << 20)
 #define VNPU_EXEC_MAX_BINDINGS 64u
 #define VNPU_SYNTH_MAX_NS 10000000000ull /* 10 s */
+/* Largest modelled cost of one EXEC command (sum over its ops, before cmd_overhead_ns); more is PROGRAM_INVALID */
+#define VNPU_EXEC_MAX_NS VNPU_SYNTH_MAX_NS
 #define VNPU_MAX_SIGNALS_PER_JOB 4u /* SIGNAL commands per job */
 
 /* ---- Contexts and the device MMU -------------------------------------------------------------------------- */

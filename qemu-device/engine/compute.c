@@ -201,6 +201,16 @@ static void prepare_exec(const VnpuExec *x, const struct vnpu_hw_exec *ex, VnpuC
         r->status = VNPU_CPL_PROGRAM_INVALID;
         return;
     }
+    /*
+     * Like SYNTH's ns: one command may not book a core for more than VNPU_EXEC_MAX_NS of modelled time (the sums
+     * saturate, so no program wraps below it). Refused before it runs or reserves anything.
+     */
+    if (cost.modelled_ns > VNPU_EXEC_MAX_NS) {
+        vnpu_guest_error(x->e, "EXEC: modelled cost %llu ns above the limit of %llu ns",
+                         (unsigned long long)cost.modelled_ns, (unsigned long long)VNPU_EXEC_MAX_NS);
+        r->status = VNPU_CPL_PROGRAM_INVALID;
+        return;
+    }
     r->flops = cost.flops;
     r->work_ns = cost.modelled_ns;
 }

@@ -2296,5 +2296,64 @@ TEST_F(MultiQueue, SignalTracesAreIdenticalUnderLockstepWhateverTheHostSpeed) {
   EXPECT_EQ(fast, slow);
 }
 
+
+// ---- modelled engine time: the EXEC cap, aborted jobs, fetch pause and completion back-pressure -------------
+
+// EXEC commands of context 0 (identity-mapped): exec_cmd() puts the program and its binding table in device
+// memory first.
+class Exec : public Engine {
+ protected:
+  static constexpr uint64_t kProg = 0x100000, kBinds = 0x110000, kIo = 0x120000;
+
+  vnpu_hw_cmd exec_cmd(const std::vector<uint8_t>& prog, uint64_t tag,
+                       const std::vector<uint64_t>& binds = {kIo, kIo + 0x1000}) {  // weights, scratch
+    copy_in(kProg, prog.data(), uint32_t(prog.size()), 1);
+    copy_in(kBinds, binds.data(), uint32_t(binds.size() * 8), 2);
+    vnpu_hw_cmd x{};
+    x.opcode = VNPU_OPC_EXEC;
+    x.flags = VNPU_CMD_F_LAST;
+    x.tag = tag;
+    x.exec.prog_addr = kProg;
+    x.exec.prog_len = uint32_t(prog.size());
+    x.exec.bindings_addr = kBinds;
+    x.exec.num_bindings = uint32_t(binds.size());
+    return x;
+  }
+  // `ops` in-place ReLUs of four floats: each costs the op overhead (the arithmetic is negligible).
+  static std::vector<uint8_t> relus(int ops) {
+    ProgramBuilder b;
+    b.binding(VNPU_ISA_BIND_WEIGHTS, 256);
+    uint32_t x = b.tensor(b.binding(VNPU_ISA_BIND_SCRATCH, 64), 0, {4});
+    vnpu_isa_unary relu{};
+    relu.act = VNPU_ISA_ACT_RELU;
+    for (int i = 0; i < ops; i++)
+      b.op(VNPU_ISA_OP_UNARY, {x}, {x}, &relu);
+    return b.bytes();
+  }
+};
+
+// Regression: an EXEC's modelled cost had no bound while SYNTH's is 10 s: three ops of a 4 s op overhead booked
+// a core for 12 s (and a hostile program's cost sums could wrap). Now more than VNPU_EXEC_MAX_NS is refused.
+TEST_F(Exec, ModelledCostIsCappedLikeSynths) {
+  constexpr uint64_t kOpNs = 4'000'000'000;
+  VnpuEngineConfig cfg{};
+  cfg.op_overhead_ns = uint32_t(kOpNs);
+  create(cfg);
+  enable();
+  auto ok = run_one({exec_cmd(relus(2), 1)});
+  EXPECT_EQ(ok.status, VNPU_CPL_OK);
+  EXPECT_EQ(ok.t_end - ok.t_start, kOverhead + 2 * (kOpNs + 8));  // + 8 flops per ReLU of four floats
+  const uint64_t t0 = host_.now();
+  auto over = run_one({exec_cmd(relus(3), 2)});
+  EXPECT_EQ(over.status, VNPU_CPL_PROGRAM_INVALID);
+  // Refused at validation: nothing booked beyond the command's overhead, the core is free for the next job.
+  EXPECT_EQ(over.t_end - over.t_start, kOverhead);
+  auto next = run_one({synth(10, 3)});
+  EXPECT_LT(next.t_end - t0, 1'000'000u);
+  VnpuEngineStats st;
+  vnpu_engine_get_stats(engine_.get(), &st);
+  EXPECT_LT(st.compute_busy_ns, 3 * kOpNs);
+}
+
 }  // namespace
 }  // namespace vnpu::test
