@@ -625,6 +625,7 @@ static void engine_reset_locked(VnpuEngine *e)
     memset(e->latch, 0, e->latch_readers * sizeof(*e->latch));
     memset(e->busy_until, 0, sizeof(e->busy_until));
     memset(e->core_busy_until, 0, sizeof(e->core_busy_until));
+    memset(e->resv_last, 0, sizeof(e->resv_last));
     /* A tick that still comes for the old deadline finds nothing to do; the next completion re-arms. */
     e->armed = VNPU_NO_DEADLINE;
     e->ctx_table = 0;

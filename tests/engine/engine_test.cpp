@@ -2355,5 +2355,42 @@ TEST_F(Exec, ModelledCostIsCappedLikeSynths) {
   EXPECT_LT(st.compute_busy_ns, 3 * kOpNs);
 }
 
+// Regression: a job aborted by a queue reset kept its whole booking of the compute core in the timing model,
+// so the next job, rung right after the reset, started only when the aborted one would have ended (10 s later).
+TEST_F(Timing, AnAbortedJobGivesBackTheEngineTimeItBooked) {
+  enable();
+  const uint64_t t0 = host_.now();
+  submit({synth(VNPU_SYNTH_MAX_NS, 1)});
+  vnpu_engine_wait_idle(engine_.get());  // fetched and booked: the core is taken until t0 + 10 s
+  host_.set_clock(t0 + 5000);
+  qwr(VNPU_QREG_CTRL, VNPU_QCTRL_RESET);
+  run();
+  vnpu_hw_cpl c{};
+  ASSERT_TRUE(pop(&c));
+  EXPECT_EQ(c.status, VNPU_CPL_ABORTED);
+  EXPECT_EQ(c.compute_ns, 5000u);  // the part it used before the reset
+  VnpuEngineStats st;
+  vnpu_engine_get_stats(engine_.get(), &st);
+  EXPECT_EQ(st.compute_busy_ns, 5000u);
+  host_.set_clock(t0 + 6000);
+  enable();
+  auto next = run_one({synth(1000, 2)});
+  EXPECT_EQ(next.status, VNPU_CPL_OK);
+  EXPECT_EQ(next.t_start, t0 + 6000);
+  EXPECT_EQ(next.t_end, t0 + 6000 + kOverhead + 1000);
+  // Two bookings of one job on one engine unwind in turn.
+  const uint64_t t1 = host_.now();
+  submit({synth(1'000'000, 0, false), synth(1'000'000, 3)});
+  vnpu_engine_wait_idle(engine_.get());
+  host_.set_clock(t1 + 100);
+  qwr(VNPU_QREG_CTRL, VNPU_QCTRL_RESET);
+  run();
+  ASSERT_TRUE(pop(&c));
+  EXPECT_EQ(c.status, VNPU_CPL_ABORTED);
+  enable();
+  next = run_one({synth(1000, 4)});
+  EXPECT_EQ(next.t_start, t1 + 100);
+}
+
 }  // namespace
 }  // namespace vnpu::test
