@@ -124,12 +124,20 @@ static void post_unlink(VnpuQueue *q, VnpuPost *p)
     p->queued = false;
 }
 
-static void records_sub(VnpuQueue *q, uint32_t n)
+/*
+ * The queue owes n records fewer as of device clock `when`. If the record bound was holding its fetching back,
+ * that is when fetching can go on: the timing model starts no job it fetches afterwards before then.
+ */
+void vnpu_queue_records_sub(VnpuQueue *q, uint32_t n, uint64_t when)
 {
-    q->records -= n;
-    if (n) {
-        q->sig_wait = false; /* a SIGNAL waiting for room may fit now */
+    if (!n) {
+        return;
     }
+    if (q->records >= q->cq_entries || q->sig_wait) {
+        q->cq_resume_ns = max_u64(q->cq_resume_ns, when);
+    }
+    q->records -= n;
+    q->sig_wait = false; /* a SIGNAL waiting for room may fit now */
 }
 
 /*
@@ -140,7 +148,8 @@ static void done_insert(VnpuQueue *q, VnpuJob *j)
 {
     uint64_t key = post_key(j);
 
-    records_sub(q, j->nsig - j->sig_reached);
+    /* (An aborted job's queue fetches nothing until it is enabled again, which forgets the resume time.) */
+    vnpu_queue_records_sub(q, j->nsig - j->sig_reached, j->status == VNPU_CPL_ABORTED ? 0 : j->t_end);
     j->nsig = j->sig_reached;
     for (unsigned i = j->sig_posted; i < j->sig_reached; i++) {
         VnpuPost *p = &j->sig[i];
@@ -304,7 +313,7 @@ void vnpu_job_drop(VnpuEngine *e, VnpuJob *j)
     vnpu_timing_release(e, j, e->host.clock_ns(e->host.opaque));
     j->dropped = true;
     __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
-    records_sub(j->q, 1u + j->nsig - j->sig_posted);
+    vnpu_queue_records_sub(j->q, 1u + j->nsig - j->sig_posted, 0); /* its queue starts afresh before fetching */
     vnpu_queue_unlink(j->q, j);
     vnpu_job_unref(j);
 }
@@ -369,6 +378,7 @@ void vnpu_queue_drop_all(VnpuEngine *e, VnpuQueue *q)
     q->records = 0; /* the open job's too */
     q->sig_wait = false;
     q->end_max = 0;
+    q->cq_resume_ns = 0;
     wake_all(e);
 }
 
@@ -640,7 +650,12 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
     j->cmds[j->ncmds].cmd = cmd;
     j->cmds[j->ncmds].sq_index = index;
     j->ncmds++;
-    j->visible = visible;
+    /*
+     * The job could not be fetched before its doorbell, nor while CONTROL.FETCH_PAUSE held fetching or the
+     * completion ring's record bound held this queue back: its modelled start is no earlier than the latest of
+     * these (a function of the guest's register writes and the device's modelled postings only).
+     */
+    j->visible = max_u64(visible, max_u64(e->fetch_resume_ns, q->cq_resume_ns));
     if (cmd.opcode == VNPU_OPC_SIGNAL && j->nsig < VNPU_MAX_SIGNALS_PER_JOB) {
         j->nsig++;
         q->records++;

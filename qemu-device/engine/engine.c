@@ -626,6 +626,7 @@ static void engine_reset_locked(VnpuEngine *e)
     memset(e->busy_until, 0, sizeof(e->busy_until));
     memset(e->core_busy_until, 0, sizeof(e->core_busy_until));
     memset(e->resv_last, 0, sizeof(e->resv_last));
+    e->fetch_resume_ns = 0;
     /* A tick that still comes for the old deadline finds nothing to do; the next completion re-arms. */
     e->armed = VNPU_NO_DEADLINE;
     e->ctx_table = 0;
@@ -682,6 +683,9 @@ static void global_write(VnpuEngine *e, uint64_t offset, uint32_t val)
         if (val & ~(VNPU_CONTROL_TIMING_ONLY | VNPU_CONTROL_FETCH_PAUSE)) {
             vnpu_guest_error(e, "CONTROL: reserved bits 0x%x ignored",
                              val & ~(VNPU_CONTROL_TIMING_ONLY | VNPU_CONTROL_FETCH_PAUSE));
+        }
+        if ((e->control & VNPU_CONTROL_FETCH_PAUSE) && !(val & VNPU_CONTROL_FETCH_PAUSE)) {
+            e->fetch_resume_ns = e->host.clock_ns(e->host.opaque); /* nothing held back starts before now */
         }
         __atomic_store_n(&e->control, val & (VNPU_CONTROL_TIMING_ONLY | VNPU_CONTROL_FETCH_PAUSE),
                          __ATOMIC_RELAXED);
@@ -855,8 +859,7 @@ void vnpu_engine_tick(VnpuEngine *e)
             if (!q->cq_tail) {
                 q->phase ^= 1;
             }
-            q->records--;
-            q->sig_wait = false;
+            vnpu_queue_records_sub(q, 1, now);
             if (final) {
                 q->jobs_done++;
                 if (j->status == VNPU_CPL_OK) {

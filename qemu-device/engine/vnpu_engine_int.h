@@ -151,6 +151,7 @@ struct VnpuQueue {
     uint32_t records;
     bool sig_wait;      /* the next command is a SIGNAL that does not fit yet: wait for records to post */
     uint64_t end_max;   /* max modelled end of the queue's finished jobs */
+    uint64_t cq_resume_ns; /* device clock when the record bound (records < CQ size) last stopped holding it back */
 };
 
 typedef struct VnpuFifo {
@@ -225,6 +226,12 @@ struct VnpuEngine {
     uint64_t core_busy_until[VNPU_ENGINE_MAX_CORES];
     uint64_t resv_seq;                     /* bookings so far (timing.c) */
     uint64_t resv_last[VNPU_UNIT_COUNT + VNPU_ENGINE_MAX_CORES]; /* last booking per engine: H2D, -, D2H, cores */
+    /*
+     * Modelled times at which fetching could resume: CONTROL.FETCH_PAUSE cleared (fetch_resume_ns), and per
+     * queue the completion-ring back-pressure lifted (VnpuQueue.cq_resume_ns). A job's modelled start is never
+     * before the time it could have been fetched.
+     */
+    uint64_t fetch_resume_ns;
 
     uint64_t host_mem_used;     /* atomic: bounce bytes held by all cores */
     uint64_t host_mem_peak;     /* atomic: most of it at once */
@@ -307,6 +314,8 @@ void vnpu_job_finish(VnpuEngine *e, VnpuJob *j);
 void vnpu_job_abort(VnpuEngine *e, VnpuJob *j);
 void vnpu_job_drop(VnpuEngine *e, VnpuJob *j);
 void vnpu_queue_abort_all(VnpuEngine *e, VnpuQueue *q);
+/* q owes n records fewer from device clock `when` on (see VnpuQueue.cq_resume_ns). Lock held. */
+void vnpu_queue_records_sub(VnpuQueue *q, uint32_t n, uint64_t when);
 void vnpu_queue_drop_all(VnpuEngine *e, VnpuQueue *q);
 /* The queue's list of dispatched, not yet posted jobs (caller holds e->lock). */
 void vnpu_queue_append(VnpuQueue *q, VnpuJob *j);

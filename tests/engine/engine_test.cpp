@@ -2392,5 +2392,57 @@ TEST_F(Timing, AnAbortedJobGivesBackTheEngineTimeItBooked) {
   EXPECT_EQ(next.t_start, t1 + 100);
 }
 
+// Regression: the timing model ignored CONTROL.FETCH_PAUSE: a job rung while fetching was paused was modelled
+// from its doorbell on, as if it had run while the device was not allowed to fetch it.
+TEST_F(Timing, AJobHeldByFetchPauseStartsWhenThePauseEnds) {
+  for (int lockstep : {1, 0}) {
+    create({});
+    vnpu_engine_set_lockstep(engine_.get(), lockstep);
+    enable();
+    const uint64_t t0 = host_.now();
+    wr(VNPU_REG_CONTROL, VNPU_CONTROL_FETCH_PAUSE);
+    submit({synth(1000, 1)});
+    run();
+    EXPECT_EQ(qrd(VNPU_QREG_SQ_HEAD), 0u);
+    host_.set_clock(t0 + 50'000);
+    wr(VNPU_REG_CONTROL, 0);
+    run();
+    vnpu_hw_cpl c{};
+    ASSERT_TRUE(pop(&c));
+    EXPECT_EQ(c.t_start, t0 + 50'000) << "lockstep " << lockstep;
+    EXPECT_EQ(c.t_end, t0 + 50'000 + kOverhead + 1000) << "lockstep " << lockstep;
+  }
+}
+
+// Regression: the timing model ignored the completion ring's back-pressure: a job held back by the record
+// bound until the driver freed ring space (CQ_HEAD at 1 ms) was modelled from its doorbell on, starting at
+// 3.3 us: long before the device could fetch it.
+TEST_F(Timing, AJobHeldByCompletionBackPressureStartsWhenItCouldBeFetched) {
+  for (int lockstep : {1, 0}) {
+    create({});
+    vnpu_engine_set_lockstep(engine_.get(), lockstep);
+    enable(16, 2);  // the ring holds one record; two may be owed
+    const uint64_t t0 = host_.now(), kJob = kOverhead + 1000;
+    submit({synth(1000, 1), synth(1000, 2), synth(1000, 3), synth(1000, 4)});
+    run();
+    // Job 1 posted (the ring is now full), job 2 waits for ring space, job 3 fetched when job 1 posted.
+    EXPECT_EQ(qrd(VNPU_QREG_SQ_HEAD), 3u);
+    host_.set_clock(t0 + 1'000'000);
+    std::vector<vnpu_hw_cpl> got;
+    vnpu_hw_cpl c{};
+    for (int round = 0; round < 10 && got.size() < 4; round++) {
+      while (pop(&c))
+        got.push_back(c);
+      run();
+    }
+    ASSERT_EQ(got.size(), 4u);
+    EXPECT_EQ(got[0].t_start, t0);
+    EXPECT_EQ(got[1].t_start, t0 + kJob);
+    EXPECT_EQ(got[2].t_start, t0 + 2 * kJob);  // fetched at t0 + kJob: the core was busy until after that
+    EXPECT_EQ(got[3].t_start, t0 + 1'000'000) << "lockstep " << lockstep;  // fetched when job 2 could post
+    EXPECT_EQ(got[3].t_end, t0 + 1'000'000 + kJob) << "lockstep " << lockstep;
+  }
+}
+
 }  // namespace
 }  // namespace vnpu::test
