@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <thread>
 #include <cstddef>
 #include <cstring>
@@ -2442,6 +2443,59 @@ TEST_F(Timing, AJobHeldByCompletionBackPressureStartsWhenItCouldBeFetched) {
     EXPECT_EQ(got[3].t_start, t0 + 1'000'000) << "lockstep " << lockstep;  // fetched when job 2 could post
     EXPECT_EQ(got[3].t_end, t0 + 1'000'000 + kJob) << "lockstep " << lockstep;
   }
+}
+
+// Regression: oneDNN's blocked copies of EXEC operands were allocated outside host-mem-max (only bounce buffers
+// counted): a convolution over 1 MiB tensors held 2 MiB of nChw16c copies whatever the budget. Now they count
+// against the core's share; when it is exhausted the op runs on the reference kernel, with the same result.
+TEST_F(Exec, OneDnnBlockedCopiesCountAgainstHostMemMax) {
+  constexpr uint64_t kMiB = 1 << 20;
+  constexpr uint32_t C = 16, H = 128, W = 128;
+  constexpr uint64_t kW = 0x200000, kX = 0x400000, kY = 0x600000, kBytes = uint64_t(C) * H * W * 4;
+  ProgramBuilder b;
+  uint32_t wb = b.binding(VNPU_ISA_BIND_WEIGHTS, C * C * 9 * 4), xb = b.binding(VNPU_ISA_BIND_INPUT, kBytes),
+           yb = b.binding(VNPU_ISA_BIND_OUTPUT, kBytes);
+  uint32_t x = b.tensor(xb, 0, {1, C, H, W}), w = b.tensor(wb, 0, {C, C, 3, 3}), y = b.tensor(yb, 0, {1, C, H, W});
+  vnpu_isa_conv cv{};
+  cv.group = 1;
+  cv.stride[0] = cv.stride[1] = 1;
+  cv.dilation[0] = cv.dilation[1] = 1;
+  cv.pad_begin[0] = cv.pad_begin[1] = cv.pad_end[0] = cv.pad_end[1] = 1;
+  b.op(VNPU_ISA_OP_CONV, {x, w}, {y}, &cv);
+  const std::vector<uint8_t> prog = b.bytes();
+  std::mt19937 rng(12);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> xv(kBytes / 4), wv(C * C * 9);
+  for (auto& v : xv)
+    v = u(rng);
+  for (auto& v : wv)
+    v = u(rng);
+
+  auto run_with = [&](uint64_t host_mem_max) {
+    VnpuEngineConfig cfg{};
+    cfg.host_mem_max = host_mem_max;
+    create(cfg);
+    enable();
+    copy_in(kX, xv.data(), uint32_t(kBytes), 3);
+    copy_in(kW, wv.data(), uint32_t(wv.size() * 4), 4);
+    EXPECT_EQ(run_one({exec_cmd(prog, 1, {kW, kX, kY})}).status, VNPU_CPL_OK);
+    VnpuEngineStats st;
+    vnpu_engine_get_stats(engine_.get(), &st);
+    std::vector<uint8_t> raw = copy_out(kY, uint32_t(kBytes));
+    std::vector<float> out(kBytes / 4);
+    std::memcpy(out.data(), raw.data(), kBytes);
+    return std::make_pair(out, st.host_mem_peak);
+  };
+  // Contiguous operands need no bounce buffers: what is counted is oneDNN's blocked input and output.
+  auto [fast, fast_peak] = run_with(64 * kMiB);
+  EXPECT_GE(fast_peak, 2 * kMiB);
+  auto [ref, ref_peak] = run_with(1 * kMiB);
+  EXPECT_LE(ref_peak, 1 * kMiB);
+  ASSERT_EQ(fast.size(), ref.size());
+  size_t bad = 0;
+  for (size_t i = 0; i < fast.size(); i++)
+    bad += std::fabs(fast[i] - ref[i]) > 1e-4f * (1.0f + std::fabs(fast[i]));
+  EXPECT_EQ(bad, 0u);
 }
 
 }  // namespace

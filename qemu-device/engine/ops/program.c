@@ -434,6 +434,7 @@ int vnpu_program_execute(const VnpuProgramRun *run, const VnpuProgramMem *mem, V
                 vnpu_shadows_invalidate(shadows, addr[k], args->t[k].count * 4);
             }
             args->shadows = shadows;
+            args->mem = mem;
             memcpy(args->addr, addr, n * sizeof(addr[0]));
             r = vnpu_ops_run(args, mode);
 
