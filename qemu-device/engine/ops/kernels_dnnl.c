@@ -181,13 +181,20 @@ static int reorder(dnnl_stream_t stream, const dnnl_memory_desc_t *smd, void *sp
  * buffers). A refused reservation makes the fast kernel fail and the caller run the reference kernel, which
  * needs no copies.
  */
+static int shadows_evict_oldest(VnpuShadows *t);
+
 static void *buf_alloc(const VnpuOpArgs *a, uint64_t bytes)
 {
     const VnpuProgramMem *m = a->mem;
     void *p;
 
-    if (m && m->reserve && m->release && m->reserve(m->opaque, bytes)) {
-        return NULL;
+    if (m && m->reserve && m->release) {
+        while (m->reserve(m->opaque, bytes)) {
+            /* Copies kept for later ops (VnpuShadows) give way to the copies this op needs now. */
+            if (!a->shadows || shadows_evict_oldest(a->shadows)) {
+                return NULL;
+            }
+        }
     }
     p = aligned_alloc(64, bytes);
     if (!p && m && m->reserve && m->release) {
@@ -383,6 +390,7 @@ typedef struct VnpuShadow {
 struct VnpuShadows {
     VnpuShadow s[SHADOW_SLOTS];
     uint64_t bytes, clock;
+    const void *pinned; /* the copy the running op reads: never evicted */
     const VnpuProgramMem *mem; /* the run's budget the copies were reserved from (one run per table) */
 };
 
@@ -397,6 +405,26 @@ static void shadow_drop(VnpuShadows *t, VnpuShadow *s)
     buf_release(t->mem, s->bytes);
     t->bytes -= s->bytes;
     memset(s, 0, sizeof(*s));
+}
+
+/* Drops the oldest copy that is not pinned: 0, or -1 if there is none. */
+static int shadows_evict_oldest(VnpuShadows *t)
+{
+    VnpuShadow *oldest = NULL;
+    unsigned i;
+
+    for (i = 0; i < SHADOW_SLOTS; i++) {
+        VnpuShadow *s = &t->s[i];
+
+        if (s->len && s->buf != t->pinned && (!oldest || s->age < oldest->age)) {
+            oldest = s;
+        }
+    }
+    if (!oldest) {
+        return -1;
+    }
+    shadow_drop(t, oldest);
+    return 0;
 }
 
 void vnpu_shadows_free(VnpuShadows *t)
@@ -620,6 +648,9 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
      * this run left the input's blocked copy).
      */
     xs = a->shadows ? shadow_find(a->shadows, a->addr[0], x->count * 4, xq) : NULL;
+    if (a->shadows) {
+        a->shadows->pinned = xs; /* the allocations below may evict other copies, not this one */
+    }
     if ((!xs && layout_in(a, stream, &xmd, x->data, xq, &xb, &xbn)) ||
         layout_in(a, stream, &wmd, w->data, wq, &wb, &wbn) || layout_buffer(a, &ymd, yq, &yb, &ybn)) {
         goto out;
@@ -650,6 +681,9 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
         yb = NULL;
     }
 out:
+    if (a->shadows) {
+        a->shadows->pinned = NULL;
+    }
     call_release(&c, stream);
     buf_free(a, xb, xbn);
     buf_free(a, wb, wbn);
