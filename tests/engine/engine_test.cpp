@@ -1293,6 +1293,7 @@ struct Ring {
   uint64_t sq, cq;
   uint32_t size, tail = 0, head = 0;
   uint16_t phase = 1;
+  uint32_t cq_size = 0;  // 0: `size`
 };
 
 class MultiQueue : public Engine {
@@ -1320,7 +1321,7 @@ class MultiQueue : public Engine {
     if ((c.flags & VNPU_CPL_F_PHASE) != r.phase)
       return false;
     *out = c;
-    r.head = (r.head + 1) % r.size;
+    r.head = (r.head + 1) % (r.cq_size ? r.cq_size : r.size);
     if (!r.head)
       r.phase ^= 1;
     qwr(VNPU_QREG_CQ_HEAD, r.head, q);
@@ -2496,6 +2497,55 @@ TEST_F(Exec, OneDnnBlockedCopiesCountAgainstHostMemMax) {
   for (size_t i = 0; i < fast.size(); i++)
     bad += std::fabs(fast[i] - ref[i]) > 1e-4f * (1.0f + std::fabs(fast[i]));
   EXPECT_EQ(bad, 0u);
+}
+
+// Under lockstep (icount), jobs held back by FETCH_PAUSE and by full completion rings start at times set by the
+// guest's register writes: the same workload, with the driver reading its rings late, gives one trace with
+// instant and with randomly slow host memory.
+TEST_F(MultiQueue, HeldBackJobsGiveIdenticalTracesUnderLockstepWhateverTheHostSpeed) {
+  auto workload = [&](unsigned jitter_us) {
+    make(2, 1);
+    vnpu_engine_set_lockstep(engine_.get(), 1);
+    const uint64_t t0 = host_.now();
+    host_.set_jitter(jitter_us);
+    for (unsigned q = 0; q < 2; q++) {
+      open_queue(q, q, 16);
+      // A completion ring of 2 (one record at a time): at most two records owed, the rest waits unfetched.
+      qwr(VNPU_QREG_CTRL, 0, q);
+      std::memset(host_.ptr(rings_[q].cq), 0, 2 * sizeof(vnpu_hw_cpl));  // no records of an earlier workload
+      program_queue(rings_[q].sq, 16, rings_[q].cq, 2, q, q);
+      qwr(VNPU_QREG_CTRL, VNPU_QCTRL_ENABLE, q);
+      rings_[q].cq_size = 2;
+    }
+    uint64_t s = sgl1(0, kData, 4096);
+    wr(VNPU_REG_CONTROL, VNPU_CONTROL_FETCH_PAUSE);
+    for (unsigned q = 0; q < 2; q++)
+      for (unsigned j = 0; j < 5; j++) {
+        uint64_t tag = q * 10 + j;
+        if (j % 2)
+          put(q, {synth(300 * j + 50 * q, tag)});
+        else
+          put(q, {dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0x10000 * (q * 5 + j), 4096, true, tag)});
+      }
+    host_.set_clock(t0 + 1000);
+    wr(VNPU_REG_CONTROL, 0);  // fetching starts here, not at the doorbells
+    run();
+    std::vector<std::tuple<unsigned, uint64_t, uint64_t, uint64_t>> trace;
+    for (unsigned k = 0; k < 40 && trace.size() < 10; k++) {
+      host_.set_clock(host_.now() + 3000 + 1000 * k);  // the driver reads one ring, late, at guest-chosen times
+      for (auto& c : drain(k % 2))
+        trace.emplace_back(k % 2, c.tag, c.t_start - t0, c.t_end - t0);
+      run();
+    }
+    host_.set_jitter(0);
+    return trace;
+  };
+  auto fast = workload(0);
+  ASSERT_EQ(fast.size(), 10u);
+  // Held back, not started at the doorbells: the last jobs start after the driver read the records before them.
+  EXPECT_GT(std::get<2>(fast.back()), 10'000u);
+  for (unsigned jitter : {300u, 0u, 200u})
+    EXPECT_EQ(workload(jitter), fast) << "jitter " << jitter;
 }
 
 }  // namespace
