@@ -819,6 +819,14 @@ void vnpu_engine_tick(VnpuEngine *e)
         pthread_mutex_unlock(&e->lock);
         return;
     }
+    /*
+     * Lockstep: nothing is fetched while records are posted (the lock is dropped around each record's DMA, and
+     * a record can make its queue fetchable again). What the postings make fetchable is fetched by another tick
+     * at this same virtual time, with every posting done: which queue goes first never depends on host timing.
+     */
+    if (e->lockstep) {
+        e->fetch_window = false;
+    }
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
         VnpuQueue *q = &e->queues[i];
 
@@ -898,11 +906,15 @@ void vnpu_engine_tick(VnpuEngine *e)
     }
     vnpu_engine_rearm(e);
     if (e->lockstep) {
-        if (!vnpu_engine_quiescent(e)) {
-            arm_at(e, now); /* posting let more work start (CQ space): settle it before time moves on */
-        } else {
-            e->fetch_window = false; /* until the next tick: doorbells and invalidations arm one */
+        bool fetchable = false;
+
+        for (unsigned i = 0; i < e->cfg.num_queues && !(e->control & VNPU_CONTROL_FETCH_PAUSE); i++) {
+            fetchable |= vnpu_queue_fetchable(e, &e->queues[i]);
         }
+        if (fetchable || e->recount_pending || !vnpu_engine_quiescent(e)) {
+            arm_at(e, now); /* posting let more work start (CQ space): settle it before time moves on */
+        }
+        /* Otherwise the window stays shut until the next tick: doorbells and invalidations arm one. */
     }
     for (unsigned v = 0; v < 32; v++) {
         if (raise & (1u << v)) {

@@ -2548,5 +2548,56 @@ TEST_F(MultiQueue, HeldBackJobsGiveIdenticalTracesUnderLockstepWhateverTheHostSp
     EXPECT_EQ(workload(jitter), fast) << "jitter " << jitter;
 }
 
+// Regression: under lockstep the command processor could fetch while a tick was still posting records (the
+// engine lock is dropped around each record's DMA) if anything woke it then (here another CPU's CONTROL write
+// during the first record's write; also a spurious wake-up): when two queues held back by full completion rings
+// were released in one tick, the low-priority queue's job could be fetched, and book the H2D engine, before the
+// high-priority one's. Now postings and fetches never overlap.
+TEST_F(MultiQueue, QueuesReleasedInOneTickAreFetchedInArbitrationOrderUnderLockstep) {
+  auto workload = [&](bool slow_record) {
+    make(2, 1);
+    vnpu_engine_set_lockstep(engine_.get(), 1);
+    const uint64_t t0 = host_.now();
+    for (unsigned q = 0; q < 2; q++) {
+      open_queue(q, q, 16);
+      qwr(VNPU_QREG_CTRL, 0, q);
+      std::memset(host_.ptr(rings_[q].cq), 0, 2 * sizeof(vnpu_hw_cpl));  // no records of an earlier workload
+      program_queue(rings_[q].sq, 16, rings_[q].cq, 2, q, q);  // one record at a time, two owed
+      qwr(VNPU_QREG_CTRL, VNPU_QCTRL_ENABLE, q);
+      rings_[q].cq_size = 2;
+    }
+    const uint64_t cq0 = rings_[0].cq;
+    std::atomic<bool> slow{false};
+    host_.on_write([&](uint64_t addr, size_t) {
+      if (slow.load() && addr >= cq0 && addr < cq0 + 128) {
+        wr(VNPU_REG_CONTROL, 0);  // another CPU's register write while the record is being written
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      }
+    });
+    uint64_t s = sgl1(0, kData, 4096);
+    wr(VNPU_REG_CONTROL, VNPU_CONTROL_FETCH_PAUSE);
+    for (unsigned q = 0; q < 2; q++)
+      for (unsigned j = 0; j < 5; j++)
+        put(q, {dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0x10000 * (q * 5 + j), 4096, true, q * 10 + j)});
+    wr(VNPU_REG_CONTROL, 0);
+    run();  // each queue: one record posted, one waiting for ring space, one more job fetched, two held back
+    host_.set_clock(t0 + 100'000);
+    slow = slow_record;
+    std::vector<std::tuple<unsigned, uint64_t, uint64_t, uint64_t>> trace;
+    for (unsigned k = 0; k < 10 && trace.size() < 10; k++) {
+      for (unsigned q = 0; q < 2; q++)  // both rings read at one guest time: one tick releases both queues
+        for (auto& c : drain(q))
+          trace.emplace_back(q, c.tag, c.t_start - t0, c.t_end - t0);
+      run();
+      host_.set_clock(host_.now() + 100'000);
+    }
+    host_.on_write(nullptr);
+    return trace;
+  };
+  auto fast = workload(false);
+  ASSERT_EQ(fast.size(), 10u);
+  EXPECT_EQ(workload(true), fast);
+}
+
 }  // namespace
 }  // namespace vnpu::test
