@@ -36,7 +36,9 @@ FUZZ_ARGS=(--cc=clang --cxx=clang++ --enable-fuzzing --enable-asan --enable-ubsa
 	--python=/usr/bin/python3 --target-list=x86_64-softmmu
 	--without-default-features --without-default-devices --with-devices-x86_64=vnpu
 	--disable-download --disable-fdt --enable-tcg --disable-docs --disable-tools
-	--disable-guest-agent --disable-install-blobs --disable-werror)
+	--disable-guest-agent --disable-install-blobs --disable-werror
+	# The device set (qemu-device/vnpu-devices.mak) includes virtio-9p, which needs these.
+	--enable-virtfs --enable-attr)
 want=$(printf '%s\n' "${FUZZ_ARGS[@]}")
 if ! [ -f "$FUZZ_BUILD/build.ninja" ] || [ "$(cat "$FUZZ_BUILD/.vnpu-configure-args" 2>/dev/null)" != "$want" ]; then
 	log "configuring QEMU's fuzzing build (clang, libFuzzer, ASan, UBSan) in $FUZZ_BUILD"
