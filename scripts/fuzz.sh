@@ -63,6 +63,7 @@ log "fuzzing the vnpu device for ${time_s} s (corpus $out/corpus, crashes $out/c
 # -rss_limit_mb an input that makes QEMU allocate without bound (host-mem-max, ring sizes...).
 # The device's default host-mem-max (1G) is lowered to keep each input's memory far under the RSS limit.
 set +e
+cd "$out" # libFuzzer's -jobs writes fuzz-N.log into the working directory
 QEMU_FUZZ_ARGS="-machine q35 -nodefaults -device vnpu,devmem-size=64M,host-mem-max=64M $(qemu_fw_args)" \
 	QEMU_FUZZ_OBJECTS="vnpu" \
 	ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
