@@ -79,11 +79,16 @@
 #define VNPU_CAP_TELEMETRY (1u << 7) /* telemetry counters */
 #define VNPU_CAP_SIGNAL (1u << 8) /* VNPU_OPC_SIGNAL: intermediate completion records (interface 1.1) */
 
-/* When set, compute commands (MATMUL, EXEC) are validated and timed but not executed; outputs are undefined. */
+/*
+ * When set, compute commands (MATMUL, EXEC) are validated and timed but not executed; outputs are undefined.
+ * MATMUL operands are still translated (MMU faults reported); an EXEC's program and binding table are read and
+ * validated, its operands are not translated (docs/device.md, Timing-only mode).
+ */
 #define VNPU_CONTROL_TIMING_ONLY (1u << 0)
 /*
  * When set, the command processor fetches no further commands (jobs already fetched keep running). For quiescing
  * before a reset, and for tests that need several queues' doorbells to be visible before arbitration starts.
+ * The timing model starts no job fetched afterwards before the time the bit was cleared.
  */
 #define VNPU_CONTROL_FETCH_PAUSE (1u << 1)
 
@@ -278,6 +283,8 @@ struct vnpu_hw_sge {
 #define VNPU_PROG_MAX_LEN (16u << 20)
 #define VNPU_EXEC_MAX_BINDINGS 64u
 #define VNPU_SYNTH_MAX_NS 10000000000ull /* 10 s */
+/* Largest modelled cost of one EXEC command (sum over its ops, before cmd_overhead_ns); more is PROGRAM_INVALID */
+#define VNPU_EXEC_MAX_NS VNPU_SYNTH_MAX_NS
 #define VNPU_MAX_SIGNALS_PER_JOB 4u /* SIGNAL commands per job */
 
 /* ---- Contexts and the device MMU -------------------------------------------------------------------------- */
@@ -327,10 +334,10 @@ enum vnpu_cpl_status {
 	VNPU_CPL_DEVMEM_RANGE = 3, /* device memory access outside device memory */
 	VNPU_CPL_SGL_INVALID = 4, /* scatter-gather list malformed or shorter than offset + length */
 	VNPU_CPL_DMA_FAULT = 5, /* host memory access failed (bus error, bus mastering off) */
-	VNPU_CPL_ABORTED = 6, /* queue disabled or device reset before the job finished */
+	VNPU_CPL_ABORTED = 6, /* queue disabled or reset before the job was reported (device reset: no record) */
 	VNPU_CPL_JOB_TOO_LONG = 7, /* more than VNPU_JOB_MAX_CMDS commands without VNPU_CMD_F_LAST */
 	VNPU_CPL_MMU_FAULT = 8, /* translation fault; fault_addr holds the device virtual address */
-	VNPU_CPL_PROGRAM_INVALID = 9, /* EXEC program malformed (bad header, op, operand or binding) */
+	VNPU_CPL_PROGRAM_INVALID = 9, /* EXEC program malformed, operands aliasing, over host-mem-max or VNPU_EXEC_MAX_NS */
 	VNPU_CPL_BAD_CONTEXT = 10, /* ctx_id >= NUM_CONTEXTS or differs within the job */
 };
 

@@ -119,11 +119,37 @@ static void pm_unmap(void *opaque, void *ptr, uint64_t addr, uint64_t len, int w
     __atomic_sub_fetch(&e->host_mem_used, len, __ATOMIC_RELAXED);
 }
 
+/*
+ * The kernels' own buffers (oneDNN's blocked and padded copies of operands) share the command's budget with
+ * its bounce buffers. A refusal is not an error: the kernel falls back to one that needs no copies.
+ */
+static int pm_reserve(void *opaque, uint64_t len)
+{
+    ProgMem *m = opaque;
+
+    if (m->budget && (len > m->budget || m->held > m->budget - len)) {
+        return -1;
+    }
+    m->held += len;
+    host_mem_charge(m->x->e, len);
+    return 0;
+}
+
+static void pm_release(void *opaque, uint64_t len)
+{
+    ProgMem *m = opaque;
+
+    m->held -= len;
+    __atomic_sub_fetch(&m->x->e->host_mem_used, len, __ATOMIC_RELAXED);
+}
+
 static const VnpuProgramMem *prog_mem(ProgMem *m, VnpuProgramMem *pm)
 {
     pm->opaque = m;
     pm->map = pm_map;
     pm->unmap = pm_unmap;
+    pm->reserve = pm_reserve;
+    pm->release = pm_release;
     return pm;
 }
 
@@ -198,6 +224,16 @@ static void prepare_exec(const VnpuExec *x, const struct vnpu_hw_exec *ex, VnpuC
     }
     if (st != VNPU_CPL_OK) {
         vnpu_guest_error(x->e, "EXEC: program invalid (op %u)", bad_op);
+        r->status = VNPU_CPL_PROGRAM_INVALID;
+        return;
+    }
+    /*
+     * Like SYNTH's ns: one command may not book a core for more than VNPU_EXEC_MAX_NS of modelled time (the sums
+     * saturate, so no program wraps below it). Refused before it runs or reserves anything.
+     */
+    if (cost.modelled_ns > VNPU_EXEC_MAX_NS) {
+        vnpu_guest_error(x->e, "EXEC: modelled cost %llu ns above the limit of %llu ns",
+                         (unsigned long long)cost.modelled_ns, (unsigned long long)VNPU_EXEC_MAX_NS);
         r->status = VNPU_CPL_PROGRAM_INVALID;
         return;
     }

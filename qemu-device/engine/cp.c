@@ -124,12 +124,20 @@ static void post_unlink(VnpuQueue *q, VnpuPost *p)
     p->queued = false;
 }
 
-static void records_sub(VnpuQueue *q, uint32_t n)
+/*
+ * The queue owes n records fewer as of device clock `when`. If the record bound was holding its fetching back,
+ * that is when fetching can go on: the timing model starts no job it fetches afterwards before then.
+ */
+void vnpu_queue_records_sub(VnpuQueue *q, uint32_t n, uint64_t when)
 {
-    q->records -= n;
-    if (n) {
-        q->sig_wait = false; /* a SIGNAL waiting for room may fit now */
+    if (!n) {
+        return;
     }
+    if (q->records >= q->cq_entries || q->sig_wait) {
+        q->cq_resume_ns = max_u64(q->cq_resume_ns, when);
+    }
+    q->records -= n;
+    q->sig_wait = false; /* a SIGNAL waiting for room may fit now */
 }
 
 /*
@@ -140,7 +148,8 @@ static void done_insert(VnpuQueue *q, VnpuJob *j)
 {
     uint64_t key = post_key(j);
 
-    records_sub(q, j->nsig - j->sig_reached);
+    /* (An aborted job's queue fetches nothing until it is enabled again, which forgets the resume time.) */
+    vnpu_queue_records_sub(q, j->nsig - j->sig_reached, j->status == VNPU_CPL_ABORTED ? 0 : j->t_end);
     j->nsig = j->sig_reached;
     for (unsigned i = j->sig_posted; i < j->sig_reached; i++) {
         VnpuPost *p = &j->sig[i];
@@ -162,7 +171,7 @@ static void job_signal(VnpuEngine *e, VnpuJob *j, const VnpuSlot *s)
 {
     VnpuPost *p = &j->sig[j->sig_reached];
 
-    vnpu_timing_account(e, j, VNPU_UNIT_NONE, -1, false, true, 0); /* no engine, no cost: start = end = ready */
+    vnpu_timing_account(e, j, VNPU_UNIT_NONE, NULL, false, true, 0); /* no engine, no cost: start = end = ready */
     j->sig_reached++;
     p->j = j;
     p->sub = (uint8_t)(j->sig_reached - 1);
@@ -224,7 +233,7 @@ static void job_advance(VnpuEngine *e, VnpuJob *j)
             j->next_cmd++;
             continue;
         }
-        vnpu_timing_account(e, j, VNPU_UNIT_NONE, -1, true, s->pre_status == VNPU_CPL_OK, 0);
+        vnpu_timing_account(e, j, VNPU_UNIT_NONE, NULL, true, s->pre_status == VNPU_CPL_OK, 0);
         if (s->pre_status != VNPU_CPL_OK) {
             job_fail(e, j, s, s->pre_status, 0);
             break;
@@ -247,6 +256,7 @@ void vnpu_job_abort(VnpuEngine *e, VnpuJob *j)
     __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
     j->status = VNPU_CPL_ABORTED;
     j->fault_addr = 0;
+    vnpu_timing_release(e, j, e->host.clock_ns(e->host.opaque));
     if (!j->done && !j->running) {
         vnpu_job_finish(e, j);
     }
@@ -300,10 +310,10 @@ VnpuJob *vnpu_queue_abort_open(VnpuEngine *e, VnpuQueue *q)
 /* Forget a job without a completion (device reset, queue re-enabled). Workers still holding it let go later. */
 void vnpu_job_drop(VnpuEngine *e, VnpuJob *j)
 {
-    (void)e;
+    vnpu_timing_release(e, j, e->host.clock_ns(e->host.opaque));
     j->dropped = true;
     __atomic_store_n(&j->cancel, 1, __ATOMIC_RELAXED);
-    records_sub(j->q, 1u + j->nsig - j->sig_posted);
+    vnpu_queue_records_sub(j->q, 1u + j->nsig - j->sig_posted, 0); /* its queue starts afresh before fetching */
     vnpu_queue_unlink(j->q, j);
     vnpu_job_unref(j);
 }
@@ -312,9 +322,14 @@ void vnpu_queue_abort_all(VnpuEngine *e, VnpuQueue *q)
 {
     /* Fetched without its F_LAST: it can never run, report it so the driver can reclaim it. */
     VnpuJob *open = vnpu_queue_abort_open(e, q);
+    uint64_t now = e->host.clock_ns(e->host.opaque);
 
     if (open) {
         open->done = true;
+    }
+    /* Whatever they booked beyond now goes back to the engines; the newest first, it was booked last. */
+    for (VnpuJob *j = q->jobs_tail; j; j = j->prev) {
+        vnpu_timing_release(e, j, now);
     }
     for (VnpuJob *j = q->jobs_head; j; j = j->next) {
         if (!j->done) {
@@ -356,13 +371,14 @@ void vnpu_queue_drop_all(VnpuEngine *e, VnpuQueue *q)
         vnpu_job_unref(q->open);
         q->open = NULL;
     }
-    while (q->jobs_head) {
-        vnpu_job_drop(e, q->jobs_head);
+    while (q->jobs_tail) {
+        vnpu_job_drop(e, q->jobs_tail); /* newest first: bookings unwind in reverse */
     }
     q->done = NULL;
     q->records = 0; /* the open job's too */
     q->sig_wait = false;
     q->end_max = 0;
+    q->cq_resume_ns = 0;
     wake_all(e);
 }
 
@@ -634,7 +650,12 @@ static bool fetch_one(VnpuEngine *e, VnpuQueue *q)
     j->cmds[j->ncmds].cmd = cmd;
     j->cmds[j->ncmds].sq_index = index;
     j->ncmds++;
-    j->visible = visible;
+    /*
+     * The job could not be fetched before its doorbell, nor while CONTROL.FETCH_PAUSE held fetching or the
+     * completion ring's record bound held this queue back: its modelled start is no earlier than the latest of
+     * these (a function of the guest's register writes and the device's modelled postings only).
+     */
+    j->visible = max_u64(visible, max_u64(e->fetch_resume_ns, q->cq_resume_ns));
     if (cmd.opcode == VNPU_OPC_SIGNAL && j->nsig < VNPU_MAX_SIGNALS_PER_JOB) {
         j->nsig++;
         q->records++;
@@ -778,7 +799,7 @@ static void stage_done(VnpuEngine *e, VnpuJob *j, VnpuSlot *s, VnpuUnit u, const
         if (r->status == VNPU_CPL_OK) {
             work = u == VNPU_UNIT_COMPUTE ? r->work_ns : vnpu_timing_dma_ns(&e->cfg, u == VNPU_UNIT_H2D, r->bytes);
         }
-        vnpu_timing_account(e, j, u, -1, true, r->status == VNPU_CPL_OK, work);
+        vnpu_timing_account(e, j, u, s, true, r->status == VNPU_CPL_OK, work);
     }
     if (r->status != VNPU_CPL_OK) {
         vnpu_guest_error(e, "queue %u cmd %u: opcode 0x%x failed with status %u", j->q->id, s->sq_index,
@@ -889,7 +910,7 @@ void *vnpu_core_main(void *opaque)
             j->running = false;
             stage_done(e, j, s, VNPU_UNIT_COMPUTE, &r, false);
         } else {
-            vnpu_timing_account(e, j, VNPU_UNIT_COMPUTE, -1, true, true, r.work_ns);
+            vnpu_timing_account(e, j, VNPU_UNIT_COMPUTE, s, true, true, r.work_ns);
             wake_all(e); /* the next compute command can be prepared by another core */
             pthread_mutex_unlock(&e->lock);
             vnpu_compute_run(&x, &prep, &r);

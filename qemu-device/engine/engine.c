@@ -625,6 +625,8 @@ static void engine_reset_locked(VnpuEngine *e)
     memset(e->latch, 0, e->latch_readers * sizeof(*e->latch));
     memset(e->busy_until, 0, sizeof(e->busy_until));
     memset(e->core_busy_until, 0, sizeof(e->core_busy_until));
+    memset(e->resv_last, 0, sizeof(e->resv_last));
+    e->fetch_resume_ns = 0;
     /* A tick that still comes for the old deadline finds nothing to do; the next completion re-arms. */
     e->armed = VNPU_NO_DEADLINE;
     e->ctx_table = 0;
@@ -681,6 +683,9 @@ static void global_write(VnpuEngine *e, uint64_t offset, uint32_t val)
         if (val & ~(VNPU_CONTROL_TIMING_ONLY | VNPU_CONTROL_FETCH_PAUSE)) {
             vnpu_guest_error(e, "CONTROL: reserved bits 0x%x ignored",
                              val & ~(VNPU_CONTROL_TIMING_ONLY | VNPU_CONTROL_FETCH_PAUSE));
+        }
+        if ((e->control & VNPU_CONTROL_FETCH_PAUSE) && !(val & VNPU_CONTROL_FETCH_PAUSE)) {
+            e->fetch_resume_ns = e->host.clock_ns(e->host.opaque); /* nothing held back starts before now */
         }
         __atomic_store_n(&e->control, val & (VNPU_CONTROL_TIMING_ONLY | VNPU_CONTROL_FETCH_PAUSE),
                          __ATOMIC_RELAXED);
@@ -814,6 +819,14 @@ void vnpu_engine_tick(VnpuEngine *e)
         pthread_mutex_unlock(&e->lock);
         return;
     }
+    /*
+     * Lockstep: nothing is fetched while records are posted (the lock is dropped around each record's DMA, and
+     * a record can make its queue fetchable again). What the postings make fetchable is fetched by another tick
+     * at this same virtual time, with every posting done: which queue goes first never depends on host timing.
+     */
+    if (e->lockstep) {
+        e->fetch_window = false;
+    }
     for (unsigned i = 0; i < e->cfg.num_queues; i++) {
         VnpuQueue *q = &e->queues[i];
 
@@ -854,8 +867,7 @@ void vnpu_engine_tick(VnpuEngine *e)
             if (!q->cq_tail) {
                 q->phase ^= 1;
             }
-            q->records--;
-            q->sig_wait = false;
+            vnpu_queue_records_sub(q, 1, now);
             if (final) {
                 q->jobs_done++;
                 if (j->status == VNPU_CPL_OK) {
@@ -894,11 +906,15 @@ void vnpu_engine_tick(VnpuEngine *e)
     }
     vnpu_engine_rearm(e);
     if (e->lockstep) {
-        if (!vnpu_engine_quiescent(e)) {
-            arm_at(e, now); /* posting let more work start (CQ space): settle it before time moves on */
-        } else {
-            e->fetch_window = false; /* until the next tick: doorbells and invalidations arm one */
+        bool fetchable = false;
+
+        for (unsigned i = 0; i < e->cfg.num_queues && !(e->control & VNPU_CONTROL_FETCH_PAUSE); i++) {
+            fetchable |= vnpu_queue_fetchable(e, &e->queues[i]);
         }
+        if (fetchable || e->recount_pending || !vnpu_engine_quiescent(e)) {
+            arm_at(e, now); /* posting let more work start (CQ space): settle it before time moves on */
+        }
+        /* Otherwise the window stays shut until the next tick: doorbells and invalidations arm one. */
     }
     for (unsigned v = 0; v < 32; v++) {
         if (raise & (1u << v)) {

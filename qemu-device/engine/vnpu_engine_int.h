@@ -56,6 +56,13 @@ typedef struct VnpuSlot {
     uint32_t sq_index;
     VnpuUnit unit;
     uint16_t pre_status;        /* failure found at fetch (unit NONE) */
+    /*
+     * The engine time it booked in the timing model (timing.c): [resv_prev, resv_end) is what a job that is
+     * aborted before resv_end gives back, if nothing was booked on that engine after it (resv_seq).
+     */
+    uint64_t resv_seq;          /* 0: nothing booked */
+    uint64_t resv_prev, resv_end;
+    uint8_t resv_core;
 } VnpuSlot;
 
 typedef struct VnpuQueue VnpuQueue;
@@ -144,6 +151,7 @@ struct VnpuQueue {
     uint32_t records;
     bool sig_wait;      /* the next command is a SIGNAL that does not fit yet: wait for records to post */
     uint64_t end_max;   /* max modelled end of the queue's finished jobs */
+    uint64_t cq_resume_ns; /* device clock when the record bound (records < CQ size) last stopped holding it back */
 };
 
 typedef struct VnpuFifo {
@@ -216,6 +224,14 @@ struct VnpuEngine {
     VnpuFifo fifo[VNPU_UNIT_COUNT];
     uint64_t busy_until[VNPU_UNIT_COUNT];  /* H2D, D2H (COMPUTE unused: per core below) */
     uint64_t core_busy_until[VNPU_ENGINE_MAX_CORES];
+    uint64_t resv_seq;                     /* bookings so far (timing.c) */
+    uint64_t resv_last[VNPU_UNIT_COUNT + VNPU_ENGINE_MAX_CORES]; /* last booking per engine: H2D, -, D2H, cores */
+    /*
+     * Modelled times at which fetching could resume: CONTROL.FETCH_PAUSE cleared (fetch_resume_ns), and per
+     * queue the completion-ring back-pressure lifted (VnpuQueue.cq_resume_ns). A job's modelled start is never
+     * before the time it could have been fetched.
+     */
+    uint64_t fetch_resume_ns;
 
     uint64_t host_mem_used;     /* atomic: bounce bytes held by all cores */
     uint64_t host_mem_peak;     /* atomic: most of it at once */
@@ -298,6 +314,8 @@ void vnpu_job_finish(VnpuEngine *e, VnpuJob *j);
 void vnpu_job_abort(VnpuEngine *e, VnpuJob *j);
 void vnpu_job_drop(VnpuEngine *e, VnpuJob *j);
 void vnpu_queue_abort_all(VnpuEngine *e, VnpuQueue *q);
+/* q owes n records fewer from device clock `when` on (see VnpuQueue.cq_resume_ns). Lock held. */
+void vnpu_queue_records_sub(VnpuQueue *q, uint32_t n, uint64_t when);
 void vnpu_queue_drop_all(VnpuEngine *e, VnpuQueue *q);
 /* The queue's list of dispatched, not yet posted jobs (caller holds e->lock). */
 void vnpu_queue_append(VnpuQueue *q, VnpuJob *j);
@@ -344,9 +362,17 @@ void vnpu_mmu_note_fault(VnpuEngine *e, uint16_t ctx, uint64_t va); /* caller ho
 /* timing.c */
 uint64_t vnpu_timing_dma_ns(const VnpuEngineConfig *cfg, bool to_device, uint64_t bytes);
 uint64_t vnpu_timing_matmul_ns(const VnpuEngineConfig *cfg, uint64_t flops, uint64_t bytes);
-/* Account a command that ran (ok == status OK) on unit u / core; returns its modelled end. */
-void vnpu_timing_account(VnpuEngine *e, VnpuJob *j, VnpuUnit u, int core, bool executed, bool ok,
+/*
+ * Account a command of j that ran (ok == status OK) on unit u: books its engine; s is the command (NULL for
+ * unit NONE), which remembers the booking for vnpu_timing_release().
+ */
+void vnpu_timing_account(VnpuEngine *e, VnpuJob *j, VnpuUnit u, VnpuSlot *s, bool executed, bool ok,
                          uint64_t work_ns);
+/*
+ * j is aborted or dropped at device clock `now`: give back the engine time its commands booked beyond now, on
+ * every engine where nothing was booked after them. Lock held.
+ */
+void vnpu_timing_release(VnpuEngine *e, VnpuJob *j, uint64_t now);
 
 /* Reserved fields must be zero: true if all `len` bytes at p are. */
 static inline bool vnpu_all_zero(const void *p, size_t len)

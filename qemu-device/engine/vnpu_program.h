@@ -31,6 +31,14 @@ typedef struct VnpuProgramMem {
     void *(*map)(void *opaque, uint64_t addr, uint64_t len, int write);
     /* Release a mapping (a bounce buffer is written back here when write != 0). */
     void (*unmap)(void *opaque, void *ptr, uint64_t addr, uint64_t len, int write);
+    /*
+     * Optional (NULL: no limit): host memory the kernels want besides the mappings, e.g. oneDNN's blocked
+     * copies of operands. reserve() returns 0 when `len` bytes may be allocated, -1 when they would exceed the
+     * run's budget (the kernel then takes a path that needs none: the reference kernel); every successful
+     * reserve() is matched by a release() of the same length once the memory is freed.
+     */
+    int (*reserve)(void *opaque, uint64_t len);
+    void (*release)(void *opaque, uint64_t len);
 } VnpuProgramMem;
 
 /* The compute side of the timing model, from the device configuration. */

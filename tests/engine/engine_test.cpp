@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <thread>
 #include <cstddef>
 #include <cstring>
@@ -1292,6 +1293,7 @@ struct Ring {
   uint64_t sq, cq;
   uint32_t size, tail = 0, head = 0;
   uint16_t phase = 1;
+  uint32_t cq_size = 0;  // 0: `size`
 };
 
 class MultiQueue : public Engine {
@@ -1319,7 +1321,7 @@ class MultiQueue : public Engine {
     if ((c.flags & VNPU_CPL_F_PHASE) != r.phase)
       return false;
     *out = c;
-    r.head = (r.head + 1) % r.size;
+    r.head = (r.head + 1) % (r.cq_size ? r.cq_size : r.size);
     if (!r.head)
       r.phase ^= 1;
     qwr(VNPU_QREG_CQ_HEAD, r.head, q);
@@ -2294,6 +2296,307 @@ TEST_F(MultiQueue, SignalTracesAreIdenticalUnderLockstepWhateverTheHostSpeed) {
   auto slow = workload(300);
   ASSERT_EQ(fast.size(), 27u);
   EXPECT_EQ(fast, slow);
+}
+
+
+// ---- modelled engine time: the EXEC cap, aborted jobs, fetch pause and completion back-pressure -------------
+
+// EXEC commands of context 0 (identity-mapped): exec_cmd() puts the program and its binding table in device
+// memory first.
+class Exec : public Engine {
+ protected:
+  static constexpr uint64_t kProg = 0x100000, kBinds = 0x110000, kIo = 0x120000;
+
+  vnpu_hw_cmd exec_cmd(const std::vector<uint8_t>& prog, uint64_t tag,
+                       const std::vector<uint64_t>& binds = {kIo, kIo + 0x1000}) {  // weights, scratch
+    copy_in(kProg, prog.data(), uint32_t(prog.size()), 1);
+    copy_in(kBinds, binds.data(), uint32_t(binds.size() * 8), 2);
+    vnpu_hw_cmd x{};
+    x.opcode = VNPU_OPC_EXEC;
+    x.flags = VNPU_CMD_F_LAST;
+    x.tag = tag;
+    x.exec.prog_addr = kProg;
+    x.exec.prog_len = uint32_t(prog.size());
+    x.exec.bindings_addr = kBinds;
+    x.exec.num_bindings = uint32_t(binds.size());
+    return x;
+  }
+  // `ops` in-place ReLUs of four floats: each costs the op overhead (the arithmetic is negligible).
+  static std::vector<uint8_t> relus(int ops) {
+    ProgramBuilder b;
+    b.binding(VNPU_ISA_BIND_WEIGHTS, 256);
+    uint32_t x = b.tensor(b.binding(VNPU_ISA_BIND_SCRATCH, 64), 0, {4});
+    vnpu_isa_unary relu{};
+    relu.act = VNPU_ISA_ACT_RELU;
+    for (int i = 0; i < ops; i++)
+      b.op(VNPU_ISA_OP_UNARY, {x}, {x}, &relu);
+    return b.bytes();
+  }
+};
+
+// Regression: an EXEC's modelled cost had no bound while SYNTH's is 10 s: three ops of a 4 s op overhead booked
+// a core for 12 s (and a hostile program's cost sums could wrap). Now more than VNPU_EXEC_MAX_NS is refused.
+TEST_F(Exec, ModelledCostIsCappedLikeSynths) {
+  constexpr uint64_t kOpNs = 4'000'000'000;
+  VnpuEngineConfig cfg{};
+  cfg.op_overhead_ns = uint32_t(kOpNs);
+  create(cfg);
+  enable();
+  auto ok = run_one({exec_cmd(relus(2), 1)});
+  EXPECT_EQ(ok.status, VNPU_CPL_OK);
+  EXPECT_EQ(ok.t_end - ok.t_start, kOverhead + 2 * (kOpNs + 8));  // + 8 flops per ReLU of four floats
+  const uint64_t t0 = host_.now();
+  auto over = run_one({exec_cmd(relus(3), 2)});
+  EXPECT_EQ(over.status, VNPU_CPL_PROGRAM_INVALID);
+  // Refused at validation: nothing booked beyond the command's overhead, the core is free for the next job.
+  EXPECT_EQ(over.t_end - over.t_start, kOverhead);
+  auto next = run_one({synth(10, 3)});
+  EXPECT_LT(next.t_end - t0, 1'000'000u);
+  VnpuEngineStats st;
+  vnpu_engine_get_stats(engine_.get(), &st);
+  EXPECT_LT(st.compute_busy_ns, 3 * kOpNs);
+}
+
+// Regression: a job aborted by a queue reset kept its whole booking of the compute core in the timing model,
+// so the next job, rung right after the reset, started only when the aborted one would have ended (10 s later).
+TEST_F(Timing, AnAbortedJobGivesBackTheEngineTimeItBooked) {
+  enable();
+  const uint64_t t0 = host_.now();
+  submit({synth(VNPU_SYNTH_MAX_NS, 1)});
+  vnpu_engine_wait_idle(engine_.get());  // fetched and booked: the core is taken until t0 + 10 s
+  host_.set_clock(t0 + 5000);
+  qwr(VNPU_QREG_CTRL, VNPU_QCTRL_RESET);
+  run();
+  vnpu_hw_cpl c{};
+  ASSERT_TRUE(pop(&c));
+  EXPECT_EQ(c.status, VNPU_CPL_ABORTED);
+  EXPECT_EQ(c.compute_ns, 5000u);  // the part it used before the reset
+  VnpuEngineStats st;
+  vnpu_engine_get_stats(engine_.get(), &st);
+  EXPECT_EQ(st.compute_busy_ns, 5000u);
+  host_.set_clock(t0 + 6000);
+  enable();
+  auto next = run_one({synth(1000, 2)});
+  EXPECT_EQ(next.status, VNPU_CPL_OK);
+  EXPECT_EQ(next.t_start, t0 + 6000);
+  EXPECT_EQ(next.t_end, t0 + 6000 + kOverhead + 1000);
+  // Two bookings of one job on one engine unwind in turn.
+  const uint64_t t1 = host_.now();
+  submit({synth(1'000'000, 0, false), synth(1'000'000, 3)});
+  vnpu_engine_wait_idle(engine_.get());
+  host_.set_clock(t1 + 100);
+  qwr(VNPU_QREG_CTRL, VNPU_QCTRL_RESET);
+  run();
+  ASSERT_TRUE(pop(&c));
+  EXPECT_EQ(c.status, VNPU_CPL_ABORTED);
+  enable();
+  next = run_one({synth(1000, 4)});
+  EXPECT_EQ(next.t_start, t1 + 100);
+}
+
+// Regression: the timing model ignored CONTROL.FETCH_PAUSE: a job rung while fetching was paused was modelled
+// from its doorbell on, as if it had run while the device was not allowed to fetch it.
+TEST_F(Timing, AJobHeldByFetchPauseStartsWhenThePauseEnds) {
+  for (int lockstep : {1, 0}) {
+    create({});
+    vnpu_engine_set_lockstep(engine_.get(), lockstep);
+    enable();
+    const uint64_t t0 = host_.now();
+    wr(VNPU_REG_CONTROL, VNPU_CONTROL_FETCH_PAUSE);
+    submit({synth(1000, 1)});
+    run();
+    EXPECT_EQ(qrd(VNPU_QREG_SQ_HEAD), 0u);
+    host_.set_clock(t0 + 50'000);
+    wr(VNPU_REG_CONTROL, 0);
+    run();
+    vnpu_hw_cpl c{};
+    ASSERT_TRUE(pop(&c));
+    EXPECT_EQ(c.t_start, t0 + 50'000) << "lockstep " << lockstep;
+    EXPECT_EQ(c.t_end, t0 + 50'000 + kOverhead + 1000) << "lockstep " << lockstep;
+  }
+}
+
+// Regression: the timing model ignored the completion ring's back-pressure: a job held back by the record
+// bound until the driver freed ring space (CQ_HEAD at 1 ms) was modelled from its doorbell on, starting at
+// 3.3 us: long before the device could fetch it.
+TEST_F(Timing, AJobHeldByCompletionBackPressureStartsWhenItCouldBeFetched) {
+  for (int lockstep : {1, 0}) {
+    create({});
+    vnpu_engine_set_lockstep(engine_.get(), lockstep);
+    enable(16, 2);  // the ring holds one record; two may be owed
+    const uint64_t t0 = host_.now(), kJob = kOverhead + 1000;
+    submit({synth(1000, 1), synth(1000, 2), synth(1000, 3), synth(1000, 4)});
+    run();
+    // Job 1 posted (the ring is now full), job 2 waits for ring space, job 3 fetched when job 1 posted.
+    EXPECT_EQ(qrd(VNPU_QREG_SQ_HEAD), 3u);
+    host_.set_clock(t0 + 1'000'000);
+    std::vector<vnpu_hw_cpl> got;
+    vnpu_hw_cpl c{};
+    for (int round = 0; round < 10 && got.size() < 4; round++) {
+      while (pop(&c))
+        got.push_back(c);
+      run();
+    }
+    ASSERT_EQ(got.size(), 4u);
+    EXPECT_EQ(got[0].t_start, t0);
+    EXPECT_EQ(got[1].t_start, t0 + kJob);
+    EXPECT_EQ(got[2].t_start, t0 + 2 * kJob);  // fetched at t0 + kJob: the core was busy until after that
+    EXPECT_EQ(got[3].t_start, t0 + 1'000'000) << "lockstep " << lockstep;  // fetched when job 2 could post
+    EXPECT_EQ(got[3].t_end, t0 + 1'000'000 + kJob) << "lockstep " << lockstep;
+  }
+}
+
+// Regression: oneDNN's blocked copies of EXEC operands were allocated outside host-mem-max (only bounce buffers
+// counted): a convolution over 1 MiB tensors held 2 MiB of nChw16c copies whatever the budget. Now they count
+// against the core's share; when it is exhausted the op runs on the reference kernel, with the same result.
+TEST_F(Exec, OneDnnBlockedCopiesCountAgainstHostMemMax) {
+  constexpr uint64_t kMiB = 1 << 20;
+  constexpr uint32_t C = 16, H = 128, W = 128;
+  constexpr uint64_t kW = 0x200000, kX = 0x400000, kY = 0x600000, kBytes = uint64_t(C) * H * W * 4;
+  ProgramBuilder b;
+  uint32_t wb = b.binding(VNPU_ISA_BIND_WEIGHTS, C * C * 9 * 4), xb = b.binding(VNPU_ISA_BIND_INPUT, kBytes),
+           yb = b.binding(VNPU_ISA_BIND_OUTPUT, kBytes);
+  uint32_t x = b.tensor(xb, 0, {1, C, H, W}), w = b.tensor(wb, 0, {C, C, 3, 3}), y = b.tensor(yb, 0, {1, C, H, W});
+  vnpu_isa_conv cv{};
+  cv.group = 1;
+  cv.stride[0] = cv.stride[1] = 1;
+  cv.dilation[0] = cv.dilation[1] = 1;
+  cv.pad_begin[0] = cv.pad_begin[1] = cv.pad_end[0] = cv.pad_end[1] = 1;
+  b.op(VNPU_ISA_OP_CONV, {x, w}, {y}, &cv);
+  const std::vector<uint8_t> prog = b.bytes();
+  std::mt19937 rng(12);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> xv(kBytes / 4), wv(C * C * 9);
+  for (auto& v : xv)
+    v = u(rng);
+  for (auto& v : wv)
+    v = u(rng);
+
+  auto run_with = [&](uint64_t host_mem_max) {
+    VnpuEngineConfig cfg{};
+    cfg.host_mem_max = host_mem_max;
+    create(cfg);
+    enable();
+    copy_in(kX, xv.data(), uint32_t(kBytes), 3);
+    copy_in(kW, wv.data(), uint32_t(wv.size() * 4), 4);
+    EXPECT_EQ(run_one({exec_cmd(prog, 1, {kW, kX, kY})}).status, VNPU_CPL_OK);
+    VnpuEngineStats st;
+    vnpu_engine_get_stats(engine_.get(), &st);
+    std::vector<uint8_t> raw = copy_out(kY, uint32_t(kBytes));
+    std::vector<float> out(kBytes / 4);
+    std::memcpy(out.data(), raw.data(), kBytes);
+    return std::make_pair(out, st.host_mem_peak);
+  };
+  // Contiguous operands need no bounce buffers: what is counted is oneDNN's blocked input and output.
+  auto [fast, fast_peak] = run_with(64 * kMiB);
+  EXPECT_GE(fast_peak, 2 * kMiB);
+  auto [ref, ref_peak] = run_with(1 * kMiB);
+  EXPECT_LE(ref_peak, 1 * kMiB);
+  ASSERT_EQ(fast.size(), ref.size());
+  size_t bad = 0;
+  for (size_t i = 0; i < fast.size(); i++)
+    bad += std::fabs(fast[i] - ref[i]) > 1e-4f * (1.0f + std::fabs(fast[i]));
+  EXPECT_EQ(bad, 0u);
+}
+
+// Under lockstep (icount), jobs held back by FETCH_PAUSE and by full completion rings start at times set by the
+// guest's register writes: the same workload, with the driver reading its rings late, gives one trace with
+// instant and with randomly slow host memory.
+TEST_F(MultiQueue, HeldBackJobsGiveIdenticalTracesUnderLockstepWhateverTheHostSpeed) {
+  auto workload = [&](unsigned jitter_us) {
+    make(2, 1);
+    vnpu_engine_set_lockstep(engine_.get(), 1);
+    const uint64_t t0 = host_.now();
+    host_.set_jitter(jitter_us);
+    for (unsigned q = 0; q < 2; q++) {
+      open_queue(q, q, 16);
+      // A completion ring of 2 (one record at a time): at most two records owed, the rest waits unfetched.
+      qwr(VNPU_QREG_CTRL, 0, q);
+      std::memset(host_.ptr(rings_[q].cq), 0, 2 * sizeof(vnpu_hw_cpl));  // no records of an earlier workload
+      program_queue(rings_[q].sq, 16, rings_[q].cq, 2, q, q);
+      qwr(VNPU_QREG_CTRL, VNPU_QCTRL_ENABLE, q);
+      rings_[q].cq_size = 2;
+    }
+    uint64_t s = sgl1(0, kData, 4096);
+    wr(VNPU_REG_CONTROL, VNPU_CONTROL_FETCH_PAUSE);
+    for (unsigned q = 0; q < 2; q++)
+      for (unsigned j = 0; j < 5; j++) {
+        uint64_t tag = q * 10 + j;
+        if (j % 2)
+          put(q, {synth(300 * j + 50 * q, tag)});
+        else
+          put(q, {dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0x10000 * (q * 5 + j), 4096, true, tag)});
+      }
+    host_.set_clock(t0 + 1000);
+    wr(VNPU_REG_CONTROL, 0);  // fetching starts here, not at the doorbells
+    run();
+    std::vector<std::tuple<unsigned, uint64_t, uint64_t, uint64_t>> trace;
+    for (unsigned k = 0; k < 40 && trace.size() < 10; k++) {
+      host_.set_clock(host_.now() + 3000 + 1000 * k);  // the driver reads one ring, late, at guest-chosen times
+      for (auto& c : drain(k % 2))
+        trace.emplace_back(k % 2, c.tag, c.t_start - t0, c.t_end - t0);
+      run();
+    }
+    host_.set_jitter(0);
+    return trace;
+  };
+  auto fast = workload(0);
+  ASSERT_EQ(fast.size(), 10u);
+  // Held back, not started at the doorbells: the last jobs start after the driver read the records before them.
+  EXPECT_GT(std::get<2>(fast.back()), 10'000u);
+  for (unsigned jitter : {300u, 0u, 200u})
+    EXPECT_EQ(workload(jitter), fast) << "jitter " << jitter;
+}
+
+// Regression: under lockstep the command processor could fetch while a tick was still posting records (the
+// engine lock is dropped around each record's DMA) if anything woke it then (here another CPU's CONTROL write
+// during the first record's write; also a spurious wake-up): when two queues held back by full completion rings
+// were released in one tick, the low-priority queue's job could be fetched, and book the H2D engine, before the
+// high-priority one's. Now postings and fetches never overlap.
+TEST_F(MultiQueue, QueuesReleasedInOneTickAreFetchedInArbitrationOrderUnderLockstep) {
+  auto workload = [&](bool slow_record) {
+    make(2, 1);
+    vnpu_engine_set_lockstep(engine_.get(), 1);
+    const uint64_t t0 = host_.now();
+    for (unsigned q = 0; q < 2; q++) {
+      open_queue(q, q, 16);
+      qwr(VNPU_QREG_CTRL, 0, q);
+      std::memset(host_.ptr(rings_[q].cq), 0, 2 * sizeof(vnpu_hw_cpl));  // no records of an earlier workload
+      program_queue(rings_[q].sq, 16, rings_[q].cq, 2, q, q);  // one record at a time, two owed
+      qwr(VNPU_QREG_CTRL, VNPU_QCTRL_ENABLE, q);
+      rings_[q].cq_size = 2;
+    }
+    const uint64_t cq0 = rings_[0].cq;
+    std::atomic<bool> slow{false};
+    host_.on_write([&](uint64_t addr, size_t) {
+      if (slow.load() && addr >= cq0 && addr < cq0 + 128) {
+        wr(VNPU_REG_CONTROL, 0);  // another CPU's register write while the record is being written
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      }
+    });
+    uint64_t s = sgl1(0, kData, 4096);
+    wr(VNPU_REG_CONTROL, VNPU_CONTROL_FETCH_PAUSE);
+    for (unsigned q = 0; q < 2; q++)
+      for (unsigned j = 0; j < 5; j++)
+        put(q, {dma(VNPU_OPC_DMA_H2D, s, 1, 0, 0x10000 * (q * 5 + j), 4096, true, q * 10 + j)});
+    wr(VNPU_REG_CONTROL, 0);
+    run();  // each queue: one record posted, one waiting for ring space, one more job fetched, two held back
+    host_.set_clock(t0 + 100'000);
+    slow = slow_record;
+    std::vector<std::tuple<unsigned, uint64_t, uint64_t, uint64_t>> trace;
+    for (unsigned k = 0; k < 10 && trace.size() < 10; k++) {
+      for (unsigned q = 0; q < 2; q++)  // both rings read at one guest time: one tick releases both queues
+        for (auto& c : drain(q))
+          trace.emplace_back(q, c.tag, c.t_start - t0, c.t_end - t0);
+      run();
+      host_.set_clock(host_.now() + 100'000);
+    }
+    host_.on_write(nullptr);
+    return trace;
+  };
+  auto fast = workload(false);
+  ASSERT_EQ(fast.size(), 10u);
+  EXPECT_EQ(workload(true), fast);
 }
 
 }  // namespace

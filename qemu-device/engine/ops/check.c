@@ -444,6 +444,19 @@ int vnpu_ops_check(const VnpuOpArgs *a)
     }
 }
 
+/* Products of guest-chosen dimensions: saturate instead of wrapping, so a huge op can never look cheap. */
+static uint64_t sat_mul(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+
+    return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
 uint64_t vnpu_ops_flops(const VnpuOpArgs *a)
 {
     const VnpuTensor *y = OUT(a, 0);
@@ -452,37 +465,38 @@ uint64_t vnpu_ops_flops(const VnpuOpArgs *a)
     case VNPU_ISA_OP_CONV: {
         const VnpuTensor *w = IN(a, 1);
 
-        return 2 * y->count * w->dims[1] * w->dims[2] * w->dims[3] + y->count;
+        return sat_add(sat_mul(sat_mul(sat_mul(2 * y->count, w->dims[1]), w->dims[2]), w->dims[3]), y->count);
     }
     case VNPU_ISA_OP_CONV_TRANSPOSE: {
         const VnpuTensor *w = IN(a, 1);
 
-        return 2 * IN(a, 0)->count * w->dims[1] * w->dims[2] * w->dims[3] + y->count;
+        return sat_add(sat_mul(sat_mul(sat_mul(2 * IN(a, 0)->count, w->dims[1]), w->dims[2]), w->dims[3]),
+                       y->count);
     }
     case VNPU_ISA_OP_POOL:
-        return y->count * a->attr.pool.kernel[0] * a->attr.pool.kernel[1];
+        return sat_mul(sat_mul(y->count, a->attr.pool.kernel[0]), a->attr.pool.kernel[1]);
     case VNPU_ISA_OP_MATMUL: {
         const VnpuTensor *A = IN(a, 0);
         uint64_t k = (a->attr.matmul.flags & VNPU_ISA_MATMUL_F_TRANS_A) ? A->dims[A->rank - 2]
                                                                        : A->dims[A->rank - 1];
 
-        return 2 * y->count * k + y->count;
+        return sat_add(sat_mul(2 * y->count, k), y->count);
     }
     case VNPU_ISA_OP_BINARY:
     case VNPU_ISA_OP_UNARY:
     case VNPU_ISA_OP_CHANNEL_AFFINE:
-        return 2 * y->count;
+        return 2 * y->count; /* count <= 2^60 (program.c) */
     case VNPU_ISA_OP_RESIZE:
-        return (a->attr.resize.mode == VNPU_ISA_RESIZE_CUBIC    ? 32
-                : a->attr.resize.mode == VNPU_ISA_RESIZE_LINEAR ? 8
-                                                                : 1) *
-               y->count;
+        return sat_mul(a->attr.resize.mode == VNPU_ISA_RESIZE_CUBIC    ? 32
+                       : a->attr.resize.mode == VNPU_ISA_RESIZE_LINEAR ? 8
+                                                                       : 1,
+                       y->count);
     case VNPU_ISA_OP_SOFTMAX:
-        return 5 * y->count;
+        return sat_mul(5, y->count);
     case VNPU_ISA_OP_REDUCE:
-        return 2 * IN(a, 0)->count + y->count;
+        return sat_add(2 * IN(a, 0)->count, y->count);
     case VNPU_ISA_OP_NORM:
-        return 8 * y->count;
+        return sat_mul(8, y->count);
     default:
         return 0; /* pure data movement: memory-bound */
     }

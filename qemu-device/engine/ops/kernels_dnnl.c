@@ -12,6 +12,7 @@
 #include <dnnl.h>
 
 #include "vnpu_ops.h"
+#include "vnpu_program.h"
 
 #define IN(a, i) (&(a)->t[(i)])
 #define OUT(a, i) (&(a)->t[(a)->num_inputs + (i)])
@@ -175,23 +176,69 @@ static int reorder(dnnl_stream_t stream, const dnnl_memory_desc_t *smd, void *sp
 }
 
 /*
- * When `want` differs from the plain layout, a 64-byte aligned buffer for it in *buf (else *buf stays NULL).
- * -1 if out of memory.
+ * Blocked and padded copies are host memory the guest's program makes the device allocate: they count against
+ * the run's budget (VnpuProgramMem.reserve, the core's share of host-mem-max, together with its bounce
+ * buffers). A refused reservation makes the fast kernel fail and the caller run the reference kernel, which
+ * needs no copies.
  */
-static int layout_buffer(const dnnl_memory_desc_t *plain, const dnnl_memory_desc_t *want, void **buf)
+static int shadows_evict_oldest(VnpuShadows *t);
+
+static void *buf_alloc(const VnpuOpArgs *a, uint64_t bytes)
+{
+    const VnpuProgramMem *m = a->mem;
+    void *p;
+
+    if (m && m->reserve && m->release) {
+        while (m->reserve(m->opaque, bytes)) {
+            /* Copies kept for later ops (VnpuShadows) give way to the copies this op needs now. */
+            if (!a->shadows || shadows_evict_oldest(a->shadows)) {
+                return NULL;
+            }
+        }
+    }
+    p = aligned_alloc(64, bytes);
+    if (!p && m && m->reserve && m->release) {
+        m->release(m->opaque, bytes);
+    }
+    return p;
+}
+
+static void buf_release(const VnpuProgramMem *m, uint64_t bytes)
+{
+    if (m && m->reserve && m->release) {
+        m->release(m->opaque, bytes);
+    }
+}
+
+/* Frees a buffer of buf_alloc (NULL: nothing). */
+static void buf_free(const VnpuOpArgs *a, void *p, uint64_t bytes)
+{
+    if (p) {
+        free(p);
+        buf_release(a->mem, bytes);
+    }
+}
+
+/*
+ * When `want` differs from the plain layout, a 64-byte aligned buffer for it in *buf, of *bytes bytes (else
+ * *buf stays NULL). -1 if out of memory or beyond the run's budget.
+ */
+static int layout_buffer(const VnpuOpArgs *a, const dnnl_memory_desc_t *plain, const dnnl_memory_desc_t *want,
+                         void **buf, uint64_t *bytes)
 {
     if (dnnl_memory_desc_equal(want, plain)) {
         return 0;
     }
-    *buf = aligned_alloc(64, (dnnl_memory_desc_get_size(want) + 63) / 64 * 64);
+    *bytes = (dnnl_memory_desc_get_size(want) + 63) / 64 * 64;
+    *buf = buf_alloc(a, *bytes);
     return *buf ? 0 : -1;
 }
 
 /* Like layout_buffer, and reorders `data` (in the plain layout) into the buffer on `stream`. */
-static int layout_in(dnnl_stream_t stream, const dnnl_memory_desc_t *plain, void *data,
-                     const dnnl_memory_desc_t *want, void **buf)
+static int layout_in(const VnpuOpArgs *a, dnnl_stream_t stream, const dnnl_memory_desc_t *plain, void *data,
+                     const dnnl_memory_desc_t *want, void **buf, uint64_t *bytes)
 {
-    if (layout_buffer(plain, want, buf)) {
+    if (layout_buffer(a, plain, want, buf, bytes)) {
         return -1;
     }
     return *buf && reorder(stream, plain, data, want, *buf) ? -1 : 0;
@@ -334,7 +381,7 @@ static void matmul_operand(dnnl_dims_t d, dnnl_dims_t st, unsigned r, int trans)
 
 typedef struct VnpuShadow {
     uint64_t addr, len; /* device address range of the plain tensor; len 0: free slot */
-    uint64_t bytes;     /* of buf */
+    uint64_t bytes;     /* of buf (reserved from the run's budget through VnpuShadows.mem) */
     uint64_t age;
     dnnl_memory_desc_t md;
     void *buf;
@@ -343,6 +390,8 @@ typedef struct VnpuShadow {
 struct VnpuShadows {
     VnpuShadow s[SHADOW_SLOTS];
     uint64_t bytes, clock;
+    const void *pinned; /* the copy the running op reads: never evicted */
+    const VnpuProgramMem *mem; /* the run's budget the copies were reserved from (one run per table) */
 };
 
 VnpuShadows *vnpu_shadows_new(void)
@@ -353,8 +402,29 @@ VnpuShadows *vnpu_shadows_new(void)
 static void shadow_drop(VnpuShadows *t, VnpuShadow *s)
 {
     free(s->buf);
+    buf_release(t->mem, s->bytes);
     t->bytes -= s->bytes;
     memset(s, 0, sizeof(*s));
+}
+
+/* Drops the oldest copy that is not pinned: 0, or -1 if there is none. */
+static int shadows_evict_oldest(VnpuShadows *t)
+{
+    VnpuShadow *oldest = NULL;
+    unsigned i;
+
+    for (i = 0; i < SHADOW_SLOTS; i++) {
+        VnpuShadow *s = &t->s[i];
+
+        if (s->len && s->buf != t->pinned && (!oldest || s->age < oldest->age)) {
+            oldest = s;
+        }
+    }
+    if (!oldest) {
+        return -1;
+    }
+    shadow_drop(t, oldest);
+    return 0;
 }
 
 void vnpu_shadows_free(VnpuShadows *t)
@@ -365,7 +435,9 @@ void vnpu_shadows_free(VnpuShadows *t)
         return;
     }
     for (i = 0; i < SHADOW_SLOTS; i++) {
-        free(t->s[i].buf);
+        if (t->s[i].len) {
+            shadow_drop(t, &t->s[i]);
+        }
     }
     free(t);
 }
@@ -401,16 +473,20 @@ static void *shadow_find(VnpuShadows *t, uint64_t addr, uint64_t len, const dnnl
     return NULL;
 }
 
-/* Takes ownership of buf (the blocked copy of [addr, addr + len) in layout md): 0, or -1 (caller frees it). */
-static int shadow_add(VnpuShadows *t, uint64_t addr, uint64_t len, const dnnl_memory_desc_t *md, void *buf)
+/*
+ * Takes ownership of buf (the blocked copy of [addr, addr + len) in layout md, `bytes` reserved from a's
+ * budget by buf_alloc): 0, or -1 (caller frees it).
+ */
+static int shadow_add(VnpuShadows *t, const VnpuOpArgs *a, uint64_t addr, uint64_t len,
+                      const dnnl_memory_desc_t *md, void *buf, uint64_t bytes)
 {
-    uint64_t bytes = dnnl_memory_desc_get_size(md);
     VnpuShadow *s;
     unsigned i;
 
-    if (!t || !len || bytes > SHADOW_MAX_BYTES) {
+    if (!t || !len || bytes > SHADOW_MAX_BYTES || (t->mem && t->mem != a->mem)) {
         return -1;
     }
+    t->mem = a->mem;
     vnpu_shadows_invalidate(t, addr, len);
     for (;;) {
         VnpuShadow *oldest = NULL, *fr = NULL;
@@ -491,6 +567,7 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     dnnl_stream_t stream = NULL;
     dnnl_primitive_desc_t pd = NULL;
     void *xb = NULL, *wb = NULL, *yb = NULL, *xs;
+    uint64_t xbn = 0, wbn = 0, ybn = 0;
     DnnlCall c;
     int ok, i, after, ret = -1;
     uint64_t g = cv->group;
@@ -571,8 +648,11 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
      * this run left the input's blocked copy).
      */
     xs = a->shadows ? shadow_find(a->shadows, a->addr[0], x->count * 4, xq) : NULL;
-    if ((!xs && layout_in(stream, &xmd, x->data, xq, &xb)) || layout_in(stream, &wmd, w->data, wq, &wb) ||
-        layout_buffer(&ymd, yq, &yb)) {
+    if (a->shadows) {
+        a->shadows->pinned = xs; /* the allocations below may evict other copies, not this one */
+    }
+    if ((!xs && layout_in(a, stream, &xmd, x->data, xq, &xb, &xbn)) ||
+        layout_in(a, stream, &wmd, w->data, wq, &wb, &wbn) || layout_buffer(a, &ymd, yq, &yb, &ybn)) {
         goto out;
     }
     /* The sum post-op adds to what the destination holds: the residual, in the destination's layout. */
@@ -597,14 +677,17 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     }
     /* The blocked output stays for a later convolution (an activation applied after would make it stale). */
     if (ret == VNPU_CPL_OK && yb && !after && a->shadows &&
-        shadow_add(a->shadows, a->addr[a->num_inputs], y->count * 4, yq, yb) == 0) {
+        shadow_add(a->shadows, a, a->addr[a->num_inputs], y->count * 4, yq, yb, ybn) == 0) {
         yb = NULL;
     }
 out:
+    if (a->shadows) {
+        a->shadows->pinned = NULL;
+    }
     call_release(&c, stream);
-    free(xb);
-    free(wb);
-    free(yb);
+    buf_free(a, xb, xbn);
+    buf_free(a, wb, wbn);
+    buf_free(a, yb, ybn);
     dnnl_primitive_desc_destroy(pd);
     return act_apply(ret, after, a, cv->act, cv->act_alpha, cv->act_beta);
 }
@@ -642,6 +725,7 @@ int vnpu_fast_pool(const VnpuOpArgs *a)
     dnnl_primitive_desc_t pd = NULL;
     dnnl_stream_t stream = NULL;
     void *xb = NULL, *yb = NULL;
+    uint64_t xbn = 0, ybn = 0;
     DnnlCall c;
     int ok, i, blocked, ret = -1;
 
@@ -691,7 +775,7 @@ int vnpu_fast_pool(const VnpuOpArgs *a)
     if (!yq || dnnl_stream_create(&stream, engine_get(), dnnl_stream_default_flags) != dnnl_success) {
         goto out;
     }
-    if (layout_in(stream, &xmd, x->data, &xblk, &xb) || layout_buffer(&ymd, yq, &yb)) {
+    if (layout_in(a, stream, &xmd, x->data, &xblk, &xb, &xbn) || layout_buffer(a, &ymd, yq, &yb, &ybn)) {
         goto out;
     }
     ok = call_arg(&c, DNNL_ARG_SRC, &xblk, xb ? xb : x->data) == 0 &&
@@ -701,8 +785,8 @@ int vnpu_fast_pool(const VnpuOpArgs *a)
     }
 out:
     call_release(&c, stream);
-    free(xb);
-    free(yb);
+    buf_free(a, xb, xbn);
+    buf_free(a, yb, ybn);
     dnnl_primitive_desc_destroy(pd);
     return ret;
 }

@@ -226,26 +226,37 @@ static int program_check_bindings(const VnpuProgram *p)
     return weights == 1 ? 0 : -1;
 }
 
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
 static uint64_t op_bytes(const VnpuOpArgs *a)
 {
     uint64_t b = 0;
     unsigned k;
 
     for (k = 0; k < a->num_inputs + a->num_outputs; k++) {
-        b += a->t[k].count * 4;
+        b = sat_add(b, a->t[k].count * 4);
     }
     return b;
 }
 
 static uint64_t ns_for(uint64_t amount, uint64_t per_sec)
 {
+    __uint128_t ns;
+
     if (!per_sec) {
         return 0;
     }
-    /* amount * 1e9 / per_sec without overflow for any realistic amount. */
-    return (uint64_t)((__uint128_t)amount * 1000000000u / per_sec);
+    ns = (__uint128_t)amount * 1000000000u / per_sec;
+    return ns > UINT64_MAX ? UINT64_MAX : (uint64_t)ns;
 }
 
+/*
+ * Every sum saturates: a hostile program must never wrap its cost into a small one (the device refuses an EXEC
+ * whose modelled cost exceeds VNPU_EXEC_MAX_NS, compute.c).
+ */
 static void cost_add(VnpuProgramCost *c, const VnpuComputeModel *m, const VnpuOpArgs *a)
 {
     uint64_t flops = vnpu_ops_flops(a), bytes = op_bytes(a);
@@ -253,9 +264,9 @@ static void cost_add(VnpuProgramCost *c, const VnpuComputeModel *m, const VnpuOp
     uint64_t tb = m ? ns_for(bytes, m->mem_bytes_per_sec) : 0;
 
     c->ops++;
-    c->flops += flops;
-    c->bytes += bytes;
-    c->modelled_ns += (m ? m->op_overhead_ns : 0) + (tf > tb ? tf : tb);
+    c->flops = sat_add(c->flops, flops);
+    c->bytes = sat_add(c->bytes, bytes);
+    c->modelled_ns = sat_add(c->modelled_ns, sat_add(m ? m->op_overhead_ns : 0, tf > tb ? tf : tb));
 }
 
 /*
@@ -423,6 +434,7 @@ int vnpu_program_execute(const VnpuProgramRun *run, const VnpuProgramMem *mem, V
                 vnpu_shadows_invalidate(shadows, addr[k], args->t[k].count * 4);
             }
             args->shadows = shadows;
+            args->mem = mem;
             memcpy(args->addr, addr, n * sizeof(addr[0]));
             r = vnpu_ops_run(args, mode);
 

@@ -68,6 +68,7 @@ typedef struct VnpuOpArgs {
     const volatile int *cancel; /* may be NULL */
     VnpuShadows *shadows; /* may be NULL; with it, addr[] holds every operand's device address */
     uint64_t addr[VNPU_ISA_MAX_OPERANDS];
+    const struct VnpuProgramMem *mem; /* may be NULL; its reserve()/release() bound the kernels' own buffers */
 } VnpuOpArgs;
 
 /* Which kernels vnpu_ops_run() uses. */
