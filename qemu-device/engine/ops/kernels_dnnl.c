@@ -6,8 +6,11 @@
  * Anything outside what is mapped here returns 1 and the caller runs the reference kernel.
  */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <dnnl.h>
 
@@ -617,6 +620,221 @@ static int shadow_add(VnpuShadows *t, uint64_t addr, uint64_t len, const dnnl_me
     return 0;
 }
 
+/* ---- convolution weights kept in the primitive's layout across runs (PackedWeights) ---------------------------
+ *
+ * A convolution's weights are converted from the program's goihw into the layout its primitive wants (blocked,
+ * e.g. OIhw16i16o) before it can run. The weights are the same on every run of a model, so the converted copy is
+ * kept, keyed by the weights' device address, size and target layout, and bounded by the budget the engine gives
+ * (VnpuProgramRun.weights_cache_max: a compute core's share of host-mem-max). Device memory can be rewritten by
+ * the host at any time without the device noticing (in QEMU it is guest RAM), so a copy is used only if the
+ * weights still hash to what they were converted from: a keyed 64-bit hash of the plain bytes (key random per
+ * process, so a guest cannot construct a colliding set of weights), computed in 256 KiB chunks over the kernel
+ * threads. Hashing reads the weights once; converting reads them and writes a fresh buffer (page faults
+ * included), which is what this saves, together with one parallel region per convolution.
+ */
+#define PW_CHUNK (UINT64_C(256) << 10)
+
+typedef struct PackedWeights {
+    struct PackedWeights *next;
+    uint64_t addr, len;     /* device address and bytes of the plain weights */
+    uint64_t hash;          /* of the plain bytes buf was converted from */
+    dnnl_memory_desc_t md;  /* buf's layout */
+    uint64_t bytes;         /* of buf */
+    uint64_t last_use;
+    int refs;
+    int cached;             /* in the list (else freed by pw_release) */
+    void *buf;
+} PackedWeights;
+
+static pthread_mutex_t pw_lock = PTHREAD_MUTEX_INITIALIZER;
+static PackedWeights *pw_list;
+static uint64_t pw_bytes, pw_clock, pw_key[2];
+static pthread_once_t pw_once = PTHREAD_ONCE_INIT;
+
+static void pw_init(void)
+{
+    FILE *f = fopen("/dev/urandom", "rb");
+
+    if (!f || fread(pw_key, sizeof(pw_key), 1, f) != 1) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        pw_key[0] = (uint64_t)ts.tv_nsec * UINT64_C(0x9e3779b97f4a7c15) ^ (uint64_t)ts.tv_sec;
+        pw_key[1] = (uint64_t)(uintptr_t)&ts * UINT64_C(0xc2b2ae3d27d4eb4f) ^ (uint64_t)getpid();
+    }
+    if (f) {
+        fclose(f);
+    }
+}
+
+static uint64_t pw_mix(uint64_t h, uint64_t v)
+{
+    h ^= v * UINT64_C(0x87c37b91114253d5);
+    h = (h << 31 | h >> 33) * UINT64_C(0x4cf5ad432745937f);
+    return h;
+}
+
+static uint64_t pw_final(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= UINT64_C(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h *= UINT64_C(0xc4ceb9fe1a85ec53);
+    return h ^ (h >> 33);
+}
+
+typedef struct PwHash {
+    const unsigned char *data;
+    uint64_t len;
+    uint64_t *chunk; /* one hash per PW_CHUNK bytes */
+} PwHash;
+
+static int pw_hash_chunks(const VnpuOpArgs *a, void *ctx, uint64_t begin, uint64_t end)
+{
+    const PwHash *ph = ctx;
+    uint64_t c;
+
+    (void)a;
+    for (c = begin; c < end; c++) {
+        const unsigned char *p = ph->data + c * PW_CHUNK;
+        uint64_t n = ph->len - c * PW_CHUNK < PW_CHUNK ? ph->len - c * PW_CHUNK : PW_CHUNK, i, v[4];
+        uint64_t h[4] = {pw_key[0] ^ c, pw_key[1] + c, pw_key[0] - c, pw_key[1] ^ ~c};
+
+        for (i = 0; i + 32 <= n; i += 32) {
+            memcpy(v, p + i, 32);
+            h[0] = pw_mix(h[0], v[0]);
+            h[1] = pw_mix(h[1], v[1]);
+            h[2] = pw_mix(h[2], v[2]);
+            h[3] = pw_mix(h[3], v[3]);
+        }
+        for (; i < n; i += 4) { /* lengths are multiples of 4 (f32) */
+            uint32_t w;
+
+            memcpy(&w, p + i, 4);
+            h[0] = pw_mix(h[0], w);
+        }
+        ph->chunk[c] = pw_final(h[0] ^ pw_final(h[1]) ^ pw_final(h[2] + 1) ^ pw_final(h[3] + 2) ^ n);
+    }
+    return VNPU_CPL_OK;
+}
+
+/* The keyed hash of len bytes at data (independent of the thread count), or 0 with *ok = 0 if out of memory. */
+static uint64_t pw_hash(const VnpuOpArgs *a, const void *data, uint64_t len, int *ok)
+{
+    uint64_t n = (len + PW_CHUNK - 1) / PW_CHUNK, h = pw_key[1] ^ len, c;
+    PwHash ph = {data, len, malloc(n * sizeof(uint64_t))};
+
+    *ok = ph.chunk && vnpu_ops_parallel(a, n, len / 4, pw_hash_chunks, &ph) == VNPU_CPL_OK;
+    for (c = 0; *ok && c < n; c++) {
+        h = pw_mix(h, ph.chunk[c]);
+    }
+    free(ph.chunk);
+    return pw_final(h);
+}
+
+/* Frees unreferenced entries, least recently used first, until `need` more bytes fit in `max`. */
+static void pw_evict(uint64_t need, uint64_t max)
+{
+    while (pw_bytes + need > max) {
+        PackedWeights **pp, **victim = NULL;
+
+        for (pp = &pw_list; *pp; pp = &(*pp)->next) {
+            if (!(*pp)->refs && (!victim || (*pp)->last_use < (*victim)->last_use)) {
+                victim = pp;
+            }
+        }
+        if (!victim) {
+            return;
+        }
+        {
+            PackedWeights *v = *victim;
+
+            *victim = v->next;
+            pw_bytes -= v->bytes;
+            free(v->buf);
+            free(v);
+        }
+    }
+}
+
+/*
+ * The weights of convolution `a` (plain layout wmd at w) in layout wq, converted on `stream` unless a kept copy
+ * still matches: a referenced entry (release with pw_release after the primitive ran), or NULL on failure.
+ */
+static PackedWeights *pw_get(const VnpuOpArgs *a, dnnl_stream_t stream, const dnnl_memory_desc_t *wmd,
+                             const VnpuTensor *w, const dnnl_memory_desc_t *wq)
+{
+    uint64_t addr = a->addr[1], len = w->count * 4, h, bytes = dnnl_memory_desc_get_size(wq);
+    PackedWeights *e, **pp;
+    int ok;
+
+    pthread_once(&pw_once, pw_init);
+    h = pw_hash(a, w->data, len, &ok);
+    if (!ok) {
+        return NULL;
+    }
+    pthread_mutex_lock(&pw_lock);
+    for (pp = &pw_list; (e = *pp) != NULL;) {
+        if (e->addr == addr && e->len == len && dnnl_memory_desc_equal(&e->md, wq)) {
+            if (e->hash == h) {
+                e->refs++;
+                e->last_use = ++pw_clock;
+                pthread_mutex_unlock(&pw_lock);
+                return e;
+            }
+            if (!e->refs) { /* the weights at this address changed: the copy is dead */
+                *pp = e->next;
+                pw_bytes -= e->bytes;
+                free(e->buf);
+                free(e);
+                continue;
+            }
+        }
+        pp = &e->next;
+    }
+    pthread_mutex_unlock(&pw_lock);
+    e = calloc(1, sizeof(*e));
+    if (!e || !(e->buf = aligned_alloc(64, (bytes + 63) / 64 * 64)) ||
+        reorder(stream, wmd, w->data, wq, e->buf) || dnnl_stream_wait(stream) != dnnl_success) {
+        if (e) {
+            free(e->buf);
+        }
+        free(e);
+        return NULL;
+    }
+    e->addr = addr;
+    e->len = len;
+    e->hash = h;
+    e->md = *wq;
+    e->bytes = bytes;
+    e->refs = 1;
+    pthread_mutex_lock(&pw_lock);
+    pw_evict(bytes, a->weights_cache_max);
+    if (pw_bytes + bytes <= a->weights_cache_max) {
+        e->cached = 1;
+        e->last_use = ++pw_clock;
+        e->next = pw_list;
+        pw_list = e;
+        pw_bytes += bytes;
+    }
+    pthread_mutex_unlock(&pw_lock);
+    return e;
+}
+
+static void pw_release(PackedWeights *e)
+{
+    if (!e) {
+        return;
+    }
+    pthread_mutex_lock(&pw_lock);
+    e->refs--;
+    if (!e->cached) {
+        free(e->buf);
+        free(e);
+    }
+    pthread_mutex_unlock(&pw_lock);
+}
+
 /* A (de)convolution primitive descriptor for these memory descriptors, or NULL. */
 static dnnl_primitive_desc_t conv_pd(const VnpuOpArgs *a, int transpose, const dnnl_memory_desc_t *x,
                                      const dnnl_memory_desc_t *w, const dnnl_memory_desc_t *b,
@@ -670,6 +888,7 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     dnnl_primitive_desc_t pd = NULL, opd;
     dnnl_primitive_t prim = NULL;
     const PrimEntry *e = NULL;
+    PackedWeights *pw = NULL;
     void *xb = NULL, *wb = NULL, *yb = NULL, *xs;
     DnnlCall c;
     int ok, i, after, ret = -1;
@@ -781,7 +1000,13 @@ have_pd:
      * this run left the input's blocked copy).
      */
     xs = a->shadows ? shadow_find(a->shadows, a->addr[0], x->count * 4, xq) : NULL;
-    if ((!xs && layout_in(stream, &xmd, x->data, xq, &xb)) || layout_in(stream, &wmd, w->data, wq, &wb) ||
+    if (a->weights_cache_max && !dnnl_memory_desc_equal(&wmd, wq)) {
+        pw = pw_get(a, stream, &wmd, w, wq);
+        if (!pw) {
+            goto out;
+        }
+    }
+    if ((!xs && layout_in(stream, &xmd, x->data, xq, &xb)) || (!pw && layout_in(stream, &wmd, w->data, wq, &wb)) ||
         layout_buffer(&ymd, yq, &yb)) {
         goto out;
     }
@@ -799,7 +1024,7 @@ have_pd:
         }
     }
     ok = call_arg(&c, DNNL_ARG_SRC, xq, xs ? xs : xb ? xb : x->data) == 0 &&
-         call_arg(&c, DNNL_ARG_WEIGHTS, wq, wb ? wb : w->data) == 0 &&
+         call_arg(&c, DNNL_ARG_WEIGHTS, wq, pw ? pw->buf : wb ? wb : w->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, yq, yb ? yb : y->data) == 0 &&
          (!bias || call_arg(&c, DNNL_ARG_BIAS, &bmd, IN(a, 2)->data) == 0);
     if (ok) {
@@ -815,6 +1040,7 @@ out:
     free(xb);
     free(wb);
     free(yb);
+    pw_release(pw);
     prim_release(pd, prim);
     return act_apply(ret, after, a, cv->act, cv->act_alpha, cv->act_beta);
 }

@@ -68,6 +68,8 @@ typedef struct VnpuOpArgs {
     const volatile int *cancel; /* may be NULL */
     VnpuShadows *shadows; /* may be NULL; with it, addr[] holds every operand's device address */
     uint64_t addr[VNPU_ISA_MAX_OPERANDS];
+    /* Bytes of converted convolution weights that may be kept across runs (kernels_dnnl.c); 0: none. */
+    uint64_t weights_cache_max;
 } VnpuOpArgs;
 
 /* Which kernels vnpu_ops_run() uses. */
