@@ -9,6 +9,11 @@
  */
 #include <stdatomic.h>
 
+/* ThreadSanitizer cannot see libgomp's (uninstrumented) barriers: its builds run the ranges serially. */
+#if defined(_OPENMP) && defined(__SANITIZE_THREAD__)
+#undef _OPENMP
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
