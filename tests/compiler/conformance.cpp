@@ -144,6 +144,7 @@ void FlatDevice::execute() {
   run.num_bindings = static_cast<uint32_t>(addrs.size());
   run.cancel = &cancel;
   run.model = &cm;
+  run.weights_cache_max = weights_cache_max;
   VnpuProgramCost cost;
   uint32_t fail_op = 0;
   int rc = vnpu_program_execute(&run, &pm, &cost, &fail_op);
