@@ -40,9 +40,12 @@ static dnnl_engine_t engine_get(void)
  * Creating a primitive descriptor walks oneDNN's implementation list (every reorder, every convolution kernel
  * checks the shapes), which costs tens to hundreds of microseconds per op and per layout conversion on every
  * run, even when oneDNN's own primitive cache then hands back the compiled kernel. Here each op's primitive
- * (and each reorder's) is created once per process, keyed by everything it depends on (a key struct the caller
- * zero-fills, so padding never makes equal keys differ), and executed from then on. oneDNN CPU primitives may
- * be executed concurrently from several threads, so compute cores share the entries. The table is bounded
+ * (and each reorder's) is created once per thread, keyed by everything it depends on (a key struct the caller
+ * zero-fills, so padding never makes equal keys differ), and executed from then on. Per thread: a primitive
+ * created with oneDNN's default (library) scratchpad uses the creating thread's global scratchpad, so one
+ * primitive object executed from another thread at the same time would share or overrun it (wrong results
+ * with two compute cores, seen in the Python suite's 100 concurrent requests). Threads are told apart by a
+ * number never reused (a new thread may get a dead one's pthread_t). The table is bounded
  * (PRIM_CACHE_MAX entries, never evicted while the process lives: a program's ops are a fixed set); when it
  * is full, callers create, use and destroy primitives per call as before.
  */
@@ -52,6 +55,7 @@ static dnnl_engine_t engine_get(void)
 typedef struct PrimEntry {
     struct PrimEntry *next;
     uint64_t hash;
+    uint64_t thread;          /* prim_thread() of the creating (and only executing) thread */
     dnnl_primitive_desc_t pd; /* NULL: oneDNN has no implementation for this key (the fast path does not apply) */
     dnnl_primitive_t prim;
     int aux;                  /* per kernel: e.g. a convolution's "activation applied afterwards" */
@@ -63,10 +67,22 @@ static pthread_mutex_t prim_lock = PTHREAD_MUTEX_INITIALIZER;
 static PrimEntry *prim_table[PRIM_CACHE_BUCKETS];
 static unsigned prim_count;
 
+/* This thread's number: assigned on first use, never reused. */
+static uint64_t prim_thread(void)
+{
+    static uint64_t next_thread;
+    static __thread uint64_t self;
+
+    if (!self) {
+        self = __atomic_add_fetch(&next_thread, 1, __ATOMIC_RELAXED);
+    }
+    return self;
+}
+
 static uint64_t prim_hash(const void *key, size_t len)
 {
     const unsigned char *k = key;
-    uint64_t h = UINT64_C(1469598103934665603);
+    uint64_t h = UINT64_C(1469598103934665603) ^ prim_thread() * UINT64_C(0x9e3779b97f4a7c15);
     size_t i;
 
     for (i = 0; i < len; i++) {
@@ -83,7 +99,7 @@ static const PrimEntry *prim_find(const void *key, size_t len)
 
     pthread_mutex_lock(&prim_lock);
     for (e = prim_table[h % PRIM_CACHE_BUCKETS]; e; e = e->next) {
-        if (e->hash == h && e->len == len && memcmp(e->key, key, len) == 0) {
+        if (e->hash == h && e->thread == prim_thread() && e->len == len && memcmp(e->key, key, len) == 0) {
             break;
         }
     }
@@ -103,7 +119,7 @@ static const PrimEntry *prim_put(const void *key, size_t len, dnnl_primitive_des
 
     pthread_mutex_lock(&prim_lock);
     for (e = prim_table[h % PRIM_CACHE_BUCKETS]; e; e = e->next) {
-        if (e->hash == h && e->len == len && memcmp(e->key, key, len) == 0) {
+        if (e->hash == h && e->thread == prim_thread() && e->len == len && memcmp(e->key, key, len) == 0) {
             pthread_mutex_unlock(&prim_lock);
             if (prim) {
                 dnnl_primitive_destroy(prim);
@@ -117,6 +133,7 @@ static const PrimEntry *prim_put(const void *key, size_t len, dnnl_primitive_des
     n = prim_count < PRIM_CACHE_MAX ? malloc(sizeof(*n) + len) : NULL;
     if (n) {
         n->hash = h;
+        n->thread = prim_thread();
         n->pd = pd;
         n->prim = prim;
         n->aux = aux;
