@@ -333,6 +333,8 @@ static void run_exec(const VnpuExec *x, const struct vnpu_hw_exec *ex, VnpuCompu
         .timing_only = 0,
         .cancel = &x->j->cancel,
         .model = &model,
+        /* Converted weights kept across runs: at most a core's share of host-mem-max, like its bounce buffers. */
+        .weights_cache_max = core_budget(x->e),
     };
     uint32_t fail_op = 0;
     int st = vnpu_program_execute(&run, prog_mem(&pmem, &pm), &cost, &fail_op);

@@ -64,6 +64,11 @@ typedef struct VnpuProgramRun {
     int timing_only;                /* non-zero: validate and cost, but skip the functional work */
     const volatile int *cancel;     /* polled between ops and inside long kernels; non-zero: stop, VNPU_CPL_ABORTED */
     const VnpuComputeModel *model;
+    /*
+     * Bytes of host memory the interpreter may keep across runs for convolution weights converted to oneDNN's
+     * layouts (verified against the weights' contents on every use); 0: convert on every run.
+     */
+    uint64_t weights_cache_max;
 } VnpuProgramRun;
 
 /*

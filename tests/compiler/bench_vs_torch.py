@@ -18,15 +18,9 @@ the speed-ups eager/vnpu and jit/vnpu (> 1: vnpu faster), and vnpu's largest dev
 """
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
-
-
-def median(v):
-    v = sorted(v)
-    return v[len(v) // 2]
 
 
 def main():
@@ -41,10 +35,10 @@ def main():
     build = os.path.abspath(args.build_dir)
     sys.path.insert(0, os.path.join(build, "python"))
     here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, os.path.join(here, "..", "..", "examples", "models"))
+    sys.path.insert(0, here)
     import numpy as np
     import torch
-    import gen_model
+    import perf_vs_torch  # the model set-up shared with the kernel benchmark
     import vnpu
 
     torch.set_num_threads(args.threads)
@@ -52,16 +46,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            ctor, shape, in_name, out_name = gen_model.MODELS[(name, "full")]
-            model = ctor()
-            gen_model.init_weights(model, seed=7)
-            model.eval()
-            x = gen_model.synthetic_image(shape, seed=2, nhwc=(name == "deeplabv3plus"))
-            onnx_path = os.path.join(tmp, name + ".onnx")
-            vnpu_path = os.path.join(tmp, name + ".vnpu")
-            torch.onnx.export(model, x, onnx_path, opset_version=gen_model.OPSET, input_names=[in_name],
-                              output_names=[out_name], do_constant_folding=True)
-            subprocess.run([vnpuc, onnx_path, "-o", vnpu_path], check=True)
+            model, x, vnpu_path = perf_vs_torch.build_model(name, vnpuc, tmp)
             rt = vnpu.Runtime(vnpu_path, backend="sim")
             xn = np.ascontiguousarray(x.numpy())
             with torch.no_grad():
@@ -79,7 +64,7 @@ def main():
                         fn()
                         times[label].append((time.perf_counter() - t0) * 1e3)
             rt.close()
-            v, e, j = (median(times[k]) for k in ("vnpu", "eager", "jit"))
+            v, e, j = (perf_vs_torch.median(times[k]) for k in ("vnpu", "eager", "jit"))
             rows.append((name, v, e, j, err, scale))
     print(f"threads: {args.threads}; torch {torch.__version__}; {os.cpu_count()} CPUs; medians of {args.iters} "
           "interleaved runs")

@@ -134,7 +134,7 @@ void FlatDevice::execute() {
   std::vector<uint64_t> addrs;
   for (size_t i = 0; i < slots_.size(); i++)
     addrs.push_back((i + 1) * kSlotStride);
-  VnpuProgramMem pm{&slots_, flat_map, flat_unmap};
+  VnpuProgramMem pm{&slots_, flat_map, flat_unmap, nullptr, nullptr};
   VnpuComputeModel cm{1000000000000ull, 100000000000ull, 100};
   volatile int cancel = 0;
   VnpuProgramRun run{};
@@ -144,6 +144,7 @@ void FlatDevice::execute() {
   run.num_bindings = static_cast<uint32_t>(addrs.size());
   run.cancel = &cancel;
   run.model = &cm;
+  run.weights_cache_max = weights_cache_max;
   VnpuProgramCost cost;
   uint32_t fail_op = 0;
   int rc = vnpu_program_execute(&run, &pm, &cost, &fail_op);

@@ -44,6 +44,8 @@ class FlatDevice {
   /// vnpu_program_execute with the current default kernel mode; throws on a non-OK status.
   void execute();
   std::vector<HostTensor> read_outputs() const;
+  /// VnpuProgramRun::weights_cache_max of execute(): 0 (convert the weights on every run) unless set.
+  uint64_t weights_cache_max = 0;
 
  private:
   const ModelFile& m_;

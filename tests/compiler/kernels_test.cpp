@@ -465,7 +465,7 @@ TEST(Program, RunsAndCostsEveryOp) {
   VnpuComputeModel cm{1000000000ull, 1000000000ull, 1000};
   volatile int cancel = 0;
   VnpuProgramRun run = make_run(*f, &cancel, &cm);
-  VnpuProgramMem mem{f.get(), map_fn, unmap_fn};
+  VnpuProgramMem mem{f.get(), map_fn, unmap_fn, nullptr, nullptr};
   VnpuProgramCost cost, predicted;
   uint32_t fail_op = 99;
   ASSERT_EQ(vnpu_program_execute(&run, &mem, &cost, &fail_op), VNPU_CPL_OK);
@@ -483,7 +483,7 @@ TEST(Program, TimingOnlyCostsWithoutTouchingMemory) {
   VnpuComputeModel cm{1000000000ull, 1000000000ull, 10};
   VnpuProgramRun run = make_run(*f, nullptr, &cm);
   run.timing_only = 1;
-  VnpuProgramMem mem{f.get(), map_fn, unmap_fn};
+  VnpuProgramMem mem{f.get(), map_fn, unmap_fn, nullptr, nullptr};
   VnpuProgramCost cost;
   ASSERT_EQ(vnpu_program_execute(&run, &mem, &cost, nullptr), VNPU_CPL_OK);
   EXPECT_EQ(f->maps, 0);
@@ -494,7 +494,7 @@ TEST(Program, CancelStopsBeforeTheNextOp) {
   auto f = flat_model();
   volatile int cancel = 1;
   VnpuProgramRun run = make_run(*f, &cancel, nullptr);
-  VnpuProgramMem mem{f.get(), map_fn, unmap_fn};
+  VnpuProgramMem mem{f.get(), map_fn, unmap_fn, nullptr, nullptr};
   VnpuProgramCost cost;
   uint32_t fail_op = 99;
   EXPECT_EQ(vnpu_program_execute(&run, &mem, &cost, &fail_op), VNPU_CPL_ABORTED);
@@ -506,11 +506,72 @@ TEST(Program, UnmappableOperandIsAnMmuFault) {
   auto f = flat_model();
   f->fail_maps = true;
   VnpuProgramRun run = make_run(*f, nullptr, nullptr);
-  VnpuProgramMem mem{f.get(), map_fn, unmap_fn};
+  VnpuProgramMem mem{f.get(), map_fn, unmap_fn, nullptr, nullptr};
   VnpuProgramCost cost;
   uint32_t fail_op = 99;
   EXPECT_EQ(vnpu_program_execute(&run, &mem, &cost, &fail_op), VNPU_CPL_MMU_FAULT);
   EXPECT_EQ(fail_op, 0u);
+}
+
+// Weights converted to oneDNN's layout are kept across runs (VnpuProgramRun::weights_cache_max); the host may
+// rewrite the weights between runs without the device noticing, so a kept copy must never outlive a change.
+TEST(Program, KeptConvolutionWeightsFollowEveryRewriteOfTheWeights) {
+  vnpu::test::OnnxBuilder b;
+  const int C = 16, M = 32;
+  std::vector<float> w(M * C * 3 * 3);
+  for (size_t i = 0; i < w.size(); i++)
+    w[i] = static_cast<float>((i * 7) % 13) / 13.0f - 0.5f;
+  b.input("x", {1, C, 12, 12}).output("y");
+  b.init("W", {M, C, 3, 3}, w);
+  auto& c = b.node("Conv", {"x", "W"}, {"y"}, "conv0");
+  vnpu::test::OnnxBuilder::attr(c, "pads", std::vector<int64_t>{1, 1, 1, 1});
+  Flat f;
+  f.m = vnpu::compile_onnx(b.bytes(), {});
+  for (size_t i = 0; i < f.m.bindings().size(); i++) {
+    f.slots.emplace_back(f.m.bindings()[i].size);
+    f.addrs.push_back((i + 1) << 32);
+  }
+  std::copy(f.m.weights().begin(), f.m.weights().end(), f.slots[0].begin());
+  const vnpu::TensorSpec& in = f.m.inputs().at(0);
+  const vnpu::TensorSpec& out = f.m.outputs().at(0);
+  for (size_t i = 0; i < in.size_bytes / 4; i++) {
+    float v = static_cast<float>((i * 5) % 17) / 17.0f - 0.3f;
+    std::memcpy(f.slots[in.binding].data() + in.offset + 4 * i, &v, 4);
+  }
+  VnpuProgramRun run = make_run(f, nullptr, nullptr);
+  run.weights_cache_max = 64 << 20;
+  VnpuProgramMem mem{&f, map_fn, unmap_fn, nullptr, nullptr};
+  auto output = [&](VnpuKernelMode mode) {
+    vnpu_ops_set_default_mode(mode);
+    VnpuProgramCost cost;
+    int rc = vnpu_program_execute(&run, &mem, &cost, nullptr);
+    vnpu_ops_set_default_mode(VNPU_KERNELS_AUTO);
+    EXPECT_EQ(rc, VNPU_CPL_OK);
+    std::vector<float> y(out.size_bytes / 4);
+    std::memcpy(y.data(), f.slots[out.binding].data() + out.offset, out.size_bytes);
+    return y;
+  };
+  auto expect_near = [](const std::vector<float>& got, const std::vector<float>& want) {
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < want.size(); i++)
+      ASSERT_NEAR(got[i], want[i], 1e-4 + 1e-4 * std::fabs(want[i])) << i;
+  };
+  std::vector<float> want = output(VNPU_KERNELS_REFERENCE);
+  expect_near(output(VNPU_KERNELS_FAST_ONLY), want);  // converts and keeps the weights
+  expect_near(output(VNPU_KERNELS_FAST_ONLY), want);  // the kept copy
+  // Rewrite one weight (as a host could between two EXECs): the next run must see it.
+  float* wp = reinterpret_cast<float*>(f.slots[0].data());
+  size_t changed = 0;
+  for (size_t i = 0; i < f.m.weights().size() / 4; i++)
+    if (wp[i] == w[5]) {
+      wp[i] += 3.0f;
+      changed++;
+      break;
+    }
+  ASSERT_EQ(changed, 1u);
+  std::vector<float> want2 = output(VNPU_KERNELS_REFERENCE);
+  ASSERT_NE(want2, want);
+  expect_near(output(VNPU_KERNELS_FAST_ONLY), want2);
 }
 
 TEST(Program, TooFewBindingsIsInvalid) {
@@ -544,7 +605,7 @@ TEST(Program, MalformedProgramsAreInvalidNeverACrash) {
     VnpuProgramRun run = make_run(*f, nullptr, nullptr);
     run.code = p.data();
     run.code_len = p.size();
-    VnpuProgramMem mem{f.get(), map_fn, unmap_fn};
+    VnpuProgramMem mem{f.get(), map_fn, unmap_fn, nullptr, nullptr};
     VnpuProgramCost cost;
     rc = vnpu_program_execute(&run, &mem, &cost, nullptr);
     EXPECT_TRUE(rc == VNPU_CPL_OK || rc == VNPU_CPL_MMU_FAULT) << rc;

@@ -30,6 +30,22 @@ def median(v):
     return v[len(v) // 2]
 
 
+def build_model(name, vnpuc, tmp):
+    """The examples' full-size model `name` (seeded weights, eval mode), its input and, compiled by `vnpuc` from
+    its ONNX export (opset gen_model.OPSET) into directory tmp, the path of its .vnpu file."""
+    ctor, shape, in_name, out_name = gen_model.MODELS[(name, "full")]
+    model = ctor()
+    gen_model.init_weights(model, seed=7)
+    model.eval()
+    x = gen_model.synthetic_image(shape, seed=2, nhwc=(name == "deeplabv3plus"))
+    onnx_path = os.path.join(tmp, name + ".onnx")
+    vnpu_path = os.path.join(tmp, name + ".vnpu")
+    torch.onnx.export(model, x, onnx_path, opset_version=gen_model.OPSET, input_names=[in_name],
+                      output_names=[out_name], do_constant_folding=True)
+    subprocess.run([vnpuc, onnx_path, "-o", vnpu_path], check=True)
+    return model, x, vnpu_path
+
+
 def interleaved(bench_cmd, env, model, x, iters):
     """Alternates one vnpu run and one torch run, so both see the same (shared, noisy) machine."""
     proc = subprocess.Popen(bench_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -65,16 +81,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            ctor, shape, in_name, out_name = gen_model.MODELS[(name, "full")]
-            model = ctor()
-            gen_model.init_weights(model, seed=7)
-            model.eval()
-            x = gen_model.synthetic_image(shape, seed=2, nhwc=(name == "deeplabv3plus"))
-            onnx_path = os.path.join(tmp, name + ".onnx")
-            vnpu_path = os.path.join(tmp, name + ".vnpu")
-            torch.onnx.export(model, x, onnx_path, opset_version=gen_model.OPSET, input_names=[in_name],
-                              output_names=[out_name], do_constant_folding=True)
-            subprocess.run([vnpuc, onnx_path, "-o", vnpu_path], check=True)
+            model, x, vnpu_path = build_model(name, vnpuc, tmp)
             out = subprocess.run([bench, vnpu_path, "--iters", "1"], check=True, capture_output=True, text=True,
                                  env=env).stdout
             gflop = json.loads(out)["gflop"]

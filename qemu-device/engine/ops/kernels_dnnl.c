@@ -2,12 +2,15 @@
 /*
  * Fast kernels on oneDNN (libdnnl 2.6, C API): convolution, transposed convolution, pooling, matmul over the
  * program's plain row-major (nchw / ab) layouts. One CPU engine per process (created once, thread-safe);
- * a stream and primitive per call — oneDNN's primitive cache makes repeated creation of the same op cheap.
+ * a stream per call; each op's primitives (and its reorders') created once per process and kept (PrimEntry).
  * Anything outside what is mapped here returns 1 and the caller runs the reference kernel.
  */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <dnnl.h>
 
@@ -31,6 +34,118 @@ static dnnl_engine_t engine_get(void)
 {
     pthread_once(&vnpu_dnnl_once, vnpu_dnnl_init);
     return vnpu_dnnl_engine;
+}
+
+/* ---- primitives cached per op -------------------------------------------------------------------------------
+ *
+ * Creating a primitive descriptor walks oneDNN's implementation list (every reorder, every convolution kernel
+ * checks the shapes), which costs tens to hundreds of microseconds per op and per layout conversion on every
+ * run, even when oneDNN's own primitive cache then hands back the compiled kernel. Here each op's primitive
+ * (and each reorder's) is created once per thread, keyed by everything it depends on (a key struct the caller
+ * zero-fills, so padding never makes equal keys differ), and executed from then on. Per thread: a primitive
+ * created with oneDNN's default (library) scratchpad uses the creating thread's global scratchpad, so one
+ * primitive object executed from another thread at the same time would share or overrun it (wrong results
+ * with two compute cores, seen in the Python suite's 100 concurrent requests). Threads are told apart by a
+ * number never reused (a new thread may get a dead one's pthread_t). The table is bounded
+ * (PRIM_CACHE_MAX entries, never evicted while the process lives: a program's ops are a fixed set); when it
+ * is full, callers create, use and destroy primitives per call as before.
+ */
+#define PRIM_CACHE_BUCKETS 1024
+#define PRIM_CACHE_MAX 8192
+
+typedef struct PrimEntry {
+    struct PrimEntry *next;
+    uint64_t hash;
+    uint64_t thread;          /* prim_thread() of the creating (and only executing) thread */
+    dnnl_primitive_desc_t pd; /* NULL: oneDNN has no implementation for this key (the fast path does not apply) */
+    dnnl_primitive_t prim;
+    int aux;                  /* per kernel: e.g. a convolution's "activation applied afterwards" */
+    size_t len;
+    unsigned char key[];
+} PrimEntry;
+
+static pthread_mutex_t prim_lock = PTHREAD_MUTEX_INITIALIZER;
+static PrimEntry *prim_table[PRIM_CACHE_BUCKETS];
+static unsigned prim_count;
+
+/* This thread's number: assigned on first use, never reused. */
+static uint64_t prim_thread(void)
+{
+    static uint64_t next_thread;
+    static __thread uint64_t self;
+
+    if (!self) {
+        self = __atomic_add_fetch(&next_thread, 1, __ATOMIC_RELAXED);
+    }
+    return self;
+}
+
+static uint64_t prim_hash(const void *key, size_t len)
+{
+    const unsigned char *k = key;
+    uint64_t h = UINT64_C(1469598103934665603) ^ prim_thread() * UINT64_C(0x9e3779b97f4a7c15);
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        h = (h ^ k[i]) * UINT64_C(1099511628211);
+    }
+    return h;
+}
+
+/* The entry for key, or NULL. Entries are never freed, so the pointer stays valid. */
+static const PrimEntry *prim_find(const void *key, size_t len)
+{
+    uint64_t h = prim_hash(key, len);
+    const PrimEntry *e;
+
+    pthread_mutex_lock(&prim_lock);
+    for (e = prim_table[h % PRIM_CACHE_BUCKETS]; e; e = e->next) {
+        if (e->hash == h && e->thread == prim_thread() && e->len == len && memcmp(e->key, key, len) == 0) {
+            break;
+        }
+    }
+    pthread_mutex_unlock(&prim_lock);
+    return e;
+}
+
+/*
+ * Keeps (pd, prim, aux) for key and returns its entry: the one already there if another thread was first (then
+ * pd and prim are destroyed). NULL when the table is full or out of memory: the caller still owns pd and prim.
+ */
+static const PrimEntry *prim_put(const void *key, size_t len, dnnl_primitive_desc_t pd, dnnl_primitive_t prim,
+                                 int aux)
+{
+    uint64_t h = prim_hash(key, len);
+    PrimEntry *e, *n;
+
+    pthread_mutex_lock(&prim_lock);
+    for (e = prim_table[h % PRIM_CACHE_BUCKETS]; e; e = e->next) {
+        if (e->hash == h && e->thread == prim_thread() && e->len == len && memcmp(e->key, key, len) == 0) {
+            pthread_mutex_unlock(&prim_lock);
+            if (prim) {
+                dnnl_primitive_destroy(prim);
+            }
+            if (pd) {
+                dnnl_primitive_desc_destroy(pd);
+            }
+            return e;
+        }
+    }
+    n = prim_count < PRIM_CACHE_MAX ? malloc(sizeof(*n) + len) : NULL;
+    if (n) {
+        n->hash = h;
+        n->thread = prim_thread();
+        n->pd = pd;
+        n->prim = prim;
+        n->aux = aux;
+        n->len = len;
+        memcpy(n->key, key, len);
+        n->next = prim_table[h % PRIM_CACHE_BUCKETS];
+        prim_table[h % PRIM_CACHE_BUCKETS] = n;
+        prim_count++;
+    }
+    pthread_mutex_unlock(&prim_lock);
+    return n;
 }
 
 /*
@@ -103,8 +218,9 @@ static void dims_of(const VnpuTensor *t, dnnl_dims_t d)
 }
 
 typedef struct DnnlCall {
-    dnnl_primitive_desc_t pd;
+    dnnl_primitive_desc_t pd; /* owned (with prim) when the primitive is not cached */
     dnnl_primitive_t prim;
+    const struct PrimEntry *e; /* the cached primitive, or NULL */
     dnnl_stream_t stream;
     dnnl_memory_t mem[4];
     dnnl_exec_arg_t args[4];
@@ -125,53 +241,62 @@ static int call_arg(DnnlCall *c, int arg, const dnnl_memory_desc_t *md, void *pt
     return 0;
 }
 
-/* Creates the primitive from c->pd, runs it on the memories added with call_arg, frees everything. */
-static int call_run(DnnlCall *c, int ok)
-{
-    int ret = -1, i;
+/*
+ * Runs the primitive of c (cached, or created by call_cached) on the memories added with call_arg, frees
+ * everything c owns.
+ */
+static int call_run(DnnlCall *c, int ok);
 
-    if (ok && dnnl_primitive_create(&c->prim, c->pd) == dnnl_success) {
-        if (dnnl_stream_create(&c->stream, engine_get(), dnnl_stream_default_flags) == dnnl_success) {
-            if (dnnl_primitive_execute(c->prim, c->stream, c->nargs, c->args) == dnnl_success &&
-                dnnl_stream_wait(c->stream) == dnnl_success) {
-                ret = VNPU_CPL_OK;
-            }
-            dnnl_stream_destroy(c->stream);
-        }
-        dnnl_primitive_destroy(c->prim);
-    }
-    for (i = 0; i < c->nargs; i++) {
-        dnnl_memory_destroy(c->mem[i]);
-    }
-    if (c->pd) {
-        dnnl_primitive_desc_destroy(c->pd);
-    }
-    return ret;
-}
-
-/* Runs a reorder (layout conversion) between two memories on `stream`. */
+/*
+ * Runs a reorder (layout conversion) between two memories on `stream`; the reorder primitive is cached per
+ * (source, destination) descriptor pair.
+ */
 static int reorder(dnnl_stream_t stream, const dnnl_memory_desc_t *smd, void *sp, const dnnl_memory_desc_t *dmd,
                    void *dp)
 {
+    struct {
+        uint32_t tag;
+        dnnl_memory_desc_t s, d;
+    } key;
+    const PrimEntry *e;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
     DnnlCall c;
     int ok, ret = -1, i;
 
-    memset(&c, 0, sizeof(c));
-    ok = dnnl_reorder_primitive_desc_create(&c.pd, smd, engine_get(), dmd, engine_get(), NULL) == dnnl_success;
-    if (!ok) {
-        return -1;
-    }
-    ok = call_arg(&c, DNNL_ARG_FROM, smd, sp) == 0 && call_arg(&c, DNNL_ARG_TO, dmd, dp) == 0;
-    if (ok && dnnl_primitive_create(&c.prim, c.pd) == dnnl_success) {
-        if (dnnl_primitive_execute(c.prim, stream, c.nargs, c.args) == dnnl_success) {
-            ret = 0;
+    memset(&key, 0, sizeof(key));
+    key.tag = 0x52454f52; /* "REOR" */
+    memcpy(&key.s, smd, sizeof(*smd));
+    memcpy(&key.d, dmd, sizeof(*dmd));
+    e = prim_find(&key, sizeof(key));
+    if (!e) {
+        if (dnnl_reorder_primitive_desc_create(&pd, smd, engine_get(), dmd, engine_get(), NULL) != dnnl_success) {
+            return -1;
         }
-        dnnl_primitive_destroy(c.prim);
+        if (dnnl_primitive_create(&prim, pd) != dnnl_success) {
+            dnnl_primitive_desc_destroy(pd);
+            return -1;
+        }
+        e = prim_put(&key, sizeof(key), pd, prim, 0);
+        if (e) {
+            pd = NULL;
+            prim = NULL;
+        }
+    }
+    memset(&c, 0, sizeof(c));
+    ok = call_arg(&c, DNNL_ARG_FROM, smd, sp) == 0 && call_arg(&c, DNNL_ARG_TO, dmd, dp) == 0;
+    if (ok && dnnl_primitive_execute(e ? e->prim : prim, stream, c.nargs, c.args) == dnnl_success) {
+        ret = 0;
     }
     for (i = 0; i < c.nargs; i++) {
         dnnl_memory_destroy(c.mem[i]);
     }
-    dnnl_primitive_desc_destroy(c.pd);
+    if (prim) {
+        /* Not cached: it must outlive its execution on the stream. */
+        dnnl_stream_wait(stream);
+        dnnl_primitive_destroy(prim);
+        dnnl_primitive_desc_destroy(pd);
+    }
     return ret;
 }
 
@@ -245,22 +370,67 @@ static int layout_in(const VnpuOpArgs *a, dnnl_stream_t stream, const dnnl_memor
 }
 
 /*
- * Runs pd on `stream` with the memories added by call_arg. When the output was computed in the buffer yb
+ * Runs prim on `stream` with the memories added by call_arg. When the output was computed in the buffer yb
  * (layout yq), reorders it back to `plain` at y. Waits for the stream.
  */
-static int call_run_to_plain(DnnlCall *c, dnnl_primitive_desc_t pd, dnnl_stream_t stream,
+static int call_run_to_plain(DnnlCall *c, dnnl_primitive_t prim, dnnl_stream_t stream,
                              const dnnl_memory_desc_t *yq, void *yb, const dnnl_memory_desc_t *plain, void *y)
 {
-    dnnl_primitive_t prim;
-    int ret = -1;
+    return dnnl_primitive_execute(prim, stream, c->nargs, c->args) == dnnl_success &&
+                   (!yb || reorder(stream, yq, yb, plain, y) == 0) && dnnl_stream_wait(stream) == dnnl_success
+               ? VNPU_CPL_OK
+               : -1;
+}
 
-    if (dnnl_primitive_create(&prim, pd) == dnnl_success) {
-        if (dnnl_primitive_execute(prim, stream, c->nargs, c->args) == dnnl_success &&
-            (!yb || reorder(stream, yq, yb, plain, y) == 0) && dnnl_stream_wait(stream) == dnnl_success) {
-            ret = VNPU_CPL_OK;
-        }
+/*
+ * The cached (pd, primitive) of key: on a miss, made from *pd (which this takes over; NULL: no implementation,
+ * remembered as such) with aux. 0 with *e set (its pd NULL when oneDNN has no implementation), or 0 with *e
+ * NULL and *pd, *prim owned by the caller (table full), or -1 (oneDNN failed; *pd destroyed).
+ */
+static int prim_get(const void *key, size_t len, dnnl_primitive_desc_t *pd, dnnl_primitive_t *prim, int aux,
+                    const PrimEntry **e)
+{
+    *prim = NULL;
+    if (*pd && dnnl_primitive_create(prim, *pd) != dnnl_success) {
+        dnnl_primitive_desc_destroy(*pd);
+        *pd = NULL;
+        return -1;
+    }
+    *e = prim_put(key, len, *pd, *prim, aux);
+    if (*e) {
+        *pd = NULL;
+        *prim = NULL;
+    }
+    return 0;
+}
+
+/* Destroys what prim_get left to the caller once the stream is done with it. */
+static void prim_release(dnnl_primitive_desc_t pd, dnnl_primitive_t prim)
+{
+    if (prim) {
         dnnl_primitive_destroy(prim);
     }
+    if (pd) {
+        dnnl_primitive_desc_destroy(pd);
+    }
+}
+
+static int call_run(DnnlCall *c, int ok)
+{
+    dnnl_primitive_t prim = c->e ? c->e->prim : c->prim;
+    int ret = -1, i;
+
+    if (ok && prim && dnnl_stream_create(&c->stream, engine_get(), dnnl_stream_default_flags) == dnnl_success) {
+        if (dnnl_primitive_execute(prim, c->stream, c->nargs, c->args) == dnnl_success &&
+            dnnl_stream_wait(c->stream) == dnnl_success) {
+            ret = VNPU_CPL_OK;
+        }
+        dnnl_stream_destroy(c->stream);
+    }
+    for (i = 0; i < c->nargs; i++) {
+        dnnl_memory_destroy(c->mem[i]);
+    }
+    prim_release(c->pd, c->prim);
     return ret;
 }
 
@@ -300,20 +470,20 @@ static int act_attr(uint32_t act, float alpha, float beta, int residual, dnnl_pr
     return 0;
 }
 
-/*
- * The activation oneDNN could not fuse, in place over a kernel's output (the reference kernels' function, so
- * both agree). Passes of 64 Ki elements, polling cancellation between them.
- */
-static int act_apply(int ret, int after, const VnpuOpArgs *a, uint32_t act, float alpha, float beta)
-{
-    const VnpuTensor *y = OUT(a, 0);
-    uint64_t i, n = y->count;
+/* The activation of `a` (ctx: its vnpu_isa act fields) over output elements [begin, end), in place. */
+typedef struct ActAfter {
+    uint32_t act;
+    float alpha, beta;
+} ActAfter;
 
-    if (ret != VNPU_CPL_OK || !after) {
-        return ret;
-    }
-    for (i = 0; i < n; i++) {
-        y->data[i] = vnpu_ops_act(y->data[i], act, alpha, beta);
+static int act_range(const VnpuOpArgs *a, void *ctx, uint64_t begin, uint64_t end)
+{
+    const ActAfter *f = ctx;
+    float *y = OUT(a, 0)->data;
+    uint64_t i;
+
+    for (i = begin; i < end; i++) {
+        y[i] = vnpu_ops_act(y[i], f->act, f->alpha, f->beta);
         if ((i & 0xffff) == 0xffff && a->cancel && *a->cancel) {
             return VNPU_CPL_ABORTED;
         }
@@ -322,19 +492,47 @@ static int act_apply(int ret, int after, const VnpuOpArgs *a, uint32_t act, floa
 }
 
 /*
- * Creates c->pd from op descriptor d (when desc_ok) and attr, and frees attr. 0, or 1 when oneDNN has no
- * implementation (use the reference kernel).
+ * The activation oneDNN could not fuse, in place over a kernel's output (the reference kernels' function, so
+ * both agree), on the kernels' threads, polling cancellation every 64 Ki elements.
  */
-static int call_create(DnnlCall *c, int desc_ok, const_dnnl_op_desc_t d, dnnl_primitive_attr_t attr)
+static int act_apply(int ret, int after, const VnpuOpArgs *a, uint32_t act, float alpha, float beta)
 {
-    int ok = desc_ok && dnnl_primitive_desc_create(&c->pd, d, attr, engine_get(), NULL) == dnnl_success;
+    ActAfter f = {act, alpha, beta};
 
-    dnnl_primitive_attr_destroy(attr);
-    if (!ok) {
-        c->pd = NULL;
-        return 1;
+    if (ret != VNPU_CPL_OK || !after) {
+        return ret;
     }
-    return 0;
+    return vnpu_ops_parallel(a, OUT(a, 0)->count, OUT(a, 0)->count, act_range, &f);
+}
+
+/*
+ * The primitive of op descriptor d (initialised by the caller when desc_ok) with the fused activation, cached
+ * under key (which must determine d and the activation): sets c's primitive and *after. 0, 1 when oneDNN has
+ * no implementation (use the reference kernel), -1 on failure.
+ */
+static int call_cached(DnnlCall *c, const void *key, size_t len, int desc_ok, const_dnnl_op_desc_t d, uint32_t act,
+                       float alpha, float beta, int *after)
+{
+    dnnl_primitive_attr_t attr;
+
+    c->e = prim_find(key, len);
+    if (!c->e) {
+        if (act_attr(act, alpha, beta, 0, &attr, after)) {
+            return -1;
+        }
+        if (!desc_ok || dnnl_primitive_desc_create(&c->pd, d, attr, engine_get(), NULL) != dnnl_success) {
+            c->pd = NULL;
+        }
+        dnnl_primitive_attr_destroy(attr);
+        if (prim_get(key, len, &c->pd, &c->prim, *after, &c->e)) {
+            return -1;
+        }
+    }
+    if (c->e) {
+        *after = c->e->aux;
+        return c->e->pd ? 0 : 1;
+    }
+    return c->pd ? 0 : 1;
 }
 
 /* Dims of t right-aligned to `rank`, missing leading dims 1 (broadcast): the equal ranks oneDNN wants. */
@@ -515,6 +713,221 @@ static int shadow_add(VnpuShadows *t, const VnpuOpArgs *a, uint64_t addr, uint64
     return 0;
 }
 
+/* ---- convolution weights kept in the primitive's layout across runs (PackedWeights) ---------------------------
+ *
+ * A convolution's weights are converted from the program's goihw into the layout its primitive wants (blocked,
+ * e.g. OIhw16i16o) before it can run. The weights are the same on every run of a model, so the converted copy is
+ * kept, keyed by the weights' device address, size and target layout, and bounded by the budget the engine gives
+ * (VnpuProgramRun.weights_cache_max: a compute core's share of host-mem-max). Device memory can be rewritten by
+ * the host at any time without the device noticing (in QEMU it is guest RAM), so a copy is used only if the
+ * weights still hash to what they were converted from: a keyed 64-bit hash of the plain bytes (key random per
+ * process, so a guest cannot construct a colliding set of weights), computed in 256 KiB chunks over the kernel
+ * threads. Hashing reads the weights once; converting reads them and writes a fresh buffer (page faults
+ * included), which is what this saves, together with one parallel region per convolution.
+ */
+#define PW_CHUNK (UINT64_C(256) << 10)
+
+typedef struct PackedWeights {
+    struct PackedWeights *next;
+    uint64_t addr, len;     /* device address and bytes of the plain weights */
+    uint64_t hash;          /* of the plain bytes buf was converted from */
+    dnnl_memory_desc_t md;  /* buf's layout */
+    uint64_t bytes;         /* of buf */
+    uint64_t last_use;
+    int refs;
+    int cached;             /* in the list (else freed by pw_release) */
+    void *buf;
+} PackedWeights;
+
+static pthread_mutex_t pw_lock = PTHREAD_MUTEX_INITIALIZER;
+static PackedWeights *pw_list;
+static uint64_t pw_bytes, pw_clock, pw_key[2];
+static pthread_once_t pw_once = PTHREAD_ONCE_INIT;
+
+static void pw_init(void)
+{
+    FILE *f = fopen("/dev/urandom", "rb");
+
+    if (!f || fread(pw_key, sizeof(pw_key), 1, f) != 1) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        pw_key[0] = (uint64_t)ts.tv_nsec * UINT64_C(0x9e3779b97f4a7c15) ^ (uint64_t)ts.tv_sec;
+        pw_key[1] = (uint64_t)(uintptr_t)&ts * UINT64_C(0xc2b2ae3d27d4eb4f) ^ (uint64_t)getpid();
+    }
+    if (f) {
+        fclose(f);
+    }
+}
+
+static uint64_t pw_mix(uint64_t h, uint64_t v)
+{
+    h ^= v * UINT64_C(0x87c37b91114253d5);
+    h = (h << 31 | h >> 33) * UINT64_C(0x4cf5ad432745937f);
+    return h;
+}
+
+static uint64_t pw_final(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= UINT64_C(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h *= UINT64_C(0xc4ceb9fe1a85ec53);
+    return h ^ (h >> 33);
+}
+
+typedef struct PwHash {
+    const unsigned char *data;
+    uint64_t len;
+    uint64_t *chunk; /* one hash per PW_CHUNK bytes */
+} PwHash;
+
+static int pw_hash_chunks(const VnpuOpArgs *a, void *ctx, uint64_t begin, uint64_t end)
+{
+    const PwHash *ph = ctx;
+    uint64_t c;
+
+    (void)a;
+    for (c = begin; c < end; c++) {
+        const unsigned char *p = ph->data + c * PW_CHUNK;
+        uint64_t n = ph->len - c * PW_CHUNK < PW_CHUNK ? ph->len - c * PW_CHUNK : PW_CHUNK, i, v[4];
+        uint64_t h[4] = {pw_key[0] ^ c, pw_key[1] + c, pw_key[0] - c, pw_key[1] ^ ~c};
+
+        for (i = 0; i + 32 <= n; i += 32) {
+            memcpy(v, p + i, 32);
+            h[0] = pw_mix(h[0], v[0]);
+            h[1] = pw_mix(h[1], v[1]);
+            h[2] = pw_mix(h[2], v[2]);
+            h[3] = pw_mix(h[3], v[3]);
+        }
+        for (; i < n; i += 4) { /* lengths are multiples of 4 (f32) */
+            uint32_t w;
+
+            memcpy(&w, p + i, 4);
+            h[0] = pw_mix(h[0], w);
+        }
+        ph->chunk[c] = pw_final(h[0] ^ pw_final(h[1]) ^ pw_final(h[2] + 1) ^ pw_final(h[3] + 2) ^ n);
+    }
+    return VNPU_CPL_OK;
+}
+
+/* The keyed hash of len bytes at data (independent of the thread count), or 0 with *ok = 0 if out of memory. */
+static uint64_t pw_hash(const VnpuOpArgs *a, const void *data, uint64_t len, int *ok)
+{
+    uint64_t n = (len + PW_CHUNK - 1) / PW_CHUNK, h = pw_key[1] ^ len, c;
+    PwHash ph = {data, len, malloc(n * sizeof(uint64_t))};
+
+    *ok = ph.chunk && vnpu_ops_parallel(a, n, len / 4, pw_hash_chunks, &ph) == VNPU_CPL_OK;
+    for (c = 0; *ok && c < n; c++) {
+        h = pw_mix(h, ph.chunk[c]);
+    }
+    free(ph.chunk);
+    return pw_final(h);
+}
+
+/* Frees unreferenced entries, least recently used first, until `need` more bytes fit in `max`. */
+static void pw_evict(uint64_t need, uint64_t max)
+{
+    while (pw_bytes + need > max) {
+        PackedWeights **pp, **victim = NULL;
+
+        for (pp = &pw_list; *pp; pp = &(*pp)->next) {
+            if (!(*pp)->refs && (!victim || (*pp)->last_use < (*victim)->last_use)) {
+                victim = pp;
+            }
+        }
+        if (!victim) {
+            return;
+        }
+        {
+            PackedWeights *v = *victim;
+
+            *victim = v->next;
+            pw_bytes -= v->bytes;
+            free(v->buf);
+            free(v);
+        }
+    }
+}
+
+/*
+ * The weights of convolution `a` (plain layout wmd at w) in layout wq, converted on `stream` unless a kept copy
+ * still matches: a referenced entry (release with pw_release after the primitive ran), or NULL on failure.
+ */
+static PackedWeights *pw_get(const VnpuOpArgs *a, dnnl_stream_t stream, const dnnl_memory_desc_t *wmd,
+                             const VnpuTensor *w, const dnnl_memory_desc_t *wq)
+{
+    uint64_t addr = a->addr[1], len = w->count * 4, h, bytes = dnnl_memory_desc_get_size(wq);
+    PackedWeights *e, **pp;
+    int ok;
+
+    pthread_once(&pw_once, pw_init);
+    h = pw_hash(a, w->data, len, &ok);
+    if (!ok) {
+        return NULL;
+    }
+    pthread_mutex_lock(&pw_lock);
+    for (pp = &pw_list; (e = *pp) != NULL;) {
+        if (e->addr == addr && e->len == len && dnnl_memory_desc_equal(&e->md, wq)) {
+            if (e->hash == h) {
+                e->refs++;
+                e->last_use = ++pw_clock;
+                pthread_mutex_unlock(&pw_lock);
+                return e;
+            }
+            if (!e->refs) { /* the weights at this address changed: the copy is dead */
+                *pp = e->next;
+                pw_bytes -= e->bytes;
+                free(e->buf);
+                free(e);
+                continue;
+            }
+        }
+        pp = &e->next;
+    }
+    pthread_mutex_unlock(&pw_lock);
+    e = calloc(1, sizeof(*e));
+    if (!e || !(e->buf = aligned_alloc(64, (bytes + 63) / 64 * 64)) ||
+        reorder(stream, wmd, w->data, wq, e->buf) || dnnl_stream_wait(stream) != dnnl_success) {
+        if (e) {
+            free(e->buf);
+        }
+        free(e);
+        return NULL;
+    }
+    e->addr = addr;
+    e->len = len;
+    e->hash = h;
+    e->md = *wq;
+    e->bytes = bytes;
+    e->refs = 1;
+    pthread_mutex_lock(&pw_lock);
+    pw_evict(bytes, a->weights_cache_max);
+    if (pw_bytes + bytes <= a->weights_cache_max) {
+        e->cached = 1;
+        e->last_use = ++pw_clock;
+        e->next = pw_list;
+        pw_list = e;
+        pw_bytes += bytes;
+    }
+    pthread_mutex_unlock(&pw_lock);
+    return e;
+}
+
+static void pw_release(PackedWeights *e)
+{
+    if (!e) {
+        return;
+    }
+    pthread_mutex_lock(&pw_lock);
+    e->refs--;
+    if (!e->cached) {
+        free(e->buf);
+        free(e);
+    }
+    pthread_mutex_unlock(&pw_lock);
+}
+
 /* A (de)convolution primitive descriptor for these memory descriptors, or NULL. */
 static dnnl_primitive_desc_t conv_pd(const VnpuOpArgs *a, int transpose, const dnnl_memory_desc_t *x,
                                      const dnnl_memory_desc_t *w, const dnnl_memory_desc_t *b,
@@ -565,12 +978,20 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     dnnl_dims_t xd, wd, yd, bd, strides, dil, pl, pr;
     dnnl_primitive_attr_t attr;
     dnnl_stream_t stream = NULL;
-    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_desc_t pd = NULL, opd;
+    dnnl_primitive_t prim = NULL;
+    const PrimEntry *e = NULL;
+    PackedWeights *pw = NULL;
     void *xb = NULL, *wb = NULL, *yb = NULL, *xs;
     uint64_t xbn = 0, wbn = 0, ybn = 0;
     DnnlCall c;
     int ok, i, after, ret = -1;
     uint64_t g = cv->group;
+    struct {
+        uint32_t tag, transpose, bias, res, act;
+        float alpha, beta;
+        dnnl_dims_t xd, wd, yd, strides, dil, pl, pr;
+    } key;
 
     if (!engine_get() || x->count == 0 || y->count == 0) {
         return 1;
@@ -615,6 +1036,26 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     if (!ok) {
         return -1;
     }
+    memset(&key, 0, sizeof(key));
+    key.tag = 0x434f4e56; /* "CONV" */
+    key.transpose = (uint32_t)transpose;
+    key.bias = (uint32_t)bias;
+    key.res = (uint32_t)res;
+    key.act = cv->act;
+    key.alpha = cv->act_alpha;
+    key.beta = cv->act_beta;
+    memcpy(key.xd, xd, 4 * sizeof(xd[0]));
+    memcpy(key.wd, wd, 5 * sizeof(wd[0]));
+    memcpy(key.yd, yd, 4 * sizeof(yd[0]));
+    memcpy(key.strides, strides, 2 * sizeof(strides[0]));
+    memcpy(key.dil, dil, 2 * sizeof(dil[0]));
+    memcpy(key.pl, pl, 2 * sizeof(pl[0]));
+    memcpy(key.pr, pr, 2 * sizeof(pr[0]));
+    e = prim_find(&key, sizeof(key));
+    if (e) {
+        after = e->aux;
+        goto have_pd;
+    }
     if (act_attr(cv->act, cv->act_alpha, cv->act_beta, res, &attr, &after)) {
         return -1;
     }
@@ -634,12 +1075,17 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
         pd = conv_pd(a, transpose, &xany, &wany, bias ? &bmd : NULL, &yany, strides, dil, pl, pr, attr);
     }
     dnnl_primitive_attr_destroy(attr);
-    if (!pd) {
+    if (prim_get(&key, sizeof(key), &pd, &prim, after, &e)) {
+        return -1;
+    }
+have_pd:
+    opd = e ? e->pd : pd;
+    if (!opd) {
         return 1;
     }
-    xq = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
-    wq = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-    yq = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    xq = dnnl_primitive_desc_query_md(opd, dnnl_query_src_md, 0);
+    wq = dnnl_primitive_desc_query_md(opd, dnnl_query_weights_md, 0);
+    yq = dnnl_primitive_desc_query_md(opd, dnnl_query_dst_md, 0);
     if (!xq || !wq || !yq || dnnl_stream_create(&stream, engine_get(), dnnl_stream_default_flags) != dnnl_success) {
         goto out;
     }
@@ -651,8 +1097,14 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
     if (a->shadows) {
         a->shadows->pinned = xs; /* the allocations below may evict other copies, not this one */
     }
+    if (a->weights_cache_max && !dnnl_memory_desc_equal(&wmd, wq)) {
+        pw = pw_get(a, stream, &wmd, w, wq);
+        if (!pw) {
+            goto out;
+        }
+    }
     if ((!xs && layout_in(a, stream, &xmd, x->data, xq, &xb, &xbn)) ||
-        layout_in(a, stream, &wmd, w->data, wq, &wb, &wbn) || layout_buffer(a, &ymd, yq, &yb, &ybn)) {
+        (!pw && layout_in(a, stream, &wmd, w->data, wq, &wb, &wbn)) || layout_buffer(a, &ymd, yq, &yb, &ybn)) {
         goto out;
     }
     /* The sum post-op adds to what the destination holds: the residual, in the destination's layout. */
@@ -669,11 +1121,11 @@ static int conv_common(const VnpuOpArgs *a, int transpose)
         }
     }
     ok = call_arg(&c, DNNL_ARG_SRC, xq, xs ? xs : xb ? xb : x->data) == 0 &&
-         call_arg(&c, DNNL_ARG_WEIGHTS, wq, wb ? wb : w->data) == 0 &&
+         call_arg(&c, DNNL_ARG_WEIGHTS, wq, pw ? pw->buf : wb ? wb : w->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, yq, yb ? yb : y->data) == 0 &&
          (!bias || call_arg(&c, DNNL_ARG_BIAS, &bmd, IN(a, 2)->data) == 0);
     if (ok) {
-        ret = call_run_to_plain(&c, pd, stream, yq, yb, &ymd, y->data);
+        ret = call_run_to_plain(&c, e ? e->prim : prim, stream, yq, yb, &ymd, y->data);
     }
     /* The blocked output stays for a later convolution (an activation applied after would make it stale). */
     if (ret == VNPU_CPL_OK && yb && !after && a->shadows &&
@@ -688,7 +1140,8 @@ out:
     buf_free(a, xb, xbn);
     buf_free(a, wb, wbn);
     buf_free(a, yb, ybn);
-    dnnl_primitive_desc_destroy(pd);
+    pw_release(pw);
+    prim_release(pd, prim);
     return act_apply(ret, after, a, cv->act, cv->act_alpha, cv->act_beta);
 }
 
@@ -722,12 +1175,19 @@ int vnpu_fast_pool(const VnpuOpArgs *a)
     dnnl_dims_t xd, yd, strides, kernel, dil, pl, pr;
     dnnl_pooling_v2_desc_t d;
     dnnl_alg_kind_t alg;
-    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_desc_t pd = NULL, opd;
+    dnnl_primitive_t prim = NULL;
+    const PrimEntry *e = NULL;
     dnnl_stream_t stream = NULL;
     void *xb = NULL, *yb = NULL;
     uint64_t xbn = 0, ybn = 0;
     DnnlCall c;
     int ok, i, blocked, ret = -1;
+    struct {
+        uint32_t tag, alg, blocked, rsvd;
+        dnnl_dims_t xd, yd;
+        dnnl_dim_t win[2][5];
+    } key;
 
     if (!engine_get() || x->count == 0 || y->count == 0) {
         return 1;
@@ -764,14 +1224,39 @@ int vnpu_fast_pool(const VnpuOpArgs *a)
                                       !blocked ? dnnl_nchw : x->dims[1] % 16 == 0 ? dnnl_nChw16c : dnnl_nChw8c) ==
              dnnl_success &&
          dnnl_memory_desc_init_by_tag(&yany, 4, yd, dnnl_f32, blocked ? dnnl_format_tag_any : dnnl_nchw) ==
-             dnnl_success &&
-         dnnl_pooling_v2_forward_desc_init(&d, dnnl_forward_inference, alg, &xblk, &yany, strides, kernel, dil, pl,
-                                           pr) == dnnl_success &&
-         dnnl_primitive_desc_create(&pd, &d, NULL, engine_get(), NULL) == dnnl_success;
+             dnnl_success;
     if (!ok) {
         return 1;
     }
-    yq = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    memset(&key, 0, sizeof(key));
+    key.tag = 0x504f4f4c; /* "POOL" */
+    key.alg = (uint32_t)alg;
+    key.blocked = (uint32_t)blocked;
+    memcpy(key.xd, xd, 4 * sizeof(xd[0]));
+    memcpy(key.yd, yd, 4 * sizeof(yd[0]));
+    for (i = 0; i < 2; i++) {
+        key.win[i][0] = strides[i];
+        key.win[i][1] = kernel[i];
+        key.win[i][2] = dil[i];
+        key.win[i][3] = pl[i];
+        key.win[i][4] = pr[i];
+    }
+    e = prim_find(&key, sizeof(key));
+    if (!e) {
+        if (dnnl_pooling_v2_forward_desc_init(&d, dnnl_forward_inference, alg, &xblk, &yany, strides, kernel, dil,
+                                              pl, pr) != dnnl_success ||
+            dnnl_primitive_desc_create(&pd, &d, NULL, engine_get(), NULL) != dnnl_success) {
+            pd = NULL;
+        }
+        if (prim_get(&key, sizeof(key), &pd, &prim, 0, &e)) {
+            return -1;
+        }
+    }
+    opd = e ? e->pd : pd;
+    if (!opd) {
+        return 1;
+    }
+    yq = dnnl_primitive_desc_query_md(opd, dnnl_query_dst_md, 0);
     if (!yq || dnnl_stream_create(&stream, engine_get(), dnnl_stream_default_flags) != dnnl_success) {
         goto out;
     }
@@ -781,13 +1266,13 @@ int vnpu_fast_pool(const VnpuOpArgs *a)
     ok = call_arg(&c, DNNL_ARG_SRC, &xblk, xb ? xb : x->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, yq, yb ? yb : y->data) == 0;
     if (ok) {
-        ret = call_run_to_plain(&c, pd, stream, yq, yb, &ymd, y->data);
+        ret = call_run_to_plain(&c, e ? e->prim : prim, stream, yq, yb, &ymd, y->data);
     }
 out:
     call_release(&c, stream);
     buf_free(a, xb, xbn);
     buf_free(a, yb, ybn);
-    dnnl_primitive_desc_destroy(pd);
+    prim_release(pd, prim);
     return ret;
 }
 
@@ -798,11 +1283,15 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
     int bias = !!(mm->flags & VNPU_ISA_MATMUL_F_BIAS);
     dnnl_memory_desc_t amd, bmd, cmd, ymd;
     dnnl_dims_t ad, bd, cd, yd, as, bs, cs;
-    dnnl_primitive_attr_t attr;
     dnnl_matmul_desc_t d;
     unsigned r = Y->rank, i;
     DnnlCall c;
-    int ok, after;
+    int ok, after, rc;
+    struct {
+        uint32_t tag, rank, bias, act;
+        float alpha, beta;
+        dnnl_dims_t ad, as, bd, bs, cd, cs, yd;
+    } key;
 
     if (!engine_get() || Y->count == 0 || A->count == 0 || B->count == 0 || r > 6 || mm->alpha != 1.0f ||
         (bias && mm->beta != 1.0f)) {
@@ -839,12 +1328,28 @@ int vnpu_fast_matmul(const VnpuOpArgs *a)
     if (!ok) {
         return -1;
     }
-    if (act_attr(mm->act, mm->act_alpha, mm->act_beta, 0, &attr, &after)) {
-        return -1;
+    memset(&key, 0, sizeof(key));
+    key.tag = 0x4d4d554c; /* "MMUL" */
+    key.rank = r;
+    key.bias = (uint32_t)bias;
+    key.act = mm->act;
+    key.alpha = mm->act_alpha;
+    key.beta = mm->act_beta;
+    memcpy(key.ad, ad, r * sizeof(ad[0]));
+    memcpy(key.as, as, r * sizeof(as[0]));
+    memcpy(key.bd, bd, r * sizeof(bd[0]));
+    memcpy(key.bs, bs, r * sizeof(bs[0]));
+    memcpy(key.yd, yd, r * sizeof(yd[0]));
+    if (bias) {
+        memcpy(key.cd, cd, r * sizeof(cd[0]));
+        memcpy(key.cs, cs, r * sizeof(cs[0]));
     }
-    if (call_create(&c, dnnl_matmul_desc_init(&d, &amd, &bmd, bias ? &cmd : NULL, &ymd) == dnnl_success, &d,
-                    attr)) {
-        return 1;
+    memset(&d, 0, sizeof(d));
+    rc = call_cached(&c, &key, sizeof(key),
+                     dnnl_matmul_desc_init(&d, &amd, &bmd, bias ? &cmd : NULL, &ymd) == dnnl_success, &d, mm->act,
+                     mm->act_alpha, mm->act_beta, &after);
+    if (rc) {
+        return rc;
     }
     ok = call_arg(&c, DNNL_ARG_SRC, &amd, A->data) == 0 && call_arg(&c, DNNL_ARG_WEIGHTS, &bmd, B->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, &ymd, Y->data) == 0 &&
@@ -864,11 +1369,15 @@ int vnpu_fast_binary(const VnpuOpArgs *a)
     dnnl_memory_desc_t amd, bmd, ymd;
     dnnl_dims_t ad, bd, yd;
     dnnl_binary_desc_t d;
-    dnnl_primitive_attr_t attr;
     dnnl_alg_kind_t alg;
     unsigned r = Y->rank;
-    int commutative, ok, after;
+    int commutative, ok, after, rc;
     DnnlCall c;
+    struct {
+        uint32_t tag, alg, rank, act;
+        float alpha, beta;
+        dnnl_dims_t ad, bd, yd;
+    } key;
 
     if (!engine_get() || Y->count < 65536 || r < 1 || r > 6) {
         return 1; /* small: a primitive costs more than the loop */
@@ -914,11 +1423,21 @@ int vnpu_fast_binary(const VnpuOpArgs *a)
     if (!ok) {
         return -1;
     }
-    if (act_attr(bn->act, bn->act_alpha, bn->act_beta, 0, &attr, &after)) {
-        return -1;
-    }
-    if (call_create(&c, dnnl_binary_desc_init(&d, alg, &amd, &bmd, &ymd) == dnnl_success, &d, attr)) {
-        return 1;
+    memset(&key, 0, sizeof(key));
+    key.tag = 0x42494e41; /* "BINA" */
+    key.alg = (uint32_t)alg;
+    key.rank = r;
+    key.act = bn->act;
+    key.alpha = bn->act_alpha;
+    key.beta = bn->act_beta;
+    memcpy(key.ad, ad, r * sizeof(ad[0]));
+    memcpy(key.bd, bd, r * sizeof(bd[0]));
+    memcpy(key.yd, yd, r * sizeof(yd[0]));
+    memset(&d, 0, sizeof(d));
+    rc = call_cached(&c, &key, sizeof(key), dnnl_binary_desc_init(&d, alg, &amd, &bmd, &ymd) == dnnl_success, &d,
+                     bn->act, bn->act_alpha, bn->act_beta, &after);
+    if (rc) {
+        return rc;
     }
     ok = call_arg(&c, DNNL_ARG_SRC_0, &amd, A->data) == 0 && call_arg(&c, DNNL_ARG_SRC_1, &bmd, B->data) == 0 &&
          call_arg(&c, DNNL_ARG_DST, &ymd, Y->data) == 0;

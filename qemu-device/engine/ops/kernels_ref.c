@@ -46,6 +46,17 @@ static void dense_strides(const VnpuTensor *t, uint64_t *strides)
     }
 }
 
+/* The index vector of row-major position o over dims[0..n) (the row walks' starting point for a range). */
+static void unravel(uint64_t o, const uint64_t *dims, unsigned n, uint64_t *idx)
+{
+    unsigned i;
+
+    for (i = n; i-- > 0;) {
+        idx[i] = dims[i] ? o % dims[i] : 0;
+        o = dims[i] ? o / dims[i] : 0;
+    }
+}
+
 /* Handles the outputs of a data-movement op that need no index walk: empty, or rank 0 (one element). */
 static int copy_trivial(const VnpuTensor *x, const VnpuTensor *y)
 {
@@ -386,13 +397,69 @@ static void binary_row(uint32_t kind, float *y, const float *a, uint64_t sa, con
 #undef VNPU_BIN_ROW
 }
 
+/* A broadcast binary op as rows of `inner` elements over the outer dims [0, split). */
+typedef struct BinaryRows {
+    uint64_t as[VNPU_ISA_MAX_RANK], bs[VNPU_ISA_MAX_RANK];
+    uint64_t inner, sa, sb;
+    unsigned split;
+} BinaryRows;
+
+static int binary_rows(const VnpuOpArgs *a, void *ctx, uint64_t begin, uint64_t end)
+{
+    const BinaryRows *br = ctx;
+    const struct vnpu_isa_binary *bn = &a->attr.binary;
+    const VnpuTensor *A = IN(a, 0), *B = IN(a, 1), *Y = OUT(a, 0);
+    uint64_t idx[VNPU_ISA_MAX_RANK], aoff = 0, boff = 0, o, inner = br->inner;
+    unsigned i;
+
+    unravel(begin, Y->dims, br->split, idx);
+    for (i = 0; i < br->split; i++) {
+        aoff += idx[i] * br->as[i];
+        boff += idx[i] * br->bs[i];
+    }
+    for (o = begin; o < end; o++) {
+        float *yp = Y->data + o * inner;
+
+        binary_row(bn->kind, yp, A->data + aoff, br->sa, B->data + boff, br->sb, inner);
+        if (bn->act == VNPU_ISA_ACT_RELU) {
+            uint64_t j;
+
+            for (j = 0; j < inner; j++) {
+                yp[j] = yp[j] > 0.0f ? yp[j] : 0.0f;
+            }
+        } else if (bn->act != VNPU_ISA_ACT_NONE) {
+            uint64_t j;
+
+            for (j = 0; j < inner; j++) {
+                yp[j] = vnpu_ops_act(yp[j], bn->act, bn->act_alpha, bn->act_beta);
+            }
+        }
+        for (i = br->split; i-- > 0;) {
+            idx[i]++;
+            aoff += br->as[i];
+            boff += br->bs[i];
+            if (idx[i] < Y->dims[i]) {
+                break;
+            }
+            aoff -= br->as[i] * idx[i];
+            boff -= br->bs[i] * idx[i];
+            idx[i] = 0;
+        }
+        if ((o & 1023) == 1023 && cancelled(a)) {
+            return VNPU_CPL_ABORTED;
+        }
+    }
+    return VNPU_CPL_OK;
+}
+
 int vnpu_ref_binary(const VnpuOpArgs *a)
 {
     const struct vnpu_isa_binary *bn = &a->attr.binary;
     const VnpuTensor *A = IN(a, 0), *B = IN(a, 1), *Y = OUT(a, 0);
-    uint64_t as[VNPU_ISA_MAX_RANK], bs[VNPU_ISA_MAX_RANK], ys[VNPU_ISA_MAX_RANK], idx[VNPU_ISA_MAX_RANK] = {0};
-    unsigned r = Y->rank, i, split;
-    uint64_t inner = 1, outer, o, aoff = 0, boff = 0, sa, sb;
+    BinaryRows br;
+    uint64_t *as = br.as, *bs = br.bs, ys[VNPU_ISA_MAX_RANK];
+    unsigned r = Y->rank, split;
+    uint64_t inner = 1;
     int a_dense, b_dense;
 
     if (Y->count == 0) {
@@ -421,51 +488,21 @@ int vnpu_ref_binary(const VnpuOpArgs *a)
         }
         inner *= Y->dims[d];
     }
-    sa = a_dense ? 1 : 0;
-    sb = b_dense ? 1 : 0;
-    outer = Y->count / inner;
-    for (o = 0; o < outer; o++) {
-        float *yp = Y->data + o * inner;
-
-        binary_row(bn->kind, yp, A->data + aoff, sa, B->data + boff, sb, inner);
-        if (bn->act == VNPU_ISA_ACT_RELU) {
-            uint64_t j;
-
-            for (j = 0; j < inner; j++) {
-                yp[j] = yp[j] > 0.0f ? yp[j] : 0.0f;
-            }
-        } else if (bn->act != VNPU_ISA_ACT_NONE) {
-            uint64_t j;
-
-            for (j = 0; j < inner; j++) {
-                yp[j] = vnpu_ops_act(yp[j], bn->act, bn->act_alpha, bn->act_beta);
-            }
-        }
-        for (i = split; i-- > 0;) {
-            idx[i]++;
-            aoff += as[i];
-            boff += bs[i];
-            if (idx[i] < Y->dims[i]) {
-                break;
-            }
-            aoff -= as[i] * idx[i];
-            boff -= bs[i] * idx[i];
-            idx[i] = 0;
-        }
-        if ((o & 1023) == 1023 && cancelled(a)) {
-            return VNPU_CPL_ABORTED;
-        }
-    }
-    return VNPU_CPL_OK;
+    br.sa = a_dense ? 1 : 0;
+    br.sb = b_dense ? 1 : 0;
+    br.inner = inner;
+    br.split = split;
+    return vnpu_ops_parallel(a, Y->count / inner, Y->count, binary_rows, &br);
 }
 
-int vnpu_ref_unary(const VnpuOpArgs *a)
+static int unary_range(const VnpuOpArgs *a, void *ctx, uint64_t begin, uint64_t end)
 {
     const struct vnpu_isa_unary *u = &a->attr.unary;
     const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
     uint64_t i;
 
-    for (i = 0; i < y->count; i++) {
+    (void)ctx;
+    for (i = begin; i < end; i++) {
         y->data[i] = vnpu_ops_act(x->data[i], u->act, u->act_alpha, u->act_beta);
         if ((i & 0xffff) == 0xffff && cancelled(a)) {
             return VNPU_CPL_ABORTED;
@@ -474,43 +511,50 @@ int vnpu_ref_unary(const VnpuOpArgs *a)
     return VNPU_CPL_OK;
 }
 
-int vnpu_ref_affine(const VnpuOpArgs *a)
+int vnpu_ref_unary(const VnpuOpArgs *a)
+{
+    return vnpu_ops_parallel(a, OUT(a, 0)->count, OUT(a, 0)->count, unary_range, NULL);
+}
+
+/* Planes [begin, end) of n * C, each `inner` elements of one channel. */
+static int affine_planes(const VnpuOpArgs *a, void *ctx, uint64_t begin, uint64_t end)
 {
     const struct vnpu_isa_affine *af = &a->attr.affine;
-    const VnpuTensor *x = IN(a, 0), *s = IN(a, 1), *t = IN(a, 2), *y = OUT(a, 0);
-    /* An empty batch (dims[0] == 0) is valid and does nothing: never divide by it. */
-    uint64_t C = x->dims[1], inner = C && x->dims[0] ? x->count / x->dims[0] / C : 0, n, c, i;
+    const VnpuTensor *s = IN(a, 1), *t = IN(a, 2), *x = IN(a, 0), *y = OUT(a, 0);
+    uint64_t inner = *(const uint64_t *)ctx, C = x->dims[1], p, i;
 
-    for (n = 0; n < x->dims[0]; n++) {
-        for (c = 0; c < C; c++) {
-            uint64_t base = (n * C + c) * inner;
+    for (p = begin; p < end; p++) {
+        uint64_t base = p * inner, c = p % C;
 
-            if (cancelled(a)) {
-                return VNPU_CPL_ABORTED;
-            }
-            for (i = 0; i < inner; i++) {
-                y->data[base + i] =
-                    vnpu_ops_act(x->data[base + i] * s->data[c] + t->data[c], af->act, af->act_alpha, af->act_beta);
-            }
+        if (cancelled(a)) {
+            return VNPU_CPL_ABORTED;
+        }
+        for (i = 0; i < inner; i++) {
+            y->data[base + i] =
+                vnpu_ops_act(x->data[base + i] * s->data[c] + t->data[c], af->act, af->act_alpha, af->act_beta);
         }
     }
     return VNPU_CPL_OK;
 }
 
-int vnpu_ref_concat(const VnpuOpArgs *a)
+int vnpu_ref_affine(const VnpuOpArgs *a)
+{
+    const VnpuTensor *x = IN(a, 0);
+    /* An empty batch (dims[0] == 0) is valid and does nothing: never divide by it. */
+    uint64_t C = x->dims[1], inner = C && x->dims[0] ? x->count / x->dims[0] / C : 0;
+
+    return vnpu_ops_parallel(a, inner ? x->dims[0] * C : 0, x->count, affine_planes, &inner);
+}
+
+/* Outer rows [begin, end): each the inputs' chunks one after the other. */
+static int concat_rows(const VnpuOpArgs *a, void *ctx, uint64_t begin, uint64_t end)
 {
     const VnpuTensor *y = OUT(a, 0);
     uint32_t axis = a->attr.axis.axis;
-    uint64_t outer = 1, inner = 1, o, pos = 0;
+    uint64_t inner = *(const uint64_t *)ctx, o, pos = begin * y->dims[axis] * inner;
     unsigned i;
 
-    for (i = 0; i < axis; i++) {
-        outer *= y->dims[i];
-    }
-    for (i = axis + 1; i < y->rank; i++) {
-        inner *= y->dims[i];
-    }
-    for (o = 0; o < outer; o++) {
+    for (o = begin; o < end; o++) {
         if ((o & 1023) == 1023 && cancelled(a)) {
             return VNPU_CPL_ABORTED;
         }
@@ -527,89 +571,108 @@ int vnpu_ref_concat(const VnpuOpArgs *a)
     return VNPU_CPL_OK;
 }
 
-int vnpu_ref_slice(const VnpuOpArgs *a)
+int vnpu_ref_concat(const VnpuOpArgs *a)
 {
-    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
-    const struct vnpu_isa_slice *s = &a->attr.slice;
-    uint64_t xs[VNPU_ISA_MAX_RANK], idx[VNPU_ISA_MAX_RANK] = {0};
-    unsigned r = y->rank, i;
-    /*
-     * Offsets are walked in unsigned (modulo 2^64) arithmetic: a negative step is its two's complement, and a
-     * step of a dim of size 1 times a large stride may exceed int64 in the intermediate sums (signed overflow
-     * is undefined). Every offset actually used is inside x (vnpu_ops_check), so the modular sums are exact.
-     */
-    uint64_t off = 0, step_inner, inner, outer, o;
+    const VnpuTensor *y = OUT(a, 0);
+    uint32_t axis = a->attr.axis.axis;
+    uint64_t outer = 1, inner = 1;
+    unsigned i;
 
-    if (copy_trivial(x, y)) {
-        return VNPU_CPL_OK;
+    for (i = 0; i < axis; i++) {
+        outer *= y->dims[i];
     }
-    dense_strides(x, xs);
-    for (i = 0; i < r; i++) {
-        off += (uint64_t)s->start[i] * xs[i];
+    for (i = axis + 1; i < y->rank; i++) {
+        inner *= y->dims[i];
     }
+    return vnpu_ops_parallel(a, y->count ? outer : 0, y->count, concat_rows, &inner);
+}
+
+/*
+ * Rows of a gather whose input offset advances by stride[i] per step of output dim i (SLICE: step times the
+ * input's stride; TRANSPOSE: the permuted input stride). Offsets are walked in unsigned (modulo 2^64)
+ * arithmetic: a negative step is its two's complement, and a step of a dim of size 1 times a large stride may
+ * exceed int64 in the intermediate sums (signed overflow is undefined). Every offset actually used is inside x
+ * (vnpu_ops_check), so the modular sums are exact.
+ */
+typedef struct StridedRows {
+    uint64_t base;
+    uint64_t stride[VNPU_ISA_MAX_RANK];
+} StridedRows;
+
+static int strided_rows(const VnpuOpArgs *a, void *ctx, uint64_t begin, uint64_t end)
+{
+    const StridedRows *sr = ctx;
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    uint64_t idx[VNPU_ISA_MAX_RANK], off = sr->base, inner, step_inner, o;
+    unsigned r = y->rank, i;
+
     inner = y->dims[r - 1];
-    outer = y->count / inner;
-    step_inner = (uint64_t)s->step[r - 1] * xs[r - 1];
-    for (o = 0; o < outer; o++) {
+    step_inner = sr->stride[r - 1];
+    unravel(begin, y->dims, r - 1, idx);
+    for (i = 0; i + 1 < r; i++) {
+        off += idx[i] * sr->stride[i];
+    }
+    for (o = begin; o < end; o++) {
         float *yp = y->data + o * inner;
         uint64_t j;
 
-        for (j = 0; j < inner; j++) {
-            yp[j] = x->data[off + j * step_inner];
+        if (step_inner == 1) {
+            memcpy(yp, x->data + off, inner * 4);
+        } else {
+            for (j = 0; j < inner; j++) {
+                yp[j] = x->data[off + j * step_inner];
+            }
         }
         if ((o & 1023) == 1023 && cancelled(a)) {
             return VNPU_CPL_ABORTED;
         }
         for (i = r - 1; i-- > 0;) {
             idx[i]++;
-            off += (uint64_t)s->step[i] * xs[i];
+            off += sr->stride[i];
             if (idx[i] < y->dims[i]) {
                 break;
             }
-            off -= (uint64_t)s->step[i] * xs[i] * idx[i];
+            off -= sr->stride[i] * idx[i];
             idx[i] = 0;
         }
     }
     return VNPU_CPL_OK;
 }
 
-int vnpu_ref_transpose(const VnpuOpArgs *a)
+int vnpu_ref_slice(const VnpuOpArgs *a)
 {
     const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
-    uint64_t xs[VNPU_ISA_MAX_RANK], ps[VNPU_ISA_MAX_RANK], idx[VNPU_ISA_MAX_RANK] = {0};
+    const struct vnpu_isa_slice *s = &a->attr.slice;
+    uint64_t xs[VNPU_ISA_MAX_RANK];
+    StridedRows sr = {0};
     unsigned r = y->rank, i;
-    uint64_t off = 0, o, inner, outer;
 
     if (copy_trivial(x, y)) {
         return VNPU_CPL_OK;
     }
     dense_strides(x, xs);
     for (i = 0; i < r; i++) {
-        ps[i] = xs[a->attr.transpose.perm[i]]; /* input stride of output dim i */
+        sr.base += (uint64_t)s->start[i] * xs[i];
+        sr.stride[i] = (uint64_t)s->step[i] * xs[i];
     }
-    inner = y->dims[r - 1];
-    outer = y->count / inner;
-    for (o = 0; o < outer; o++) {
-        float *yp = y->data + o * inner;
-        uint64_t j;
+    return vnpu_ops_parallel(a, y->count / y->dims[r - 1], y->count, strided_rows, &sr);
+}
 
-        for (j = 0; j < inner; j++) {
-            yp[j] = x->data[off + j * ps[r - 1]];
-        }
-        if ((o & 1023) == 1023 && cancelled(a)) {
-            return VNPU_CPL_ABORTED;
-        }
-        for (i = r - 1; i-- > 0;) {
-            idx[i]++;
-            off += ps[i];
-            if (idx[i] < y->dims[i]) {
-                break;
-            }
-            off -= ps[i] * idx[i];
-            idx[i] = 0;
-        }
+int vnpu_ref_transpose(const VnpuOpArgs *a)
+{
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    uint64_t xs[VNPU_ISA_MAX_RANK];
+    StridedRows sr = {0};
+    unsigned r = y->rank, i;
+
+    if (copy_trivial(x, y)) {
+        return VNPU_CPL_OK;
     }
-    return VNPU_CPL_OK;
+    dense_strides(x, xs);
+    for (i = 0; i < r; i++) {
+        sr.stride[i] = xs[a->attr.transpose.perm[i]]; /* input stride of output dim i */
+    }
+    return vnpu_ops_parallel(a, y->count / y->dims[r - 1], y->count, strided_rows, &sr);
 }
 
 int vnpu_ref_copy(const VnpuOpArgs *a)
@@ -836,16 +899,77 @@ out:
     return ret;
 }
 
+/* Output rows [begin, end) of a nearest/linear resize, from the per-dim tables `ctx` (ResizeDim[rank]). */
+static int resize_rows(const VnpuOpArgs *a, void *ctx, uint64_t begin, uint64_t end)
+{
+    const ResizeDim *dim = ctx;
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    uint64_t idx[VNPU_ISA_MAX_RANK], o, inner = y->dims[y->rank - 1];
+    unsigned r = y->rank, i;
+
+    unravel(begin, y->dims, r - 1, idx);
+    for (o = begin; o < end; o++) {
+        /* Corners of the outer dims with their weights (at most 2^(rank-1), usually 1 or 2). */
+        uint64_t coff[1u << (VNPU_ISA_MAX_RANK - 1)];
+        double cw[1u << (VNPU_ISA_MAX_RANK - 1)];
+        unsigned nc = 1, k;
+        const ResizeDim *last = &dim[r - 1];
+        float *yp = y->data + o * inner;
+        uint64_t j;
+
+        coff[0] = 0;
+        cw[0] = 1.0;
+        for (i = 0; i + 1 < r; i++) {
+            uint64_t lo = dim[i].lo[idx[i]], hi = dim[i].hi[idx[i]];
+            double w = dim[i].w[idx[i]];
+
+            if (w == 0.0) {
+                for (k = 0; k < nc; k++) {
+                    coff[k] += lo;
+                }
+                continue;
+            }
+            for (k = 0; k < nc; k++) {
+                coff[nc + k] = coff[k] + hi;
+                cw[nc + k] = cw[k] * w;
+                coff[k] += lo;
+                cw[k] *= 1.0 - w;
+            }
+            nc *= 2;
+        }
+        for (j = 0; j < inner; j++) {
+            double acc = 0.0, w = last->w[j];
+
+            for (k = 0; k < nc; k++) {
+                const float *xp = x->data + coff[k];
+
+                acc += cw[k] * (w == 0.0 ? xp[last->lo[j]] : (1.0 - w) * xp[last->lo[j]] + w * xp[last->hi[j]]);
+            }
+            yp[j] = (float)acc;
+        }
+        for (i = r - 1; i-- > 0;) {
+            if (++idx[i] < y->dims[i]) {
+                break;
+            }
+            idx[i] = 0;
+        }
+        if ((o & 1023) == 1023 && cancelled(a)) {
+            return VNPU_CPL_ABORTED;
+        }
+    }
+    return VNPU_CPL_OK;
+}
+
 int vnpu_ref_resize(const VnpuOpArgs *a)
 {
     const struct vnpu_isa_resize *rz = &a->attr.resize;
     const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
-    uint64_t xs[VNPU_ISA_MAX_RANK], idx[VNPU_ISA_MAX_RANK] = {0}, total = 0, o, inner, outer;
+    uint64_t xs[VNPU_ISA_MAX_RANK], total = 0;
     ResizeDim dim[VNPU_ISA_MAX_RANK];
     unsigned r = y->rank, i;
     uint64_t *ibuf;
     double *wbuf;
-    int ret = VNPU_CPL_OK;
+    int ret;
 
     if (copy_trivial(x, y)) {
         return VNPU_CPL_OK;
@@ -896,68 +1020,55 @@ int vnpu_ref_resize(const VnpuOpArgs *a)
             dim[i].interp |= w != 0.0;
         }
     }
-    inner = y->dims[r - 1];
-    outer = y->count / inner;
-    for (o = 0; o < outer; o++) {
-        /* Corners of the outer dims with their weights (at most 2^(rank-1), usually 1 or 2). */
-        uint64_t coff[1u << (VNPU_ISA_MAX_RANK - 1)];
-        double cw[1u << (VNPU_ISA_MAX_RANK - 1)];
-        unsigned nc = 1, k;
-        const ResizeDim *last = &dim[r - 1];
-        float *yp = y->data + o * inner;
-        uint64_t j;
-
-        coff[0] = 0;
-        cw[0] = 1.0;
-        for (i = 0; i + 1 < r; i++) {
-            uint64_t lo = dim[i].lo[idx[i]], hi = dim[i].hi[idx[i]];
-            double w = dim[i].w[idx[i]];
-
-            if (w == 0.0) {
-                for (k = 0; k < nc; k++) {
-                    coff[k] += lo;
-                }
-                continue;
-            }
-            for (k = 0; k < nc; k++) {
-                coff[nc + k] = coff[k] + hi;
-                cw[nc + k] = cw[k] * w;
-                coff[k] += lo;
-                cw[k] *= 1.0 - w;
-            }
-            nc *= 2;
-        }
-        for (j = 0; j < inner; j++) {
-            double acc = 0.0, w = last->w[j];
-
-            for (k = 0; k < nc; k++) {
-                const float *xp = x->data + coff[k];
-
-                acc += cw[k] * (w == 0.0 ? xp[last->lo[j]] : (1.0 - w) * xp[last->lo[j]] + w * xp[last->hi[j]]);
-            }
-            yp[j] = (float)acc;
-        }
-        for (i = r - 1; i-- > 0;) {
-            if (++idx[i] < y->dims[i]) {
-                break;
-            }
-            idx[i] = 0;
-        }
-        if ((o & 1023) == 1023 && cancelled(a)) {
-            ret = VNPU_CPL_ABORTED;
-            break;
-        }
-    }
+    ret = vnpu_ops_parallel(a, y->count / y->dims[r - 1], y->count, resize_rows, dim);
     free(ibuf);
     free(wbuf);
     return ret;
+}
+
+/* Softmax lines [begin, end) of outer x inner, each `len` elements `inner` apart. */
+typedef struct SoftmaxLines {
+    uint64_t len, inner;
+} SoftmaxLines;
+
+static int softmax_lines(const VnpuOpArgs *a, void *ctx, uint64_t begin, uint64_t end)
+{
+    const SoftmaxLines *sl = ctx;
+    const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
+    uint32_t flags = a->attr.softmax.flags;
+    uint64_t len = sl->len, inner = sl->inner, l, j;
+
+    for (l = begin; l < end; l++) {
+        uint64_t o = l / inner, in = l % inner;
+        const float *xp = x->data + o * len * inner + in;
+        float *yp = y->data + o * len * inner + in;
+        float mx = -INFINITY;
+        double sum = 0.0;
+
+        if ((l & 255) == 255 && cancelled(a)) {
+            return VNPU_CPL_ABORTED;
+        }
+        for (j = 0; j < len; j++) {
+            mx = xp[j * inner] > mx ? xp[j * inner] : mx;
+        }
+        for (j = 0; j < len; j++) {
+            sum += exp((double)xp[j * inner] - mx);
+        }
+        for (j = 0; j < len; j++) {
+            double v = (double)xp[j * inner] - mx;
+
+            yp[j * inner] = (flags & VNPU_ISA_SOFTMAX_F_LOG) ? (float)(v - log(sum)) : (float)(exp(v) / sum);
+        }
+    }
+    return VNPU_CPL_OK;
 }
 
 int vnpu_ref_softmax(const VnpuOpArgs *a)
 {
     const VnpuTensor *x = IN(a, 0), *y = OUT(a, 0);
     uint32_t axis = a->attr.softmax.axis, flags = a->attr.softmax.flags;
-    uint64_t outer = 1, len = 1, inner = 1, o, in, j;
+    uint64_t outer = 1;
+    SoftmaxLines sl = {1, 1};
     unsigned i;
 
     if (y->count == 0) {
@@ -967,33 +1078,11 @@ int vnpu_ref_softmax(const VnpuOpArgs *a)
         if (i < axis) {
             outer *= x->dims[i];
         } else if (i == axis || (flags & VNPU_ISA_SOFTMAX_F_FLATTEN)) {
-            len *= x->dims[i];
+            sl.len *= x->dims[i];
         } else {
-            inner *= x->dims[i];
+            sl.inner *= x->dims[i];
         }
     }
-    for (o = 0; o < outer; o++) {
-        if (cancelled(a)) {
-            return VNPU_CPL_ABORTED;
-        }
-        for (in = 0; in < inner; in++) {
-            const float *xp = x->data + o * len * inner + in;
-            float *yp = y->data + o * len * inner + in;
-            float mx = -INFINITY;
-            double sum = 0.0;
-
-            for (j = 0; j < len; j++) {
-                mx = xp[j * inner] > mx ? xp[j * inner] : mx;
-            }
-            for (j = 0; j < len; j++) {
-                sum += exp((double)xp[j * inner] - mx);
-            }
-            for (j = 0; j < len; j++) {
-                double v = (double)xp[j * inner] - mx;
-
-                yp[j * inner] = (flags & VNPU_ISA_SOFTMAX_F_LOG) ? (float)(v - log(sum)) : (float)(exp(v) / sum);
-            }
-        }
-    }
-    return VNPU_CPL_OK;
+    /* Each line costs a few exp() per element: worth threads from a smaller size than a copy. */
+    return vnpu_ops_parallel(a, outer * sl.inner, y->count * 8, softmax_lines, &sl);
 }

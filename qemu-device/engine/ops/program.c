@@ -184,6 +184,7 @@ static int program_op(const VnpuProgram *p, uint64_t *pos, VnpuOpArgs *args, uin
     }
     memset(&args->attr, 0, sizeof(args->attr));
     args->shadows = NULL;
+    args->weights_cache_max = 0;
     args->opcode = op.opcode;
     args->num_inputs = op.num_inputs;
     args->num_outputs = op.num_outputs;
@@ -435,6 +436,7 @@ int vnpu_program_execute(const VnpuProgramRun *run, const VnpuProgramMem *mem, V
             }
             args->shadows = shadows;
             args->mem = mem;
+            args->weights_cache_max = run->weights_cache_max;
             memcpy(args->addr, addr, n * sizeof(addr[0]));
             r = vnpu_ops_run(args, mode);
 

@@ -69,6 +69,8 @@ typedef struct VnpuOpArgs {
     VnpuShadows *shadows; /* may be NULL; with it, addr[] holds every operand's device address */
     uint64_t addr[VNPU_ISA_MAX_OPERANDS];
     const struct VnpuProgramMem *mem; /* may be NULL; its reserve()/release() bound the kernels' own buffers */
+    /* Bytes of converted convolution weights that may be kept across runs (kernels_dnnl.c); 0: none. */
+    uint64_t weights_cache_max;
 } VnpuOpArgs;
 
 /* Which kernels vnpu_ops_run() uses. */
@@ -99,6 +101,23 @@ uint64_t vnpu_ops_flops(const VnpuOpArgs *args);
  * kernel applies; or a fast kernel's library failed).
  */
 int vnpu_ops_run(const VnpuOpArgs *args, VnpuKernelMode mode);
+
+/*
+ * A kernel's work split into n independent items (rows, planes, elements): fn computes items [begin, end) and
+ * returns VNPU_CPL_OK, VNPU_CPL_ABORTED (cancel seen) or -1 (out of memory).
+ */
+typedef int VnpuRangeFn(const VnpuOpArgs *a, void *ctx, uint64_t begin, uint64_t end);
+
+/*
+ * Runs fn over [0, n) in contiguous ranges, one per thread of the OpenMP team (parallel.c), when the op touches
+ * at least a few ten thousand elements (`elems`); otherwise, or inside a parallel region, on the calling thread.
+ * Each item is computed as the serial loop computes it, so results do not depend on the thread count. Returns
+ * VNPU_CPL_OK, or the first failure of a range (-1 before VNPU_CPL_ABORTED).
+ */
+int vnpu_ops_parallel(const VnpuOpArgs *a, uint64_t n, uint64_t elems, VnpuRangeFn *fn, void *ctx);
+
+/* Threads vnpu_ops_parallel() would use from here (1 inside a parallel region or without OpenMP). */
+int vnpu_ops_threads(void);
 
 /* Activation function shared by every kernel that fuses one. */
 float vnpu_ops_act(float x, uint32_t act, float alpha, float beta);
