@@ -408,6 +408,9 @@ static int vnpu_hw_init(struct vnpu_device *vdev)
 	}
 	vdev->num_contexts = min_t(u32, vdev->num_contexts, 65536);
 	vdev->compute_cores = vnpu_rd(vdev, VNPU_REG_COMPUTE_CORES);
+	vdev->h2d_mbps = vnpu_rd(vdev, VNPU_REG_H2D_MBPS);
+	vdev->d2h_mbps = vnpu_rd(vdev, VNPU_REG_D2H_MBPS);
+	vdev->gflops = vnpu_rd(vdev, VNPU_REG_COMPUTE_GFLOPS);
 
 	ring_max = vnpu_rd(vdev, VNPU_REG_RING_MAX);
 	if (ring_max < 2) {

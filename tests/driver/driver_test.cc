@@ -2212,6 +2212,75 @@ TEST_F(Fault, RandomFaultsNeverLoseOrDuplicateCompletions) {
   RecordProperty("failed_jobs", failed);
 }
 
+// ---- scheduling: timeouts and priorities between files ----------------------------------------------------
+
+class Sched : public DeviceTest {
+ protected:
+  void SetUp() override {
+    DeviceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure())
+      return;
+    if (!(api_.param(DRM_VNPU_PARAM_CAPS) & VNPU_CAP_SYNTH))
+      GTEST_SKIP() << "device has no SYNTH command";
+    old_timeout_ = read_file(kTimeoutParam);
+    old_budget_ = read_file(kBudgetParam);
+    // The defaults, whatever an earlier test left behind.
+    ASSERT_TRUE(write_file(kTimeoutParam, "10000"));
+    ASSERT_TRUE(old_budget_.empty() || write_file(kBudgetParam, "100"));
+  }
+  void TearDown() override {
+    if (!old_timeout_.empty())
+      write_file(kTimeoutParam, old_timeout_);
+    if (!old_budget_.empty())
+      write_file(kBudgetParam, old_budget_);
+    DeviceTest::TearDown();
+  }
+  static constexpr const char* kTimeoutParam = "/sys/module/vnpu/parameters/job_timeout_ms";
+  static constexpr const char* kBudgetParam = "/sys/module/vnpu/parameters/hw_queue_budget_ms";
+  std::string old_timeout_, old_budget_;
+};
+
+TEST_F(Sched, LongJobsOfOneFileNeitherTimeOutNorHoldBackAHigherPriorityJobOfAnother) {
+  // Used to go wrong: one file's 16 valid 2 s jobs on a priority-0 queue made another file's 1 us job on a
+  // priority-3 queue fail with -ETIMEDOUT after 10 s (the device had fetched all 16 ahead of it, and the
+  // per-hardware-queue watchdog blamed the waiting victim; the cause ran on).
+  constexpr int kLong = 16;
+  constexpr uint64_t kLongNs = 2000000000;
+  uint32_t low = 0;
+  ASSERT_EQ(api_.queue_create(0, &low), 0);
+  std::vector<JobSpec> jobs(kLong);
+  for (auto& j : jobs)
+    j.cmds = {synth_cmd(kLongNs)};
+  uint64_t first = 0;
+  const int64_t t0 = monotonic_ns();
+  ASSERT_EQ(api_.submit_jobs(jobs, &first, low), 0);
+
+  Fd other(open_device());
+  ASSERT_GE(other.get(), 0);
+  Api victim{other.get()};
+  uint32_t high = 0;
+  ASSERT_EQ(victim.queue_create(VNPU_PRIORITY_MAX, &high), 0);
+  usleep(200000);  // the long jobs are on the device
+  uint64_t s = 0;
+  const int64_t t1 = monotonic_ns();
+  ASSERT_EQ(victim.submit({synth_cmd(1000)}, &s, high), 0);
+  drm_vnpu_wait w{};
+  ASSERT_EQ(victim.wait(s, deadline_ms(kLongWaitMs), &w, high), 0);
+  const int64_t victim_ms = (monotonic_ns() - t1) / 1000000;
+  EXPECT_EQ(w.job_status, 0) << "hw_status " << w.hw_status << " after " << victim_ms << " ms";
+  // Priority protects it: it waits at most for the long jobs already running (one per compute core), not for
+  // all 16 (16 x 2 s over the cores).
+  EXPECT_LT(victim_ms, 5000) << "the priority-3 job waited behind the priority-0 backlog";
+  std::printf("victim (priority 3, 1 us) completed after %lld ms behind %d x 2 s priority-0 jobs\n",
+              static_cast<long long>(victim_ms), kLong);
+
+  // None of the long jobs is blamed either: each runs well within the timeout.
+  for (int i = 0; i < kLong; i++)
+    EXPECT_EQ(api_.wait_status(first + i, low), 0) << "long job " << i;
+  std::printf("the %d long jobs completed after %lld ms\n", kLong,
+              static_cast<long long>((monotonic_ns() - t0) / 1000000));
+}
+
 // ---- DRM core ioctls on the accel fd -----------------------------------------------------------------------
 
 /// Every DRM core ioctl libdrm's drm.h defines (the encoded request carries the argument's size and direction).
