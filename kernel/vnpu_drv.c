@@ -93,12 +93,13 @@ static void vnpu_postclose(struct drm_device *drm, struct drm_file *file)
 	unsigned long id;
 
 	/*
-	 * Jobs still in flight hold their queue, context and objects; they
-	 * run to completion and free what they used.
+	 * Jobs not yet handed to the device are cancelled; those on a ring
+	 * hold their queue, context and objects, run to completion and free
+	 * what they used.
 	 */
 	xa_for_each(&vfile->queues, id, sq) {
 		xa_erase(&vfile->queues, id);
-		vnpu_squeue_detach(sq, vfile);
+		vnpu_squeue_detach(sq, vfile, true);
 		vnpu_squeue_put(sq);
 	}
 	xa_destroy(&vfile->queues);

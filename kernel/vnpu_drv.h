@@ -352,6 +352,8 @@ struct vnpu_device {
  *         vnpu_result (tagged 1); until WAIT collects it or it falls out of
  *         the latest VNPU_SEQNO_HISTORY seqnos
  * @detached: the queue was destroyed or its file closed (@submit_lock)
+ * @cancelled: its file was closed: jobs not yet handed to the hardware
+ *             queue complete with -ECANCELED instead (@lock)
  * @retiring: a thread is completing the queue's done jobs in order (@lock)
  */
 struct vnpu_squeue {
@@ -370,6 +372,7 @@ struct vnpu_squeue {
 	struct xarray failed;
 	struct xarray waits;
 	bool detached;
+	bool cancelled;
 	bool retiring;
 };
 
@@ -700,7 +703,8 @@ void vnpu_ready_work(struct work_struct *work);
 struct vnpu_squeue *vnpu_squeue_create(struct vnpu_device *vdev, u32 id,
 				       u32 priority);
 void vnpu_squeue_put(struct vnpu_squeue *sq);
-void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile);
+void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile,
+			bool cancel);
 int vnpu_queue_create_ioctl(struct drm_device *drm, void *data,
 			    struct drm_file *file);
 int vnpu_queue_destroy_ioctl(struct drm_device *drm, void *data,

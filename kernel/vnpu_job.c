@@ -645,18 +645,54 @@ static void vnpu_squeue_drop_waits(struct vnpu_squeue *sq,
 	}
 }
 
+static void vnpu_squeue_kick(struct vnpu_squeue *sq);
+
+/*
+ * Nobody can learn the outcome of the queue's jobs any more: those not yet
+ * written to a ring complete with -ECANCELED (JOB_NOT_RUN) instead of
+ * keeping the device busy; jobs on a ring may be running and finish.
+ */
+static void vnpu_squeue_cancel(struct vnpu_squeue *sq)
+{
+	struct vnpu_hwq *q = sq->hwq;
+	struct vnpu_job *job, *tmp;
+	LIST_HEAD(done);
+
+	spin_lock(&sq->lock);
+	sq->cancelled = true;
+	spin_unlock(&sq->lock);
+
+	spin_lock(&q->lock);
+	list_for_each_entry_safe(job, tmp, &q->pending, link) {
+		if (job->sq != sq)
+			continue;
+		vnpu_job_fail(job, -ECANCELED, DRM_VNPU_JOB_NOT_RUN);
+		list_move_tail(&job->link, &done);
+		q->njobs--;
+	}
+	spin_unlock(&q->lock);
+	vnpu_jobs_done(&done);
+	/* Jobs whose dependencies are met no longer go to the hardware. */
+	vnpu_squeue_kick(sq);
+}
+
 /**
  * vnpu_squeue_detach - the queue leaves its file: no more submissions, and
- * results nobody will collect are dropped (jobs still run to completion)
+ * results nobody will collect are dropped
  * @sq: queue
  * @vfile: its file
+ * @cancel: the file is closed: jobs not yet handed to the device are
+ *          cancelled (else they still run to completion)
  */
-void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile)
+void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile,
+			bool cancel)
 {
 	mutex_lock(&sq->submit_lock);
 	sq->detached = true;
 	mutex_unlock(&sq->submit_lock);
 	vnpu_squeue_drop_waits(sq, vfile, ULONG_MAX);
+	if (cancel)
+		vnpu_squeue_cancel(sq);
 }
 
 static struct vnpu_squeue *vnpu_file_squeue_get(struct vnpu_file *vfile,
@@ -690,6 +726,11 @@ static void vnpu_squeue_kick(struct vnpu_squeue *sq)
 			break;
 		if (READ_ONCE(job->dep_failed)) {
 			vnpu_job_fail(job, -ECANCELED, DRM_VNPU_JOB_DEP_FAILED);
+			list_move_tail(&job->link, &failed);
+			continue;
+		}
+		if (sq->cancelled) {
+			vnpu_job_fail(job, -ECANCELED, DRM_VNPU_JOB_NOT_RUN);
 			list_move_tail(&job->link, &failed);
 			continue;
 		}
@@ -2862,7 +2903,7 @@ int vnpu_queue_destroy_ioctl(struct drm_device *drm, void *data,
 	sq = xa_erase(&vfile->queues, args->queue_id);
 	if (!sq)
 		return -ENOENT;
-	vnpu_squeue_detach(sq, vfile);
+	vnpu_squeue_detach(sq, vfile, false);
 	vnpu_squeue_put(sq);
 	return 0;
 }

@@ -2281,6 +2281,73 @@ TEST_F(Sched, LongJobsOfOneFileNeitherTimeOutNorHoldBackAHigherPriorityJobOfAnot
               static_cast<long long>((monotonic_ns() - t0) / 1000000));
 }
 
+/// Jobs the device's hardware queues hold (sysfs `queues`, last column summed), or -1.
+long hw_jobs_inflight() {
+  std::istringstream in(read_file("/sys/bus/pci/devices/" + pci_address() + "/vnpu/queues"));
+  std::string line;
+  long sum = 0;
+  while (std::getline(in, line)) {
+    std::istringstream l(line);
+    long index = 0, priority = 0, head = 0, tail = 0, inflight = -1;
+    if (!(l >> index >> priority >> head >> tail >> inflight))
+      return -1;
+    sum += inflight;
+  }
+  return sum;
+}
+
+/// Milliseconds until the hardware queues hold no job (at most `limit_ms`).
+int64_t ms_until_device_idle(int64_t limit_ms) {
+  const int64_t t0 = monotonic_ns();
+  while ((monotonic_ns() - t0) / 1000000 < limit_ms && hw_jobs_inflight() != 0)
+    usleep(50000);
+  return (monotonic_ns() - t0) / 1000000;
+}
+
+TEST_F(Sched, JobsOfAClosedFileOrKilledProcessThatDidNotStartAreCancelled) {
+  // Used to go wrong: closing a file (or killing its process) left every job it had submitted to run, so 20
+  // valid 2 s jobs nobody could see the results of kept the device busy for 20 s.
+  constexpr int kJobs = 20;
+  std::vector<JobSpec> jobs(kJobs);
+  for (auto& j : jobs)
+    j.cmds = {synth_cmd(2000000000)};
+  ASSERT_LT(ms_until_device_idle(30000), 30000) << "the device is busy before the test";
+  {
+    Fd other(open_device());
+    ASSERT_GE(other.get(), 0);
+    Api api{other.get()};
+    uint64_t first = 0;
+    ASSERT_EQ(api.submit_jobs(jobs, &first), 0);
+    usleep(200000);
+  }
+  int64_t idle_ms = ms_until_device_idle(60000);
+  std::printf("closed file: device idle %lld ms after close\n", static_cast<long long>(idle_ms));
+  EXPECT_LT(idle_ms, 5000) << "jobs of the closed file kept running";
+
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    Fd fd(open_device());
+    Api api{fd.get()};
+    uint64_t first = 0;
+    if (api.submit_jobs(jobs, &first) != 0)
+      _exit(1);
+    pause();
+    _exit(0);
+  }
+  usleep(500000);
+  ASSERT_GT(hw_jobs_inflight(), 0);
+  kill(pid, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFSIGNALED(status));
+  idle_ms = ms_until_device_idle(60000);
+  std::printf("killed process: device idle %lld ms after exit\n", static_cast<long long>(idle_ms));
+  EXPECT_LT(idle_ms, 5000) << "jobs of the killed process kept running";
+  // This file's work is not affected.
+  EXPECT_EQ(submit_one(valid_copy()), 0);
+}
+
 // ---- DRM core ioctls on the accel fd -----------------------------------------------------------------------
 
 /// Every DRM core ioctl libdrm's drm.h defines (the encoded request carries the argument's size and direction).
