@@ -93,12 +93,13 @@ static void vnpu_postclose(struct drm_device *drm, struct drm_file *file)
 	unsigned long id;
 
 	/*
-	 * Jobs still in flight hold their queue, context and objects; they
-	 * run to completion and free what they used.
+	 * Jobs not yet handed to the device are cancelled; those on a ring
+	 * hold their queue, context and objects, run to completion and free
+	 * what they used.
 	 */
 	xa_for_each(&vfile->queues, id, sq) {
 		xa_erase(&vfile->queues, id);
-		vnpu_squeue_detach(sq, vfile);
+		vnpu_squeue_detach(sq, vfile, true);
 		vnpu_squeue_put(sq);
 	}
 	xa_destroy(&vfile->queues);
@@ -408,6 +409,9 @@ static int vnpu_hw_init(struct vnpu_device *vdev)
 	}
 	vdev->num_contexts = min_t(u32, vdev->num_contexts, 65536);
 	vdev->compute_cores = vnpu_rd(vdev, VNPU_REG_COMPUTE_CORES);
+	vdev->h2d_mbps = vnpu_rd(vdev, VNPU_REG_H2D_MBPS);
+	vdev->d2h_mbps = vnpu_rd(vdev, VNPU_REG_D2H_MBPS);
+	vdev->gflops = vnpu_rd(vdev, VNPU_REG_COMPUTE_GFLOPS);
 
 	ring_max = vnpu_rd(vdev, VNPU_REG_RING_MAX);
 	if (ring_max < 2) {

@@ -174,7 +174,10 @@ struct vnpu_ctx {
  * @awaiting_reset: its queue reset did not finish; stopped, with every job
  *                  still on @hw, until the device reset (vnpu_device_recover)
  * @corrupt: a completion with an unknown tag was seen; reset pending
- * @last_progress: jiffies of the last completion or of the ring going busy
+ * @head_seq: feed_seq of the oldest job on the ring when the watchdog last
+ *            looked (0: none, or the clock must restart)
+ * @head_since: jiffies since which that job has been the oldest unfinished
+ *              job the driver handed to the device (its hang clock)
  * @watchdog: polls for lost interrupts and hung jobs while jobs are on it
  * @resets: queue resets done
  * @bad_cpls: completion records rejected (unknown tag or context, ring
@@ -214,7 +217,8 @@ struct vnpu_hwq {
 	u32 reset_head;
 	bool awaiting_reset;
 	bool corrupt;
-	unsigned long last_progress;
+	u64 head_seq;
+	unsigned long head_since;
 	struct delayed_work watchdog;
 	atomic64_t resets;
 	atomic64_t bad_cpls;
@@ -231,6 +235,11 @@ struct vnpu_hwq {
  * @num_contexts: device contexts (ids 1..num_contexts-1 are given to files)
  * @compute_cores: VNPU_REG_COMPUTE_CORES
  * @max_cmds: largest job, in commands
+ * @h2d_mbps: timing model, H2D bandwidth (MB/s), for job cost estimates
+ * @d2h_mbps: timing model, D2H bandwidth (MB/s)
+ * @gflops: timing model, compute throughput of one core (GFLOP/s)
+ * @feed_seq: jobs written to any ring so far (the order the device can
+ *            have fetched them in)
  * @mm_lock: protects @mm and @devmem_used
  * @mm: allocator over device-physical memory [0, devmem_size)
  * @devmem_used: bytes allocated from @mm (including unmapped zombies)
@@ -276,6 +285,10 @@ struct vnpu_device {
 	u32 num_contexts;
 	u32 compute_cores;
 	u32 max_cmds;
+	u32 h2d_mbps;
+	u32 d2h_mbps;
+	u32 gflops;
+	atomic64_t feed_seq;
 
 	struct mutex mm_lock; /* see @mm_lock above */
 	struct drm_mm mm;
@@ -339,6 +352,8 @@ struct vnpu_device {
  *         vnpu_result (tagged 1); until WAIT collects it or it falls out of
  *         the latest VNPU_SEQNO_HISTORY seqnos
  * @detached: the queue was destroyed or its file closed (@submit_lock)
+ * @cancelled: its file was closed: jobs not yet handed to the hardware
+ *             queue complete with -ECANCELED instead (@lock)
  * @retiring: a thread is completing the queue's done jobs in order (@lock)
  */
 struct vnpu_squeue {
@@ -357,6 +372,7 @@ struct vnpu_squeue {
 	struct xarray failed;
 	struct xarray waits;
 	bool detached;
+	bool cancelled;
 	bool retiring;
 };
 
@@ -493,6 +509,9 @@ enum vnpu_job_state {
  * @ncmds: number of @cmds
  * @sq_start: free-running ring index of the first command once on the ring
  * @tag: hardware tag while on the ring
+ * @feed_seq: vdev->feed_seq when it was last written to a ring
+ * @cost_ns: estimated modelled device time (0 = not estimated yet, or free)
+ * @costed: @cost_ns is known
  * @objs: GEM objects referenced (a reference each, dropped at completion)
  * @nobjs: number of @objs
  * @report_bo: host BO receiving the job report, or NULL (also in @objs)
@@ -541,6 +560,9 @@ struct vnpu_job {
 	u32 ncmds;
 	u32 sq_start;
 	u64 tag;
+	u64 feed_seq;
+	u64 cost_ns;
+	bool costed;
 
 	struct drm_gem_object **objs;
 	u32 nobjs;
@@ -681,7 +703,8 @@ void vnpu_ready_work(struct work_struct *work);
 struct vnpu_squeue *vnpu_squeue_create(struct vnpu_device *vdev, u32 id,
 				       u32 priority);
 void vnpu_squeue_put(struct vnpu_squeue *sq);
-void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile);
+void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile,
+			bool cancel);
 int vnpu_queue_create_ioctl(struct drm_device *drm, void *data,
 			    struct drm_file *file);
 int vnpu_queue_destroy_ioctl(struct drm_device *drm, void *data,

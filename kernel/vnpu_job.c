@@ -48,7 +48,12 @@ MODULE_PARM_DESC(max_inflight,
 static unsigned int vnpu_job_timeout_ms = 10000;
 module_param_named(job_timeout_ms, vnpu_job_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(job_timeout_ms,
-		 "Reset a hardware queue whose jobs make no progress for this long; the oldest job fails with -ETIMEDOUT; 0 disables (default 10000)");
+		 "A job that has been the oldest unfinished job on the device for this long is hung: it fails with -ETIMEDOUT and its hardware queue is reset; 0 disables (default 10000)");
+
+static unsigned int vnpu_hwq_budget_ms = 100;
+module_param_named(hw_queue_budget_ms, vnpu_hwq_budget_ms, uint, 0644);
+MODULE_PARM_DESC(hw_queue_budget_ms,
+		 "Estimated device time one hardware queue may have written to its ring beyond one job per compute core; later jobs wait in the driver, where a higher-priority queue's job can still overtake them; 0 = no limit (default 100)");
 
 static unsigned int vnpu_watchdog_ms = 100;
 module_param_named(watchdog_ms, vnpu_watchdog_ms, uint, 0644);
@@ -640,18 +645,54 @@ static void vnpu_squeue_drop_waits(struct vnpu_squeue *sq,
 	}
 }
 
+static void vnpu_squeue_kick(struct vnpu_squeue *sq);
+
+/*
+ * Nobody can learn the outcome of the queue's jobs any more: those not yet
+ * written to a ring complete with -ECANCELED (JOB_NOT_RUN) instead of
+ * keeping the device busy; jobs on a ring may be running and finish.
+ */
+static void vnpu_squeue_cancel(struct vnpu_squeue *sq)
+{
+	struct vnpu_hwq *q = sq->hwq;
+	struct vnpu_job *job, *tmp;
+	LIST_HEAD(done);
+
+	spin_lock(&sq->lock);
+	sq->cancelled = true;
+	spin_unlock(&sq->lock);
+
+	spin_lock(&q->lock);
+	list_for_each_entry_safe(job, tmp, &q->pending, link) {
+		if (job->sq != sq)
+			continue;
+		vnpu_job_fail(job, -ECANCELED, DRM_VNPU_JOB_NOT_RUN);
+		list_move_tail(&job->link, &done);
+		q->njobs--;
+	}
+	spin_unlock(&q->lock);
+	vnpu_jobs_done(&done);
+	/* Jobs whose dependencies are met no longer go to the hardware. */
+	vnpu_squeue_kick(sq);
+}
+
 /**
  * vnpu_squeue_detach - the queue leaves its file: no more submissions, and
- * results nobody will collect are dropped (jobs still run to completion)
+ * results nobody will collect are dropped
  * @sq: queue
  * @vfile: its file
+ * @cancel: the file is closed: jobs not yet handed to the device are
+ *          cancelled (else they still run to completion)
  */
-void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile)
+void vnpu_squeue_detach(struct vnpu_squeue *sq, struct vnpu_file *vfile,
+			bool cancel)
 {
 	mutex_lock(&sq->submit_lock);
 	sq->detached = true;
 	mutex_unlock(&sq->submit_lock);
 	vnpu_squeue_drop_waits(sq, vfile, ULONG_MAX);
+	if (cancel)
+		vnpu_squeue_cancel(sq);
 }
 
 static struct vnpu_squeue *vnpu_file_squeue_get(struct vnpu_file *vfile,
@@ -685,6 +726,11 @@ static void vnpu_squeue_kick(struct vnpu_squeue *sq)
 			break;
 		if (READ_ONCE(job->dep_failed)) {
 			vnpu_job_fail(job, -ECANCELED, DRM_VNPU_JOB_DEP_FAILED);
+			list_move_tail(&job->link, &failed);
+			continue;
+		}
+		if (sq->cancelled) {
+			vnpu_job_fail(job, -ECANCELED, DRM_VNPU_JOB_NOT_RUN);
 			list_move_tail(&job->link, &failed);
 			continue;
 		}
@@ -1327,6 +1373,74 @@ static void vnpu_hwq_doorbell(struct vnpu_hwq *q)
 	vnpu_qwr(q, VNPU_QREG_SQ_TAIL, q->sq_tail & (q->entries - 1));
 }
 
+/*
+ * Estimate the job's modelled device time from the device's timing model:
+ * SYNTH time, DMA bytes over bandwidth, MATMUL flops over one core's
+ * throughput. EXEC programs and everything else count as free (the driver
+ * does not parse programs). Only used to bound how much work a hardware
+ * queue hands to the device ahead of time.
+ */
+static u64 vnpu_job_cost(struct vnpu_job *job)
+{
+	struct vnpu_device *vdev = job->vdev;
+	u64 ns = 0;
+	u32 i;
+
+	if (job->costed)
+		return job->cost_ns;
+	for (i = 0; i < job->ncmds; i++) {
+		const struct vnpu_hw_cmd *c = &job->cmds[i];
+
+		switch (c->opcode) {
+		case VNPU_OPC_SYNTH:
+			ns += vnpu_cpu64(c->synth.ns);
+			break;
+		case VNPU_OPC_DMA_H2D:
+		case VNPU_OPC_DMA_D2H:
+			ns += div_u64(vnpu_cpu64(c->dma.length) * 1000,
+				      max(c->opcode == VNPU_OPC_DMA_H2D ?
+					  vdev->h2d_mbps : vdev->d2h_mbps, 1u));
+			break;
+		case VNPU_OPC_MATMUL:
+			ns += div_u64(2ull * vnpu_cpu32(c->matmul.m) *
+				      vnpu_cpu32(c->matmul.n) *
+				      vnpu_cpu32(c->matmul.k),
+				      max(vdev->gflops, 1u));
+			break;
+		default:
+			break;
+		}
+	}
+	job->cost_ns = ns;
+	job->costed = true;
+	return ns;
+}
+
+/*
+ * The device fetches every job it can see and each engine serves jobs in
+ * fetch order: once written, a long job of a low-priority queue delays every
+ * job fetched after it, whatever that one's priority. So a queue keeps at
+ * most one job per compute core plus hw_queue_budget_ms of estimated work on
+ * its ring; the rest waits in q->pending, behind which a higher-priority
+ * queue's job is fetched first. q->lock held.
+ */
+static bool vnpu_hwq_may_write(struct vnpu_hwq *q, struct vnpu_job *next)
+{
+	u64 budget = (u64)READ_ONCE(vnpu_hwq_budget_ms) * NSEC_PER_MSEC;
+	struct vnpu_job *job;
+	u32 n = 0;
+	u64 ns;
+
+	if (!budget)
+		return true;
+	ns = vnpu_job_cost(next);
+	list_for_each_entry(job, &q->hw, link) {
+		n++;
+		ns += job->cost_ns;
+	}
+	return n < max(q->vdev->compute_cores, 1u) || ns <= budget;
+}
+
 /* Write pending jobs to the command ring while they fit. q->lock held. */
 static void vnpu_hwq_feed(struct vnpu_hwq *q)
 {
@@ -1344,6 +1458,8 @@ static void vnpu_hwq_feed(struct vnpu_hwq *q)
 		used = q->sq_tail - q->sq_free;
 		if (q->entries - 1 - used < job->ncmds)
 			break;
+		if (!vnpu_hwq_may_write(q, job))
+			break;
 
 		if (!++q->next_tag)
 			++q->next_tag;
@@ -1358,8 +1474,7 @@ static void vnpu_hwq_feed(struct vnpu_hwq *q)
 			e->tag = vnpu_hw64(job->tag);
 			e->flags = i == job->ncmds - 1 ? VNPU_CMD_F_LAST : 0;
 		}
-		if (list_empty(&q->hw))
-			q->last_progress = jiffies;
+		job->feed_seq = atomic64_inc_return(&q->vdev->feed_seq);
 		job->state = VNPU_JOB_RING;
 		list_move_tail(&job->link, &q->hw);
 		trace_vnpu_job_submit(job, q->index);
@@ -1502,7 +1617,6 @@ static void vnpu_hwq_reap(struct vnpu_hwq *q, struct list_head *done,
 		return;
 	if (!recovering)
 		vnpu_qwr(q, VNPU_QREG_CQ_HEAD, q->cq_head);
-	q->last_progress = jiffies;
 	/* Entries before the oldest unfinished job are free again. */
 	if (list_empty(&q->hw))
 		q->sq_free = q->sq_tail;
@@ -1721,7 +1835,7 @@ static void vnpu_hwq_recover(struct vnpu_hwq *q, struct list_head *done,
 	else if (ret)
 		vnpu_hwq_kill(q, done, -ECANCELED, DRM_VNPU_JOB_NOT_RUN);
 	q->stopped = false;
-	q->last_progress = jiffies;
+	q->head_seq = 0;
 	vnpu_hwq_feed(q);
 	spin_unlock(&q->lock);
 }
@@ -1847,7 +1961,7 @@ void vnpu_device_restart(struct vnpu_device *vdev, bool reset_done)
 			vnpu_hwq_kill(q, &done, -ECANCELED,
 				      DRM_VNPU_JOB_NOT_RUN);
 		q->stopped = false;
-		q->last_progress = jiffies;
+		q->head_seq = 0;
 		vnpu_hwq_feed(q);
 		spin_unlock(&q->lock);
 	}
@@ -1956,27 +2070,90 @@ irqreturn_t vnpu_irq_thread(int irq, void *arg)
 	return IRQ_HANDLED;
 }
 
+/* feed_seq of the oldest job on @q's ring, or 0 when it has none. */
+static u64 vnpu_hwq_head_seq(struct vnpu_hwq *q)
+{
+	lockdep_assert_held(&q->lock);
+	if (q->dead || list_empty(&q->hw))
+		return 0;
+	return list_first_entry(&q->hw, struct vnpu_job, link)->feed_seq;
+}
+
+/*
+ * Does another hardware queue hold a job written before feed_seq @seq that
+ * is still unfinished? The device may then be running it ahead of @q's
+ * oldest job, which is waiting, not hung.
+ */
+static bool vnpu_device_has_older(struct vnpu_hwq *q, u64 seq)
+{
+	struct vnpu_device *vdev = q->vdev;
+	bool older = false;
+	unsigned int i;
+
+	for (i = 0; i < vdev->num_hwq && !older; i++) {
+		struct vnpu_hwq *p = &vdev->hwq[i];
+		u64 head;
+
+		if (p == q)
+			continue;
+		spin_lock(&p->lock);
+		head = vnpu_hwq_head_seq(p);
+		spin_unlock(&p->lock);
+		older = head && head < seq;
+	}
+	return older;
+}
+
+/*
+ * Is the oldest job on @q's ring hung? Its clock runs only while it is the
+ * oldest unfinished job the driver handed to the device: jobs written
+ * before it (on any queue) come first on the engines, and a job of a
+ * lower-priority queue still running is no fault of this one. So the job
+ * that ran too long is blamed, never one queued behind it. service_lock held.
+ */
+static bool vnpu_hwq_hung(struct vnpu_hwq *q, unsigned int timeout)
+{
+	bool older, hung = false;
+	u64 seq;
+
+	spin_lock(&q->lock);
+	seq = q->stopped ? 0 : vnpu_hwq_head_seq(q);
+	if (seq != q->head_seq) {
+		q->head_seq = seq;
+		q->head_since = jiffies;
+	}
+	spin_unlock(&q->lock);
+	if (!seq || !timeout)
+		return false;
+
+	older = vnpu_device_has_older(q, seq);
+
+	spin_lock(&q->lock);
+	if (q->head_seq == seq) {
+		if (older)
+			q->head_since = jiffies;
+		else
+			hung = time_after(jiffies, q->head_since +
+					  msecs_to_jiffies(timeout));
+	}
+	spin_unlock(&q->lock);
+	return hung;
+}
+
 static void vnpu_watchdog(struct work_struct *work)
 {
 	struct vnpu_hwq *q = container_of(to_delayed_work(work),
 					  struct vnpu_hwq, watchdog);
 	unsigned int timeout = READ_ONCE(vnpu_job_timeout_ms);
 	LIST_HEAD(done);
-	bool busy, stuck;
 
 	/* Also picks up completions whose interrupt went missing. */
 	vnpu_hwq_service(q);
 
 	mutex_lock(&q->service_lock);
-	spin_lock(&q->lock);
-	busy = !list_empty(&q->hw);
-	stuck = !q->dead && !q->stopped && busy && timeout &&
-		time_after(jiffies, q->last_progress +
-			   msecs_to_jiffies(timeout));
-	spin_unlock(&q->lock);
-	if (stuck) {
+	if (vnpu_hwq_hung(q, timeout)) {
 		drm_err(&q->vdev->drm,
-			"queue %u: no progress for %u ms, resetting queue\n",
+			"queue %u: oldest job ran for %u ms, resetting queue\n",
 			q->index, timeout);
 		vnpu_hwq_recover(q, &done, -ETIMEDOUT, false);
 	}
@@ -2726,7 +2903,7 @@ int vnpu_queue_destroy_ioctl(struct drm_device *drm, void *data,
 	sq = xa_erase(&vfile->queues, args->queue_id);
 	if (!sq)
 		return -ENOENT;
-	vnpu_squeue_detach(sq, vfile);
+	vnpu_squeue_detach(sq, vfile, false);
 	vnpu_squeue_put(sq);
 	return 0;
 }

@@ -2212,6 +2212,142 @@ TEST_F(Fault, RandomFaultsNeverLoseOrDuplicateCompletions) {
   RecordProperty("failed_jobs", failed);
 }
 
+// ---- scheduling: timeouts and priorities between files ----------------------------------------------------
+
+class Sched : public DeviceTest {
+ protected:
+  void SetUp() override {
+    DeviceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure())
+      return;
+    if (!(api_.param(DRM_VNPU_PARAM_CAPS) & VNPU_CAP_SYNTH))
+      GTEST_SKIP() << "device has no SYNTH command";
+    old_timeout_ = read_file(kTimeoutParam);
+    old_budget_ = read_file(kBudgetParam);
+    // The defaults, whatever an earlier test left behind.
+    ASSERT_TRUE(write_file(kTimeoutParam, "10000"));
+    ASSERT_TRUE(old_budget_.empty() || write_file(kBudgetParam, "100"));
+  }
+  void TearDown() override {
+    if (!old_timeout_.empty())
+      write_file(kTimeoutParam, old_timeout_);
+    if (!old_budget_.empty())
+      write_file(kBudgetParam, old_budget_);
+    DeviceTest::TearDown();
+  }
+  static constexpr const char* kTimeoutParam = "/sys/module/vnpu/parameters/job_timeout_ms";
+  static constexpr const char* kBudgetParam = "/sys/module/vnpu/parameters/hw_queue_budget_ms";
+  std::string old_timeout_, old_budget_;
+};
+
+TEST_F(Sched, LongJobsOfOneFileNeitherTimeOutNorHoldBackAHigherPriorityJobOfAnother) {
+  // Used to go wrong: one file's 16 valid 2 s jobs on a priority-0 queue made another file's 1 us job on a
+  // priority-3 queue fail with -ETIMEDOUT after 10 s (the device had fetched all 16 ahead of it, and the
+  // per-hardware-queue watchdog blamed the waiting victim; the cause ran on).
+  constexpr int kLong = 16;
+  constexpr uint64_t kLongNs = 2000000000;
+  uint32_t low = 0;
+  ASSERT_EQ(api_.queue_create(0, &low), 0);
+  std::vector<JobSpec> jobs(kLong);
+  for (auto& j : jobs)
+    j.cmds = {synth_cmd(kLongNs)};
+  uint64_t first = 0;
+  const int64_t t0 = monotonic_ns();
+  ASSERT_EQ(api_.submit_jobs(jobs, &first, low), 0);
+
+  Fd other(open_device());
+  ASSERT_GE(other.get(), 0);
+  Api victim{other.get()};
+  uint32_t high = 0;
+  ASSERT_EQ(victim.queue_create(VNPU_PRIORITY_MAX, &high), 0);
+  usleep(200000);  // the long jobs are on the device
+  uint64_t s = 0;
+  const int64_t t1 = monotonic_ns();
+  ASSERT_EQ(victim.submit({synth_cmd(1000)}, &s, high), 0);
+  drm_vnpu_wait w{};
+  ASSERT_EQ(victim.wait(s, deadline_ms(kLongWaitMs), &w, high), 0);
+  const int64_t victim_ms = (monotonic_ns() - t1) / 1000000;
+  EXPECT_EQ(w.job_status, 0) << "hw_status " << w.hw_status << " after " << victim_ms << " ms";
+  // Priority protects it: it waits at most for the long jobs already running (one per compute core), not for
+  // all 16 (16 x 2 s over the cores).
+  EXPECT_LT(victim_ms, 5000) << "the priority-3 job waited behind the priority-0 backlog";
+  std::printf("victim (priority 3, 1 us) completed after %lld ms behind %d x 2 s priority-0 jobs\n",
+              static_cast<long long>(victim_ms), kLong);
+
+  // None of the long jobs is blamed either: each runs well within the timeout.
+  for (int i = 0; i < kLong; i++)
+    EXPECT_EQ(api_.wait_status(first + i, low), 0) << "long job " << i;
+  std::printf("the %d long jobs completed after %lld ms\n", kLong,
+              static_cast<long long>((monotonic_ns() - t0) / 1000000));
+}
+
+/// Jobs the device's hardware queues hold (sysfs `queues`, last column summed), or -1.
+long hw_jobs_inflight() {
+  std::istringstream in(read_file("/sys/bus/pci/devices/" + pci_address() + "/vnpu/queues"));
+  std::string line;
+  long sum = 0;
+  while (std::getline(in, line)) {
+    std::istringstream l(line);
+    long index = 0, priority = 0, head = 0, tail = 0, inflight = -1;
+    if (!(l >> index >> priority >> head >> tail >> inflight))
+      return -1;
+    sum += inflight;
+  }
+  return sum;
+}
+
+/// Milliseconds until the hardware queues hold no job (at most `limit_ms`).
+int64_t ms_until_device_idle(int64_t limit_ms) {
+  const int64_t t0 = monotonic_ns();
+  while ((monotonic_ns() - t0) / 1000000 < limit_ms && hw_jobs_inflight() != 0)
+    usleep(50000);
+  return (monotonic_ns() - t0) / 1000000;
+}
+
+TEST_F(Sched, JobsOfAClosedFileOrKilledProcessThatDidNotStartAreCancelled) {
+  // Used to go wrong: closing a file (or killing its process) left every job it had submitted to run, so 20
+  // valid 2 s jobs nobody could see the results of kept the device busy for 20 s.
+  constexpr int kJobs = 20;
+  std::vector<JobSpec> jobs(kJobs);
+  for (auto& j : jobs)
+    j.cmds = {synth_cmd(2000000000)};
+  ASSERT_LT(ms_until_device_idle(30000), 30000) << "the device is busy before the test";
+  {
+    Fd other(open_device());
+    ASSERT_GE(other.get(), 0);
+    Api api{other.get()};
+    uint64_t first = 0;
+    ASSERT_EQ(api.submit_jobs(jobs, &first), 0);
+    usleep(200000);
+  }
+  int64_t idle_ms = ms_until_device_idle(60000);
+  std::printf("closed file: device idle %lld ms after close\n", static_cast<long long>(idle_ms));
+  EXPECT_LT(idle_ms, 5000) << "jobs of the closed file kept running";
+
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    Fd fd(open_device());
+    Api api{fd.get()};
+    uint64_t first = 0;
+    if (api.submit_jobs(jobs, &first) != 0)
+      _exit(1);
+    pause();
+    _exit(0);
+  }
+  usleep(500000);
+  ASSERT_GT(hw_jobs_inflight(), 0);
+  kill(pid, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFSIGNALED(status));
+  idle_ms = ms_until_device_idle(60000);
+  std::printf("killed process: device idle %lld ms after exit\n", static_cast<long long>(idle_ms));
+  EXPECT_LT(idle_ms, 5000) << "jobs of the killed process kept running";
+  // This file's work is not affected.
+  EXPECT_EQ(submit_one(valid_copy()), 0);
+}
+
 // ---- DRM core ioctls on the accel fd -----------------------------------------------------------------------
 
 /// Every DRM core ioctl libdrm's drm.h defines (the encoded request carries the argument's size and direction).
