@@ -81,6 +81,12 @@
 #define VNPU_ZERO_BUF_SIZE SZ_64K
 #define VNPU_ZERO_SGL_ENTRIES 4096u
 #define VNPU_ZERO_CHUNK ((u64)VNPU_ZERO_BUF_SIZE * VNPU_ZERO_SGL_ENTRIES)
+/*
+ * Bytes one clearing job zeroes: a large allocation is cleared by several
+ * jobs, each well within the hang timeout even on a slow (emulated, loaded)
+ * device.
+ */
+#define VNPU_ZERO_JOB_MAX ((u64)SZ_64M)
 
 struct vnpu_device;
 struct vnpu_job;

@@ -211,7 +211,14 @@ void vnpu_sgt_sync(struct device *dev, struct sg_table *sgt, u64 off, u64 len,
 	for_each_sgtable_dma_sg(sgt, sg, i) {
 		u64 seg = sg_dma_len(sg);
 
-		if (pos + seg > off) {
+		/*
+		 * Only where the DMA layer has work to do (bounce buffers,
+		 * non-coherent caches). Elsewhere the sync is a no-op, and
+		 * DMA-API debugging cannot tell which of two mappings of a
+		 * page (the same user memory imported twice) a range sync
+		 * means: it reports memory "not allocated".
+		 */
+		if (pos + seg > off && dma_need_sync(dev, sg_dma_address(sg))) {
 			u64 s = max(off, pos) - pos;
 			u64 n = min(end, pos + seg) - pos - s;
 

@@ -2493,11 +2493,14 @@ static void vnpu_batch_end(struct vnpu_batch *b)
 static u32 vnpu_clear_cmds(struct vnpu_device *vdev, struct vnpu_hw_cmd *cmds,
 			   u32 max, u64 *va, u64 *len)
 {
+	u64 budget = VNPU_ZERO_JOB_MAX;
 	u32 n = 0;
 
-	while (*len && n < max) {
-		u64 chunk = min_t(u64, *len, VNPU_ZERO_CHUNK);
+	while (*len && n < max && budget) {
+		u64 chunk = min3(*len, VNPU_ZERO_CHUNK, budget);
 		struct vnpu_hw_cmd *hc = &cmds[n++];
+
+		budget -= chunk;
 
 		hc->opcode = VNPU_OPC_DMA_H2D;
 		hc->dma.sgl_addr = vnpu_hw64(vdev->zero_sgl_dma);
