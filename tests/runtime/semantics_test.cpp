@@ -90,14 +90,25 @@ vnpu::MatmulModel identity_model(int64_t n) {
 }
 
 // ---- threads -------------------------------------------------------------------------------------------
+// A request that cannot finish before `gate` opens (its prepare callback waits for it): a callback attached
+// before that never runs inline on the attaching thread.
+vnpu::Task<vnpu::Outputs> held_until(vnpu::AsyncRuntime& rt, std::shared_future<void> gate) {
+  return rt.run([gate](std::span<vnpu::Tensor> in) {
+    gate.wait();
+    std::fill(in[0].data().begin(), in[0].data().end(), 0.0f);
+  });
+}
+
 TEST_F(Semantics, CallbacksRunOnTheCallbackThread) {
   vnpu::AsyncRuntime rt(identity_model(8), opts());
   std::promise<std::string> where;
   std::promise<bool> ok;
-  rt.run(vnpu::Tensor({8, 8})).on_complete([&](vnpu::Result<vnpu::Outputs> r) {
+  std::promise<void> attached;
+  held_until(rt, attached.get_future().share()).on_complete([&](vnpu::Result<vnpu::Outputs> r) {
     where.set_value(thread_name());
     ok.set_value(r.ok());
   });
+  attached.set_value();
   EXPECT_EQ(where.get_future().get(), "vnpu-callback");
   EXPECT_TRUE(ok.get_future().get());
 }
@@ -112,18 +123,18 @@ TEST_F(Semantics, CallbackOnAResolvedTaskRunsInline) {
   EXPECT_FALSE(task.valid());
 }
 
-vnpu::Task<std::string> resume_thread(vnpu::AsyncRuntime& rt) {
-  // (A named tensor: GCC 12 cannot keep an initializer_list temporary alive across co_await.)
-  const std::vector<int64_t> shape{16, 16};
-  vnpu::Tensor x(shape);
-  auto out = co_await rt.async_run(std::move(x));
+// Suspends on a request held until `gate` opens, so that it resumes where the runtime resumes it (not inline).
+vnpu::Task<std::string> resume_thread(vnpu::AsyncRuntime& rt, std::shared_future<void> gate) {
+  auto out = co_await held_until(rt, std::move(gate));
   (void)out;
   co_return thread_name();
 }
 
 TEST_F(Semantics, CoroutinesResumeOnTheCallbackThread) {
   vnpu::AsyncRuntime rt(identity_model(16), opts());
-  auto t = resume_thread(rt);
+  std::promise<void> suspended;
+  auto t = resume_thread(rt, suspended.get_future().share());
+  suspended.set_value();
   EXPECT_EQ(t.wait(), "vnpu-callback");
 }
 
@@ -181,12 +192,16 @@ TEST_F(Semantics, ContinuationsRunOnTheApplicationsExecutor) {
   o.executor = pool.as_option();
   vnpu::AsyncRuntime rt(identity_model(16), o);
   std::promise<std::string> where;
-  rt.run(vnpu::Tensor({16, 16})).on_complete([&](vnpu::Result<vnpu::Outputs> r) {
+  std::promise<void> attached;
+  held_until(rt, attached.get_future().share()).on_complete([&](vnpu::Result<vnpu::Outputs> r) {
     EXPECT_TRUE(r.ok());
     where.set_value(thread_name());
   });
+  attached.set_value();
   EXPECT_EQ(where.get_future().get(), "app-exec");
-  auto t = resume_thread(rt);
+  std::promise<void> suspended;
+  auto t = resume_thread(rt, suspended.get_future().share());
+  suspended.set_value();
   EXPECT_EQ(t.wait(), "app-exec");
 }
 
