@@ -648,7 +648,15 @@ static int vnpu_ubo_map(struct vnpu_ubo *ubo)
 						GFP_KERNEL_ACCOUNT);
 	if (ret)
 		return ret;
-	ret = dma_map_sgtable(dev, &ubo->sgt, vnpu_ubo_dma_dir(ubo), 0);
+	/*
+	 * No CPU sync here: every copy command syncs its own range at SUBMIT
+	 * and at completion (vnpu_job_sync), and a whole-object sync would
+	 * only repeat that. It also lets user memory be imported twice (two
+	 * writable objects sharing a cacheline), which DMA-API debugging
+	 * otherwise reports as an overlapping mapping.
+	 */
+	ret = dma_map_sgtable(dev, &ubo->sgt, vnpu_ubo_dma_dir(ubo),
+			      DMA_ATTR_SKIP_CPU_SYNC);
 	if (ret) {
 		sg_free_table(&ubo->sgt);
 		ubo->sgt.sgl = NULL;
