@@ -156,6 +156,7 @@ class RuntimeImpl {
   void fail(const RequestPtr& req, Error e);
   void release_staging(const RequestPtr& req);
   void free_slot(const RequestPtr& req);
+  bool give_back_locked(Request& req, int Request::*index, std::vector<int> DeviceCtx::*free_list);
   void retire(const RequestPtr& req);
   bool cancel(const std::weak_ptr<Request>& weak);
   Early abandon(const RequestPtr& req, const Error& e);
@@ -1072,13 +1073,21 @@ Job RuntimeImpl::exec_job(const RequestPtr& req) {
   return job;
 }
 
+// mu_ held: put the request's slot or staging buffer (req.*index) back on its device's free list. False if
+// it holds none (any more).
+bool RuntimeImpl::give_back_locked(Request& req, int Request::*index, std::vector<int> DeviceCtx::*free_list) {
+  if (req.*index < 0)
+    return false;
+  (devs_[static_cast<size_t>(req.dev)].*free_list).push_back(req.*index);
+  req.*index = -1;
+  return true;
+}
+
 void RuntimeImpl::release_staging(const RequestPtr& req) {
   {
     std::lock_guard lock(mu_);
-    if (req->staging < 0)
+    if (!give_back_locked(*req, &Request::staging, &DeviceCtx::free_staging))
       return;
-    devs_[static_cast<size_t>(req->dev)].free_staging.push_back(req->staging);
-    req->staging = -1;
   }
   work_cv_.notify_all();  // a prep thread whose import failed may wait for it too
 }
@@ -1148,10 +1157,8 @@ void RuntimeImpl::on_exec_done(const RequestPtr& req, JobResult r) {
 void RuntimeImpl::free_slot(const RequestPtr& req) {
   {
     std::lock_guard lock(mu_);
-    if (req->slot < 0)
+    if (!give_back_locked(*req, &Request::slot, &DeviceCtx::free_slots))
       return;
-    devs_[static_cast<size_t>(req->dev)].free_slots.push_back(req->slot);
-    req->slot = -1;
   }
   work_cv_.notify_all();
 }
@@ -1223,12 +1230,8 @@ void RuntimeImpl::retire(const RequestPtr& req) {
     if (req->phase == Phase::kDone)
       return;
     req->phase = Phase::kDone;
-    if (req->slot >= 0)
-      devs_[static_cast<size_t>(req->dev)].free_slots.push_back(req->slot);
-    req->slot = -1;
-    if (req->staging >= 0)
-      devs_[static_cast<size_t>(req->dev)].free_staging.push_back(req->staging);
-    req->staging = -1;
+    give_back_locked(*req, &Request::slot, &DeviceCtx::free_slots);
+    give_back_locked(*req, &Request::staging, &DeviceCtx::free_staging);
     if (--active_ == 0)
       drain_cv_.notify_all();
   }

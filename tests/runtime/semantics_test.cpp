@@ -205,6 +205,18 @@ TEST_F(Semantics, ContinuationsRunOnTheApplicationsExecutor) {
   EXPECT_EQ(t.wait(), "app-exec");
 }
 
+// Runs one request whose continuation (on the callback thread, or on the executor) blocks until `gate`
+// opens; returns once it is blocked.
+void block_a_continuation(vnpu::AsyncRuntime& rt, std::shared_future<void> gate) {
+  auto entered = std::make_shared<std::promise<void>>();  // outlives this call: set_value may still run
+  auto blocked = entered->get_future();
+  rt.run(vnpu::Tensor({8, 8})).on_complete([entered, gate](vnpu::Result<vnpu::Outputs>) {
+    entered->set_value();
+    gate.wait();
+  });
+  blocked.wait();
+}
+
 // A callback that blocks occupies one executor thread: the other requests still resolve and continue.
 TEST_F(Semantics, ABlockedContinuationOnTheExecutorStallsNoOtherRequest) {
   AppExecutor pool(2);
@@ -212,13 +224,7 @@ TEST_F(Semantics, ABlockedContinuationOnTheExecutorStallsNoOtherRequest) {
   o.executor = pool.as_option();
   vnpu::AsyncRuntime rt(identity_model(8), o);
   std::promise<void> open;
-  auto gate = open.get_future().share();
-  std::promise<void> entered;
-  rt.run(vnpu::Tensor({8, 8})).on_complete([&, gate](vnpu::Result<vnpu::Outputs>) {
-    entered.set_value();
-    gate.wait();
-  });
-  entered.get_future().wait();
+  block_a_continuation(rt, open.get_future().share());
   std::atomic<int> done{0};
   for (int i = 0; i < 6; ++i)
     rt.run(vnpu::Tensor({8, 8})).on_complete([&](vnpu::Result<vnpu::Outputs> r) { done += r.ok() ? 1 : 0; });
@@ -235,13 +241,7 @@ TEST_F(Semantics, ABlockedContinuationOnTheExecutorStallsNoOtherRequest) {
 TEST_F(Semantics, ASlowCallbackDoesNotHoldTheDeviceBack) {
   vnpu::AsyncRuntime rt(identity_model(8), opts(1, 2));
   std::promise<void> open;
-  auto gate = open.get_future().share();
-  std::promise<void> entered;
-  rt.run(vnpu::Tensor({8, 8})).on_complete([&, gate](vnpu::Result<vnpu::Outputs>) {
-    entered.set_value();
-    gate.wait();
-  });
-  entered.get_future().wait();
+  block_a_continuation(rt, open.get_future().share());
   // A request is prepared only once it has a slot. While the callback thread is blocked, the completion
   // threads free the slots of finished requests, so twice the slots get prepared and run; no more, since
   // the device runs ahead of the callback thread by at most max_in_flight requests (back-pressure).
